@@ -1,0 +1,1 @@
+"""spur-runs: the Runs API of PySpur as a gRPC service."""

@@ -1,0 +1,189 @@
+"""Rows to protobuf messages: the one place that knows both.
+
+Also computes the fields the seed's responses have that no column holds
+(storage.md): node_type, is_downstream_of_pause, duration,
+percentage_complete and the embedded workflow version.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import struct_pb2
+from sqlalchemy import Row
+
+from spur.runs.v1 import run_pb2
+
+from .models import RunStatus, TaskStatus
+from .storage import RunRecord
+from .workflow import WorkflowGraph
+
+RUN_STATUS = {s: run_pb2.RunStatus.Value(f"RUN_STATUS_{s.name}") for s in RunStatus}
+TASK_STATUS = {s: run_pb2.TaskStatus.Value(f"TASK_STATUS_{s.name}") for s in TaskStatus}
+
+EMPTY_GRAPH = WorkflowGraph()
+
+
+def set_value(target: struct_pb2.Value, value: Any) -> None:
+    """Store any JSON value in a google.protobuf.Value."""
+    if value is None:
+        target.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int | float):
+        target.number_value = value
+    elif isinstance(value, str):
+        target.string_value = value
+    elif isinstance(value, dict):
+        target.struct_value.update(value)
+    elif isinstance(value, list | tuple):
+        target.list_value.extend(value)
+    else:
+        raise TypeError(f"not a JSON value: {type(value).__name__}")
+
+
+def _set_struct(target: struct_pb2.Struct, value: Any) -> None:
+    if not isinstance(value, dict):
+        # PySpur types these columns as JSON objects; anything else is data
+        # we cannot represent faithfully, so say so instead of guessing.
+        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    target.update(value)
+
+
+class VersionCache:
+    """Workflow versions as messages, with their parsed graph, by
+    (id, definition_hash). Versions are immutable in PySpur; keying on the
+    hash as well means a reused id with another definition is a miss."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._entries: OrderedDict[
+            tuple[str, str], tuple[run_pb2.WorkflowVersion, WorkflowGraph]
+        ] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def missing(self, keys: Iterable[tuple[str, str] | None]) -> list[str]:
+        with self._lock:
+            return sorted({k[0] for k in keys if k is not None and k not in self._entries})
+
+    def add(self, rows: Sequence[Row[Any]]) -> None:
+        built = {(r.id, r.definition_hash): (version_to_message(r), _graph(r)) for r in rows}
+        with self._lock:
+            self._entries.update(built)
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+
+    def get(
+        self, key: tuple[str, str] | None
+    ) -> tuple[run_pb2.WorkflowVersion, WorkflowGraph] | None:
+        if key is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+        return entry
+
+
+def _graph(row: Row[Any]) -> WorkflowGraph:
+    return WorkflowGraph.from_definition(row.definition)
+
+
+def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
+    message = run_pb2.WorkflowVersion(
+        id=row.id,
+        workflow_id=row.workflow_id,
+        version=row.version,
+        name=row.name,
+        definition_hash=row.definition_hash,
+    )
+    if row.description is not None:
+        message.description = row.description
+    _set_struct(message.definition, row.definition)
+    if row.created_at is not None:
+        message.created_at.FromDatetime(row.created_at)
+    if row.updated_at is not None:
+        message.updated_at.FromDatetime(row.updated_at)
+    return message
+
+
+def task_to_message(row: Row[Any], graph: WorkflowGraph, downstream: frozenset[str]) -> run_pb2.Task:
+    task = run_pb2.Task(
+        id=row.id,
+        run_id=row.run_id,
+        node_id=row.node_id,
+        node_type=graph.node_types.get(row.node_id, ""),
+        status=TASK_STATUS[row.status],
+        is_downstream_of_pause=row.node_id in downstream,
+    )
+    if row.start_time is not None:
+        task.start_time.FromDatetime(row.start_time)
+    if row.end_time is not None:
+        task.end_time.FromDatetime(row.end_time)
+    if row.inputs is not None:
+        set_value(task.inputs, row.inputs)
+    if row.outputs is not None:
+        set_value(task.outputs, row.outputs)
+    if row.error is not None:
+        task.error = row.error
+    if row.parent_task_id is not None:
+        task.parent_task_id = row.parent_task_id
+    if row.subworkflow is not None:
+        _set_struct(task.subworkflow, row.subworkflow)
+    if row.subworkflow_output is not None:
+        set_value(task.subworkflow_output, row.subworkflow_output)
+    return task
+
+
+def tasks_to_messages(
+    rows: Iterable[Row[Any]], paused_nodes: frozenset[str], graph: WorkflowGraph
+) -> list[run_pb2.Task]:
+    downstream = graph.downstream_of(paused_nodes) if paused_nodes else frozenset()
+    return [task_to_message(row, graph, downstream) for row in rows]
+
+
+def run_to_message(
+    record: RunRecord,
+    versions: VersionCache,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC).replace(tzinfo=None),
+) -> run_pb2.Run:
+    row = record.row
+    entry = versions.get(record.version_key)
+    graph = entry[1] if entry is not None else EMPTY_GRAPH
+    run = run_pb2.Run(
+        id=row.id,
+        workflow_id=row.workflow_id,
+        status=RUN_STATUS[row.status],
+        run_type=row.run_type,
+        task_count=record.task_count,
+        percentage_complete=(
+            100.0 * record.completed_count / record.task_count if record.task_count else 0.0
+        ),
+        tasks=tasks_to_messages(record.tasks, record.paused_nodes, graph),
+    )
+    if row.workflow_version_id is not None:
+        run.workflow_version_id = row.workflow_version_id
+        if entry is not None:
+            run.workflow_version.CopyFrom(entry[0])
+    if row.parent_run_id is not None:
+        run.parent_run_id = row.parent_run_id
+    if row.output_file_id is not None:
+        run.output_file_id = row.output_file_id
+    if row.input_dataset_id is not None:
+        run.input_dataset_id = row.input_dataset_id
+    if row.start_time is not None:
+        run.start_time.FromDatetime(row.start_time)
+        # Timestamps are stored without a zone and read as UTC (storage.md).
+        end = row.end_time if row.end_time is not None else now()
+        run.duration = (end - row.start_time).total_seconds()
+    if row.end_time is not None:
+        run.end_time.FromDatetime(row.end_time)
+    if row.initial_inputs is not None:
+        _set_struct(run.initial_inputs, row.initial_inputs)
+    if row.outputs is not None:
+        set_value(run.outputs, row.outputs)
+    return run

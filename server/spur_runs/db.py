@@ -1,0 +1,89 @@
+"""Engines and session scopes for SQLite (the embedded default) and
+PostgreSQL (psycopg 3, pooled). The caller owns the transaction: storage
+functions take a session and never commit; `Database.write()` commits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+
+def normalize_url(url: str) -> URL:
+    """postgres:// and postgresql:// go through psycopg 3."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # PySpur declares foreign keys; SQLite enforces them only when asked.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL: readers never block the engine's writer, nor it them.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def create_db_engine(url: str, pool_size: int = 16) -> Engine:
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            parsed,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"check_same_thread": False, "timeout": 5},
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=5,
+        # A connection the server dropped (restart, failover) is replaced
+        # transparently instead of failing the next call.
+        pool_pre_ping=True,
+        # Fail fast when the server is down instead of hanging the call.
+        connect_args={"connect_timeout": 3},
+    )
+
+
+class Database:
+    """One engine and its session factory."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+    @classmethod
+    def from_url(cls, url: str, pool_size: int = 16) -> Database:
+        return cls(create_db_engine(url, pool_size))
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reads; its transaction is rolled back at the end."""
+        with self._sessions() as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session whose transaction commits at the end, or rolls back."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def ping(self) -> None:
+        """Raises when the database cannot answer a trivial query."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,119 @@
+"""Domain errors, and the one place that maps them to gRPC and HTTP statuses.
+
+Storage and validation raise the exceptions below and know nothing of gRPC.
+`to_status` turns any exception into a `google.rpc.Status`: domain errors keep
+their code and message (plus a `google.rpc.BadRequest` detail naming the
+field for invalid arguments), a database that cannot be reached becomes
+UNAVAILABLE, and anything else becomes INTERNAL with a generic message while
+the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from sqlalchemy import exc as sa_exc
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of the errors a client may see, with their gRPC code."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    """A request field has a value the service does not accept."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"invalid {field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+# grpc-gateway's mapping (runtime/errors.go HTTPStatusFromCode), so that HTTP
+# callers see the statuses that gateway users expect.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+# Errors of the database driver that mean "the database cannot be reached or
+# dropped the connection", as opposed to a bug in a query.
+_DISCONNECTS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, _DISCONNECTS)
+
+
+def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
+    """The google.rpc.Status a client receives for `error`."""
+    if isinstance(error, ServiceError):
+        status = status_pb2.Status(code=error.code.value[0], message=error.message)
+        if isinstance(error, InvalidArgument):
+            detail = any_pb2.Any()
+            detail.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=error.field, description=error.description
+                        )
+                    ]
+                )
+            )
+            status.details.append(detail)
+        return status
+    if _is_unavailable(error):
+        log.warning("database unavailable in %s: %s", method, error.__class__.__name__)
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE, message="the database is unavailable; retry later"
+        )
+    log.error("unexpected error in %s", method, exc_info=error)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:
+    return _CODES[status.code]
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -1,0 +1,69 @@
+"""Server interceptors: what applies to every RPC, in one place.
+
+ErrorInterceptor turns whatever a handler raises into a proper status
+(errors.to_status): a new RPC gets the same treatment with no code of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from .errors import to_status
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None:
+    context.abort_with_status(rpc_status.to_status(to_status(error, method)))
+
+
+def _wrap_unary(behavior: Behavior, method: str) -> Behavior:
+    def handle(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as error:  # noqa: BLE001 - every error gets a status
+            _abort(context, error, method)
+
+    return handle
+
+
+def _wrap_stream(behavior: Behavior, method: str) -> Behavior:
+    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except Exception as error:  # noqa: BLE001
+            _abort(context, error, method)
+
+    return handle
+
+
+Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+class ErrorInterceptor(grpc.ServerInterceptor[Any, Any]):
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        codecs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary, method), **codecs
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream, method), **codecs
+            )
+        return handler

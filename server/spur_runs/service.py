@@ -1,0 +1,140 @@
+"""The RunService servicer. Each method is thin: validate the request, open
+one session scope, call storage, convert, return. Errors are raised as
+errors.ServiceError (or whatever storage raised) and turned into statuses in
+one place, interceptors.ErrorInterceptor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import grpc
+from sqlalchemy.orm import Session
+
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1 import run_service_pb2_grpc
+
+from . import convert, paging, storage
+from .convert import VersionCache
+from .db import Database
+from .errors import InvalidArgument
+
+# Ids are computed by the database as "R" || _intid.
+_RUN_ID = re.compile(r"R[1-9][0-9]{0,18}")
+
+LIST_PAGE_SIZE = 10
+LIST_MAX_PAGE_SIZE = 100
+CHILDREN_PAGE_SIZE = 100
+CHILDREN_MAX_PAGE_SIZE = 100
+TASKS_PAGE_SIZE = 1000
+TASKS_MAX_PAGE_SIZE = 1000
+
+
+def validate_run_id(value: str, field: str = "run_id") -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not _RUN_ID.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidArgument(field, f"must be a run id such as R42, got {shown!r}")
+    return value
+
+
+class RunService(run_service_pb2_grpc.RunServiceServicer):
+    def __init__(self, db: Database, versions: VersionCache | None = None) -> None:
+        self._db = db
+        self._versions = versions or VersionCache()
+
+    def _load_versions(self, session: Session, keys: Iterable[tuple[str, str] | None]) -> None:
+        missing = self._versions.missing(keys)
+        if missing:
+            self._versions.add(storage.get_versions(session, missing))
+
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+        run_id = validate_run_id(request.run_id)
+        with self._db.read() as session:
+            record = storage.get_run(session, run_id)
+            self._load_versions(session, [record.version_key])
+        return pb.GetRunResponse(run=convert.run_to_message(record, self._versions))
+
+    def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRunsResponse:
+        size = paging.page_size(
+            request.page_size, default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE
+        )
+        if request.page < 0:
+            raise InvalidArgument("page", f"must be at least 1, got {request.page}")
+        after = None
+        if request.page_token:
+            if request.page > 1:
+                raise InvalidArgument("page", "cannot be combined with page_token")
+            after = storage.RunCursor(*paging.decode_run_cursor("runs", request.page_token))
+        offset = (max(request.page, 1) - 1) * size
+        with self._db.read() as session:
+            records, more = storage.list_runs(session, limit=size, after=after, offset=offset)
+            self._load_versions(session, (r.version_key for r in records))
+        return pb.ListRunsResponse(
+            runs=[convert.run_to_message(r, self._versions) for r in records],
+            next_page_token=_next_run_token("runs", records, more),
+        )
+
+    def GetRunTasks(
+        self, request: pb.GetRunTasksRequest, context: grpc.ServicerContext
+    ) -> pb.GetRunTasksResponse:
+        run_id = validate_run_id(request.run_id)
+        size = paging.page_size(
+            request.page_size, default=TASKS_PAGE_SIZE, maximum=TASKS_MAX_PAGE_SIZE
+        )
+        scope = f"tasks:{run_id}"
+        after = paging.decode_intid_cursor(scope, request.page_token) if request.page_token else None
+        with self._db.read() as session:
+            run = storage.get_run_row(session, run_id)
+            key = storage.version_key(run)
+            self._load_versions(session, [key])
+            rows, paused, more = storage.list_tasks(session, run_id, limit=size, after_intid=after)
+        entry = self._versions.get(key)
+        graph = entry[1] if entry is not None else convert.EMPTY_GRAPH
+        return pb.GetRunTasksResponse(
+            tasks=convert.tasks_to_messages(rows, paused, graph),
+            next_page_token=paging.encode_intid_cursor(scope, rows[-1]._intid) if more else "",
+        )
+
+    def DeleteRun(
+        self, request: pb.DeleteRunRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteRunResponse:
+        run_id = validate_run_id(request.run_id)
+        with self._db.write() as session:
+            storage.delete_run(session, run_id)
+        return pb.DeleteRunResponse()
+
+    def GetChildRuns(
+        self, request: pb.GetChildRunsRequest, context: grpc.ServicerContext
+    ) -> pb.GetChildRunsResponse:
+        run_id = validate_run_id(request.run_id)
+        size = paging.page_size(
+            request.page_size, default=CHILDREN_PAGE_SIZE, maximum=CHILDREN_MAX_PAGE_SIZE
+        )
+        scope = f"children:{run_id}"
+        after = (
+            storage.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
+            if request.page_token
+            else None
+        )
+        with self._db.read() as session:
+            storage.require_run(session, run_id)
+            records, more = storage.list_runs(
+                session, limit=size, after=after, parent_run_id=run_id
+            )
+            self._load_versions(session, (r.version_key for r in records))
+        return pb.GetChildRunsResponse(
+            runs=[convert.run_to_message(r, self._versions) for r in records],
+            next_page_token=_next_run_token(scope, records, more),
+        )
+
+
+def _next_run_token(scope: str, records: list[storage.RunRecord], more: bool) -> str:
+    if not more or not records:
+        return ""
+    last = records[-1].row
+    return paging.encode_run_cursor(scope, last.start_time, last._intid)

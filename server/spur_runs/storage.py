@@ -1,0 +1,327 @@
+"""SQL over PySpur's tables. Knows SQLAlchemy, nothing of gRPC.
+
+Every function takes a session and never commits: the caller owns the
+transaction (db.Database.read / write). Costs are bounded by what a response
+shows: a run's tasks are read with the run in one more statement whatever
+their number, a page of runs reads all its tasks in one batched statement, and
+list pages use keyset conditions that the indexes in models.SERVICE_INDEXES
+serve (a deep page costs what the first one costs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, column, delete, func, inspect, or_, select, table
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement, Select
+
+from .errors import FailedPrecondition, NotFound
+from .models import Run, Task, TaskStatus, WorkflowVersion
+
+# Most tasks embedded in one Run message: GetRun, and each run of a list page.
+# Beyond it, Run.task_count tells the client to page with GetRunTasks.
+TASKS_PER_RUN = 1000
+TASKS_PER_LISTED_RUN = 100
+
+RUN_COLUMNS = (
+    Run._intid,
+    Run.id,
+    Run.workflow_id,
+    Run.workflow_version_id,
+    Run.parent_run_id,
+    Run.status,
+    Run.run_type,
+    Run.initial_inputs,
+    Run.input_dataset_id,
+    Run.start_time,
+    Run.end_time,
+    Run.outputs,
+    Run.output_file_id,
+    # Key of the immutable version data (definition parsed once, cached).
+    WorkflowVersion.definition_hash.label("version_hash"),
+)
+
+TASK_COLUMNS = (
+    Task._intid,
+    Task.id,
+    Task.run_id,
+    Task.node_id,
+    Task.parent_task_id,
+    Task.status,
+    Task.inputs,
+    Task.outputs,
+    Task.error,
+    Task.start_time,
+    Task.end_time,
+    Task.subworkflow,
+    Task.subworkflow_output,
+)
+
+VERSION_COLUMNS = (
+    WorkflowVersion.id,
+    WorkflowVersion.workflow_id,
+    WorkflowVersion.version,
+    WorkflowVersion.name,
+    WorkflowVersion.description,
+    WorkflowVersion.definition,
+    WorkflowVersion.definition_hash,
+    WorkflowVersion.created_at,
+    WorkflowVersion.updated_at,
+)
+
+
+@dataclass
+class RunRecord:
+    """A run row with what its message needs from the tasks table."""
+
+    row: Row[Any]
+    tasks: list[Row[Any]] = field(default_factory=list)
+    task_count: int = 0
+    completed_count: int = 0
+    # node ids of the run's PAUSED tasks (for is_downstream_of_pause)
+    paused_nodes: frozenset[str] = frozenset()
+
+    @property
+    def version_key(self) -> tuple[str, str] | None:
+        return version_key(self.row)
+
+
+def version_key(row: Row[Any]) -> tuple[str, str] | None:
+    """Cache key of a run row's workflow version: (id, definition_hash)."""
+    if row.workflow_version_id is None or row.version_hash is None:
+        return None
+    return (row.workflow_version_id, row.version_hash)
+
+
+@dataclass(frozen=True)
+class RunCursor:
+    """Position after which a run listing continues (see paging.py)."""
+
+    start_time: datetime | None
+    intid: int
+
+
+def _runs_select() -> Select[Any]:
+    return select(*RUN_COLUMNS).outerjoin(
+        WorkflowVersion, WorkflowVersion.id == Run.workflow_version_id
+    )
+
+
+def get_run_row(session: Session, run_id: str) -> Row[Any]:
+    """The run's row without its tasks; NotFound when there is no such run."""
+    row = session.execute(_runs_select().where(Run.id == run_id)).one_or_none()
+    if row is None:
+        raise NotFound(f"run {run_id} not found")
+    return row
+
+
+def get_run(session: Session, run_id: str) -> RunRecord:
+    (record,) = _attach_tasks(session, [get_run_row(session, run_id)], TASKS_PER_RUN)
+    return record
+
+
+def require_run(session: Session, run_id: str) -> int:
+    """The run's _intid; NotFound when there is no such run."""
+    intid = session.execute(select(Run._intid).where(Run.id == run_id)).scalar_one_or_none()
+    if intid is None:
+        raise NotFound(f"run {run_id} not found")
+    return intid
+
+
+def list_runs(
+    session: Session,
+    *,
+    limit: int,
+    after: RunCursor | None = None,
+    offset: int = 0,
+    parent_run_id: str | None = None,
+) -> tuple[list[RunRecord], bool]:
+    """A page of runs, newest start_time first, runs without one last.
+
+    Pages by keyset (`after`) or by `offset`. Returns the page and whether
+    more runs follow. Runs with a start_time and runs without one are read by
+    two index-friendly queries (one range each) rather than one query whose
+    NULLS LAST ordering no index of both databases can serve.
+    """
+    where: list[ColumnElement[bool]] = []
+    if parent_run_id is not None:
+        where.append(Run.parent_run_id == parent_run_id)
+    want = limit + 1  # one more than the page tells whether another follows
+    rows: list[Row[Any]] = []
+    if after is None or after.start_time is not None:
+        timed = _runs_select().where(Run.start_time.is_not(None), *where)
+        if after is not None:
+            timed = timed.where(
+                or_(
+                    Run.start_time < after.start_time,
+                    and_(Run.start_time == after.start_time, Run._intid < after.intid),
+                )
+            )
+        timed = timed.order_by(Run.start_time.desc(), Run._intid.desc())
+        rows = list(session.execute(timed.offset(offset).limit(want)))
+        if not rows and offset:
+            # The offset lies past the timed runs: continue into the rest.
+            skipped = session.execute(
+                select(func.count()).select_from(Run).where(Run.start_time.is_not(None), *where)
+            ).scalar_one()
+            offset -= skipped
+        else:
+            offset = 0
+    if len(rows) < want:
+        untimed = _runs_select().where(Run.start_time.is_(None), *where)
+        if after is not None and after.start_time is None:
+            untimed = untimed.where(Run._intid < after.intid)
+        untimed = untimed.order_by(Run._intid.desc()).offset(offset).limit(want - len(rows))
+        rows.extend(session.execute(untimed))
+    records = _attach_tasks(session, rows[:limit], TASKS_PER_LISTED_RUN)
+    return records, len(rows) > limit
+
+
+def list_tasks(
+    session: Session, run_id: str, *, limit: int, after_intid: int | None = None
+) -> tuple[list[Row[Any]], frozenset[str], bool]:
+    """A page of a run's tasks, oldest first, the node ids of the run's PAUSED
+    tasks, and whether more tasks follow."""
+    query = select(*TASK_COLUMNS).where(Task.run_id == run_id)
+    if after_intid is not None:
+        query = query.where(Task._intid > after_intid)
+    rows = list(session.execute(query.order_by(Task._intid).limit(limit + 1)))
+    paused = frozenset(
+        session.execute(
+            select(Task.node_id).where(Task.run_id == run_id, Task.status == TaskStatus.PAUSED)
+        ).scalars()
+    )
+    return rows[:limit], paused, len(rows) > limit
+
+
+def _attach_tasks(session: Session, rows: Sequence[Row[Any]], cap: int) -> list[RunRecord]:
+    """Load the tasks of all `rows` in one statement, at most `cap` per run;
+    counts of runs beyond the cap come from one more aggregate statement."""
+    records = {row.id: RunRecord(row) for row in rows}
+    if not records:
+        return []
+    run_ids = list(records)
+    if len(run_ids) == 1:
+        query = (
+            select(*TASK_COLUMNS)
+            .where(Task.run_id == run_ids[0])
+            .order_by(Task._intid)
+            .limit(cap + 1)
+        )
+    else:
+        numbered = (
+            select(
+                *TASK_COLUMNS,
+                func.row_number()
+                .over(partition_by=Task.run_id, order_by=Task._intid)
+                .label("n"),
+            )
+            .where(Task.run_id.in_(run_ids))
+            .subquery()
+        )
+        query = (
+            select(*(numbered.c[c.key] for c in TASK_COLUMNS))
+            .where(numbered.c.n <= cap + 1)
+            .order_by(numbered.c.run_id, numbered.c._intid)
+        )
+    for task in session.execute(query):
+        records[task.run_id].tasks.append(task)
+    cut: list[str] = []
+    for record in records.values():
+        if len(record.tasks) > cap:
+            del record.tasks[cap:]
+            cut.append(record.row.id)
+        record.task_count = len(record.tasks)
+        record.completed_count = sum(t.status is TaskStatus.COMPLETED for t in record.tasks)
+        record.paused_nodes = frozenset(
+            t.node_id for t in record.tasks if t.status is TaskStatus.PAUSED
+        )
+    if cut:
+        _count_tasks(session, [records[run_id] for run_id in cut])
+    return list(records.values())
+
+
+def _count_tasks(session: Session, records: list[RunRecord]) -> None:
+    """Counts and paused nodes over all tasks of runs whose list was cut."""
+    by_id = {r.row.id: r for r in records}
+    completed = func.count().filter(Task.status == TaskStatus.COMPLETED)
+    for run_id, total, done in session.execute(
+        select(Task.run_id, func.count(), completed)
+        .where(Task.run_id.in_(by_id))
+        .group_by(Task.run_id)
+    ):
+        by_id[run_id].task_count, by_id[run_id].completed_count = total, done
+    paused: dict[str, set[str]] = {}
+    for run_id, node_id in session.execute(
+        select(Task.run_id, Task.node_id).where(
+            Task.run_id.in_(by_id), Task.status == TaskStatus.PAUSED
+        )
+    ):
+        paused.setdefault(run_id, set()).add(node_id)
+    for run_id, nodes in paused.items():
+        by_id[run_id].paused_nodes = frozenset(nodes)
+
+
+def get_versions(session: Session, version_ids: Sequence[str]) -> list[Row[Any]]:
+    if not version_ids:
+        return []
+    return list(
+        session.execute(
+            select(*VERSION_COLUMNS).where(WorkflowVersion.id.in_(sorted(set(version_ids))))
+        )
+    )
+
+
+def delete_run(session: Session, run_id: str) -> int:
+    """Delete a run, its child runs (recursively) and all their tasks.
+
+    All or nothing within the caller's transaction. Returns the number of runs
+    deleted. NotFound if there is no such run; FailedPrecondition, deleting
+    nothing, when rows of other tables still reference one of those runs.
+    """
+    require_run(session, run_id)
+    tree = select(Run.id.label("id")).where(Run.id == run_id).cte("tree", recursive=True)
+    tree = tree.union_all(select(Run.id).join(tree, Run.parent_run_id == tree.c.id))
+    run_ids = list(session.execute(select(tree.c.id)).scalars())
+    _refuse_if_referenced(session, run_ids)
+    try:
+        session.execute(delete(Task).where(Task.run_id.in_(run_ids)))
+        deleted = session.execute(delete(Run).where(Run.id.in_(run_ids))).rowcount  # type: ignore[attr-defined]
+    except sa_exc.IntegrityError:
+        raise FailedPrecondition(
+            f"run {run_id} is still referenced by rows of other tables; nothing was deleted"
+        ) from None
+    if not deleted:
+        # Deleted by a concurrent call between our lookup and our delete.
+        raise NotFound(f"run {run_id} not found")
+    return int(deleted)
+
+
+# Tables of a PySpur database, other than runs and tasks, whose rows point at
+# a run. The Runs API does not own them: a delete that would leave them
+# dangling (or destroy them) is refused.
+REFERENCING_TABLES = (("messages", "run_id"),)
+
+
+def _refuse_if_referenced(session: Session, run_ids: list[str]) -> None:
+    inspector = inspect(session.connection())
+    for name, column_name in REFERENCING_TABLES:
+        if not inspector.has_table(name):
+            continue
+        ref = table(name, column(column_name)).c[column_name]
+        found = session.execute(
+            select(ref, func.count())
+            .where(ref.in_(run_ids))
+            .group_by(ref)
+            .limit(1)
+        ).first()
+        if found is not None:
+            raise FailedPrecondition(
+                f"run {found[0]} is referenced by {found[1]} row(s) of table {name!r} "
+                f"(column {column_name!r}); delete or detach them first. Nothing was deleted."
+            )
