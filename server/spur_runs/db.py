@@ -13,6 +13,8 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+WRITE_OPTION = "spur_runs_write"
+
 
 def normalize_url(url: str) -> URL:
     """postgres:// and postgresql:// go through psycopg 3."""
@@ -22,7 +24,12 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event (below) start every transaction, reads
+    # included: pysqlite alone would run SELECTs outside any transaction, and
+    # the statements of one call could then see different snapshots (a run
+    # read before a concurrent delete, its tasks after it).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # PySpur declares foreign keys; SQLite enforces them only when asked.
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -31,6 +38,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_begin(connection: Any) -> None:
+    # A write transaction takes the write lock up front (IMMEDIATE) so that it
+    # waits for a concurrent writer (busy_timeout) instead of failing when it
+    # upgrades from reading to writing.
+    write = connection.get_execution_options().get(WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 def create_db_engine(url: str, pool_size: int = 16) -> Engine:
@@ -42,7 +57,8 @@ def create_db_engine(url: str, pool_size: int = 16) -> Engine:
             max_overflow=pool_size,
             connect_args={"check_same_thread": False, "timeout": 5},
         )
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(engine, "begin", _sqlite_begin)
         return engine
     return create_engine(
         parsed,
@@ -62,7 +78,13 @@ class Database:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+        read_bind, write_bind = engine, engine.execution_options(**{WRITE_OPTION: True})
+        if engine.dialect.name == "postgresql":
+            # One snapshot for all the statements of a read, as SQLite's
+            # transactions give: a run and its tasks are read consistently.
+            read_bind = engine.execution_options(isolation_level="REPEATABLE READ")
+        self._readers = sessionmaker(read_bind, expire_on_commit=False, autoflush=False)
+        self._writers = sessionmaker(write_bind, expire_on_commit=False, autoflush=False)
 
     @classmethod
     def from_url(cls, url: str, pool_size: int = 16) -> Database:
@@ -71,13 +93,13 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A session for reads; its transaction is rolled back at the end."""
-        with self._sessions() as session:
+        with self._readers() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A session whose transaction commits at the end, or rolls back."""
-        with self._sessions() as session, session.begin():
+        with self._writers() as session, session.begin():
             yield session
 
     def ping(self) -> None:

@@ -7,7 +7,7 @@ ErrorInterceptor turns whatever a handler raises into a proper status
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_status import rpc_status
@@ -41,10 +41,14 @@ def _wrap_stream(behavior: Behavior, method: str) -> Behavior:
     return handle
 
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:  # grpc-stubs makes these generic; grpc itself does not
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _Interceptor = grpc.ServerInterceptor
 
 
-class ErrorInterceptor(grpc.ServerInterceptor[Any, Any]):
+class ErrorInterceptor(_Interceptor):
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
