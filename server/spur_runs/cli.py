@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=f"how long SIGTERM lets in-flight calls finish (env {ENV['grace_seconds']})",
     )
+    serve.add_argument(
+        "--health-interval",
+        type=float,
+        help=f"seconds between database health pings (env {ENV['health_interval']})",
+    )
     serve.add_argument("--log-level", help=f"DEBUG, INFO, ... (env {ENV['log_level']})")
 
     migrate = commands.add_parser(
@@ -70,8 +75,9 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         for name in ("max_workers", "pool_size"):
             if name in values:
                 values[name] = int(values[name])
-        if "grace_seconds" in values:
-            values["grace_seconds"] = float(values["grace_seconds"])
+        for name in ("grace_seconds", "health_interval"):
+            if name in values:
+                values[name] = float(values[name])
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return Config(**values)

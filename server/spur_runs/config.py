@@ -22,6 +22,7 @@ ENV = {
     "pool_size": "SPUR_RUNS_POOL_SIZE",
     "log_level": "SPUR_RUNS_LOG_LEVEL",
     "grace_seconds": "SPUR_RUNS_GRACE_SECONDS",
+    "health_interval": "SPUR_RUNS_HEALTH_INTERVAL",
 }
 
 
@@ -40,6 +41,8 @@ class Config:
     log_level: str = "INFO"
     # How long SIGTERM waits for in-flight calls before it cancels them.
     grace_seconds: float = 10.0
+    # Seconds between the database pings that drive gRPC health.
+    health_interval: float = 2.0
 
     def __post_init__(self) -> None:
         scheme = self.database_url.split(":", 1)[0].split("+", 1)[0]

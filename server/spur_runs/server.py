@@ -35,7 +35,7 @@ class RunsServer:
     def __init__(self, config: Config, db: Database) -> None:
         self.config = config
         self.db = db
-        self.health = DatabaseHealth(db)
+        self.health = DatabaseHealth(db, config.health_interval)
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.max_workers, thread_name_prefix="rpc"

@@ -1,0 +1,86 @@
+"""The protos lint and format cleanly with buf (offline), follow the
+contract the issue fixes, and generated/ is what they generate today."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+from pathlib import Path
+
+from google.api import annotations_pb2
+
+from spur.runs.v1 import run_pb2, run_service_pb2
+from tools import ROOT, tool
+
+SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
+
+
+def test_generated_code_is_fresh(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(
+        p.relative_to(ROOT / "generated")
+        for p in (ROOT / "generated").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+    assert fresh == committed, "generated/ has missing or extra files: python protos/generate.py"
+    stale = [
+        str(p) for p in fresh if not filecmp.cmp(tmp_path / p, ROOT / "generated" / p, shallow=False)
+    ]
+    assert not stale, f"generated/ is stale, run python protos/generate.py: {stale}"
+
+
+def test_buf_lint_and_format_pass_offline() -> None:
+    for args in (["lint"], ["format", "-d", "--exit-code"]):
+        result = subprocess.run(
+            [tool("buf"), *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, f"buf {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+def test_service_has_exactly_the_five_rpcs_with_their_http_rules() -> None:
+    rules = {}
+    for method in SERVICE.methods:
+        rule = method.GetOptions().Extensions[annotations_pb2.http]
+        verb = rule.WhichOneof("pattern")
+        rules[method.name] = (verb, getattr(rule, verb))
+        assert method.input_type.name == f"{method.name}Request"
+        assert method.output_type.name == f"{method.name}Response"
+    assert rules == {
+        "GetRun": ("get", "/run/{run_id}"),
+        "ListRuns": ("get", "/run"),
+        "GetRunTasks": ("get", "/run/{run_id}/tasks"),
+        "DeleteRun": ("delete", "/run/{run_id}"),
+        "GetChildRuns": ("get", "/run/{run_id}/children"),
+    }
+
+
+def test_run_id_is_field_one_and_optional_scalars_have_presence() -> None:
+    for name in ("GetRunRequest", "GetRunTasksRequest", "DeleteRunRequest", "GetChildRunsRequest"):
+        field = run_service_pb2.DESCRIPTOR.message_types_by_name[name].fields_by_name["run_id"]
+        assert field.number == 1
+    run = run_pb2.Run.DESCRIPTOR.fields_by_name
+    for name in ("workflow_version_id", "parent_run_id", "output_file_id", "input_dataset_id", "message", "duration"):
+        assert run[name].has_presence, name
+    assert run["duration"].type == run["duration"].TYPE_DOUBLE
+    assert run["start_time"].message_type.full_name == "google.protobuf.Timestamp"
+    seed_run_fields = {
+        "id", "workflow_id", "workflow_version_id", "workflow_version", "status", "start_time",
+        "end_time", "initial_inputs", "outputs", "tasks", "parent_run_id", "run_type",
+        "output_file_id", "input_dataset_id", "message", "duration", "percentage_complete",
+    }
+    assert seed_run_fields <= set(run)
+    seed_task_fields = {
+        "id", "run_id", "node_id", "node_type", "status", "start_time", "end_time", "inputs",
+        "outputs", "error", "is_downstream_of_pause",
+    }
+    assert seed_task_fields <= set(run_pb2.Task.DESCRIPTOR.fields_by_name)
+    assert [v.name for v in run_pb2.RunStatus.DESCRIPTOR.values] == [
+        f"RUN_STATUS_{s}"
+        for s in ("UNSPECIFIED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "PAUSED", "CANCELED")
+    ]

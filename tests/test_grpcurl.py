@@ -1,0 +1,62 @@
+"""A newcomer's grpcurl session, with the real grpcurl binary and no proto
+files: everything it knows comes from server reflection."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from factories import add_run, add_workflow, all_done
+from spur_runs.db import Database
+from spur_runs.server import RunsServer
+from tools import tool
+
+
+def run_grpcurl(server: RunsServer, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+    command = [tool("grpcurl"), "-plaintext"]
+    if data is not None:
+        command += ["-d", data]
+    command += [f"127.0.0.1:{server.port}", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+def test_list_and_describe_through_reflection(server: RunsServer) -> None:
+    listed = run_grpcurl(server, "list")
+    assert listed.returncode == 0, listed.stderr
+    services = listed.stdout.split()
+    assert "spur.runs.v1.RunService" in services and "grpc.health.v1.Health" in services
+    methods = run_grpcurl(server, "list", "spur.runs.v1.RunService").stdout.split()
+    assert sorted(methods) == sorted(
+        f"spur.runs.v1.RunService.{m}"
+        for m in ("GetRun", "ListRuns", "GetRunTasks", "DeleteRun", "GetChildRuns")
+    )
+    described = run_grpcurl(server, "describe", "spur.runs.v1.Run")
+    assert described.returncode == 0, described.stderr
+    assert "percentage_complete" in described.stdout and "google.protobuf.Timestamp start_time" in described.stdout
+
+
+def test_get_and_list_runs_as_json(db: Database, server: RunsServer) -> None:
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=all_done(), initial_inputs={"input_node": {"q": "hi"}})
+    got = run_grpcurl(server, "spur.runs.v1.RunService/GetRun", data=json.dumps({"run_id": run_id}))
+    assert got.returncode == 0, got.stderr
+    run = json.loads(got.stdout)["run"]
+    assert run["id"] == run_id and run["status"] == "RUN_STATUS_COMPLETED"
+    assert run["initial_inputs"] == {"input_node": {"q": "hi"}}
+    assert len(run["tasks"]) == 6 and run["tasks"][0]["node_type"] == "InputNode"
+    listed = run_grpcurl(server, "spur.runs.v1.RunService/ListRuns", data='{"page_size": 5}')
+    assert [r["id"] for r in json.loads(listed.stdout)["runs"]] == [run_id]
+
+
+def test_errors_show_their_code(server: RunsServer) -> None:
+    missing = run_grpcurl(server, "spur.runs.v1.RunService/GetRun", data='{"run_id": "R777"}')
+    assert missing.returncode != 0
+    assert "NotFound" in missing.stderr and "R777" in missing.stderr
+    bad = run_grpcurl(server, "spur.runs.v1.RunService/GetRun", data='{"run_id": "x"}')
+    assert "InvalidArgument" in bad.stderr
+
+
+def test_health_check(server: RunsServer) -> None:
+    health = run_grpcurl(server, "grpc.health.v1.Health/Check", data='{"service": "spur.runs.v1.RunService"}')
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout) == {"status": "SERVING"}
