@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from spur_runs.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
@@ -43,8 +44,15 @@ def definition(nodes: Sequence[tuple[str, str]] = NODES, links: Sequence[tuple[s
     }
 
 
-def add_workflow(session: Session, name: str = "demo", spec: dict[str, Any] | None = None) -> tuple[str, str]:
+def add_workflow(
+    conn: Connection, name: str = "demo", spec: dict[str, Any] | None = None
+) -> tuple[str, str]:
     """A workflow and one version of it; returns (workflow_id, version_id)."""
+    with Session(bind=conn) as session:
+        return _add_workflow(session, name, spec)
+
+
+def _add_workflow(session: Session, name: str, spec: dict[str, Any] | None) -> tuple[str, str]:
     spec = spec or definition()
     now = datetime(2026, 11, 1, 12, 0, 0)
     workflow = Workflow(name=name, definition=spec, created_at=now, updated_at=now)
@@ -65,7 +73,13 @@ def add_workflow(session: Session, name: str = "demo", spec: dict[str, Any] | No
     return workflow.id, version.id
 
 
-def add_run(
+def add_run(conn: Connection, workflow: tuple[str, str], **fields: Any) -> str:
+    """A run (and its tasks) in the caller's transaction; returns its id."""
+    with Session(bind=conn) as session:
+        return _add_run(session, workflow, **fields)
+
+
+def _add_run(
     session: Session,
     workflow: tuple[str, str],
     *,

@@ -1,5 +1,5 @@
 """The RunService servicer. Each method is thin: validate the request, open
-one session scope, call storage, convert, return. Errors are raised as
+one conn scope, call storage, convert, return. Errors are raised as
 errors.ServiceError (or whatever storage raised) and turned into statuses in
 one place, interceptors.ErrorInterceptor.
 """
@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 
 import grpc
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
@@ -45,16 +45,16 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._db = db
         self._versions = versions or VersionCache()
 
-    def _load_versions(self, session: Session, keys: Iterable[tuple[str, str] | None]) -> None:
+    def _load_versions(self, conn: Connection, keys: Iterable[tuple[str, str] | None]) -> None:
         missing = self._versions.missing(keys)
         if missing:
-            self._versions.add(storage.get_versions(session, missing))
+            self._versions.add(storage.get_versions(conn, missing))
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
         run_id = validate_run_id(request.run_id)
-        with self._db.read() as session:
-            record = storage.get_run(session, run_id)
-            self._load_versions(session, [record.version_key])
+        with self._db.read() as conn:
+            record = storage.get_run(conn, run_id)
+            self._load_versions(conn, [record.version_key])
         return pb.GetRunResponse(run=convert.run_to_message(record, self._versions))
 
     def ListRuns(
@@ -71,9 +71,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 raise InvalidArgument("page", "cannot be combined with page_token")
             after = storage.RunCursor(*paging.decode_run_cursor("runs", request.page_token))
         offset = (max(request.page, 1) - 1) * size
-        with self._db.read() as session:
-            records, more = storage.list_runs(session, limit=size, after=after, offset=offset)
-            self._load_versions(session, (r.version_key for r in records))
+        with self._db.read() as conn:
+            records, more = storage.list_runs(conn, limit=size, after=after, offset=offset)
+            self._load_versions(conn, (r.version_key for r in records))
         return pb.ListRunsResponse(
             runs=[convert.run_to_message(r, self._versions) for r in records],
             next_page_token=_next_run_token("runs", records, more),
@@ -88,11 +88,11 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         )
         scope = f"tasks:{run_id}"
         after = paging.decode_intid_cursor(scope, request.page_token) if request.page_token else None
-        with self._db.read() as session:
-            run = storage.get_run_row(session, run_id)
+        with self._db.read() as conn:
+            run = storage.get_run_row(conn, run_id)
             key = storage.version_key(run)
-            self._load_versions(session, [key])
-            rows, paused, more = storage.list_tasks(session, run_id, limit=size, after_intid=after)
+            self._load_versions(conn, [key])
+            rows, paused, more = storage.list_tasks(conn, run_id, limit=size, after_intid=after)
         entry = self._versions.get(key)
         graph = entry[1] if entry is not None else convert.EMPTY_GRAPH
         return pb.GetRunTasksResponse(
@@ -104,8 +104,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.DeleteRunRequest, context: grpc.ServicerContext
     ) -> pb.DeleteRunResponse:
         run_id = validate_run_id(request.run_id)
-        with self._db.write() as session:
-            storage.delete_run(session, run_id)
+        with self._db.write() as conn:
+            storage.delete_run(conn, run_id)
         return pb.DeleteRunResponse()
 
     def GetChildRuns(
@@ -121,12 +121,12 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             if request.page_token
             else None
         )
-        with self._db.read() as session:
-            storage.require_run(session, run_id)
+        with self._db.read() as conn:
+            storage.require_run(conn, run_id)
             records, more = storage.list_runs(
-                session, limit=size, after=after, parent_run_id=run_id
+                conn, limit=size, after=after, parent_run_id=run_id
             )
-            self._load_versions(session, (r.version_key for r in records))
+            self._load_versions(conn, (r.version_key for r in records))
         return pb.GetChildRunsResponse(
             runs=[convert.run_to_message(r, self._versions) for r in records],
             next_page_token=_next_run_token(scope, records, more),

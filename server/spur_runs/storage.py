@@ -1,7 +1,9 @@
 """SQL over PySpur's tables. Knows SQLAlchemy, nothing of gRPC.
 
-Every function takes a session and never commits: the caller owns the
-transaction (db.Database.read / write). Costs are bounded by what a response
+Every function takes a session scope (a Core connection inside a transaction)
+and never commits: the caller owns the transaction (db.Database.read / write).
+Fixed statements are built once, at import, with bound parameters: building
+a select() costs more than SQLite takes to run it. Costs are bounded by what a response
 shows: a run's tasks are read with the run in one more statement whatever
 their number, a page of runs reads all its tasks in one batched statement, and
 list pages use keyset conditions that the indexes in models.SERVICE_INDEXES
@@ -15,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, column, delete, func, inspect, or_, select, table
+from sqlalchemy import Row, and_, bindparam, column, delete, func, inspect, or_, select, table
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection
 from sqlalchemy.sql import ColumnElement, Select
 
 from .errors import FailedPrecondition, NotFound
@@ -112,29 +114,48 @@ def _runs_select() -> Select[Any]:
     )
 
 
-def get_run_row(session: Session, run_id: str) -> Row[Any]:
+_RUN_BY_ID = _runs_select().where(Run.id == bindparam("run_id"))
+_INTID_BY_ID = select(Run._intid).where(Run.id == bindparam("run_id"))
+_TASKS_OF_RUN = (
+    select(*TASK_COLUMNS)
+    .where(Task.run_id == bindparam("run_id"))
+    .order_by(Task._intid)
+    .limit(bindparam("limit"))
+)
+_TASKS_OF_RUN_AFTER = (
+    select(*TASK_COLUMNS)
+    .where(Task.run_id == bindparam("run_id"), Task._intid > bindparam("after"))
+    .order_by(Task._intid)
+    .limit(bindparam("limit"))
+)
+_PAUSED_NODES = select(Task.node_id).where(
+    Task.run_id == bindparam("run_id"), Task.status == TaskStatus.PAUSED
+)
+
+
+def get_run_row(conn: Connection, run_id: str) -> Row[Any]:
     """The run's row without its tasks; NotFound when there is no such run."""
-    row = session.execute(_runs_select().where(Run.id == run_id)).one_or_none()
+    row = conn.execute(_RUN_BY_ID, {"run_id": run_id}).one_or_none()
     if row is None:
         raise NotFound(f"run {run_id} not found")
     return row
 
 
-def get_run(session: Session, run_id: str) -> RunRecord:
-    (record,) = _attach_tasks(session, [get_run_row(session, run_id)], TASKS_PER_RUN)
+def get_run(conn: Connection, run_id: str) -> RunRecord:
+    (record,) = _attach_tasks(conn, [get_run_row(conn, run_id)], TASKS_PER_RUN)
     return record
 
 
-def require_run(session: Session, run_id: str) -> int:
+def require_run(conn: Connection, run_id: str) -> int:
     """The run's _intid; NotFound when there is no such run."""
-    intid = session.execute(select(Run._intid).where(Run.id == run_id)).scalar_one_or_none()
+    intid = conn.execute(_INTID_BY_ID, {"run_id": run_id}).scalar_one_or_none()
     if intid is None:
         raise NotFound(f"run {run_id} not found")
     return intid
 
 
 def list_runs(
-    session: Session,
+    conn: Connection,
     *,
     limit: int,
     after: RunCursor | None = None,
@@ -163,10 +184,10 @@ def list_runs(
                 )
             )
         timed = timed.order_by(Run.start_time.desc(), Run._intid.desc())
-        rows = list(session.execute(timed.offset(offset).limit(want)))
+        rows = list(conn.execute(timed.offset(offset).limit(want)))
         if not rows and offset:
             # The offset lies past the timed runs: continue into the rest.
-            skipped = session.execute(
+            skipped = conn.execute(
                 select(func.count()).select_from(Run).where(Run.start_time.is_not(None), *where)
             ).scalar_one()
             offset -= skipped
@@ -177,29 +198,27 @@ def list_runs(
         if after is not None and after.start_time is None:
             untimed = untimed.where(Run._intid < after.intid)
         untimed = untimed.order_by(Run._intid.desc()).offset(offset).limit(want - len(rows))
-        rows.extend(session.execute(untimed))
-    records = _attach_tasks(session, rows[:limit], TASKS_PER_LISTED_RUN)
+        rows.extend(conn.execute(untimed))
+    records = _attach_tasks(conn, rows[:limit], TASKS_PER_LISTED_RUN)
     return records, len(rows) > limit
 
 
 def list_tasks(
-    session: Session, run_id: str, *, limit: int, after_intid: int | None = None
+    conn: Connection, run_id: str, *, limit: int, after_intid: int | None = None
 ) -> tuple[list[Row[Any]], frozenset[str], bool]:
     """A page of a run's tasks, oldest first, the node ids of the run's PAUSED
     tasks, and whether more tasks follow."""
-    query = select(*TASK_COLUMNS).where(Task.run_id == run_id)
-    if after_intid is not None:
-        query = query.where(Task._intid > after_intid)
-    rows = list(session.execute(query.order_by(Task._intid).limit(limit + 1)))
-    paused = frozenset(
-        session.execute(
-            select(Task.node_id).where(Task.run_id == run_id, Task.status == TaskStatus.PAUSED)
-        ).scalars()
-    )
+    if after_intid is None:
+        query, params = _TASKS_OF_RUN, {"run_id": run_id, "limit": limit + 1}
+    else:
+        query = _TASKS_OF_RUN_AFTER
+        params = {"run_id": run_id, "limit": limit + 1, "after": after_intid}
+    rows = list(conn.execute(query, params))
+    paused = frozenset(conn.execute(_PAUSED_NODES, {"run_id": run_id}).scalars())
     return rows[:limit], paused, len(rows) > limit
 
 
-def _attach_tasks(session: Session, rows: Sequence[Row[Any]], cap: int) -> list[RunRecord]:
+def _attach_tasks(conn: Connection, rows: Sequence[Row[Any]], cap: int) -> list[RunRecord]:
     """Load the tasks of all `rows` in one statement, at most `cap` per run;
     counts of runs beyond the cap come from one more aggregate statement."""
     records = {row.id: RunRecord(row) for row in rows}
@@ -207,12 +226,7 @@ def _attach_tasks(session: Session, rows: Sequence[Row[Any]], cap: int) -> list[
         return []
     run_ids = list(records)
     if len(run_ids) == 1:
-        query = (
-            select(*TASK_COLUMNS)
-            .where(Task.run_id == run_ids[0])
-            .order_by(Task._intid)
-            .limit(cap + 1)
-        )
+        tasks = conn.execute(_TASKS_OF_RUN, {"run_id": run_ids[0], "limit": cap + 1})
     else:
         numbered = (
             select(
@@ -229,7 +243,8 @@ def _attach_tasks(session: Session, rows: Sequence[Row[Any]], cap: int) -> list[
             .where(numbered.c.n <= cap + 1)
             .order_by(numbered.c.run_id, numbered.c._intid)
         )
-    for task in session.execute(query):
+        tasks = conn.execute(query)
+    for task in tasks:
         records[task.run_id].tasks.append(task)
     cut: list[str] = []
     for record in records.values():
@@ -242,22 +257,22 @@ def _attach_tasks(session: Session, rows: Sequence[Row[Any]], cap: int) -> list[
             t.node_id for t in record.tasks if t.status is TaskStatus.PAUSED
         )
     if cut:
-        _count_tasks(session, [records[run_id] for run_id in cut])
+        _count_tasks(conn, [records[run_id] for run_id in cut])
     return list(records.values())
 
 
-def _count_tasks(session: Session, records: list[RunRecord]) -> None:
+def _count_tasks(conn: Connection, records: list[RunRecord]) -> None:
     """Counts and paused nodes over all tasks of runs whose list was cut."""
     by_id = {r.row.id: r for r in records}
     completed = func.count().filter(Task.status == TaskStatus.COMPLETED)
-    for run_id, total, done in session.execute(
+    for run_id, total, done in conn.execute(
         select(Task.run_id, func.count(), completed)
         .where(Task.run_id.in_(by_id))
         .group_by(Task.run_id)
     ):
         by_id[run_id].task_count, by_id[run_id].completed_count = total, done
     paused: dict[str, set[str]] = {}
-    for run_id, node_id in session.execute(
+    for run_id, node_id in conn.execute(
         select(Task.run_id, Task.node_id).where(
             Task.run_id.in_(by_id), Task.status == TaskStatus.PAUSED
         )
@@ -267,31 +282,31 @@ def _count_tasks(session: Session, records: list[RunRecord]) -> None:
         by_id[run_id].paused_nodes = frozenset(nodes)
 
 
-def get_versions(session: Session, version_ids: Sequence[str]) -> list[Row[Any]]:
+def get_versions(conn: Connection, version_ids: Sequence[str]) -> list[Row[Any]]:
     if not version_ids:
         return []
     return list(
-        session.execute(
+        conn.execute(
             select(*VERSION_COLUMNS).where(WorkflowVersion.id.in_(sorted(set(version_ids))))
         )
     )
 
 
-def delete_run(session: Session, run_id: str) -> int:
+def delete_run(conn: Connection, run_id: str) -> int:
     """Delete a run, its child runs (recursively) and all their tasks.
 
     All or nothing within the caller's transaction. Returns the number of runs
     deleted. NotFound if there is no such run; FailedPrecondition, deleting
     nothing, when rows of other tables still reference one of those runs.
     """
-    require_run(session, run_id)
+    require_run(conn, run_id)
     tree = select(Run.id.label("id")).where(Run.id == run_id).cte("tree", recursive=True)
     tree = tree.union_all(select(Run.id).join(tree, Run.parent_run_id == tree.c.id))
-    run_ids = list(session.execute(select(tree.c.id)).scalars())
-    _refuse_if_referenced(session, run_ids)
+    run_ids = list(conn.execute(select(tree.c.id)).scalars())
+    _refuse_if_referenced(conn, run_ids)
     try:
-        session.execute(delete(Task).where(Task.run_id.in_(run_ids)))
-        deleted = session.execute(delete(Run).where(Run.id.in_(run_ids))).rowcount  # type: ignore[attr-defined]
+        conn.execute(delete(Task).where(Task.run_id.in_(run_ids)))
+        deleted = conn.execute(delete(Run).where(Run.id.in_(run_ids))).rowcount  # type: ignore[attr-defined]
     except sa_exc.IntegrityError:
         raise FailedPrecondition(
             f"run {run_id} is still referenced by rows of other tables; nothing was deleted"
@@ -308,13 +323,13 @@ def delete_run(session: Session, run_id: str) -> int:
 REFERENCING_TABLES = (("messages", "run_id"),)
 
 
-def _refuse_if_referenced(session: Session, run_ids: list[str]) -> None:
-    inspector = inspect(session.connection())
+def _refuse_if_referenced(conn: Connection, run_ids: list[str]) -> None:
+    inspector = inspect(conn)
     for name, column_name in REFERENCING_TABLES:
         if not inspector.has_table(name):
             continue
         ref = table(name, column(column_name)).c[column_name]
-        found = session.execute(
+        found = conn.execute(
             select(ref, func.count())
             .where(ref.in_(run_ids))
             .group_by(ref)
