@@ -128,6 +128,20 @@ _TASKS_OF_RUN_AFTER = (
     .order_by(Task._intid)
     .limit(bindparam("limit"))
 )
+# The first `limit` tasks of each of several runs, in one statement.
+_NUMBERED_TASKS = (
+    select(
+        *TASK_COLUMNS,
+        func.row_number().over(partition_by=Task.run_id, order_by=Task._intid).label("n"),
+    )
+    .where(Task.run_id.in_(bindparam("run_ids", expanding=True)))
+    .subquery()
+)
+_TASKS_OF_RUNS = (
+    select(*(_NUMBERED_TASKS.c[c.key] for c in TASK_COLUMNS))
+    .where(_NUMBERED_TASKS.c.n <= bindparam("limit"))
+    .order_by(_NUMBERED_TASKS.c.run_id, _NUMBERED_TASKS.c._intid)
+)
 _PAUSED_NODES = select(Task.node_id).where(
     Task.run_id == bindparam("run_id"), Task.status == TaskStatus.PAUSED
 )
@@ -228,22 +242,7 @@ def _attach_tasks(conn: Connection, rows: Sequence[Row[Any]], cap: int) -> list[
     if len(run_ids) == 1:
         tasks = conn.execute(_TASKS_OF_RUN, {"run_id": run_ids[0], "limit": cap + 1})
     else:
-        numbered = (
-            select(
-                *TASK_COLUMNS,
-                func.row_number()
-                .over(partition_by=Task.run_id, order_by=Task._intid)
-                .label("n"),
-            )
-            .where(Task.run_id.in_(run_ids))
-            .subquery()
-        )
-        query = (
-            select(*(numbered.c[c.key] for c in TASK_COLUMNS))
-            .where(numbered.c.n <= cap + 1)
-            .order_by(numbered.c.run_id, numbered.c._intid)
-        )
-        tasks = conn.execute(query)
+        tasks = conn.execute(_TASKS_OF_RUNS, {"run_ids": run_ids, "limit": cap + 1})
     for task in tasks:
         records[task.run_id].tasks.append(task)
     cut: list[str] = []
