@@ -132,10 +132,11 @@ class Task(Base):
     subworkflow_output: Mapped[Any] = mapped_column(JSON, nullable=True)
 
 
-# Indexes that our queries need and PySpur does not create. They are not
-# declared on the models above (whose indexes are exactly PySpur's): migration
-# 0002 adds them, additively and idempotently, to any database, and the server
-# warns at start-up when one is missing (see schema_check.py).
+# Indexes that our queries need and PySpur does not create. Declared here, they
+# attach to the tables above (so `Base.metadata.create_all` in a scratch
+# database makes them too), but migration 0001 creates exactly PySpur's
+# schema and 0002 adds these, additively and idempotently, to any database;
+# the server warns at start-up when one is missing (see schema_check.py).
 SERVICE_INDEXES: tuple[Index, ...] = (
     # A run's tasks, oldest first, and paging through them.
     Index("ix_spur_runs_tasks_run_id", Task.run_id, Task._intid),

@@ -1,0 +1,101 @@
+"""`spur-runs migrate`: bring a database to our newest schema revision.
+
+On an empty database it creates PySpur's tables (revision 0001) and the
+indexes our queries need (0002). On a database PySpur made it adds the missing
+indexes and records our version in `spur_runs_alembic_version`, and changes
+nothing else. Running it again does nothing.
+
+The Alembic configuration is built here, in code: no alembic.ini.
+"""
+
+from __future__ import annotations
+
+import logging
+
+
+class _AlembicChatter(logging.Filter):
+    """Drops Alembic's INFO chatter ("setup plugin ...", logged on import;
+    "Context impl SQLiteImpl." on every connection) and keeps the lines that
+    say which revisions ran."""
+
+    NOISE = ("setup plugin", "Context impl", "Will assume")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.NOISE)
+
+
+for _name in ("alembic.runtime.plugins", "alembic.runtime.migration"):
+    logging.getLogger(_name).addFilter(_AlembicChatter())
+
+# After the filter: importing alembic.command already logs.
+from alembic import command  # noqa: E402
+from alembic.config import Config  # noqa: E402
+from alembic.runtime.migration import MigrationContext  # noqa: E402
+from alembic.script import ScriptDirectory  # noqa: E402
+from sqlalchemy import Connection  # noqa: E402
+
+from .db import WRITE_OPTION, create_db_engine, normalize_url  # noqa: E402
+from .migrations import SCRIPT_LOCATION, VERSION_TABLE  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def alembic_config(database_url: str | None = None) -> Config:
+    """An Alembic Config for our migrations (no file behind it)."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    config.set_main_option("version_table", VERSION_TABLE)
+    if database_url is not None:
+        # The Config's values go through configparser interpolation: "%" in a
+        # password must be doubled.
+        url = normalize_url(database_url).render_as_string(hide_password=False)
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _revision_of(connection: Connection) -> str | None:
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    return context.get_current_revision()
+
+
+def _display(database_url: str) -> str:
+    return normalize_url(database_url).render_as_string(hide_password=True)
+
+
+def migrate(database_url: str) -> None:
+    """Upgrade the database to our head revision, in one transaction."""
+    engine = create_db_engine(database_url, pool_size=1)
+    try:
+        with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
+            before = _revision_of(connection)
+            config = alembic_config(database_url)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+            after = _revision_of(connection)
+    finally:
+        engine.dispose()
+    if before == after:
+        log.info("%s: already at revision %s, nothing to do", _display(database_url), after)
+    else:
+        log.info(
+            "%s: migrated from revision %s to %s",
+            _display(database_url),
+            before or "(none)",
+            after,
+        )
+
+
+def current_revision(database_url: str) -> str | None:
+    """Our revision recorded in the database; None before the first migrate."""
+    engine = create_db_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            return _revision_of(connection)
+    finally:
+        engine.dispose()
