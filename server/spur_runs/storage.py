@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, bindparam, column, delete, func, inspect, or_, select, table
+from sqlalchemy import Row, bindparam, column, delete, func, inspect, or_, select, table
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import Connection
 from sqlalchemy.sql import ColumnElement, Select
@@ -191,11 +191,14 @@ def list_runs(
     if after is None or after.start_time is not None:
         timed = _runs_select().where(Run.start_time.is_not(None), *where)
         if after is not None:
+            # (start_time, _intid) < (t, i), written so that both planners
+            # see the plain range `start_time <= t` and walk the index from
+            # the cursor. The textbook `start_time < t OR (start_time = t AND
+            # _intid < i)` makes SQLite merge two index scans and sort
+            # everything older than the cursor: 1.1 s for page 2 of 1M runs.
             timed = timed.where(
-                or_(
-                    Run.start_time < after.start_time,
-                    and_(Run.start_time == after.start_time, Run._intid < after.intid),
-                )
+                Run.start_time <= after.start_time,
+                or_(Run.start_time < after.start_time, Run._intid < after.intid),
             )
         timed = timed.order_by(Run.start_time.desc(), Run._intid.desc())
         rows = list(conn.execute(timed.offset(offset).limit(want)))
