@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 from sqlalchemy import Row
 
 from spur.runs.v1 import run_pb2
@@ -26,6 +26,19 @@ RUN_STATUS = {s: run_pb2.RunStatus.Value(f"RUN_STATUS_{s.name}") for s in RunSta
 TASK_STATUS = {s: run_pb2.TaskStatus.Value(f"TASK_STATUS_{s.name}") for s in TaskStatus}
 
 EMPTY_GRAPH = WorkflowGraph()
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def set_timestamp(target: timestamp_pb2.Timestamp, value: datetime) -> None:
+    """Store a naive datetime, read as UTC (storage.md). Three times faster
+    than Timestamp.FromDatetime, which runs once per task and run."""
+    if value.tzinfo is not None:  # a timestamptz column, in a database we did not make
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    delta = value - _EPOCH
+    target.seconds = delta.days * 86_400 + delta.seconds
+    target.nanos = delta.microseconds * 1_000
 
 
 def set_value(target: struct_pb2.Value, value: Any) -> None:
@@ -105,9 +118,9 @@ def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
         message.description = row.description
     _set_struct(message.definition, row.definition)
     if row.created_at is not None:
-        message.created_at.FromDatetime(row.created_at)
+        set_timestamp(message.created_at, row.created_at)
     if row.updated_at is not None:
-        message.updated_at.FromDatetime(row.updated_at)
+        set_timestamp(message.updated_at, row.updated_at)
     return message
 
 
@@ -121,9 +134,9 @@ def task_to_message(row: Row[Any], graph: WorkflowGraph, downstream: frozenset[s
         is_downstream_of_pause=row.node_id in downstream,
     )
     if row.start_time is not None:
-        task.start_time.FromDatetime(row.start_time)
+        set_timestamp(task.start_time, row.start_time)
     if row.end_time is not None:
-        task.end_time.FromDatetime(row.end_time)
+        set_timestamp(task.end_time, row.end_time)
     if row.inputs is not None:
         set_value(task.inputs, row.inputs)
     if row.outputs is not None:
@@ -176,12 +189,12 @@ def run_to_message(
     if row.input_dataset_id is not None:
         run.input_dataset_id = row.input_dataset_id
     if row.start_time is not None:
-        run.start_time.FromDatetime(row.start_time)
+        set_timestamp(run.start_time, row.start_time)
         # Timestamps are stored without a zone and read as UTC (storage.md).
         end = row.end_time if row.end_time is not None else now()
         run.duration = (end - row.start_time).total_seconds()
     if row.end_time is not None:
-        run.end_time.FromDatetime(row.end_time)
+        set_timestamp(run.end_time, row.end_time)
     if row.initial_inputs is not None:
         _set_struct(run.initial_inputs, row.initial_inputs)
     if row.outputs is not None:
