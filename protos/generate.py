@@ -3,6 +3,10 @@
     python protos/generate.py            # rewrite generated/
     python protos/generate.py --out DIR  # write elsewhere (the staleness test)
 
+Also writes generated/spur/descriptor_set.binpb: the FileDescriptorSet of the
+protos with their comments (source info), which the _pb2 modules leave out
+and the HTTP gateway's OpenAPI document reads its descriptions from.
+
 Uses grpcio-tools' bundled protoc and mypy-protobuf's plugins (for the .pyi
 stubs), both pinned in pyproject.toml's `dev` extra so that the output is
 byte-for-byte reproducible. Generated files are never edited by hand.
@@ -22,6 +26,7 @@ PROTOS = ROOT / "protos"
 VENDORED = ROOT / "third_party" / "googleapis"
 GENERATED = ROOT / "generated"
 PACKAGE = "spur"
+DESCRIPTOR_SET = "descriptor_set.binpb"
 
 
 def _plugin(name: str) -> str:
@@ -37,7 +42,7 @@ def generate(out: Path) -> None:
     well_known = resources.files("grpc_tools") / "_proto"
     if (out / PACKAGE).exists():
         shutil.rmtree(out / PACKAGE)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / PACKAGE).mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
         "-m",
@@ -51,6 +56,8 @@ def generate(out: Path) -> None:
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
+        f"--descriptor_set_out={out / PACKAGE / DESCRIPTOR_SET}",
+        "--include_source_info",
         *protos,
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)

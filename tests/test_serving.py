@@ -40,6 +40,15 @@ def free_port() -> int:
         (["--database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
         ([], {"SPUR_RUNS_MAX_WORKERS": "many"}, "invalid literal"),
         ([], {"SPUR_RUNS_GRPC_ADDRESS": "host:99999"}, "is not HOST:PORT"),
+        (["--read-database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
+        ([], {"SPUR_RUNS_WORKERS": "two"}, "--workers (env SPUR_RUNS_WORKERS) must be an integer"),
+        ([], {"SPUR_RUNS_REFLECTION": "maybe"}, "must be true or false, got 'maybe'"),
+        (["--db-timeout-seconds", "soon"], {}, "--db-timeout-seconds (env SPUR_RUNS_DB_TIMEOUT_SECONDS) must be a number"),
+        (["--log-format", "xml"], {}, "--log-format must be text or json"),
+        ([], {"SPUR_RUNS_LOG_LEVEL": "LOUD"}, "--log-level must be"),
+        (["--max-concurrent-rpcs", "0"], {}, "--max-concurrent-rpcs must be at least 1"),
+        (["--workers", "2", "--grpc-address", "127.0.0.1:0"], {}, "needs a fixed --grpc-address port"),
+        (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca needs --tls-cert"),
     ],
 )
 def test_bad_configuration_stops_with_one_line_and_exit_2(
@@ -150,10 +159,17 @@ def test_sigterm_drains_an_in_flight_call_then_exits_0(postgres_url: str) -> Non
                 except grpc.RpcError as error:
                     result["error"] = error.code()
 
+            # A load balancer watching health hears NOT_SERVING on SIGTERM.
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=30
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             caller = threading.Thread(target=call)
             caller.start()
             time.sleep(1.0)  # the call is now blocked on the lock, in flight
             process.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()  # (as the balancer would: else it is drained too)
             time.sleep(1.0)
             assert process.poll() is None, "exited before the in-flight call finished"
             transaction.rollback()  # release the lock: the call can finish

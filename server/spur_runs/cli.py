@@ -11,10 +11,48 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .config import ENV, Config, ConfigError, env_defaults
+
+if TYPE_CHECKING:  # (imported lazily: `spur-runs migrate` needs no gRPC)
+    from .metrics import Metrics
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not true or false")
+
+
+# The production-serving flags (README's table): name -> (conversion, help).
+# They are converted in load_config, not by argparse, so that a bad value
+# from the flag or from its environment twin gives the same single line.
+SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "read_database_url": (
+        str,
+        "PostgreSQL read replica for the read RPCs; DeleteRun uses --database-url",
+    ),
+    "tls_cert": (str, "PEM certificate chain: serve over TLS"),
+    "tls_key": (str, "PEM private key of --tls-cert"),
+    "tls_client_ca": (str, "PEM CA: refuse clients without a certificate it signed (mutual TLS)"),
+    "reader_tokens_file": (str, "bearer tokens (one a line) that may call the read RPCs"),
+    "admin_tokens_file": (str, "bearer tokens (one a line) that may call every RPC"),
+    "reflection": (parse_bool, "serve gRPC server reflection (default on)"),
+    "max_request_bytes": (int, "largest request message accepted"),
+    "max_response_bytes": (int, "largest response message sent"),
+    "max_concurrent_rpcs": (int, "calls in flight beyond which new ones get RESOURCE_EXHAUSTED"),
+    "keepalive_seconds": (float, "ping connections idle this long"),
+    "min_ping_interval_seconds": (float, "refuse (GOAWAY) clients that ping more often"),
+    "max_connection_age_seconds": (float, "close connections this old, gracefully (0: never)"),
+    "db_timeout_seconds": (float, "bound on one database statement"),
+    "log_format": (str, "text or json"),
+    "workers": (int, "server processes sharing the gRPC port"),
+}
 
 
 def _add_database(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds between database health pings (env {ENV['health_interval']})",
     )
     serve.add_argument("--log-level", help=f"DEBUG, INFO, ... (env {ENV['log_level']})")
+    for name, (convert, text) in SERVING_FLAGS.items():
+        flag = "--" + name.replace("_", "-")
+        if convert is parse_bool:  # --reflection / --no-reflection
+            serve.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                help=f"{text} (env {ENV[name]})",
+            )
+        else:
+            serve.add_argument(flag, dest=name, help=f"{text} (env {ENV[name]})")
 
     migrate = commands.add_parser(
         "migrate", help="create the schema, or add missing indexes to PySpur's database"
@@ -80,15 +129,46 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
                 values[name] = float(values[name])
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    for name, (convert, _text) in SERVING_FLAGS.items():
+        if isinstance(values.get(name), str):
+            try:
+                values[name] = convert(values[name])
+            except ValueError:
+                kind = {int: "an integer", float: "a number", parse_bool: "true or false"}
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} (env {ENV[name]}) must be "
+                    f"{kind.get(convert, 'valid')}, got {values[name]!r}"
+                ) from None
     return Config(**values)
 
 
 def _serve(config: Config) -> int:
+    if config.workers > 1:
+        from .workers import serve_workers
+
+        return serve_workers(config)
+    return serve(config)
+
+
+def serve(
+    config: Config, metrics: Metrics | None = None, stopping: threading.Event | None = None
+) -> int:
+    """Serve until SIGTERM or SIGINT (or `stopping` is set), then drain; one
+    process, or one worker of several."""
     from .server import create_server
 
-    server, _port = create_server(config)
+    try:
+        if config.workers == 1:  # (a worker's siblings hold the port on purpose)
+            from .workers import check_port_free
+
+            check_port_free(config.grpc_address, "grpc_address")
+        server, _port = create_server(config, metrics=metrics)
+    except (ConfigError, OSError) as error:  # unreadable file, port taken
+        print(f"spur-runs: {error}", file=sys.stderr)
+        return 2
     server.start()
-    stopping = threading.Event()
+    if stopping is None:
+        stopping = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         logging.getLogger(__name__).info(
@@ -110,10 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TypeError) as error:
         print(f"spur-runs: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from . import logs
+
+    logs.setup(config)
     if args.command == "serve":
         return _serve(config)
     if args.command == "migrate":

@@ -5,6 +5,7 @@ import time.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,23 @@ ENV = {
     "log_level": "SPUR_RUNS_LOG_LEVEL",
     "grace_seconds": "SPUR_RUNS_GRACE_SECONDS",
     "health_interval": "SPUR_RUNS_HEALTH_INTERVAL",
+    # Production serving (auth.py, tls.py, limits.py, observe.py, workers.py).
+    "read_database_url": "SPUR_RUNS_READ_DATABASE_URL",
+    "tls_cert": "SPUR_RUNS_TLS_CERT",
+    "tls_key": "SPUR_RUNS_TLS_KEY",
+    "tls_client_ca": "SPUR_RUNS_TLS_CLIENT_CA",
+    "reader_tokens_file": "SPUR_RUNS_READER_TOKENS_FILE",
+    "admin_tokens_file": "SPUR_RUNS_ADMIN_TOKENS_FILE",
+    "reflection": "SPUR_RUNS_REFLECTION",
+    "max_request_bytes": "SPUR_RUNS_MAX_REQUEST_BYTES",
+    "max_response_bytes": "SPUR_RUNS_MAX_RESPONSE_BYTES",
+    "max_concurrent_rpcs": "SPUR_RUNS_MAX_CONCURRENT_RPCS",
+    "keepalive_seconds": "SPUR_RUNS_KEEPALIVE_SECONDS",
+    "min_ping_interval_seconds": "SPUR_RUNS_MIN_PING_INTERVAL_SECONDS",
+    "max_connection_age_seconds": "SPUR_RUNS_MAX_CONNECTION_AGE_SECONDS",
+    "db_timeout_seconds": "SPUR_RUNS_DB_TIMEOUT_SECONDS",
+    "log_format": "SPUR_RUNS_LOG_FORMAT",
+    "workers": "SPUR_RUNS_WORKERS",
 }
 
 
@@ -43,19 +61,88 @@ class Config:
     grace_seconds: float = 10.0
     # Seconds between the database pings that drive gRPC health.
     health_interval: float = 2.0
+    # A PostgreSQL read replica for the read RPCs; DeleteRun stays on the primary.
+    read_database_url: str | None = None
+    # PEM files. A client CA turns on mutual TLS: clients without a
+    # certificate it signed are refused at the handshake.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # Token files (auth.py); with neither, authentication is off.
+    reader_tokens_file: str | None = None
+    admin_tokens_file: str | None = None
+    reflection: bool = True
+    # Requests are a run id and a page token: 1 MiB is generous. Responses
+    # are pages of runs with their tasks' outputs, hence the larger bound.
+    max_request_bytes: int = 1024 * 1024
+    max_response_bytes: int = 16 * 1024 * 1024
+    # Calls in flight (running or queued for a thread) beyond which new ones
+    # get RESOURCE_EXHAUSTED at once instead of waiting in an unbounded queue.
+    max_concurrent_rpcs: int = 64
+    # The server pings a connection idle this long, to drop dead peers.
+    keepalive_seconds: float = 60.0
+    # Clients pinging more often than this get GOAWAY (too_many_pings).
+    min_ping_interval_seconds: float = 10.0
+    # 0 = unlimited. Behind a layer-4 load balancer, a bound makes clients
+    # reconnect now and then and so spread over new replicas.
+    max_connection_age_seconds: float = 0.0
+    # Bound on one database statement (PostgreSQL statement_timeout, SQLite
+    # busy_timeout); a shorter client deadline lowers it for that call.
+    db_timeout_seconds: float = 10.0
+    log_format: str = "text"
+    # Server processes sharing the gRPC port (workers.py).
+    workers: int = 1
 
     def __post_init__(self) -> None:
-        scheme = self.database_url.split(":", 1)[0].split("+", 1)[0]
-        if scheme not in ("sqlite", "postgresql", "postgres"):
-            raise ConfigError(
-                f"database URL scheme {scheme!r} is not supported (use sqlite:// or postgresql://)"
-            )
+        for name in ("database_url", "read_database_url"):
+            url = getattr(self, name)
+            if url is None:
+                continue
+            scheme = url.split(":", 1)[0].split("+", 1)[0]
+            if scheme not in ("sqlite", "postgresql", "postgres"):
+                raise ConfigError(
+                    f"database URL scheme {scheme!r} is not supported (use sqlite:// or postgresql://)"
+                )
+        self._check_serving()
         for name in ("grpc_address", "http_address"):
             value = getattr(self, name)
             if value is not None:
                 parse_address(value, name)
         if self.max_workers < 1 or self.pool_size < 1:
             raise ConfigError("max-workers and pool-size must be at least 1")
+
+    def _check_serving(self) -> None:
+        """The production-serving options; their files are read by tls.py
+        and auth.py, which report unreadable ones the same way."""
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        for name in ("max_request_bytes", "max_response_bytes", "max_concurrent_rpcs", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        for name in ("keepalive_seconds", "db_timeout_seconds"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{_flag(name)} must be more than 0, got {getattr(self, name)}")
+        for name in ("min_ping_interval_seconds", "max_connection_age_seconds"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ConfigError(
+                f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
+        if self.workers > 1:
+            # Each worker binds the same port; port 0 would give each its own.
+            for name in ("grpc_address", "http_address"):
+                value = getattr(self, name)
+                if value is not None and parse_address(value, name)[1] == 0:
+                    raise ConfigError(f"--workers above 1 needs a fixed {_flag(name)} port, not 0")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:

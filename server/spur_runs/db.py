@@ -16,6 +16,9 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 
+from . import deadline
+from .errors import DeadlineExceeded
+
 WRITE_OPTION = "spur_runs_write"
 
 
@@ -27,7 +30,7 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any, busy_timeout_ms: int = 5000) -> None:
     # Let SQLAlchemy's "begin" event (below) start every transaction, reads
     # included: pysqlite alone would run SELECTs outside any transaction, and
     # the statements of one call could then see different snapshots (a run
@@ -39,7 +42,7 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # WAL: readers never block the engine's writer, nor it them.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()
 
 
@@ -51,18 +54,30 @@ def _sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_db_engine(url: str, pool_size: int = 16) -> Engine:
+def create_db_engine(url: str, pool_size: int = 16, timeout_seconds: float | None = None) -> Engine:
+    """`timeout_seconds` bounds each statement (the server's --db-timeout-seconds);
+    None leaves migrations and seeding unbounded."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
+        busy = 5.0 if timeout_seconds is None else timeout_seconds
         engine = create_engine(
             parsed,
             pool_size=pool_size,
             max_overflow=pool_size,
-            connect_args={"check_same_thread": False, "timeout": 5},
+            connect_args={"check_same_thread": False, "timeout": busy},
         )
-        event.listen(engine, "connect", _sqlite_connect)
+        event.listen(
+            engine,
+            "connect",
+            lambda connection, record: _sqlite_connect(connection, record, int(busy * 1000)),
+        )
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    connect_args: dict[str, Any] = {"connect_timeout": 3}
+    if timeout_seconds is not None:
+        # Server-side bound: PostgreSQL cancels a statement running (or
+        # waiting for a lock) longer than this, and the connection is free.
+        connect_args["options"] = f"-c statement_timeout={max(int(timeout_seconds * 1000), 1)}"
     return create_engine(
         parsed,
         pool_size=pool_size,
@@ -71,31 +86,77 @@ def create_db_engine(url: str, pool_size: int = 16) -> Engine:
         # A connection the server dropped (restart, failover) is replaced
         # transparently instead of failing the next call.
         pool_pre_ping=True,
-        # Fail fast when the server is down instead of hanging the call.
-        connect_args={"connect_timeout": 3},
+        # Fail fast when the server is down instead of hanging the call
+        # (connect_timeout, in connect_args).
+        connect_args=connect_args,
     )
 
 
 class Database:
-    """One engine and its read and write session scopes."""
+    """One engine and its read and write session scopes; with a read replica
+    (`read_engine`), reads go to it and writes to `engine`, the primary."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        read_engine: Engine | None = None,
+        timeout_seconds: float | None = None,
+    ) -> None:
         self.engine = engine
-        self._read_bind: Engine = engine
+        self.read_engine = read_engine
+        self._timeout = timeout_seconds
+        reader = read_engine or engine
+        self._read_bind: Engine = reader
         self._write_bind: Engine = engine.execution_options(**{WRITE_OPTION: True})
-        if engine.dialect.name == "postgresql":
+        if reader.dialect.name == "postgresql":
             # One snapshot for all the statements of a read, as SQLite's
             # transactions give: a run and its tasks are read consistently.
-            self._read_bind = engine.execution_options(isolation_level="REPEATABLE READ")
+            # (A hot standby supports REPEATABLE READ too.)
+            self._read_bind = reader.execution_options(isolation_level="REPEATABLE READ")
 
     @classmethod
-    def from_url(cls, url: str, pool_size: int = 16) -> Database:
-        return cls(create_db_engine(url, pool_size))
+    def from_url(
+        cls,
+        url: str,
+        pool_size: int = 16,
+        read_url: str | None = None,
+        timeout_seconds: float | None = None,
+    ) -> Database:
+        return cls(
+            create_db_engine(url, pool_size, timeout_seconds),
+            create_db_engine(read_url, pool_size, timeout_seconds) if read_url else None,
+            timeout_seconds,
+        )
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        """By role, for health and metrics."""
+        found = {"primary": self.engine}
+        if self.read_engine is not None:
+            found["replica"] = self.read_engine
+        return found
+
+    def _bound_by_deadline(self, connection: Connection) -> None:
+        """Lower statement_timeout to what the caller's deadline leaves, when
+        that is shorter than the server's own bound."""
+        left = deadline.remaining()
+        if left is None:
+            return
+        if left <= 0:
+            raise DeadlineExceeded("the call's deadline passed before the database was asked")
+        if connection.dialect.name != "postgresql":
+            return
+        if self._timeout is None or left < self._timeout:
+            connection.execute(
+                text("SELECT set_config('statement_timeout', :ms, true)"),
+                {"ms": str(max(int(left * 1000), 1))},
+            )
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A transaction for reads (one snapshot), rolled back at the end."""
         with self._read_bind.connect() as connection, connection.begin() as transaction:
+            self._bound_by_deadline(connection)
             yield connection
             transaction.rollback()
 
@@ -103,12 +164,15 @@ class Database:
     def write(self) -> Iterator[Connection]:
         """A transaction that commits at the end, or rolls back on error."""
         with self._write_bind.connect() as connection, connection.begin():
+            self._bound_by_deadline(connection)
             yield connection
 
     def ping(self) -> None:
-        """Raises when the database cannot answer a trivial query."""
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        """Raises when a database (primary or replica) cannot answer a trivial query."""
+        for engine in self.engines.values():
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        for engine in self.engines.values():
+            engine.dispose()

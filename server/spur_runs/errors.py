@@ -53,6 +53,10 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 # grpc-gateway's mapping (runtime/errors.go HTTPStatusFromCode), so that HTTP
 # callers see the statuses that gateway users expect.
 HTTP_STATUS: dict[grpc.StatusCode, int] = {
@@ -80,6 +84,16 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 _DISCONNECTS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 
 
+# SQLSTATE of a statement cancelled by statement_timeout (db.py sets it from
+# --db-timeout-seconds or the client's deadline): the call ran out of time,
+# the database is fine.
+_QUERY_CANCELED = "57014"
+
+
+def _is_timeout(error: BaseException) -> bool:
+    return getattr(getattr(error, "orig", None), "sqlstate", None) == _QUERY_CANCELED
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
@@ -103,6 +117,12 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
             )
             status.details.append(detail)
         return status
+    if _is_timeout(error):
+        log.warning("database statement timed out in %s", method)
+        return status_pb2.Status(
+            code=code_pb2.DEADLINE_EXCEEDED,
+            message="the database did not answer within the deadline; retry later",
+        )
     if _is_unavailable(error):
         log.warning("database unavailable in %s: %s", method, error.__class__.__name__)
         return status_pb2.Status(

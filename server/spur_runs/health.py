@@ -46,7 +46,9 @@ class DatabaseHealth:
                 log.warning("database unreachable, health NOT_SERVING: %s", error)
         if serving and self._serving is False:
             log.info("database reachable again, health SERVING")
-        if not self._stop.is_set():
+        # Only on a change: HealthServicer.set sends every Watch stream a
+        # message each time, and Watch promises one per change.
+        if serving != self._serving and not self._stop.is_set():
             self._set(_SERVING if serving else _NOT_SERVING)
         self._serving = serving
         return serving

@@ -2,6 +2,9 @@
 
 ErrorInterceptor turns whatever a handler raises into a proper status
 (errors.to_status): a new RPC gets the same treatment with no code of its own.
+The others live next to what they enforce (auth.AuthInterceptor,
+observe.ObserveInterceptor, limits.DeadlineInterceptor) and use the helpers
+below; server.py puts them in order.
 """
 
 from __future__ import annotations
@@ -45,7 +48,44 @@ if TYPE_CHECKING:  # grpc-stubs makes these generic; grpc itself does not
     Handler = grpc.RpcMethodHandler[Any, Any]
     _Interceptor = grpc.ServerInterceptor[Any, Any]
 else:
+    Handler = grpc.RpcMethodHandler
     _Interceptor = grpc.ServerInterceptor
+# The base class for the interceptors of other modules (auth, observe, limits).
+Interceptor = _Interceptor
+
+# (request_streaming, response_streaming) -> the factory of such a handler.
+_FACTORIES: dict[tuple[bool, bool], Callable[..., Any]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def behavior_of(handler: Handler) -> Behavior:
+    found = (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+    assert found is not None
+    return found
+
+
+def is_non_blocking(behavior: Behavior) -> bool:
+    """A streaming behavior that returns at once and sends its messages later
+    through a callback (grpc's experimental_non_blocking, which the health
+    servicer's Watch uses). Wrapped like any other, it would hold one of the
+    server's threads for as long as each Watch stream stays open."""
+    return bool(getattr(behavior, "experimental_non_blocking", False))
+
+
+def replace_behavior(handler: Handler, behavior: Behavior) -> Handler:
+    """A handler of the same kind and codecs as `handler` that runs `behavior`."""
+    factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
+    return factory(  # type: ignore[no-any-return]
+        behavior,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 class ErrorInterceptor(_Interceptor):
@@ -55,8 +95,8 @@ class ErrorInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or is_non_blocking(behavior_of(handler)):
+            return handler
         method = handler_call_details.method
         codecs = {
             "request_deserializer": handler.request_deserializer,

@@ -15,14 +15,18 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
 
+from . import auth, limits, tls
 from .config import Config
 from .db import Database
+from .gateway import HttpGateway
 from .health import DatabaseHealth
 from .interceptors import ErrorInterceptor
+from .metrics import Metrics
+from .observe import ObserveInterceptor
 from .schema_check import warn_missing_indexes
 from .service import RunService
 
@@ -32,47 +36,115 @@ log = logging.getLogger(__name__)
 class RunsServer:
     """A started-or-not gRPC server with the resources it owns."""
 
-    def __init__(self, config: Config, db: Database) -> None:
+    def __init__(self, config: Config, db: Database, metrics: Metrics | None = None) -> None:
         self.config = config
         self.db = db
+        # Token and certificate files are read (and checked) here, before
+        # anything listens: a bad one stops start-up (config.ConfigError).
+        self.tokens = auth.Tokens.from_config(config)
+        tls_files = tls.load(config)
+        self.metrics = metrics or Metrics()
+        for role, engine in db.engines.items():
+            self.metrics.watch_pool(role, engine)
         self.health = DatabaseHealth(db, config.health_interval)
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=config.max_workers, thread_name_prefix="rpc"
             ),
-            interceptors=[ErrorInterceptor()],
+            # Outermost first: observe sees the final code of every call
+            # (refusals included), auth refuses before any work is done, and
+            # errors become statuses innermost.
+            interceptors=[
+                ObserveInterceptor(self.metrics),
+                auth.AuthInterceptor(self.tokens),
+                limits.DeadlineInterceptor(),
+                ErrorInterceptor(),
+            ],
+            options=limits.server_options(config),
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(db), self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
-        reflection.enable_server_reflection(
-            (
-                run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.grpc,
-        )
-        self.port = self.grpc.add_insecure_port(config.grpc_address)
+        # Every service this server registers: what reflection lists, and
+        # what auth.METHOD_SCOPES must cover (checked, so that a new service
+        # or RPC cannot be served without a policy).
+        self.services = [
+            run_service_pb2.DESCRIPTOR.services_by_name["RunService"],
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+        ]
+        if config.reflection:
+            self.services.append(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
+            reflection.enable_server_reflection([s.full_name for s in self.services], self.grpc)
+        auth.check_coverage(self.services)
+        try:
+            if tls_files is None:
+                self.port = self.grpc.add_insecure_port(config.grpc_address)
+            else:
+                self.port = self.grpc.add_secure_port(
+                    config.grpc_address, tls.server_credentials(tls_files)
+                )
+        except RuntimeError:  # grpc's "Failed to bind": port taken, no such address
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {config.grpc_address}")
+            raise OSError(
+                f"cannot listen on {config.grpc_address} (in use, or not an address here)"
+            )
+        # HTTP/JSON from the services' google.api.http rules, through this server.
+        self.http = None if config.http_address is None else HttpGateway(
+            config, self.services, self.grpc, self.metrics
+        )
+        self.http_port = None if self.http is None else self.http.port
 
     def start(self) -> None:
         warn_missing_indexes(self.db.engine)
         self.health.start()
         self.grpc.start()
+        if self.http is not None:
+            self.http.start()
         log.info("serving gRPC on port %d (database %s)", self.port, self.db.engine.url.render_as_string(hide_password=True))
+        if self.db.read_engine is not None:
+            log.info(
+                "read RPCs go to the replica %s",
+                self.db.read_engine.url.render_as_string(hide_password=True),
+            )
+        log.info(
+            "gRPC %s; authentication %s",
+            "with mutual TLS" if self.config.tls_client_ca else "with TLS" if self.config.tls_cert
+            else "in plaintext",
+            f"on ({len(self.tokens.entries)} tokens)" if self.tokens.enabled else "OFF",
+        )
+        if not self.tokens.enabled:
+            log.warning(
+                "no --reader-tokens-file or --admin-tokens-file: every caller may call every "
+                "RPC, DeleteRun included"
+            )
 
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop: health NOT_SERVING, refuse new calls, let in-flight
         calls finish within `grace` seconds, then release the database."""
         self.health.shutdown()
-        self.grpc.stop(self.config.grace_seconds if grace is None else grace).wait()
+        grace = self.config.grace_seconds if grace is None else grace
+        if self.http is not None:  # first: its requests finish through gRPC
+            grace = self.http.stop(grace)
+        self.grpc.stop(grace).wait()
         self.db.dispose()
 
     def wait(self) -> None:
         self.grpc.wait_for_termination()
 
 
-def create_server(config: Config, db: Database | None = None) -> tuple[RunsServer, int]:
-    server = RunsServer(config, db or Database.from_url(config.database_url, config.pool_size))
+def create_server(
+    config: Config, db: Database | None = None, metrics: Metrics | None = None
+) -> tuple[RunsServer, int]:
+    db = db or Database.from_url(
+        config.database_url,
+        config.pool_size,
+        read_url=config.read_database_url,
+        timeout_seconds=config.db_timeout_seconds,
+    )
+    try:
+        server = RunsServer(config, db, metrics)
+    except BaseException:
+        db.dispose()
+        raise
     return server, server.port

@@ -1,0 +1,106 @@
+"""HTTP request headers -> gRPC call metadata and timeout, as grpc-gateway
+forwards them (runtime/context.go), so that an interceptor sees an HTTP
+caller the way it would behind grpc-gateway:
+
+- `Authorization` -> `authorization`;
+- `Grpc-Metadata-Foo` -> `foo` (a `-Bin` key's value is base64 and is sent
+  as bytes);
+- the IANA permanent request headers (Accept, User-Agent, ...) ->
+  `grpcgateway-accept`, `grpcgateway-user-agent`, ... (but Host, which Go's
+  net/http keeps out of the headers, so grpc-gateway never sends it: it is
+  `x-forwarded-host`);
+- `X-Request-Id` -> `x-request-id` (the id the access log and the
+  answer carry; observe.py);
+- `x-forwarded-host` (the Host) and `x-forwarded-for` (the client's address,
+  appended to any X-Forwarded-For it sent);
+- `Grpc-Timeout` (gRPC's own format: up to 8 digits and a unit H M S m u n)
+  -> the call's deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable
+
+from ..errors import InvalidArgument
+
+METADATA_PREFIX = "grpc-metadata-"
+TIMEOUT_HEADER = "Grpc-Timeout"
+
+_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+# What gRPC accepts as a metadata key, and as the value of a non-binary key.
+_KEY = re.compile(r"[0-9a-z_.-]+")
+_VALUE = re.compile(r"[\x20-\x7e]*")
+
+_PERMANENT = frozenset(
+    h.lower()
+    for h in (
+        "Accept", "Accept-Charset", "Accept-Language", "Accept-Ranges", "Cache-Control",
+        "Content-Type", "Cookie", "Date", "Expect", "From", "If-Match",
+        "If-Modified-Since", "If-None-Match", "If-Schedule-Tag-Match", "If-Unmodified-Since",
+        "Max-Forwards", "Origin", "Pragma", "Referer", "User-Agent", "Via", "Warning",
+    )
+)  # fmt: skip
+
+Metadata = list[tuple[str, str | bytes]]
+
+
+def parse_timeout(text: str) -> float:
+    """Seconds of a Grpc-Timeout header value; InvalidArgument if malformed."""
+    found = _TIMEOUT.fullmatch(text)
+    if found is None:
+        raise InvalidArgument(
+            TIMEOUT_HEADER, f"{text[:40]!r} is not a gRPC timeout such as 500m or 2S"
+        )
+    return int(found.group(1)) * _UNITS[found.group(2)]
+
+
+def outgoing_metadata(
+    headers: Iterable[tuple[str, str]], remote: str | None, host: str | None
+) -> Metadata:
+    """The metadata of the call for an HTTP request's headers."""
+    pairs: Metadata = []
+    forwarded_for = forwarded_host = None
+    for name, value in headers:
+        key = name.lower()
+        if key == "authorization":
+            pairs.append((key, _text(name, value)))
+        elif key.startswith(METADATA_PREFIX):
+            target = key[len(METADATA_PREFIX) :]
+            if not _KEY.fullmatch(target) or target.startswith("grpc-"):
+                raise InvalidArgument(name, "is not a usable gRPC metadata key")
+            pairs.append(
+                (target, _binary(name, value) if target.endswith("-bin") else _text(name, value))
+            )
+        elif key in _PERMANENT:
+            pairs.append(("grpcgateway-" + key, _text(name, value)))
+        elif key == "x-request-id":
+            pairs.append((key, _text(name, value)))
+        elif key == "x-forwarded-for":
+            forwarded_for = value
+        elif key == "x-forwarded-host":
+            forwarded_host = value
+    host = forwarded_host or host
+    if host:
+        pairs.append(("x-forwarded-host", _text("Host", host)))
+    if remote:
+        chain = f"{forwarded_for}, {remote}" if forwarded_for else remote
+        pairs.append(("x-forwarded-for", _text("X-Forwarded-For", chain)))
+    return pairs
+
+
+def _text(name: str, value: str) -> str:
+    if not _VALUE.fullmatch(value):
+        raise InvalidArgument(name, "holds characters that gRPC metadata cannot carry")
+    return value
+
+
+def _binary(name: str, value: str) -> bytes:
+    try:
+        padded = value + "=" * (-len(value) % 4)
+        return base64.b64decode(padded.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise InvalidArgument(name, "is not base64") from None

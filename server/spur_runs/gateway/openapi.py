@@ -1,0 +1,289 @@
+"""The OpenAPI 3.1 document of the gateway, built from the same routes and
+descriptors that serve the requests, so the two cannot drift apart.
+
+Schemas describe the JSON that transcode.py writes: proto field names, every
+field present, fields with presence nullable, int64 as strings, enums by
+name, well-known types in their JSON forms. Descriptions are the comments of
+the protos (comments.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from .routes import Route
+from .transcode import QUERY_MESSAGES
+
+Schema = dict[str, Any]
+
+STATUS_REF = "#/components/schemas/google.rpc.Status"
+
+_INT32 = {"type": "integer", "format": "int32", "minimum": -(2**31), "maximum": 2**31 - 1}
+_UINT32 = {"type": "integer", "format": "int64", "minimum": 0, "maximum": 2**32 - 1}
+# int64 and uint64 are JSON strings (numbers would lose precision in JavaScript).
+_INT64 = {"type": "string", "format": "int64", "pattern": r"^-?[0-9]+$"}
+_UINT64 = {"type": "string", "format": "uint64", "pattern": r"^[0-9]+$"}
+
+_SCALARS: dict[int, Schema] = {
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_BYTES: {"type": "string", "format": "byte"},
+    FieldDescriptor.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    FieldDescriptor.TYPE_FLOAT: {"type": "number", "format": "float"},
+    FieldDescriptor.TYPE_INT32: _INT32,
+    FieldDescriptor.TYPE_SINT32: _INT32,
+    FieldDescriptor.TYPE_SFIXED32: _INT32,
+    FieldDescriptor.TYPE_UINT32: _UINT32,
+    FieldDescriptor.TYPE_FIXED32: _UINT32,
+    FieldDescriptor.TYPE_INT64: _INT64,
+    FieldDescriptor.TYPE_SINT64: _INT64,
+    FieldDescriptor.TYPE_SFIXED64: _INT64,
+    FieldDescriptor.TYPE_UINT64: _UINT64,
+    FieldDescriptor.TYPE_FIXED64: _UINT64,
+}
+
+_DURATION = {"type": "string", "pattern": r"^-?[0-9]+(\.[0-9]{1,9})?s$"}
+# JSON forms of the well-known types (the proto3 JSON mapping).
+_WELL_KNOWN: dict[str, Schema] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": _DURATION,
+    "google.protobuf.FieldMask": {"type": "string"},
+    "google.protobuf.Struct": {"type": "object", "additionalProperties": True},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array", "items": {}},
+    "google.protobuf.Empty": {"type": "object"},
+    "google.protobuf.Any": {
+        "type": "object",
+        "properties": {"@type": {"type": "string"}},
+        "required": ["@type"],
+        "additionalProperties": True,
+    },
+    "google.protobuf.DoubleValue": _SCALARS[FieldDescriptor.TYPE_DOUBLE],
+    "google.protobuf.FloatValue": _SCALARS[FieldDescriptor.TYPE_FLOAT],
+    "google.protobuf.Int64Value": _INT64,
+    "google.protobuf.UInt64Value": _UINT64,
+    "google.protobuf.Int32Value": _INT32,
+    "google.protobuf.UInt32Value": _UINT32,
+    "google.protobuf.BoolValue": {"type": "boolean"},
+    "google.protobuf.StringValue": {"type": "string"},
+    "google.protobuf.BytesValue": {"type": "string", "format": "byte"},
+}
+
+
+def _nullable(schema: Schema) -> Schema:
+    if "$ref" in schema or "type" not in schema:
+        return {"anyOf": [schema, {"type": "null"}]} if schema else {}
+    kind = schema["type"]
+    return {**schema, "type": [kind, "null"] if isinstance(kind, str) else [*kind, "null"]}
+
+
+def _in_real_oneof(field: FieldDescriptor) -> bool:
+    oneof = field.containing_oneof
+    # A proto3 `optional` sits alone in a synthetic oneof named "_<field>".
+    return oneof is not None and not (len(oneof.fields) == 1 and oneof.name == "_" + field.name)
+
+
+class _Builder:
+    def __init__(self, comments: Mapping[str, str]) -> None:
+        self.comments = comments
+        self.schemas: dict[str, Schema] = {}
+
+    def describe(self, schema: Schema, full_name: str) -> Schema:
+        text = self.comments.get(full_name)
+        return {**schema, "description": text} if text else schema
+
+    # --- JSON bodies ---
+
+    def message(self, descriptor: Descriptor, for_input: bool = False) -> Schema:
+        """A reference to the schema of a message (built once). Responses
+        carry every field (all `required`, nothing else allowed); a request
+        body may leave any field out and, as grpc-gateway, have unknown ones,
+        so it gets a schema of its own, "<name>Input"."""
+        if descriptor.full_name in _WELL_KNOWN:
+            return dict(_WELL_KNOWN[descriptor.full_name])
+        name = descriptor.full_name + ("Input" if for_input else "")
+        if name not in self.schemas:
+            self.schemas[name] = {}  # placeholder: recursive types refer to it
+            schema: Schema = {
+                "type": "object",
+                "properties": {f.name: self.field(f, for_input) for f in descriptor.fields},
+            }
+            if not for_input:
+                # transcode.py emits every field but the members of a oneof.
+                schema["required"] = [f.name for f in descriptor.fields if not _in_real_oneof(f)]
+                schema["additionalProperties"] = False
+            self.schemas[name] = self.describe(schema, descriptor.full_name)
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def value(self, field: FieldDescriptor, for_input: bool = False) -> Schema:
+        if field.message_type is not None:
+            return self.message(field.message_type, for_input)
+        if field.enum_type is not None:
+            return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
+        return dict(_SCALARS[field.type])
+
+    def field(self, field: FieldDescriptor, for_input: bool = False) -> Schema:
+        entry = field.message_type
+        if entry is not None and entry.GetOptions().map_entry:
+            schema: Schema = {
+                "type": "object",
+                "additionalProperties": self.value(entry.fields_by_name["value"], for_input),
+            }
+        elif field.is_repeated:
+            schema = {"type": "array", "items": self.value(field, for_input)}
+        else:
+            schema = self.value(field, for_input)
+            if field.has_presence:
+                schema = _nullable(schema)
+        return self.describe(schema, field.full_name)
+
+    # --- query parameters ---
+
+    def parameters(self, route: Route) -> list[Schema]:
+        request = route.method.input_type
+        found: list[Schema] = []
+        for variable in route.template.variables:
+            field = _resolve(request, variable.field_path)
+            found.append(
+                self.describe(
+                    {
+                        "name": ".".join(variable.field_path),
+                        "in": "path",
+                        "required": True,
+                        "schema": self.value(field),
+                    },
+                    field.full_name,
+                )
+            )
+        if route.query_allowed:
+            skip = route.bound | ({(route.body,)} if route.body else set())
+            self._query(request, (), skip, (request.full_name,), found)
+        return found
+
+    def _query(
+        self,
+        message: Descriptor,
+        prefix: tuple[str, ...],
+        skip: frozenset[tuple[str, ...]] | set[tuple[str, ...]],
+        seen: tuple[str, ...],
+        found: list[Schema],
+    ) -> None:
+        for field in message.fields:
+            path = (*prefix, field.name)
+            if path in skip:
+                continue
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                continue  # `field[key]=value` has no OpenAPI spelling
+            if entry is not None and entry.full_name not in QUERY_MESSAGES:
+                if not field.is_repeated and entry.full_name not in seen:
+                    self._query(entry, path, skip, (*seen, entry.full_name), found)
+                continue
+            schema = self.value(field)
+            parameter: Schema = {"name": ".".join(path), "in": "query", "required": False}
+            if field.is_repeated:
+                parameter.update(schema={"type": "array", "items": schema}, explode=True)
+            else:
+                parameter["schema"] = schema
+            found.append(self.describe(parameter, field.full_name))
+
+
+def _resolve(message: Descriptor, path: Sequence[str]) -> FieldDescriptor:
+    field = None
+    for name in path:
+        field = message.fields_by_name[name]
+        if field.message_type is not None:
+            message = field.message_type
+    assert field is not None
+    return field
+
+
+_STATUS: Schema = {
+    "type": "object",
+    "description": "The error: a google.rpc.Status. `code` is the gRPC code (3 "
+    "INVALID_ARGUMENT, 5 NOT_FOUND, 9 FAILED_PRECONDITION, 14 UNAVAILABLE, ...); "
+    "`details` hold google.rpc messages such as google.rpc.BadRequest.",
+    "properties": {
+        "code": {"type": "integer", "format": "int32"},
+        "message": {"type": "string"},
+        "details": {"type": "array", "items": _WELL_KNOWN["google.protobuf.Any"]},
+    },
+    "required": ["code", "message", "details"],
+}
+
+_DESCRIPTION = """\
+The HTTP/JSON face of the gRPC API, derived from its `google.api.http` annotations.
+
+- Paths match with or without a trailing slash.
+- Bodies are proto3 JSON with the proto field names; every field is present, and a
+  field that is not set is `null`. int64 values are strings, enums are names,
+  timestamps are RFC 3339.
+- Errors are a `google.rpc.Status` with the HTTP status of its code
+  (grpc-gateway's mapping).
+- A `Grpc-Timeout` header (e.g. `500m`, `2S`) sets the call's deadline;
+  `Authorization` and `Grpc-Metadata-*` headers are passed on as gRPC metadata.
+"""
+
+
+def build_openapi(
+    routes: Sequence[Route], comments: Mapping[str, str], title: str, version: str
+) -> dict[str, Any]:
+    builder = _Builder(comments)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        method = route.method
+        text = comments.get(method.full_name, "")
+        summary, _, rest = text.partition("\n")
+        output = method.output_type
+        if route.response_body:
+            body = builder.field(_resolve(output, route.response_body.split(".")))
+        else:
+            body = builder.message(output)
+        success: dict[str, Any]
+        if not output.fields and not route.response_body:
+            success = {"204": {"description": "Done; no content."}}
+        else:
+            success = {
+                "200": {
+                    "description": f"A {output.name}.",
+                    "content": {"application/json": {"schema": body}},
+                }
+            }
+        operation: dict[str, Any] = {
+            "operationId": f"{method.containing_service.name}_{method.name}",
+            "tags": [method.containing_service.name],
+            "summary": summary.strip() or method.name,
+            "parameters": builder.parameters(route),
+            "responses": {
+                **success,
+                "default": {
+                    "description": "An error.",
+                    "content": {"application/json": {"schema": {"$ref": STATUS_REF}}},
+                },
+            },
+        }
+        if rest.strip():
+            operation["description"] = " ".join(rest.split())
+        if route.body:
+            request = method.input_type
+            schema = (
+                builder.message(request, for_input=True)
+                if route.body == "*"
+                else builder.field(request.fields_by_name[route.body], for_input=True)
+            )
+            operation["requestBody"] = {
+                "required": False,
+                "content": {"application/json": {"schema": schema}},
+            }
+        paths.setdefault(route.template.openapi_path, {})[route.verb.lower()] = operation
+    schemas = dict(sorted(builder.schemas.items()))
+    schemas["google.rpc.Status"] = _STATUS
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": _DESCRIPTION},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

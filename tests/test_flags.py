@@ -1,0 +1,43 @@
+"""Every Config field is a flag of `spur-runs serve` with an environment
+twin, documented in README's table; flags win over twins."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from spur_runs.cli import build_parser, load_config
+from spur_runs.config import ENV, Config
+from tools import ROOT
+
+
+def _serve_flags() -> set[str]:
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    return {flag for action in serve._actions for flag in action.option_strings}
+
+
+def test_every_field_has_a_flag_a_twin_and_a_readme_row() -> None:
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert fields == set(ENV)
+    flags = _serve_flags()
+    readme = (ROOT / "README.md").read_text()
+    for name, variable in ENV.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in flags, flag
+        assert f"`{flag}`" in readme and f"`{variable}`" in readme, name
+
+
+def test_twins_are_read_and_flags_win() -> None:
+    environ = {
+        "SPUR_RUNS_WORKERS": "3",
+        "SPUR_RUNS_REFLECTION": "false",
+        "SPUR_RUNS_DB_TIMEOUT_SECONDS": "2.5",
+        "SPUR_RUNS_LOG_FORMAT": "json",
+        "SPUR_RUNS_GRPC_ADDRESS": "127.0.0.1:7000",
+    }
+    args = build_parser().parse_args(["serve", "--workers", "2", "--reflection"])
+    config = load_config(args, environ)
+    assert (config.workers, config.reflection) == (2, True)  # the flags
+    assert (config.db_timeout_seconds, config.log_format) == (2.5, "json")  # the twins
+    args = build_parser().parse_args(["serve", "--no-reflection"])
+    assert load_config(args, {}).reflection is False

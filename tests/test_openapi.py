@@ -1,0 +1,180 @@
+"""GET /openapi.json: generated from the descriptors that make the routes,
+checked against the live server (every documented operation answers as
+documented, every other method of a documented path is 405), described with
+the protos' comments; and schemathesis, run against it, finds no 5xx and no
+response that breaks the schema."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_testproto import load
+from http_client import Http, Seeded
+from spur_runs.gateway.comments import comments_of
+from spur_runs.gateway.openapi import build_openapi
+from spur_runs.gateway.routes import routes_for
+from spur_runs.server import RunsServer
+from tools import tool
+
+pytest_plugins = ["http_fixtures"]
+
+VERBS = {"GET", "PUT", "POST", "DELETE", "PATCH"}
+
+
+@pytest.fixture
+def document(client: Http) -> dict[str, Any]:
+    reply = client.get("/openapi.json")
+    assert reply.status == 200
+    return dict(reply.json())
+
+
+def test_document_matches_the_live_routes(
+    document: dict[str, Any], client: Http, http_server: RunsServer, seeded: Seeded
+) -> None:
+    assert document["openapi"] == "3.1.0"
+    documented = {(verb.upper(), path) for path, item in document["paths"].items() for verb in item}
+    assert documented == {
+        (r.verb, r.template.openapi_path) for r in routes_for(http_server.services)
+    }
+    # Every documented operation answers with a documented status...
+    for verb, path in sorted(documented, key=lambda p: p[0] == "DELETE"):  # DELETE last
+        operation = document["paths"][path][verb.lower()]
+        run = seeded.others[0] if verb == "DELETE" else seeded.parent
+        reply = client.request(verb, path.replace("{run_id}", run))
+        assert str(reply.status) in operation["responses"], (verb, path, reply.status)
+        if reply.status == 200:
+            assert set(reply.json()) == set(_properties(document, operation))
+    # ...and every other method of a documented path is 405 with what it allows.
+    for path, item in document["paths"].items():
+        live = path.replace("{run_id}", seeded.parent)
+        for verb in VERBS - {v.upper() for v in item}:
+            reply = client.request(verb, live)
+            assert reply.status == 405, (verb, path)
+            assert set(reply.headers["Allow"].split(", ")) == {v.upper() for v in item}
+
+
+def _properties(document: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any]:
+    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    return dict(document["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
+
+
+def test_parameters_are_the_request_fields(document: dict[str, Any]) -> None:
+    def parameters(path: str, verb: str) -> set[tuple[str, str]]:
+        return {(p["name"], p["in"]) for p in document["paths"][path][verb]["parameters"]}
+
+    assert parameters("/run", "get") == {
+        ("page", "query"),
+        ("page_size", "query"),
+        ("page_token", "query"),
+    }
+    assert parameters("/run/{run_id}", "get") == {("run_id", "path")}
+    assert parameters("/run/{run_id}/tasks", "get") == {
+        ("run_id", "path"),
+        ("page_size", "query"),
+        ("page_token", "query"),
+    }
+    page_size = next(
+        p for p in document["paths"]["/run"]["get"]["parameters"] if p["name"] == "page_size"
+    )
+    assert page_size["schema"]["type"] == "integer"
+    assert page_size["description"] == "Runs per page, 1 to 100; 10 when 0."
+    delete = document["paths"]["/run/{run_id}"]["delete"]["responses"]
+    assert set(delete) == {"204", "default"}
+
+
+def test_descriptions_are_the_proto_comments(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+    run = schemas["spur.runs.v1.Run"]
+    assert run["description"] == "One execution of a workflow."
+    assert run["properties"]["id"]["description"].startswith('Public id of the run, "R" followed')
+    assert run["properties"]["status"]["enum"][0] == "RUN_STATUS_UNSPECIFIED"
+    assert run["properties"]["start_time"]["type"] == ["string", "null"]
+    assert run["properties"]["start_time"]["format"] == "date-time"
+    assert set(run["required"]) == set(run["properties"])
+    get_run = document["paths"]["/run/{run_id}"]["get"]
+    assert get_run["summary"] == "Returns one run with its workflow version and tasks."
+    assert get_run["description"] == "NOT_FOUND when no run has that id."
+    assert get_run["operationId"] == "RunService_GetRun"
+    assert schemas["google.rpc.Status"]["required"] == ["code", "message", "details"]
+
+
+def test_bodies_custom_verbs_and_nesting_are_documented() -> None:
+    test = load()
+    routes = routes_for([test.Things])
+    document = build_openapi(routes, comments_of(test.source), "gwtest.Things", "1")
+    paths = document["paths"]
+    assert set(paths) == {
+        "/v1/{name}",
+        "/v1/things:search",
+        "/v1/things",
+        "/v1/{inner.name}",
+        "/v1/{name}:lock",
+        "/v1/tags/{n}",
+    }
+    create = paths["/v1/things"]["post"]
+    assert create["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/gwtest.RequestInput"
+    }
+    assert create["parameters"] == []  # body "*": no query
+    update = paths["/v1/{inner.name}"]["patch"]
+    assert {p["name"] for p in update["parameters"]} >= {"inner.name", "name", "tags", "n"}
+    assert not any(
+        p["name"].startswith("inner.") and p["in"] == "query" for p in update["parameters"]
+    )
+    assert "lock" in paths["/v1/{name}:lock"]  # a custom method is an operation too
+    tags = paths["/v1/tags/{n}"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert tags["schema"]["type"] == "array"  # response_body: the field's own schema
+    schemas = document["components"]["schemas"]
+    assert "required" not in schemas["gwtest.RequestInput"]  # a body may leave fields out
+    assert schemas["gwtest.Inner"]["properties"]["name"]["description"] == "The name of the part."
+    assert schemas["gwtest.Inner"]["properties"]["children"]["items"] == {
+        "$ref": "#/components/schemas/gwtest.Inner"  # a recursive type refers to itself
+    }
+    everything = schemas["gwtest.Everything"]["properties"]
+    assert everything["i64"]["type"] == "string" and everything["opt"]["type"] == ["string", "null"]
+    assert everything["m64"]["additionalProperties"]["format"] == "int64"
+    assert "a" not in schemas["gwtest.Everything"]["required"]  # oneof members may be absent
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(
+    http_server: RunsServer, seeded: Seeded, tmp_path: Path
+) -> None:
+    checks = [
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_headers_conformance",
+        "response_schema_conformance",
+        "negative_data_rejection",
+        "unsupported_method",
+        "allow_header_conformance",
+    ]
+    result = subprocess.run(
+        [
+            tool("st"),
+            "run",
+            f"http://127.0.0.1:{http_server.http_port}/openapi.json",
+            "--checks",
+            ",".join(checks),
+            "--max-examples",
+            "30",
+            "--seed",
+            "1",
+            "--workers",
+            "1",
+            "--generation-database",
+            "none",
+            "--request-timeout",
+            "10",
+            "--no-color",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and " failed" not in result.stdout
