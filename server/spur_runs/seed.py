@@ -1076,6 +1076,14 @@ def _load_postgres(
                 if sequence is not None and planned:
                     cur.execute("SELECT setval(%s, %s, true)", (sequence, last))
         conn.commit()
+        if planned:
+            # A bulk load leaves the planner without statistics until
+            # autovacuum runs; meanwhile ListRuns' batched task query chose a
+            # parallel scan of every task (804 ms a page on 1M runs, 8 ms after).
+            with conn.cursor() as cur:
+                cur.execute("ANALYZE runs")
+                cur.execute("ANALYZE tasks")
+            conn.commit()
         return run_base, task_base
     finally:
         raw.close()  # back to the pool, which rolls back what was not committed
