@@ -153,10 +153,15 @@ class Metrics:
         self._engines[database] = engine
         self.refresh_pools()
 
+    def after_call(self) -> None:
+        """With several workers another process may answer the scrape, so
+        each keeps its own pool gauges current after every call; a single
+        process samples them when scraped (exposition) and need not."""
+        if self.multiprocess_dir is not None:
+            self.refresh_pools()
+
     def refresh_pools(self) -> None:
-        """Sample the pools into the gauges: at each scrape, and after each
-        call (so that an idle worker's numbers are current when another
-        worker answers the scrape)."""
+        """Sample the pools into the gauges."""
         for database, engine in self._engines.items():
             pool: Any = engine.pool
             numbers = {
