@@ -43,7 +43,7 @@ def test_buf_lint_and_format_pass_offline() -> None:
         assert result.returncode == 0, f"buf {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
-def test_service_has_exactly_the_five_rpcs_with_their_http_rules() -> None:
+def test_service_has_exactly_its_rpcs_with_their_http_rules() -> None:
     rules = {}
     for method in SERVICE.methods:
         rule = method.GetOptions().Extensions[annotations_pb2.http]
@@ -57,7 +57,10 @@ def test_service_has_exactly_the_five_rpcs_with_their_http_rules() -> None:
         "GetRunTasks": ("get", "/run/{run_id}/tasks"),
         "DeleteRun": ("delete", "/run/{run_id}"),
         "GetChildRuns": ("get", "/run/{run_id}/children"),
+        "WatchRun": ("get", "/run/{run_id}/watch"),
     }
+    streaming = {m.name for m in SERVICE.methods if m.server_streaming or m.client_streaming}
+    assert streaming == {"WatchRun"}
 
 
 def test_run_id_is_field_one_and_optional_scalars_have_presence() -> None:

@@ -51,6 +51,7 @@ METHOD_SCOPES: dict[str, Scope] = {
     f"/{_RUNS}/ListRuns": Scope.READER,
     f"/{_RUNS}/GetRunTasks": Scope.READER,
     f"/{_RUNS}/GetChildRuns": Scope.READER,
+    f"/{_RUNS}/WatchRun": Scope.READER,
     f"/{_RUNS}/DeleteRun": Scope.ADMIN,
     f"/{_HEALTH}/Check": Scope.PUBLIC,
     f"/{_HEALTH}/List": Scope.PUBLIC,

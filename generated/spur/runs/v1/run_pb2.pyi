@@ -105,6 +105,36 @@ TASK_STATUS_CANCELED: TaskStatus.ValueType  # 6
 """The node was canceled before it finished."""
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
 
+class _RunView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RunViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RUN_VIEW_UNSPECIFIED: _RunView.ValueType  # 0
+    """Not set: the same as RUN_VIEW_FULL."""
+    RUN_VIEW_BASIC: _RunView.ValueType  # 1
+    """The run's own fields only: `tasks` is empty, `task_count` and
+    `percentage_complete` are 0, and `workflow_version` has no `definition`.
+    Reads no task rows, so a large page costs little.
+    """
+    RUN_VIEW_FULL: _RunView.ValueType  # 2
+    """Everything, as PySpur's REST API answers (the default)."""
+
+class RunView(_RunView, metaclass=_RunViewEnumTypeWrapper):
+    """How much of a run a response carries."""
+
+RUN_VIEW_UNSPECIFIED: RunView.ValueType  # 0
+"""Not set: the same as RUN_VIEW_FULL."""
+RUN_VIEW_BASIC: RunView.ValueType  # 1
+"""The run's own fields only: `tasks` is empty, `task_count` and
+`percentage_complete` are 0, and `workflow_version` has no `definition`.
+Reads no task rows, so a large page costs little.
+"""
+RUN_VIEW_FULL: RunView.ValueType  # 2
+"""Everything, as PySpur's REST API answers (the default)."""
+Global___RunView: _TypeAlias = RunView  # noqa: Y015
+
 @_typing.final
 class Run(_message.Message):
     """One execution of a workflow."""
@@ -197,7 +227,7 @@ class Run(_message.Message):
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Task]:
         """The run's tasks, one per executed node, oldest first. Holds at most the
         first 1,000 tasks (100 in list responses); compare with `task_count` and
-        use GetRunTasks to page through all of them.
+        use GetRunTasks to page through all of them. Empty in RUN_VIEW_BASIC.
         """
 
     def __init__(

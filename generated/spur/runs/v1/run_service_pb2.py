@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from spur.runs.v1 import run_pb2 as spur_dot_runs_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1espur/runs/v1/run_service.proto\x12\x0cspur.runs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x16spur/runs/v1/run.proto\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.spur.runs.v1.Run\"F\n\x0fListRunsRequest\x12\x0c\n\x04page\x18\x01 \x01(\x05\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.spur.runs.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x12GetRunTasksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x13GetRunTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.spur.runs.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"L\n\x13GetChildRunsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x14GetChildRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.spur.runs.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8e\x04\n\nRunService\x12Z\n\x06GetRun\x12\x1b.spur.runs.v1.GetRunRequest\x1a\x1c.spur.runs.v1.GetRunResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/run/{run_id}\x12W\n\x08ListRuns\x12\x1d.spur.runs.v1.ListRunsRequest\x1a\x1e.spur.runs.v1.ListRunsResponse\"\x0c\x82\xd3\xe4\x93\x02\x06\x12\x04/run\x12o\n\x0bGetRunTasks\x12 .spur.runs.v1.GetRunTasksRequest\x1a!.spur.runs.v1.GetRunTasksResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/run/{run_id}/tasks\x12\x63\n\tDeleteRun\x12\x1e.spur.runs.v1.DeleteRunRequest\x1a\x1f.spur.runs.v1.DeleteRunResponse\"\x15\x82\xd3\xe4\x93\x02\x0f*\r/run/{run_id}\x12u\n\x0cGetChildRuns\x12!.spur.runs.v1.GetChildRunsRequest\x1a\".spur.runs.v1.GetChildRunsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/run/{run_id}/childrenb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1espur/runs/v1/run_service.proto\x12\x0cspur.runs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16spur/runs/v1/run.proto\"D\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x04view\x18\x02 \x01(\x0e\x32\x15.spur.runs.v1.RunView\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.spur.runs.v1.Run\"\xd9\x02\n\x0fListRunsRequest\x12\x0c\n\x04page\x18\x01 \x01(\x05\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12\'\n\x06status\x18\x05 \x03(\x0e\x32\x17.spur.runs.v1.RunStatus\x12\x10\n\x08run_type\x18\x06 \x01(\t\x12\x13\n\x0bparent_only\x18\x07 \x01(\x08\x12\x34\n\x10start_time_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11start_time_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04view\x18\n \x01(\x0e\x32\x15.spur.runs.v1.RunView\x12\x1a\n\x12include_total_size\x18\x0b \x01(\x08\"t\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.spur.runs.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x17\n\ntotal_size\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_total_size\"K\n\x12GetRunTasksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"Q\n\x13GetRunTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.spur.runs.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"q\n\x13GetChildRunsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12#\n\x04view\x18\x04 \x01(\x0e\x32\x15.spur.runs.v1.RunView\"P\n\x14GetChildRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.spur.runs.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"2\n\x10WatchRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.spur.runs.v1.Run2\xf8\x04\n\nRunService\x12Z\n\x06GetRun\x12\x1b.spur.runs.v1.GetRunRequest\x1a\x1c.spur.runs.v1.GetRunResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/run/{run_id}\x12W\n\x08ListRuns\x12\x1d.spur.runs.v1.ListRunsRequest\x1a\x1e.spur.runs.v1.ListRunsResponse\"\x0c\x82\xd3\xe4\x93\x02\x06\x12\x04/run\x12o\n\x0bGetRunTasks\x12 .spur.runs.v1.GetRunTasksRequest\x1a!.spur.runs.v1.GetRunTasksResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/run/{run_id}/tasks\x12\x63\n\tDeleteRun\x12\x1e.spur.runs.v1.DeleteRunRequest\x1a\x1f.spur.runs.v1.DeleteRunResponse\"\x15\x82\xd3\xe4\x93\x02\x0f*\r/run/{run_id}\x12u\n\x0cGetChildRuns\x12!.spur.runs.v1.GetChildRunsRequest\x1a\".spur.runs.v1.GetChildRunsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/run/{run_id}/children\x12h\n\x08WatchRun\x12\x1d.spur.runs.v1.WatchRunRequest\x1a\x1e.spur.runs.v1.WatchRunResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x12\x13/run/{run_id}/watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,26 +44,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNSERVICE'].methods_by_name['DeleteRun']._serialized_options = b'\202\323\344\223\002\017*\r/run/{run_id}'
   _globals['_RUNSERVICE'].methods_by_name['GetChildRuns']._loaded_options = None
   _globals['_RUNSERVICE'].methods_by_name['GetChildRuns']._serialized_options = b'\202\323\344\223\002\030\022\026/run/{run_id}/children'
-  _globals['_GETRUNREQUEST']._serialized_start=102
-  _globals['_GETRUNREQUEST']._serialized_end=133
-  _globals['_GETRUNRESPONSE']._serialized_start=135
-  _globals['_GETRUNRESPONSE']._serialized_end=183
-  _globals['_LISTRUNSREQUEST']._serialized_start=185
-  _globals['_LISTRUNSREQUEST']._serialized_end=255
-  _globals['_LISTRUNSRESPONSE']._serialized_start=257
-  _globals['_LISTRUNSRESPONSE']._serialized_end=333
-  _globals['_GETRUNTASKSREQUEST']._serialized_start=335
-  _globals['_GETRUNTASKSREQUEST']._serialized_end=410
-  _globals['_GETRUNTASKSRESPONSE']._serialized_start=412
-  _globals['_GETRUNTASKSRESPONSE']._serialized_end=493
-  _globals['_DELETERUNREQUEST']._serialized_start=495
-  _globals['_DELETERUNREQUEST']._serialized_end=529
-  _globals['_DELETERUNRESPONSE']._serialized_start=531
-  _globals['_DELETERUNRESPONSE']._serialized_end=550
-  _globals['_GETCHILDRUNSREQUEST']._serialized_start=552
-  _globals['_GETCHILDRUNSREQUEST']._serialized_end=628
-  _globals['_GETCHILDRUNSRESPONSE']._serialized_start=630
-  _globals['_GETCHILDRUNSRESPONSE']._serialized_end=710
-  _globals['_RUNSERVICE']._serialized_start=713
-  _globals['_RUNSERVICE']._serialized_end=1239
+  _globals['_RUNSERVICE'].methods_by_name['WatchRun']._loaded_options = None
+  _globals['_RUNSERVICE'].methods_by_name['WatchRun']._serialized_options = b'\202\323\344\223\002\025\022\023/run/{run_id}/watch'
+  _globals['_GETRUNREQUEST']._serialized_start=135
+  _globals['_GETRUNREQUEST']._serialized_end=203
+  _globals['_GETRUNRESPONSE']._serialized_start=205
+  _globals['_GETRUNRESPONSE']._serialized_end=253
+  _globals['_LISTRUNSREQUEST']._serialized_start=256
+  _globals['_LISTRUNSREQUEST']._serialized_end=601
+  _globals['_LISTRUNSRESPONSE']._serialized_start=603
+  _globals['_LISTRUNSRESPONSE']._serialized_end=719
+  _globals['_GETRUNTASKSREQUEST']._serialized_start=721
+  _globals['_GETRUNTASKSREQUEST']._serialized_end=796
+  _globals['_GETRUNTASKSRESPONSE']._serialized_start=798
+  _globals['_GETRUNTASKSRESPONSE']._serialized_end=879
+  _globals['_DELETERUNREQUEST']._serialized_start=881
+  _globals['_DELETERUNREQUEST']._serialized_end=915
+  _globals['_DELETERUNRESPONSE']._serialized_start=917
+  _globals['_DELETERUNRESPONSE']._serialized_end=936
+  _globals['_GETCHILDRUNSREQUEST']._serialized_start=938
+  _globals['_GETCHILDRUNSREQUEST']._serialized_end=1051
+  _globals['_GETCHILDRUNSRESPONSE']._serialized_start=1053
+  _globals['_GETCHILDRUNSRESPONSE']._serialized_end=1133
+  _globals['_WATCHRUNREQUEST']._serialized_start=1135
+  _globals['_WATCHRUNREQUEST']._serialized_end=1168
+  _globals['_WATCHRUNRESPONSE']._serialized_start=1170
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1220
+  _globals['_RUNSERVICE']._serialized_start=1223
+  _globals['_RUNSERVICE']._serialized_end=1855
 # @@protoc_insertion_point(module_scope)

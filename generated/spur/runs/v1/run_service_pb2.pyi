@@ -9,6 +9,7 @@ those of PySpur's REST API (`/run/...`).
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from spur.runs.v1 import run_pb2 as _run_pb2
 import builtins as _builtins
@@ -29,16 +30,20 @@ class GetRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of the run, e.g. "R42"."""
+    view: _run_pb2.RunView.ValueType
+    """How much of the run to return; RUN_VIEW_FULL when unset."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        view: _run_pb2.RunView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -80,24 +85,70 @@ class ListRunsRequest(_message.Message):
     PAGE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    RUN_TYPE_FIELD_NUMBER: _builtins.int
+    PARENT_ONLY_FIELD_NUMBER: _builtins.int
+    START_TIME_AFTER_FIELD_NUMBER: _builtins.int
+    START_TIME_BEFORE_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    INCLUDE_TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     page: _builtins.int
     """Page number, from 1 (the default when 0). Ignored when page_token is set."""
     page_size: _builtins.int
     """Runs per page, 1 to 100; 10 when 0."""
     page_token: _builtins.str
     """`next_page_token` of a previous response, to read the page after it.
-    Empty for the first page.
+    Empty for the first page. A token is bound to the filters it was issued
+    with: passing it with other filters is INVALID_ARGUMENT.
     """
+    workflow_id: _builtins.str
+    """Filters below are optional and ANDed; an unset filter matches every run.
+
+    Only runs of this workflow, e.g. "S3".
+    """
+    run_type: _builtins.str
+    """Only runs started this way, e.g. "batch"."""
+    parent_only: _builtins.bool
+    """Only top-level runs (those without a parent run)."""
+    view: _run_pb2.RunView.ValueType
+    """How much of each run to return; RUN_VIEW_FULL when unset."""
+    include_total_size: _builtins.bool
+    """Also return `total_size`, the number of runs that match the filters.
+    Off by default: it costs a count over all of them.
+    """
+    @_builtins.property
+    def status(self) -> _containers.RepeatedScalarFieldContainer[_run_pb2.RunStatus.ValueType]:
+        """Only runs in one of these statuses."""
+
+    @_builtins.property
+    def start_time_after(self) -> _timestamp_pb2.Timestamp:
+        """Only runs that started at or after this time. Runs without a start_time
+        never match a time filter.
+        """
+
+    @_builtins.property
+    def start_time_before(self) -> _timestamp_pb2.Timestamp:
+        """Only runs that started strictly before this time."""
+
     def __init__(
         self,
         *,
         page: _builtins.int = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        status: _abc.Iterable[_run_pb2.RunStatus.ValueType] | None = ...,
+        run_type: _builtins.str = ...,
+        parent_only: _builtins.bool = ...,
+        start_time_after: _timestamp_pb2.Timestamp | None = ...,
+        start_time_before: _timestamp_pb2.Timestamp | None = ...,
+        view: _run_pb2.RunView.ValueType = ...,
+        include_total_size: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time_after", b"start_time_after", "start_time_before", b"start_time_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page", b"page", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_total_size", b"include_total_size", "page", b"page", "page_size", b"page_size", "page_token", b"page_token", "parent_only", b"parent_only", "run_type", b"run_type", "start_time_after", b"start_time_after", "start_time_before", b"start_time_before", "status", b"status", "view", b"view", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -111,8 +162,13 @@ class ListRunsResponse(_message.Message):
 
     RUNS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Pass it as page_token to read the next page; empty on the last page."""
+    total_size: _builtins.int
+    """Number of runs that match the request's filters, over all pages. Set
+    only when the request asked for it with include_total_size.
+    """
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.Run]:
         """The runs of this page, newest first."""
@@ -122,12 +178,15 @@ class ListRunsResponse(_message.Message):
         *,
         runs: _abc.Iterable[_run_pb2.Run] | None = ...,
         next_page_token: _builtins.str = ...,
+        total_size: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "total_size", b"total_size"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_total_size", b"_total_size", "next_page_token", b"next_page_token", "runs", b"runs", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__total_size: _TypeAlias = _typing.Literal["total_size"]  # noqa: Y015
+    _WhichOneofArgType__total_size: _TypeAlias = _typing.Literal["_total_size", b"_total_size"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__total_size) -> _WhichOneofReturnType__total_size | None: ...
 
 Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
 
@@ -239,22 +298,26 @@ class GetChildRunsRequest(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Id of the parent run, e.g. "R42"."""
     page_size: _builtins.int
     """Child runs per page, 1 to 100; 100 when 0."""
     page_token: _builtins.str
     """`next_page_token` of a previous response, to read the page after it."""
+    view: _run_pb2.RunView.ValueType
+    """How much of each run to return; RUN_VIEW_FULL when unset."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        view: _run_pb2.RunView.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -287,3 +350,49 @@ class GetChildRunsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetChildRunsResponse: _TypeAlias = GetChildRunsResponse  # noqa: Y015
+
+@_typing.final
+class WatchRunRequest(_message.Message):
+    """Request of WatchRun."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Id of the run to watch, e.g. "R42"."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunRequest: _TypeAlias = WatchRunRequest  # noqa: Y015
+
+@_typing.final
+class WatchRunResponse(_message.Message):
+    """One message of the WatchRun stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> _run_pb2.Run:
+        """The whole run as it is now (RUN_VIEW_FULL)."""
+
+    def __init__(
+        self,
+        *,
+        run: _run_pb2.Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRunResponse: _TypeAlias = WatchRunResponse  # noqa: Y015

@@ -60,6 +60,11 @@ class RunServiceStub:
                 request_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetChildRunsRequest.SerializeToString,
                 response_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetChildRunsResponse.FromString,
                 _registered_method=True)
+        self.WatchRun = channel.unary_stream(
+                '/spur.runs.v1.RunService/WatchRun',
+                request_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.WatchRunResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -75,8 +80,8 @@ class RunServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Lists all runs across all workflows, newest start_time first (runs
-        without a start_time last), one page at a time.
+        """Lists runs across all workflows, newest start_time first (runs without
+        a start_time last), one page at a time, optionally filtered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,6 +108,19 @@ class RunServiceServicer:
     def GetChildRuns(self, request, context):
         """Returns the runs started by a run (its direct children), newest first
         like ListRuns, one page at a time. NOT_FOUND when no run has that id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchRun(self, request, context):
+        """Streams a run as it changes: its current state first, then the whole run
+        again each time its status or any of its tasks changes, whoever wrote
+        the change. The stream ends after the message that shows a terminal
+        status (COMPLETED, FAILED, CANCELED), at once if the run already has
+        one. NOT_FOUND when no run has that id or when it is deleted while
+        watched. Over HTTP: newline-delimited JSON, or server-sent events when
+        the client accepts text/event-stream.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +153,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.GetChildRuns,
                     request_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetChildRunsRequest.FromString,
                     response_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetChildRunsResponse.SerializeToString,
+            ),
+            'WatchRun': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRun,
+                    request_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.WatchRunRequest.FromString,
+                    response_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.WatchRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -273,6 +296,33 @@ class RunService:
             '/spur.runs.v1.RunService/GetChildRuns',
             spur_dot_runs_dot_v1_dot_run__service__pb2.GetChildRunsRequest.SerializeToString,
             spur_dot_runs_dot_v1_dot_run__service__pb2.GetChildRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/spur.runs.v1.RunService/WatchRun',
+            spur_dot_runs_dot_v1_dot_run__service__pb2.WatchRunRequest.SerializeToString,
+            spur_dot_runs_dot_v1_dot_run__service__pb2.WatchRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

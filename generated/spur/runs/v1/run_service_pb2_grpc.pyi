@@ -41,8 +41,8 @@ class RunServiceStub:
     NOT_FOUND when no run has that id.
     """
     ListRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ListRunsRequest, _run_service_pb2.ListRunsResponse]
-    """Lists all runs across all workflows, newest start_time first (runs
-    without a start_time last), one page at a time.
+    """Lists runs across all workflows, newest start_time first (runs without
+    a start_time last), one page at a time, optionally filtered.
     """
     GetRunTasks: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetRunTasksRequest, _run_service_pb2.GetRunTasksResponse]
     """Returns the tasks of a run, oldest first, one page at a time.
@@ -58,6 +58,15 @@ class RunServiceStub:
     """Returns the runs started by a run (its direct children), newest first
     like ListRuns, one page at a time. NOT_FOUND when no run has that id.
     """
+    WatchRun: _grpc.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.WatchRunResponse]
+    """Streams a run as it changes: its current state first, then the whole run
+    again each time its status or any of its tasks changes, whoever wrote
+    the change. The stream ends after the message that shows a terminal
+    status (COMPLETED, FAILED, CANCELED), at once if the run already has
+    one. NOT_FOUND when no run has that id or when it is deleted while
+    watched. Over HTTP: newline-delimited JSON, or server-sent events when
+    the client accepts text/event-stream.
+    """
 
 @_typing.type_check_only
 class RunServiceAsyncStub(RunServiceStub):
@@ -69,8 +78,8 @@ class RunServiceAsyncStub(RunServiceStub):
     NOT_FOUND when no run has that id.
     """
     ListRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ListRunsRequest, _run_service_pb2.ListRunsResponse]  # type: ignore[assignment]
-    """Lists all runs across all workflows, newest start_time first (runs
-    without a start_time last), one page at a time.
+    """Lists runs across all workflows, newest start_time first (runs without
+    a start_time last), one page at a time, optionally filtered.
     """
     GetRunTasks: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunTasksRequest, _run_service_pb2.GetRunTasksResponse]  # type: ignore[assignment]
     """Returns the tasks of a run, oldest first, one page at a time.
@@ -85,6 +94,15 @@ class RunServiceAsyncStub(RunServiceStub):
     GetChildRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetChildRunsRequest, _run_service_pb2.GetChildRunsResponse]  # type: ignore[assignment]
     """Returns the runs started by a run (its direct children), newest first
     like ListRuns, one page at a time. NOT_FOUND when no run has that id.
+    """
+    WatchRun: _aio.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.WatchRunResponse]  # type: ignore[assignment]
+    """Streams a run as it changes: its current state first, then the whole run
+    again each time its status or any of its tasks changes, whoever wrote
+    the change. The stream ends after the message that shows a terminal
+    status (COMPLETED, FAILED, CANCELED), at once if the run already has
+    one. NOT_FOUND when no run has that id or when it is deleted while
+    watched. Over HTTP: newline-delimited JSON, or server-sent events when
+    the client accepts text/event-stream.
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -106,8 +124,8 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.ListRunsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.ListRunsResponse, _abc.Awaitable[_run_service_pb2.ListRunsResponse]]:
-        """Lists all runs across all workflows, newest start_time first (runs
-        without a start_time last), one page at a time.
+        """Lists runs across all workflows, newest start_time first (runs without
+        a start_time last), one page at a time, optionally filtered.
         """
 
     @_abc_1.abstractmethod
@@ -140,6 +158,21 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_run_service_pb2.GetChildRunsResponse, _abc.Awaitable[_run_service_pb2.GetChildRunsResponse]]:
         """Returns the runs started by a run (its direct children), newest first
         like ListRuns, one page at a time. NOT_FOUND when no run has that id.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRun(
+        self,
+        request: _run_service_pb2.WatchRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_run_service_pb2.WatchRunResponse], _abc.AsyncIterator[_run_service_pb2.WatchRunResponse]]:
+        """Streams a run as it changes: its current state first, then the whole run
+        again each time its status or any of its tasks changes, whoever wrote
+        the change. The stream ends after the message that shows a terminal
+        status (COMPLETED, FAILED, CANCELED), at once if the run already has
+        one. NOT_FOUND when no run has that id or when it is deleted while
+        watched. Over HTTP: newline-delimited JSON, or server-sent events when
+        the client accepts text/event-stream.
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
