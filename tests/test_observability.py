@@ -178,7 +178,7 @@ def test_an_error_logged_during_a_call_carries_its_request_id(
 
     run_id = seeded(sqlite_url)
 
-    def broken(*_args: object) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(storage, "get_run", broken)

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, text
-
 from factories import add_run, add_workflow
+from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.db import Database
+from spur_runs.models import RunStatus
 from spur_runs.server import RunsServer
-from test_service import count_statements
+from sqlalchemy import Connection, event, text
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
 
@@ -65,3 +65,51 @@ def test_keyset_pages_walk_the_index_without_sorting(
                 assert "start_time<?" in shown, shown
             else:
                 assert "Index Cond" in shown and "start_time <=" in shown, shown
+
+
+def test_filtered_pages_walk_an_index_without_sorting(
+    db: Database, server: RunsServer, stub: RunServiceStub
+) -> None:
+    """ListRuns filtered by workflow_id, one status or parent_only: page 2
+    starts an index range at the cursor (migration 0003's indexes and 0002's
+    parent index), never a full scan nor a sort of the matching runs."""
+    with db.write() as s:
+        first, second = add_workflow(s, "first"), add_workflow(s, "second")
+        parent = add_run(s, first)
+        for i in range(24):
+            add_run(
+                s,
+                first if i % 3 else second,
+                status=RunStatus.FAILED if i % 4 == 0 else RunStatus.COMPLETED,
+                start_time=T0 + timedelta(minutes=i),
+                parent_run_id=parent if i % 2 else None,
+            )
+    filters = {
+        "workflow_id": ({"workflow_id": second[0]}, "ix_spur_runs_runs_workflow_start_time"),
+        "status": ({"status": [run_pb2.RUN_STATUS_FAILED]}, "ix_spur_runs_runs_status_start_time"),
+        "parent_only": ({"parent_only": True}, "ix_spur_runs_runs_"),
+    }
+    for name, (fields, index) in filters.items():
+        token = stub.ListRuns(pb.ListRunsRequest(page_size=2, **fields)).next_page_token
+        captured: list[tuple[str, object]] = []
+
+        def grab(conn, cursor, statement, parameters, context, executemany, captured=captured):  # type: ignore[no-untyped-def]
+            if "FROM runs" in statement and "ORDER BY runs.start_time DESC" in statement:
+                captured.append((statement, parameters))
+
+        event.listen(server.db.engine, "before_cursor_execute", grab)
+        try:
+            page = stub.ListRuns(pb.ListRunsRequest(page_size=2, page_token=token, **fields))
+        finally:
+            event.remove(server.db.engine, "before_cursor_execute", grab)
+        assert len(page.runs) == 2 and len(captured) == 1, name
+        ((statement, params),) = captured
+        with db.read() as conn:
+            shown = plan(conn, statement, params)
+        assert index in shown, (name, shown)
+        assert "TEMP B-TREE" not in shown and "Sort" not in shown, (name, shown)
+        assert "SCAN runs" not in shown and "Seq Scan on runs" not in shown, (name, shown)
+        if conn.dialect.name == "sqlite":
+            assert "start_time<?" in shown, (name, shown)  # from the cursor
+        else:
+            assert "Index Cond" in shown and "start_time <=" in shown, (name, shown)

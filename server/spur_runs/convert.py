@@ -14,15 +14,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from sqlalchemy import Row
-
 from spur.runs.v1 import run_pb2
+from sqlalchemy import Row
 
 from .models import RunStatus, TaskStatus
 from .storage import RunRecord
 from .workflow import WorkflowGraph
 
 RUN_STATUS = {s: run_pb2.RunStatus.Value(f"RUN_STATUS_{s.name}") for s in RunStatus}
+# A request's RunStatus (ListRuns' status filter) -> the status PySpur stores.
+STORED_RUN_STATUS = {number: status for status, number in RUN_STATUS.items()}
 TASK_STATUS = {s: run_pb2.TaskStatus.Value(f"TASK_STATUS_{s.name}") for s in TaskStatus}
 
 EMPTY_GRAPH = WorkflowGraph()
@@ -76,6 +77,9 @@ class VersionCache:
         self._entries: OrderedDict[
             tuple[str, str], tuple[run_pb2.WorkflowVersion, WorkflowGraph]
         ] = OrderedDict()
+        # The same versions without their definition (RUN_VIEW_BASIC), built
+        # once per version rather than copied and cleared per run.
+        self._basic: dict[tuple[str, str], run_pb2.WorkflowVersion] = {}
         self._capacity = capacity
         self._lock = threading.Lock()
 
@@ -88,7 +92,8 @@ class VersionCache:
         with self._lock:
             self._entries.update(built)
             while len(self._entries) > self._capacity:
-                self._entries.popitem(last=False)
+                evicted, _ = self._entries.popitem(last=False)
+                self._basic.pop(evicted, None)
 
     def get(
         self, key: tuple[str, str] | None
@@ -100,6 +105,20 @@ class VersionCache:
             if entry is not None:
                 self._entries.move_to_end(key)
         return entry
+
+    def basic(self, key: tuple[str, str] | None) -> run_pb2.WorkflowVersion | None:
+        """The version of `key` without its definition, if it is cached."""
+        if key is None:
+            return None
+        with self._lock:
+            found = self._basic.get(key)
+            entry = self._entries.get(key)
+            if found is None and entry is not None:
+                found = run_pb2.WorkflowVersion()
+                found.CopyFrom(entry[0])
+                found.ClearField("definition")
+                self._basic[key] = found
+        return found
 
 
 def _graph(row: Row[Any]) -> WorkflowGraph:
@@ -159,11 +178,20 @@ def tasks_to_messages(
     return [task_to_message(row, graph, downstream) for row in rows]
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 def run_to_message(
     record: RunRecord,
     versions: VersionCache,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC).replace(tzinfo=None),
+    now: Callable[[], datetime] = _utc_now,
+    *,
+    basic: bool = False,
 ) -> run_pb2.Run:
+    """The Run message of `record`. `basic` (RUN_VIEW_BASIC): the workflow
+    version without its definition; the record carries no tasks then, so
+    tasks, task_count and percentage_complete stay empty."""
     row = record.row
     entry = versions.get(record.version_key)
     graph = entry[1] if entry is not None else EMPTY_GRAPH
@@ -180,8 +208,12 @@ def run_to_message(
     )
     if row.workflow_version_id is not None:
         run.workflow_version_id = row.workflow_version_id
-        if entry is not None:
-            run.workflow_version.CopyFrom(entry[0])
+        if basic:
+            version = versions.basic(record.version_key)
+        else:
+            version = entry[0] if entry is not None else None
+        if version is not None:
+            run.workflow_version.CopyFrom(version)
     if row.parent_run_id is not None:
         run.parent_run_id = row.parent_run_id
     if row.output_file_id is not None:

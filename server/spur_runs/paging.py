@@ -1,7 +1,8 @@
 """Page sizes and opaque page tokens.
 
 A token is the position of the last item of a page (a keyset cursor), bound
-to the listing it came from (its *scope*: "runs", "children:R5", ...) and
+to the listing it came from (its *scope*: "runs", "children:R5", ..., with a
+digest of the listing's filters, see filtered_scope) and
 sealed with a checksum, so that a token that was cut, edited or replayed on
 another listing is rejected as INVALID_ARGUMENT instead of silently paging
 something else. Tokens are not secret: a forged one could only position a
@@ -31,6 +32,17 @@ def page_size(value: int, *, default: int, maximum: int, field: str = "page_size
     if not 1 <= value <= maximum:
         raise InvalidArgument(field, f"must be between 1 and {maximum}, got {value}")
     return value
+
+
+def filtered_scope(listing: str, filters: dict[str, Any]) -> str:
+    """The scope of a filtered listing: `listing` and a digest of its filters,
+    so that a token replayed with other filters fails its checksum. `filters`
+    must be canonical (sets sorted, unset filters left out or at one value):
+    equal filters must give equal scopes. What only shapes the page (its
+    size, the view) stays out: it may change from page to page."""
+    canonical = json.dumps(filters, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.blake2b(canonical.encode(), digest_size=12).hexdigest()
+    return f"{listing}?{digest}"
 
 
 def _mac(scope: str, payload: bytes) -> bytes:

@@ -7,6 +7,9 @@ service still works, slowly; it says so in one line and names the fix.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy import Engine, inspect
 
@@ -15,16 +18,31 @@ from .models import SERVICE_INDEXES
 log = logging.getLogger(__name__)
 
 
+def _predicate(options: Mapping[str, Any], table: str) -> str | None:
+    """The WHERE of a partial index, normalized ("parent_run_id is null"),
+    from model or reflected dialect options ("postgresql_where", ...)."""
+    for key, value in options.items():
+        if key.endswith("_where") and value is not None:
+            text = str(value).replace(f"{table}.", "")
+            return re.sub(r'[\s()"]+', " ", text).strip().lower()
+    return None
+
+
 def missing_indexes(engine: Engine) -> list[str]:
-    """Names of SERVICE_INDEXES whose columns no index of the table leads with."""
+    """Names of SERVICE_INDEXES whose columns no index of the table leads with
+    (a partial index counts only with the same predicate, and only for one)."""
     inspector = inspect(engine)
     missing = []
     for index in SERVICE_INDEXES:
         assert index.table is not None
-        wanted = [c.name for c in index.columns]
+        table = index.table.name
+        wanted = ([c.name for c in index.columns], _predicate(index.dialect_kwargs, table))
         present = [
-            list(existing["column_names"])[: len(wanted)]
-            for existing in inspector.get_indexes(index.table.name)
+            (
+                list(existing["column_names"])[: len(wanted[0])],
+                _predicate(existing.get("dialect_options", {}), table),
+            )
+            for existing in inspector.get_indexes(table)
         ]
         if wanted not in present:
             missing.append(str(index.name))

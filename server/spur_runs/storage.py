@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, column, delete, func, inspect, or_, select, table
+from sqlalchemy import Connection, Row, bindparam, column, delete, func, inspect, or_, select, table
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import Connection
 from sqlalchemy.sql import ColumnElement, Select
 
 from .errors import FailedPrecondition, NotFound
-from .models import Run, Task, TaskStatus, WorkflowVersion
+from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
 
 # Most tasks embedded in one Run message: GetRun, and each run of a list page.
 # Beyond it, Run.task_count tells the client to page with GetRunTasks.
@@ -101,6 +100,44 @@ def version_key(row: Row[Any]) -> tuple[str, str] | None:
 
 
 @dataclass(frozen=True)
+class RunFilter:
+    """ListRuns' filters, ANDed; a field left at its default matches every
+    run. Times are naive UTC, as stored (storage.md)."""
+
+    workflow_id: str | None = None
+    statuses: frozenset[RunStatus] = frozenset()
+    run_type: str | None = None
+    parent_only: bool = False
+    start_after: datetime | None = None  # inclusive
+    start_before: datetime | None = None  # exclusive
+
+    @property
+    def timed_only(self) -> bool:
+        """Runs without a start_time never match a time filter."""
+        return self.start_after is not None or self.start_before is not None
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        where: list[ColumnElement[bool]] = []
+        if self.workflow_id is not None:
+            where.append(Run.workflow_id == self.workflow_id)
+        if self.statuses:
+            # Sorted: the same filter gives the same statement (and plan cache entry).
+            where.append(Run.status.in_(sorted(self.statuses, key=lambda s: s.value)))
+        if self.run_type is not None:
+            where.append(Run.run_type == self.run_type)
+        if self.parent_only:
+            where.append(Run.parent_run_id.is_(None))
+        if self.start_after is not None:
+            where.append(Run.start_time >= self.start_after)
+        if self.start_before is not None:
+            where.append(Run.start_time < self.start_before)
+        return where
+
+
+NO_FILTER = RunFilter()
+
+
+@dataclass(frozen=True)
 class RunCursor:
     """Position after which a run listing continues (see paging.py)."""
 
@@ -155,8 +192,11 @@ def get_run_row(conn: Connection, run_id: str) -> Row[Any]:
     return row
 
 
-def get_run(conn: Connection, run_id: str) -> RunRecord:
-    (record,) = _attach_tasks(conn, [get_run_row(conn, run_id)], TASKS_PER_RUN)
+def get_run(conn: Connection, run_id: str, *, with_tasks: bool = True) -> RunRecord:
+    row = get_run_row(conn, run_id)
+    if not with_tasks:  # RUN_VIEW_BASIC: no statement reads the tasks table
+        return RunRecord(row)
+    (record,) = _attach_tasks(conn, [row], TASKS_PER_RUN)
     return record
 
 
@@ -175,15 +215,18 @@ def list_runs(
     after: RunCursor | None = None,
     offset: int = 0,
     parent_run_id: str | None = None,
+    filters: RunFilter = NO_FILTER,
+    with_tasks: bool = True,
 ) -> tuple[list[RunRecord], bool]:
     """A page of runs, newest start_time first, runs without one last.
 
     Pages by keyset (`after`) or by `offset`. Returns the page and whether
     more runs follow. Runs with a start_time and runs without one are read by
     two index-friendly queries (one range each) rather than one query whose
-    NULLS LAST ordering no index of both databases can serve.
+    NULLS LAST ordering no index of both databases can serve. Without
+    `with_tasks` (RUN_VIEW_BASIC) no statement reads the tasks table.
     """
-    where: list[ColumnElement[bool]] = []
+    where = filters.conditions()
     if parent_run_id is not None:
         where.append(Run.parent_run_id == parent_run_id)
     want = limit + 1  # one more than the page tells whether another follows
@@ -210,14 +253,25 @@ def list_runs(
             offset -= skipped
         else:
             offset = 0
-    if len(rows) < want:
+    if len(rows) < want and not filters.timed_only:
         untimed = _runs_select().where(Run.start_time.is_(None), *where)
         if after is not None and after.start_time is None:
             untimed = untimed.where(Run._intid < after.intid)
         untimed = untimed.order_by(Run._intid.desc()).offset(offset).limit(want - len(rows))
         rows.extend(conn.execute(untimed))
-    records = _attach_tasks(conn, rows[:limit], TASKS_PER_LISTED_RUN)
+    page = rows[:limit]
+    if with_tasks:
+        records = _attach_tasks(conn, page, TASKS_PER_LISTED_RUN)
+    else:
+        records = [RunRecord(row) for row in page]
     return records, len(rows) > limit
+
+
+def count_runs(conn: Connection, filters: RunFilter = NO_FILTER) -> int:
+    """How many runs match `filters` (ListRuns' total_size): one COUNT."""
+    return int(
+        conn.execute(select(func.count()).select_from(Run).where(*filters.conditions())).scalar_one()
+    )
 
 
 def list_tasks(

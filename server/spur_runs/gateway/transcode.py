@@ -140,12 +140,29 @@ def _set_well_known(target: Message, text: str, name: str) -> None:
             target.value = parse_scalar(inner, text, name)  # type: ignore[attr-defined]
         elif full_name == "google.protobuf.FieldMask":
             target.paths.extend(p for p in text.split(",") if p)  # type: ignore[attr-defined]
-        else:  # Timestamp, Duration: their JSON string forms
+        elif full_name == "google.protobuf.Timestamp":
+            _set_timestamp(target, text, name)
+        else:  # Duration: its JSON string form
             target.FromJsonString(text)  # type: ignore[attr-defined]
     except InvalidArgument:
         raise
     except ValueError as error:
         raise InvalidArgument(name, f"{_shown(text)}: {error}") from None
+
+
+def _set_timestamp(target: Message, text: str, name: str) -> None:
+    """RFC 3339, as grpc-gateway reads a Timestamp from a query parameter.
+    protobuf's parser wants "T" and "Z" upper case, which RFC 3339 does not."""
+    try:
+        target.FromJsonString(text.upper())  # type: ignore[attr-defined]
+    except ValueError:
+        hint = ""
+        if " " in text and len(text) > 10:
+            # `+02:00` unescaped in a URL arrives as ` 02:00` (form encoding).
+            hint = " (write a + in a URL as %2B)"
+        raise InvalidArgument(
+            name, f"{_shown(text)} is not an RFC 3339 time such as 2026-01-01T00:00:00Z{hint}"
+        ) from None
 
 
 # --- the request ------------------------------------------------------------
