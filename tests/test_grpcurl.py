@@ -12,7 +12,9 @@ from spur_runs.server import RunsServer
 from tools import tool
 
 
-def run_grpcurl(server: RunsServer, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_grpcurl(
+    server: RunsServer, *args: str, data: str | None = None
+) -> subprocess.CompletedProcess[str]:
     command = [tool("grpcurl"), "-plaintext"]
     if data is not None:
         command += ["-d", data]
@@ -28,16 +30,21 @@ def test_list_and_describe_through_reflection(server: RunsServer) -> None:
     methods = run_grpcurl(server, "list", "spur.runs.v1.RunService").stdout.split()
     assert sorted(methods) == sorted(
         f"spur.runs.v1.RunService.{m}"
-        for m in ("GetRun", "ListRuns", "GetRunTasks", "DeleteRun", "GetChildRuns")
+        for m in ("GetRun", "ListRuns", "GetRunTasks", "DeleteRun", "GetChildRuns", "WatchRun")
     )
     described = run_grpcurl(server, "describe", "spur.runs.v1.Run")
     assert described.returncode == 0, described.stderr
-    assert "percentage_complete" in described.stdout and "google.protobuf.Timestamp start_time" in described.stdout
+    assert (
+        "percentage_complete" in described.stdout
+        and "google.protobuf.Timestamp start_time" in described.stdout
+    )
 
 
 def test_get_and_list_runs_as_json(db: Database, server: RunsServer) -> None:
     with db.write() as s:
-        run_id = add_run(s, add_workflow(s), tasks=all_done(), initial_inputs={"input_node": {"q": "hi"}})
+        run_id = add_run(
+            s, add_workflow(s), tasks=all_done(), initial_inputs={"input_node": {"q": "hi"}}
+        )
     got = run_grpcurl(server, "spur.runs.v1.RunService/GetRun", data=json.dumps({"run_id": run_id}))
     assert got.returncode == 0, got.stderr
     run = json.loads(got.stdout)["run"]
@@ -57,6 +64,22 @@ def test_errors_show_their_code(server: RunsServer) -> None:
 
 
 def test_health_check(server: RunsServer) -> None:
-    health = run_grpcurl(server, "grpc.health.v1.Health/Check", data='{"service": "spur.runs.v1.RunService"}')
+    health = run_grpcurl(
+        server, "grpc.health.v1.Health/Check", data='{"service": "spur.runs.v1.RunService"}'
+    )
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout) == {"status": "SERVING"}
+
+
+def test_watch_a_finished_run(db: Database, server: RunsServer) -> None:
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=all_done())
+    watched = run_grpcurl(
+        server, "spur.runs.v1.RunService/WatchRun", data=json.dumps({"run_id": run_id})
+    )
+    assert watched.returncode == 0, watched.stderr
+    # One message (the run has ended), then the stream ends with OK.
+    (message,) = [json.loads(m) for m in watched.stdout.replace("}\n{", "}\x00{").split("\x00")]
+    assert message["run"]["id"] == run_id and message["run"]["status"] == "RUN_STATUS_COMPLETED"
+    missing = run_grpcurl(server, "spur.runs.v1.RunService/WatchRun", data='{"run_id": "R777"}')
+    assert missing.returncode != 0 and "NotFound" in missing.stderr

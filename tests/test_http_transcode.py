@@ -61,7 +61,10 @@ def test_run_service_routes() -> None:
         ("GET", "/run/{run_id}/tasks"),
         ("DELETE", "/run/{run_id}"),
         ("GET", "/run/{run_id}/children"),
+        ("GET", "/run/{run_id}/watch"),  # server streaming: NDJSON or server-sent events
     }
+    streaming = [r.method.name for r in routes_for([service]) if r.streaming]
+    assert streaming == ["WatchRun"]
 
 
 def test_paths_match_their_templates(router: Router[Route]) -> None:

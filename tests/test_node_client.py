@@ -84,7 +84,7 @@ def test_node_client_calls_every_rpc(tmp_path: Path) -> None:
             seen = server.metrics.registry.get_sample_value(
                 "grpc_server_started_total",
                 {
-                    "grpc_type": "unary",
+                    "grpc_type": "server_stream" if method.server_streaming else "unary",
                     "grpc_service": service.full_name,
                     "grpc_method": method.name,
                 },

@@ -7,9 +7,10 @@
 //   node runs_client.js HOST:PORT [--delete RUN_ID] [--token TOKEN]
 //                       [--ca CA.pem [--cert CLIENT.pem --key CLIENT.key]]
 //
-// It walks ListRuns page by page (page tokens), then GetRun, GetRunTasks and
-// GetChildRuns of every run, checks ids, parent links and enum names, checks
-// that a missing run is NOT_FOUND and a malformed id INVALID_ARGUMENT, and,
+// It walks ListRuns page by page (page tokens), then GetRun, GetRunTasks,
+// GetChildRuns and WatchRun (a server stream) of every run, checks ids,
+// parent links and enum names, checks that a missing run is NOT_FOUND (for
+// GetRun and WatchRun) and a malformed id INVALID_ARGUMENT, and,
 // with --delete, deletes that run and checks that it is gone. It prints one
 // JSON summary on stdout and exits 0, or names the first failed check on
 // stderr and exits 1.
@@ -23,6 +24,7 @@ const protoLoader = require('@grpc/proto-loader');
 const ROOT = path.resolve(__dirname, '..', '..');
 const PROTO_DIRS = [path.join(ROOT, 'protos'), path.join(ROOT, 'third_party', 'googleapis')];
 const PAGE_SIZE = 2; // small, so that the page tokens are exercised
+const TERMINAL = new Set(['RUN_STATUS_COMPLETED', 'RUN_STATUS_FAILED', 'RUN_STATUS_CANCELED']);
 
 class CheckFailed extends Error {}
 
@@ -85,6 +87,16 @@ async function main() {
         error ? reject(error) : resolve(response),
       );
     });
+  // A server-streaming call: every message until the stream ends (or its error).
+  const stream = (method, request) =>
+    new Promise((resolve, reject) => {
+      calls += 1;
+      const messages = [];
+      const call = client[method](request, metadata, { deadline: Date.now() + 10000 });
+      call.on('data', (message) => messages.push(message));
+      call.on('error', reject);
+      call.on('end', () => resolve(messages));
+    });
   const failure = async (method, request) => {
     try {
       await call(method, request);
@@ -133,6 +145,15 @@ async function main() {
     for (const child of children) {
       check(child.parent_run_id === run.id, `child ${child.id} of ${run.id} has parent ${child.parent_run_id}`);
     }
+    // WatchRun: the current state first; the stream ends after a terminal one.
+    const watched = await stream('WatchRun', { run_id: run.id });
+    check(watched.length >= 1 && watched[0].run.id === run.id, `WatchRun(${run.id}) sent no run`);
+    const last = watched[watched.length - 1].run.status;
+    check(
+      TERMINAL.has(last) || !TERMINAL.has(run.status),
+      `WatchRun(${run.id}) ended on ${last} while the run is ${run.status}`,
+    );
+
     runs[run.id] = {
       status: run.status,
       tasks: tasks.length,
@@ -141,6 +162,14 @@ async function main() {
       parent: run.parent_run_id ?? null,
     };
   }
+
+  let unwatchable = null;
+  try {
+    await stream('WatchRun', { run_id: 'R999999999' });
+  } catch (error) {
+    unwatchable = error;
+  }
+  check(unwatchable && unwatchable.code === grpc.status.NOT_FOUND, 'WatchRun(R999999999) is not NOT_FOUND');
 
   const missing = await failure('GetRun', { run_id: 'R999999999' });
   check(missing.code === grpc.status.NOT_FOUND, `GetRun(R999999999): code ${missing.code}, not NOT_FOUND`);

@@ -187,6 +187,10 @@ class AuthInterceptor(Interceptor):
 
 
 def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
+    """A handler of the same kind that refuses the call. For a non-blocking
+    streaming method (WatchRun) too: the refusal is an ordinary behavior that
+    raises at once, so the real one (which would start watching) never runs."""
+
     def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
         context.abort(code, message)
 

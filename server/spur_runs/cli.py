@@ -52,6 +52,8 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "db_timeout_seconds": (float, "bound on one database statement"),
     "log_format": (str, "text or json"),
     "workers": (int, "server processes sharing the gRPC port"),
+    "watch_interval": (float, "seconds between two looks at the runs WatchRun streams watch"),
+    "max_watchers": (int, "open WatchRun streams beyond which new ones get RESOURCE_EXHAUSTED"),
 }
 
 

@@ -41,6 +41,9 @@ ENV = {
     "db_timeout_seconds": "SPUR_RUNS_DB_TIMEOUT_SECONDS",
     "log_format": "SPUR_RUNS_LOG_FORMAT",
     "workers": "SPUR_RUNS_WORKERS",
+    # WatchRun (watch.py).
+    "watch_interval": "SPUR_RUNS_WATCH_INTERVAL",
+    "max_watchers": "SPUR_RUNS_MAX_WATCHERS",
 }
 
 
@@ -92,6 +95,13 @@ class Config:
     log_format: str = "text"
     # Server processes sharing the gRPC port (workers.py).
     workers: int = 1
+    # Seconds between two looks at the watched runs (one batched query for
+    # all of them, whoever wrote the change): the latency of a WatchRun.
+    watch_interval: float = 0.5
+    # Open WatchRun streams per process beyond which new ones get
+    # RESOURCE_EXHAUSTED. They hold no thread, only memory and a share of
+    # each poll.
+    max_watchers: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("database_url", "read_database_url"):
@@ -118,10 +128,13 @@ class Config:
             raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        for name in ("max_request_bytes", "max_response_bytes", "max_concurrent_rpcs", "workers"):
+        for name in (
+            "max_request_bytes", "max_response_bytes", "max_concurrent_rpcs", "workers",
+            "max_watchers",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("keepalive_seconds", "db_timeout_seconds"):
+        for name in ("keepalive_seconds", "db_timeout_seconds", "watch_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{_flag(name)} must be more than 0, got {getattr(self, name)}")
         for name in ("min_ping_interval_seconds", "max_connection_age_seconds"):

@@ -44,6 +44,43 @@ def _wrap_stream(behavior: Behavior, method: str) -> Behavior:
     return handle
 
 
+def end_with_error(context: grpc.ServicerContext, error: BaseException, method: str) -> None:
+    """Put the status of `error` on the call without raising (what
+    abort_with_status does, minus the exception, which only a handler's own
+    thread could raise): the code, the message and the google.rpc.Status
+    trailer. The stream ends with it when its close callback is called."""
+    status = rpc_status.to_status(to_status(error, method))
+    context.set_trailing_metadata(status.trailing_metadata)
+    context.set_code(status.code)
+    context.set_details(status.details)
+
+
+def _wrap_non_blocking(behavior: Any, method: str) -> Any:
+    """A non-blocking streaming behavior (it returns at once and sends later,
+    from any thread, through a callback), with errors mapped as for every
+    other RPC: what it raises before returning aborts the call with the
+    error's status; an exception it passes to the callback, instead of a
+    message, ends the stream with that exception's status."""
+
+    def handle(request: Any, context: grpc.ServicerContext, send_response_callback: Any) -> Any:
+        def send(item: Any) -> None:
+            if isinstance(item, BaseException):
+                end_with_error(context, item, method)
+                item = None
+            send_response_callback(item)
+
+        try:
+            return behavior(request, context, send_response_callback=send)
+        except Exception as error:  # noqa: BLE001 - every error gets a status
+            _abort(context, error, method)
+
+    handle.experimental_non_blocking = True  # type: ignore[attr-defined]
+    handle.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
+        behavior, "experimental_thread_pool", None
+    )
+    return handle
+
+
 if TYPE_CHECKING:  # grpc-stubs makes these generic; grpc itself does not
     Handler = grpc.RpcMethodHandler[Any, Any]
     _Interceptor = grpc.ServerInterceptor[Any, Any]
@@ -73,8 +110,10 @@ def behavior_of(handler: Handler) -> Behavior:
 def is_non_blocking(behavior: Behavior) -> bool:
     """A streaming behavior that returns at once and sends its messages later
     through a callback (grpc's experimental_non_blocking, which the health
-    servicer's Watch uses). Wrapped like any other, it would hold one of the
-    server's threads for as long as each Watch stream stays open."""
+    servicer's Watch and our WatchRun use). Wrapped like any other, it would
+    hold one of the server's threads for as long as each stream stays open:
+    each interceptor wraps it in a non-blocking behavior of its own instead,
+    which passes a send callback of its own inward."""
     return bool(getattr(behavior, "experimental_non_blocking", False))
 
 
@@ -95,9 +134,11 @@ class ErrorInterceptor(_Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = continuation(handler_call_details)
-        if handler is None or is_non_blocking(behavior_of(handler)):
+        if handler is None:
             return handler
         method = handler_call_details.method
+        if is_non_blocking(behavior_of(handler)):
+            return replace_behavior(handler, _wrap_non_blocking(behavior_of(handler), method))
         codecs = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,

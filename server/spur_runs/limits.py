@@ -61,9 +61,11 @@ class DeadlineInterceptor(Interceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         handler = continuation(handler_call_details)
-        if handler is None or is_non_blocking(behavior_of(handler)):
-            return handler  # (health's Watch: no database work)
+        if handler is None:
+            return handler
         behavior = behavior_of(handler)
+        if is_non_blocking(behavior):
+            return replace_behavior(handler, _non_blocking(behavior))
         if handler.response_streaming:
 
             def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -83,3 +85,25 @@ class DeadlineInterceptor(Interceptor):
                 deadline.clear()
 
         return replace_behavior(handler, unary)
+
+
+def _non_blocking(behavior: Any) -> Any:
+    """The deadline bounds what a non-blocking behavior does before it returns
+    (WatchRun's first read of the run), on the thread that runs it; what is
+    sent later is bounded by the deadline of the stream itself, which grpc
+    enforces (it cancels the call)."""
+
+    def non_blocking(
+        request: Any, context: grpc.ServicerContext, send_response_callback: Any
+    ) -> Any:
+        deadline.set_remaining(context.time_remaining())
+        try:
+            return behavior(request, context, send_response_callback=send_response_callback)
+        finally:
+            deadline.clear()
+
+    non_blocking.experimental_non_blocking = True  # type: ignore[attr-defined]
+    non_blocking.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
+        behavior, "experimental_thread_pool", None
+    )
+    return non_blocking

@@ -7,18 +7,19 @@ one place, interceptors.ErrorInterceptor.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import grpc
-from sqlalchemy import Connection
-
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
+from sqlalchemy import Connection
 
-from . import convert, paging, storage
+from . import convert, filters, paging, storage
 from .convert import VersionCache
 from .db import Database
-from .errors import InvalidArgument
+from .errors import InvalidArgument, Unavailable
+from .watch import WatchHub
 
 # Ids are computed by the database as "R" || _intid.
 _RUN_ID = re.compile(r"R[1-9][0-9]{0,18}")
@@ -41,9 +42,12 @@ def validate_run_id(value: str, field: str = "run_id") -> str:
 
 
 class RunService(run_service_pb2_grpc.RunServiceServicer):
-    def __init__(self, db: Database, versions: VersionCache | None = None) -> None:
+    def __init__(
+        self, db: Database, versions: VersionCache | None = None, hub: WatchHub | None = None
+    ) -> None:
         self._db = db
         self._versions = versions or VersionCache()
+        self._hub = hub
 
     def _load_versions(self, conn: Connection, keys: Iterable[tuple[str, str] | None]) -> None:
         missing = self._versions.missing(keys)
@@ -52,10 +56,13 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
 
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
         run_id = validate_run_id(request.run_id)
+        basic = filters.is_basic(request.view)
         with self._db.read() as conn:
-            record = storage.get_run(conn, run_id)
+            record = storage.get_run(conn, run_id, with_tasks=not basic)
             self._load_versions(conn, [record.version_key])
-        return pb.GetRunResponse(run=convert.run_to_message(record, self._versions))
+        return pb.GetRunResponse(
+            run=convert.run_to_message(record, self._versions, basic=basic)
+        )
 
     def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
@@ -65,18 +72,28 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         )
         if request.page < 0:
             raise InvalidArgument("page", f"must be at least 1, got {request.page}")
+        where = filters.run_filter(request)
+        basic = filters.is_basic(request.view)
+        scope = filters.list_scope(where)
         after = None
         if request.page_token:
             if request.page > 1:
                 raise InvalidArgument("page", "cannot be combined with page_token")
-            after = storage.RunCursor(*paging.decode_run_cursor("runs", request.page_token))
+            after = storage.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
         offset = (max(request.page, 1) - 1) * size
+        total = None
         with self._db.read() as conn:
-            records, more = storage.list_runs(conn, limit=size, after=after, offset=offset)
+            records, more = storage.list_runs(
+                conn, limit=size, after=after, offset=offset, filters=where, with_tasks=not basic
+            )
             self._load_versions(conn, (r.version_key for r in records))
+            if request.include_total_size:
+                # In the page's snapshot: the count agrees with the page.
+                total = min(storage.count_runs(conn, where), 2**31 - 1)
         return pb.ListRunsResponse(
-            runs=[convert.run_to_message(r, self._versions) for r in records],
-            next_page_token=_next_run_token("runs", records, more),
+            runs=[convert.run_to_message(r, self._versions, basic=basic) for r in records],
+            next_page_token=_next_run_token(scope, records, more),
+            total_size=total,
         )
 
     def GetRunTasks(
@@ -115,6 +132,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         size = paging.page_size(
             request.page_size, default=CHILDREN_PAGE_SIZE, maximum=CHILDREN_MAX_PAGE_SIZE
         )
+        basic = filters.is_basic(request.view)
         scope = f"children:{run_id}"
         after = (
             storage.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
@@ -124,13 +142,29 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         with self._db.read() as conn:
             storage.require_run(conn, run_id)
             records, more = storage.list_runs(
-                conn, limit=size, after=after, parent_run_id=run_id
+                conn, limit=size, after=after, parent_run_id=run_id, with_tasks=not basic
             )
             self._load_versions(conn, (r.version_key for r in records))
         return pb.GetChildRunsResponse(
-            runs=[convert.run_to_message(r, self._versions) for r in records],
+            runs=[convert.run_to_message(r, self._versions, basic=basic) for r in records],
             next_page_token=_next_run_token(scope, records, more),
         )
+
+    def WatchRun(  # type: ignore[override] # grpc's non-blocking form
+        self,
+        request: pb.WatchRunRequest,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[[Any], None],
+    ) -> None:
+        """Non-blocking (see watch.py): sends the current state and returns;
+        the hub sends the rest. Errors raised here come before any message."""
+        run_id = validate_run_id(request.run_id)
+        if self._hub is None:
+            raise Unavailable("this server does not serve WatchRun")
+        self._hub.watch(run_id, context, send_response_callback)
+
+    # grpc calls it with a send callback and frees its thread when it returns.
+    WatchRun.experimental_non_blocking = True  # type: ignore[attr-defined]
 
 
 def _next_run_token(scope: str, records: list[storage.RunRecord], more: bool) -> str:

@@ -204,6 +204,12 @@ class Route:
         return f"/{self.method.containing_service.full_name}/{self.method.name}"
 
     @property
+    def streaming(self) -> bool:
+        """A server-streaming method: answered as newline-delimited JSON or
+        server-sent events (app.py), one message at a time."""
+        return bool(self.method.server_streaming)
+
+    @property
     def query_allowed(self) -> bool:
         # grpc-gateway reads no query parameters when the body is the whole request.
         return self.body != "*"
@@ -262,8 +268,8 @@ def routes_for(services: Iterable[ServiceDescriptor]) -> list[Route]:
     routes: list[Route] = []
     for service in services:
         for method in service.methods:
-            if method.client_streaming or method.server_streaming:
-                continue  # the gateway serves unary methods only
+            if method.client_streaming:
+                continue  # no HTTP form; server streaming is served (app.py)
             options = method.GetOptions()
             if not options.HasExtension(annotations_pb2.http):
                 continue
