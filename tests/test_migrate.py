@@ -14,10 +14,6 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, inspect, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
-
 from conftest import PG_ADMIN_URL
 from spur_runs.db import create_db_engine, normalize_url
 from spur_runs.migrate import alembic_config, current_revision, head_revision, migrate
@@ -33,6 +29,9 @@ from spur_runs.models import (
     WorkflowVersion,
 )
 from spur_runs.schema_check import missing_indexes
+from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
 
 # create_all() of PySpur's models and ours on PostgreSQL: "Computed column ...
 # is being created as 'STORED'" (what PySpur gets too, up to PostgreSQL 17).
@@ -153,7 +152,7 @@ def test_empty_database_gets_the_pyspur_tables(database_url: str) -> None:
     schema = snapshot(database_url)
     assert set(schema["tables"]) == OUR_TABLES | {VERSION_TABLE}
     assert "alembic_version" not in schema["tables"]  # PySpur's, not ours
-    assert current_revision(database_url) == head_revision() == "0002"
+    assert current_revision(database_url) == head_revision() == "0004"
     runs = schema["tables"]["runs"]
     assert [c[0] for c in runs["columns"]] == [c.name for c in Run.__table__.columns]
     assert ("parent_run_id",) in {fk[0] for fk in runs["foreign_keys"]}
@@ -243,12 +242,12 @@ def test_migrate_twice_changes_nothing(database_url: str) -> None:
     before = snapshot(database_url)
     migrate(database_url)
     assert snapshot(database_url) == before
-    assert current_revision(database_url) == "0002"
+    assert current_revision(database_url) == "0004"
     engine = plain_engine(database_url)
     try:
         with engine.connect() as connection:
             versions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}"))
-            assert versions.scalars().all() == ["0002"]
+            assert versions.scalars().all() == ["0004"]
     finally:
         engine.dispose()
 
@@ -289,9 +288,11 @@ def test_refuses_a_database_with_some_of_the_tables_but_no_runs(database_url: st
 
 def test_migration_indexes_are_the_models_service_indexes() -> None:
     script = ScriptDirectory.from_config(alembic_config())
-    revision = script.get_revision("0002")
-    assert revision is not None
-    frozen = {(name, table, columns) for name, table, columns in revision.module.INDEXES}
+    frozen = set()
+    for number in ("0002", "0003", "0004"):  # the revisions that add SERVICE_INDEXES
+        revision = script.get_revision(number)
+        assert revision is not None
+        frozen |= {(name, table, columns) for name, table, columns in revision.module.INDEXES}
     declared = {
         (str(index.name), index.table.name, tuple(column.name for column in index.columns))
         for index in SERVICE_INDEXES
@@ -309,6 +310,8 @@ def test_migrations_ship_with_the_package() -> None:
     assert [path.name for path in sorted((SCRIPT_LOCATION / "versions").glob("0*.py"))] == [
         "0001_pyspur_schema.py",
         "0002_service_indexes.py",
+        "0003_filter_indexes.py",
+        "0004_task_parent_index.py",
     ]
 
 
@@ -326,7 +329,7 @@ def test_pyspur_database_gets_only_indexes_and_our_version(database_url: str) ->
 
     # One new table: our version. PySpur's Alembic version is untouched.
     assert set(after["tables"]) == set(before["tables"]) | {VERSION_TABLE}
-    assert current_revision(database_url) == "0002"
+    assert current_revision(database_url) == "0004"
     engine = plain_engine(database_url)
     try:
         with engine.connect() as connection:

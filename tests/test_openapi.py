@@ -6,6 +6,7 @@ response that breaks the schema."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from gateway_testproto import load
 from http_client import Http, Seeded
+from spur.runs.v1 import run_pb2
 from spur_runs.gateway.comments import comments_of
 from spur_runs.gateway.openapi import build_openapi
 from spur_runs.gateway.routes import routes_for
@@ -45,7 +47,13 @@ def test_document_matches_the_live_routes(
         run = seeded.others[0] if verb == "DELETE" else seeded.parent
         reply = client.request(verb, path.replace("{run_id}", run))
         assert str(reply.status) in operation["responses"], (verb, path, reply.status)
-        if reply.status == 200:
+        content = operation["responses"].get("200", {}).get("content", {})
+        if reply.status == 200 and "application/x-ndjson" in content:  # a stream (WatchRun)
+            assert reply.headers["Content-Type"] == "application/x-ndjson"
+            line_schema = content["application/x-ndjson"]["schema"]
+            lines = [json.loads(line) for line in reply.body.splitlines()]
+            assert lines and all(set(line) <= set(line_schema["properties"]) for line in lines)
+        elif reply.status == 200:
             assert set(reply.json()) == set(_properties(document, operation))
     # ...and every other method of a documented path is 405 with what it allows.
     for path, item in document["paths"].items():
@@ -69,13 +77,44 @@ def test_parameters_are_the_request_fields(document: dict[str, Any]) -> None:
         ("page", "query"),
         ("page_size", "query"),
         ("page_token", "query"),
+        ("workflow_id", "query"),
+        ("status", "query"),
+        ("run_type", "query"),
+        ("parent_only", "query"),
+        ("start_time_after", "query"),
+        ("start_time_before", "query"),
+        ("view", "query"),
+        ("include_total_size", "query"),
     }
-    assert parameters("/run/{run_id}", "get") == {("run_id", "path")}
+    assert parameters("/run/{run_id}", "get") == {("run_id", "path"), ("view", "query")}
     assert parameters("/run/{run_id}/tasks", "get") == {
         ("run_id", "path"),
         ("page_size", "query"),
         ("page_token", "query"),
     }
+    assert parameters("/run/{run_id}/children", "get") == {
+        ("run_id", "path"),
+        ("page_size", "query"),
+        ("page_token", "query"),
+        ("view", "query"),
+    }
+    schemas = {p["name"]: p for p in document["paths"]["/run"]["get"]["parameters"]}
+    # Repeated: an array, one `status=` per value; enums by name or number
+    # (as grpc-gateway reads them); a Timestamp as an RFC 3339 string.
+    status = schemas["status"]
+    assert status["schema"]["type"] == "array" and status["explode"] is True
+    names, numbers = status["schema"]["items"]["anyOf"]
+    assert names == {"type": "string", "enum": list(run_pb2.RunStatus.keys())}
+    assert numbers == {"type": "integer", "enum": list(run_pb2.RunStatus.values())}
+    assert schemas["view"]["schema"]["anyOf"][0]["enum"] == list(run_pb2.RunView.keys())
+    for name in ("start_time_after", "start_time_before"):
+        assert schemas[name]["schema"] == {"type": "string", "format": "date-time"}
+    for name in ("parent_only", "include_total_size"):
+        assert schemas[name]["schema"] == {"type": "boolean"}
+    assert schemas["workflow_id"]["schema"] == {"type": "string"}
+    assert schemas["start_time_after"]["description"].startswith("Only runs that started at or")
+    total = document["components"]["schemas"]["spur.runs.v1.ListRunsResponse"]["properties"]
+    assert total["total_size"]["type"] == ["integer", "null"]
     page_size = next(
         p for p in document["paths"]["/run"]["get"]["parameters"] if p["name"] == "page_size"
     )

@@ -1,7 +1,7 @@
 """`spur-runs migrate`: bring a database to our newest schema revision.
 
 On an empty database it creates PySpur's tables (revision 0001) and the
-indexes our queries need (0002). On a database PySpur made it adds the missing
+indexes our queries need (0002, 0003, 0004). On a database PySpur made it adds the missing
 indexes and records our version in `spur_runs_alembic_version`, and changes
 nothing else. Running it again does nothing.
 

@@ -135,7 +135,7 @@ class Task(Base):
 # Indexes that our queries need and PySpur does not create. Declared here, they
 # attach to the tables above (so `Base.metadata.create_all` in a scratch
 # database makes them too), but migration 0001 creates exactly PySpur's
-# schema and 0002 adds these, additively and idempotently, to any database;
+# schema and 0002, 0003, 0004 add these, additively and idempotently, to any database;
 # the server warns at start-up when one is missing (see schema_check.py).
 SERVICE_INDEXES: tuple[Index, ...] = (
     # A run's tasks, oldest first, and paging through them.
@@ -145,5 +145,23 @@ SERVICE_INDEXES: tuple[Index, ...] = (
     # GetChildRuns: a parent's children, newest first.
     Index(
         "ix_spur_runs_runs_parent_start_time", Run.parent_run_id, Run.start_time, Run._intid
+    ),
+    # ListRuns filtered by workflow_id, or by one status: the matching runs,
+    # newest first, from one index range (migration 0003).
+    Index(
+        "ix_spur_runs_runs_workflow_start_time", Run.workflow_id, Run.start_time, Run._intid
+    ),
+    Index("ix_spur_runs_runs_status_start_time", Run.status, Run.start_time, Run._intid),
+    # DeleteRun: the foreign key check of each deleted task looks for the
+    # tasks that reference it; without this, a scan of all tasks (0004).
+    Index("ix_spur_runs_tasks_parent_task_id", Task.parent_task_id),
+    # ListRuns?parent_only=true: the top-level runs only, newest first.
+    # PostgreSQL cannot order by the parent index above under `IS NULL`.
+    Index(
+        "ix_spur_runs_runs_top_start_time",
+        Run.start_time,
+        Run._intid,
+        postgresql_where=Run.parent_run_id.is_(None),
+        sqlite_where=Run.parent_run_id.is_(None),
     ),
 )

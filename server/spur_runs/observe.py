@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -130,12 +131,20 @@ class ObserveInterceptor(Interceptor):
         )
         behavior = behavior_of(handler)
 
-        def begin(request: Any, context: grpc.ServicerContext) -> tuple[_Call, Any]:
-            call = _Call(method, method_metrics, given_id or uuid.uuid4().hex, forwarded_for)
+        def send_request_id(context: grpc.ServicerContext, call: _Call) -> None:
             try:
                 context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
             except grpc.RpcError:
                 pass  # the client has gone already; the call ends CANCELLED
+            except ValueError:
+                pass  # the handler sent initial metadata of its own already
+
+        def begin(
+            request: Any, context: grpc.ServicerContext, send_id: bool = True
+        ) -> tuple[_Call, Any]:
+            call = _Call(method, method_metrics, given_id or uuid.uuid4().hex, forwarded_for)
+            if send_id:
+                send_request_id(context, call)
             if handler.request_streaming and method_metrics is not None:
                 request = _counted(request, method_metrics.received)
             elif method_metrics is not None:
@@ -163,7 +172,11 @@ class ObserveInterceptor(Interceptor):
             return replace_behavior(handler, streaming)
 
         def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            call, request = begin(request, context)
+            # The request id goes out as late as it can, just before the
+            # answer (or the error), not first: response headers commit a call
+            # for the client's retry policy, and a call held by a replica that
+            # dies must stay retryable on another (README, Scaling).
+            call, request = begin(request, context, send_id=False)
             raised = False
             try:
                 response = behavior(request, context)
@@ -175,6 +188,7 @@ class ObserveInterceptor(Interceptor):
                 raise
             finally:
                 call.finish(context, raised, pools)
+                send_request_id(context, call)
 
         return replace_behavior(handler, unary)
 
@@ -185,25 +199,35 @@ def _non_blocking(
     pools: Metrics | None,
 ) -> Any:
     """The wrapper of a behavior that sends through a callback (health's
-    Watch), itself non-blocking: no thread is held while the stream is open.
-    The call ends when the behavior sends None (its close callback)."""
+    Watch, WatchRun), itself non-blocking: no thread is held while the
+    stream is open. The call ends when the behavior sends None (its close
+    callback, from whatever thread), or when grpc ends it without one (the
+    client cancelled, the deadline passed): the termination callback then
+    records it, with the code that _final_code finds. Whichever comes first
+    counts, once."""
 
     def non_blocking(
         request: Any, context: grpc.ServicerContext, send_response_callback: Any = None
     ) -> Any:
         call, request = begin(request, context)
+        once = threading.Lock()
+
+        def finish(raised: bool) -> None:
+            with once:
+                call.finish(context, raised, pools)
 
         def send(response: Any) -> None:
             if response is None:
-                call.finish(context, False, pools)
+                finish(False)
             elif call.metrics is not None:
                 call.metrics.sent.inc()
             send_response_callback(response)
 
         try:
+            context.add_callback(lambda: finish(False))
             return behavior(request, context, send_response_callback=send)
         except BaseException:
-            call.finish(context, True, pools)
+            finish(True)
             raise
         finally:
             REQUEST_ID.set(None)  # this thread goes back to the pool now

@@ -11,17 +11,19 @@ Tests bind to port 0 and read the port back.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
-
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
 
 from . import auth, limits, tls
 from .config import Config
+from .convert import VersionCache
 from .db import Database
+from .decoding import DecodeInterceptor
 from .gateway import HttpGateway
 from .health import DatabaseHealth
 from .interceptors import ErrorInterceptor
@@ -29,6 +31,7 @@ from .metrics import Metrics
 from .observe import ObserveInterceptor
 from .schema_check import warn_missing_indexes
 from .service import RunService
+from .watch import WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +62,19 @@ class RunsServer:
                 auth.AuthInterceptor(self.tokens),
                 limits.DeadlineInterceptor(),
                 ErrorInterceptor(),
+                DecodeInterceptor(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
             ],
             options=limits.server_options(config),
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
-        run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(db), self.grpc)
+        versions = VersionCache()
+        # WatchRun's poller (one per process, started with the server).
+        self.watch_hub = WatchHub(
+            db, versions, config.watch_interval, config.max_watchers, self.metrics
+        )
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(
+            RunService(db, versions, self.watch_hub), self.grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         # Every service this server registers: what reflection lists, and
         # what auth.METHOD_SCOPES must cover (checked, so that a new service
@@ -98,6 +109,7 @@ class RunsServer:
     def start(self) -> None:
         warn_missing_indexes(self.db.engine)
         self.health.start()
+        self.watch_hub.start()
         self.grpc.start()
         if self.http is not None:
             self.http.start()
@@ -120,10 +132,16 @@ class RunsServer:
             )
 
     def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: health NOT_SERVING, refuse new calls, let in-flight
-        calls finish within `grace` seconds, then release the database."""
+        """Graceful stop: health NOT_SERVING, end WatchRun streams
+        (UNAVAILABLE), refuse new calls, let in-flight calls finish within
+        `grace` seconds, then release the database."""
         self.health.shutdown()
         grace = self.config.grace_seconds if grace is None else grace
+        # Open WatchRun streams would last the whole grace period (and keep
+        # their HTTP requests running): end them first, with UNAVAILABLE.
+        started = time.monotonic()
+        self.watch_hub.stop(grace)
+        grace = max(0.0, grace - (time.monotonic() - started))
         if self.http is not None:  # first: its requests finish through gRPC
             grace = self.http.stop(grace)
         self.grpc.stop(grace).wait()

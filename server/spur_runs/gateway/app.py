@@ -42,6 +42,7 @@ from ..metrics_http import METRICS_PATH, metrics_response
 from .comments import load_comments
 from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
 from .openapi import build_openapi
+from .protocol import Server
 from .render import Renderer, dumps, status_json
 from .routes import Match, Route, Router, routes_for
 from .transcode import RequestBuilder, message_class
@@ -261,12 +262,15 @@ class HttpGateway:
             ],
         )
         for endpoint in self._endpoints:
-            endpoint.call = channel.unary_unary(
+            endpoint.call = (
+                channel.unary_stream if endpoint.route.streaming else channel.unary_unary
+            )(
                 endpoint.route.grpc_path,
                 request_serializer=endpoint.builder.message_class.SerializeToString,
                 response_deserializer=endpoint.response_class.FromString,
             )
-        server = web.Server(self._handle, handler_cancellation=True, access_log=None)
+        # protocol.Server: unparsable requests get a JSON 4xx, not text and a traceback.
+        server = Server(self._handle, handler_cancellation=True, access_log=None)
         runner = web.ServerRunner(server, shutdown_timeout=_CANCEL_WITHIN)
         await runner.setup()
         site = web.SockSite(runner, self._sock, ssl_context=self._ssl)
@@ -351,6 +355,8 @@ class HttpGateway:
         # Cancelling this task (the client went away: handler_cancellation)
         # cancels the call, and the server sees its RPC cancelled.
         call = endpoint.call(message, timeout=timeout, metadata=metadata)
+        if endpoint.route.streaming:
+            return await _stream(request, endpoint, call)
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
@@ -359,3 +365,59 @@ class HttpGateway:
         if endpoint.no_content:
             return web.Response(status=204, headers=headers)
         return web.Response(body=endpoint.render(response), content_type=_JSON, headers=headers)
+
+
+# --- server streaming (WatchRun) ---
+
+NDJSON = "application/x-ndjson"
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (grpc-stubs lack it)
+EVENT_STREAM = "text/event-stream"
+
+
+def accepts_event_stream(accept: str) -> bool:
+    """Whether an Accept header names text/event-stream (parameters aside)."""
+    return any(
+        part.split(";", 1)[0].strip().lower() == EVENT_STREAM for part in accept.split(",")
+    )
+
+
+def _frame(body: bytes, events: bool, error: bool = False) -> bytes:
+    """One message of the stream. Newline-delimited JSON in grpc-gateway's
+    shape: a line `{"result": <message>}`, or `{"error": <google.rpc.Status>}`
+    last. Server-sent events: `data: <message>`, or an `error` event whose
+    data is the Status. (The JSON holds no raw newline: orjson escapes them.)"""
+    if events:
+        return (b"event: error\ndata: " if error else b"data: ") + body + b"\n\n"
+    return (b'{"error":' if error else b'{"result":') + body + b"}\n"
+
+
+async def _stream(request: web.BaseRequest, endpoint: _Endpoint, call: Any) -> web.StreamResponse:
+    """Answer a server-streaming call message by message. An error before the
+    first message is an ordinary error reply (404 for an unknown run, 400 for
+    a bad id...); once the 200 is sent, an error is the stream's last frame.
+    The client going away cancels this task, and with it the call."""
+    events = accepts_event_stream(request.headers.get("Accept", ""))
+    try:
+        try:
+            message = await call.read()
+        except grpc.aio.AioRpcError as error:
+            return _error(_status_of(error), headers=_response_headers(error.initial_metadata()))
+        response = web.StreamResponse(
+            headers={
+                **(_response_headers(await call.initial_metadata()) or {}),
+                "Content-Type": EVENT_STREAM if events else NDJSON,
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",  # proxies (nginx): pass each message on at once
+            }
+        )
+        await response.prepare(request)
+        try:
+            while message is not _EOF:
+                await response.write(_frame(endpoint.render(message), events))
+                message = await call.read()
+        except grpc.aio.AioRpcError as error:
+            await response.write(_frame(status_json(_status_of(error)), events, error=True))
+        await response.write_eof()
+        return response
+    finally:
+        call.cancel()  # (a no-op once the call has ended)

@@ -122,7 +122,13 @@ class _Builder:
         if field.message_type is not None:
             return self.message(field.message_type, for_input)
         if field.enum_type is not None:
-            return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
+            values = field.enum_type.values
+            names: Schema = {"type": "string", "enum": [v.name for v in values]}
+            if not for_input:
+                return names  # transcode.py writes names
+            # What a client sends may be the name or the number, as
+            # grpc-gateway (query parameters) and proto3 JSON (bodies) accept.
+            return {"anyOf": [names, {"type": "integer", "enum": [v.number for v in values]}]}
         return dict(_SCALARS[field.type])
 
     def field(self, field: FieldDescriptor, for_input: bool = False) -> Schema:
@@ -182,7 +188,7 @@ class _Builder:
                 if not field.is_repeated and entry.full_name not in seen:
                     self._query(entry, path, skip, (*seen, entry.full_name), found)
                 continue
-            schema = self.value(field)
+            schema = self.value(field, for_input=True)
             parameter: Schema = {"name": ".".join(path), "in": "query", "required": False}
             if field.is_repeated:
                 parameter.update(schema={"type": "array", "items": schema}, explode=True)
@@ -228,6 +234,37 @@ The HTTP/JSON face of the gRPC API, derived from its `google.api.http` annotatio
 """
 
 
+def _stream_responses(name: str, body: Schema) -> dict[str, Any]:
+    """A server-streaming method (gateway/app.py): newline-delimited JSON in
+    grpc-gateway's shape, or server-sent events when the client asks."""
+    return {
+        "200": {
+            "description": (
+                f"A stream of {name} messages, each sent when it happens. As "
+                "newline-delimited JSON: one line per message, `{\"result\": ...}`, and "
+                "after an error that comes once the stream is open, a last line "
+                "`{\"error\": <google.rpc.Status>}`. With `Accept: text/event-stream`, "
+                "as server-sent events: `data: <message>` per message, an `error` "
+                "event whose data is the Status. Errors before the first message "
+                "(bad id, unknown run) are ordinary error replies."
+            ),
+            "content": {
+                "application/x-ndjson": {
+                    "schema": {
+                        "type": "object",
+                        "description": f"One line: a {name}, or the error that ended the stream.",
+                        "properties": {"result": body, "error": {"$ref": STATUS_REF}},
+                        "minProperties": 1,
+                        "maxProperties": 1,
+                        "additionalProperties": False,
+                    }
+                },
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+        }
+    }
+
+
 def build_openapi(
     routes: Sequence[Route], comments: Mapping[str, str], title: str, version: str
 ) -> dict[str, Any]:
@@ -243,7 +280,9 @@ def build_openapi(
         else:
             body = builder.message(output)
         success: dict[str, Any]
-        if not output.fields and not route.response_body:
+        if route.streaming:
+            success = _stream_responses(output.name, body)
+        elif not output.fields and not route.response_body:
             success = {"204": {"description": "Done; no content."}}
         else:
             success = {
