@@ -46,11 +46,26 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any, busy_timeout_ms: int = 
     cursor.close()
 
 
-def _sqlite_begin(connection: Any) -> None:
+def _sqlite_begin(connection: Any, busy_timeout_ms: int = 5000) -> None:
     # A write transaction takes the write lock up front (IMMEDIATE) so that it
     # waits for a concurrent writer (busy_timeout) instead of failing when it
     # upgrades from reading to writing.
     write = connection.get_execution_options().get(WRITE_OPTION, False)
+    # SQLite's twin of PostgreSQL's deadline-lowered statement_timeout: a
+    # writer waiting for a lock held elsewhere (another process's BEGIN
+    # EXCLUSIVE) gives up while its caller still listens, and answers
+    # UNAVAILABLE, instead of holding a thread and a connection for the full
+    # --db-timeout-seconds after the client's DEADLINE_EXCEEDED. Only writes
+    # wait for locks (WAL readers never do); a read puts the bound back.
+    wanted = busy_timeout_ms
+    left = deadline.remaining() if write else None
+    if left is not None:
+        # 80%: the answer must reach the caller before its own deadline
+        # fires, on a busy machine too (SQLite's busy handler sleeps in steps).
+        wanted = max(1, min(busy_timeout_ms, int(left * 800)))
+    if connection.info.get("busy_timeout_ms", busy_timeout_ms) != wanted:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={wanted}")
+    connection.info["busy_timeout_ms"] = wanted
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
@@ -71,7 +86,9 @@ def create_db_engine(url: str, pool_size: int = 16, timeout_seconds: float | Non
             "connect",
             lambda connection, record: _sqlite_connect(connection, record, int(busy * 1000)),
         )
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(
+            engine, "begin", lambda connection: _sqlite_begin(connection, int(busy * 1000))
+        )
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": 3}
     if timeout_seconds is not None:

@@ -2,7 +2,10 @@
 
 A daemon thread pings the database every `interval` seconds and flips the
 status of the whole server ("") and of RunService; it comes back to SERVING
-on its own when the database returns.
+on its own when the database returns. A ping that gets no answer within
+PING_TIMEOUT_S counts as a failure: a database that stops answering without
+closing its connections (a network partition) must not leave health stuck at
+its last SERVING.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ SERVICE_NAME = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_na
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+# Above connect_timeout (db.py: 3 s), so that a database that refuses or
+# times out a connection is reported by the ping itself.
+PING_TIMEOUT_S = 5.0
+
 
 class DatabaseHealth:
     def __init__(self, db: Database, interval: float = 2.0) -> None:
@@ -31,6 +38,7 @@ class DatabaseHealth:
         self._stop = threading.Event()
         self._serving: bool | None = None
         self._thread = threading.Thread(target=self._run, name="db-health", daemon=True)
+        self._stuck: threading.Thread | None = None  # a ping that never returned
 
     def start(self) -> None:
         self.check()
@@ -38,7 +46,7 @@ class DatabaseHealth:
 
     def check(self) -> bool:
         try:
-            self._db.ping()
+            self._ping()
             serving = True
         except Exception as error:  # noqa: BLE001 - any failure means "not serving"
             serving = False
@@ -52,6 +60,32 @@ class DatabaseHealth:
             self._set(_SERVING if serving else _NOT_SERVING)
         self._serving = serving
         return serving
+
+    def _ping(self) -> None:
+        """db.ping() in a thread of its own, waited for PING_TIMEOUT_S: the
+        driver has no client-side bound on a query whose answer never comes.
+        At most one such thread is left waiting; while it waits, the database
+        counts as unreachable."""
+        if self._stuck is not None:
+            if self._stuck.is_alive():
+                raise TimeoutError("the previous database ping has still not returned")
+            self._stuck = None
+        failure: list[BaseException] = []
+
+        def ping() -> None:
+            try:
+                self._db.ping()
+            except BaseException as error:  # noqa: BLE001 - handed to check()
+                failure.append(error)
+
+        pinging = threading.Thread(target=ping, name="db-health-ping", daemon=True)
+        pinging.start()
+        pinging.join(PING_TIMEOUT_S)
+        if pinging.is_alive():
+            self._stuck = pinging
+            raise TimeoutError(f"the database did not answer a ping within {PING_TIMEOUT_S} s")
+        if failure:
+            raise failure[0]
 
     def _set(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
