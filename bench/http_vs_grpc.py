@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 

@@ -33,6 +33,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
 import run as bench  # noqa: E402
+
 from spur.runs.v1 import run_service_pb2 as pb  # noqa: E402
 
 LAYERS = [

@@ -65,6 +65,7 @@ sys.path.insert(0, str(BENCH))
 
 import grpc  # noqa: E402
 from http_vs_grpc import cpu_seconds, ensure_tools, free_port  # noqa: E402  (the colleague's helpers)
+
 from spur.runs.v1 import run_service_pb2 as pb  # noqa: E402
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub  # noqa: E402
 
@@ -622,9 +623,10 @@ def analyze_postgres(db: Database) -> dict[str, float]:
 
 def sample_runs(db: Database, count: int, seed: int = 5) -> list[str]:
     """`count` run ids drawn uniformly among all runs (by _intid)."""
+    from sqlalchemy import create_engine, func, select
+
     from spur_runs.db import normalize_url
     from spur_runs.models import Run
-    from sqlalchemy import create_engine, func, select
 
     engine = create_engine(normalize_url(db.url))
     try:
@@ -645,10 +647,11 @@ def sample_runs(db: Database, count: int, seed: int = 5) -> list[str]:
 def deep_cursor(db: Database, depth: int) -> tuple[str, int]:
     """The page token of the row at `depth` (0-based: the page starts after
     it) in ListRuns' order, and the page number that starts there."""
+    from sqlalchemy import create_engine, select
+
     from spur_runs.db import normalize_url
     from spur_runs.models import Run
     from spur_runs.paging import encode_run_cursor
-    from sqlalchemy import create_engine, select
 
     engine = create_engine(normalize_url(db.url))
     try:
@@ -672,10 +675,11 @@ def deep_cursor(db: Database, depth: int) -> tuple[str, int]:
 def statement_counts(
     backend: str, tag: str, sizes: Sequence[int] = (10, 1000, 1500)
 ) -> dict[str, Any]:
+    from sqlalchemy import event, insert, select
+
     from spur_runs.db import Database as SpurDatabase
     from spur_runs.models import Run, Task
     from spur_runs.service import RunService
-    from sqlalchemy import event, insert, select
 
     db = create_database(backend, 0, f"{tag}_stmt") if backend == "postgresql" else None
     if db is None:

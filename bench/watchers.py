@@ -78,9 +78,10 @@ def scrape(http_port: int) -> dict[str, float]:
 
 def prepare(backend: str, runs: int) -> tuple[str, str | None]:
     """A fresh database with `runs` RUNNING runs of 6 tasks; (url, pg name)."""
+    from sqlalchemy import create_engine, insert
+
     from spur_runs.migrate import migrate
     from spur_runs.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
-    from sqlalchemy import create_engine, insert
 
     pg_name = None
     if backend == "sqlite":
@@ -157,6 +158,7 @@ class Watchers:
 
     def __init__(self, port: int, run_ids: list[str]) -> None:
         import grpc.aio
+
         from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 
         self.channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(CHANNELS)]

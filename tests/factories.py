@@ -33,7 +33,9 @@ LINKS = [
 ]
 
 
-def definition(nodes: Sequence[tuple[str, str]] = NODES, links: Sequence[tuple[str, str]] = LINKS) -> dict[str, Any]:
+def definition(
+    nodes: Sequence[tuple[str, str]] = NODES, links: Sequence[tuple[str, str]] = LINKS
+) -> dict[str, Any]:
     return {
         "nodes": [
             {"id": i, "node_type": t, "title": i, "parent_id": None, "config": {}} for i, t in nodes

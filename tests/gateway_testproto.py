@@ -25,6 +25,7 @@ from google.protobuf import (
     timestamp_pb2,  # noqa: F401
     wrappers_pb2,  # noqa: F401
 )
+
 from tools import ROOT
 
 PROTO = """

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from http_client import Http, Seeded, seed_runs, start_http_server
 from spur_runs.server import RunsServer
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 from google.protobuf.compiler import plugin_pb2
+
 from tools import ROOT, tool
 
 

@@ -30,7 +30,9 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     )
     assert fresh == committed, "generated/ has missing or extra files: python protos/generate.py"
     stale = [
-        str(p) for p in fresh if not filecmp.cmp(tmp_path / p, ROOT / "generated" / p, shallow=False)
+        str(p)
+        for p in fresh
+        if not filecmp.cmp(tmp_path / p, ROOT / "generated" / p, shallow=False)
     ]
     assert not stale, f"generated/ is stale, run python protos/generate.py: {stale}"
 
@@ -41,6 +43,33 @@ def test_buf_lint_and_format_pass_offline() -> None:
             [tool("buf"), *args], cwd=ROOT, capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 0, f"buf {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+def test_python_code_passes_ruff() -> None:
+    """The style the code was written in (pyproject.toml's [tool.ruff]):
+    lint rules and formatting, over the server, the tests and the benchmarks."""
+    for args in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [tool("ruff"), *args, "server", "tests", "bench"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+def test_server_passes_mypy_strict(tmp_path: Path) -> None:
+    """server/ is typed (pyproject.toml's [tool.mypy]: strict, with the
+    generated stubs' .pyi on the path)."""
+    result = subprocess.run(
+        [tool("mypy"), "--cache-dir", str(tmp_path / "mypy-cache")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, f"mypy:\n{result.stdout}{result.stderr}"
 
 
 def test_service_has_exactly_its_rpcs_with_their_http_rules() -> None:
@@ -68,19 +97,49 @@ def test_run_id_is_field_one_and_optional_scalars_have_presence() -> None:
         field = run_service_pb2.DESCRIPTOR.message_types_by_name[name].fields_by_name["run_id"]
         assert field.number == 1
     run = run_pb2.Run.DESCRIPTOR.fields_by_name
-    for name in ("workflow_version_id", "parent_run_id", "output_file_id", "input_dataset_id", "message", "duration"):
+    for name in (
+        "workflow_version_id",
+        "parent_run_id",
+        "output_file_id",
+        "input_dataset_id",
+        "message",
+        "duration",
+    ):
         assert run[name].has_presence, name
     assert run["duration"].type == run["duration"].TYPE_DOUBLE
     assert run["start_time"].message_type.full_name == "google.protobuf.Timestamp"
     seed_run_fields = {
-        "id", "workflow_id", "workflow_version_id", "workflow_version", "status", "start_time",
-        "end_time", "initial_inputs", "outputs", "tasks", "parent_run_id", "run_type",
-        "output_file_id", "input_dataset_id", "message", "duration", "percentage_complete",
+        "id",
+        "workflow_id",
+        "workflow_version_id",
+        "workflow_version",
+        "status",
+        "start_time",
+        "end_time",
+        "initial_inputs",
+        "outputs",
+        "tasks",
+        "parent_run_id",
+        "run_type",
+        "output_file_id",
+        "input_dataset_id",
+        "message",
+        "duration",
+        "percentage_complete",
     }
     assert seed_run_fields <= set(run)
     seed_task_fields = {
-        "id", "run_id", "node_id", "node_type", "status", "start_time", "end_time", "inputs",
-        "outputs", "error", "is_downstream_of_pause",
+        "id",
+        "run_id",
+        "node_id",
+        "node_type",
+        "status",
+        "start_time",
+        "end_time",
+        "inputs",
+        "outputs",
+        "error",
+        "is_downstream_of_pause",
     }
     assert seed_task_fields <= set(run_pb2.Task.DESCRIPTOR.fields_by_name)
     assert [v.name for v in run_pb2.RunStatus.DESCRIPTOR.values] == [

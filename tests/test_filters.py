@@ -15,8 +15,11 @@ from urllib.parse import urlencode
 
 import grpc
 import pytest
-from factories import add_run, add_workflow, all_done
 from google.protobuf import timestamp_pb2
+from sqlalchemy import insert, select
+from test_service import bad_request_field, call_error, count_statements
+
+from factories import add_run, add_workflow, all_done
 from http_client import Http, start_http_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -24,8 +27,6 @@ from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.db import Database
 from spur_runs.models import Run, RunStatus, Task, TaskStatus
 from spur_runs.server import RunsServer
-from sqlalchemy import insert, select
-from test_service import bad_request_field, call_error, count_statements
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
 STATUSES = [

@@ -17,9 +17,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from google.protobuf import json_format
+
 from conftest import IN_CI, start_server
 from factories import add_run, add_workflow, all_done
-from google.protobuf import json_format
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
 from spur_runs.db import Database
 from spur_runs.models import RunStatus, TaskStatus

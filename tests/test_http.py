@@ -15,8 +15,11 @@ from typing import Any
 
 import grpc
 import pytest
-from certs import make_tls_files
 from google.protobuf import json_format
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from certs import make_tls_files
 from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -24,8 +27,6 @@ from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.db import Database
 from spur_runs.migrate import migrate
 from spur_runs.server import RunsServer
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 pytest_plugins = ["http_fixtures"]
 

@@ -21,6 +21,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
 from http_client import Http
 from spur.runs.v1 import run_pb2, run_service_pb2_grpc
 from spur.runs.v1 import run_service_pb2 as pb

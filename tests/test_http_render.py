@@ -11,10 +11,11 @@ import math
 from typing import Any
 
 import pytest
-from gateway_testproto import load
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
+
+from gateway_testproto import load
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur_runs.gateway.render import Renderer, status_json

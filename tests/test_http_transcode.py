@@ -8,9 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gateway_testproto import load
 from google.api import http_pb2
 from google.protobuf import json_format
+
+from gateway_testproto import load
 from spur.runs.v1 import run_service_pb2
 from spur_runs.errors import InvalidArgument
 from spur_runs.gateway.routes import Match, Route, RouteError, Router, parse_template, routes_for

@@ -12,13 +12,14 @@ from contextlib import contextmanager
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import create_engine, text
+
 from conftest import start_server
 from factories import add_run, add_workflow, all_done
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.db import Database
-from sqlalchemy import create_engine, text
 
 
 def seeded(url: str) -> str:

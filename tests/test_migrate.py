@@ -14,6 +14,10 @@ from typing import Any
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
 from conftest import PG_ADMIN_URL
 from spur_runs.db import create_db_engine, normalize_url
 from spur_runs.migrate import alembic_config, current_revision, head_revision, migrate
@@ -29,9 +33,6 @@ from spur_runs.models import (
     WorkflowVersion,
 )
 from spur_runs.schema_check import missing_indexes
-from sqlalchemy import Engine, create_engine, inspect, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
 
 # create_all() of PySpur's models and ours on PostgreSQL: "Computed column ...
 # is being created as 'STORED'" (what PySpur gets too, up to PostgreSQL 17).

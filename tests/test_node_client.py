@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from certs import make_tls_files
 from conftest import start_server
 from factories import add_run, add_workflow, all_done

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import start_server
 from prometheus_client.parser import text_string_to_metric_families
-from spur.runs.v1 import run_service_pb2 as pb
-from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from test_limits import runs_locked, seeded, wait_until
 from test_serving import free_port, wait_health
+
+from conftest import start_server
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from gateway_testproto import load
 from http_client import Http, Seeded
 from spur.runs.v1 import run_pb2

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import PG_ADMIN_URL, start_server
-from factories import add_run, add_workflow, all_done
 from grpc_health.v1 import health_pb2
-from spur.runs.v1 import run_service_pb2 as pb
-from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
-from spur_runs.models import Run
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from test_observability import method, scrape, value
 from test_serving import free_port, wait_health
+
+from conftest import PG_ADMIN_URL, start_server
+from factories import add_run, add_workflow, all_done
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.db import Database
+from spur_runs.models import Run
 
 
 @pytest.fixture

@@ -13,14 +13,13 @@ from google.protobuf import json_format
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.orm import Session
 
+from conftest import start_server
 from factories import definition
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.db import normalize_url
 from spur_runs.schema_check import missing_indexes
-
-from conftest import start_server
 
 pyspur_models = pytest.importorskip("pyspur.models.base_model")
 
@@ -122,7 +121,12 @@ def write_with_pyspur(url: str) -> dict[str, str]:
         )
         session.add(child)
         session.commit()
-        ids = {"parent": parent.id, "child": child.id, "workflow": workflow.id, "version": version.id}
+        ids = {
+            "parent": parent.id,
+            "child": child.id,
+            "workflow": workflow.id,
+            "version": version.id,
+        }
     engine.dispose()
     return ids
 

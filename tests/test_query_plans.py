@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from sqlalchemy import Connection, event, text
+
 from factories import add_run, add_workflow
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -13,7 +15,6 @@ from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.db import Database
 from spur_runs.models import RunStatus
 from spur_runs.server import RunsServer
-from sqlalchemy import Connection, event, text
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
 
@@ -36,10 +37,14 @@ def test_keyset_pages_walk_the_index_without_sorting(
         wf = add_workflow(s)
         parent = add_run(s, wf)
         for i in range(12):
-            add_run(s, wf, start_time=T0 + timedelta(minutes=i), parent_run_id=parent if i % 2 else None)
+            add_run(
+                s, wf, start_time=T0 + timedelta(minutes=i), parent_run_id=parent if i % 2 else None
+            )
     captured: list[tuple[str, object]] = []
     token = stub.ListRuns(pb.ListRunsRequest(page_size=3)).next_page_token
-    child_token = stub.GetChildRuns(pb.GetChildRunsRequest(run_id=parent, page_size=2)).next_page_token
+    child_token = stub.GetChildRuns(
+        pb.GetChildRunsRequest(run_id=parent, page_size=2)
+    ).next_page_token
     from sqlalchemy import event
 
     def grab(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
@@ -49,7 +54,9 @@ def test_keyset_pages_walk_the_index_without_sorting(
     event.listen(server.db.engine, "before_cursor_execute", grab)
     try:
         stub.ListRuns(pb.ListRunsRequest(page_size=3, page_token=token))
-        stub.GetChildRuns(pb.GetChildRunsRequest(run_id=parent, page_size=2, page_token=child_token))
+        stub.GetChildRuns(
+            pb.GetChildRunsRequest(run_id=parent, page_size=2, page_token=child_token)
+        )
     finally:
         event.remove(server.db.engine, "before_cursor_execute", grab)
     assert len(captured) == 2

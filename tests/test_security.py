@@ -13,14 +13,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from certs import make_tls_files
-from conftest import start_server
-from factories import add_run, add_workflow, all_done
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+
+from certs import make_tls_files
+from conftest import start_server
+from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs import auth

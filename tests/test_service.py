@@ -109,9 +109,7 @@ def test_get_run_has_every_field_of_the_seed(db: Database, stub: RunServiceStub)
     assert not any(t.is_downstream_of_pause for t in run.tasks)
 
 
-def test_paused_run_marks_tasks_downstream_of_the_pause(
-    db: Database, stub: RunServiceStub
-) -> None:
+def test_paused_run_marks_tasks_downstream_of_the_pause(db: Database, stub: RunServiceStub) -> None:
     spec = definition(
         nodes=[*NODES, ("side", "PythonFuncNode")],
         links=[
@@ -241,7 +239,14 @@ def expected_order(db: Database) -> list[str]:
 def test_list_runs_orders_newest_first_ties_by_row_and_null_last(
     db: Database, stub: RunServiceStub
 ) -> None:
-    starts: list[datetime | None] = [T0, None, T0 + timedelta(hours=1), T0, None, T0 - timedelta(days=1)]
+    starts: list[datetime | None] = [
+        T0,
+        None,
+        T0 + timedelta(hours=1),
+        T0,
+        None,
+        T0 - timedelta(days=1),
+    ]
     ids = _seed_runs(db, starts)
     listed = [r.id for r in stub.ListRuns(pb.ListRunsRequest(page_size=100)).runs]
     assert listed == [ids[2], ids[3], ids[0], ids[5], ids[4], ids[1]]
@@ -433,7 +438,10 @@ def test_delete_refused_while_messages_reference_a_descendant(
                 "run_id VARCHAR REFERENCES runs(id), content VARCHAR)"
             )
         )
-        s.execute(text("INSERT INTO messages (_intid, run_id, content) VALUES (1, :r, 'hi')"), {"r": child})
+        s.execute(
+            text("INSERT INTO messages (_intid, run_id, content) VALUES (1, :r, 'hi')"),
+            {"r": child},
+        )
     error = call_error(stub.DeleteRun, pb.DeleteRunRequest(run_id=root))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "messages" in (error.details() or "") and child in (error.details() or "")
@@ -453,7 +461,10 @@ def test_delete_that_fails_midway_leaves_everything(db: Database, stub: RunServi
         add_run(s, wf, parent_run_id=root, tasks=all_done())
         task_id = s.execute(select(Task.id).where(Task.run_id == root).limit(1)).scalar_one()
         s.execute(
-            text("CREATE TABLE evals (_intid INTEGER PRIMARY KEY, task_id VARCHAR REFERENCES tasks(id))")
+            text(
+                "CREATE TABLE evals"
+                " (_intid INTEGER PRIMARY KEY, task_id VARCHAR REFERENCES tasks(id))"
+            )
         )
         s.execute(text("INSERT INTO evals (_intid, task_id) VALUES (1, :t)"), {"t": task_id})
     error = call_error(stub.DeleteRun, pb.DeleteRunRequest(run_id=root))

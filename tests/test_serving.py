@@ -43,11 +43,19 @@ def free_port() -> int:
         (["--read-database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
         ([], {"SPUR_RUNS_WORKERS": "two"}, "--workers (env SPUR_RUNS_WORKERS) must be an integer"),
         ([], {"SPUR_RUNS_REFLECTION": "maybe"}, "must be true or false, got 'maybe'"),
-        (["--db-timeout-seconds", "soon"], {}, "--db-timeout-seconds (env SPUR_RUNS_DB_TIMEOUT_SECONDS) must be a number"),
+        (
+            ["--db-timeout-seconds", "soon"],
+            {},
+            "--db-timeout-seconds (env SPUR_RUNS_DB_TIMEOUT_SECONDS) must be a number",
+        ),
         (["--log-format", "xml"], {}, "--log-format must be text or json"),
         ([], {"SPUR_RUNS_LOG_LEVEL": "LOUD"}, "--log-level must be"),
         (["--max-concurrent-rpcs", "0"], {}, "--max-concurrent-rpcs must be at least 1"),
-        (["--workers", "2", "--grpc-address", "127.0.0.1:0"], {}, "needs a fixed --grpc-address port"),
+        (
+            ["--workers", "2", "--grpc-address", "127.0.0.1:0"],
+            {},
+            "needs a fixed --grpc-address port",
+        ),
         (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca needs --tls-cert"),
     ],
 )
@@ -89,11 +97,15 @@ def pg_admin(postgres_url: str) -> Iterator[tuple[str, object]]:
     )
     yield make_url(postgres_url).database or "", admin
     with admin.connect() as c:
-        c.execute(text(f'ALTER DATABASE "{make_url(postgres_url).database}" ALLOW_CONNECTIONS true'))
+        c.execute(
+            text(f'ALTER DATABASE "{make_url(postgres_url).database}" ALLOW_CONNECTIONS true')
+        )
     admin.dispose()
 
 
-def test_health_and_calls_follow_the_database(postgres_url: str, pg_admin: tuple[str, object]) -> None:
+def test_health_and_calls_follow_the_database(
+    postgres_url: str, pg_admin: tuple[str, object]
+) -> None:
     from spur_runs.migrate import migrate
 
     migrate(postgres_url)
@@ -111,7 +123,9 @@ def test_health_and_calls_follow_the_database(postgres_url: str, pg_admin: tuple
             with admin.connect() as c:  # type: ignore[attr-defined]
                 c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
                 c.execute(
-                    text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                    ),
                     {"n": name},
                 )
             wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -20,10 +20,11 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import start_server
-from factories import add_run, add_workflow, all_done
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from conftest import start_server
+from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub

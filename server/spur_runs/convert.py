@@ -14,8 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from spur.runs.v1 import run_pb2
 from sqlalchemy import Row
+
+from spur.runs.v1 import run_pb2
 
 from .models import RunStatus, TaskStatus
 from .storage import RunRecord
@@ -143,7 +144,9 @@ def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
     return message
 
 
-def task_to_message(row: Row[Any], graph: WorkflowGraph, downstream: frozenset[str]) -> run_pb2.Task:
+def task_to_message(
+    row: Row[Any], graph: WorkflowGraph, downstream: frozenset[str]
+) -> run_pb2.Task:
     task = run_pb2.Task(
         id=row.id,
         run_id=row.run_id,

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 

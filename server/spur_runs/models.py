@@ -69,9 +69,7 @@ class WorkflowVersion(Base):
     __tablename__ = "workflow_versions"
 
     _intid: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement="auto")
-    id: Mapped[str] = mapped_column(
-        String, Computed("'SV' || _intid"), nullable=False, unique=True
-    )
+    id: Mapped[str] = mapped_column(String, Computed("'SV' || _intid"), nullable=False, unique=True)
     version: Mapped[int] = mapped_column(Integer, nullable=False, index=True)
     workflow_id: Mapped[str] = mapped_column(
         String, ForeignKey("workflows.id"), nullable=False, index=True
@@ -143,14 +141,10 @@ SERVICE_INDEXES: tuple[Index, ...] = (
     # ListRuns: newest start_time first, ties by _intid (keyset pagination).
     Index("ix_spur_runs_runs_start_time", Run.start_time, Run._intid),
     # GetChildRuns: a parent's children, newest first.
-    Index(
-        "ix_spur_runs_runs_parent_start_time", Run.parent_run_id, Run.start_time, Run._intid
-    ),
+    Index("ix_spur_runs_runs_parent_start_time", Run.parent_run_id, Run.start_time, Run._intid),
     # ListRuns filtered by workflow_id, or by one status: the matching runs,
     # newest first, from one index range (migration 0003).
-    Index(
-        "ix_spur_runs_runs_workflow_start_time", Run.workflow_id, Run.start_time, Run._intid
-    ),
+    Index("ix_spur_runs_runs_workflow_start_time", Run.workflow_id, Run.start_time, Run._intid),
     Index("ix_spur_runs_runs_status_start_time", Run.status, Run.start_time, Run._intid),
     # DeleteRun: the foreign key check of each deleted task looks for the
     # tasks that reference it; without this, a scan of all tasks (0004).

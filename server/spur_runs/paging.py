@@ -67,9 +67,7 @@ def decode(scope: str, token: str) -> list[Any]:
         raise InvalidArgument("page_token", "is not a token this service issued") from None
     mac, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
     if len(mac) != _MAC_BYTES or not hmac.compare_digest(mac, _mac(scope, payload)):
-        raise InvalidArgument(
-            "page_token", "is damaged or belongs to another listing or filter"
-        )
+        raise InvalidArgument("page_token", "is damaged or belongs to another listing or filter")
     try:
         decoded = json.loads(payload)
     except ValueError:

@@ -17,6 +17,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
+
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
 
 from . import auth, limits, tls
@@ -51,9 +52,7 @@ class RunsServer:
             self.metrics.watch_pool(role, engine)
         self.health = DatabaseHealth(db, config.health_interval)
         self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(
-                max_workers=config.max_workers, thread_name_prefix="rpc"
-            ),
+            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
             # Outermost first: observe sees the final code of every call
             # (refusals included), auth refuses before any work is done, and
             # errors become statuses innermost.
@@ -101,8 +100,10 @@ class RunsServer:
                 f"cannot listen on {config.grpc_address} (in use, or not an address here)"
             )
         # HTTP/JSON from the services' google.api.http rules, through this server.
-        self.http = None if config.http_address is None else HttpGateway(
-            config, self.services, self.grpc, self.metrics
+        self.http = (
+            None
+            if config.http_address is None
+            else HttpGateway(config, self.services, self.grpc, self.metrics)
         )
         self.http_port = None if self.http is None else self.http.port
 
@@ -113,7 +114,11 @@ class RunsServer:
         self.grpc.start()
         if self.http is not None:
             self.http.start()
-        log.info("serving gRPC on port %d (database %s)", self.port, self.db.engine.url.render_as_string(hide_password=True))
+        log.info(
+            "serving gRPC on port %d (database %s)",
+            self.port,
+            self.db.engine.url.render_as_string(hide_password=True),
+        )
         if self.db.read_engine is not None:
             log.info(
                 "read RPCs go to the replica %s",
@@ -121,7 +126,10 @@ class RunsServer:
             )
         log.info(
             "gRPC %s; authentication %s",
-            "with mutual TLS" if self.config.tls_client_ca else "with TLS" if self.config.tls_cert
+            "with mutual TLS"
+            if self.config.tls_client_ca
+            else "with TLS"
+            if self.config.tls_cert
             else "in plaintext",
             f"on ({len(self.tokens.entries)} tokens)" if self.tokens.enabled else "OFF",
         )

@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
+from sqlalchemy import Connection
+
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
-from sqlalchemy import Connection
 
 from . import convert, filters, paging, storage
 from .convert import VersionCache
@@ -60,9 +61,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         with self._db.read() as conn:
             record = storage.get_run(conn, run_id, with_tasks=not basic)
             self._load_versions(conn, [record.version_key])
-        return pb.GetRunResponse(
-            run=convert.run_to_message(record, self._versions, basic=basic)
-        )
+        return pb.GetRunResponse(run=convert.run_to_message(record, self._versions, basic=basic))
 
     def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
@@ -104,7 +103,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             request.page_size, default=TASKS_PAGE_SIZE, maximum=TASKS_MAX_PAGE_SIZE
         )
         scope = f"tasks:{run_id}"
-        after = paging.decode_intid_cursor(scope, request.page_token) if request.page_token else None
+        after = (
+            paging.decode_intid_cursor(scope, request.page_token) if request.page_token else None
+        )
         with self._db.read() as conn:
             run = storage.get_run_row(conn, run_id)
             key = storage.version_key(run)

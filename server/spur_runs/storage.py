@@ -270,7 +270,9 @@ def list_runs(
 def count_runs(conn: Connection, filters: RunFilter = NO_FILTER) -> int:
     """How many runs match `filters` (ListRuns' total_size): one COUNT."""
     return int(
-        conn.execute(select(func.count()).select_from(Run).where(*filters.conditions())).scalar_one()
+        conn.execute(
+            select(func.count()).select_from(Run).where(*filters.conditions())
+        ).scalar_one()
     )
 
 
@@ -386,10 +388,7 @@ def _refuse_if_referenced(conn: Connection, run_ids: list[str]) -> None:
             continue
         ref = table(name, column(column_name)).c[column_name]
         found = conn.execute(
-            select(ref, func.count())
-            .where(ref.in_(run_ids))
-            .group_by(ref)
-            .limit(1)
+            select(ref, func.count()).where(ref.in_(run_ids)).group_by(ref).limit(1)
         ).first()
         if found is not None:
             raise FailedPrecondition(

@@ -46,9 +46,10 @@ from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge
+from sqlalchemy import Connection, event
+
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
-from sqlalchemy import Connection, event
 
 from . import convert, storage, watch_storage
 from .convert import VersionCache

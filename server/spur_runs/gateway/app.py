@@ -376,9 +376,7 @@ EVENT_STREAM = "text/event-stream"
 
 def accepts_event_stream(accept: str) -> bool:
     """Whether an Accept header names text/event-stream (parameters aside)."""
-    return any(
-        part.split(";", 1)[0].strip().lower() == EVENT_STREAM for part in accept.split(",")
-    )
+    return any(part.split(";", 1)[0].strip().lower() == EVENT_STREAM for part in accept.split(","))
 
 
 def _frame(body: bytes, events: bool, error: bool = False) -> bytes:

@@ -241,9 +241,9 @@ def _stream_responses(name: str, body: Schema) -> dict[str, Any]:
         "200": {
             "description": (
                 f"A stream of {name} messages, each sent when it happens. As "
-                "newline-delimited JSON: one line per message, `{\"result\": ...}`, and "
+                'newline-delimited JSON: one line per message, `{"result": ...}`, and '
                 "after an error that comes once the stream is open, a last line "
-                "`{\"error\": <google.rpc.Status>}`. With `Accept: text/event-stream`, "
+                '`{"error": <google.rpc.Status>}`. With `Accept: text/event-stream`, '
                 "as server-sent events: `data: <message>` per message, an `error` "
                 "event whose data is the Status. Errors before the first message "
                 "(bad id, unknown run) are ordinary error replies."

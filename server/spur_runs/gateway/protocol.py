@@ -43,9 +43,7 @@ class _Handler(web_protocol.RequestHandler):
         log.info("malformed HTTP request from %s: %s", request.remote, type(exc).__name__)
         if request.writer.output_size > 0:  # (as aiohttp: nothing more can be sent)
             raise ConnectionError("response already started")
-        body = status_json(
-            status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=_message(exc))
-        )
+        body = status_json(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=_message(exc)))
         response = web.Response(status=status, body=body, content_type="application/json")
         response.force_close()  # the rest of the stream cannot be trusted
         return response
