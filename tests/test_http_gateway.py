@@ -213,6 +213,7 @@ def test_a_crash_behind_the_gateway_is_500_without_its_text(running: Running) ->
 def test_response_metadata_comes_back_as_headers(running: Running) -> None:
     def tagged(request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
         context.send_initial_metadata((("x-request-id", "abc"), ("shard", "7")))
+        context.set_trailing_metadata((("cost", "3"),))
         return pb.GetRunResponse(run=run_pb2.Run(id=request.run_id))
 
     running.script.behave = tagged
@@ -220,6 +221,8 @@ def test_response_metadata_comes_back_as_headers(running: Running) -> None:
     assert reply.status == 200
     assert reply.headers["X-Request-Id"] == "abc"
     assert reply.headers["Grpc-Metadata-shard"] == "7"
+    # Trailers too, as grpc-gateway names them.
+    assert reply.headers["Grpc-Trailer-cost"] == "3"
 
 
 def test_grpc_server_gone_is_503_without_internals(running: Running) -> None:

@@ -129,19 +129,19 @@ def test_json_access_log_and_request_ids(tmp_path: Path) -> None:
             _, call = stub.GetRun.with_call(
                 pb.GetRunRequest(run_id=run_id), metadata=(auth, ("x-request-id", "req-42.a"))
             )
-            assert ("x-request-id", "req-42.a") in call.initial_metadata()
+            assert ("x-request-id", "req-42.a") in call.trailing_metadata()
             _, call = stub.GetRun.with_call(pb.GetRunRequest(run_id=run_id), metadata=(auth,))
-            generated = dict(call.initial_metadata())["x-request-id"]
+            generated = dict(call.trailing_metadata())["x-request-id"]
             assert len(generated) == 32 and int(generated, 16) >= 0
             # An id that could forge log lines or bloat them is replaced.
             _, call = stub.GetRun.with_call(
                 pb.GetRunRequest(run_id=run_id), metadata=(auth, ("x-request-id", "x" * 300))
             )
-            replaced = dict(call.initial_metadata())["x-request-id"]
+            replaced = dict(call.trailing_metadata())["x-request-id"]
             assert replaced != "x" * 300
             with pytest.raises(grpc.RpcError) as refused:
                 stub.GetRun(pb.GetRunRequest(run_id=run_id), metadata=(("x-request-id", "req-43"),))
-            assert ("x-request-id", "req-43") in refused.value.initial_metadata()
+            assert ("x-request-id", "req-43") in refused.value.trailing_metadata()
             with pytest.raises(grpc.RpcError):
                 stub.ListRuns(
                     pb.ListRunsRequest(page_token="payload-sentinel-91"), metadata=(auth,)

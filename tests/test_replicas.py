@@ -123,8 +123,9 @@ def test_killing_replicas_loses_no_read(postgres_url: str, tmp_path: Path) -> No
                 load.wait_for(lambda o: o.started > killed + 1.0, timeout=10)
         after = [o for o in load.outcomes if o.started > killed]
         # A call whose response headers had left the replica when it died is
-        # committed and not retried (gRPC's rule); the server sends them only
-        # with the answer, so that window is the last instant of a call.
+        # committed and not retried (gRPC's rule); a unary call's headers go
+        # out in one batch with its answer and status (the request id rides in
+        # the trailers), so no call can be caught between the two.
         committed = [o for o in load.outcomes if "Stream removed" in o.details]
         print(
             f"\nheld calls: 9 of 9 answered after their replica was killed; "
@@ -133,11 +134,8 @@ def test_killing_replicas_loses_no_read(postgres_url: str, tmp_path: Path) -> No
             f"{len(after)} calls after it; caught between headers and answer: {len(committed)}"
         )
         assert set(load.codes()) <= {"OK", "UNAVAILABLE"}, load.failures()
-        # (0 or 1 per kill in 40 runs here; 1 to 3 per kill, in every run, when
-        # the headers went out first.)
-        assert len(committed) <= 2 and load.codes()["UNAVAILABLE"] == len(committed), (
-            load.failures()
-        )
+        # (1 to 3 per kill, in every run, when the headers went out first.)
+        assert not committed and "UNAVAILABLE" not in load.codes(), load.failures()
         # round_robin spread the calls over both remaining replicas.
         spread = [b - h for b, h in zip(before_kill, held_on, strict=True)]
         assert min(spread) > 0.25 * sum(spread), spread

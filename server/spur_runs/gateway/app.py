@@ -142,15 +142,19 @@ def _status_of(error: grpc.aio.AioRpcError) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=message)
 
 
-def _response_headers(metadata: Iterable[tuple[str, Any]] | None) -> dict[str, str] | None:
-    """The call's initial metadata as grpc-gateway shows it (Grpc-Metadata-*),
-    plus the request id under its usual HTTP name."""
+def _response_headers(
+    metadata: Iterable[Any] | None, trailers: Iterable[Any] | None = None
+) -> dict[str, str] | None:
+    """The call's metadata as grpc-gateway shows it (initial metadata as
+    Grpc-Metadata-*, trailing as Grpc-Trailer-*), plus the request id under
+    its usual HTTP name (unary calls send it in their trailers)."""
     headers: dict[str, str] = {}
-    for key, value in metadata or ():
-        if isinstance(value, str) and not key.startswith("grpc-"):
-            headers["Grpc-Metadata-" + key] = value
-            if key == _REQUEST_ID:
-                headers["X-Request-Id"] = value
+    for prefix, pairs in (("Grpc-Metadata-", metadata), ("Grpc-Trailer-", trailers)):
+        for key, value in pairs or ():
+            if isinstance(value, str) and not key.startswith("grpc-"):
+                headers[prefix + key] = value
+                if key == _REQUEST_ID:
+                    headers["X-Request-Id"] = value
     return headers or None
 
 
@@ -360,8 +364,11 @@ class HttpGateway:
         try:
             response = await call
         except grpc.aio.AioRpcError as error:
-            return _error(_status_of(error), headers=_response_headers(error.initial_metadata()))
-        headers = _response_headers(await call.initial_metadata())
+            return _error(
+                _status_of(error),
+                headers=_response_headers(error.initial_metadata(), error.trailing_metadata()),
+            )
+        headers = _response_headers(await call.initial_metadata(), await call.trailing_metadata())
         if endpoint.no_content:
             return web.Response(status=204, headers=headers)
         return web.Response(body=endpoint.render(response), content_type=_JSON, headers=headers)
@@ -399,7 +406,10 @@ async def _stream(request: web.BaseRequest, endpoint: _Endpoint, call: Any) -> w
         try:
             message = await call.read()
         except grpc.aio.AioRpcError as error:
-            return _error(_status_of(error), headers=_response_headers(error.initial_metadata()))
+            return _error(
+                _status_of(error),
+                headers=_response_headers(error.initial_metadata(), error.trailing_metadata()),
+            )
         response = web.StreamResponse(
             headers={
                 **(_response_headers(await call.initial_metadata()) or {}),
