@@ -57,11 +57,12 @@ class Config:
     grpc_address: str = DEFAULT_GRPC_ADDRESS
     http_address: str | None = None
     # Threads of the gRPC server. Python runs one of them at a time: more
-    # threads overlap database waits but fight over the GIL. Measured side by
-    # side on GetRun (2 cores): 8 instead of 16 costs 20-25% less CPU per
-    # call on SQLite and PostgreSQL; 4 saves a little more but lets a few
-    # slow calls hold up the rest.
-    max_workers: int = 8
+    # threads overlap database waits but fight over the GIL, and that costs
+    # CPU on every call. GetRun's server CPU per call, measured side by side
+    # (2 cores, SQLite): 1 thread 740 us, 2: 853, 8: 1,142, 16: ~1,500-2,000.
+    # 4 keeps most of that gain and leaves room for a few slow calls (a
+    # delete waiting for a lock); scale out with --workers processes.
+    max_workers: int = 4
     # Database connections: one per RPC thread, plus WatchRun's poller and
     # the health ping, with room to spare so neither waits behind calls.
     pool_size: int = 16
