@@ -236,3 +236,51 @@ def test_health_watchers_do_not_take_the_threads_of_calls(sqlite_url: str) -> No
         assert server.metrics.registry.get_sample_value("grpc_server_msg_sent_total", labels) == 4
     finally:
         server.stop(grace=0)
+
+
+def _http_get(port: int, path: str) -> tuple[int, dict[str, object]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_http_calls_share_the_limits_of_grpc_calls(postgres_url: str) -> None:
+    """The gateway runs unary calls in process (gateway/local.py): they take
+    the gRPC server's threads and count against --max-concurrent-rpcs and
+    --max-response-bytes like gRPC calls do."""
+    run_id = seeded(postgres_url)
+    server = start_server(
+        postgres_url, http_address="127.0.0.1:0", max_concurrent_rpcs=2, max_workers=2
+    )
+    assert server.http_port is not None
+    port = server.http_port
+    try:
+        with runs_locked(postgres_url) as waiting:
+            held = [in_background(lambda: _http_get(port, f"/run/{run_id}")) for _ in range(2)]
+            wait_until(lambda: waiting() == 2, "two HTTP calls blocked inside the server")
+            status, body = _http_get(port, f"/run/{run_id}")
+            assert status == 429 and "limit" in str(body["message"]).lower(), body
+        for thread, result in held:
+            thread.join(timeout=20)
+            status, body = result["value"]  # type: ignore[misc]
+            assert status == 200 and body["run"]["id"] == run_id  # type: ignore[index]
+        assert _http_get(port, f"/run/{run_id}")[0] == 200
+    finally:
+        server.stop(grace=1)
+
+    server = start_server(postgres_url, http_address="127.0.0.1:0", max_response_bytes=1024)
+    assert server.http_port is not None
+    try:
+        # A run with its six tasks is more than 1 KiB; its BASIC view is not.
+        status, body = _http_get(server.http_port, f"/run/{run_id}")
+        assert status == 429 and body["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], body
+        status, body = _http_get(server.http_port, f"/run/{run_id}?view=RUN_VIEW_BASIC")
+        assert status == 200, body
+    finally:
+        server.stop(grace=1)

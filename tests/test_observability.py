@@ -62,7 +62,7 @@ def test_metrics_count_calls_by_method_and_code(postgres_url: str) -> None:
                 stub.GetRun(pb.GetRunRequest(run_id="R424242"))
             with pytest.raises(grpc.RpcError):
                 stub.ListRuns(pb.ListRunsRequest(page_size=1000))
-            # An HTTP caller goes through gRPC, and is counted the same way.
+            # An HTTP caller goes through the same interceptors, and is counted the same way.
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{server.http_port}/run/{run_id}", timeout=10
             ) as answer:

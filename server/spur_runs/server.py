@@ -26,6 +26,7 @@ from .convert import VersionCache
 from .db import Database
 from .decoding import DecodeInterceptor
 from .gateway import HttpGateway
+from .gateway.local import LocalDispatch, recorded_handlers
 from .health import DatabaseHealth
 from .interceptors import ErrorInterceptor
 from .metrics import Metrics
@@ -51,18 +52,24 @@ class RunsServer:
         for role, engine in db.engines.items():
             self.metrics.watch_pool(role, engine)
         self.health = DatabaseHealth(db, config.health_interval)
+        # One pool of threads and one chain of interceptors for gRPC callers
+        # and, in process, for the HTTP gateway's unary calls.
+        self.executor = futures.ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="rpc"
+        )
+        # Outermost first: observe sees the final code of every call
+        # (refusals included), auth refuses before any work is done, and
+        # errors become statuses innermost.
+        interceptors = [
+            ObserveInterceptor(self.metrics),
+            auth.AuthInterceptor(self.tokens),
+            limits.DeadlineInterceptor(),
+            ErrorInterceptor(),
+            DecodeInterceptor(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
+        ]
         self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-            # Outermost first: observe sees the final code of every call
-            # (refusals included), auth refuses before any work is done, and
-            # errors become statuses innermost.
-            interceptors=[
-                ObserveInterceptor(self.metrics),
-                auth.AuthInterceptor(self.tokens),
-                limits.DeadlineInterceptor(),
-                ErrorInterceptor(),
-                DecodeInterceptor(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
-            ],
+            self.executor,
+            interceptors=interceptors,
             options=limits.server_options(config),
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
@@ -71,9 +78,8 @@ class RunsServer:
         self.watch_hub = WatchHub(
             db, versions, config.watch_interval, config.max_watchers, self.metrics
         )
-        run_service_pb2_grpc.add_RunServiceServicer_to_server(
-            RunService(db, versions, self.watch_hub), self.grpc
-        )
+        servicer = RunService(db, versions, self.watch_hub)
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         # Every service this server registers: what reflection lists, and
         # what auth.METHOD_SCOPES must cover (checked, so that a new service
@@ -100,10 +106,23 @@ class RunsServer:
                 f"cannot listen on {config.grpc_address} (in use, or not an address here)"
             )
         # HTTP/JSON from the services' google.api.http rules, through this server.
+        # Its unary calls run in process (gateway/local.py), with the same
+        # interceptors on the same threads; WatchRun goes through the socket.
+        local = LocalDispatch(
+            recorded_handlers(
+                lambda target: run_service_pb2_grpc.add_RunServiceServicer_to_server(
+                    servicer, target
+                )
+            ),
+            interceptors,
+            self.executor,
+            config.max_concurrent_rpcs,
+            config.max_response_bytes,
+        )
         self.http = (
             None
             if config.http_address is None
-            else HttpGateway(config, self.services, self.grpc, self.metrics)
+            else HttpGateway(config, self.services, self.grpc, self.metrics, local)
         )
         self.http_port = None if self.http is None else self.http.port
 

@@ -200,6 +200,14 @@ def get_run(conn: Connection, run_id: str, *, with_tasks: bool = True) -> RunRec
     return record
 
 
+def get_runs(conn: Connection, run_ids: Sequence[str]) -> list[RunRecord]:
+    """The runs of `run_ids` that exist, as get_run reads them (tasks capped
+    at TASKS_PER_RUN, counts over all of them), in two statements whatever
+    their number; the caller keeps `run_ids` to a sane size."""
+    rows = list(conn.execute(_runs_select().where(Run.id.in_(run_ids))))
+    return _attach_tasks(conn, rows, TASKS_PER_RUN)
+
+
 def require_run(conn: Connection, run_id: str) -> int:
     """The run's _intid; NotFound when there is no such run."""
     intid = conn.execute(_INTID_BY_ID, {"run_id": run_id}).scalar_one_or_none()

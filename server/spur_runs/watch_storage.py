@@ -118,6 +118,5 @@ def load_runs(conn: Connection, run_ids: Sequence[str]) -> list[storage.RunRecor
     statements whatever their number."""
     records: list[storage.RunRecord] = []
     for chunk in _chunks(run_ids):
-        rows = list(conn.execute(storage._runs_select().where(Run.id.in_(chunk))))
-        records += storage._attach_tasks(conn, rows, storage.TASKS_PER_RUN)
+        records += storage.get_runs(conn, chunk)
     return records

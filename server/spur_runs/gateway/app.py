@@ -1,14 +1,17 @@
-"""The HTTP server: aiohttp on its own thread and event loop, calling the
-RunsServer's gRPC server over a private unix socket.
+"""The HTTP server: aiohttp on its own thread and event loop, in front of
+the RunsServer's gRPC server.
 
-Going through gRPC, as grpc-gateway does, rather than calling the servicer
-directly means that whatever the gRPC server applies to a call (its
-interceptors: metrics and access log, authentication, deadlines, errors),
-it applies to HTTP callers too, in one place. The socket lives in a fresh
-0700 directory, so only this user can reach it; the HTTP port gets the gRPC
-port's TLS (tls.http_context), so mutual TLS guards both alike.
+Whatever the gRPC server applies to a call (its interceptors: metrics and
+access log, authentication, deadlines, errors; its threads and limits), it
+applies to HTTP callers too, in one place. Unary calls run in process with
+the server's own interceptors and threads (local.py: a second gRPC hop
+cost more than the call); server-streaming calls (WatchRun) go through the
+gRPC server over a private unix socket, as grpc-gateway does over TCP. The
+socket lives in a fresh 0700 directory, so only this user can reach it; the
+HTTP port gets the gRPC port's TLS (tls.http_context), so mutual TLS guards
+both alike.
 
-    gateway = HttpGateway(config, services, grpc_server)  # binds both sockets
+    gateway = HttpGateway(config, services, grpc_server, metrics, local)
     grpc_server.start(); gateway.start()
     ...
     grace = gateway.stop(grace); grpc_server.stop(grace)
@@ -40,6 +43,7 @@ from ..errors import HTTP_STATUS, InvalidArgument, grpc_code, to_status
 from ..metrics import Metrics
 from ..metrics_http import METRICS_PATH, metrics_response
 from .comments import load_comments
+from .local import LocalDispatch
 from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
 from .openapi import build_openapi
 from .protocol import Server
@@ -158,6 +162,15 @@ def _response_headers(
     return headers or None
 
 
+def _peer(request: web.BaseRequest) -> str:
+    """The HTTP client's address as grpc names a peer ("ipv4:1.2.3.4:5678")."""
+    where = request.transport.get_extra_info("peername") if request.transport else None
+    if not isinstance(where, tuple) or len(where) < 2:
+        return "unknown"
+    host, port = where[0], where[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise InvalidArgument("body", f"is larger than {limit} bytes")
@@ -179,9 +192,12 @@ class HttpGateway:
         services: Sequence[ServiceDescriptor],
         grpc_server: grpc.Server,
         metrics: Metrics | None = None,
+        local: LocalDispatch | None = None,
     ) -> None:
         assert config.http_address is not None
         self._metrics = metrics  # GET /metrics (metrics_http.py)
+        # Unary calls in process when given (local.py), else over the socket.
+        self._local = local
         routes = routes_for(services)
         renderer = Renderer()
         self._endpoints = [_Endpoint(route, renderer) for route in routes]
@@ -356,6 +372,17 @@ class HttpGateway:
             message = endpoint.builder.build(found.variables, query, body)
         except InvalidArgument as error:
             return _error(to_status(error))
+        if self._local is not None and not endpoint.route.streaming:
+            try:
+                response, initial, trailing = await self._local.call(
+                    endpoint.route.grpc_path, message, timeout, tuple(metadata), _peer(request)
+                )
+            except grpc.aio.AioRpcError as error:
+                return _error(
+                    _status_of(error),
+                    headers=_response_headers(error.initial_metadata(), error.trailing_metadata()),
+                )
+            return self._answer(endpoint, response, _response_headers(initial, trailing))
         # Cancelling this task (the client went away: handler_cancellation)
         # cancels the call, and the server sees its RPC cancelled.
         call = endpoint.call(message, timeout=timeout, metadata=metadata)
@@ -369,6 +396,10 @@ class HttpGateway:
                 headers=_response_headers(error.initial_metadata(), error.trailing_metadata()),
             )
         headers = _response_headers(await call.initial_metadata(), await call.trailing_metadata())
+        return self._answer(endpoint, response, headers)
+
+    @staticmethod
+    def _answer(endpoint: _Endpoint, response: Any, headers: dict[str, str] | None) -> web.Response:
         if endpoint.no_content:
             return web.Response(status=204, headers=headers)
         return web.Response(body=endpoint.render(response), content_type=_JSON, headers=headers)
