@@ -68,6 +68,7 @@ from http_vs_grpc import cpu_seconds, ensure_tools, free_port  # noqa: E402  (th
 
 from spur.runs.v1 import run_service_pb2 as pb  # noqa: E402
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub  # noqa: E402
+from spur_runs.config import Config  # noqa: E402
 
 DATA = BENCH / ".data"
 RESULTS = BENCH / "results"
@@ -97,9 +98,13 @@ FLOOR_PATH = "/bench.Floor/Empty"
 GET_RUN_PATH = "/spur.runs.v1.RunService/GetRun"
 LIST_RUNS_PATH = "/spur.runs.v1.RunService/ListRuns"
 
+# Defaults of `spur-runs serve`, which the bench's servers (and the floor) use.
+_DEFAULTS = Config()
+
 TARGETS = {
     "floor": 0.5,  # GetRun >= 50% of the empty-echo floor
     "http_get": 10.0,  # HTTP GET /run/{id}/ >= 10x PySpur's
+    "http_vs_grpc": 1.5,  # HTTP GET costs <= 1.5x GetRun over gRPC (the HTTP issue)
     "list": 20.0,  # ListRuns >= 20x PySpur's list page
     "deep": 1.3,  # keyset page at depth ~1M within 1.3x of page 1
     "rss_mb": 150.0,
@@ -1096,6 +1101,20 @@ def targets_table(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "verdict": verdict(r["http_get_vs_pyspur"] >= TARGETS["http_get"]),
             }
         )
+        http_cost = statistics.median(
+            h["cpu_us"] / g["cpu_us"]
+            for h, g in zip(c["http_get"]["rounds"], c["grpc_get"]["rounds"], strict=True)
+        )
+        rows.append(
+            {
+                "target": "HTTP GET /run/{id}/ costs <= 1.5x GetRun over gRPC (server CPU/req)",
+                "where": n,
+                "measured": f"{c['http_get']['cpu_us']:,.0f} vs {c['grpc_get']['cpu_us']:,.0f} "
+                f"us/req ({c['http_get']['rps']:,.0f} vs {c['grpc_get']['rps']:,.0f} req/s)",
+                "ratio": f"{http_cost:.2f}x (median of the per-round ratios)",
+                "verdict": verdict(http_cost <= TARGETS["http_vs_grpc"]),
+            }
+        )
         for side, key, ratio in (
             ("gRPC", "grpc_list", "grpc_list_vs_pyspur"),
             ("HTTP", "http_list", "http_list_vs_pyspur"),
@@ -1474,7 +1493,8 @@ def main() -> int:
         "must succeed), and every h2load segment must receive at least 90% of the DATA bytes of a successful "
         "answer per request (errors carry none), else the bench stops.",
         "The floor: bench/floor_server.py, a generic handler returning empty bytes (no protobuf, no "
-        "interceptors, no database) with spur-runs' default thread pool (16), maximum_concurrent_rpcs (64) and "
+        "interceptors, no database) with spur-runs' default thread pool "
+        f"({_DEFAULTS.max_workers}), maximum_concurrent_rpcs ({_DEFAULTS.max_concurrent_rpcs}) and "
         "channel options; its aio twin for the aio figure. spur-runs is a sync grpcio server, so its target is "
         "the sync floor.",
         "PySpur: its Runs router (pyspur.api.run_management) mounted at /run in bench/pyspur_peer.py, "

@@ -465,11 +465,14 @@ def write_results(results: list[dict[str, Any]], args: argparse.Namespace) -> No
             sections[match.group(2)] = match.group(1).rstrip() + "\n"
     for r in results:
         sections[r["db"]] = section(r, args)
+    from spur_runs.config import Config
+
+    defaults = Config()
     head = [
         "# Soak (issue 6, Load)",
         "",
-        "`bench/soak.py`: closed-loop mixed traffic against one `spur-runs serve` process (default flags: 16 threads, "
-        "pool of 16) on loopback: 80% GetRun of a random run id, 15% ListRuns (page 1, then its next_page_token, up to "
+        "`bench/soak.py`: closed-loop mixed traffic against one `spur-runs serve` process (default flags: "
+        f"{defaults.max_workers} threads, pool of {defaults.pool_size}) on loopback: 80% GetRun of a random run id, 15% ListRuns (page 1, then its next_page_token, up to "
         "20 pages), 4% GetRunTasks of a random run, 1% DeleteRun of a random run; each call with a 10 s deadline. "
         "NOT_FOUND is expected (runs deleted earlier, with their children); any other non-OK code counts as an error. "
         "Latency is measured by the client (grpc.aio), per call. RSS is VmRSS of the server process; server CPU is its "
