@@ -525,8 +525,11 @@ def _pg_admin(sql: str) -> None:
 
 
 def create_database(backend: str, runs: int, tag: str) -> Database:
+    """An empty database (a fresh SQLite file, or a new PostgreSQL database)
+    for `runs` runs; `tag` keeps the databases of different scripts apart.
+    Also used by soak.py and watchers.py."""
     if backend == "sqlite":
-        path = DATA / f"sqlite-{runs}.db"
+        path = DATA / f"{tag}-sqlite-{runs}.db"
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return Database(

@@ -34,11 +34,9 @@ import platform
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,9 +45,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import run as suite  # noqa: E402  (the suite's database and port helpers)
+
 DATA = ROOT / "bench" / ".data"
 RESULTS = ROOT / "bench" / "results" / "soak.md"
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 CLI = [sys.executable, "-m", "spur_runs"]
 
 # The mix of issue 6, as cumulative thresholds over [0, 100).
@@ -58,12 +58,6 @@ EXPECTED = {"OK", "NOT_FOUND"}
 CALL_TIMEOUT_S = 10.0
 
 LIST_WALK_PAGES = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -204,22 +198,10 @@ def run(command: list[str], env: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
-def prepare(db: str, runs: int) -> tuple[str, str | None, dict[str, Any]]:
-    """A fresh database, migrated and seeded; returns (url, pg name, facts)."""
-    pg_name = None
-    if db == "sqlite":
-        DATA.mkdir(parents=True, exist_ok=True)
-        path = DATA / "soak.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        url = f"sqlite:///{path}"
-    else:
-        import psycopg
-
-        pg_name = f"spur_soak_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{pg_name}"')
-        url = f"postgresql://postgres@127.0.0.1:5432/{pg_name}"
+def prepare(db: str, runs: int) -> tuple[suite.Database, dict[str, Any]]:
+    """A fresh database, migrated and seeded; returns it and facts."""
+    database = suite.create_database(db, runs, "soak")
+    url, pg_name = database.url, database.pg_name
     run([*CLI, "migrate", "--database-url", url])
     started = time.monotonic()
     summary = run([*CLI, "seed", "--database-url", url, "--runs", str(runs)])
@@ -240,16 +222,7 @@ def prepare(db: str, runs: int) -> tuple[str, str | None, dict[str, Any]]:
         ).one()
     engine.dispose()
     facts.update(id_range=(int(low), int(high)), runs=int(count))
-    return url, pg_name, facts
-
-
-def drop(pg_name: str | None) -> None:
-    if pg_name is None:
-        return
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+    return database, facts
 
 
 def start_server(url: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
@@ -283,12 +256,13 @@ def start_server(url: str, port: int, log_path: Path) -> subprocess.Popen[bytes]
 
 def soak(db: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"\n== {db}: seeding {args.runs:,} runs", flush=True)
-    url, pg_name, facts = prepare(db, args.runs)
+    database, facts = prepare(db, args.runs)
+    url = database.url
     print(
         f"   {facts['seed']} (wall {facts['seed_s']:.1f} s); ids R{facts['id_range'][0]}..R{facts['id_range'][1]}",
         flush=True,
     )
-    port = free_port()
+    port = suite.free_port()
     DATA.mkdir(parents=True, exist_ok=True)
     log_path = DATA / f"soak-{db}-server.log"
     server = start_server(url, port, log_path)
@@ -363,7 +337,7 @@ def soak(db: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if server.poll() is None:
             server.kill()
-        drop(pg_name)
+        suite.drop_database(database)
     intervals.sort(key=lambda i: i.index)
     return summarize(db, args, facts, intervals, rss_start, rss_end, exit_code, log_path)
 

@@ -28,31 +28,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import run as suite  # noqa: E402  (the suite's database and port helpers)
+
 DATA = ROOT / "bench" / ".data"
-PG_ADMIN_URL = os.environ.get(
-    "SPUR_RUNS_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
 CLI = [sys.executable, "-m", "spur_runs.cli"]
 CHANNELS = 10
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -76,27 +67,15 @@ def scrape(http_port: int) -> dict[str, float]:
     return found
 
 
-def prepare(backend: str, runs: int) -> tuple[str, str | None]:
+def prepare(backend: str, runs: int) -> suite.Database:
     """A fresh database with `runs` RUNNING runs of 6 tasks; (url, pg name)."""
     from sqlalchemy import create_engine, insert
 
     from spur_runs.migrate import migrate
     from spur_runs.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
 
-    pg_name = None
-    if backend == "sqlite":
-        DATA.mkdir(parents=True, exist_ok=True)
-        path = DATA / "watchers.db"
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        url = f"sqlite:///{path}"
-    else:
-        import psycopg
-
-        pg_name = f"spur_bench_watch_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{pg_name}"')
-        url = f"postgresql://postgres@127.0.0.1:5432/{pg_name}"
+    database = suite.create_database(backend, runs, "watchers")
+    url = database.url
     migrate(url)
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     now = datetime(2026, 11, 29, 9, 0, 0)
@@ -120,19 +99,11 @@ def prepare(backend: str, runs: int) -> tuple[str, str | None]:
              for r in range(1, runs + 1) for n in range(6)],
         )  # fmt: skip
     engine.dispose()
-    return url, pg_name
-
-
-def drop(pg_name: str | None) -> None:
-    if pg_name is not None:
-        import psycopg
-
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
+    return database
 
 
 def start_server(url: str, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int, int]:
-    port, http_port = free_port(), free_port()
+    port, http_port = suite.free_port(), suite.free_port()
     log = (DATA / "watchers-server.log").open("wb")
     process = subprocess.Popen(
         [*CLI, "serve", "--database-url", url, "--grpc-address", f"127.0.0.1:{port}",
@@ -221,7 +192,8 @@ def per_poll(before: dict[str, float], after: dict[str, float]) -> tuple[float, 
 async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
     from sqlalchemy import create_engine, text
 
-    url, pg_name = prepare(backend, args.watchers)
+    database = prepare(backend, args.watchers)
+    url = database.url
     process, port, http_port = start_server(url, args)
     writer = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
     result: dict[str, Any] = {"backend": backend}
@@ -287,7 +259,7 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         writer.dispose()
         process.terminate()
         process.wait(timeout=30)
-        drop(pg_name)
+        suite.drop_database(database)
     return result
 
 

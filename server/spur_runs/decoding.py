@@ -20,7 +20,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from .errors import InvalidArgument
-from .interceptors import Handler, Interceptor, behavior_of, is_non_blocking, replace_behavior
+from .interceptors import (
+    Handler,
+    Interceptor,
+    behavior_of,
+    is_non_blocking,
+    non_blocking_like,
+    replace_behavior,
+)
 
 
 class Undecodable:
@@ -66,8 +73,7 @@ class DecodeInterceptor(Interceptor):
                     raise _refuse(request)
                 return behavior(request, context, send_response_callback=send_response_callback)
 
-            wrapped.experimental_non_blocking = True
-            wrapped.experimental_thread_pool = getattr(behavior, "experimental_thread_pool", None)
+            non_blocking_like(behavior, wrapped)
         elif handler.response_streaming:
 
             def wrapped(request: Any, context: grpc.ServicerContext) -> Any:

@@ -74,11 +74,7 @@ def _wrap_non_blocking(behavior: Any, method: str) -> Any:
         except Exception as error:  # noqa: BLE001 - every error gets a status
             _abort(context, error, method)
 
-    handle.experimental_non_blocking = True  # type: ignore[attr-defined]
-    handle.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
-        behavior, "experimental_thread_pool", None
-    )
-    return handle
+    return non_blocking_like(behavior, handle)
 
 
 if TYPE_CHECKING:  # grpc-stubs makes these generic; grpc itself does not
@@ -105,6 +101,14 @@ def behavior_of(handler: Handler) -> Behavior:
     )
     assert found is not None
     return found
+
+
+def non_blocking_like(behavior: Any, wrapper: Any) -> Any:
+    """Mark `wrapper`, which wraps the non-blocking `behavior`, as grpc's
+    non-blocking form too (and on the same thread pool, if it names one)."""
+    wrapper.experimental_non_blocking = True
+    wrapper.experimental_thread_pool = getattr(behavior, "experimental_thread_pool", None)
+    return wrapper
 
 
 def is_non_blocking(behavior: Behavior) -> bool:

@@ -16,7 +16,14 @@ import grpc
 
 from . import deadline
 from .config import Config
-from .interceptors import Handler, Interceptor, behavior_of, is_non_blocking, replace_behavior
+from .interceptors import (
+    Handler,
+    Interceptor,
+    behavior_of,
+    is_non_blocking,
+    non_blocking_like,
+    replace_behavior,
+)
 
 # How long the server waits for the answer to its keepalive ping.
 KEEPALIVE_TIMEOUT_MS = 20_000
@@ -102,8 +109,4 @@ def _non_blocking(behavior: Any) -> Any:
         finally:
             deadline.clear()
 
-    non_blocking.experimental_non_blocking = True  # type: ignore[attr-defined]
-    non_blocking.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
-        behavior, "experimental_thread_pool", None
-    )
-    return non_blocking
+    return non_blocking_like(behavior, non_blocking)

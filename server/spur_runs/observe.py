@@ -23,7 +23,14 @@ from typing import Any
 
 import grpc
 
-from .interceptors import Handler, Interceptor, behavior_of, is_non_blocking, replace_behavior
+from .interceptors import (
+    Handler,
+    Interceptor,
+    behavior_of,
+    is_non_blocking,
+    non_blocking_like,
+    replace_behavior,
+)
 from .logs import REQUEST_ID
 from .metrics import MethodMetrics, Metrics
 
@@ -240,11 +247,7 @@ def _non_blocking(
         finally:
             REQUEST_ID.set(None)  # this thread goes back to the pool now
 
-    non_blocking.experimental_non_blocking = True  # type: ignore[attr-defined]
-    non_blocking.experimental_thread_pool = getattr(  # type: ignore[attr-defined]
-        behavior, "experimental_thread_pool", None
-    )
-    return non_blocking
+    return non_blocking_like(behavior, non_blocking)
 
 
 def _counted(requests: Iterator[Any], counter: Any) -> Iterator[Any]:

@@ -218,11 +218,15 @@ class WatchHub:
             watcher.closed = True
             self._all.discard(watcher)
             self._watchers_gauge.dec()
-            group = self._by_run.get(watcher.run_id)
-            if group is not None:
-                group.discard(watcher)
-                if not group:
-                    del self._by_run[watcher.run_id]
+            self._unpoll(watcher)
+
+    def _unpoll(self, watcher: Watcher) -> None:
+        """Stop polling for `watcher` (under self._lock)."""
+        group = self._by_run.get(watcher.run_id)
+        if group is not None:
+            group.discard(watcher)
+            if not group:
+                del self._by_run[watcher.run_id]
 
     # --- the poller's thread ---
 
@@ -300,11 +304,7 @@ class WatchHub:
         its status) for `watcher`; `final`: end with OK after the message."""
         if isinstance(item, BaseException) or final:
             with self._lock:  # no more polling for it
-                group = self._by_run.get(watcher.run_id)
-                if group is not None:
-                    group.discard(watcher)
-                    if not group:
-                        del self._by_run[watcher.run_id]
+                self._unpoll(watcher)
         with watcher._lock:
             if watcher._final:
                 return  # the end is queued already; nothing goes after it

@@ -23,22 +23,17 @@ Create Date: 2026-11-29
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from typing import Any
 
-import sqlalchemy as sa
-from alembic import context, op
+from spur_runs.migrations.index_ops import IndexSpec, create_indexes, drop_indexes
 
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-log = logging.getLogger("spur_runs.migrate")
-
 # (name, table, columns), and the predicate of the partial ones below.
-INDEXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+INDEXES: tuple[IndexSpec, ...] = (
     # ListRuns?workflow_id=: a workflow's runs, newest first.
     ("ix_spur_runs_runs_workflow_start_time", "runs", ("workflow_id", "start_time", "_intid")),
     # ListRuns?status=: the runs in one status, newest first.
@@ -49,25 +44,9 @@ INDEXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 WHERE = {"ix_spur_runs_runs_top_start_time": "parent_run_id IS NULL"}
 
 
-def _existing(table: str) -> set[str]:
-    if context.is_offline_mode():
-        return set()
-    return {str(index["name"]) for index in sa.inspect(op.get_bind()).get_indexes(table)}
-
-
 def upgrade() -> None:
-    for name, table, columns in INDEXES:
-        if name in _existing(table):
-            log.info("index %s on %s: already there", name, table)
-        else:
-            log.info("index %s on %s(%s): creating", name, table, ", ".join(columns))
-        where: dict[str, Any] = {}
-        if name in WHERE:
-            predicate = sa.text(WHERE[name])
-            where = {"postgresql_where": predicate, "sqlite_where": predicate}
-        op.create_index(name, table, list(columns), if_not_exists=True, **where)
+    create_indexes(INDEXES, WHERE)
 
 
 def downgrade() -> None:
-    for name, table, _columns in reversed(INDEXES):
-        op.drop_index(name, table_name=table, if_exists=True)
+    drop_indexes(INDEXES)

@@ -19,41 +19,25 @@ Create Date: 2026-11-29
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-from alembic import context, op
+from spur_runs.migrations.index_ops import IndexSpec, create_indexes, drop_indexes
 
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-log = logging.getLogger("spur_runs.migrate")
-
 # (name, table, columns)
-INDEXES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+INDEXES: tuple[IndexSpec, ...] = (
     # DeleteRun: the tasks that reference a deleted task (foreign key check).
     ("ix_spur_runs_tasks_parent_task_id", "tasks", ("parent_task_id",)),
 )
 
 
-def _existing(table: str) -> set[str]:
-    if context.is_offline_mode():
-        return set()
-    return {str(index["name"]) for index in sa.inspect(op.get_bind()).get_indexes(table)}
-
-
 def upgrade() -> None:
-    for name, table, columns in INDEXES:
-        if name in _existing(table):
-            log.info("index %s on %s: already there", name, table)
-        else:
-            log.info("index %s on %s(%s): creating", name, table, ", ".join(columns))
-        op.create_index(name, table, list(columns), if_not_exists=True)
+    create_indexes(INDEXES)
 
 
 def downgrade() -> None:
-    for name, table, _columns in reversed(INDEXES):
-        op.drop_index(name, table_name=table, if_exists=True)
+    drop_indexes(INDEXES)
