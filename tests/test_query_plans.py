@@ -13,7 +13,7 @@ from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.db import Database
-from spur_runs.models import RunStatus
+from spur_runs.models import RunStatus, TaskStatus
 from spur_runs.server import RunsServer
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
@@ -120,3 +120,31 @@ def test_filtered_pages_walk_an_index_without_sorting(
             assert "start_time<?" in shown, (name, shown)  # from the cursor
         else:
             assert "Index Cond" in shown and "start_time <=" in shown, (name, shown)
+
+
+def test_get_run_reads_run_and_tasks_through_indexes(
+    db: Database, server: RunsServer, stub: RunServiceStub
+) -> None:
+    """GetRun's one statement finds the run by its unique id and its tasks by
+    the (run_id, _intid) index: no scan of either table, whatever its size."""
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=[("llm", TaskStatus.COMPLETED)] * 3)
+    captured: list[tuple[str, object]] = []
+
+    def grab(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        captured.append((statement, parameters))
+
+    event.listen(server.db.engine, "before_cursor_execute", grab)
+    try:
+        assert len(stub.GetRun(pb.GetRunRequest(run_id=run_id)).run.tasks) == 3
+    finally:
+        event.remove(server.db.engine, "before_cursor_execute", grab)
+    (statement, params), *_ = [c for c in captured if "JOIN tasks" in c[0]]
+    with db.read() as conn:
+        shown = plan(conn, statement, params)
+    if conn.dialect.name == "sqlite":
+        assert "SCAN runs" not in shown and "SCAN tasks" not in shown, shown
+        assert "ix_spur_runs_tasks_run_id" in shown, shown
+    else:
+        assert "Seq Scan" not in shown, shown
+        assert "ix_spur_runs_tasks_run_id" in shown, shown

@@ -20,6 +20,7 @@ from . import deadline
 from .errors import DeadlineExceeded
 
 WRITE_OPTION = "spur_runs_write"
+SINGLE_OPTION = "spur_runs_single_statement"
 
 
 def normalize_url(url: str) -> URL:
@@ -50,7 +51,12 @@ def _sqlite_begin(connection: Any, busy_timeout_ms: int = 5000) -> None:
     # A write transaction takes the write lock up front (IMMEDIATE) so that it
     # waits for a concurrent writer (busy_timeout) instead of failing when it
     # upgrades from reading to writing.
-    write = connection.get_execution_options().get(WRITE_OPTION, False)
+    options = connection.get_execution_options()
+    if options.get(SINGLE_OPTION, False):
+        # Database.read_one: one SELECT is its own snapshot; BEGIN and
+        # ROLLBACK around it would cost a third of a GetRun's SQL.
+        return
+    write = options.get(WRITE_OPTION, False)
     # SQLite's twin of PostgreSQL's deadline-lowered statement_timeout: a
     # writer waiting for a lock held elsewhere (another process's BEGIN
     # EXCLUSIVE) gives up while its caller still listens, and answers
@@ -100,9 +106,11 @@ def create_db_engine(url: str, pool_size: int = 16, timeout_seconds: float | Non
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=5,
-        # A connection the server dropped (restart, failover) is replaced
-        # transparently instead of failing the next call.
-        pool_pre_ping=True,
+        # No pool_pre_ping: it costs a round trip on every call (a tenth of
+        # a GetRun). A connection the server dropped (restart, failover)
+        # fails the one call that meets it, with UNAVAILABLE (which clients
+        # retry), and SQLAlchemy then replaces every connection of the pool
+        # older than that failure, so the next calls get fresh ones.
         # Fail fast when the server is down instead of hanging the call
         # (connect_timeout, in connect_args).
         connect_args=connect_args,
@@ -125,11 +133,15 @@ class Database:
         reader = read_engine or engine
         self._read_bind: Engine = reader
         self._write_bind: Engine = engine.execution_options(**{WRITE_OPTION: True})
+        self._single_bind: Engine = reader.execution_options(**{SINGLE_OPTION: True})
         if reader.dialect.name == "postgresql":
             # One snapshot for all the statements of a read, as SQLite's
             # transactions give: a run and its tasks are read consistently.
             # (A hot standby supports REPEATABLE READ too.)
             self._read_bind = reader.execution_options(isolation_level="REPEATABLE READ")
+            # A single statement sees one snapshot by itself: in autocommit
+            # psycopg sends it alone, without BEGIN and ROLLBACK round trips.
+            self._single_bind = reader.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     def from_url(
@@ -176,6 +188,23 @@ class Database:
             self._bound_by_deadline(connection)
             yield connection
             transaction.rollback()
+
+    @contextmanager
+    def read_one(self) -> Iterator[Connection]:
+        """A scope for a read made of ONE statement (GetRun's), which is
+        consistent by itself: no transaction around it. Falls back to read()
+        when the caller's deadline must lower PostgreSQL's statement_timeout
+        (set_config(..., true) needs a transaction)."""
+        left = deadline.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("the call's deadline passed before the database was asked")
+        tight = left is not None and (self._timeout is None or left < self._timeout)
+        if tight and self._single_bind.dialect.name == "postgresql":
+            with self.read() as connection:
+                yield connection
+            return
+        with self._single_bind.connect() as connection:
+            yield connection
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

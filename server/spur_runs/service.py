@@ -58,9 +58,19 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
         run_id = validate_run_id(request.run_id)
         basic = filters.is_basic(request.view)
-        with self._db.read() as conn:
-            record = storage.get_run(conn, run_id, with_tasks=not basic)
-            self._load_versions(conn, [record.version_key])
+        try:
+            # One statement, no transaction around it (the common case).
+            with self._db.read_one() as conn:
+                record = storage.get_run(conn, run_id, with_tasks=not basic, single_statement=True)
+        except storage.MoreStatementsNeeded:
+            # A run with more tasks than one message holds: its counts come
+            # from more statements, which must share the list's snapshot.
+            with self._db.read() as conn:
+                record = storage.get_run(conn, run_id, with_tasks=not basic)
+        if self._versions.missing([record.version_key]):
+            # Immutable rows: they need not come from the run's snapshot.
+            with self._db.read_one() as conn:
+                self._load_versions(conn, [record.version_key])
         return pb.GetRunResponse(run=convert.run_to_message(record, self._versions, basic=basic))
 
     def ListRuns(

@@ -15,9 +15,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, column, delete, func, inspect, or_, select, table
+from sqlalchemy import (
+    Connection,
+    Row,
+    bindparam,
+    case,
+    column,
+    delete,
+    func,
+    inspect,
+    or_,
+    select,
+    table,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -76,12 +89,17 @@ VERSION_COLUMNS = (
 )
 
 
+# A result row read by attribute (row.id, row.status): SQLAlchemy's Row, or
+# the RunRow/TaskRow tuples that get_run cuts its joined rows into.
+AnyRow = Any
+
+
 @dataclass
 class RunRecord:
     """A run row with what its message needs from the tasks table."""
 
-    row: Row[Any]
-    tasks: list[Row[Any]] = field(default_factory=list)
+    row: AnyRow
+    tasks: list[AnyRow] = field(default_factory=list)
     task_count: int = 0
     completed_count: int = 0
     # node ids of the run's PAUSED tasks (for is_downstream_of_pause)
@@ -92,7 +110,7 @@ class RunRecord:
         return version_key(self.row)
 
 
-def version_key(row: Row[Any]) -> tuple[str, str] | None:
+def version_key(row: AnyRow) -> tuple[str, str] | None:
     """Cache key of a run row's workflow version: (id, definition_hash)."""
     if row.workflow_version_id is None or row.version_hash is None:
         return None
@@ -179,6 +197,46 @@ _TASKS_OF_RUNS = (
     .where(_NUMBERED_TASKS.c.n <= bindparam("limit"))
     .order_by(_NUMBERED_TASKS.c.run_id, _NUMBERED_TASKS.c._intid)
 )
+# GetRun's one statement: the run joined with its tasks, oldest first. The
+# run's own JSON columns come with the first row only (the join repeats the
+# rest of the run's columns on every task row: cheap); parsed and sent once
+# per task row, a large `outputs` of a run with 1,000 tasks would cost 1,000
+# times its size. The subquery is uncorrelated: both databases run it once.
+_FIRST_TASK = (
+    select(func.min(Task._intid)).where(Task.run_id == bindparam("run_id")).scalar_subquery()
+)
+_IS_FIRST = or_(Task._intid.is_(None), Task._intid == _FIRST_TASK)
+_RUN_WITH_TASKS = (
+    select(
+        *(
+            case((_IS_FIRST, c), else_=None).label(c.key)
+            if c.key in ("initial_inputs", "outputs")
+            else c
+            for c in RUN_COLUMNS
+        ),
+        *(c.label(f"task_{c.key}") for c in TASK_COLUMNS),
+    )
+    .select_from(Run)
+    .outerjoin(WorkflowVersion, WorkflowVersion.id == Run.workflow_version_id)
+    .outerjoin(Task, Task.run_id == Run.id)
+    .where(Run.id == bindparam("run_id"))
+    .order_by(Task._intid)
+    .limit(bindparam("limit"))
+)
+
+
+def _row_type(name: str, keys: Sequence[str]) -> type[tuple[Any, ...]]:
+    """A tuple type whose items are also read by name, as namedtuple makes
+    them (which refuses names such as `_intid`)."""
+    namespace: dict[str, Any] = {"__slots__": ()}
+    namespace.update((key, property(itemgetter(i))) for i, key in enumerate(keys))
+    return type(name, (tuple,), namespace)
+
+
+# Rows of that statement, cut in two, with the attribute names of a run row
+# and of a task row (what convert reads).
+RunRow = _row_type("RunRow", [c.key for c in RUN_COLUMNS])
+TaskRow = _row_type("TaskRow", [c.key for c in TASK_COLUMNS])
 _PAUSED_NODES = select(Task.node_id).where(
     Task.run_id == bindparam("run_id"), Task.status == TaskStatus.PAUSED
 )
@@ -192,11 +250,32 @@ def get_run_row(conn: Connection, run_id: str) -> Row[Any]:
     return row
 
 
-def get_run(conn: Connection, run_id: str, *, with_tasks: bool = True) -> RunRecord:
-    row = get_run_row(conn, run_id)
+class MoreStatementsNeeded(Exception):
+    """get_run(..., single_statement=True) met a run whose counts need more
+    statements (more than TASKS_PER_RUN tasks): read it again in a
+    transaction (db.Database.read), where they share the snapshot."""
+
+
+def get_run(
+    conn: Connection, run_id: str, *, with_tasks: bool = True, single_statement: bool = False
+) -> RunRecord:
+    """A run with its first TASKS_PER_RUN tasks, in one statement (which is
+    one snapshot without a transaction around it: db.Database.read_one);
+    two more for a run with more tasks than that, which count all of them
+    (MoreStatementsNeeded instead, with `single_statement`)."""
     if not with_tasks:  # RUN_VIEW_BASIC: no statement reads the tasks table
-        return RunRecord(row)
-    (record,) = _attach_tasks(conn, [row], TASKS_PER_RUN)
+        return RunRecord(get_run_row(conn, run_id))
+    rows = conn.execute(_RUN_WITH_TASKS, {"run_id": run_id, "limit": TASKS_PER_RUN + 1}).all()
+    if not rows:
+        raise NotFound(f"run {run_id} not found")
+    split = len(RUN_COLUMNS)
+    record = RunRecord(RunRow(rows[0][:split]))
+    if rows[0][split] is not None:  # LEFT JOIN: a run without tasks gives one row of NULLs
+        record.tasks = [TaskRow(row[split:]) for row in rows]
+    if _count(record, TASKS_PER_RUN):
+        if single_statement:
+            raise MoreStatementsNeeded(run_id)
+        _count_tasks(conn, [record])
     return record
 
 
@@ -312,19 +391,24 @@ def _attach_tasks(conn: Connection, rows: Sequence[Row[Any]], cap: int) -> list[
         tasks = conn.execute(_TASKS_OF_RUNS, {"run_ids": run_ids, "limit": cap + 1})
     for task in tasks:
         records[task.run_id].tasks.append(task)
-    cut: list[str] = []
-    for record in records.values():
-        if len(record.tasks) > cap:
-            del record.tasks[cap:]
-            cut.append(record.row.id)
-        record.task_count = len(record.tasks)
-        record.completed_count = sum(t.status is TaskStatus.COMPLETED for t in record.tasks)
-        record.paused_nodes = frozenset(
-            t.node_id for t in record.tasks if t.status is TaskStatus.PAUSED
-        )
+    cut = [record for record in records.values() if _count(record, cap)]
     if cut:
-        _count_tasks(conn, [records[run_id] for run_id in cut])
+        _count_tasks(conn, cut)
     return list(records.values())
+
+
+def _count(record: RunRecord, cap: int) -> bool:
+    """Keep the first `cap` tasks of `record` and count them; True when some
+    were cut (their counts then come from _count_tasks)."""
+    cut = len(record.tasks) > cap
+    if cut:
+        del record.tasks[cap:]
+    record.task_count = len(record.tasks)
+    record.completed_count = sum(t.status is TaskStatus.COMPLETED for t in record.tasks)
+    record.paused_nodes = frozenset(
+        t.node_id for t in record.tasks if t.status is TaskStatus.PAUSED
+    )
+    return cut
 
 
 def _count_tasks(conn: Connection, records: list[RunRecord]) -> None:
