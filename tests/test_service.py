@@ -3,6 +3,7 @@ stubs, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import DBAPIError
 
 from factories import NODES, add_run, add_workflow, all_done, definition
 from spur.runs.v1 import run_pb2
@@ -175,6 +177,29 @@ def test_get_run_of_missing_run_is_not_found(stub: RunServiceStub) -> None:
     error = call_error(stub.GetRun, pb.GetRunRequest(run_id="R123456"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
     assert "R123456" in (error.details() or "")
+
+
+def test_get_run_reads_json_that_only_pythons_json_module_accepts(
+    db: Database, stub: RunServiceStub
+) -> None:
+    """Python's json.dumps writes NaN and Infinity, so a PySpur database on
+    SQLite may hold them; orjson (the fast path of db.load_json) refuses
+    them. PostgreSQL's json type refuses them on insert already."""
+    document = '{"score": NaN, "big": Infinity, "n": 12345678901234567890123}'
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=[("llm", TaskStatus.COMPLETED)])
+    store = text("UPDATE tasks SET outputs = :doc WHERE run_id = :run_id")
+    if db.engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError, match="json"), db.write() as s:
+            s.execute(store, {"doc": document, "run_id": run_id})
+        return
+    with db.write() as s:
+        s.execute(store, {"doc": document, "run_id": run_id})
+    (task,) = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run.tasks
+    fields = task.outputs.struct_value.fields
+    assert math.isnan(fields["score"].number_value)
+    assert fields["big"].number_value == math.inf
+    assert fields["n"].number_value == float(12345678901234567890123)
 
 
 def test_get_run_statement_count_does_not_grow_with_tasks(

@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from sqlalchemy import Row
@@ -19,7 +19,7 @@ from sqlalchemy import Row
 from spur.runs.v1 import run_pb2
 
 from .models import RunStatus, TaskStatus
-from .storage import RunRecord
+from .storage import AnyRow, RunRecord
 from .workflow import WorkflowGraph
 
 RUN_STATUS = {s: run_pb2.RunStatus.Value(f"RUN_STATUS_{s.name}") for s in RunStatus}
@@ -28,6 +28,11 @@ STORED_RUN_STATUS = {number: status for status, number in RUN_STATUS.items()}
 TASK_STATUS = {s: run_pb2.TaskStatus.Value(f"TASK_STATUS_{s.name}") for s in TaskStatus}
 
 EMPTY_GRAPH = WorkflowGraph()
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
+    RepeatedTasks = RepeatedCompositeFieldContainer[run_pb2.Task]
 
 
 _EPOCH = datetime(1970, 1, 1)
@@ -144,41 +149,43 @@ def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
     return message
 
 
-def task_to_message(
-    row: Row[Any], graph: WorkflowGraph, downstream: frozenset[str]
-) -> run_pb2.Task:
-    task = run_pb2.Task(
-        id=row.id,
-        run_id=row.run_id,
-        node_id=row.node_id,
-        node_type=graph.node_types.get(row.node_id, ""),
-        status=TASK_STATUS[row.status],
-        is_downstream_of_pause=row.node_id in downstream,
-    )
-    if row.start_time is not None:
-        set_timestamp(task.start_time, row.start_time)
-    if row.end_time is not None:
-        set_timestamp(task.end_time, row.end_time)
-    if row.inputs is not None:
-        set_value(task.inputs, row.inputs)
-    if row.outputs is not None:
-        set_value(task.outputs, row.outputs)
-    if row.error is not None:
-        task.error = row.error
-    if row.parent_task_id is not None:
-        task.parent_task_id = row.parent_task_id
-    if row.subworkflow is not None:
-        _set_struct(task.subworkflow, row.subworkflow)
-    if row.subworkflow_output is not None:
-        set_value(task.subworkflow_output, row.subworkflow_output)
-    return task
-
-
-def tasks_to_messages(
-    rows: Iterable[Row[Any]], paused_nodes: frozenset[str], graph: WorkflowGraph
-) -> list[run_pb2.Task]:
+def add_tasks(
+    target: RepeatedTasks,
+    rows: Iterable[AnyRow],
+    paused_nodes: frozenset[str],
+    graph: WorkflowGraph,
+) -> None:
+    """Append the Task messages of `rows` to `target`, built in place: a
+    message built alone and then added is copied once more (a list page's
+    60 tasks, then its 10 runs)."""
     downstream = graph.downstream_of(paused_nodes) if paused_nodes else frozenset()
-    return [task_to_message(row, graph, downstream) for row in rows]
+    node_types = graph.node_types
+    add = target.add
+    for row in rows:
+        task = add(
+            id=row.id,
+            run_id=row.run_id,
+            node_id=row.node_id,
+            node_type=node_types.get(row.node_id, ""),
+            status=TASK_STATUS[row.status],
+            is_downstream_of_pause=row.node_id in downstream,
+        )
+        if row.start_time is not None:
+            set_timestamp(task.start_time, row.start_time)
+        if row.end_time is not None:
+            set_timestamp(task.end_time, row.end_time)
+        if row.inputs is not None:
+            set_value(task.inputs, row.inputs)
+        if row.outputs is not None:
+            set_value(task.outputs, row.outputs)
+        if row.error is not None:
+            task.error = row.error
+        if row.parent_task_id is not None:
+            task.parent_task_id = row.parent_task_id
+        if row.subworkflow is not None:
+            _set_struct(task.subworkflow, row.subworkflow)
+        if row.subworkflow_output is not None:
+            set_value(task.subworkflow_output, row.subworkflow_output)
 
 
 def _utc_now() -> datetime:
@@ -192,23 +199,35 @@ def run_to_message(
     *,
     basic: bool = False,
 ) -> run_pb2.Run:
-    """The Run message of `record`. `basic` (RUN_VIEW_BASIC): the workflow
-    version without its definition; the record carries no tasks then, so
-    tasks, task_count and percentage_complete stay empty."""
+    """The Run message of `record` (see fill_run)."""
+    run = run_pb2.Run()
+    fill_run(run, record, versions, now, basic=basic)
+    return run
+
+
+def fill_run(
+    run: run_pb2.Run,
+    record: RunRecord,
+    versions: VersionCache,
+    now: Callable[[], datetime] = _utc_now,
+    *,
+    basic: bool = False,
+) -> None:
+    """Set the fields of `record` on the empty `run`, in place (a response's
+    own field: no copy). `basic` (RUN_VIEW_BASIC): the workflow version
+    without its definition; the record carries no tasks then, so tasks,
+    task_count and percentage_complete stay empty."""
     row = record.row
     entry = versions.get(record.version_key)
     graph = entry[1] if entry is not None else EMPTY_GRAPH
-    run = run_pb2.Run(
-        id=row.id,
-        workflow_id=row.workflow_id,
-        status=RUN_STATUS[row.status],
-        run_type=row.run_type,
-        task_count=record.task_count,
-        percentage_complete=(
-            100.0 * record.completed_count / record.task_count if record.task_count else 0.0
-        ),
-        tasks=tasks_to_messages(record.tasks, record.paused_nodes, graph),
-    )
+    run.id = row.id
+    run.workflow_id = row.workflow_id
+    run.status = RUN_STATUS[row.status]
+    run.run_type = row.run_type
+    if record.task_count:
+        run.task_count = record.task_count
+        run.percentage_complete = 100.0 * record.completed_count / record.task_count
+    add_tasks(run.tasks, record.tasks, record.paused_nodes, graph)
     if row.workflow_version_id is not None:
         run.workflow_version_id = row.workflow_version_id
         if basic:
@@ -234,4 +253,3 @@ def run_to_message(
         _set_struct(run.initial_inputs, row.initial_inputs)
     if row.outputs is not None:
         set_value(run.outputs, row.outputs)
-    return run

@@ -9,10 +9,12 @@ and the ORM's unit of work cost four times the SQL itself per GetRun.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 
@@ -29,6 +31,17 @@ def normalize_url(url: str) -> URL:
     if parsed.get_backend_name() == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def load_json(text: str | bytes) -> Any:
+    """JSON columns as Python values. orjson parses them ~8x faster than the
+    json module (the tasks of a list page hold ~60 JSON values); it refuses
+    NaN and Infinity, which Python's json.dumps writes and PySpur may have
+    stored, so those documents take the json module's slower path."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any, busy_timeout_ms: int = 5000) -> None:
@@ -86,6 +99,7 @@ def create_db_engine(url: str, pool_size: int = 16, timeout_seconds: float | Non
             pool_size=pool_size,
             max_overflow=pool_size,
             connect_args={"check_same_thread": False, "timeout": busy},
+            json_deserializer=load_json,
         )
         event.listen(
             engine,
@@ -114,6 +128,7 @@ def create_db_engine(url: str, pool_size: int = 16, timeout_seconds: float | Non
         # Fail fast when the server is down instead of hanging the call
         # (connect_timeout, in connect_args).
         connect_args=connect_args,
+        json_deserializer=load_json,  # given to psycopg, which parses json columns
     )
 
 

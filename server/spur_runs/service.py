@@ -71,7 +71,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             # Immutable rows: they need not come from the run's snapshot.
             with self._db.read_one() as conn:
                 self._load_versions(conn, [record.version_key])
-        return pb.GetRunResponse(run=convert.run_to_message(record, self._versions, basic=basic))
+        response = pb.GetRunResponse()
+        convert.fill_run(response.run, record, self._versions, basic=basic)
+        return response
 
     def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
@@ -99,11 +101,12 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             if request.include_total_size:
                 # In the page's snapshot: the count agrees with the page.
                 total = min(storage.count_runs(conn, where), 2**31 - 1)
-        return pb.ListRunsResponse(
-            runs=[convert.run_to_message(r, self._versions, basic=basic) for r in records],
-            next_page_token=_next_run_token(scope, records, more),
-            total_size=total,
+        response = pb.ListRunsResponse(
+            next_page_token=_next_run_token(scope, records, more), total_size=total
         )
+        for record in records:
+            convert.fill_run(response.runs.add(), record, self._versions, basic=basic)
+        return response
 
     def GetRunTasks(
         self, request: pb.GetRunTasksRequest, context: grpc.ServicerContext
@@ -123,10 +126,11 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             rows, paused, more = storage.list_tasks(conn, run_id, limit=size, after_intid=after)
         entry = self._versions.get(key)
         graph = entry[1] if entry is not None else convert.EMPTY_GRAPH
-        return pb.GetRunTasksResponse(
-            tasks=convert.tasks_to_messages(rows, paused, graph),
-            next_page_token=paging.encode_intid_cursor(scope, rows[-1]._intid) if more else "",
+        response = pb.GetRunTasksResponse(
+            next_page_token=paging.encode_intid_cursor(scope, rows[-1]._intid) if more else ""
         )
+        convert.add_tasks(response.tasks, rows, paused, graph)
+        return response
 
     def DeleteRun(
         self, request: pb.DeleteRunRequest, context: grpc.ServicerContext
@@ -156,10 +160,10 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 conn, limit=size, after=after, parent_run_id=run_id, with_tasks=not basic
             )
             self._load_versions(conn, (r.version_key for r in records))
-        return pb.GetChildRunsResponse(
-            runs=[convert.run_to_message(r, self._versions, basic=basic) for r in records],
-            next_page_token=_next_run_token(scope, records, more),
-        )
+        response = pb.GetChildRunsResponse(next_page_token=_next_run_token(scope, records, more))
+        for record in records:
+            convert.fill_run(response.runs.add(), record, self._versions, basic=basic)
+        return response
 
     def WatchRun(  # type: ignore[override] # grpc's non-blocking form
         self,

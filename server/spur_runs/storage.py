@@ -12,6 +12,7 @@ serve (a deep page costs what the first one costs).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -134,22 +135,52 @@ class RunFilter:
         """Runs without a start_time never match a time filter."""
         return self.start_after is not None or self.start_before is not None
 
-    def conditions(self) -> list[ColumnElement[bool]]:
-        where: list[ColumnElement[bool]] = []
-        if self.workflow_id is not None:
-            where.append(Run.workflow_id == self.workflow_id)
-        if self.statuses:
-            # Sorted: the same filter gives the same statement (and plan cache entry).
-            where.append(Run.status.in_(sorted(self.statuses, key=lambda s: s.value)))
-        if self.run_type is not None:
-            where.append(Run.run_type == self.run_type)
-        if self.parent_only:
-            where.append(Run.parent_run_id.is_(None))
-        if self.start_after is not None:
-            where.append(Run.start_time >= self.start_after)
-        if self.start_before is not None:
-            where.append(Run.start_time < self.start_before)
-        return where
+    @property
+    def shape(self) -> FilterShape:
+        """Which filters are set: what the statement's text depends on (the
+        values are bound parameters, see params)."""
+        return (
+            self.workflow_id is not None,
+            bool(self.statuses),
+            self.run_type is not None,
+            self.parent_only,
+            self.start_after is not None,
+            self.start_before is not None,
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The values of the parameters that _conditions(self.shape) binds."""
+        return {
+            "f_workflow_id": self.workflow_id,
+            # Sorted: the same filter gives the same parameters.
+            "f_statuses": sorted(self.statuses, key=lambda s: s.value),
+            "f_run_type": self.run_type,
+            "f_start_after": self.start_after,
+            "f_start_before": self.start_before,
+        }
+
+
+# (workflow_id, statuses, run_type, parent_only, start_after, start_before) set?
+FilterShape = tuple[bool, bool, bool, bool, bool, bool]
+
+
+def _conditions(shape: FilterShape) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of a filter shape, with bound parameters."""
+    workflow_id, statuses, run_type, parent_only, start_after, start_before = shape
+    where: list[ColumnElement[bool]] = []
+    if workflow_id:
+        where.append(Run.workflow_id == bindparam("f_workflow_id"))
+    if statuses:
+        where.append(Run.status.in_(bindparam("f_statuses", expanding=True)))
+    if run_type:
+        where.append(Run.run_type == bindparam("f_run_type"))
+    if parent_only:
+        where.append(Run.parent_run_id.is_(None))
+    if start_after:
+        where.append(Run.start_time >= bindparam("f_start_after"))
+    if start_before:
+        where.append(Run.start_time < bindparam("f_start_before"))
+    return where
 
 
 NO_FILTER = RunFilter()
@@ -313,39 +344,24 @@ def list_runs(
     NULLS LAST ordering no index of both databases can serve. Without
     `with_tasks` (RUN_VIEW_BASIC) no statement reads the tasks table.
     """
-    where = filters.conditions()
-    if parent_run_id is not None:
-        where.append(Run.parent_run_id == parent_run_id)
+    cursor = "none" if after is None else ("timed" if after.start_time is not None else "untimed")
+    timed, untimed, timed_count = _page_queries(filters.shape, parent_run_id is not None, cursor)
+    params = filters.params()
+    params["parent_run_id"] = parent_run_id
+    if after is not None:
+        params["after_time"], params["after_intid"] = after.start_time, after.intid
     want = limit + 1  # one more than the page tells whether another follows
     rows: list[Row[Any]] = []
-    if after is None or after.start_time is not None:
-        timed = _runs_select().where(Run.start_time.is_not(None), *where)
-        if after is not None:
-            # (start_time, _intid) < (t, i), written so that both planners
-            # see the plain range `start_time <= t` and walk the index from
-            # the cursor. The textbook `start_time < t OR (start_time = t AND
-            # _intid < i)` makes SQLite merge two index scans and sort
-            # everything older than the cursor: 1.1 s for page 2 of 1M runs.
-            timed = timed.where(
-                Run.start_time <= after.start_time,
-                or_(Run.start_time < after.start_time, Run._intid < after.intid),
-            )
-        timed = timed.order_by(Run.start_time.desc(), Run._intid.desc())
-        rows = list(conn.execute(timed.offset(offset).limit(want)))
+    if timed is not None:
+        rows = list(conn.execute(timed, {**params, "offset": offset, "limit": want}))
         if not rows and offset:
             # The offset lies past the timed runs: continue into the rest.
-            skipped = conn.execute(
-                select(func.count()).select_from(Run).where(Run.start_time.is_not(None), *where)
-            ).scalar_one()
-            offset -= skipped
+            offset -= conn.execute(timed_count, params).scalar_one()
         else:
             offset = 0
     if len(rows) < want and not filters.timed_only:
-        untimed = _runs_select().where(Run.start_time.is_(None), *where)
-        if after is not None and after.start_time is None:
-            untimed = untimed.where(Run._intid < after.intid)
-        untimed = untimed.order_by(Run._intid.desc()).offset(offset).limit(want - len(rows))
-        rows.extend(conn.execute(untimed))
+        more = {**params, "offset": offset, "limit": want - len(rows)}
+        rows.extend(conn.execute(untimed, more))
     page = rows[:limit]
     if with_tasks:
         records = _attach_tasks(conn, page, TASKS_PER_LISTED_RUN)
@@ -354,13 +370,54 @@ def list_runs(
     return records, len(rows) > limit
 
 
+@functools.cache
+def _page_queries(
+    shape: FilterShape, with_parent: bool, cursor: str
+) -> tuple[Select[Any] | None, Select[Any], Select[Any]]:
+    """list_runs' statements for one form of request, built once: building a
+    select() and its cache key costs more than SQLite takes to run it. There
+    are at most 2**6 filter shapes x 2 x 3 cursor kinds. Returns the query of
+    the runs with a start_time (None when the cursor is past them), the query
+    of the runs without one, and the count of the former."""
+    where = _conditions(shape)
+    if with_parent:
+        where.append(Run.parent_run_id == bindparam("parent_run_id"))
+    has_time = Run.start_time.is_not(None)
+    timed: Select[Any] | None = None
+    if cursor != "untimed":
+        timed = _runs_select().where(has_time, *where)
+        if cursor == "timed":
+            # (start_time, _intid) < (t, i), written so that both planners
+            # see the plain range `start_time <= t` and walk the index from
+            # the cursor. The textbook `start_time < t OR (start_time = t AND
+            # _intid < i)` makes SQLite merge two index scans and sort
+            # everything older than the cursor: 1.1 s for page 2 of 1M runs.
+            at = bindparam("after_time", type_=Run.start_time.type)
+            intid = bindparam("after_intid", type_=Run._intid.type)
+            timed = timed.where(Run.start_time <= at, or_(Run.start_time < at, Run._intid < intid))
+        timed = (
+            timed.order_by(Run.start_time.desc(), Run._intid.desc())
+            .offset(bindparam("offset"))
+            .limit(bindparam("limit"))
+        )
+    untimed = _runs_select().where(Run.start_time.is_(None), *where)
+    if cursor == "untimed":
+        untimed = untimed.where(Run._intid < bindparam("after_intid"))
+    untimed = (
+        untimed.order_by(Run._intid.desc()).offset(bindparam("offset")).limit(bindparam("limit"))
+    )
+    timed_count = select(func.count()).select_from(Run).where(has_time, *where)
+    return timed, untimed, timed_count
+
+
 def count_runs(conn: Connection, filters: RunFilter = NO_FILTER) -> int:
     """How many runs match `filters` (ListRuns' total_size): one COUNT."""
-    return int(
-        conn.execute(
-            select(func.count()).select_from(Run).where(*filters.conditions())
-        ).scalar_one()
-    )
+    return int(conn.execute(_count_query(filters.shape), filters.params()).scalar_one())
+
+
+@functools.cache
+def _count_query(shape: FilterShape) -> Select[Any]:
+    return select(func.count()).select_from(Run).where(*_conditions(shape))
 
 
 def list_tasks(
