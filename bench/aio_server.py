@@ -1,0 +1,244 @@
+"""A minimal RunService (GetRun, ListRuns) on grpc.aio with SQLAlchemy's async
+engine, and its sync twin, to compare the two server models (bench/aio_vs_sync.py).
+
+    python bench/aio_server.py --mode aio  --database-url URL --port P [--pool-size N]
+    python bench/aio_server.py --mode sync --database-url URL --port P [--pool-size N]
+
+aio: grpc.aio.server, create_async_engine (sqlite+aiosqlite or
+postgresql+psycopg in its async form); each call opens one AsyncConnection,
+begins a transaction and runs exactly what spur_runs.service.RunService does
+inside its `with self._db.read_one()` / `read()` blocks through
+`await conn.run_sync(fn)`, so storage.py and convert.py run unchanged (the
+same SQL, the same rows to messages). Reads keep db.py's semantics: GetRun's
+one statement without a transaction (autocommit on PostgreSQL), ListRuns in
+one transaction, rolled back (REPEATABLE READ on PostgreSQL); on SQLite
+db.py's own connect (PRAGMAs) and begin (explicit BEGIN) listeners.
+
+sync: grpc.server(ThreadPoolExecutor(max_workers=4)) serving
+spur_runs.service.RunService(Database.from_url(url)) itself.
+
+Neither has interceptors, health, reflection or channel options: the server
+model is the only difference. Prints "ready PORT" once it listens; SIGTERM
+stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+from sqlalchemy import Connection, event
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1 import run_service_pb2_grpc
+from spur_runs import convert, db, filters, paging, storage
+from spur_runs.convert import VersionCache
+from spur_runs.errors import InvalidArgument, ServiceError
+from spur_runs.service import LIST_MAX_PAGE_SIZE, LIST_PAGE_SIZE, _next_run_token, validate_run_id
+
+T = TypeVar("T")
+
+SYNC_WORKERS = 4  # spur-runs serve's default thread pool (Config.max_workers)
+
+
+def create_async_db_engine(url: str, pool_size: int) -> AsyncEngine:
+    """db.create_db_engine's settings, on the async drivers."""
+    parsed = db.normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        busy = 5.0
+        engine = create_async_engine(
+            parsed.set(drivername="sqlite+aiosqlite"),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"check_same_thread": False, "timeout": busy},
+            json_deserializer=db.load_json,
+        )
+        # db.py's own listeners: the same PRAGMAs, the same explicit BEGIN.
+        # They run on the sync facade, inside run_sync's greenlet.
+        event.listen(
+            engine.sync_engine,
+            "connect",
+            lambda connection, record: db._sqlite_connect(connection, record, int(busy * 1000)),
+        )
+        event.listen(
+            engine.sync_engine,
+            "begin",
+            lambda connection: db._sqlite_begin(connection, int(busy * 1000)),
+        )
+        return engine
+    # normalize_url picked postgresql+psycopg: SQLAlchemy uses psycopg's
+    # AsyncConnection for it under create_async_engine.
+    engine = create_async_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=5,
+        connect_args={"connect_timeout": 3},
+        json_deserializer=db.load_json,
+    )
+    return engine
+
+
+class AioRunService(run_service_pb2_grpc.RunServiceServicer):
+    """GetRun and ListRuns of spur_runs.service.RunService, awaited."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        # The binds of db.Database: a snapshot (REPEATABLE READ on PostgreSQL)
+        # for reads of several statements, autocommit (no BEGIN) for one.
+        postgres = engine.dialect.name == "postgresql"
+        self._engine = (
+            engine.execution_options(isolation_level="REPEATABLE READ") if postgres else engine
+        )
+        self._single = engine.execution_options(
+            **({"isolation_level": "AUTOCOMMIT"} if postgres else {db.SINGLE_OPTION: True})
+        )
+        # One event loop thread: run_sync's functions never run concurrently,
+        # so the cache is only ever touched from that thread.
+        self._versions = VersionCache()
+
+    async def _read(self, fn: Callable[[Connection], T]) -> T:
+        """db.Database.read(): one transaction, rolled back at the end."""
+        async with self._engine.connect() as conn, conn.begin() as transaction:
+            result = await conn.run_sync(fn)
+            await transaction.rollback()
+        return result
+
+    async def _read_one(self, fn: Callable[[Connection], T]) -> T:
+        """db.Database.read_one(): one statement, no transaction around it."""
+        async with self._single.connect() as conn:
+            return await conn.run_sync(fn)
+
+    def _load_versions(self, conn: Connection, keys: Iterable[tuple[str, str] | None]) -> None:
+        missing = self._versions.missing(keys)
+        if missing:
+            self._versions.add(storage.get_versions(conn, missing))
+
+    async def GetRun(  # type: ignore[override]
+        self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetRunResponse:
+        try:
+            run_id = validate_run_id(request.run_id)
+            basic = filters.is_basic(request.view)
+
+            def read(conn: Connection) -> storage.RunRecord:
+                # The bench's runs have 6 tasks: never MoreStatementsNeeded.
+                record = storage.get_run(conn, run_id, with_tasks=not basic, single_statement=True)
+                self._load_versions(conn, [record.version_key])
+                return record
+
+            record = await self._read_one(read)
+        except ServiceError as error:  # the sync server's ErrorInterceptor, in short
+            await context.abort(error.code, error.message)
+        response = pb.GetRunResponse()
+        convert.fill_run(response.run, record, self._versions, basic=basic)
+        return response
+
+    async def ListRuns(  # type: ignore[override]
+        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListRunsResponse:
+        try:
+            size = paging.page_size(
+                request.page_size, default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE
+            )
+            if request.page < 0:
+                raise InvalidArgument("page", f"must be at least 1, got {request.page}")
+            where = filters.run_filter(request)
+            basic = filters.is_basic(request.view)
+            scope = filters.list_scope(where)
+            after = None
+            if request.page_token:
+                if request.page > 1:
+                    raise InvalidArgument("page", "cannot be combined with page_token")
+                after = storage.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
+            offset = (max(request.page, 1) - 1) * size
+
+            def read(conn: Connection) -> tuple[list[storage.RunRecord], bool, int | None]:
+                records, more = storage.list_runs(
+                    conn,
+                    limit=size,
+                    after=after,
+                    offset=offset,
+                    filters=where,
+                    with_tasks=not basic,
+                )
+                self._load_versions(conn, (r.version_key for r in records))
+                total = None
+                if request.include_total_size:
+                    total = min(storage.count_runs(conn, where), 2**31 - 1)
+                return records, more, total
+
+            records, more, total = await self._read(read)
+        except ServiceError as error:
+            await context.abort(error.code, error.message)
+        response = pb.ListRunsResponse(
+            next_page_token=_next_run_token(scope, records, more), total_size=total
+        )
+        for record in records:
+            convert.fill_run(response.runs.add(), record, self._versions, basic=basic)
+        return response
+
+
+async def serve_aio(url: str, port: int, pool_size: int) -> None:
+    engine = create_async_db_engine(url, pool_size)
+    server = grpc.aio.server()
+    # Only the two RPCs the bench loads: the others answer UNIMPLEMENTED (the base class).
+    servicer = AioRunService(engine)  # type: ignore[abstract]
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"ready {bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1)
+    await engine.dispose()
+
+
+def serve_sync(url: str, port: int, pool_size: int) -> None:
+    from spur_runs.db import Database
+    from spur_runs.service import RunService
+
+    database = Database.from_url(url, pool_size=pool_size)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=SYNC_WORKERS))
+    # Errors surface as UNKNOWN without the ErrorInterceptor: the bench only
+    # sends valid requests.
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(database), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print(f"ready {bound}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(0.5):  # a timed wait: the signal handler always gets to run
+        pass
+    server.stop(1).wait()
+    database.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--mode", choices=("sync", "aio"), default="aio")
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--pool-size", type=int, default=16, help="engine pool (default 16, as spur-runs serve)"
+    )
+    args = parser.parse_args()
+    if args.mode == "sync":
+        serve_sync(args.database_url, args.port, args.pool_size)
+    else:
+        asyncio.run(serve_aio(args.database_url, args.port, args.pool_size))
+
+
+if __name__ == "__main__":
+    main()
