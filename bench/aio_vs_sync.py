@@ -375,8 +375,9 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "- **aio**: bench/aio_server.py --mode aio: grpc.aio.server, create_async_engine "
         "(sqlite+aiosqlite / postgresql+psycopg async), pool 16; storage.py + convert.py unchanged via "
-        "`await conn.run_sync(fn)`, one transaction per call (REPEATABLE READ on PostgreSQL, db.py's "
-        "SQLite PRAGMAs and BEGIN). **aio-pool4**: the same, async pool 4.",
+        "`await conn.run_sync(fn)`, with db.Database's reads: GetRun one statement without a "
+        "transaction (autocommit on PostgreSQL), ListRuns one transaction (REPEATABLE READ on "
+        "PostgreSQL; db.py's SQLite PRAGMAs and BEGIN). **aio-pool4**: the same, async pool 4.",
         "- **sync**: bench/aio_server.py --mode sync: grpc.server(ThreadPoolExecutor(4)) + "
         "spur_runs.service.RunService(Database.from_url(url)), pool 16. No interceptors on either.",
         "- **serve**: `spur-runs serve` with default flags (interceptors, health, reflection, limits), for context.",
