@@ -35,6 +35,7 @@ from conftest import start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs import deadline
 from spur_runs.db import Database
 from spur_runs.migrate import migrate
 
@@ -488,3 +489,26 @@ def test_sqlite_locked_by_another_process(sqlite_url: str) -> None:
         if locker.poll() is None:
             locker.kill()
         server.stop(grace=1)
+
+
+def test_a_write_bound_by_its_deadline_leaves_no_short_busy_timeout_behind(
+    sqlite_url: str,
+) -> None:
+    """A write lowers its connection's busy_timeout to what its caller's
+    deadline leaves; the next call on that pooled connection, a one-statement
+    read (no BEGIN) included, gets the server's full bound back."""
+    migrate(sqlite_url)
+    db = Database.from_url(sqlite_url, pool_size=1, timeout_seconds=3.0)  # one connection
+    try:
+        deadline.set_remaining(0.05)
+        with db.write() as conn:
+            lowered = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+        deadline.clear()
+        assert 1 <= lowered <= 50, lowered
+        with db.read_one() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 3000
+        with db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 3000
+    finally:
+        deadline.clear()
+        db.dispose()

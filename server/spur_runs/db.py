@@ -65,10 +65,6 @@ def _sqlite_begin(connection: Any, busy_timeout_ms: int = 5000) -> None:
     # waits for a concurrent writer (busy_timeout) instead of failing when it
     # upgrades from reading to writing.
     options = connection.get_execution_options()
-    if options.get(SINGLE_OPTION, False):
-        # Database.read_one: one SELECT is its own snapshot; BEGIN and
-        # ROLLBACK around it would cost a third of a GetRun's SQL.
-        return
     write = options.get(WRITE_OPTION, False)
     # SQLite's twin of PostgreSQL's deadline-lowered statement_timeout: a
     # writer waiting for a lock held elsewhere (another process's BEGIN
@@ -85,6 +81,10 @@ def _sqlite_begin(connection: Any, busy_timeout_ms: int = 5000) -> None:
     if connection.info.get("busy_timeout_ms", busy_timeout_ms) != wanted:
         connection.exec_driver_sql(f"PRAGMA busy_timeout={wanted}")
     connection.info["busy_timeout_ms"] = wanted
+    if options.get(SINGLE_OPTION, False):
+        # Database.read_one: one SELECT is its own snapshot; BEGIN and
+        # ROLLBACK around it would cost a third of a GetRun's SQL.
+        return
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
