@@ -31,6 +31,7 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    true,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import ColumnElement, Select
@@ -228,15 +229,19 @@ _TASKS_OF_RUNS = (
     .where(_NUMBERED_TASKS.c.n <= bindparam("limit"))
     .order_by(_NUMBERED_TASKS.c.run_id, _NUMBERED_TASKS.c._intid)
 )
-# GetRun's one statement: the run joined with its tasks, oldest first. The
-# run's own JSON columns come with the first row only (the join repeats the
-# rest of the run's columns on every task row: cheap); parsed and sent once
-# per task row, a large `outputs` of a run with 1,000 tasks would cost 1,000
-# times its size. The subquery is uncorrelated: both databases run it once.
-_FIRST_TASK = (
-    select(func.min(Task._intid)).where(Task.run_id == bindparam("run_id")).scalar_subquery()
-)
-_IS_FIRST = or_(Task._intid.is_(None), Task._intid == _FIRST_TASK)
+# GetRun's one statement: the run joined with its first tasks, oldest first.
+# The tasks are a LIMITed subquery of their own, which walks the (run_id,
+# _intid) index and stops at the limit: joined directly, PostgreSQL read and
+# sorted all of a run's tasks before the limit (145 ms for 200,000 tasks,
+# against 3 ms). The run's own JSON columns come with the first row only (the
+# join repeats the rest of the run's columns on every task row: cheap);
+# parsed and sent once per task row, a large `outputs` of a run with 1,000
+# tasks would cost 1,000 times its size. The first row is found in the page
+# itself (a CTE of at most 1,001 rows), not in the tasks table, where the
+# planner may walk another index to find a run's first task.
+_TASK_PAGE = _TASKS_OF_RUN.cte("task_page")
+_FIRST_TASK = select(func.min(_TASK_PAGE.c._intid)).scalar_subquery()
+_IS_FIRST = or_(_TASK_PAGE.c._intid.is_(None), _TASK_PAGE.c._intid == _FIRST_TASK)
 _RUN_WITH_TASKS = (
     select(
         *(
@@ -245,14 +250,13 @@ _RUN_WITH_TASKS = (
             else c
             for c in RUN_COLUMNS
         ),
-        *(c.label(f"task_{c.key}") for c in TASK_COLUMNS),
+        *(_TASK_PAGE.c[c.key].label(f"task_{c.key}") for c in TASK_COLUMNS),
     )
     .select_from(Run)
     .outerjoin(WorkflowVersion, WorkflowVersion.id == Run.workflow_version_id)
-    .outerjoin(Task, Task.run_id == Run.id)
+    .outerjoin(_TASK_PAGE, true())
     .where(Run.id == bindparam("run_id"))
-    .order_by(Task._intid)
-    .limit(bindparam("limit"))
+    .order_by(_TASK_PAGE.c._intid)
 )
 
 
