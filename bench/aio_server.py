@@ -39,10 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
-from spur_runs import convert, db, filters, paging, storage
+from spur_runs import convert, db, filters, storage
 from spur_runs.convert import VersionCache
-from spur_runs.errors import InvalidArgument, ServiceError
-from spur_runs.service import LIST_MAX_PAGE_SIZE, LIST_PAGE_SIZE, _next_run_token, validate_run_id
+from spur_runs.errors import ServiceError
+from spur_runs.service import _next_run_token, list_query, validate_run_id
 
 T = TypeVar("T")
 
@@ -145,44 +145,31 @@ class AioRunService(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListRunsResponse:
         try:
-            size = paging.page_size(
-                request.page_size, default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE
-            )
-            if request.page < 0:
-                raise InvalidArgument("page", f"must be at least 1, got {request.page}")
-            where = filters.run_filter(request)
-            basic = filters.is_basic(request.view)
-            scope = filters.list_scope(where)
-            after = None
-            if request.page_token:
-                if request.page > 1:
-                    raise InvalidArgument("page", "cannot be combined with page_token")
-                after = storage.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
-            offset = (max(request.page, 1) - 1) * size
+            query = list_query(request)
 
             def read(conn: Connection) -> tuple[list[storage.RunRecord], bool, int | None]:
                 records, more = storage.list_runs(
                     conn,
-                    limit=size,
-                    after=after,
-                    offset=offset,
-                    filters=where,
-                    with_tasks=not basic,
+                    limit=query.size,
+                    after=query.after,
+                    offset=query.offset,
+                    filters=query.where,
+                    with_tasks=not query.basic,
                 )
                 self._load_versions(conn, (r.version_key for r in records))
                 total = None
                 if request.include_total_size:
-                    total = min(storage.count_runs(conn, where), 2**31 - 1)
+                    total = min(storage.count_runs(conn, query.where), 2**31 - 1)
                 return records, more, total
 
             records, more, total = await self._read(read)
         except ServiceError as error:
             await context.abort(error.code, error.message)
         response = pb.ListRunsResponse(
-            next_page_token=_next_run_token(scope, records, more), total_size=total
+            next_page_token=_next_run_token(query.scope, records, more), total_size=total
         )
         for record in records:
-            convert.fill_run(response.runs.add(), record, self._versions, basic=basic)
+            convert.fill_run(response.runs.add(), record, self._versions, basic=query.basic)
         return response
 
 

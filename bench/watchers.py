@@ -11,8 +11,8 @@ one WatchRun per run (over 10 channels) and waits for every first message.
 - quiet: nothing changes for `--seconds`; the server's poller statements per
   poll come from its /metrics (spur_runs_watch_statements_total over
   spur_runs_watch_polls_total, a before_cursor_execute count of every
-  statement it runs; on PostgreSQL the pool's pre-ping adds one `SELECT 1`
-  round trip per poll, as for every RPC). PostgreSQL's own per-database
+  statement it runs; BEGIN and ROLLBACK, which psycopg sends itself, are not
+  in it). PostgreSQL's own per-database
   counters (pg_stat_database) are flushed by backends up to 10 s late, too
   coarse for a 10 s window, and pg_stat_statements needs a server restart.
 - churn: `--rounds` times, a writer (this process, plain SQL, as PySpur's

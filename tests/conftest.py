@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -35,10 +36,10 @@ def _postgres_unreachable(error: Exception) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """URL of a new, empty PostgreSQL database, dropped afterwards."""
-    name = f"spur_test_{uuid.uuid4().hex[:12]}"
+@contextmanager
+def new_postgres_database(prefix: str = "spur_test") -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database, dropped at the end."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as connection:
@@ -52,6 +53,13 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """URL of a new, empty PostgreSQL database, dropped afterwards."""
+    with new_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture

@@ -355,8 +355,8 @@ def test_a_database_that_stops_answering_turns_health_not_serving(
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = RunServiceStub(channel)
             wait_health(channel, SERVING)
-            # The next ping's pre-ping (SELECT 1 on the pooled connection)
-            # gets no answer.
+            # The next health ping (SELECT 1 on a pooled connection) gets
+            # no answer.
             proxy.freeze()
             frozen = time.monotonic()
             wait_health(channel, NOT_SERVING, timeout=10)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,9 +30,8 @@ from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
 
-from conftest import PG_ADMIN_URL, _postgres_unreachable, start_server
+from conftest import new_postgres_database, start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -201,22 +199,9 @@ def world(
         migrate(url)
         yield from _world(url)
         return
-    name = f"spur_fuzz_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # noqa: BLE001
-        admin.dispose()
-        _postgres_unreachable(error)
-    try:
-        url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with new_postgres_database("spur_fuzz") as url:
         migrate(url)
         yield from _world(url)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -40,6 +41,34 @@ def validate_run_id(value: str, field: str = "run_id") -> str:
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidArgument(field, f"must be a run id such as R42, got {shown!r}")
     return value
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A ListRuns request, checked: the page storage.list_runs is asked for."""
+
+    size: int
+    where: storage.RunFilter
+    basic: bool  # RUN_VIEW_BASIC
+    scope: str  # what its page tokens are bound to
+    after: storage.RunCursor | None
+    offset: int
+
+
+def list_query(request: pb.ListRunsRequest) -> ListQuery:
+    """Check a ListRuns request (InvalidArgument) and say which page it asks for."""
+    size = paging.page_size(request.page_size, default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE)
+    if request.page < 0:
+        raise InvalidArgument("page", f"must be at least 1, got {request.page}")
+    where = filters.run_filter(request)
+    scope = filters.list_scope(where)
+    after = None
+    if request.page_token:
+        if request.page > 1:
+            raise InvalidArgument("page", "cannot be combined with page_token")
+        after = storage.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
+    offset = (max(request.page, 1) - 1) * size
+    return ListQuery(size, where, filters.is_basic(request.view), scope, after, offset)
 
 
 class RunService(run_service_pb2_grpc.RunServiceServicer):
@@ -78,34 +107,26 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListRunsResponse:
-        size = paging.page_size(
-            request.page_size, default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE
-        )
-        if request.page < 0:
-            raise InvalidArgument("page", f"must be at least 1, got {request.page}")
-        where = filters.run_filter(request)
-        basic = filters.is_basic(request.view)
-        scope = filters.list_scope(where)
-        after = None
-        if request.page_token:
-            if request.page > 1:
-                raise InvalidArgument("page", "cannot be combined with page_token")
-            after = storage.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
-        offset = (max(request.page, 1) - 1) * size
+        query = list_query(request)
         total = None
         with self._db.read() as conn:
             records, more = storage.list_runs(
-                conn, limit=size, after=after, offset=offset, filters=where, with_tasks=not basic
+                conn,
+                limit=query.size,
+                after=query.after,
+                offset=query.offset,
+                filters=query.where,
+                with_tasks=not query.basic,
             )
             self._load_versions(conn, (r.version_key for r in records))
             if request.include_total_size:
                 # In the page's snapshot: the count agrees with the page.
-                total = min(storage.count_runs(conn, where), 2**31 - 1)
+                total = min(storage.count_runs(conn, query.where), 2**31 - 1)
         response = pb.ListRunsResponse(
-            next_page_token=_next_run_token(scope, records, more), total_size=total
+            next_page_token=_next_run_token(query.scope, records, more), total_size=total
         )
         for record in records:
-            convert.fill_run(response.runs.add(), record, self._versions, basic=basic)
+            convert.fill_run(response.runs.add(), record, self._versions, basic=query.basic)
         return response
 
     def GetRunTasks(
