@@ -54,6 +54,7 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "workers": (int, "server processes sharing the gRPC port"),
     "watch_interval": (float, "seconds between two looks at the runs WatchRun streams watch"),
     "max_watchers": (int, "open WatchRun streams beyond which new ones get RESOURCE_EXHAUSTED"),
+    "http_path_prefix": (str, "serve every HTTP route under this path, e.g. /api (default none)"),
 }
 
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_DATABASE_URL = "sqlite:///spur-runs.db"
+# An HTTP path prefix: "/" and unreserved path characters, no trailing "/".
+_PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 
 # Flag name -> environment variable. Every flag has its twin here; cli.py
@@ -44,6 +47,8 @@ ENV = {
     # WatchRun (watch.py).
     "watch_interval": "SPUR_RUNS_WATCH_INTERVAL",
     "max_watchers": "SPUR_RUNS_MAX_WATCHERS",
+    # The HTTP gateway (gateway/).
+    "http_path_prefix": "SPUR_RUNS_HTTP_PATH_PREFIX",
 }
 
 
@@ -109,6 +114,9 @@ class Config:
     # RESOURCE_EXHAUSTED. They hold no thread, only memory and a share of
     # each poll.
     max_watchers: int = 1000
+    # Every HTTP route, /openapi.json and /metrics under this path (e.g.
+    # "/api", where PySpur's UI looks for its Runs API); "" for none.
+    http_path_prefix: str = ""
 
     def __post_init__(self) -> None:
         for name in ("database_url", "read_database_url"):
@@ -150,6 +158,14 @@ class Config:
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
+        prefix = self.http_path_prefix
+        if prefix and (
+            not _PATH_PREFIX.fullmatch(prefix) or any(s in (".", "..") for s in prefix.split("/"))
+        ):
+            raise ConfigError(
+                "--http-path-prefix must be a path such as /api: '/' then segments of "
+                f"letters, digits and -._~, with no '/' at the end, got {prefix!r}"
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
