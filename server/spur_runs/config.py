@@ -39,6 +39,7 @@ ENV = {
     "min_ping_interval_seconds": "SPUR_RUNS_MIN_PING_INTERVAL_SECONDS",
     "max_connection_age_seconds": "SPUR_RUNS_MAX_CONNECTION_AGE_SECONDS",
     "db_timeout_seconds": "SPUR_RUNS_DB_TIMEOUT_SECONDS",
+    "db_dead_peer_seconds": "SPUR_RUNS_DB_DEAD_PEER_SECONDS",
     "log_format": "SPUR_RUNS_LOG_FORMAT",
     "workers": "SPUR_RUNS_WORKERS",
     # WatchRun (watch.py).
@@ -99,6 +100,10 @@ class Config:
     # Bound on one database statement (PostgreSQL statement_timeout, SQLite
     # busy_timeout); a shorter client deadline lowers it for that call.
     db_timeout_seconds: float = 10.0
+    # How long a PostgreSQL connection may go unanswered (a partition, a
+    # failover without reset) before it is dropped and its call answers
+    # UNAVAILABLE: libpq keepalives and tcp_user_timeout (db.dead_peer_args).
+    db_dead_peer_seconds: float = 10.0
     log_format: str = "text"
     # Server processes sharing the gRPC port (workers.py).
     workers: int = 1
@@ -147,6 +152,10 @@ class Config:
         for name in ("min_ping_interval_seconds", "max_connection_age_seconds"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 1 <= self.db_dead_peer_seconds <= 3600:  # (NaN fails too)
+            raise ConfigError(
+                f"--db-dead-peer-seconds must be from 1 to 3600, got {self.db_dead_peer_seconds}"
+            )
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"

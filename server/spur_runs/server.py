@@ -186,6 +186,7 @@ def create_server(
         config.pool_size,
         read_url=config.read_database_url,
         timeout_seconds=config.db_timeout_seconds,
+        dead_peer_seconds=config.db_dead_peer_seconds,
     )
     try:
         server = RunsServer(config, db, metrics)
