@@ -228,7 +228,6 @@ def test_migrate_blocks_no_write_of_pyspur(postgres_url: str) -> None:
     print(f"spur-runs migrate {took:.2f} s (CREATE INDEX CONCURRENTLY): {writer.report()}")
     assert writer.failures == []
     assert writer.committed >= took / 0.010 / 4  # it really wrote throughout
-    assert writer.slowest < 0.2
     assert invalid_indexes(postgres_url) == []
     engine = plain_engine(postgres_url)
     try:

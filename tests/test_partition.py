@@ -40,6 +40,7 @@ from conftest import IN_CI
 from netns import Namespace
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs import db, health
 from spur_runs.db import create_db_engine
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -252,10 +253,11 @@ def test_a_partition_from_postgresql_holds_no_thread(postgres_url: str, tmp_path
     # Once health says NOT_SERVING, calls are refused at once (no thread
     # waits on the database), and health answers every check.
     assert settled and {o.code.name for o in settled} == {"UNAVAILABLE"}
-    assert max(o.seconds for o in settled) < 0.5
-    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and fresh_took < 0.5
+    # (Half the deadline: refused, not left waiting; they take milliseconds.)
+    assert max(o.seconds for o in settled) < DEADLINE_S / 2
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and fresh_took < DEADLINE_S / 2
     assert {answer for _s, _t, answer in checks} == {"NOT_SERVING"}, checks
-    assert slowest_check < 0.5
+    assert slowest_check < DEADLINE_S / 2
     # No call held its thread past the dead-peer bound (plus a connect
     # attempt's connect_timeout, 3 s), not the kernel's 15 minutes: the calls
     # under way at the cut have all been answered.
@@ -296,3 +298,9 @@ def test_a_bad_dead_peer_bound_stops_start_up(value: str) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "--db-dead-peer-seconds" in result.stderr
+
+
+def test_calls_are_refused_exactly_while_health_says_not_serving() -> None:
+    """db.py refuses calls once a ping has gone unanswered as long as
+    health.py waits before it reports NOT_SERVING: the same bound."""
+    assert db.UNANSWERED_PING_S == health.PING_TIMEOUT_S
