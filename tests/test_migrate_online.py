@@ -197,6 +197,7 @@ def spur_runs_migrate(url: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # loading 1M tasks on a busy machine
 def test_migrate_blocks_no_write_of_pyspur(postgres_url: str) -> None:
     pyspur_tables(postgres_url)
     started = time.monotonic()
