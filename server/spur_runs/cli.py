@@ -50,6 +50,8 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "min_ping_interval_seconds": (float, "refuse (GOAWAY) clients that ping more often"),
     "max_connection_age_seconds": (float, "close connections this old, gracefully (0: never)"),
     "db_timeout_seconds": (float, "bound on one database statement"),
+    "db_dead_peer_seconds": (float, "drop a PostgreSQL connection unanswered this long"),
+    "health_address": (str, "HOST:PORT: plaintext gRPC health only, for Kubernetes' probes"),
     "log_format": (str, "text or json"),
     "workers": (int, "server processes sharing the gRPC port"),
     "watch_interval": (float, "seconds between two looks at the runs WatchRun streams watch"),

@@ -42,6 +42,8 @@ ENV = {
     "min_ping_interval_seconds": "SPUR_RUNS_MIN_PING_INTERVAL_SECONDS",
     "max_connection_age_seconds": "SPUR_RUNS_MAX_CONNECTION_AGE_SECONDS",
     "db_timeout_seconds": "SPUR_RUNS_DB_TIMEOUT_SECONDS",
+    "db_dead_peer_seconds": "SPUR_RUNS_DB_DEAD_PEER_SECONDS",
+    "health_address": "SPUR_RUNS_HEALTH_ADDRESS",
     "log_format": "SPUR_RUNS_LOG_FORMAT",
     "workers": "SPUR_RUNS_WORKERS",
     # WatchRun (watch.py).
@@ -104,6 +106,13 @@ class Config:
     # Bound on one database statement (PostgreSQL statement_timeout, SQLite
     # busy_timeout); a shorter client deadline lowers it for that call.
     db_timeout_seconds: float = 10.0
+    # How long a PostgreSQL connection may go unanswered (a partition, a
+    # failover without reset) before it is dropped and its call answers
+    # UNAVAILABLE: libpq keepalives and tcp_user_timeout (db.dead_peer_args).
+    db_dead_peer_seconds: float = 10.0
+    # A plaintext listener serving gRPC health only, for Kubernetes' gRPC
+    # probes, which cannot speak TLS (server.py, deploy/kubernetes).
+    health_address: str | None = None
     log_format: str = "text"
     # Server processes sharing the gRPC port (workers.py).
     workers: int = 1
@@ -129,7 +138,7 @@ class Config:
                     f"database URL scheme {scheme!r} is not supported (use sqlite:// or postgresql://)"
                 )
         self._check_serving()
-        for name in ("grpc_address", "http_address"):
+        for name in ("grpc_address", "http_address", "health_address"):
             value = getattr(self, name)
             if value is not None:
                 parse_address(value, name)
@@ -155,6 +164,10 @@ class Config:
         for name in ("min_ping_interval_seconds", "max_connection_age_seconds"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 1 <= self.db_dead_peer_seconds <= 3600:  # (NaN fails too)
+            raise ConfigError(
+                f"--db-dead-peer-seconds must be from 1 to 3600, got {self.db_dead_peer_seconds}"
+            )
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
@@ -171,7 +184,7 @@ class Config:
             raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
         if self.workers > 1:
             # Each worker binds the same port; port 0 would give each its own.
-            for name in ("grpc_address", "http_address"):
+            for name in ("grpc_address", "http_address", "health_address"):
                 value = getattr(self, name)
                 if value is not None and parse_address(value, name)[1] == 0:
                     raise ConfigError(f"--workers above 1 needs a fixed {_flag(name)} port, not 0")

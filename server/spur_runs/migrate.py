@@ -5,6 +5,12 @@ indexes our queries need (0002, 0003, 0004). On a database PySpur made it adds t
 indexes and records our version in `spur_runs_alembic_version`, and changes
 nothing else. Running it again does nothing.
 
+Each revision runs in a transaction of its own, so that the index revisions
+can build their indexes on PostgreSQL outside any transaction, with CREATE
+INDEX CONCURRENTLY (migrations/index_ops.py): PySpur keeps writing meanwhile.
+An interrupted migrate leaves the revisions before it recorded, and the next
+one goes on from there.
+
 The Alembic configuration is built here, in code: no alembic.ini.
 """
 
@@ -69,15 +75,19 @@ def _display(database_url: str) -> str:
 
 
 def migrate(database_url: str) -> None:
-    """Upgrade the database to our head revision, in one transaction."""
+    """Upgrade the database to our head revision, one transaction per revision."""
     engine = create_db_engine(database_url, pool_size=1)
     try:
-        with engine.execution_options(**{WRITE_OPTION: True}).begin() as connection:
+        # Handed to Alembic outside a transaction: it begins one per
+        # revision (env.py), and commits it before an autocommit block.
+        with engine.execution_options(**{WRITE_OPTION: True}).connect() as connection:
             before = _revision_of(connection)
+            connection.rollback()
             config = alembic_config(database_url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
             after = _revision_of(connection)
+            connection.rollback()
     finally:
         engine.dispose()
     if before == after:

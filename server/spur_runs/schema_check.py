@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from .models import SERVICE_INDEXES
 
@@ -28,10 +28,27 @@ def _predicate(options: Mapping[str, Any], table: str) -> str | None:
     return None
 
 
+def _invalid_indexes(engine: Engine) -> set[str]:
+    """PostgreSQL indexes that a failed or interrupted concurrent build left
+    INVALID: reflected like the others, never used by the planner."""
+    if engine.dialect.name != "postgresql":
+        return set()
+    with engine.connect() as connection:
+        found = connection.execute(
+            text(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE NOT i.indisvalid AND c.relnamespace = current_schema()::regnamespace"
+            )
+        )
+        return {str(name) for name in found.scalars()}
+
+
 def missing_indexes(engine: Engine) -> list[str]:
-    """Names of SERVICE_INDEXES whose columns no index of the table leads with
-    (a partial index counts only with the same predicate, and only for one)."""
+    """Names of SERVICE_INDEXES whose columns no valid index of the table
+    leads with (a partial index counts only with the same predicate, and only
+    for one)."""
     inspector = inspect(engine)
+    invalid = _invalid_indexes(engine)
     missing = []
     for index in SERVICE_INDEXES:
         assert index.table is not None
@@ -43,6 +60,7 @@ def missing_indexes(engine: Engine) -> list[str]:
                 _predicate(existing.get("dialect_options", {}), table),
             )
             for existing in inspector.get_indexes(table)
+            if existing["name"] not in invalid
         ]
         if wanted not in present:
             missing.append(str(index.name))
