@@ -6,12 +6,14 @@ and SIGTERM stop the demo cleanly."""
 from __future__ import annotations
 
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
 
 from conftest import start_server
 from spur.runs.v1 import run_pb2
@@ -131,3 +133,27 @@ def test_seconds_bound_the_demo(seeded: str) -> None:
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - began < 30
     assert result.stdout.splitlines()[-1] == "demo: stopped, 0 run(s) completed"
+
+
+def test_the_demo_outlasts_a_lock_longer_than_its_busy_timeout(sqlite_url: str) -> None:
+    """SQLite: another process holds the write lock past the demo's 5 s busy
+    timeout; the write fails, is tried again, and the demo goes on."""
+    for args in (["migrate"], ["seed"]):
+        assert spur_runs(*args, "--database-url", sqlite_url).returncode == 0
+    demo = start_demo(sqlite_url, "--step-seconds", "0.1", "--runs", "2")
+    locker = sqlite3.connect(make_url(sqlite_url).database or "", isolation_level=None)
+    try:
+        assert demo.stdout is not None
+        lines = iter(demo.stdout.readline, "")
+        next(line for line in lines if line.startswith("R5: moving it"))
+        locker.execute("BEGIN EXCLUSIVE")
+        time.sleep(6.5)
+        locker.execute("ROLLBACK")
+        out, err = demo.communicate(timeout=60)
+    finally:
+        locker.close()
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0, err
+    assert "demo: a write failed (database is locked); trying again" in err
+    assert out.splitlines()[-1] == "demo: stopped, 2 run(s) completed"

@@ -24,6 +24,7 @@ what they were.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -32,10 +33,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import OperationalError
 
 from .db import WRITE_OPTION, create_db_engine
 from .models import Run, RunStatus, Task, TaskStatus
 from .seed import _Catalog, _ensure_workflows, _RunTemplate
+
+log = logging.getLogger(__name__)
+
+# Writes in a row that may fail (each tried again at the next tick) before
+# the demo gives up with the error.
+MAX_FAILURES = 10
+_ANY = TaskStatus.PENDING  # (no task moves)
 
 
 def _now() -> datetime:
@@ -166,56 +175,47 @@ class Demo:
 
     # -- moving them ----------------------------------------------------
 
+    @staticmethod
+    def _next_change(moving: _Moving, now: datetime) -> tuple[Any, RunStatus, int, TaskStatus]:
+        """The run's next UPDATE, the run's status after it, and the index
+        and status after it of the task it moves (-1: none)."""
+        if moving.status is RunStatus.PENDING:
+            statement = update(Run).where(Run.id == moving.run_id)
+            return statement.values(status=RunStatus.RUNNING), RunStatus.RUNNING, -1, _ANY
+        k = next(
+            (k for k, (_, status) in enumerate(moving.tasks) if status is not TaskStatus.COMPLETED),
+            None,
+        )
+        if k is None:
+            statement = update(Run).where(Run.id == moving.run_id)
+            statement = statement.values(
+                status=RunStatus.COMPLETED, end_time=now, outputs=_load(moving.plan.outputs)
+            )
+            return statement, RunStatus.COMPLETED, -1, _ANY
+        task_id, status = moving.tasks[k]
+        planned = moving.plan.tasks[k]
+        if status is TaskStatus.RUNNING:
+            new = TaskStatus.COMPLETED
+            values = {"status": new, "end_time": now, "outputs": _load(planned.outputs)}
+        else:  # PENDING (or PAUSED: the approver approves)
+            new = TaskStatus.RUNNING
+            values = {"status": new, "start_time": now, "inputs": _load(planned.inputs)}
+        return update(Task).where(Task.id == task_id).values(**values), moving.status, k, new
+
     def step(self, moving: _Moving) -> bool:
         """Write the run's next change, in one transaction; True when the
-        run is finished (completed, or deleted meanwhile)."""
-        now = _now()
+        run is finished (completed, or deleted meanwhile). What it notes of
+        the run changes only once the write has committed: a failed write is
+        tried again at the next tick."""
+        statement, run_status, k, task_status = self._next_change(moving, _now())
         with self.writer.begin() as conn:
-            if moving.status is RunStatus.PENDING:
-                changed = conn.execute(
-                    update(Run).where(Run.id == moving.run_id).values(status=RunStatus.RUNNING)
-                ).rowcount
-                moving.status = RunStatus.RUNNING
-            else:
-                k = next(
-                    (k for k, (_, s) in enumerate(moving.tasks) if s is not TaskStatus.COMPLETED),
-                    None,
-                )
-                if k is None:
-                    changed = conn.execute(
-                        update(Run)
-                        .where(Run.id == moving.run_id)
-                        .values(
-                            status=RunStatus.COMPLETED,
-                            end_time=now,
-                            outputs=_load(moving.plan.outputs),
-                        )
-                    ).rowcount
-                    moving.status = RunStatus.COMPLETED
-                else:
-                    task_id, status = moving.tasks[k]
-                    planned = moving.plan.tasks[k]
-                    if status is TaskStatus.RUNNING:
-                        values: dict[str, Any] = {
-                            "status": TaskStatus.COMPLETED,
-                            "end_time": now,
-                            "outputs": _load(planned.outputs),
-                        }
-                        new = TaskStatus.COMPLETED
-                    else:  # PENDING (or PAUSED: the approver approves)
-                        values = {
-                            "status": TaskStatus.RUNNING,
-                            "start_time": now,
-                            "inputs": _load(planned.inputs),
-                        }
-                        new = TaskStatus.RUNNING
-                    changed = conn.execute(
-                        update(Task).where(Task.id == task_id).values(**values)
-                    ).rowcount
-                    moving.tasks[k] = (task_id, new)
+            changed = conn.execute(statement).rowcount
         if not changed:
             self.say(f"{moving.run_id}: gone (deleted?), no longer moving it")
             return True
+        moving.status = run_status
+        if k >= 0:
+            moving.tasks[k] = (moving.tasks[k][0], task_status)
         if moving.status is RunStatus.COMPLETED:
             self.completed += 1
             self.say(f"{moving.run_id}: COMPLETED")
@@ -261,9 +261,19 @@ def run_demo(
             + "; Ctrl-C stops"
         )
         demo.adopt()
+        failures = 0
         while not stopping.is_set() and not demo.done():
             began = time.monotonic()
-            demo.tick()
+            try:
+                demo.tick()
+                failures = 0
+            except OperationalError as error:
+                # A lock held past the busy timeout (SQLite), a dropped
+                # connection: try again at the next tick, a few times.
+                failures += 1
+                if failures >= MAX_FAILURES:
+                    raise
+                log.warning("demo: a write failed (%s); trying again", error.orig or error)
             if demo.done() or (ends is not None and time.monotonic() >= ends):
                 break
             wait = step_seconds - (time.monotonic() - began)
