@@ -319,9 +319,16 @@ def _serve(config: Config) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .schema_check import require_tables
+    from .workers import preflight
 
     try:
+        # Files and ports first (what a start-up fails on without the
+        # database), then the database's tables.
+        preflight(config)
         require_tables(config.database_url)
+    except (ConfigError, OSError) as error:
+        print(f"spur-runs serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except SQLAlchemyError as error:
         # Unreachable now, maybe not later: serve, health says NOT_SERVING
         # until the database answers.
