@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import psycopg
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, select
@@ -156,11 +155,22 @@ def _run_script(url: str, sql: str) -> None:
         with sqlite3.connect(make_url(url).database or "") as db:
             db.executescript(sql)
         return
-    with psycopg.connect(
-        make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
-        autocommit=True,
-    ) as conn:
-        conn.execute(sql.encode())  # no parameters: one simple query, every statement
+    # psql sends each statement alone, as CREATE INDEX CONCURRENTLY needs
+    # (it cannot run inside the implicit transaction of a multi-statement query).
+    result = subprocess.run(
+        [
+            "psql",
+            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+        ],
+        input=sql,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_migrate_sql_prints_what_is_left_and_runs_nothing(database_url: str) -> None:

@@ -54,7 +54,7 @@ def stub(seeded: str) -> Iterator[RunServiceStub]:
 def test_watch_run_sees_the_demo_move_the_running_run(seeded: str, stub: RunServiceStub) -> None:
     stream = stub.WatchRun(pb.WatchRunRequest(run_id="R5"), timeout=90)
     first = next(stream).run
-    assert first.status == run_pb2.RUN_STATUS_RUNNING  # the seed's running run
+    assert first.status == run_pb2.Run.RUNNING  # the seed's running run
     demo = start_demo(seeded, "--step-seconds", "0.3", "--runs", "2")
     try:
         messages = [first, *(message.run for message in stream)]  # ends with the run
@@ -65,14 +65,14 @@ def test_watch_run_sees_the_demo_move_the_running_run(seeded: str, stub: RunServ
     assert demo.returncode == 0, err
 
     statuses = [run.status for run in messages]
-    assert statuses[-1] == run_pb2.RUN_STATUS_COMPLETED
-    assert statuses.count(run_pb2.RUN_STATUS_RUNNING) == len(statuses) - 1
+    assert statuses[-1] == run_pb2.Run.COMPLETED
+    assert statuses.count(run_pb2.Run.RUNNING) == len(statuses) - 1
     # Several changes, each a different picture of the tasks, as they happened.
     pictures = [(run.status, *(task.status for task in run.tasks)) for run in messages]
     assert len(messages) >= 4 and len(set(pictures)) == len(pictures)
-    assert pictures[0][1:].count(run_pb2.TASK_STATUS_COMPLETED) == 1
-    assert pictures[-1][1:] == (run_pb2.TASK_STATUS_COMPLETED,) * 6
-    completed = [picture[1:].count(run_pb2.TASK_STATUS_COMPLETED) for picture in pictures]
+    assert pictures[0][1:].count(run_pb2.Task.COMPLETED) == 1
+    assert pictures[-1][1:] == (run_pb2.Task.COMPLETED,) * 6
+    completed = [picture[1:].count(run_pb2.Task.COMPLETED) for picture in pictures]
     assert completed == sorted(completed)
     assert messages[-1].HasField("end_time") and messages[-1].outputs
 
@@ -86,8 +86,8 @@ def test_watch_run_sees_the_demo_move_the_running_run(seeded: str, stub: RunServ
         "demo: stopped, 2 run(s) completed",
     ]
     new = stub.GetRun(pb.GetRunRequest(run_id="R21"), timeout=10).run
-    assert new.status == run_pb2.RUN_STATUS_COMPLETED and new.task_count == 6
-    assert all(task.status == run_pb2.TASK_STATUS_COMPLETED for task in new.tasks)
+    assert new.status == run_pb2.Run.COMPLETED and new.task_count == 6
+    assert all(task.status == run_pb2.Task.COMPLETED for task in new.tasks)
     assert all(task.HasField("start_time") and task.HasField("end_time") for task in new.tasks)
 
 
@@ -106,7 +106,7 @@ def test_watching_a_run_the_demo_starts(seeded: str, stub: RunServiceStub) -> No
     finally:
         if demo.poll() is None:
             demo.kill()
-    assert statuses[-1] == run_pb2.RUN_STATUS_COMPLETED
+    assert statuses[-1] == run_pb2.Run.COMPLETED
     assert len(statuses) >= 3
 
 
