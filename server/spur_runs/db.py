@@ -34,6 +34,35 @@ UNANSWERED_PING_S = 5.0
 # unanswered before the kernel drops it (see dead_peer_args).
 DEAD_PEER_SECONDS = 10.0
 
+# Key of a SQLite connection's _Watchdog in its pool entry's info.
+_WATCHDOG = "spur_runs_watchdog"
+# SQLite virtual machine steps between two looks at the watchdog's clock.
+# A runaway statement makes ~55 million a second (measured: a recursive CTE
+# on this machine's SQLite 3.40), so it is stopped within ~2 ms of its bound
+# (plus a wait for the GIL, at most the 5 ms switch interval). A GetRun or a
+# ListRuns page takes far fewer steps, and so never calls into Python.
+_WATCHDOG_STEPS = 100_000
+
+
+class _Watchdog:
+    """The progress handler of one SQLite connection: interrupts whatever
+    statement it runs once `until` (a time.monotonic() value) has passed.
+
+    SQLite has no statement_timeout: busy_timeout bounds only waits for a
+    lock, and a statement that computes forever (a recursive query over a
+    cycle) held its thread, its connection and the write lock with no end,
+    deadline or not. The interrupted statement fails with SQLITE_INTERRUPT
+    (errors.py: DEADLINE_EXCEEDED) and its transaction is rolled back."""
+
+    __slots__ = ("until",)
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+
+    def __call__(self) -> int:
+        until = self.until
+        return 1 if until is not None and time.monotonic() > until else 0
+
 
 def normalize_url(url: str) -> URL:
     """postgres:// and postgresql:// go through psycopg 3."""
@@ -54,7 +83,7 @@ def load_json(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-def _sqlite_connect(dbapi_connection: Any, _record: Any, busy_timeout_ms: int = 5000) -> None:
+def _sqlite_connect(dbapi_connection: Any, record: Any, busy_timeout_ms: int = 5000) -> None:
     # Let SQLAlchemy's "begin" event (below) start every transaction, reads
     # included: pysqlite alone would run SELECTs outside any transaction, and
     # the statements of one call could then see different snapshots (a run
@@ -68,6 +97,23 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any, busy_timeout_ms: int = 
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()
+    watchdog = _Watchdog()
+    dbapi_connection.set_progress_handler(watchdog, _WATCHDOG_STEPS)
+    record.info[_WATCHDOG] = watchdog
+
+
+def _sqlite_arm(connection: Connection, timeout_seconds: float | None) -> None:
+    """Before each statement: bound it by `timeout_seconds` (the server's
+    --db-timeout-seconds) and by the deadline of the call it serves, as
+    PostgreSQL's statement_timeout bounds it there. The bound stays armed
+    while the caller fetches the rows (SQLite computes them as they are
+    fetched) and is replaced by the next statement's."""
+    watchdog = connection.info.get(_WATCHDOG)
+    if watchdog is None:
+        return
+    now = time.monotonic()
+    bounds = [now + left for left in (timeout_seconds, deadline.remaining()) if left is not None]
+    watchdog.until = min(bounds) if bounds else None
 
 
 def _sqlite_begin(connection: Any, busy_timeout_ms: int = 5000) -> None:
@@ -152,6 +198,11 @@ def create_db_engine(
         )
         event.listen(
             engine, "begin", lambda connection: _sqlite_begin(connection, int(busy * 1000))
+        )
+        event.listen(
+            engine,
+            "before_cursor_execute",
+            lambda connection, *_args: _sqlite_arm(connection, timeout_seconds),
         )
         return engine
     connect_args: dict[str, Any] = {"connect_timeout": 3, **dead_peer_args(dead_peer_seconds)}

@@ -85,13 +85,19 @@ _DISCONNECTS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutEr
 
 
 # SQLSTATE of a statement cancelled by statement_timeout (db.py sets it from
-# --db-timeout-seconds or the client's deadline): the call ran out of time,
-# the database is fine.
+# --db-timeout-seconds or the client's deadline), and SQLite's code for one
+# that db.py's watchdog interrupted for the same reasons: the call ran out of
+# time, the database is fine.
 _QUERY_CANCELED = "57014"
+_SQLITE_INTERRUPT = "SQLITE_INTERRUPT"
 
 
 def _is_timeout(error: BaseException) -> bool:
-    return getattr(getattr(error, "orig", None), "sqlstate", None) == _QUERY_CANCELED
+    orig = getattr(error, "orig", None)
+    return (
+        getattr(orig, "sqlstate", None) == _QUERY_CANCELED
+        or getattr(orig, "sqlite_errorname", None) == _SQLITE_INTERRUPT
+    )
 
 
 def _is_unavailable(error: BaseException) -> bool:

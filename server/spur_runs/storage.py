@@ -36,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import ColumnElement, Select
 
+from . import run_tree
 from .errors import FailedPrecondition, NotFound
 from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
 
@@ -508,12 +509,12 @@ def delete_run(conn: Connection, run_id: str) -> int:
 
     All or nothing within the caller's transaction. Returns the number of runs
     deleted. NotFound if there is no such run; FailedPrecondition, deleting
-    nothing, when rows of other tables still reference one of those runs.
+    nothing, when rows of other tables still reference one of those runs, or
+    when the run is its own ancestor (run_tree.py).
     """
-    require_run(conn, run_id)
-    tree = select(Run.id.label("id")).where(Run.id == run_id).cte("tree", recursive=True)
-    tree = tree.union_all(select(Run.id).join(tree, Run.parent_run_id == tree.c.id))
-    run_ids = list(conn.execute(select(tree.c.id)).scalars())
+    run_ids = run_tree.subtree(conn, run_id)  # FailedPrecondition on a parent cycle
+    if not run_ids:
+        raise NotFound(f"run {run_id} not found")
     _refuse_if_referenced(conn, run_ids)
     try:
         conn.execute(delete(Task).where(Task.run_id.in_(run_ids)))
