@@ -5,8 +5,16 @@ to the listing it came from (its *scope*: "runs", "children:R5", ..., with a
 digest of the listing's filters, see filtered_scope) and
 sealed with a checksum, so that a token that was cut, edited or replayed on
 another listing is rejected as INVALID_ARGUMENT instead of silently paging
-something else. Tokens are not secret: a forged one could only position a
-cursor, and every value read from it is validated again.
+something else.
+
+Tokens are unsigned cursors, not credentials. The checksum's key is a
+constant of this public source, so anyone can make a token that passes it,
+and that is harmless: a token only says where a listing resumes, every run
+it could reach is one its caller may read by paging anyway (authorization
+is per RPC, auth.py), and each decoded value is range-checked here before
+any query sees it (an out-of-range one is INVALID_ARGUMENT, never a
+database error). A secret key would add a file to deploy, share between
+replicas and rotate, and protect nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +30,16 @@ from typing import Any
 from .errors import InvalidArgument
 
 _VERSION = 1
-_KEY = b"spur-runs page token v1"
+# Not a secret (see above); kept byte for byte so that tokens issued by an
+# older version of the service stay valid across an upgrade.
+_CHECKSUM_KEY = b"spur-runs page token v1"
 _MAC_BYTES = 8
+
+# The range of a cursor's _intid: a 64-bit signed integer, what SQLite's
+# rowid holds (PySpur's 32-bit PostgreSQL keys fit in it; storage compares
+# the cursor as a BIGINT there). Ids start at 1.
+INTID_MIN = 1
+INTID_MAX = 2**63 - 1
 
 
 def page_size(value: int | None, *, default: int, maximum: int, field: str = "page_size") -> int:
@@ -49,7 +65,7 @@ def filtered_scope(listing: str, filters: dict[str, Any]) -> str:
 
 def _mac(scope: str, payload: bytes) -> bytes:
     return hashlib.blake2b(
-        scope.encode() + b"\0" + payload, key=_KEY, digest_size=_MAC_BYTES
+        scope.encode() + b"\0" + payload, key=_CHECKSUM_KEY, digest_size=_MAC_BYTES
     ).digest()
 
 
@@ -90,13 +106,20 @@ def encode_run_cursor(scope: str, start_time: datetime | None, intid: int) -> st
 
 def decode_run_cursor(scope: str, token: str) -> tuple[datetime | None, int]:
     position = decode(scope, token)
+    if len(position) != 2:
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    stamp, intid = position
+    if stamp is None:
+        return None, _intid(intid)
     try:
-        stamp, intid = position
-        if not isinstance(intid, int) or isinstance(intid, bool):
-            raise ValueError
-        return (datetime.fromisoformat(stamp) if stamp is not None else None), intid
+        # Python's range (years 1 to 9999), which both databases hold.
+        start_time = datetime.fromisoformat(stamp)
     except (ValueError, TypeError):
-        raise InvalidArgument("page_token", "is not a token this service issued") from None
+        raise InvalidArgument("page_token", "holds a position that is not a time") from None
+    if start_time.tzinfo is not None:
+        # Stored times are naive UTC, and so are the positions we issue.
+        raise InvalidArgument("page_token", "holds a time with a UTC offset")
+    return start_time, _intid(intid)
 
 
 def encode_intid_cursor(scope: str, intid: int) -> str:
@@ -105,6 +128,18 @@ def encode_intid_cursor(scope: str, intid: int) -> str:
 
 def decode_intid_cursor(scope: str, token: str) -> int:
     position = decode(scope, token)
-    if len(position) != 1 or not isinstance(position[0], int) or isinstance(position[0], bool):
+    if len(position) != 1:
         raise InvalidArgument("page_token", "is not a token this service issued")
-    return int(position[0])
+    return _intid(position[0])
+
+
+def _intid(value: Any) -> int:
+    """A cursor's _intid, checked: a database must never see a value its
+    integer columns cannot compare with (an INTERNAL error)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    if not INTID_MIN <= value <= INTID_MAX:
+        raise InvalidArgument(
+            "page_token", f"holds a position out of range ({INTID_MIN} to {INTID_MAX})"
+        )
+    return value

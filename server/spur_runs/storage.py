@@ -20,6 +20,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Row,
     bindparam,
@@ -202,6 +203,11 @@ def _runs_select() -> Select[Any]:
     )
 
 
+# A page token's _intid is compared as a BIGINT: paging.py accepts any
+# 64-bit position, and PostgreSQL refuses to cast one beyond PySpur's 32-bit
+# keys to INTEGER (int4 < int8 is still served by the integer index).
+_CURSOR_ID = BigInteger()
+
 _RUN_BY_ID = _runs_select().where(Run.id == bindparam("run_id"))
 _INTID_BY_ID = select(Run._intid).where(Run.id == bindparam("run_id"))
 _TASKS_OF_RUN = (
@@ -212,7 +218,7 @@ _TASKS_OF_RUN = (
 )
 _TASKS_OF_RUN_AFTER = (
     select(*TASK_COLUMNS)
-    .where(Task.run_id == bindparam("run_id"), Task._intid > bindparam("after"))
+    .where(Task.run_id == bindparam("run_id"), Task._intid > bindparam("after", type_=_CURSOR_ID))
     .order_by(Task._intid)
     .limit(bindparam("limit"))
 )
@@ -398,7 +404,7 @@ def _page_queries(
             # _intid < i)` makes SQLite merge two index scans and sort
             # everything older than the cursor: 1.1 s for page 2 of 1M runs.
             at = bindparam("after_time", type_=Run.start_time.type)
-            intid = bindparam("after_intid", type_=Run._intid.type)
+            intid = bindparam("after_intid", type_=_CURSOR_ID)
             timed = timed.where(Run.start_time <= at, or_(Run.start_time < at, Run._intid < intid))
         timed = (
             timed.order_by(Run.start_time.desc(), Run._intid.desc())
@@ -407,7 +413,7 @@ def _page_queries(
         )
     untimed = _runs_select().where(Run.start_time.is_(None), *where)
     if cursor == "untimed":
-        untimed = untimed.where(Run._intid < bindparam("after_intid"))
+        untimed = untimed.where(Run._intid < bindparam("after_intid", type_=_CURSOR_ID))
     untimed = (
         untimed.order_by(Run._intid.desc()).offset(bindparam("offset")).limit(bindparam("limit"))
     )
