@@ -38,7 +38,11 @@ def free_port() -> int:
     [
         (["--grpc-address", "nonsense"], {}, "grpc_address 'nonsense' is not HOST:PORT"),
         (["--database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
-        ([], {"SPUR_RUNS_MAX_WORKERS": "many"}, "invalid literal"),
+        (
+            [],
+            {"SPUR_RUNS_MAX_WORKERS": "many"},
+            "--max-workers (env SPUR_RUNS_MAX_WORKERS) must be an integer, got 'many'",
+        ),
         ([], {"SPUR_RUNS_GRPC_ADDRESS": "host:99999"}, "is not HOST:PORT"),
         (["--read-database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
         ([], {"SPUR_RUNS_WORKERS": "two"}, "--workers (env SPUR_RUNS_WORKERS) must be an integer"),
@@ -50,7 +54,11 @@ def free_port() -> int:
         ),
         (["--log-format", "xml"], {}, "--log-format must be text or json"),
         ([], {"SPUR_RUNS_LOG_LEVEL": "LOUD"}, "--log-level must be"),
-        (["--max-concurrent-rpcs", "0"], {}, "--max-concurrent-rpcs must be at least 1"),
+        (
+            ["--max-concurrent-rpcs", "0"],
+            {},
+            "--max-concurrent-rpcs (env SPUR_RUNS_MAX_CONCURRENT_RPCS) must be between 1",
+        ),
         (
             ["--workers", "2", "--grpc-address", "127.0.0.1:0"],
             {},

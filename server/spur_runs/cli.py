@@ -296,16 +296,15 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
-    try:
-        for name in ("max_workers", "pool_size"):
-            if name in values:
-                values[name] = int(values[name])
-        for name in ("grace_seconds", "health_interval"):
-            if name in values:
-                values[name] = float(values[name])
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    for name, (convert, _text) in SERVING_FLAGS.items():
+    # A bad number names its flag and twin, as the serving flags' do.
+    numbers: dict[str, Callable[[str], Any]] = {
+        "max_workers": int,
+        "pool_size": int,
+        "grace_seconds": float,
+        "health_interval": float,
+    }
+    conversions = {**numbers, **{name: convert for name, (convert, _) in SERVING_FLAGS.items()}}
+    for name, convert in conversions.items():
         if isinstance(values.get(name), str):
             try:
                 values[name] = convert(values[name])

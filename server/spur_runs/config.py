@@ -6,6 +6,7 @@ import time.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -56,6 +57,44 @@ ENV = {
 
 class ConfigError(ValueError):
     """A configuration value that stops start-up (one clear line, exit 2)."""
+
+
+# grpc takes its durations and sizes as C ints of milliseconds and bytes, and
+# PostgreSQL its statement_timeout as an int of milliseconds: a longer bound
+# overflows (a traceback at start-up, not an error message).
+_INT32_MAX = 2**31 - 1
+_INT32_MS = _INT32_MAX // 1000  # seconds: 24.8 days
+
+# The range of every numeric setting: (least, most), both inclusive, and
+# whether 0 is allowed besides as "off". A value outside it, or not finite,
+# stops start-up with one line. The bounds are where a value stops making
+# sense or stops fitting what it is given to, not tuning advice.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "max_workers": (1, 1024, False),
+    "pool_size": (1, 1000, False),
+    # 0: cancel in-flight calls at once; more than an hour is a hung stop.
+    "grace_seconds": (0, 3600, False),
+    # A ping per 0.1 s is already a busy loop of its own; 0 was one (100% CPU
+    # and a stop that never came).
+    "health_interval": (0.1, 3600, False),
+    # 1 KiB holds any request of this API; grpc's message sizes are C ints.
+    "max_request_bytes": (1024, _INT32_MAX, False),
+    "max_response_bytes": (1024, _INT32_MAX, False),
+    "max_concurrent_rpcs": (1, 100_000, False),
+    "keepalive_seconds": (1, _INT32_MS, False),
+    "min_ping_interval_seconds": (0, _INT32_MS, False),
+    # 0 is "never"; otherwise at least a second (fewer milliseconds than one
+    # would round to grpc's own 0).
+    "max_connection_age_seconds": (1, _INT32_MS, True),
+    "db_timeout_seconds": (0.01, _INT32_MS, False),
+    # libpq's keepalive and TCP_USER_TIMEOUT bounds (db.dead_peer_args).
+    "db_dead_peer_seconds": (1, 3600, False),
+    "workers": (1, 256, False),
+    # inf started a poller that never looked; an hour between looks is
+    # already no watch at all.
+    "watch_interval": (0.01, 3600, False),
+    "max_watchers": (1, 1_000_000, False),
+}
 
 
 @dataclass(frozen=True)
@@ -137,13 +176,26 @@ class Config:
                 raise ConfigError(
                     f"database URL scheme {scheme!r} is not supported (use sqlite:// or postgresql://)"
                 )
+        self._check_ranges()
         self._check_serving()
         for name in ("grpc_address", "http_address", "health_address"):
             value = getattr(self, name)
             if value is not None:
                 parse_address(value, name)
-        if self.max_workers < 1 or self.pool_size < 1:
-            raise ConfigError("max-workers and pool-size must be at least 1")
+
+    def _check_ranges(self) -> None:
+        for name, (least, most, zero) in RANGES.items():
+            value = getattr(self, name)
+            if zero and value == 0:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{_named(name)} must be a number, got {value!r}")
+            if not (math.isfinite(value) and least <= value <= most):
+                also = "0 or " if zero else ""
+                raise ConfigError(
+                    f"{_named(name)} must be {also}between {_show(least)} and {_show(most)}, "
+                    f"got {value}"
+                )
 
     def _check_serving(self) -> None:
         """The production-serving options; their files are read by tls.py
@@ -152,22 +204,6 @@ class Config:
             raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        for name in (
-            "max_request_bytes", "max_response_bytes", "max_concurrent_rpcs", "workers",
-            "max_watchers",
-        ):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{_flag(name)} must be at least 1, got {getattr(self, name)}")
-        for name in ("keepalive_seconds", "db_timeout_seconds", "watch_interval"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{_flag(name)} must be more than 0, got {getattr(self, name)}")
-        for name in ("min_ping_interval_seconds", "max_connection_age_seconds"):
-            if not getattr(self, name) >= 0:
-                raise ConfigError(f"{_flag(name)} must be 0 or more, got {getattr(self, name)}")
-        if not 1 <= self.db_dead_peer_seconds <= 3600:  # (NaN fails too)
-            raise ConfigError(
-                f"--db-dead-peer-seconds must be from 1 to 3600, got {self.db_dead_peer_seconds}"
-            )
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
@@ -192,6 +228,15 @@ class Config:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def _show(bound: float) -> str:
+    return str(int(bound)) if bound == int(bound) else str(bound)
+
+
+def _named(name: str) -> str:
+    """A setting as the operator may have given it: flag or environment twin."""
+    return f"{_flag(name)} (env {ENV[name]})"
 
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
