@@ -21,7 +21,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from http_client import Seeded, seed_runs, start_http_server
+from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs import filters, paging, storage
@@ -80,12 +80,14 @@ GOOD_TASK_POSITIONS: list[list[Any]] = [[1], [INT4], [BIG]]
 @pytest.fixture
 def served(
     migrated_url: str, caplog: pytest.LogCaptureFixture
-) -> Iterator[tuple[RunServiceStub, Seeded]]:
+) -> Iterator[tuple[RunServiceStub, Seeded, Http]]:
     caplog.set_level(logging.INFO)
     seeded = seed_runs(migrated_url)
     server = start_http_server(migrated_url)
+    http = Http(server.http_port or 0, timeout=10)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield RunServiceStub(channel), seeded
+        yield RunServiceStub(channel), seeded, http
+    http.close()
     server.stop(grace=1)
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert failures == [], [r.getMessage() for r in failures]
@@ -129,22 +131,32 @@ def _refused_field(call: Callable[[str], Any], token: str) -> str:
 
 
 def test_forged_positions_out_of_range_are_invalid_arguments(
-    served: tuple[RunServiceStub, Seeded],
+    served: tuple[RunServiceStub, Seeded, Http],
 ) -> None:
-    stub, seeded = served
+    stub, seeded, http = served
     for name, (scope, call) in _calls(stub, seeded).items():
         bad = BAD_TASK_POSITIONS if name == "GetRunTasks" else BAD_RUN_POSITIONS
         for position in bad:
             token = paging.encode(scope, position)
             assert _refused_field(call, token) == "page_token", (name, position)
+    # The HTTP gateway's routes take the same tokens: 400, not 500.
+    scope = filters.list_scope(storage.NO_FILTER)
+    for position in ([None, 10**30], [None, 2**63]):
+        document = http.get(f"/run?page_token={paging.encode(scope, position)}").error(3)
+        assert "page_token" in document["message"]
+    tasks = paging.encode(f"tasks:{seeded.parent}", [2**63])
+    assert (
+        "page_token"
+        in http.get(f"/run/{seeded.parent}/tasks?page_token={tasks}").error(3)["message"]
+    )
 
 
 def test_forged_positions_at_the_edges_of_the_range_page(
-    served: tuple[RunServiceStub, Seeded],
+    served: tuple[RunServiceStub, Seeded, Http],
 ) -> None:
     """Positions no run has (past the last id, before year 1, at year 9999)
     are positions all the same: the listing resumes after them."""
-    stub, seeded = served
+    stub, seeded, _http = served
     calls = _calls(stub, seeded)
     scope, list_runs = calls["ListRuns"]
     # Runs with a start_time come first, newest first: resuming after
