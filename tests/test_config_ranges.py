@@ -64,7 +64,7 @@ def _check_one_line(result: subprocess.CompletedProcess[str], name: str) -> None
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("spur-runs: ") and _flag(name) in lines[0], lines[0]
+    assert lines[0].startswith("spur-runs") and _flag(name) in lines[0], lines[0]
     assert ENV[name] in lines[0], lines[0]  # names the twin too
     assert "Traceback" not in result.stderr
 

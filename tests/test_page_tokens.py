@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs import filters, paging, storage
+from spur_runs import paging, service
 
 BIG = 2**63 - 1  # the largest position a token may hold
 INT4 = 2**31  # past PySpur's 32-bit keys on PostgreSQL, but a valid position
@@ -98,9 +98,13 @@ def _calls(stub: RunServiceStub, seeded: Seeded) -> dict[str, tuple[str, Callabl
     """RPC name -> (the scope its tokens are bound to, a call with a token)."""
     parent = seeded.parent
     return {
+        # Child runs too (parent_only is true when unset), under the scope
+        # the service binds such a listing's tokens to.
         "ListRuns": (
-            filters.list_scope(storage.NO_FILTER),
-            lambda token: stub.ListRuns(pb.ListRunsRequest(page_token=token), timeout=10),
+            service.list_query(pb.ListRunsRequest(parent_only=False)).scope,
+            lambda token: stub.ListRuns(
+                pb.ListRunsRequest(page_token=token, parent_only=False), timeout=10
+            ),
         ),
         "GetChildRuns": (
             f"children:{parent}",
@@ -127,6 +131,8 @@ def _refused_field(call: Callable[[str], Any], token: str) -> str:
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     assert "page_token" in (error.details() or "")
+    # Refused for its position, not for a checksum that did not match.
+    assert "damaged" not in (error.details() or ""), error.details()
     return str(bad.field_violations[0].field)
 
 
@@ -140,15 +146,13 @@ def test_forged_positions_out_of_range_are_invalid_arguments(
             token = paging.encode(scope, position)
             assert _refused_field(call, token) == "page_token", (name, position)
     # The HTTP gateway's routes take the same tokens: 400, not 500.
-    scope = filters.list_scope(storage.NO_FILTER)
+    scope = service.list_query(pb.ListRunsRequest()).scope  # (parent_only unset)
     for position in ([None, 10**30], [None, 2**63]):
         document = http.get(f"/run?page_token={paging.encode(scope, position)}").error(3)
-        assert "page_token" in document["message"]
+        assert "page_token" in document["message"] and "damaged" not in document["message"]
     tasks = paging.encode(f"tasks:{seeded.parent}", [2**63])
-    assert (
-        "page_token"
-        in http.get(f"/run/{seeded.parent}/tasks?page_token={tasks}").error(3)["message"]
-    )
+    message = http.get(f"/run/{seeded.parent}/tasks?page_token={tasks}").error(3)["message"]
+    assert "page_token" in message and "damaged" not in message
 
 
 def test_forged_positions_at_the_edges_of_the_range_page(
