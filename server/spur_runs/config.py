@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .trust import parse_hosts, parse_proxies
+
 DEFAULT_DATABASE_URL = "sqlite:///spur-runs.db"
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 
@@ -44,6 +46,12 @@ ENV = {
     # WatchRun (watch.py).
     "watch_interval": "SPUR_RUNS_WATCH_INTERVAL",
     "max_watchers": "SPUR_RUNS_MAX_WATCHERS",
+    # The HTTP port's bounds and trust (gateway/connections.py, hosts.py, metadata.py).
+    "http_header_timeout_seconds": "SPUR_RUNS_HTTP_HEADER_TIMEOUT_SECONDS",
+    "http_idle_timeout_seconds": "SPUR_RUNS_HTTP_IDLE_TIMEOUT_SECONDS",
+    "http_max_connections": "SPUR_RUNS_HTTP_MAX_CONNECTIONS",
+    "http_allowed_hosts": "SPUR_RUNS_HTTP_ALLOWED_HOSTS",
+    "trusted_proxies": "SPUR_RUNS_TRUSTED_PROXIES",
 }
 
 
@@ -109,6 +117,26 @@ class Config:
     # RESOURCE_EXHAUSTED. They hold no thread, only memory and a share of
     # each poll.
     max_watchers: int = 1000
+    # An HTTP connection must send a request's complete headers within this
+    # long (of opening, or of its request's first byte), else it is closed.
+    # A real client sends them in one packet; 10 s leaves room for a slow
+    # mobile link's retransmits, as Go servers commonly set ReadHeaderTimeout.
+    http_header_timeout_seconds: float = 10.0
+    # A keep-alive HTTP connection idle this long is closed. Longer than the
+    # 60 s idle timeout of the usual proxies in front (nginx's upstream
+    # keepalive_timeout, AWS ALB), so that the proxy, not this server, ends an
+    # idle pooled connection: else a request it sends as we close is lost
+    # (a 502). nginx's own default for its clients is 75 s too.
+    http_idle_timeout_seconds: float = 75.0
+    # Open HTTP connections beyond which new ones get 503 at once (lowered
+    # to what the file limit allows: gateway/connections.py).
+    http_max_connections: int = 1024
+    # Comma-separated Host names a tokenless server on loopback answers
+    # besides localhost, 127.0.0.1 and [::1] (gateway/hosts.py).
+    http_allowed_hosts: str | None = None
+    # Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For the
+    # HTTP gateway believes (for the access log's forwarded_for).
+    trusted_proxies: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("database_url", "read_database_url"):
@@ -127,6 +155,28 @@ class Config:
                 parse_address(value, name)
         if self.max_workers < 1 or self.pool_size < 1:
             raise ConfigError("max-workers and pool-size must be at least 1")
+        self._check_http()
+
+    def _check_http(self) -> None:
+        """The HTTP port's bounds and trust lists."""
+        for name, most in (
+            ("http_header_timeout_seconds", 3600.0),
+            ("http_idle_timeout_seconds", 86400.0),
+        ):
+            value = getattr(self, name)
+            if not 0 < value <= most:
+                raise ConfigError(
+                    f"{_flag(name)} must be more than 0 and at most {most:g}, got {value}"
+                )
+        if not 1 <= self.http_max_connections <= 1_000_000:
+            raise ConfigError(
+                f"--http-max-connections must be 1 to 1000000, got {self.http_max_connections}"
+            )
+        try:
+            parse_hosts(self.http_allowed_hosts)
+            parse_proxies(self.trusted_proxies)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def _check_serving(self) -> None:
         """The production-serving options; their files are read by tls.py
