@@ -1,7 +1,8 @@
 """HTTP health for load balancers and orchestrators that speak only HTTP:
 
-- `GET /healthz` (liveness): 200 while the process serves, draining too (a
-  liveness probe failing during the grace period would get it killed);
+- `GET /healthz` (liveness): 200 while the process serves, on a connection
+  still open while it drains too (a liveness probe failing during the grace
+  period would get it killed);
 - `GET /readyz` (readiness): 200 only while gRPC health of the whole server
   ("") is SERVING, else 503 with a google.rpc.Status. It asks the gRPC server
   itself (Health/Check over the gateway's channel), so it says what a gRPC
