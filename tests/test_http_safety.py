@@ -19,11 +19,13 @@ Close times are printed (pytest -s).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
 import resource
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -36,6 +38,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, make_url, text
 
+from certs import make_tls_files
 from conftest import PG_ADMIN_URL, start_server
 from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
@@ -308,6 +311,60 @@ def test_a_low_file_limit_floods_no_log_and_recovers(
     assert len(output.splitlines()) < 40, output[-3000:]
 
 
+def test_a_tls_handshake_is_held_to_the_header_timeout_and_the_cap(
+    sqlite_db: tuple[str, Seeded], tmp_path: Path
+) -> None:
+    url, seeded = sqlite_db
+    files = make_tls_files(tmp_path)
+    server = start_http_server(
+        url,
+        tls_cert=files.cert,
+        tls_key=files.key,
+        http_header_timeout_seconds=1.0,
+        http_max_connections=3,
+    )
+    assert server.http_port
+    port = server.http_port
+
+    def https_get() -> int:
+        context = ssl.create_default_context(cadata=files.ca_pem.decode())
+        connection = http.client.HTTPSConnection("localhost", port, context=context, timeout=10)
+        try:
+            statuses = []
+            for _ in range(2):  # (keep-alive: the second on the same connection)
+                connection.request("GET", f"/run/{seeded.parent}")
+                response = connection.getresponse()
+                response.read()
+                statuses.append(response.status)
+            assert statuses[0] == statuses[1]
+            return statuses[0]
+        finally:
+            connection.close()
+
+    try:
+        assert https_get() == 200
+        with _connect(port) as silent:
+            seconds = _closed_within(silent, 5)
+        with _connect(port) as partial:
+            partial.sendall(b"\x16\x03\x01\x02\x00")  # a ClientHello's record header only
+            partial_seconds = _closed_within(partial, 5)
+        print(
+            f"\nTLS port: silent connection closed after {seconds:.3f} s, half a handshake "
+            f"after {partial_seconds:.3f} s (header timeout 1 s)"
+        )
+        assert 0.9 <= seconds < 1.8 and 0.9 <= partial_seconds < 1.8
+        # Connections stuck before their handshake count against the cap and
+        # are the first evicted: a real client still gets in.
+        stuck = [_connect(port) for _ in range(3)]
+        time.sleep(0.2)
+        assert https_get() == 200
+        assert _closed_within(stuck[0], 2) < 2
+        for sock in stuck:
+            sock.close()
+    finally:
+        server.stop(grace=1)
+
+
 # --- DNS rebinding ---
 
 
@@ -516,6 +573,19 @@ def test_readyz_follows_grpc_health_while_healthz_stays_200(postgres_url: str) -
             assert reply.status == 405 and reply.headers["Allow"] == "GET"
         finally:
             client.close()
+    finally:
+        server.stop(grace=1)
+
+
+def test_readyz_is_503_while_sqlite_cannot_be_opened_then_200(tmp_path: Path) -> None:
+    folder = tmp_path / "later"
+    server = start_http_server(f"sqlite:///{folder / 'runs.db'}", health_interval=0.2)
+    assert server.http_port
+    try:
+        assert _status_of(server.http_port, "/readyz") == 503  # (no such folder)
+        assert _status_of(server.http_port, "/healthz") == 200
+        folder.mkdir()
+        _wait_status(server.http_port, "/readyz", 200)
     finally:
         server.stop(grace=1)
 

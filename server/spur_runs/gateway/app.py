@@ -303,10 +303,12 @@ class HttpGateway:
         # protocol.Server: unparsable requests get a JSON 4xx, not text and a
         # traceback; each connection is held to self._limits.
         quiet_accept_errors(asyncio.get_running_loop())
-        server = Server(self._handle, self._limits, handler_cancellation=True, access_log=None)
+        server = Server(
+            self._handle, self._limits, tls=self._ssl, handler_cancellation=True, access_log=None
+        )
         runner = web.ServerRunner(server, shutdown_timeout=_CANCEL_WITHIN)
         await runner.setup()
-        site = web.SockSite(runner, self._sock, ssl_context=self._ssl, backlog=BACKLOG)
+        site = web.SockSite(runner, self._sock, backlog=BACKLOG)  # (TLS: in Server)
         await site.start()
         self._ready.set()
         try:

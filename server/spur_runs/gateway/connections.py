@@ -2,9 +2,10 @@
 send nothing, or a header a byte at a time, cannot hold the process's file
 descriptors (which the gRPC port and the database share) for ever:
 
-- a connection must deliver a request's complete headers within the header
-  timeout of opening, or of the first byte of its next request, else it is
-  closed (aborted: nothing useful can be sent to such a client);
+- a connection must deliver a request's complete headers (with TLS, after
+  its handshake) within the header timeout of opening, or of the first byte
+  of its next request, else it is closed (aborted: nothing useful can be
+  sent to such a client);
 - a keep-alive connection idle for the idle timeout is closed (aiohttp's
   own keepalive_timeout);
 - at most `max_connections` are open: one more evicts the oldest that has
@@ -39,8 +40,8 @@ log = logging.getLogger(__name__)
 BACKLOG = 128
 # Seconds between two log lines about refused connections or failed accepts.
 LOG_EVERY = 10.0
-# A refused connection (TLS) is closed gracefully, then aborted if the peer
-# has not finished the close within this long.
+# A refused connection is closed gracefully (its 503 sent), then aborted if
+# it is not closed within this long.
 _REFUSED_LINGER = 1.0
 # An idle keep-alive connection is evicted only once it has been idle this
 # long: one whose request has just ended may still be writing its answer.
@@ -187,8 +188,14 @@ class ConnectionCount:
         self.busy(connection)
         self.open -= 1
 
-    def refuse(self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop) -> None:
-        """Answer 503 and close, without reading the request."""
+    def refuse(
+        self, transport: asyncio.BaseTransport, loop: asyncio.AbstractEventLoop, plain: bool
+    ) -> None:
+        """Answer 503 and close, without reading the request (a TLS client,
+        before its handshake, can only be dropped)."""
+        if not plain and isinstance(transport, asyncio.Transport):
+            transport.abort()
+            return
         if isinstance(transport, asyncio.WriteTransport):
             transport.write(self._refusal)
         transport.close()

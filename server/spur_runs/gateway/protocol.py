@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,28 +41,74 @@ def _message(error: HttpProcessingError) -> str:
 
 
 class _Handler(web.RequestHandler):
-    def __init__(self, manager: Server, count: ConnectionCount, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        manager: Server,
+        count: ConnectionCount,
+        tls: ssl.SSLContext | None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._guard_count = count
+        self._guard_tls = tls
         self._guard_loop: asyncio.AbstractEventLoop = kwargs["loop"]
         self._guard_transport: asyncio.BaseTransport | None = None
         self._guard_refused = False
+        self._guard_http = False  # aiohttp has the connection (after any handshake)
+        self._guard_released = False
         self._guard_busy = False  # a request's handler is running
         self._guard_timer: asyncio.TimerHandle | None = None
+        self._guard_handshake: asyncio.Task[None] | None = None
+        # Request bytes that arrive between the end of the handshake and
+        # start_tls returning (the same turn of the loop).
+        self._guard_early: list[bytes] = []
 
     # --- the bounds (connections.py) ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._guard_count.admit(self):
             self._guard_refused = True  # aiohttp never sees this connection
-            self._guard_count.refuse(transport, self._guard_loop)
+            self._guard_count.refuse(transport, self._guard_loop, plain=self._guard_tls is None)
             return
         self._guard_transport = transport
-        super().connection_made(transport)
-        self._guard_arm()
+        self._guard_arm()  # the handshake and the headers are due within the timeout
+        if self._guard_tls is None:
+            self._guard_http = True
+            super().connection_made(transport)
+        else:
+            self._guard_handshake = self._guard_loop.create_task(self._guard_start_tls(transport))
+
+    async def _guard_start_tls(self, transport: asyncio.BaseTransport) -> None:
+        """TLS here rather than in the listening site, so that a client that
+        never finishes its handshake is closed at the header timeout (the
+        site would allow asyncio's 60 s) and counts against the cap."""
+        assert self._guard_tls is not None and isinstance(transport, asyncio.Transport)
+        try:
+            secure = await self._guard_loop.start_tls(
+                transport,
+                self,
+                self._guard_tls,
+                server_side=True,
+                ssl_handshake_timeout=self._guard_count.limits.header_timeout,
+            )
+        except Exception as error:  # noqa: BLE001 - any failed handshake: the client's end
+            log.debug("TLS handshake failed on the HTTP port: %s", error)
+            secure = None
+        if secure is None or self._guard_released:  # (closed during the handshake)
+            self._guard_release()
+            transport.abort()
+            return
+        self._guard_transport = secure
+        self._guard_http = True
+        super().connection_made(secure)
+        early, self._guard_early = b"".join(self._guard_early), []
+        if early:
+            self.data_received(early)
 
     def data_received(self, data: bytes) -> None:
-        if self._guard_refused:
+        if not self._guard_http:
+            if not self._guard_refused:
+                self._guard_early.append(data)
             return
         if data and not self._guard_busy and self._guard_timer is None:
             self._guard_arm()  # the first bytes of a request: its headers are due
@@ -70,10 +117,16 @@ class _Handler(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._guard_refused:
             return
-        self._guard_disarm()
-        self._guard_count.release(self)
-        self._guard_transport = None
-        super().connection_lost(exc)
+        self._guard_release()
+        if self._guard_http:
+            super().connection_lost(exc)
+
+    def _guard_release(self) -> None:
+        if not self._guard_released:
+            self._guard_released = True
+            self._guard_disarm()
+            self._guard_count.release(self)
+            self._guard_transport = None
 
     def guard_request_started(self) -> None:
         self._guard_busy = True
@@ -137,13 +190,15 @@ Handle = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 class Server(web.Server):
     """aiohttp's low-level server, with `_Handler` for its connections.
-    `handler_kwargs` go to each web.RequestHandler (access_log, ...)."""
+    `tls` is the port's TLS (the site's socket stays plain: _Handler does
+    the handshake); `handler_kwargs` go to each web.RequestHandler."""
 
     def __init__(
         self,
         handler: Handle,
         limits: ConnectionLimits,
         *,
+        tls: ssl.SSLContext | None = None,
         handler_cancellation: bool = False,
         **handler_kwargs: Any,
     ) -> None:
@@ -153,11 +208,16 @@ class Server(web.Server):
         )
         self.connection_count = ConnectionCount(limits)
         self._guard_kwargs = handler_kwargs
+        self._guard_tls = tls
         self._guard_event_loop = asyncio.get_running_loop()
 
     def __call__(self) -> web.RequestHandler:
         return _Handler(
-            self, self.connection_count, loop=self._guard_event_loop, **self._guard_kwargs
+            self,
+            self.connection_count,
+            self._guard_tls,
+            loop=self._guard_event_loop,
+            **self._guard_kwargs,
         )
 
     @staticmethod
