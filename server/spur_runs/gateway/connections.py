@@ -177,6 +177,13 @@ class ConnectionCount:
         victim.guard_evict()
         return True
 
+    def close_new(self) -> None:
+        """Close the connections that have sent no request yet (shutdown:
+        aiohttp closes the others once idle, but knows nothing of those
+        still in their TLS handshake)."""
+        for connection in list(self._new):
+            connection.guard_evict()
+
     def busy(self, connection: Evictable) -> None:
         self._new.pop(connection, None)
         self._idle.pop(connection, None)

@@ -211,6 +211,10 @@ class Server(web.Server):
         self._guard_tls = tls
         self._guard_event_loop = asyncio.get_running_loop()
 
+    def pre_shutdown(self) -> None:
+        self.connection_count.close_new()
+        super().pre_shutdown()
+
     def __call__(self) -> web.RequestHandler:
         return _Handler(
             self,
