@@ -441,7 +441,9 @@ def test_an_enormous_grpc_timeout_on_the_watch_route_is_no_deadline(
 # --- forwarded_for in the access log ---
 
 
-def _serve_json(url: str, tmp_path: Path, *flags: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+def _serve_json(
+    url: str, tmp_path: Path, *flags: str
+) -> tuple[subprocess.Popen[bytes], int, int, Path]:
     grpc_port, http_port = _free_port(), _free_port()
     log_path = tmp_path / f"stderr-{http_port}"
     with log_path.open("w") as log:
@@ -452,7 +454,7 @@ def _serve_json(url: str, tmp_path: Path, *flags: str) -> tuple[subprocess.Popen
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
     _wait_http(http_port)
-    return process, http_port, log_path
+    return process, grpc_port, http_port, log_path
 
 
 def _access(log_path: Path) -> dict[str, dict[str, object]]:
@@ -466,7 +468,7 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy(
 ) -> None:
     url, seeded = sqlite_db
     flags = ("--trusted-proxies", "10.0.0.0/8, 127.0.0.1") if trusted else ()
-    process, port, log_path = _serve_json(url, tmp_path, *flags)
+    process, grpc_port, port, log_path = _serve_json(url, tmp_path, *flags)
     client = Http(port)
     try:
         forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Host": "forged.example"}
@@ -474,11 +476,26 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy(
                                  ("stream-1", f"/run/{seeded.parent}/watch")):  # fmt: skip
             reply = client.request("GET", path, {**forged, "X-Request-Id": request_id})
             assert reply.status == 200
-        # The gateway's own keys cannot be set through Grpc-Metadata-*.
-        for header in ("Grpc-Metadata-X-Forwarded-For", "Grpc-Metadata-X-Forwarded-Host"):
+        # The gateway's own keys cannot be set through Grpc-Metadata-*...
+        for header in (
+            "Grpc-Metadata-X-Forwarded-For",
+            "Grpc-Metadata-X-Forwarded-Host",
+            "Grpc-Metadata-Spur-Runs-Gateway",
+        ):
             reply = client.request("GET", f"/run/{seeded.parent}", {header: "198.51.100.1"})
             assert reply.status == 400
             assert header in reply.error(INVALID_ARGUMENT)["message"]
+        # ...and a gRPC caller's x-forwarded-for is its own say, not logged.
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            RunServiceStub(channel).GetRun(
+                pb.GetRunRequest(run_id=seeded.parent),
+                metadata=(
+                    ("x-forwarded-for", "198.51.100.1"),
+                    ("spur-runs-gateway", "0" * 32),
+                    ("x-request-id", "grpc-1"),
+                ),
+                timeout=10,
+            )
     finally:
         client.close()
         process.terminate()
@@ -487,6 +504,7 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy(
     want = "203.0.113.9, 127.0.0.1" if trusted else "127.0.0.1"
     for request_id in ("unary-1", "stream-1"):
         assert access[request_id]["forwarded_for"] == want, access[request_id]
+    assert access["grpc-1"]["code"] == "OK" and "forwarded_for" not in access["grpc-1"]
     assert "198.51.100.1" not in log_path.read_text()
 
 

@@ -5,10 +5,19 @@ shared by config.py (to refuse a bad list at start-up) and the gateway.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import re
+import secrets
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The HTTP gateway's x-forwarded-for is its own say about its caller; a gRPC
+# caller's x-forwarded-for metadata is only the caller's. The gateway marks
+# its calls with this process's secret, and the access log believes
+# x-forwarded-for only beside it (observe.py).
+GATEWAY_KEY = "spur-runs-gateway"
+_GATEWAY_MARK = secrets.token_hex(16)
 
 # Host names a browser can only reach on this machine: a page on another
 # name that resolves to 127.0.0.1 (DNS rebinding) sends its own name.
@@ -76,3 +85,12 @@ def is_loopback_bind(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def gateway_mark() -> tuple[str, str]:
+    """The metadata pair of the gateway's own calls."""
+    return GATEWAY_KEY, _GATEWAY_MARK
+
+
+def from_gateway(mark: str | None) -> bool:
+    return mark is not None and hmac.compare_digest(mark, _GATEWAY_MARK)

@@ -15,8 +15,9 @@ caller the way it would behind grpc-gateway:
   appended to the X-Forwarded-For it sent if it is a trusted proxy:
   --trusted-proxies; anyone else's X-Forwarded-For and X-Forwarded-Host are
   ignored, for the access log's forwarded_for must not be the caller's say);
-  `Grpc-Metadata-X-Forwarded-For` / `-Host` are refused (400): those keys
-  are the gateway's to set;
+  `Grpc-Metadata-X-Forwarded-For` / `-Host` / `-Spur-Runs-Gateway` are
+  refused (400): those keys are the gateway's to set; the last marks the
+  gateway's calls (trust.gateway_mark);
 - `Grpc-Timeout` (gRPC's own format: up to 8 digits and a unit H M S m u n)
   -> the call's deadline, at most MAX_TIMEOUT.
 """
@@ -29,7 +30,7 @@ import re
 from collections.abc import Iterable
 
 from ..errors import InvalidArgument
-from ..trust import Network, is_trusted
+from ..trust import GATEWAY_KEY, Network, gateway_mark, is_trusted
 
 METADATA_PREFIX = "grpc-metadata-"
 TIMEOUT_HEADER = "Grpc-Timeout"
@@ -40,7 +41,7 @@ TIMEOUT_HEADER = "Grpc-Timeout"
 # DEADLINE_EXCEEDED on a channel); a deadline years away is none in effect.
 MAX_TIMEOUT = 99_999_999.0
 # Metadata keys the gateway sets itself.
-_GATEWAY_KEYS = frozenset(("x-forwarded-for", "x-forwarded-host"))
+_GATEWAY_KEYS = frozenset(("x-forwarded-for", "x-forwarded-host", GATEWAY_KEY))
 
 _TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -111,6 +112,7 @@ def outgoing_metadata(
     if remote:
         chain = f"{forwarded_for}, {remote}" if forwarded_for else remote
         pairs.append(("x-forwarded-for", _text("X-Forwarded-For", chain)))
+        pairs.append(gateway_mark())  # (what makes the access log believe it)
     return pairs
 
 
