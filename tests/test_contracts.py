@@ -72,24 +72,70 @@ def test_server_passes_mypy_strict(tmp_path: Path) -> None:
     assert result.returncode == 0, f"mypy:\n{result.stdout}{result.stderr}"
 
 
+def _bindings(method: object) -> list[tuple[str, str, str]]:
+    rule = method.GetOptions().Extensions[annotations_pb2.http]  # type: ignore[attr-defined]
+    found = []
+    for one in (rule, *rule.additional_bindings):
+        verb = one.WhichOneof("pattern")
+        found.append((verb, getattr(one, verb), one.response_body))
+    return found
+
+
 def test_service_has_exactly_its_rpcs_with_their_http_rules() -> None:
+    """Each RPC at its resource path (the whole response message) and at
+    the seed's path, where `response_body` answers exactly the seed's shape."""
     rules = {}
     for method in SERVICE.methods:
-        rule = method.GetOptions().Extensions[annotations_pb2.http]
-        verb = rule.WhichOneof("pattern")
-        rules[method.name] = (verb, getattr(rule, verb))
+        rules[method.name] = _bindings(method)
         assert method.input_type.name == f"{method.name}Request"
         assert method.output_type.name == f"{method.name}Response"
     assert rules == {
-        "GetRun": ("get", "/run/{run_id}"),
-        "ListRuns": ("get", "/run"),
-        "GetRunTasks": ("get", "/run/{run_id}/tasks"),
-        "DeleteRun": ("delete", "/run/{run_id}"),
-        "GetChildRuns": ("get", "/run/{run_id}/children"),
-        "WatchRun": ("get", "/run/{run_id}/watch"),
+        "GetRun": [
+            ("get", "/v1/runs/{run_id}", ""),
+            ("get", "/run/{run_id}", "run"),
+            ("get", "/run/{run_id}/status", "run"),
+        ],
+        "ListRuns": [("get", "/v1/runs", ""), ("get", "/run", "runs")],
+        "GetRunTasks": [
+            ("get", "/v1/runs/{run_id}/tasks", ""),
+            ("get", "/run/{run_id}/tasks", "tasks"),
+        ],
+        "DeleteRun": [("delete", "/v1/runs/{run_id}", ""), ("delete", "/run/{run_id}", "")],
+        "GetChildRuns": [
+            ("get", "/v1/runs/{run_id}/children", ""),
+            ("get", "/run/{run_id}/children", "runs"),
+        ],
+        "WatchRun": [("get", "/v1/runs/{run_id}:watch", ""), ("get", "/run/{run_id}/watch", "")],
     }
     streaming = {m.name for m in SERVICE.methods if m.server_streaming or m.client_streaming}
     assert streaming == {"WatchRun"}
+
+
+def test_page_fields_tell_unset_from_zero() -> None:
+    """proto3 `optional`: a gRPC caller may leave page and page_size unset
+    (the default), and an explicit 0 is rejected as the seed's `min: 1` says."""
+    messages = run_service_pb2.DESCRIPTOR.message_types_by_name
+    for message, field in (
+        ("ListRunsRequest", "page"),
+        ("ListRunsRequest", "page_size"),
+        ("ListRunsRequest", "parent_only"),
+        ("GetRunTasksRequest", "page_size"),
+        ("GetChildRunsRequest", "page_size"),
+    ):
+        assert messages[message].fields_by_name[field].has_presence, (message, field)
+
+
+def test_contract_keeps_the_breaking_baseline() -> None:
+    """buf breaking against the committed baseline (the contract as of its
+    last deliberate change; see docs): a wire- or JSON-breaking edit fails."""
+    result = subprocess.run(
+        [tool("buf"), "breaking", "--against", "protos/breaking-baseline.binpb"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"buf breaking:\n{result.stdout}{result.stderr}"
 
 
 def test_run_id_is_field_one_and_optional_scalars_have_presence() -> None:
@@ -142,7 +188,10 @@ def test_run_id_is_field_one_and_optional_scalars_have_presence() -> None:
         "is_downstream_of_pause",
     }
     assert seed_task_fields <= set(run_pb2.Task.DESCRIPTOR.fields_by_name)
-    assert [v.name for v in run_pb2.RunStatus.DESCRIPTOR.values] == [
-        f"RUN_STATUS_{s}"
-        for s in ("UNSPECIFIED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "PAUSED", "CANCELED")
-    ]
+    # Spelled as PySpur spells RunStatus and TaskStatus, numbers unchanged.
+    pyspur = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "PAUSED", "CANCELED"]
+    for enum in (run_pb2.Run.Status, run_pb2.Task.Status):
+        assert [(v.name, v.number) for v in enum.DESCRIPTOR.values] == [
+            ("STATUS_UNSPECIFIED", 0),
+            *((name, n) for n, name in enumerate(pyspur, 1)),
+        ]

@@ -134,7 +134,7 @@ def stamp(value: datetime, nanos: int = 0) -> timestamp_pb2.Timestamp:
     return message
 
 
-PB_STATUS = {s: run_pb2.RunStatus.Value(f"RUN_STATUS_{s.name}") for s in RunStatus}
+PB_STATUS = {s: run_pb2.Run.Status.Value(s.name) for s in RunStatus}
 
 
 def request_fields(**filters: Any) -> dict[str, Any]:
@@ -147,6 +147,9 @@ def request_fields(**filters: Any) -> dict[str, Any]:
             fields[f"start_time_{key}"] = stamp(value, filters.get(f"{key}_nanos", 0))
         elif not key.endswith("_nanos"):
             fields[key] = value
+    # `expected` lists child runs unless asked not to; ListRuns, as PySpur's
+    # router, lists top-level runs when parent_only is unset.
+    fields.setdefault("parent_only", False)
     return fields
 
 
@@ -234,7 +237,7 @@ def test_filters_of_the_same_set_share_their_tokens_and_page_size_and_view_may_c
         PB_STATUS[RunStatus.FAILED],
     ]
     want = expected(world.runs, status=[RunStatus.FAILED, RunStatus.PAUSED])
-    first = world.stub.ListRuns(pb.ListRunsRequest(page_size=2, status=statuses))
+    first = world.stub.ListRuns(pb.ListRunsRequest(page_size=2, status=statuses, parent_only=False))
     # The same set of statuses in another order, another page size and view.
     rest = world.stub.ListRuns(
         pb.ListRunsRequest(
@@ -242,6 +245,7 @@ def test_filters_of_the_same_set_share_their_tokens_and_page_size_and_view_may_c
             page_token=first.next_page_token,
             status=list(reversed(statuses[:2])),
             view=run_pb2.RUN_VIEW_BASIC,
+            parent_only=False,
         )
     )
     assert [r.id for r in first.runs] + [r.id for r in rest.runs] == want
@@ -260,8 +264,8 @@ def test_token_reused_with_other_filters_is_invalid_argument(world: World) -> No
             {"status": [PB_STATUS[RunStatus.COMPLETED]]},
             {"status": [PB_STATUS[RunStatus.COMPLETED], PB_STATUS[RunStatus.FAILED]]},
         ),
-        "dropped": ({"parent_only": True}, {}),
-        "added": ({}, {"run_type": "batch"}),
+        "dropped": ({"parent_only": True}, {"parent_only": False}),
+        "added": ({"parent_only": False}, {"parent_only": False, "run_type": "batch"}),
         "time": ({"start_time_after": stamp(T0)}, {"start_time_after": stamp(T0, 1000)}),
     }
     for name, (original, other) in issued.items():
@@ -284,7 +288,7 @@ def test_token_reused_with_other_filters_is_invalid_argument(world: World) -> No
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
-        ({"status": [0]}, "status"),  # RUN_STATUS_UNSPECIFIED
+        ({"status": [0]}, "status"),  # STATUS_UNSPECIFIED
         ({"status": [PB_STATUS[RunStatus.FAILED], 42]}, "status"),  # not a RunStatus
         ({"workflow_id": "X3"}, "workflow_id"),
         ({"workflow_id": "S3; DROP TABLE runs"}, "workflow_id"),
@@ -314,10 +318,7 @@ def query_of(enum_by_number: bool = False, **filters: Any) -> list[tuple[str, st
     params: list[tuple[str, str]] = []
     for key, value in filters.items():
         if key == "status":
-            params += [
-                ("status", str(PB_STATUS[s]) if enum_by_number else f"RUN_STATUS_{s.name}")
-                for s in value
-            ]
+            params += [("status", str(PB_STATUS[s]) if enum_by_number else s.name) for s in value]
         elif key in ("after", "before"):
             nanos = filters.get(f"{key}_nanos", 0)
             text = value.strftime("%Y-%m-%dT%H:%M:%S") + (f".{nanos:09d}" if nanos else "") + "Z"
@@ -326,7 +327,18 @@ def query_of(enum_by_number: bool = False, **filters: Any) -> list[tuple[str, st
             params.append((key, "true" if value else "false"))
         elif not key.endswith("_nanos"):
             params.append((key, str(value)))
+    if "parent_only" not in filters:
+        params.append(("parent_only", "false"))  # as request_fields
     return params
+
+
+def test_parent_only_is_true_when_unset_as_in_pyspurs_router(world: World) -> None:
+    """PySpur's router lists top-level runs unless told `parent_only=false`;
+    so do ListRuns and GET /run/."""
+    top = walk(world.stub, 4, parent_only=True)
+    assert walk(world.stub, 4) == top == expected(world.runs, parent_only=True)
+    assert len(walk(world.stub, 4, parent_only=False)) > len(top)
+    assert [r["id"] for r in world.http.get("/run/?page_size=100").json()] == top
 
 
 def walk_http(http: Http, params: list[tuple[str, str]]) -> tuple[list[str], int]:
@@ -335,7 +347,7 @@ def walk_http(http: Http, params: list[tuple[str, str]]) -> tuple[list[str], int
     token = ""
     while True:
         extra = [("page_token", token)] if token else [("include_total_size", "true")]
-        reply = http.get("/run?" + urlencode([("page_size", "3"), *params, *extra]))
+        reply = http.get("/v1/runs?" + urlencode([("page_size", "3"), *params, *extra]))
         assert reply.status == 200, reply.body
         document = reply.json()
         if not token:
@@ -363,7 +375,7 @@ def test_filters_over_http(world: World) -> None:
     # As a client would spell it: names and numbers, a zone offset (%2B is +).
     first, _ = world.workflows
     reply = world.http.get(
-        f"/run?status=RUN_STATUS_FAILED&status=5&parent_only=true&workflow_id={first}"
+        f"/v1/runs?status=FAILED&status=5&parent_only=true&workflow_id={first}"
         "&start_time_after=2026-11-02T09:00:00Z&start_time_before=2026-11-02T10:12:00%2B01:00"
         "&view=RUN_VIEW_BASIC&include_total_size=true&page_size=2"
     )
@@ -387,9 +399,9 @@ def test_filters_over_http(world: World) -> None:
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
-        ("status=RUN_STATUS_BOGUS", "status"),
+        ("status=BOGUS", "status"),
         ("status=42", "status"),
-        ("status=RUN_STATUS_UNSPECIFIED", "status"),  # a name, but no run has it
+        ("status=STATUS_UNSPECIFIED", "status"),  # a name, but no run has it
         ("start_time_after=yesterday", "start_time_after"),
         ("start_time_after=2026-01-01T00:00:00+01:00", "start_time_after"),  # '+' unescaped
         ("start_time_before=2026-01-01", "start_time_before"),
@@ -417,12 +429,17 @@ def test_bad_filter_parameters_are_400_naming_the_parameter(
 
 
 def test_token_reused_with_other_filters_over_http_is_400(world: World) -> None:
-    reply = world.http.get("/run?page_size=1&status=RUN_STATUS_COMPLETED")
+    reply = world.http.get("/v1/runs?page_size=1&status=COMPLETED")
     token = reply.json()["next_page_token"]
     assert token
-    again = world.http.get(f"/run?page_size=1&status=RUN_STATUS_COMPLETED&page_token={token}")
+    again = world.http.get(f"/v1/runs?page_size=1&status=COMPLETED&page_token={token}")
     assert again.status == 200
-    other = world.http.get(f"/run?page_size=1&status=RUN_STATUS_FAILED&page_token={token}")
+    # The seed's path takes it too, and its bare list links to the next page.
+    seed = world.http.get(f"/run/?page_size=1&status=COMPLETED&page_token={token}")
+    assert seed.status == 200
+    assert [r["id"] for r in seed.json()] == [r["id"] for r in again.json()["runs"]]
+    assert "page_token=" in seed.headers["Link"] and "status=COMPLETED" in seed.headers["Link"]
+    other = world.http.get(f"/run?page_size=1&status=FAILED&page_token={token}")
     assert other.status == 400
     (detail,) = other.error(3)["details"]
     assert detail["field_violations"][0]["field"] == "page_token"
@@ -465,11 +482,11 @@ def test_views_on_get_list_and_children(db: Database, migrated_url: str) -> None
             assert_basic(stub.GetRun(pb.GetRunRequest(run_id=parent, view=basic)).run)
             for view in (full, unset):
                 assert_full(stub.GetRun(pb.GetRunRequest(run_id=parent, view=view)).run)
-                for run in stub.ListRuns(pb.ListRunsRequest(view=view)).runs:
+                for run in stub.ListRuns(pb.ListRunsRequest(view=view, parent_only=False)).runs:
                     assert_full(run)
                 for run in stub.GetChildRuns(pb.GetChildRunsRequest(run_id=parent, view=view)).runs:
                     assert_full(run)
-            listed = stub.ListRuns(pb.ListRunsRequest(view=basic)).runs
+            listed = stub.ListRuns(pb.ListRunsRequest(view=basic, parent_only=False)).runs
             children = stub.GetChildRuns(pb.GetChildRunsRequest(run_id=parent, view=basic)).runs
             assert len(listed) == 4 and len(children) == 3
             for run in [*listed, *children]:
@@ -487,14 +504,14 @@ def test_views_on_get_list_and_children(db: Database, migrated_url: str) -> None
         for path in (f"/run/{parent}", f"/run/{parent}/children", "/run"):
             for view in ("RUN_VIEW_BASIC", "1"):
                 document = http.get(f"{path}?view={view}").json()
-                shown = [document["run"]] if "run" in document else document["runs"]
+                shown = document if isinstance(document, list) else [document]
                 assert shown, path
                 for run in shown:
                     assert run["tasks"] == [] and run["task_count"] == 0
                     assert run["workflow_version"]["definition"] is None
                     assert run["workflow_version"]["name"] == "demo"
             document = http.get(f"{path}?view=RUN_VIEW_FULL").json()
-            shown = [document["run"]] if "run" in document else document["runs"]
+            shown = document if isinstance(document, list) else [document]
             assert all(run["tasks"] and run["workflow_version"]["definition"] for run in shown)
             assert http.get(f"{path}?view=RUN_VIEW_NONE").status == 400
     finally:
@@ -536,7 +553,9 @@ def test_a_basic_page_of_100_runs_with_50_tasks_each_reads_no_task_rows(
         )
     basic = run_pb2.RUN_VIEW_BASIC
     calls = {
-        "ListRuns": lambda view: stub.ListRuns(pb.ListRunsRequest(page_size=100, view=view)).runs,
+        "ListRuns": lambda view: (
+            stub.ListRuns(pb.ListRunsRequest(page_size=100, view=view, parent_only=False)).runs
+        ),
         "GetChildRuns": lambda view: (
             stub.GetChildRuns(pb.GetChildRunsRequest(run_id=parent, page_size=100, view=view)).runs
         ),

@@ -91,18 +91,24 @@ def _stamp(value: datetime) -> timestamp_pb2.Timestamp:
 # Filters that select different runs (no two are equivalent): a token issued
 # under one of them is INVALID_ARGUMENT under any other.
 def _filters(workflow_ids: list[str]) -> list[dict[str, Any]]:
+    """Distinct filter sets. parent_only is false unless given: unset, it
+    is true (top-level runs, as PySpur's router), the same set as another."""
+    return [{"parent_only": False, **f} for f in _filter_sets(workflow_ids)]
+
+
+def _filter_sets(workflow_ids: list[str]) -> list[dict[str, Any]]:
     return [
         {},
         {"workflow_id": workflow_ids[0]},
         {"workflow_id": workflow_ids[1]},
-        {"status": [run_pb2.RUN_STATUS_COMPLETED]},
-        {"status": [run_pb2.RUN_STATUS_COMPLETED, run_pb2.RUN_STATUS_FAILED]},
+        {"status": [run_pb2.Run.COMPLETED]},
+        {"status": [run_pb2.Run.COMPLETED, run_pb2.Run.FAILED]},
         {"run_type": "batch"},
         {"run_type": "interactive"},
         {"parent_only": True},
         {"start_time_after": _stamp(datetime(2026, 11, 2, 9, 0, 0))},
         {"start_time_before": _stamp(datetime(2026, 11, 2, 9, 5, 0))},
-        {"parent_only": True, "status": [run_pb2.RUN_STATUS_COMPLETED]},
+        {"parent_only": True, "status": [run_pb2.Run.COMPLETED]},
         {"workflow_id": workflow_ids[0], "run_type": "interactive"},
     ]
 
@@ -505,7 +511,7 @@ def test_list_token_is_bound_to_its_filters(world: World, data: st.DataObject) -
     other = data.draw(st.integers(0, len(filters) - 1))
     request = pb.ListRunsRequest(
         page_token=token,
-        page_size=data.draw(st.integers(0, 100)),
+        page_size=data.draw(st.integers(1, 100)),
         view=data.draw(st.sampled_from([0, 1, 2])),
         include_total_size=data.draw(st.booleans()),
         **filters[other],
@@ -544,7 +550,9 @@ def test_tokens_do_not_cross_listings(world: World, kind: str) -> None:
                 ),
             )
         )
-    calls.append(("list", lambda t: stub.ListRuns(pb.ListRunsRequest(page_token=t))))
+    calls.append(
+        ("list", lambda t: stub.ListRuns(pb.ListRunsRequest(page_token=t, parent_only=False)))
+    )
     issued: list[tuple[str, str]] = {
         "list": [("list", t) for i, t in world.list_tokens if i == 0],
         "tasks": [(f"tasks:{r}", t) for r, t in world.task_tokens],

@@ -110,7 +110,7 @@ def test_go_client_gets_and_lists_runs(
 
     # ...and, by name, the fields a Go caller reads: enums, timestamps, Structs.
     run = got[parent]
-    assert run["status"] == "RUN_STATUS_COMPLETED" and run["run_type"] == "interactive"
+    assert run["status"] == "COMPLETED" and run["run_type"] == "interactive"
     assert run["start_time"] == "2026-11-02T09:00:00Z" and run["end_time"] == "2026-11-02T09:05:30Z"
     assert run["duration"] == 330 and run["percentage_complete"] == 100 and run["task_count"] == 6
     assert run["initial_inputs"] == {"input_node": {"question": "why?"}}
@@ -119,18 +119,18 @@ def test_go_client_gets_and_lists_runs(
     assert run["workflow_version"]["id"] == workflow[1]
     assert run["workflow_version"]["created_at"] == "2026-11-01T12:00:00Z"
     assert [t["node_id"] for t in run["tasks"]] == [n for n, _ in all_done()]
-    assert {t["status"] for t in run["tasks"]} == {"TASK_STATUS_COMPLETED"}
+    assert {t["status"] for t in run["tasks"]} == {"COMPLETED"}
     assert run["tasks"][1]["start_time"] == "2026-11-02T09:00:01Z"
     assert run["tasks"][1]["node_type"] == "SingleLLMCallNode"
     assert "parent_run_id" not in run
-    assert got[child]["parent_run_id"] == parent and got[child]["status"] == "RUN_STATUS_FAILED"
+    assert got[child]["parent_run_id"] == parent and got[child]["status"] == "FAILED"
     assert [t["status"] for t in got[child]["tasks"]] == [
-        "TASK_STATUS_COMPLETED",
-        "TASK_STATUS_FAILED",
+        "COMPLETED",
+        "FAILED",
     ]
     assert got[child]["tasks"][1]["error"] == "boom"
-    assert got[paused]["status"] == "RUN_STATUS_PAUSED"
-    assert got[unstarted]["status"] == "RUN_STATUS_PENDING" and "start_time" not in got[unstarted]
+    assert got[paused]["status"] == "PAUSED"
+    assert got[unstarted]["status"] == "PENDING" and "start_time" not in got[unstarted]
     assert got[older]["start_time"] == "2026-10-30T23:59:59.250Z"
 
     # ListRuns, every page by token: newest start_time first, unstarted last.

@@ -48,7 +48,7 @@ def test_get_and_list_runs_as_json(db: Database, server: RunsServer) -> None:
     got = run_grpcurl(server, "spur.runs.v1.RunService/GetRun", data=json.dumps({"run_id": run_id}))
     assert got.returncode == 0, got.stderr
     run = json.loads(got.stdout)["run"]
-    assert run["id"] == run_id and run["status"] == "RUN_STATUS_COMPLETED"
+    assert run["id"] == run_id and run["status"] == "COMPLETED"
     assert run["initial_inputs"] == {"input_node": {"q": "hi"}}
     assert len(run["tasks"]) == 6 and run["tasks"][0]["node_type"] == "InputNode"
     listed = run_grpcurl(server, "spur.runs.v1.RunService/ListRuns", data='{"page_size": 5}')
@@ -80,6 +80,6 @@ def test_watch_a_finished_run(db: Database, server: RunsServer) -> None:
     assert watched.returncode == 0, watched.stderr
     # One message (the run has ended), then the stream ends with OK.
     (message,) = [json.loads(m) for m in watched.stdout.replace("}\n{", "}\x00{").split("\x00")]
-    assert message["run"]["id"] == run_id and message["run"]["status"] == "RUN_STATUS_COMPLETED"
+    assert message["run"]["id"] == run_id and message["run"]["status"] == "COMPLETED"
     missing = run_grpcurl(server, "spur.runs.v1.RunService/WatchRun", data='{"run_id": "R777"}')
     assert missing.returncode != 0 and "NotFound" in missing.stderr

@@ -78,10 +78,10 @@ def test_get_run_with_and_without_trailing_slash(
     plain, slashed = client.get(f"/run/{seeded.parent}"), client.get(f"/run/{seeded.parent}/")
     assert plain.status == slashed.status == 200
     assert plain.body == slashed.body
-    run = plain.json()["run"]
+    run = plain.json()  # the seed's shape: the run itself
     assert set(run) == RUN_FIELDS  # every field, set or not
     assert run["id"] == seeded.parent
-    assert run["status"] == "RUN_STATUS_COMPLETED"  # enums by name
+    assert run["status"] == "COMPLETED"  # PySpur's spelling
     assert run["start_time"] == "2026-11-02T09:00:00Z"  # RFC 3339
     assert run["end_time"] == "2026-11-02T09:05:00Z"
     assert run["parent_run_id"] is None and run["message"] is None  # unset: null
@@ -92,61 +92,97 @@ def test_get_run_with_and_without_trailing_slash(
     assert all(set(t) == TASK_FIELDS for t in run["tasks"])
     assert run["workflow_version"]["definition"]["nodes"][0]["id"] == "input_node"
     assert run["duration"] == 300
-    same_content(plain.json(), as_json(stub.GetRun(pb.GetRunRequest(run_id=seeded.parent))))
+    answer = stub.GetRun(pb.GetRunRequest(run_id=seeded.parent))
+    same_content(run, as_json(answer.run))
+    # The resource path answers the whole GetRunResponse; the UI's status
+    # path, the run again.
+    same_content(client.get(f"/v1/runs/{seeded.parent}").json(), as_json(answer))
+    assert client.get(f"/run/{seeded.parent}/status/").body == plain.body
 
 
 def test_list_runs_by_page_number(client: Http, seeded: Seeded, stub: RunServiceStub) -> None:
-    reply = client.get("/run/?page=2&page_size=5")
+    reply = client.get("/run/?page=2&page_size=5&parent_only=false")
     assert reply.status == 200
-    runs = reply.json()["runs"]
-    expected = stub.ListRuns(pb.ListRunsRequest(page=2, page_size=5))
+    runs = reply.json()  # the seed's shape: a bare list
+    expected = stub.ListRuns(pb.ListRunsRequest(page=2, page_size=5, parent_only=False))
     assert [r["id"] for r in runs] == [r.id for r in expected.runs]
     assert len(runs) == 5
-    same_content(reply.json(), as_json(expected))
+    same_content(runs, as_json(expected)["runs"])
     first = client.get("/run")
     assert first.status == 200 and first.body == client.get("/run/").body
-    assert len(first.json()["runs"]) == 10  # the default page size
+    assert len(first.json()) == 10  # the default page size
+    # Top-level runs when parent_only is not given, as PySpur's router lists them.
+    top = [r["id"] for r in client.get("/run?page_size=100").json()]
+    assert sorted(top) == sorted([seeded.parent, *seeded.others])
+    whole = client.get("/v1/runs?page=2&page_size=5&parent_only=false").json()
+    same_content(whole, as_json(expected))
+
+
+def _walk(client: Http, path: str) -> tuple[list[Any], int]:
+    """Follow a bare list's Link: rel="next" headers to the end, as a client
+    of the seed's paths does; the items and the number of pages."""
+    items: list[Any] = []
+    pages = 0
+    next_path: str | None = path
+    while next_path is not None:
+        reply = client.get(next_path)
+        assert reply.status == 200
+        items += reply.json()
+        pages += 1
+        link = reply.headers.get("Link")
+        if link is None:
+            next_path = None
+        else:
+            assert link.startswith("</") and link.endswith('>; rel="next"'), link
+            next_path = link[1 : link.index(">")]
+    return items, pages
 
 
 def test_list_runs_by_token_walks_every_run_once(client: Http, seeded: Seeded) -> None:
     seen: list[str] = []
-    path = "/run?page_size=4"
+    path = "/v1/runs?page_size=4&parent_only=false"
     while True:
         page = client.get(path).json()
         seen += [r["id"] for r in page["runs"]]
         if not page["next_page_token"]:
             break
-        path = f"/run?page_size=4&page_token={page['next_page_token']}"
+        path = f"/v1/runs?page_size=4&parent_only=false&page_token={page['next_page_token']}"
     assert sorted(seen) == sorted([seeded.parent, *seeded.children, *seeded.others])
+    # The seed's path: the same walk through Link headers, page numbers dropped.
+    linked, pages = _walk(client, "/run/?page=1&page_size=4&parent_only=false")
+    assert [r["id"] for r in linked] == seen and pages == 4
 
 
 def test_get_run_tasks(client: Http, seeded: Seeded, stub: RunServiceStub) -> None:
     for path in (f"/run/{seeded.parent}/tasks", f"/run/{seeded.parent}/tasks/"):
         reply = client.get(path)
         assert reply.status == 200
-        assert len(reply.json()["tasks"]) == 6 and reply.json()["next_page_token"] == ""
-    same_content(
-        client.get(f"/run/{seeded.parent}/tasks").json(),
-        as_json(stub.GetRunTasks(pb.GetRunTasksRequest(run_id=seeded.parent))),
-    )
-    first = client.get(f"/run/{seeded.parent}/tasks?page_size=4").json()
+        assert len(reply.json()) == 6 and "Link" not in reply.headers  # all of them
+    whole = client.get(f"/v1/runs/{seeded.parent}/tasks").json()
+    assert len(whole["tasks"]) == 6 and whole["next_page_token"] == ""
+    same_content(whole, as_json(stub.GetRunTasks(pb.GetRunTasksRequest(run_id=seeded.parent))))
+    first = client.get(f"/v1/runs/{seeded.parent}/tasks?page_size=4").json()
     assert len(first["tasks"]) == 4 and first["next_page_token"]
     rest = client.get(
-        f"/run/{seeded.parent}/tasks?page_size=4&page_token={first['next_page_token']}"
+        f"/v1/runs/{seeded.parent}/tasks?page_size=4&page_token={first['next_page_token']}"
     ).json()
-    assert [t["id"] for t in first["tasks"] + rest["tasks"]] == [
-        t["id"] for t in client.get(f"/run/{seeded.parent}/tasks").json()["tasks"]
-    ]
+    assert [t["id"] for t in first["tasks"] + rest["tasks"]] == [t["id"] for t in whole["tasks"]]
+    linked, pages = _walk(client, f"/run/{seeded.parent}/tasks/?page_size=4")
+    assert [t["id"] for t in linked] == [t["id"] for t in whole["tasks"]] and pages == 2
 
 
 def test_get_child_runs(client: Http, seeded: Seeded) -> None:
     for path in (f"/run/{seeded.parent}/children", f"/run/{seeded.parent}/children/"):
         reply = client.get(path)
         assert reply.status == 200
-        runs = reply.json()["runs"]
+        runs = reply.json()
         assert sorted(r["id"] for r in runs) == sorted(seeded.children)
         assert {r["parent_run_id"] for r in runs} == {seeded.parent}
         assert all(r["start_time"] is None and r["duration"] is None for r in runs)
+    whole = client.get(f"/v1/runs/{seeded.parent}/children?page_size=1").json()
+    assert len(whole["runs"]) == 1 and whole["next_page_token"]
+    linked, pages = _walk(client, f"/run/{seeded.parent}/children/?page_size=1")
+    assert sorted(r["id"] for r in linked) == sorted(seeded.children) and pages == 2
 
 
 def test_delete_answers_204_with_no_body_and_the_run_is_gone(client: Http, seeded: Seeded) -> None:
@@ -221,10 +257,10 @@ def test_unknown_and_path_bound_query_parameters_are_ignored(client: Http, seede
     """As grpc-gateway (and PySpur's FastAPI) do: a cache-buster or a
     parameter of a newer client does not break the call."""
     reply = client.get("/run?page_size=2&_=1700000000&bogus=x")
-    assert reply.status == 200 and len(reply.json()["runs"]) == 2
-    assert len(client.get("/run?pageSize=3").json()["runs"]) == 3  # JSON name
+    assert reply.status == 200 and len(reply.json()) == 2
+    assert len(client.get("/run?pageSize=3").json()) == 3  # JSON name
     bound = client.get(f"/run/{seeded.parent}?run_id={seeded.others[0]}")
-    assert bound.json()["run"]["id"] == seeded.parent  # the path wins
+    assert bound.json()["id"] == seeded.parent  # the path wins
 
 
 def test_query_that_is_not_utf8_is_400(client: Http) -> None:

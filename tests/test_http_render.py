@@ -173,11 +173,11 @@ def test_output_parses_back_to_the_message() -> None:
 
 
 def test_run_messages_match_json_format() -> None:
-    run = run_pb2.Run(id="R1", status=run_pb2.RUN_STATUS_PAUSED, duration=2.0, task_count=2)
+    run = run_pb2.Run(id="R1", status=run_pb2.Run.PAUSED, duration=2.0, task_count=2)
     run.start_time.FromJsonString("2026-11-02T09:00:00Z")
     run.initial_inputs.update({"input_node": {"q": "hi", "n": 1}})
     run.outputs.list_value.extend([1, {"a": None}])
-    run.tasks.add(id="T1", run_id="R1", status=run_pb2.TASK_STATUS_COMPLETED, error="")
+    run.tasks.add(id="T1", run_id="R1", status=run_pb2.Task.COMPLETED, error="")
     run.tasks.add(id="T2", run_id="R1", is_downstream_of_pause=True)
     run.workflow_version.definition.update({"nodes": [{"id": "n" * 600}]})  # memoized size
     response = pb.ListRunsResponse(runs=[run, run_pb2.Run(id="R2")], next_page_token="t")

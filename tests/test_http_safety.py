@@ -428,11 +428,16 @@ def test_an_enormous_grpc_timeout_on_the_watch_route_is_no_deadline(
     assert server.http_port
     client = Http(server.http_port)
     try:
-        for path in (f"/run/{seeded.parent}/watch", f"/run/{seeded.parent}"):
-            reply = client.request("GET", path, {"Grpc-Timeout": "99999999H"})
+        replies = {
+            path: client.request("GET", path, {"Grpc-Timeout": "99999999H"})
+            for path in (f"/run/{seeded.parent}/watch", f"/run/{seeded.parent}")
+        }
+        for path, reply in replies.items():
             assert reply.status == 200, (path, reply.body[:300])
-        # (the parent has ended: its watch is one message, then the end)
-        assert json.loads(reply.body)["run"]["id"] == seeded.parent
+            assert seeded.parent.encode() in reply.body
+        # The parent has ended: its watch is one message, then the end.
+        (line,) = replies[f"/run/{seeded.parent}/watch"].body.splitlines()
+        assert "result" in json.loads(line)
     finally:
         client.close()
         server.stop(grace=1)
@@ -620,6 +625,21 @@ def test_probes_need_no_token(sqlite_db: tuple[str, Seeded], tmp_path: Path) -> 
         assert _status_of(server.http_port, "/readyz") == 200
     finally:
         client.close()
+        server.stop(grace=1)
+
+
+def test_the_probes_live_under_the_path_prefix(sqlite_db: tuple[str, Seeded]) -> None:
+    server = start_http_server(sqlite_db[0], http_path_prefix="/api")
+    assert server.http_port
+    try:
+        assert _status_of(server.http_port, "/api/healthz") == 200
+        assert _status_of(server.http_port, "/api/readyz") == 200
+        client = Http(server.http_port)
+        try:
+            assert client.get("/healthz").status == 404
+        finally:
+            client.close()
+    finally:
         server.stop(grace=1)
 
 

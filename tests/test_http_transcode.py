@@ -58,14 +58,21 @@ def test_run_service_routes() -> None:
     service = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
     assert {(r.verb, r.template.openapi_path) for r in routes_for([service])} == {
         ("GET", "/run/{run_id}"),
+        ("GET", "/run/{run_id}/status"),
         ("GET", "/run"),
         ("GET", "/run/{run_id}/tasks"),
         ("DELETE", "/run/{run_id}"),
         ("GET", "/run/{run_id}/children"),
         ("GET", "/run/{run_id}/watch"),  # server streaming: NDJSON or server-sent events
+        ("GET", "/v1/runs/{run_id}"),
+        ("GET", "/v1/runs"),
+        ("GET", "/v1/runs/{run_id}/tasks"),
+        ("DELETE", "/v1/runs/{run_id}"),
+        ("GET", "/v1/runs/{run_id}/children"),
+        ("GET", "/v1/runs/{run_id}:watch"),
     }
     streaming = [r.method.name for r in routes_for([service]) if r.streaming]
-    assert streaming == ["WatchRun"]
+    assert streaming == ["WatchRun", "WatchRun"]  # at its two paths
 
 
 def test_paths_match_their_templates(router: Router[Route]) -> None:

@@ -269,7 +269,7 @@ def test_http_calls_share_the_limits_of_grpc_calls(postgres_url: str) -> None:
         for thread, result in held:
             thread.join(timeout=20)
             status, body = result["value"]  # type: ignore[misc]
-            assert status == 200 and body["run"]["id"] == run_id  # type: ignore[index]
+            assert status == 200 and body["id"] == run_id  # type: ignore[index]
         assert _http_get(port, f"/run/{run_id}")[0] == 200
     finally:
         server.stop(grace=1)

@@ -72,11 +72,9 @@ def test_node_client_calls_every_rpc(tmp_path: Path) -> None:
         runs = summary["runs"]
         assert set(runs) == {parent, child, failed}
         assert runs[parent]["children"] == [child] and runs[child]["parent"] == parent
-        assert runs[failed]["status"] == "RUN_STATUS_FAILED"
-        assert runs[parent]["status"] == "RUN_STATUS_COMPLETED"
-        assert runs[parent]["tasks"] == 6 and set(runs[parent]["task_statuses"]) == {
-            "TASK_STATUS_COMPLETED"
-        }
+        assert runs[failed]["status"] == "FAILED"
+        assert runs[parent]["status"] == "COMPLETED"
+        assert runs[parent]["tasks"] == 6 and set(runs[parent]["task_statuses"]) == {"COMPLETED"}
         assert summary["deleted"] == failed
         assert summary["errors"] == {"missing": "NOT_FOUND", "malformed": "INVALID_ARGUMENT"}
 

@@ -66,7 +66,7 @@ def test_metrics_count_calls_by_method_and_code(postgres_url: str) -> None:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{server.http_port}/run/{run_id}", timeout=10
             ) as answer:
-                assert json.loads(answer.read())["run"]["id"] == run_id
+                assert json.loads(answer.read())["id"] == run_id
 
             after = scrape(server.http_port)
 

@@ -43,9 +43,10 @@ def test_document_matches_the_live_routes(
         (r.verb, r.template.openapi_path) for r in routes_for(http_server.services)
     } | {("GET", "/healthz"), ("GET", "/readyz")}  # (gateway/probes.py)
     # Every documented operation answers with a documented status...
+    deletable = iter(seeded.others)
     for verb, path in sorted(documented, key=lambda p: p[0] == "DELETE"):  # DELETE last
         operation = document["paths"][path][verb.lower()]
-        run = seeded.others[0] if verb == "DELETE" else seeded.parent
+        run = next(deletable) if verb == "DELETE" else seeded.parent
         reply = client.request(verb, path.replace("{run_id}", run))
         assert str(reply.status) in operation["responses"], (verb, path, reply.status)
         content = operation["responses"].get("200", {}).get("content", {})
@@ -55,7 +56,15 @@ def test_document_matches_the_live_routes(
             lines = [json.loads(line) for line in reply.body.splitlines()]
             assert lines and all(set(line) <= set(line_schema["properties"]) for line in lines)
         elif reply.status == 200:
-            assert set(reply.json()) == set(_properties(document, operation))
+            schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
+            if schema.get("type") == "array":  # a seed path's bare list
+                items = reply.json()
+                assert isinstance(items, list) and items, (verb, path)
+                assert all(
+                    set(item) == set(_properties(document, schema["items"])) for item in items
+                )
+            else:
+                assert set(reply.json()) == set(_properties(document, schema))
     # ...and every other method of a documented path is 405 with what it allows.
     for path, item in document["paths"].items():
         live = path.replace("{run_id}", seeded.parent)
@@ -65,8 +74,8 @@ def test_document_matches_the_live_routes(
             assert set(reply.headers["Allow"].split(", ")) == {v.upper() for v in item}
 
 
-def _properties(document: dict[str, Any], operation: dict[str, Any]) -> dict[str, Any]:
-    ref = operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+def _properties(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema["$ref"]
     return dict(document["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
 
 
@@ -105,8 +114,8 @@ def test_parameters_are_the_request_fields(document: dict[str, Any]) -> None:
     status = schemas["status"]
     assert status["schema"]["type"] == "array" and status["explode"] is True
     names, numbers = status["schema"]["items"]["anyOf"]
-    assert names == {"type": "string", "enum": list(run_pb2.RunStatus.keys())}
-    assert numbers == {"type": "integer", "enum": list(run_pb2.RunStatus.values())}
+    assert names == {"type": "string", "enum": list(run_pb2.Run.Status.keys())}
+    assert numbers == {"type": "integer", "enum": list(run_pb2.Run.Status.values())}
     assert schemas["view"]["schema"]["anyOf"][0]["enum"] == list(run_pb2.RunView.keys())
     for name in ("start_time_after", "start_time_before"):
         assert schemas[name]["schema"] == {"type": "string", "format": "date-time"}
@@ -120,7 +129,7 @@ def test_parameters_are_the_request_fields(document: dict[str, Any]) -> None:
         p for p in document["paths"]["/run"]["get"]["parameters"] if p["name"] == "page_size"
     )
     assert page_size["schema"]["type"] == "integer"
-    assert page_size["description"] == "Runs per page, 1 to 100; 10 when 0."
+    assert page_size["description"] == "Runs per page, 1 to 100; 10 when unset."
     delete = document["paths"]["/run/{run_id}"]["delete"]["responses"]
     assert set(delete) == {"204", "default"}
 
@@ -130,14 +139,22 @@ def test_descriptions_are_the_proto_comments(document: dict[str, Any]) -> None:
     run = schemas["spur.runs.v1.Run"]
     assert run["description"] == "One execution of a workflow."
     assert run["properties"]["id"]["description"].startswith('Public id of the run, "R" followed')
-    assert run["properties"]["status"]["enum"][0] == "RUN_STATUS_UNSPECIFIED"
+    assert run["properties"]["status"]["enum"][0] == "STATUS_UNSPECIFIED"
     assert run["properties"]["start_time"]["type"] == ["string", "null"]
     assert run["properties"]["start_time"]["format"] == "date-time"
     assert set(run["required"]) == set(run["properties"])
     get_run = document["paths"]["/run/{run_id}"]["get"]
     assert get_run["summary"] == "Returns one run with its workflow version and tasks."
     assert get_run["description"] == "NOT_FOUND when no run has that id."
-    assert get_run["operationId"] == "RunService_GetRun"
+    assert get_run["operationId"] == "RunService_GetRun2"  # an additional binding
+    assert document["paths"]["/v1/runs/{run_id}"]["get"]["operationId"] == "RunService_GetRun"
+    operations = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(operations) == len(set(operations))
+    # A bare list documents the Link header that carries its next page.
+    listed = document["paths"]["/run"]["get"]["responses"]["200"]
+    assert listed["content"]["application/json"]["schema"]["type"] == "array"
+    assert 'rel="next"' in listed["headers"]["Link"]["description"]
+    assert "headers" not in document["paths"]["/v1/runs"]["get"]["responses"]["200"]
     assert schemas["google.rpc.Status"]["required"] == ["code", "message", "details"]
 
 

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import grpc
 import pytest
 from google.protobuf import json_format
+from pyspur_peer import pyspur_schema
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.orm import Session
 
@@ -21,28 +21,7 @@ from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.db import normalize_url
 from spur_runs.schema_check import missing_indexes
 
-pyspur_models = pytest.importorskip("pyspur.models.base_model")
-
-PYSPUR_MODULES = [
-    "dataset_model",
-    "output_file_model",
-    "workflow_model",
-    "workflow_version_model",
-    "task_model",
-    "run_model",
-    "user_session_model",
-    "eval_run_model",
-    "dc_and_vi_model",
-]
-
-
-def pyspur_schema(url: str) -> None:
-    """Create every table exactly as PySpur's models declare them."""
-    for name in PYSPUR_MODULES:
-        importlib.import_module(f"pyspur.models.{name}")
-    engine = create_engine(normalize_url(url))
-    pyspur_models.BaseModel.metadata.create_all(engine)
-    engine.dispose()
+pytest.importorskip("pyspur.models.base_model")
 
 
 @pytest.fixture
@@ -137,7 +116,7 @@ def test_rows_written_by_pyspur_are_served(pyspur_url: str, pyspur_stub: RunServ
     assert run.id == ids["parent"] and run.workflow_id == ids["workflow"]
     assert run.workflow_version.id == ids["version"]
     assert run.workflow_version.definition_hash == "abc123"
-    assert run.status == run_pb2.RUN_STATUS_PAUSED and run.run_type == "batch"
+    assert run.status == run_pb2.Run.PAUSED and run.run_type == "batch"
     assert json_format.MessageToDict(run.initial_inputs) == {"input_node": {"question": "refund?"}}
     assert [t.node_type for t in run.tasks] == [
         "InputNode",
@@ -149,8 +128,10 @@ def test_rows_written_by_pyspur_are_served(pyspur_url: str, pyspur_stub: RunServ
     assert [t.is_downstream_of_pause for t in run.tasks] == [False] * 4 + [True]
     assert run.percentage_complete == pytest.approx(60.0)
 
-    listed = pyspur_stub.ListRuns(pb.ListRunsRequest()).runs
+    listed = pyspur_stub.ListRuns(pb.ListRunsRequest(parent_only=False)).runs
     assert [r.id for r in listed] == [ids["child"], ids["parent"]]
+    # Unset, parent_only lists top-level runs, as PySpur's router does.
+    assert [r.id for r in pyspur_stub.ListRuns(pb.ListRunsRequest()).runs] == [ids["parent"]]
     children = pyspur_stub.GetChildRuns(pb.GetChildRunsRequest(run_id=ids["parent"])).runs
     assert [r.id for r in children] == [ids["child"]]
     assert children[0].duration == pytest.approx(60.0)
@@ -158,7 +139,7 @@ def test_rows_written_by_pyspur_are_served(pyspur_url: str, pyspur_stub: RunServ
     assert len(tasks) == 5
 
     pyspur_stub.DeleteRun(pb.DeleteRunRequest(run_id=ids["parent"]))
-    assert not pyspur_stub.ListRuns(pb.ListRunsRequest()).runs
+    assert not pyspur_stub.ListRuns(pb.ListRunsRequest(parent_only=False)).runs
 
 
 def test_pyspur_database_lacks_our_indexes_until_migrate(pyspur_url: str) -> None:

@@ -92,8 +92,14 @@ def test_filtered_pages_walk_an_index_without_sorting(
                 parent_run_id=parent if i % 2 else None,
             )
     filters = {
-        "workflow_id": ({"workflow_id": second[0]}, "ix_spur_runs_runs_workflow_start_time"),
-        "status": ({"status": [run_pb2.RUN_STATUS_FAILED]}, "ix_spur_runs_runs_status_start_time"),
+        "workflow_id": (
+            {"workflow_id": second[0], "parent_only": False},
+            "ix_spur_runs_runs_workflow_start_time",
+        ),
+        "status": (
+            {"status": [run_pb2.Run.FAILED], "parent_only": False},
+            "ix_spur_runs_runs_status_start_time",
+        ),
         "parent_only": ({"parent_only": True}, "ix_spur_runs_runs_"),
     }
     for name, (fields, index) in filters.items():

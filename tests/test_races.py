@@ -158,7 +158,9 @@ def test_reads_racing_deletes_never_see_half_a_run(
                 page = rng.randrange(1, 8)
                 answer = errors.call(
                     "ListRuns",
-                    lambda: stub.ListRuns(pb.ListRunsRequest(page=page, page_size=20)),  # noqa: B023
+                    lambda: stub.ListRuns(
+                        pb.ListRunsRequest(page=page, page_size=20, parent_only=False)  # noqa: B023
+                    ),
                 )
                 assert answer is not None, "ListRuns is never NOT_FOUND"
                 for run in answer.runs:
@@ -176,7 +178,7 @@ def test_reads_racing_deletes_never_see_half_a_run(
     # The race was real: reads found runs, and runs already gone.
     assert errors.codes["DeleteRun OK"] == len(tops)
     assert errors.codes["GetRun OK"] and errors.codes["GetRun NOT_FOUND"]
-    assert not stub.ListRuns(pb.ListRunsRequest()).runs
+    assert not stub.ListRuns(pb.ListRunsRequest(parent_only=False)).runs
 
 
 # --- page-token walks during inserts and deletes ---------------------------------------
@@ -245,12 +247,16 @@ def test_page_token_walks_during_inserts_and_deletes(
                     return seen
 
         walks = {
-            "all": lambda t: stub.ListRuns(pb.ListRunsRequest(page_size=7, page_token=t)),
+            "all": lambda t: stub.ListRuns(
+                pb.ListRunsRequest(page_size=7, page_token=t, parent_only=False)
+            ),
             "top-level, basic": lambda t: stub.ListRuns(
                 pb.ListRunsRequest(page_size=5, page_token=t, parent_only=True, view=1)
             ),
             "failed": lambda t: stub.ListRuns(
-                pb.ListRunsRequest(page_size=4, page_token=t, status=[run_pb2.RUN_STATUS_FAILED])
+                pb.ListRunsRequest(
+                    page_size=4, page_token=t, status=[run_pb2.Run.FAILED], parent_only=False
+                )
             ),
             "children": lambda t: stub.GetChildRuns(
                 pb.GetChildRunsRequest(run_id=parent, page_size=3, page_token=t)

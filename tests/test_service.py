@@ -78,7 +78,7 @@ def test_get_run_has_every_field_of_the_seed(db: Database, stub: RunServiceStub)
     run = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
     assert run.id == run_id and run.id.startswith("R")
     assert run.workflow_id == wf[0] and run.workflow_version_id == wf[1]
-    assert run.status == run_pb2.RUN_STATUS_COMPLETED
+    assert run.status == run_pb2.Run.COMPLETED
     assert run.start_time.ToDatetime() == T0
     assert run.end_time.ToDatetime() == T0 + timedelta(seconds=90.5)
     assert run.duration == pytest.approx(90.5)
@@ -103,7 +103,7 @@ def test_get_run_has_every_field_of_the_seed(db: Database, stub: RunServiceStub)
     assert [t.node_type for t in run.tasks] == [t for _, t in NODES]
     first = run.tasks[0]
     assert first.run_id == run_id and first.id.startswith("T")
-    assert first.status == run_pb2.TASK_STATUS_COMPLETED
+    assert first.status == run_pb2.Task.COMPLETED
     assert json_format.MessageToDict(first.inputs) == {"n": 0}
     assert json_format.MessageToDict(first.outputs) == {"node": "input_node"}
     assert first.start_time.ToDatetime() == T0
@@ -138,7 +138,7 @@ def test_paused_run_marks_tasks_downstream_of_the_pause(db: Database, stub: RunS
     run = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
     downstream = {t.node_id for t in run.tasks if t.is_downstream_of_pause}
     assert downstream == {"summarize", "output"}
-    assert run.status == run_pb2.RUN_STATUS_PAUSED
+    assert run.status == run_pb2.Run.PAUSED
     assert run.percentage_complete == pytest.approx(4 / 7 * 100)
     # A run that has not ended lasts until now.
     assert run.duration > (datetime.now() - T0).total_seconds() - 3600
@@ -163,7 +163,7 @@ def test_task_whose_node_is_not_in_the_definition_has_empty_node_type(
         run_id = add_run(s, add_workflow(s), tasks=[("ghost", TaskStatus.FAILED)])
     (task,) = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run.tasks
     assert task.node_type == "" and task.error == "boom"
-    assert task.status == run_pb2.TASK_STATUS_FAILED
+    assert task.status == run_pb2.Task.FAILED
 
 
 @pytest.mark.parametrize("run_id", ["", "X1", "R", "R0", "R01", "r1", "R1 ", "R" + "9" * 30])

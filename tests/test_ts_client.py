@@ -196,8 +196,8 @@ def test_ts_client_calls_every_rpc(seeded: tuple[RunsServer, str, dict[str, Any]
         assert seen["node_types"] == {t["nodeId"]: dict(NODES)[t["nodeId"]] for t in want["tasks"]}
     assert runs[ids["parent"]]["initial_inputs"] == {"input_node": {"question": "why?", "n": 3}}
     assert runs[ids["parent"]]["duration"] == 330
-    assert runs[ids["running"]]["status"] == "RUN_STATUS_RUNNING"
-    assert runs[ids["failed"]]["task_statuses"] == ["TASK_STATUS_COMPLETED", "TASK_STATUS_FAILED"]
+    assert runs[ids["running"]]["status"] == "RUNNING"
+    assert runs[ids["failed"]]["task_statuses"] == ["COMPLETED", "FAILED"]
     assert runs[ids["parent"]]["children"] == [ids["child"]]
     assert runs[ids["child"]]["parent"] == ids["parent"]
 
@@ -243,7 +243,7 @@ def test_ts_client_calls_every_rpc(seeded: tuple[RunsServer, str, dict[str, Any]
         f"start_time_before={middle}": [ids[k] for k in ("child", "parent", "batch")],
     }
     # WatchRun of the first finished run listed: one message, then the end.
-    assert summary["watched"] == ["RUN_STATUS_CANCELED"]
+    assert summary["watched"] == ["CANCELED"]
     assert errors["watch_missing"]["code"] == "NOT_FOUND"
 
 
@@ -267,8 +267,8 @@ def test_ts_client_watches_a_run_finish(seeded: tuple[RunsServer, str, dict[str,
         assert watcher.stdout is not None
         messages = _lines(watcher.stdout)
         first = next(messages)
-        assert first["status"] == "RUN_STATUS_RUNNING"
-        assert first["task_statuses"] == ["TASK_STATUS_COMPLETED", "TASK_STATUS_RUNNING"]
+        assert first["status"] == "RUNNING"
+        assert first["task_statuses"] == ["COMPLETED", "RUNNING"]
         # PySpur's engine finishes the run: the stream shows it, then ends.
         db = Database.from_url(url, pool_size=1)
         with db.write() as conn:
@@ -288,6 +288,6 @@ def test_ts_client_watches_a_run_finish(seeded: tuple[RunsServer, str, dict[str,
             watcher.wait()
     assert rest[-1] == {"end": True, "messages": len(rest)}
     last = rest[-2]
-    assert last["status"] == "RUN_STATUS_COMPLETED"
-    assert last["task_statuses"] == ["TASK_STATUS_COMPLETED", "TASK_STATUS_COMPLETED"]
+    assert last["status"] == "COMPLETED"
+    assert last["task_statuses"] == ["COMPLETED", "COMPLETED"]
     assert _instant(last["end_time"]) == datetime(2026, 11, 5, 7, 3, 0, tzinfo=UTC)

@@ -113,19 +113,19 @@ def stub(watching: RunsServer) -> Iterator[RunServiceStub]:
 
 
 def tasks_of(run: run_pb2.Run) -> list[tuple[str, str]]:
-    return [(t.node_id, run_pb2.TaskStatus.Name(t.status)) for t in run.tasks]
+    return [(t.node_id, run_pb2.Task.Status.Name(t.status)) for t in run.tasks]
 
 
 # What each step of the writer shows: (run status, [(node, task status)]).
-_DONE = ("input_node", "TASK_STATUS_COMPLETED")
+_DONE = ("input_node", "COMPLETED")
 EXPECTED = [
-    ("RUN_STATUS_PENDING", [("input_node", "TASK_STATUS_PENDING")]),
-    ("RUN_STATUS_RUNNING", [("input_node", "TASK_STATUS_PENDING")]),
-    ("RUN_STATUS_RUNNING", [("input_node", "TASK_STATUS_RUNNING")]),
-    ("RUN_STATUS_RUNNING", [_DONE]),
-    ("RUN_STATUS_RUNNING", [_DONE, ("llm", "TASK_STATUS_RUNNING")]),
-    ("RUN_STATUS_RUNNING", [_DONE, ("llm", "TASK_STATUS_FAILED")]),
-    ("RUN_STATUS_FAILED", [_DONE, ("llm", "TASK_STATUS_FAILED")]),
+    ("PENDING", [("input_node", "PENDING")]),
+    ("RUNNING", [("input_node", "PENDING")]),
+    ("RUNNING", [("input_node", "RUNNING")]),
+    ("RUNNING", [_DONE]),
+    ("RUNNING", [_DONE, ("llm", "RUNNING")]),
+    ("RUNNING", [_DONE, ("llm", "FAILED")]),
+    ("FAILED", [_DONE, ("llm", "FAILED")]),
 ]
 
 
@@ -143,7 +143,7 @@ def test_each_change_of_another_process_arrives_in_order_and_the_stream_ends_at_
             writer.step(str(step))  # the next change, once this one is seen
     writer.close()
     assert stream.code() == grpc.StatusCode.OK
-    assert [(run_pb2.RunStatus.Name(r.status), tasks_of(r)) for r in received] == EXPECTED
+    assert [(run_pb2.Run.Status.Name(r.status), tasks_of(r)) for r in received] == EXPECTED
     first_task = received[3].tasks[0]
     assert first_task.outputs.struct_value["answer"] == "forty-two"
     assert first_task.end_time.ToJsonString() == "2026-11-02T09:00:02Z"
@@ -167,7 +167,7 @@ def test_first_message_is_what_get_run_returns_and_a_terminal_run_ends_at_once(
     watched = messages[0].run
     watched.ClearField("duration")
     got.ClearField("duration")
-    assert watched == got and watched.status == run_pb2.RUN_STATUS_COMPLETED
+    assert watched == got and watched.status == run_pb2.Run.COMPLETED
 
 
 def test_bad_and_unknown_runs_fail_before_the_stream_opens(stub: RunServiceStub) -> None:
@@ -269,7 +269,7 @@ def test_watchers_hold_no_thread_and_the_poll_does_not_grow_with_them(
             before_statements = registry.get_sample_value("spur_runs_watch_statements_total", {})
             before_polls = registry.get_sample_value("spur_runs_watch_polls_total", {})
             changed = [next(s).run for s in streams]
-            assert all(r.tasks[0].status == run_pb2.TASK_STATUS_COMPLETED for r in changed)
+            assert all(r.tasks[0].status == run_pb2.Task.COMPLETED for r in changed)
             spent = (
                 registry.get_sample_value("spur_runs_watch_statements_total", {})
                 - before_statements

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,3 +20,17 @@ def tool(name: str) -> str:
     if found is None:
         pytest.fail(f"{name} is not installed: pip install -e '.[dev]'")
     return found
+
+
+def spur_runs(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """The installed `spur-runs` command, run to its end (in this process's
+    environment, PYTHONPATH included, plus `env`)."""
+    return subprocess.run(
+        [tool("spur-runs"), *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -115,7 +115,9 @@ func main() {
 	// Every page, by token, newest first.
 	listed := []json.RawMessage{}
 	pages := 0
-	request := &runsv1.ListRunsRequest{PageSize: int32(*pageSize)}
+	// page_size and parent_only are proto3 `optional` (pointers in Go): unset
+	// means the server's default; parent_only false lists child runs too.
+	request := &runsv1.ListRunsRequest{PageSize: proto.Int32(int32(*pageSize)), ParentOnly: proto.Bool(false)}
 	for {
 		resp, err := client.ListRuns(ctx, request)
 		if err != nil {
@@ -128,7 +130,11 @@ func main() {
 		if resp.GetNextPageToken() == "" {
 			break
 		}
-		request = &runsv1.ListRunsRequest{PageSize: int32(*pageSize), PageToken: resp.GetNextPageToken()}
+		request = &runsv1.ListRunsRequest{
+			PageSize:   proto.Int32(int32(*pageSize)),
+			ParentOnly: proto.Bool(false),
+			PageToken:  resp.GetNextPageToken(),
+		}
 	}
 
 	_, err = client.GetRun(ctx, &runsv1.GetRunRequest{RunId: *missing})

@@ -24,7 +24,8 @@ const protoLoader = require('@grpc/proto-loader');
 const ROOT = path.resolve(__dirname, '..', '..');
 const PROTO_DIRS = [path.join(ROOT, 'protos'), path.join(ROOT, 'third_party', 'googleapis')];
 const PAGE_SIZE = 2; // small, so that the page tokens are exercised
-const TERMINAL = new Set(['RUN_STATUS_COMPLETED', 'RUN_STATUS_FAILED', 'RUN_STATUS_CANCELED']);
+// Run.Status values, spelled as PySpur spells them.
+const TERMINAL = new Set(['COMPLETED', 'FAILED', 'CANCELED']);
 
 class CheckFailed extends Error {}
 
@@ -69,8 +70,11 @@ function credentials(options) {
   return grpc.credentials.createSsl(read(options.ca), read(options.key), read(options.cert));
 }
 
-function enumNames(definition, name) {
-  return new Set(definition[name].type.value.map((v) => v.name));
+// The value names of an enum nested in a message (Run.Status, Task.Status):
+// proto-loader lists nested enums on their message's descriptor.
+function nestedEnumNames(definition, message, name) {
+  const found = definition[message].type.enumType.find((e) => e.name === name);
+  return new Set(found.value.map((v) => v.name));
 }
 
 async function main() {
@@ -87,13 +91,23 @@ async function main() {
         error ? reject(error) : resolve(response),
       );
     });
-  // A server-streaming call: every message until the stream ends (or its error).
-  const stream = (method, request) =>
+  // A server-streaming call: every message until the stream ends (or its
+  // error); with `firstOnly`, the first message, then the call is cancelled
+  // (a watch of a run that is still running would last as long as the run).
+  const stream = (method, request, firstOnly = false) =>
     new Promise((resolve, reject) => {
       calls += 1;
       const messages = [];
       const call = client[method](request, metadata, { deadline: Date.now() + 10000 });
-      call.on('data', (message) => messages.push(message));
+      call.on('data', (message) => {
+        messages.push(message);
+        if (firstOnly) {
+          call.removeAllListeners('error');
+          call.on('error', () => {}); // the CANCELLED that cancel() causes
+          call.cancel();
+          resolve(messages);
+        }
+      });
       call.on('error', reject);
       call.on('end', () => resolve(messages));
     });
@@ -106,14 +120,15 @@ async function main() {
     throw new CheckFailed(`${method}(${JSON.stringify(request)}) succeeded, expected an error`);
   };
 
-  const runStatuses = enumNames(definition, 'spur.runs.v1.RunStatus');
-  const taskStatuses = enumNames(definition, 'spur.runs.v1.TaskStatus');
+  const runStatuses = nestedEnumNames(definition, 'spur.runs.v1.Run', 'Status');
+  const taskStatuses = nestedEnumNames(definition, 'spur.runs.v1.Task', 'Status');
 
   // ListRuns, every page.
   const listed = [];
   let token = '';
   do {
-    const page = await call('ListRuns', { page_size: PAGE_SIZE, page_token: token });
+    // parent_only false: child runs too (unset, it lists top-level runs only).
+    const page = await call('ListRuns', { page_size: PAGE_SIZE, page_token: token, parent_only: false });
     check(page.runs.length <= PAGE_SIZE, `ListRuns returned ${page.runs.length} > ${PAGE_SIZE} runs`);
     listed.push(...page.runs);
     token = page.next_page_token;
@@ -145,8 +160,10 @@ async function main() {
     for (const child of children) {
       check(child.parent_run_id === run.id, `child ${child.id} of ${run.id} has parent ${child.parent_run_id}`);
     }
-    // WatchRun: the current state first; the stream ends after a terminal one.
-    const watched = await stream('WatchRun', { run_id: run.id });
+    // WatchRun: the current state first; the stream ends after a terminal
+    // one. A run still going is watched for its first message only, so
+    // that the client finishes whatever the runs are doing.
+    const watched = await stream('WatchRun', { run_id: run.id }, !TERMINAL.has(run.status));
     check(watched.length >= 1 && watched[0].run.id === run.id, `WatchRun(${run.id}) sent no run`);
     const last = watched[watched.length - 1].run.status;
     check(

@@ -1,18 +1,25 @@
-"""The `spur-runs` command: serve, migrate, seed.
+"""The `spur-runs` command: serve, migrate, seed, demo, backup.
 
-Every flag has an environment twin (config.ENV); a flag given on the command
-line wins over its twin. A bad value stops with one line and exit code 2.
+Every setting has an environment twin (config.ENV); a flag given on the
+command line wins over its twin. Errors are one line on stderr, without a
+traceback unless --log-level DEBUG: exit code 2 for usage and set-up (a bad
+flag, a database without PySpur's tables), 1 for an operation that failed
+(a database that cannot be reached, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.metadata
 import logging
+import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .config import ENV, Config, ConfigError, env_defaults
 
@@ -42,7 +49,7 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "tls_client_ca": (str, "PEM CA: refuse clients without a certificate it signed (mutual TLS)"),
     "reader_tokens_file": (str, "bearer tokens (one a line) that may call the read RPCs"),
     "admin_tokens_file": (str, "bearer tokens (one a line) that may call every RPC"),
-    "reflection": (parse_bool, "serve gRPC server reflection (default on)"),
+    "reflection": (parse_bool, "serve gRPC server reflection"),
     "max_request_bytes": (int, "largest request message accepted"),
     "max_response_bytes": (int, "largest response message sent"),
     "max_concurrent_rpcs": (int, "calls in flight beyond which new ones get RESOURCE_EXHAUSTED"),
@@ -50,10 +57,13 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "min_ping_interval_seconds": (float, "refuse (GOAWAY) clients that ping more often"),
     "max_connection_age_seconds": (float, "close connections this old, gracefully (0: never)"),
     "db_timeout_seconds": (float, "bound on one database statement"),
+    "db_dead_peer_seconds": (float, "drop a PostgreSQL connection unanswered this long"),
+    "health_address": (str, "HOST:PORT: plaintext gRPC health only, for Kubernetes' probes"),
     "log_format": (str, "text or json"),
     "workers": (int, "server processes sharing the gRPC port"),
     "watch_interval": (float, "seconds between two looks at the runs WatchRun streams watch"),
     "max_watchers": (int, "open WatchRun streams beyond which new ones get RESOURCE_EXHAUSTED"),
+    "http_path_prefix": (str, "serve every HTTP route under this path, e.g. /api (default none)"),
     "http_header_timeout_seconds": (
         float,
         "close an HTTP connection whose request headers are not complete this long after "
@@ -80,62 +90,226 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 
 
-def _add_database(parser: argparse.ArgumentParser) -> None:
+# Exit codes, one meaning each (README, `spur-runs --help`).
+EXIT_FAILED = 1  # the operation failed: database unreachable, disk full, ...
+EXIT_USAGE = 2  # fix the command line or the set-up: bad flag, database not migrated
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+
+
+def _default(name: str) -> str:
+    value = _DEFAULTS[name]
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+def _help(name: str, text: str) -> str:
+    """A flag's help with its default and its environment twin."""
+    return f"{text} [default: {_default(name)}; env {ENV[name]}]"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (and exit 2), like every other start-up
+    error, rather than argparse's usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _non_negative(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        value = convert(text)
+        if value < 0:
+            raise ValueError(text)
+        return value
+
+    check.__name__ = f"non-negative {'integer' if convert is int else 'number'}"
+    return check
+
+
+def _positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    def check(text: str) -> Any:
+        value = convert(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
+
+    check.__name__ = f"positive {'integer' if convert is int else 'number'}"
+    return check
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
-        help=f"SQLAlchemy URL of PySpur's database (env {ENV['database_url']}); "
-        "default: sqlite:///spur-runs.db in the working folder",
+        help=_help("database_url", "SQLAlchemy URL of PySpur's database (sqlite:///FILE, "
+                   "postgresql://USER@HOST/DB); the default is a file in the working folder"),
+    )  # fmt: skip
+    parser.add_argument(
+        "--log-level",
+        help=_help("log_level", "DEBUG, INFO, WARNING or ERROR; DEBUG shows the traceback "
+                   "behind a one-line error"),
+    )  # fmt: skip
+
+
+def _command(commands: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_common(parser)
+    return parser
+
+
+_EPILOG = """\
+Every setting has an environment twin, shown with its default in each
+command's --help; a flag given on the command line wins over its twin. The
+flags that only shape one command's work (seed --runs, demo's) have none.
+
+exit codes: 0 done; 1 the operation failed (database unreachable, ...);
+2 usage or set-up to fix (bad flag, database not migrated).
+"""
+
+_MIGRATE = """\
+Bring the database to this service's newest schema revision, in one
+transaction. On an empty database it creates PySpur's tables (workflows,
+workflow_versions, runs, tasks, as PySpur 0.1.18 declares them); on any
+database it adds the indexes this service's queries need (ix_spur_runs_*),
+and records its revision in its own table, spur_runs_alembic_version. It
+changes no PySpur table: no column, constraint or row of theirs, and it drops
+nothing; on a database PySpur made, those indexes and that table are all it
+adds. Running it again does nothing. --sql prints the SQL instead of running it.
+"""
+
+_SEED = """\
+Add the three demo workflows (unless there) and --runs demo runs of them, in
+bulk. Every seed starts with the same showcase; on a fresh database its ids
+are always these (printed at the end):
+  batch run R1 (children R2..R4), running run R5, paused run R6,
+  failed run R7, canceled run R8, completed run R9.
+With --runs below 9, those that fit, in that order.
+"""
+
+_DEMO = """\
+Play PySpur's engine on the demo workflows, so that WatchRun shows changes:
+its own process, writing with plain SQL, one change per transaction every
+--step-seconds. It first moves the demo's unfinished runs (on a fresh seed:
+R5), then starts new runs (the next free ids) so that --concurrent runs are
+always moving. Each run goes PENDING -> RUNNING; each task, in node order,
+PENDING -> RUNNING -> COMPLETED; then the run -> COMPLETED. It prints a line
+when a run starts or completes, and stops on SIGINT or SIGTERM, after
+--seconds, or once --runs runs have completed (exit 0). It writes demo data:
+point it at a demo database, not at PySpur's production one.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spur-runs", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(
+        prog="spur-runs",
+        description=__doc__.splitlines()[0],
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"spur-runs {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="serve RunService over gRPC")
-    _add_database(serve)
-    serve.add_argument("--grpc-address", help=f"HOST:PORT (env {ENV['grpc_address']})")
-    serve.add_argument(
-        "--http-address", help=f"HOST:PORT for HTTP/JSON (env {ENV['http_address']})"
+    serve = _command(
+        commands,
+        "serve",
+        "serve RunService over gRPC (and HTTP/JSON with --http-address)",
+        "Serve RunService over gRPC, and over HTTP/JSON with --http-address, until SIGTERM\n"
+        "or SIGINT (then drain). The database must have PySpur's tables (`spur-runs migrate`).",
     )
+    serve.add_argument("--grpc-address", help=_help("grpc_address", "HOST:PORT to listen on"))
     serve.add_argument(
-        "--max-workers", type=int, help=f"threads serving RPCs (env {ENV['max_workers']})"
+        "--http-address", help=_help("http_address", "HOST:PORT for HTTP/JSON (none: no HTTP)")
     )
-    serve.add_argument(
-        "--pool-size", type=int, help=f"database connections (env {ENV['pool_size']})"
-    )
+    serve.add_argument("--max-workers", help=_help("max_workers", "threads serving RPCs"))
+    serve.add_argument("--pool-size", help=_help("pool_size", "database connections"))
     serve.add_argument(
         "--grace-seconds",
-        type=float,
-        help=f"how long SIGTERM lets in-flight calls finish (env {ENV['grace_seconds']})",
+        help=_help("grace_seconds", "how long SIGTERM lets in-flight calls finish"),
     )
     serve.add_argument(
         "--health-interval",
-        type=float,
-        help=f"seconds between database health pings (env {ENV['health_interval']})",
+        help=_help("health_interval", "seconds between database health pings"),
     )
-    serve.add_argument("--log-level", help=f"DEBUG, INFO, ... (env {ENV['log_level']})")
     for name, (convert, text) in SERVING_FLAGS.items():
         flag = "--" + name.replace("_", "-")
         if convert is parse_bool:  # --reflection / --no-reflection
             serve.add_argument(
-                flag,
-                dest=name,
-                action=argparse.BooleanOptionalAction,
-                help=f"{text} (env {ENV[name]})",
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=_help(name, text)
             )
         else:
-            serve.add_argument(flag, dest=name, help=f"{text} (env {ENV[name]})")
+            serve.add_argument(flag, dest=name, help=_help(name, text))
 
-    migrate = commands.add_parser(
-        "migrate", help="create the schema, or add missing indexes to PySpur's database"
+    migrate = _command(
+        commands,
+        "migrate",
+        "create PySpur's tables on an empty database; add this service's indexes",
+        _MIGRATE,
     )
-    _add_database(migrate)
+    migrate.add_argument(
+        "--sql",
+        action="store_true",
+        help="print the SQL it would run (from the database's current revision on), run nothing",
+    )
 
-    seed = commands.add_parser("seed", help="add demo workflows and runs")
-    _add_database(seed)
-    seed.add_argument("--runs", type=int, default=20, help="how many runs to add (default 20)")
+    seed = _command(commands, "seed", "add demo workflows and runs (fixed ids)", _SEED)
+    seed.add_argument(
+        "--runs",
+        type=_non_negative(int),
+        default=20,
+        help="how many runs to add [default: 20]",
+    )
+
+    demo = _command(commands, "demo", "move demo runs through their tasks, for WatchRun", _DEMO)
+    demo.add_argument(
+        "--step-seconds",
+        type=_positive(float),
+        default=1.0,
+        help="seconds between two changes of a run [default: 1.0]",
+    )
+    demo.add_argument(
+        "--seconds",
+        type=_non_negative(float),
+        default=0.0,
+        help="stop after this long (0: until SIGINT/SIGTERM) [default: 0]",
+    )
+    demo.add_argument(
+        "--runs",
+        type=_non_negative(int),
+        default=0,
+        help="stop once this many runs have completed (0: no bound) [default: 0]",
+    )
+    demo.add_argument(
+        "--concurrent",
+        type=_positive(int),
+        default=1,
+        help="runs moving at a time [default: 1]",
+    )
+
+    backup = _command(
+        commands,
+        "backup",
+        "copy the SQLite database consistently, also while serving",
+        "Copy the SQLite database to DEST with SQLite's online backup API: one consistent\n"
+        "snapshot (the WAL included), safe while the server serves and PySpur writes. DEST\n"
+        "must not exist. For PostgreSQL, use pg_dump.",
+    )
+    backup.add_argument("dest", metavar="DEST", help="the new file to write")
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("spur-runs")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "(not installed)"
 
 
 def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
@@ -168,6 +342,25 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
 
 
 def _serve(config: Config) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .schema_check import require_tables
+    from .workers import preflight
+
+    try:
+        # Files and ports first (what a start-up fails on without the
+        # database), then the database's tables.
+        preflight(config)
+        require_tables(config.database_url)
+    except (ConfigError, OSError) as error:
+        print(f"spur-runs serve: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except SQLAlchemyError as error:
+        # Unreachable now, maybe not later: serve, health says NOT_SERVING
+        # until the database answers.
+        logging.getLogger(__name__).warning(
+            "could not check the database's tables: %s", _one_line(error)
+        )
     if config.workers > 1:
         from .workers import serve_workers
 
@@ -208,30 +401,113 @@ def serve(
     return 0
 
 
+def _one_line(error: BaseException) -> str:
+    """The gist of an error in one line: a driver error's own first line
+    (not SQLAlchemy's statement and parameters), else the message."""
+    from sqlalchemy.exc import DBAPIError
+
+    cause: BaseException = error
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        cause = error.orig
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    return lines[0] if lines else type(cause).__name__
+
+
+def _migrate(args: argparse.Namespace, config: Config) -> int:
+    if args.sql:
+        from .migrate import migrate_sql
+
+        migrate_sql(config.database_url, sys.stdout)
+        return 0
+    from .migrate import migrate
+
+    migrate(config.database_url)
+    return 0
+
+
+def _seed(args: argparse.Namespace, config: Config) -> int:
+    from .schema_check import require_tables
+    from .seed import seed
+
+    require_tables(config.database_url)
+    print(seed(config.database_url, runs=args.runs))
+    return 0
+
+
+def _demo(args: argparse.Namespace, config: Config) -> int:
+    from .demo import run_demo
+    from .schema_check import require_tables
+
+    require_tables(config.database_url)
+    stopping = threading.Event()
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        stopping.set()  # the change being written is finished first
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    run_demo(
+        config.database_url,
+        step_seconds=args.step_seconds,
+        seconds=args.seconds,
+        runs=args.runs,
+        concurrent=args.concurrent,
+        stopping=stopping,
+        say=say,
+    )
+    return 0
+
+
+def _backup(args: argparse.Namespace, config: Config) -> int:
+    from .backup import backup
+
+    print(backup(config.database_url, args.dest))
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "serve": lambda _args, config: _serve(config),
+    "migrate": _migrate,
+    "seed": _seed,
+    "demo": _demo,
+    "backup": _backup,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prefix = f"spur-runs {args.command}"
     try:
         config = load_config(args)
     except (ConfigError, TypeError) as error:
-        print(f"spur-runs: {error}", file=sys.stderr)
-        return 2
+        print(f"{prefix}: {error}", file=sys.stderr)
+        return EXIT_USAGE
     from . import logs
 
     logs.setup(config)
-    if args.command == "serve":
-        return _serve(config)
-    if args.command == "migrate":
-        from .migrate import migrate
-
-        migrate(config.database_url)
-        return 0
-    if args.command == "seed":
-        from .seed import seed
-
-        summary = seed(config.database_url, runs=args.runs)
-        print(summary)
-        return 0
-    return 2
+    debug = config.log_level.upper() == "DEBUG"
+    try:
+        return _COMMANDS[args.command](args, config)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout's reader left (`spur-runs migrate --sql | head`): nothing to
+        # say, and nothing more to write at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    except Exception as error:  # noqa: BLE001 - every failure: one line, a code
+        if debug:
+            traceback.print_exc()
+        code = EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILED
+        hint = "" if debug else " (--log-level DEBUG for the traceback)"
+        print(f"{prefix}: {_one_line(error)}{hint if code == EXIT_FAILED else ''}",
+              file=sys.stderr)  # fmt: skip
+        return code
 
 
 if __name__ == "__main__":

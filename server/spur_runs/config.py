@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .trust import parse_hosts, parse_proxies
 
 DEFAULT_DATABASE_URL = "sqlite:///spur-runs.db"
+# An HTTP path prefix: "/" and unreserved path characters, no trailing "/".
+_PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
 
 # Flag name -> environment variable. Every flag has its twin here; cli.py
@@ -41,11 +44,15 @@ ENV = {
     "min_ping_interval_seconds": "SPUR_RUNS_MIN_PING_INTERVAL_SECONDS",
     "max_connection_age_seconds": "SPUR_RUNS_MAX_CONNECTION_AGE_SECONDS",
     "db_timeout_seconds": "SPUR_RUNS_DB_TIMEOUT_SECONDS",
+    "db_dead_peer_seconds": "SPUR_RUNS_DB_DEAD_PEER_SECONDS",
+    "health_address": "SPUR_RUNS_HEALTH_ADDRESS",
     "log_format": "SPUR_RUNS_LOG_FORMAT",
     "workers": "SPUR_RUNS_WORKERS",
     # WatchRun (watch.py).
     "watch_interval": "SPUR_RUNS_WATCH_INTERVAL",
     "max_watchers": "SPUR_RUNS_MAX_WATCHERS",
+    # The HTTP gateway (gateway/).
+    "http_path_prefix": "SPUR_RUNS_HTTP_PATH_PREFIX",
     # The HTTP port's bounds and trust (gateway/connections.py, hosts.py, metadata.py).
     "http_header_timeout_seconds": "SPUR_RUNS_HTTP_HEADER_TIMEOUT_SECONDS",
     "http_idle_timeout_seconds": "SPUR_RUNS_HTTP_IDLE_TIMEOUT_SECONDS",
@@ -107,6 +114,13 @@ class Config:
     # Bound on one database statement (PostgreSQL statement_timeout, SQLite
     # busy_timeout); a shorter client deadline lowers it for that call.
     db_timeout_seconds: float = 10.0
+    # How long a PostgreSQL connection may go unanswered (a partition, a
+    # failover without reset) before it is dropped and its call answers
+    # UNAVAILABLE: libpq keepalives and tcp_user_timeout (db.dead_peer_args).
+    db_dead_peer_seconds: float = 10.0
+    # A plaintext listener serving gRPC health only, for Kubernetes' gRPC
+    # probes, which cannot speak TLS (server.py, deploy/kubernetes).
+    health_address: str | None = None
     log_format: str = "text"
     # Server processes sharing the gRPC port (workers.py).
     workers: int = 1
@@ -117,6 +131,9 @@ class Config:
     # RESOURCE_EXHAUSTED. They hold no thread, only memory and a share of
     # each poll.
     max_watchers: int = 1000
+    # Every HTTP route, /openapi.json and /metrics under this path (e.g.
+    # "/api", where PySpur's UI looks for its Runs API); "" for none.
+    http_path_prefix: str = ""
     # An HTTP connection must send a request's complete headers within this
     # long (of opening, or of its request's first byte), else it is closed.
     # A real client sends them in one packet; 10 s leaves room for a slow
@@ -149,7 +166,7 @@ class Config:
                     f"database URL scheme {scheme!r} is not supported (use sqlite:// or postgresql://)"
                 )
         self._check_serving()
-        for name in ("grpc_address", "http_address"):
+        for name in ("grpc_address", "http_address", "health_address"):
             value = getattr(self, name)
             if value is not None:
                 parse_address(value, name)
@@ -197,15 +214,27 @@ class Config:
         for name in ("min_ping_interval_seconds", "max_connection_age_seconds"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{_flag(name)} must be 0 or more, got {getattr(self, name)}")
+        if not 1 <= self.db_dead_peer_seconds <= 3600:  # (NaN fails too)
+            raise ConfigError(
+                f"--db-dead-peer-seconds must be from 1 to 3600, got {self.db_dead_peer_seconds}"
+            )
         if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
                 f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+            )
+        prefix = self.http_path_prefix
+        if prefix and (
+            not _PATH_PREFIX.fullmatch(prefix) or any(s in (".", "..") for s in prefix.split("/"))
+        ):
+            raise ConfigError(
+                "--http-path-prefix must be a path such as /api: '/' then segments of "
+                f"letters, digits and -._~, with no '/' at the end, got {prefix!r}"
             )
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
         if self.workers > 1:
             # Each worker binds the same port; port 0 would give each its own.
-            for name in ("grpc_address", "http_address"):
+            for name in ("grpc_address", "http_address", "health_address"):
                 value = getattr(self, name)
                 if value is not None and parse_address(value, name)[1] == 0:
                     raise ConfigError(f"--workers above 1 needs a fixed {_flag(name)} port, not 0")

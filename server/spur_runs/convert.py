@@ -22,10 +22,11 @@ from .models import RunStatus, TaskStatus
 from .storage import AnyRow, RunRecord
 from .workflow import WorkflowGraph
 
-RUN_STATUS = {s: run_pb2.RunStatus.Value(f"RUN_STATUS_{s.name}") for s in RunStatus}
+# PySpur's statuses and ours share their names (Run.Status, Task.Status).
+RUN_STATUS = {s: run_pb2.Run.Status.Value(s.name) for s in RunStatus}
 # A request's RunStatus (ListRuns' status filter) -> the status PySpur stores.
 STORED_RUN_STATUS = {number: status for status, number in RUN_STATUS.items()}
-TASK_STATUS = {s: run_pb2.TaskStatus.Value(f"TASK_STATUS_{s.name}") for s in TaskStatus}
+TASK_STATUS = {s: run_pb2.Task.Status.Value(s.name) for s in TaskStatus}
 
 EMPTY_GRAPH = WorkflowGraph()
 
@@ -59,8 +60,12 @@ def set_value(target: struct_pb2.Value, value: Any) -> None:
     elif isinstance(value, str):
         target.string_value = value
     elif isinstance(value, dict):
+        # SetInParent: an empty dict sets no field, and the Value would stay
+        # unset (read back as null); {} must stay {}.
+        target.struct_value.SetInParent()
         target.struct_value.update(value)
     elif isinstance(value, list | tuple):
+        target.list_value.SetInParent()  # [] stays [], as above
         target.list_value.extend(value)
     else:
         raise TypeError(f"not a JSON value: {type(value).__name__}")
@@ -71,6 +76,7 @@ def _set_struct(target: struct_pb2.Struct, value: Any) -> None:
         # PySpur types these columns as JSON objects; anything else is data
         # we cannot represent faithfully, so say so instead of guessing.
         raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+    target.SetInParent()  # a stored {} is an empty Struct, not an unset field
     target.update(value)
 
 

@@ -10,19 +10,29 @@ and the ORM's unit of work cost four times the SQL itself per GetRun.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 
 from . import deadline
-from .errors import DeadlineExceeded
+from .errors import DeadlineExceeded, Unavailable
 
 WRITE_OPTION = "spur_runs_write"
 SINGLE_OPTION = "spur_runs_single_statement"
+
+# A health ping (ping()) unanswered this long marks its database unreachable,
+# as it turns health NOT_SERVING (health.PING_TIMEOUT_S, the same value).
+UNANSWERED_PING_S = 5.0
+
+# --db-dead-peer-seconds' default: how long a PostgreSQL connection may go
+# unanswered before the kernel drops it (see dead_peer_args).
+DEAD_PEER_SECONDS = 10.0
 
 
 def normalize_url(url: str) -> URL:
@@ -88,9 +98,43 @@ def _sqlite_begin(connection: Any, busy_timeout_ms: int = 5000) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_db_engine(url: str, pool_size: int = 16, timeout_seconds: float | None = None) -> Engine:
+def dead_peer_args(seconds: float) -> dict[str, int]:
+    """libpq's TCP settings that drop a connection to a PostgreSQL that has
+    vanished without a reset (a failover, a dropped route, a partition)
+    within about `seconds`, instead of the ~15 minutes of the kernel's
+    retransmissions, during which the call, its thread and its pooled
+    connection would wait for an answer that cannot come.
+
+    tcp_user_timeout bounds how long sent data may stay unacknowledged (a
+    query sent into the void). Keepalive probes cover the other case, a
+    query whose answer never comes on an otherwise idle socket: the first
+    one after half the bound, then probes whose unanswered run ends it
+    (Linux drops the connection at tcp_user_timeout once probes are out;
+    elsewhere idle + count x interval gives about the same bound). Neither
+    touches a healthy connection, however long its query runs: the peer
+    acknowledges data and probes."""
+    whole = max(1, round(seconds))
+    idle = max(1, whole // 2)
+    count = 3
+    return {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": max(1, (whole - idle) // count),
+        "keepalives_count": count,
+        "tcp_user_timeout": max(1000, int(seconds * 1000)),
+    }
+
+
+def create_db_engine(
+    url: str,
+    pool_size: int = 16,
+    timeout_seconds: float | None = None,
+    dead_peer_seconds: float = DEAD_PEER_SECONDS,
+) -> Engine:
     """`timeout_seconds` bounds each statement (the server's --db-timeout-seconds);
-    None leaves migrations and seeding unbounded."""
+    None leaves migrations and seeding unbounded. `dead_peer_seconds` bounds
+    how long a PostgreSQL connection waits on a peer that no longer answers
+    (dead_peer_args); a long migration or statement is not cut by it."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         busy = 5.0 if timeout_seconds is None else timeout_seconds
@@ -110,7 +154,7 @@ def create_db_engine(url: str, pool_size: int = 16, timeout_seconds: float | Non
             engine, "begin", lambda connection: _sqlite_begin(connection, int(busy * 1000))
         )
         return engine
-    connect_args: dict[str, Any] = {"connect_timeout": 3}
+    connect_args: dict[str, Any] = {"connect_timeout": 3, **dead_peer_args(dead_peer_seconds)}
     if timeout_seconds is not None:
         # Server-side bound: PostgreSQL cancels a statement running (or
         # waiting for a lock) longer than this, and the connection is free.
@@ -145,6 +189,11 @@ class Database:
         self.engine = engine
         self.read_engine = read_engine
         self._timeout = timeout_seconds
+        # By role ("primary", "replica"): whose last ping failed, and when
+        # the ping under way began (see _check_reachable).
+        self._unreachable: set[str] = set()
+        self._pinging: dict[str, float] = {}
+        self._read_role = "replica" if read_engine is not None else "primary"
         reader = read_engine or engine
         self._read_bind: Engine = reader
         self._write_bind: Engine = engine.execution_options(**{WRITE_OPTION: True})
@@ -165,10 +214,13 @@ class Database:
         pool_size: int = 16,
         read_url: str | None = None,
         timeout_seconds: float | None = None,
+        dead_peer_seconds: float = DEAD_PEER_SECONDS,
     ) -> Database:
         return cls(
-            create_db_engine(url, pool_size, timeout_seconds),
-            create_db_engine(read_url, pool_size, timeout_seconds) if read_url else None,
+            create_db_engine(url, pool_size, timeout_seconds, dead_peer_seconds),
+            create_db_engine(read_url, pool_size, timeout_seconds, dead_peer_seconds)
+            if read_url
+            else None,
             timeout_seconds,
         )
 
@@ -196,9 +248,28 @@ class Database:
                 {"ms": str(max(int(left * 1000), 1))},
             )
 
+    def _check_reachable(self, role: str) -> None:
+        """Fail fast while the health ping says this database is unreachable:
+        its last ping failed, or the one under way has gone unanswered for
+        UNANSWERED_PING_S (a network partition: nothing answers, nothing
+        refuses). A call would otherwise hold its thread and a connection
+        until --db-dead-peer-seconds or connect_timeout gave up, long after
+        its caller's deadline; with every thread held so, health itself and
+        every other call would wait. The next successful ping (every
+        --health-interval) lets calls through again. Without pings (no
+        server: scripts, tests) nothing is ever refused."""
+        started = self._pinging.get(role)
+        if role in self._unreachable or (
+            started is not None and time.monotonic() - started > UNANSWERED_PING_S
+        ):
+            raise Unavailable(
+                f"the {role} database is not answering (health NOT_SERVING); retry later"
+            )
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A transaction for reads (one snapshot), rolled back at the end."""
+        self._check_reachable(self._read_role)
         with self._read_bind.connect() as connection, connection.begin() as transaction:
             self._bound_by_deadline(connection)
             yield connection
@@ -213,6 +284,7 @@ class Database:
         left = deadline.remaining()
         if left is not None and left <= 0:
             raise DeadlineExceeded("the call's deadline passed before the database was asked")
+        self._check_reachable(self._read_role)
         tight = left is not None and (self._timeout is None or left < self._timeout)
         if tight and self._single_bind.dialect.name == "postgresql":
             with self.read() as connection:
@@ -224,16 +296,40 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that commits at the end, or rolls back on error."""
+        self._check_reachable("primary")
         with self._write_bind.connect() as connection, connection.begin():
             self._bound_by_deadline(connection)
             yield connection
 
     def ping(self) -> None:
-        """Raises when a database (primary or replica) cannot answer a trivial query."""
-        for engine in self.engines.values():
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
+        """Raises when a database (primary or replica) cannot answer a
+        trivial query; records which can (see _check_reachable)."""
+        for role, engine in self.engines.items():
+            self._pinging[role] = time.monotonic()
+            try:
+                _select_one(engine)
+            except Exception:
+                self._unreachable.add(role)
+                raise
+            finally:
+                self._pinging.pop(role, None)
+            self._unreachable.discard(role)
 
     def dispose(self) -> None:
         for engine in self.engines.values():
             engine.dispose()
+
+
+def _select_one(engine: Engine) -> None:
+    """SELECT 1, once more on a new connection when the pooled one turns out
+    dead: one connection killed (pg_terminate_backend, a restart since) is
+    not a database down, and SQLAlchemy has just dropped the pool's older
+    connections."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except sa_exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))

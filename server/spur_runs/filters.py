@@ -72,7 +72,7 @@ def run_filter(request: pb.ListRunsRequest) -> RunFilter:
         status = STORED_RUN_STATUS.get(number)
         if status is None:
             name = (
-                run_pb2.RunStatus.Name(number) if number in run_pb2.RunStatus.values() else number
+                run_pb2.Run.Status.Name(number) if number in run_pb2.Run.Status.values() else number
             )
             raise InvalidArgument("status", f"{name} is not a status a run can have")
         statuses.add(status)
@@ -100,7 +100,8 @@ def run_filter(request: pb.ListRunsRequest) -> RunFilter:
         workflow_id=workflow_id,
         statuses=frozenset(statuses),
         run_type=run_type,
-        parent_only=request.parent_only,
+        # Unset: top-level runs only, as PySpur's router lists them.
+        parent_only=request.parent_only if request.HasField("parent_only") else True,
         start_after=after,
         start_before=before,
     )

@@ -26,8 +26,10 @@ _KEY = b"spur-runs page token v1"
 _MAC_BYTES = 8
 
 
-def page_size(value: int, *, default: int, maximum: int, field: str = "page_size") -> int:
-    if value == 0:
+def page_size(value: int | None, *, default: int, maximum: int, field: str = "page_size") -> int:
+    """A checked page size; `default` when the request left it unset (None).
+    An explicit 0 is out of range, as the seed's `min: 1` says."""
+    if value is None:
         return default
     if not 1 <= value <= maximum:
         raise InvalidArgument(field, f"must be between 1 and {maximum}, got {value}")

@@ -9,11 +9,15 @@ version whose definition is a six-node PySpur workflow:
 and runs of them with one task per node: mostly COMPLETED, some FAILED (the
 failing task holds a traceback, the ones after it are CANCELED, as PySpur's
 executor leaves them), some PAUSED at the human-approval node (the tasks after
-it PENDING), some CANCELED (the approver declined), a few RUNNING (recent
-ones, without end_time), and "batch" runs whose "interactive" children point
-at them through parent_run_id. Start times are spread over the last 14 days,
-as naive UTC datetimes. Seeding again reuses the demo workflows (found by
-their unique names) and adds more runs.
+it PENDING), some CANCELED (the approver declined), and "batch" runs whose
+"interactive" children point at them through parent_run_id. Every seed starts
+with the same showcase (SHOWCASE: a batch run with three children, a running
+run, a paused, a failed, a canceled and a completed one), which a fresh
+database therefore always gets as R1 ... R9, the ids README's examples use;
+the rest is planned from a random generator seeded by --runs alone. Start
+times are naive UTC datetimes: the showcase's in the last 8 hours, the rest
+spread over the 14 days before. Seeding again reuses the demo workflows
+(found by their unique names) and adds more runs.
 
 Speed: a million runs (six million tasks) load in well under a minute on
 SQLite. Python builds only a *plan*, a few numbers per run (template, start
@@ -659,10 +663,28 @@ class _Catalog:
 # The plan: which template each new run uses, when it starts, its parent
 
 # Scenario weights of a run of the random part, in percent.
-_WEIGHTS = {COMPLETED: 82, FAILED_FIRST: 5, FAILED_SECOND: 3, PAUSED: 4, CANCELED: 3, RUNNING: 3}
+# None RUNNING: the random part ended hours ago (the showcase has the one
+# running run, which `spur-runs demo` moves).
+_WEIGHTS = {COMPLETED: 85, FAILED_FIRST: 5, FAILED_SECOND: 3, PAUSED: 4, CANCELED: 3}
 _SCENARIO_TABLE = [s for s, weight in _WEIGHTS.items() for _ in range(weight)]
 BATCH_SHARE = 0.02  # of the groups in the random part
-RECENT = 6 * 3_600_000  # runs younger than this (ms) may still be RUNNING
+# The random part ends this long before now: the showcase runs, all younger,
+# come first in ListRuns (newest first).
+RANDOM_PART_ENDS = 12 * 3_600_000
+
+# The showcase: the first runs of every seed, in this order, so that a fresh
+# database always has them under the same ids (R1 ... R9), which README's
+# examples use: (label, scenario, runs, ms before now). With --runs below 9,
+# those that fit, in this order. The agos exceed the longest approval wait
+# (3 h) for the runs that have ended after one.
+SHOWCASE: tuple[tuple[str, str, int, int], ...] = (
+    ("batch", "batch", 4, 8 * 3_600_000),  # a batch run and its 3 children
+    ("running", RUNNING, 1, 5_000),
+    ("paused", PAUSED, 1, 2 * 3_600_000),
+    ("failed", FAILED_SECOND, 1, 5 * 3_600_000),
+    ("canceled", CANCELED, 1, 4 * 3_600_000),
+    ("completed", COMPLETED, 1, 6 * 3_600_000),
+)
 
 PlanRow = tuple[int, int, int, int | None, str]  # (i, template, t0 ms, parent i, run_type)
 
@@ -671,10 +693,8 @@ PlanRow = tuple[int, int, int, int | None, str]  # (i, template, t0 ms, parent i
 class _Tally:
     statuses: Counter[str] = field(default_factory=Counter)
     children: int = 0
-    first: dict[str, int] = field(default_factory=dict)  # first plan index by kind
-
-    def note(self, kind: str, i: int) -> None:
-        self.first.setdefault(kind, i)
+    showcase: dict[str, int] = field(default_factory=dict)  # plan index by SHOWCASE label
+    batch_children: int = 0  # of the showcase's batch run
 
 
 class _Planner:
@@ -699,13 +719,9 @@ class _Planner:
 
     def _row(self, i: int, template: int, t0: int, parent: int | None, run_type: str) -> PlanRow:
         template = self._fit(template, t0)
-        status = self.catalog.templates[template].status
-        self.tally.statuses[status] += 1
-        self.tally.note(status, i)
+        self.tally.statuses[self.catalog.templates[template].status] += 1
         if parent is not None:
             self.tally.children += 1
-        elif run_type == "batch":
-            self.tally.note("batch", i)
         return (i, template, t0, parent, run_type)
 
     def _batch(self, i: int, t0: int, children: int, w: int) -> Iterator[PlanRow]:
@@ -717,53 +733,39 @@ class _Planner:
             yield self._row(i + j, rng.choice(by[(w, scenario)]), child_t0, i, "interactive")
 
     def rows(self) -> Iterator[PlanRow]:
-        """Plan rows in _intid order, i = 1..runs."""
+        """Plan rows in _intid order, i = 1..runs: the showcase, then the
+        random part. The random generator's seed does not depend on the time,
+        so the same --runs always plans the same runs (relative to now)."""
         n, rng, by = self.runs, self.rng, self.catalog.by
         workflows = self.catalog.workflows
-        # The newest runs show every case, so that a small seed has them all
-        # and a newcomer sees them first (newest first): a batch with two
-        # children, a failure, a cancellation, a pause, a running run.
-        showcase: list[tuple[str, int, int]] = []  # (scenario, runs, ms before now)
-        room = n
-        for scenario, size, ago in (
-            (PAUSED, 1, 2 * 3_600_000),
-            (FAILED_SECOND, 1, 5 * 3_600_000),
-            (RUNNING, 1, 5_000),
-            ("batch", 3, 8 * 3_600_000),
-            # (longer ago than the longest approval wait: it has ended by now)
-            (CANCELED, 1, 4 * 3_600_000),
-        ):
-            if size <= room:
-                showcase.append((scenario, size, ago))
-                room -= size
-        showcase.sort(key=lambda item: -item[2])  # oldest first
-        random_runs = room
-        start = self.now_ms - int(WINDOW.total_seconds() * 1000)
-        step = max(1, (self.now_ms - 60_000 - start) // max(random_runs, 1))
-
         i = 1
-        while i <= random_runs:
-            t0 = start + (i - 1) * step + rng.randrange(step)
+        for w, (label, scenario, size, ago) in enumerate(SHOWCASE):
+            if size > n - i + 1:
+                continue
+            t0 = self.now_ms - ago
+            self.tally.showcase[label] = i
+            if scenario == "batch":
+                self.tally.batch_children = size - 1
+                yield from self._batch(i, t0, size - 1, w % workflows)
+            else:
+                yield self._row(i, by[(w % workflows, scenario)][0], t0, None, "interactive")
+            i += size
+        random_runs = n - i + 1
+        start = self.now_ms - int(WINDOW.total_seconds() * 1000)
+        step = max(1, (self.now_ms - RANDOM_PART_ENDS - start) // max(random_runs, 1))
+        first = i
+        while i <= n:
+            t0 = start + (i - first) * step + rng.randrange(step)
             w = rng.randrange(workflows)
-            left = random_runs - i
+            left = n - i
             if left >= 3 and rng.random() < BATCH_SHARE:
                 children = min(rng.randint(3, 8), left)
                 yield from self._batch(i, t0, children, w)
                 i += children + 1
                 continue
             scenario = _SCENARIO_TABLE[rng.randrange(100)]
-            if scenario == RUNNING and self.now_ms - t0 > RECENT:
-                scenario = COMPLETED
             yield self._row(i, rng.choice(by[(w, scenario)]), t0, None, "interactive")
             i += 1
-        for n_, (scenario, size, ago) in enumerate(showcase):
-            t0 = self.now_ms - ago
-            w = n_ % workflows
-            if scenario == "batch":
-                yield from self._batch(i, t0, size - 1, w)
-            else:
-                yield self._row(i, by[(w, scenario)][0], t0, None, "interactive")
-            i += size
 
 
 def _chunks(rows: Iterator[PlanRow], size: int) -> Iterator[list[PlanRow]]:
@@ -1105,9 +1107,15 @@ class SeedSummary:
     status_counts: tuple[tuple[str, int], ...]  # runs added, by status
     first_run_id: str | None
     last_run_id: str | None
+    # The showcase (SHOWCASE), None for those a small --runs left out. On a
+    # fresh database: R1 (children R2..R4), R5, R6, R7, R8, R9.
+    batch_run_id: str | None  # a "batch" run with children
+    batch_child_ids: tuple[str, ...]
+    running_run_id: str | None
     paused_run_id: str | None
     failed_run_id: str | None
-    batch_run_id: str | None  # a "batch" run with children
+    canceled_run_id: str | None
+    completed_run_id: str | None
     seconds: float
 
     def __str__(self) -> str:
@@ -1121,17 +1129,18 @@ class SeedSummary:
         ]
         if self.runs:
             lines.append(f"runs: {self.first_run_id} .. {self.last_run_id}: {statuses}")
-        samples = [
-            f"{label} {run_id}"
-            for label, run_id in (
-                ("paused", self.paused_run_id),
-                ("failed", self.failed_run_id),
-                ("batch", self.batch_run_id),
-            )
-            if run_id
-        ]
-        if samples:
-            lines.append("try: " + ", ".join(samples))
+        if self.batch_run_id:
+            children = self.batch_child_ids
+            lines.append(f"batch run: {self.batch_run_id} (children {children[0]}..{children[-1]})")
+        for label, run_id in (
+            ("running", self.running_run_id),
+            ("paused", self.paused_run_id),
+            ("failed", self.failed_run_id),
+            ("canceled", self.canceled_run_id),
+            ("completed", self.completed_run_id),
+        ):
+            if run_id:
+                lines.append(f"{label} run: {run_id}")
         return "\n".join(lines)
 
 
@@ -1214,7 +1223,7 @@ def _seed(
         demos, created = _ensure_workflows(engine, now)
         catalog = _Catalog(demos)
         backend = engine.dialect.name
-        planner = _Planner(catalog, runs, now_ms, seed=f"spur-runs seed {runs} {now_ms}")
+        planner = _Planner(catalog, runs, now_ms, seed=f"spur-runs seed {runs}")
         bar = _Progress(runs, show)
         try:
             if backend == "sqlite":
@@ -1230,10 +1239,11 @@ def _seed(
 
     tally = planner.tally
 
-    def run_id(kind: str) -> str | None:
-        index = tally.first.get(kind)
+    def run_id(label: str) -> str | None:
+        index = tally.showcase.get(label)
         return None if index is None else f"R{run_base + index}"
 
+    batch = tally.showcase.get("batch")
     summary = SeedSummary(
         workflow_ids=tuple(ids[0] for _, ids in demos),
         workflows_created=created,
@@ -1243,9 +1253,15 @@ def _seed(
         status_counts=tuple(sorted(tally.statuses.items(), key=lambda item: -item[1])),
         first_run_id=f"R{run_base + 1}" if runs else None,
         last_run_id=f"R{run_base + runs}" if runs else None,
-        paused_run_id=run_id(RunStatus.PAUSED.value),
-        failed_run_id=run_id(RunStatus.FAILED.value),
         batch_run_id=run_id("batch"),
+        batch_child_ids=()
+        if batch is None
+        else tuple(f"R{run_base + batch + j}" for j in range(1, tally.batch_children + 1)),
+        running_run_id=run_id("running"),
+        paused_run_id=run_id("paused"),
+        failed_run_id=run_id("failed"),
+        canceled_run_id=run_id("canceled"),
+        completed_run_id=run_id("completed"),
         seconds=time.perf_counter() - began,
     )
     log.debug("seed: %s", str(summary).replace("\n", "; "))

@@ -105,6 +105,7 @@ class RunsServer:
             raise OSError(
                 f"cannot listen on {config.grpc_address} (in use, or not an address here)"
             )
+        self.probe, self.probe_port = _probe_listener(config, self.health)
         # HTTP/JSON from the services' google.api.http rules, through this server.
         # Its unary calls run in process (gateway/local.py), with the same
         # interceptors on the same threads; WatchRun goes through the socket.
@@ -131,6 +132,8 @@ class RunsServer:
         self.health.start()
         self.watch_hub.start()
         self.grpc.start()
+        if self.probe is not None:
+            self.probe.start()
         if self.http is not None:
             self.http.start()
         log.info(
@@ -172,10 +175,41 @@ class RunsServer:
         if self.http is not None:  # first: its requests finish through gRPC
             grace = self.http.stop(grace)
         self.grpc.stop(grace).wait()
+        if self.probe is not None:  # (NOT_SERVING all along the drain)
+            self.probe.stop(0).wait()
         self.db.dispose()
 
     def wait(self) -> None:
         self.grpc.wait_for_termination()
+
+
+def _probe_listener(
+    config: Config, health: DatabaseHealth
+) -> tuple[grpc.Server | None, int | None]:
+    """--health-address: a plaintext gRPC listener that serves
+    grpc.health.v1 and nothing else, for Kubernetes' gRPC probes, which
+    speak plaintext only (no TLS, no client certificate) and so cannot
+    reach a TLS port. It shares the main server's health statuses."""
+    if config.health_address is None:
+        return None, None
+    probe = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="probe"),
+        # A probe makes one Check at a time; a few streams per connection
+        # and calls in all keep anyone else from pinning its threads.
+        options=[
+            ("grpc.max_concurrent_streams", 4),
+            ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+        ],
+        maximum_concurrent_rpcs=8,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, probe)
+    try:
+        port = probe.add_insecure_port(config.health_address)
+    except RuntimeError:  # grpc's "Failed to bind"
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {config.health_address} (in use, or not an address here)")
+    return probe, port
 
 
 def create_server(
@@ -186,6 +220,7 @@ def create_server(
         config.pool_size,
         read_url=config.read_database_url,
         timeout_seconds=config.db_timeout_seconds,
+        dead_peer_seconds=config.db_dead_peer_seconds,
     )
     try:
         server = RunsServer(config, db, metrics)

@@ -57,18 +57,28 @@ class ListQuery:
 
 def list_query(request: pb.ListRunsRequest) -> ListQuery:
     """Check a ListRuns request (InvalidArgument) and say which page it asks for."""
-    size = paging.page_size(request.page_size, default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE)
-    if request.page < 0:
-        raise InvalidArgument("page", f"must be at least 1, got {request.page}")
+    size = paging.page_size(
+        _optional(request, "page_size"), default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE
+    )
+    page = _optional(request, "page")
+    if page is not None and page < 1:
+        raise InvalidArgument("page", f"must be at least 1, got {page}")
+    page = page or 1
     where = filters.run_filter(request)
     scope = filters.list_scope(where)
     after = None
     if request.page_token:
-        if request.page > 1:
+        if page > 1:
             raise InvalidArgument("page", "cannot be combined with page_token")
         after = storage.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
-    offset = (max(request.page, 1) - 1) * size
+    offset = (page - 1) * size
     return ListQuery(size, where, filters.is_basic(request.view), scope, after, offset)
+
+
+def _optional(request: Any, field: str) -> int | None:
+    """A proto3 `optional` int32 field: None when unset, so that an explicit
+    0 is told apart from "use the default" (and rejected)."""
+    return int(getattr(request, field)) if request.HasField(field) else None
 
 
 class RunService(run_service_pb2_grpc.RunServiceServicer):
@@ -134,7 +144,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> pb.GetRunTasksResponse:
         run_id = validate_run_id(request.run_id)
         size = paging.page_size(
-            request.page_size, default=TASKS_PAGE_SIZE, maximum=TASKS_MAX_PAGE_SIZE
+            _optional(request, "page_size"), default=TASKS_PAGE_SIZE, maximum=TASKS_MAX_PAGE_SIZE
         )
         scope = f"tasks:{run_id}"
         after = (
@@ -166,7 +176,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> pb.GetChildRunsResponse:
         run_id = validate_run_id(request.run_id)
         size = paging.page_size(
-            request.page_size, default=CHILDREN_PAGE_SIZE, maximum=CHILDREN_MAX_PAGE_SIZE
+            _optional(request, "page_size"),
+            default=CHILDREN_PAGE_SIZE,
+            maximum=CHILDREN_MAX_PAGE_SIZE,
         )
         basic = filters.is_basic(request.view)
         scope = f"children:{run_id}"

@@ -59,9 +59,7 @@ from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset(
-    (run_pb2.RUN_STATUS_COMPLETED, run_pb2.RUN_STATUS_FAILED, run_pb2.RUN_STATUS_CANCELED)
-)
+TERMINAL = frozenset((run_pb2.Run.COMPLETED, run_pb2.Run.FAILED, run_pb2.Run.CANCELED))
 # Threads that write messages to clients. grpc's send blocks until the
 # transport took the message (flow control), so a few, not one per watcher.
 SENDERS = 8

@@ -72,7 +72,7 @@ def check_port_free(address: str, name: str) -> None:
         raise OSError(f"cannot listen on {address}: {error.strerror or error}") from None
 
 
-def _preflight(config: Config) -> None:
+def preflight(config: Config) -> None:
     """What each worker would fail on, checked once, before any starts."""
     auth.Tokens.from_config(config)
     tls.load(config)
@@ -83,7 +83,7 @@ def _preflight(config: Config) -> None:
 
 def serve_workers(config: Config) -> int:
     try:
-        _preflight(config)
+        preflight(config)
     except (ConfigError, OSError) as error:
         print(f"spur-runs: {error}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import {
   type GetRunResponse,
   type ListRunsResponse,
 } from "./gen/spur/runs/v1/run_service_pb.js";
+import { RunSchema } from "./gen/spur/runs/v1/run_pb.js";
 import { check, codeName, failure, sameJson } from "./check.js";
 
 export interface GatewayReport {
@@ -92,12 +93,18 @@ export async function checkGateway(
   let nullOnly = 0;
   const fetched: string[] = [];
   for (const [id, fromGrpc] of grpcRuns) {
-    const [status, body] = await getJson(`${baseUrl}/run/${id}`, headers);
-    check(status === 200, `GET /run/${id}: HTTP ${status}`);
+    // The resource path answers the whole GetRunResponse.
+    const [status, body] = await getJson(`${baseUrl}/v1/runs/${id}`, headers);
+    check(status === 200, `GET /v1/runs/${id}: HTTP ${status}`);
     // ignoreUnknownFields false: every key the gateway writes is a field of
     // GetRunResponse, under its proto name (fromJson takes both forms).
     const fromHttp = fromJson(GetRunResponseSchema, body, { ignoreUnknownFields: false });
-    check(fromHttp.run?.id === id, `GET /run/${id} returned run ${fromHttp.run?.id}`);
+    check(fromHttp.run?.id === id, `GET /v1/runs/${id} returned run ${fromHttp.run?.id}`);
+    // PySpur's path answers the run itself (the seed's RunResponseSchema).
+    const [seedStatus, seedBody] = await getJson(`${baseUrl}/run/${id}/`, headers);
+    check(seedStatus === 200, `GET /run/${id}/: HTTP ${seedStatus}`);
+    const bare = fromJson(RunSchema, seedBody, { ignoreUnknownFields: false });
+    check(bare.id === id && bare.status === fromHttp.run.status, `GET /run/${id}/ returned ${bare.id}`);
     if (fromGrpc.run?.endTime === undefined) {
       // A run that has not ended lasts until now: its duration grew between
       // the two calls, and is the one field allowed to differ.
@@ -114,8 +121,8 @@ export async function checkGateway(
     nullOnly += countNulls(b) - countNulls(a);
     fetched.push(id);
   }
-  const [listStatus, listBody] = await getJson(`${baseUrl}/run?page_size=${pageSize}`, headers);
-  check(listStatus === 200, `GET /run: HTTP ${listStatus}`);
+  const [listStatus, listBody] = await getJson(`${baseUrl}/v1/runs?page_size=${pageSize}`, headers);
+  check(listStatus === 200, `GET /v1/runs: HTTP ${listStatus}`);
   const listed = fromJson(ListRunsResponseSchema, listBody, { ignoreUnknownFields: false });
   const listedIds = listed.runs.map((r) => r.id);
   check(

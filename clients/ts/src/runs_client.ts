@@ -23,7 +23,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { timestampDate, timestampFromDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { BadRequestSchema } from "./gen/google/rpc/error_details_pb.js";
-import { RunStatus, RunView, TaskStatus, type Run, type Task } from "./gen/spur/runs/v1/run_pb.js";
+import { Run_Status, RunView, Task_Status, type Run, type Task } from "./gen/spur/runs/v1/run_pb.js";
 import {
   RunService,
   type GetRunResponse,
@@ -56,8 +56,9 @@ interface RunSummary {
 }
 
 // Enum values by name, the way a person (and the other clients) read them.
-const runStatusName = (s: RunStatus): string => `RUN_STATUS_${RunStatus[s]}`;
-const taskStatusName = (s: TaskStatus): string => `TASK_STATUS_${TaskStatus[s]}`;
+// Run.Status and Task.Status are spelled as PySpur spells them ("COMPLETED").
+const runStatusName = (s: Run_Status): string => Run_Status[s] ?? String(s);
+const taskStatusName = (s: Task_Status): string => Task_Status[s] ?? String(s);
 
 function iso(ts: Timestamp | undefined): string | null {
   return ts === undefined ? null : timestampDate(ts).toISOString();
@@ -71,7 +72,7 @@ function violatedFields(error: ConnectError): string[] {
 
 function checkRun(run: Run, where: string): void {
   check(run.id.startsWith("R"), `${where}: run id ${run.id}`);
-  check(run.status in RunStatus && run.status !== RunStatus.UNSPECIFIED, `${where}: status ${run.status}`);
+  check(run.status in Run_Status && run.status !== Run_Status.STATUS_UNSPECIFIED, `${where}: status ${run.status}`);
   if (run.startTime && run.endTime) {
     const start = timestampDate(run.startTime).getTime();
     const end = timestampDate(run.endTime).getTime();
@@ -87,7 +88,7 @@ function checkRun(run: Run, where: string): void {
 function checkTask(task: Task, run: Run, nodeTypes: Map<string, string>): void {
   const where = `task ${task.id} of ${run.id}`;
   check(task.runId === run.id, `${where} says run ${task.runId}`);
-  check(task.status in TaskStatus && task.status !== TaskStatus.UNSPECIFIED, `${where}: status ${task.status}`);
+  check(task.status in Task_Status && task.status !== Task_Status.STATUS_UNSPECIFIED, `${where}: status ${task.status}`);
   // node_type is derived by the server from the version's definition (a
   // Struct, here a JsonObject): both must agree.
   check(
@@ -114,7 +115,9 @@ async function listAll(client: RunsClient, request: ListRunsInit): Promise<Run[]
   const runs: Run[] = [];
   let pageToken = "";
   do {
-    const page = await client.listRuns({ ...request, pageSize: PAGE_SIZE, pageToken });
+    // parentOnly false unless asked: child runs too (unset, ListRuns lists
+    // top-level runs only, as PySpur's router does).
+    const page = await client.listRuns({ parentOnly: false, ...request, pageSize: PAGE_SIZE, pageToken });
     check(page.runs.length <= PAGE_SIZE, `ListRuns returned ${page.runs.length} > ${PAGE_SIZE} runs`);
     runs.push(...page.runs);
     pageToken = page.nextPageToken;
@@ -148,8 +151,8 @@ async function checkFiltersAndViews(client: RunsClient, all: Run[]): Promise<Rec
   };
   const first = all[0];
   check(first !== undefined, "no runs to filter");
-  await expect("status=FAILED,CANCELED", { status: [RunStatus.FAILED, RunStatus.CANCELED] }, (r) =>
-    [RunStatus.FAILED, RunStatus.CANCELED].includes(r.status),
+  await expect("status=FAILED,CANCELED", { status: [Run_Status.FAILED, Run_Status.CANCELED] }, (r) =>
+    [Run_Status.FAILED, Run_Status.CANCELED].includes(r.status),
   );
   await expect(`workflow_id=${first.workflowId}`, { workflowId: first.workflowId }, (r) => r.workflowId === first.workflowId);
   await expect("parent_only", { parentOnly: true }, (r) => r.parentRunId === undefined);
@@ -166,8 +169,8 @@ async function checkFiltersAndViews(client: RunsClient, all: Run[]): Promise<Rec
     (r) => r.startTime !== undefined && timestampDate(r.startTime).getTime() < middle.getTime(),
   );
 
-  const counted = await client.listRuns({ pageSize: 1, includeTotalSize: true, status: [RunStatus.COMPLETED] });
-  const completed = all.filter((r) => r.status === RunStatus.COMPLETED).length;
+  const counted = await client.listRuns({ pageSize: 1, includeTotalSize: true, status: [Run_Status.COMPLETED], parentOnly: false });
+  const completed = all.filter((r) => r.status === Run_Status.COMPLETED).length;
   check(counted.totalSize === completed, `total_size ${counted.totalSize}, expected ${completed}`);
   const uncounted = await client.listRuns({ pageSize: 1 });
   check(uncounted.totalSize === undefined, "total_size set without include_total_size");
@@ -187,7 +190,7 @@ async function checkFiltersAndViews(client: RunsClient, all: Run[]): Promise<Rec
   }
 
   // A filter change invalidates the page token.
-  const page = await client.listRuns({ pageSize: 1 });
+  const page = await client.listRuns({ pageSize: 1, parentOnly: false });
   if (page.nextPageToken) {
     const error = await failure("ListRuns with another filter's token", () =>
       client.listRuns({ pageSize: 1, pageToken: page.nextPageToken, parentOnly: true }),
@@ -253,7 +256,7 @@ async function checkEverything(client: RunsClient, options: Options, calls: Set<
   }
 
   // ListRuns' filters and views, and WatchRun.
-  const finished = listed.find((r) => [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED].includes(r.status));
+  const finished = listed.find((r) => [Run_Status.COMPLETED, Run_Status.FAILED, Run_Status.CANCELED].includes(r.status));
   check(finished !== undefined, "no finished run to watch");
   const filters = await checkFiltersAndViews(client, listed);
   const watched = await checkWatchFinished(client, finished);

@@ -46,6 +46,7 @@ from ..trust import parse_proxies
 from .comments import load_comments
 from .connections import BACKLOG, ConnectionLimits, quiet_accept_errors
 from .hosts import HostCheck
+from .links import next_link, pages_by_link
 from .local import LocalDispatch
 from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
 from .openapi import build_openapi
@@ -86,6 +87,8 @@ class _Endpoint:
         # An empty response (DeleteRun's) is 204 No Content, not 200 "{}".
         self.no_content = not output.fields and not route.response_body
         self.render = renderer.response(output, route.response_body)
+        # A bare list (PySpur's `GET /run/`): its next page goes in a Link header.
+        self.links = pages_by_link(route.method, route.response_body)
         self.call: Any = None
 
 
@@ -208,7 +211,9 @@ class HttpGateway:
         self._router: Router[_Endpoint] = Router([(e.route, e) for e in self._endpoints])
         served = dict.fromkeys(r.method.containing_service.full_name for r in routes)
         title = ", ".join(served) or "no annotated services"
-        self.openapi = build_openapi(routes, load_comments(), title, _version())
+        # --http-path-prefix: every path, ours included, lives under it.
+        self._prefix = config.http_path_prefix
+        self.openapi = build_openapi(routes, load_comments(), title, _version(), self._prefix)
         document_probes(self.openapi)  # GET /healthz, /readyz (probes.py)
         self._openapi_body = dumps(self.openapi)
         self._grace = config.grace_seconds
@@ -299,7 +304,7 @@ class HttpGateway:
                 request_serializer=endpoint.builder.message_class.SerializeToString,
                 response_deserializer=endpoint.response_class.FromString,
             )
-        self._probes = Probes(channel)
+        self._probes = Probes(channel, self._prefix)
         # protocol.Server: unparsable requests get a JSON 4xx, not text and a
         # traceback; each connection is held to self._limits.
         quiet_accept_errors(asyncio.get_running_loop())
@@ -346,7 +351,17 @@ class HttpGateway:
                 status_pb2.Status(code=code_pb2.UNAVAILABLE, message="the server is shutting down"),
                 headers={"Connection": "close"},
             )
-        path, _, query = request.raw_path.partition("?")
+        raw_path, _, query = request.raw_path.partition("?")
+        path = raw_path
+        if self._prefix:
+            if path != self._prefix and not path.startswith(self._prefix + "/"):
+                return _error(
+                    status_pb2.Status(
+                        code=code_pb2.NOT_FOUND,
+                        message=f"no route for {path[:200]}; every path starts with {self._prefix}",
+                    )
+                )
+            path = path[len(self._prefix) :] or "/"
         verb = request.method
         if path == OPENAPI_PATH:
             if verb != "GET":
@@ -367,7 +382,7 @@ class HttpGateway:
         if isinstance(found, list):
             return self._not_allowed(path, found)
         try:
-            return await self._call(request, found, query)
+            return await self._call(request, found, raw_path, query)
         except Exception as error:  # noqa: BLE001 - a bug: a generic 500, the traceback to the log
             return _error(to_status(error, found.payload.route.grpc_path))
 
@@ -381,7 +396,7 @@ class HttpGateway:
         return _error(status, 405, {"Allow": ", ".join(allowed)})
 
     async def _call(
-        self, request: web.BaseRequest, found: Match[_Endpoint], query: str
+        self, request: web.BaseRequest, found: Match[_Endpoint], raw_path: str, query: str
     ) -> web.StreamResponse:
         endpoint = found.payload
         try:
@@ -404,7 +419,8 @@ class HttpGateway:
                     _status_of(error),
                     headers=_response_headers(error.initial_metadata(), error.trailing_metadata()),
                 )
-            return self._answer(endpoint, response, _response_headers(initial, trailing))
+            headers = _response_headers(initial, trailing)
+            return self._answer(endpoint, response, headers, raw_path, query)
         # Cancelling this task (the client went away: handler_cancellation)
         # cancels the call, and the server sees its RPC cancelled.
         call = endpoint.call(message, timeout=timeout, metadata=metadata)
@@ -418,12 +434,23 @@ class HttpGateway:
                 headers=_response_headers(error.initial_metadata(), error.trailing_metadata()),
             )
         headers = _response_headers(await call.initial_metadata(), await call.trailing_metadata())
-        return self._answer(endpoint, response, headers)
+        return self._answer(endpoint, response, headers, raw_path, query)
 
     @staticmethod
-    def _answer(endpoint: _Endpoint, response: Any, headers: dict[str, str] | None) -> web.Response:
+    def _answer(
+        endpoint: _Endpoint,
+        response: Any,
+        headers: dict[str, str] | None,
+        raw_path: str,
+        query: str,
+    ) -> web.Response:
         if endpoint.no_content:
             return web.Response(status=204, headers=headers)
+        if endpoint.links and response.next_page_token:
+            headers = {
+                **(headers or {}),
+                "Link": next_link(raw_path, query, response.next_page_token),
+            }
         return web.Response(body=endpoint.render(response), content_type=_JSON, headers=headers)
 
 

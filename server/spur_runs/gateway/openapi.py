@@ -14,6 +14,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from .links import pages_by_link
 from .routes import Route
 from .transcode import QUERY_MESSAGES
 
@@ -223,6 +224,10 @@ _STATUS: Schema = {
 _DESCRIPTION = """\
 The HTTP/JSON face of the gRPC API, derived from its `google.api.http` annotations.
 
+- PySpur's own paths (`/run/...`) answer PySpur's bodies: the run itself, or a bare
+  list whose next page, if any, is in a `Link: <...>; rel="next"` header. The
+  resource paths (`/v1/runs...`) answer whole response messages, with
+  `next_page_token` and `total_size`.
 - Paths match with or without a trailing slash.
 - Bodies are proto3 JSON with the proto field names; every field is present, and a
   field that is not set is `null`. int64 values are strings, enums are names,
@@ -265,8 +270,20 @@ def _stream_responses(name: str, body: Schema) -> dict[str, Any]:
     }
 
 
+_LINK_HEADER: Schema = {
+    "description": 'RFC 8288 `<...>; rel="next"`: the address of the next page, this '
+    "request's path and query with `page_token` set (and `page` dropped). Absent on "
+    "the last page. A bare list holds no `next_page_token`: follow this until it is gone.",
+    "schema": {"type": "string"},
+}
+
+
 def build_openapi(
-    routes: Sequence[Route], comments: Mapping[str, str], title: str, version: str
+    routes: Sequence[Route],
+    comments: Mapping[str, str],
+    title: str,
+    version: str,
+    prefix: str = "",
 ) -> dict[str, Any]:
     builder = _Builder(comments)
     paths: dict[str, dict[str, Any]] = {}
@@ -276,9 +293,16 @@ def build_openapi(
         summary, _, rest = text.partition("\n")
         output = method.output_type
         if route.response_body:
-            body = builder.field(_resolve(output, route.response_body.split(".")))
+            target = _resolve(output, route.response_body.split("."))
+            if target.message_type is not None and not target.is_repeated:
+                # The answer is that message itself (GetRun's run), never null.
+                body = builder.message(target.message_type)
+            else:
+                body = builder.field(target)
+            what = f"The `{route.response_body}` of a {output.name}, alone."
         else:
             body = builder.message(output)
+            what = f"A {output.name}."
         success: dict[str, Any]
         if route.streaming:
             success = _stream_responses(output.name, body)
@@ -287,12 +311,16 @@ def build_openapi(
         else:
             success = {
                 "200": {
-                    "description": f"A {output.name}.",
+                    "description": what,
                     "content": {"application/json": {"schema": body}},
                 }
             }
+            if pages_by_link(method, route.response_body):
+                success["200"]["headers"] = {"Link": _LINK_HEADER}
         operation: dict[str, Any] = {
-            "operationId": f"{method.containing_service.name}_{method.name}",
+            # protoc-gen-openapiv2's names: additional bindings get 2, 3, ...
+            "operationId": f"{method.containing_service.name}_{method.name}"
+            + (str(route.binding + 1) if route.binding else ""),
             "tags": [method.containing_service.name],
             "summary": summary.strip() or method.name,
             "parameters": builder.parameters(route),
@@ -320,9 +348,13 @@ def build_openapi(
         paths.setdefault(route.template.openapi_path, {})[route.verb.lower()] = operation
     schemas = dict(sorted(builder.schemas.items()))
     schemas["google.rpc.Status"] = _STATUS
-    return {
+    document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": _DESCRIPTION},
         "paths": paths,
         "components": {"schemas": schemas},
     }
+    if prefix:
+        # --http-path-prefix: every path is relative to this server URL.
+        document["servers"] = [{"url": prefix}]
+    return document

@@ -43,7 +43,9 @@ def _status(
 
 
 class Probes:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, prefix: str = "") -> None:
+        # --http-path-prefix: the probes live under it, as every path does.
+        self._paths = {prefix + HEALTHZ: HEALTHZ, prefix + READYZ: READYZ}
         self._check = channel.unary_unary(
             _CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -52,8 +54,8 @@ class Probes:
 
     async def answer(self, request: web.BaseRequest, closing: bool) -> web.Response | None:
         """The answer if `request` is for a probe's path, else None."""
-        path = request.raw_path.partition("?")[0]
-        if path not in (HEALTHZ, READYZ):
+        path = self._paths.get(request.raw_path.partition("?")[0])
+        if path is None:
             return None
         if request.method != "GET":
             return _status(

@@ -61,6 +61,8 @@ class PathTemplate:
     literals: int
     # The path with each variable as `{field.path}`, as OpenAPI writes it.
     openapi_path: str
+    # The custom verb after ":" ("watch"), or "".
+    verb: str = ""
 
     def match(self, path: str) -> dict[tuple[str, ...], str] | None:
         """Field path -> decoded value of each variable, or None.
@@ -109,6 +111,7 @@ def parse_template(text: str) -> PathTemplate:
         variables=tuple(parser.variables),
         literals=parser.literals,
         openapi_path="/" + openapi,
+        verb=verb,
     )
 
 
@@ -198,6 +201,9 @@ class Route:
     # "" (the whole response) or the name of the response field to answer with.
     response_body: str = ""
     bound: frozenset[tuple[str, ...]] = field(default=frozenset())
+    # 0 for the rule itself, n for its n-th additional binding (OpenAPI
+    # names operations after it, as protoc-gen-openapiv2 does).
+    binding: int = 0
 
     @property
     def grpc_path(self) -> str:
@@ -232,7 +238,7 @@ def resolve_field(message: Descriptor, path: Sequence[str]) -> FieldDescriptor:
     return found
 
 
-def _route(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Route:
+def _route(method: MethodDescriptor, rule: http_pb2.HttpRule, binding: int = 0) -> Route:
     kind = rule.WhichOneof("pattern")
     if kind is None:
         raise RouteError(f"{method.full_name}: HttpRule without a pattern")
@@ -260,6 +266,7 @@ def _route(method: MethodDescriptor, rule: http_pb2.HttpRule) -> Route:
         body=rule.body,
         response_body=rule.response_body,
         bound=frozenset(v.field_path for v in template.variables),
+        binding=binding,
     )
 
 
@@ -275,10 +282,13 @@ def routes_for(services: Iterable[ServiceDescriptor]) -> list[Route]:
                 continue
             rule = options.Extensions[annotations_pb2.http]
             routes.append(_route(method, rule))
-            for extra in rule.additional_bindings:
-                routes.append(_route(method, extra))
-    # Stable sort: among equally specific templates, declaration order wins.
-    routes.sort(key=lambda r: -r.template.literals)
+            for n, extra in enumerate(rule.additional_bindings, 1):
+                routes.append(_route(method, extra, n))
+    # Stable sort: the most literal segments first, then templates with a
+    # verb (`/v1/runs/{run_id}:watch` before `/v1/runs/{run_id}`, whose
+    # variable would otherwise take "R1:watch"); among equals, declaration
+    # order wins.
+    routes.sort(key=lambda r: (-r.template.literals, not r.template.verb))
     seen: dict[tuple[str, str], Route] = {}
     for route in routes:
         key = (route.verb, route.template.regex.pattern)
@@ -302,6 +312,9 @@ class Router(Generic[T]):
 
     def __init__(self, entries: Sequence[tuple[Route, T]]) -> None:
         self.entries = tuple(entries)
+        self._verbs = tuple(
+            {r.template.regex.pattern: r.template for r, _ in entries if r.template.verb}.values()
+        )
 
     def match(self, verb: str, path: str) -> Match[T] | list[str] | None:
         """The match; else the verbs the path allows (405); else None (404).
@@ -311,8 +324,14 @@ class Router(Generic[T]):
         """
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]
+        # A path that ends in a template's custom verb ("/v1/runs/R1:watch")
+        # is that template's alone: "R1:watch" is not a run id for the
+        # verb-less templates beside it (GetRun, DeleteRun) to take.
+        claimed = next((t.regex.pattern for t in self._verbs if t.regex.fullmatch(path)), None)
         allowed: list[str] = []
         for route, payload in self.entries:
+            if claimed is not None and route.template.regex.pattern != claimed:
+                continue
             if route.verb == verb:
                 variables = route.template.match(path)
                 if variables is not None:

@@ -38,6 +38,11 @@ def _configure(**kwargs: Any) -> None:
         version_table=VERSION_TABLE,
         include_name=include_name,
         compare_type=True,
+        # A transaction per revision, begun here (the connection comes in
+        # outside one): the index revisions leave it for an autocommit block
+        # on PostgreSQL (CREATE INDEX CONCURRENTLY), which Alembic allows
+        # only within a transaction of its own.
+        transaction_per_migration=True,
         **kwargs,
     )
 
@@ -68,7 +73,7 @@ def run_migrations_online() -> None:
         raise RuntimeError("no database: pass a connection or set sqlalchemy.url")
     engine = create_db_engine(url, pool_size=1)
     try:
-        with engine.execution_options(**{WRITE_OPTION: True}).begin() as new_connection:
+        with engine.execution_options(**{WRITE_OPTION: True}).connect() as new_connection:
             _run(new_connection)
     finally:
         engine.dispose()

@@ -25,86 +25,6 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class _RunStatus:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    RUN_STATUS_UNSPECIFIED: _RunStatus.ValueType  # 0
-    """Not set. The service never returns it."""
-    RUN_STATUS_PENDING: _RunStatus.ValueType  # 1
-    """Created, not started yet."""
-    RUN_STATUS_RUNNING: _RunStatus.ValueType  # 2
-    """The engine is executing the run's tasks."""
-    RUN_STATUS_COMPLETED: _RunStatus.ValueType  # 3
-    """Every task finished; the run has outputs."""
-    RUN_STATUS_FAILED: _RunStatus.ValueType  # 4
-    """A task failed and the run stopped."""
-    RUN_STATUS_PAUSED: _RunStatus.ValueType  # 5
-    """Waiting for a person (a human-intervention node paused it)."""
-    RUN_STATUS_CANCELED: _RunStatus.ValueType  # 6
-    """Stopped by a person before it finished."""
-
-class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
-    """Lifecycle state of a run, as PySpur's engine records it."""
-
-RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
-"""Not set. The service never returns it."""
-RUN_STATUS_PENDING: RunStatus.ValueType  # 1
-"""Created, not started yet."""
-RUN_STATUS_RUNNING: RunStatus.ValueType  # 2
-"""The engine is executing the run's tasks."""
-RUN_STATUS_COMPLETED: RunStatus.ValueType  # 3
-"""Every task finished; the run has outputs."""
-RUN_STATUS_FAILED: RunStatus.ValueType  # 4
-"""A task failed and the run stopped."""
-RUN_STATUS_PAUSED: RunStatus.ValueType  # 5
-"""Waiting for a person (a human-intervention node paused it)."""
-RUN_STATUS_CANCELED: RunStatus.ValueType  # 6
-"""Stopped by a person before it finished."""
-Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
-
-class _TaskStatus:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _TaskStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskStatus.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    TASK_STATUS_UNSPECIFIED: _TaskStatus.ValueType  # 0
-    """Not set. The service never returns it."""
-    TASK_STATUS_PENDING: _TaskStatus.ValueType  # 1
-    """Scheduled, not started yet."""
-    TASK_STATUS_RUNNING: _TaskStatus.ValueType  # 2
-    """The node is executing."""
-    TASK_STATUS_COMPLETED: _TaskStatus.ValueType  # 3
-    """The node finished; `outputs` holds its result."""
-    TASK_STATUS_FAILED: _TaskStatus.ValueType  # 4
-    """The node failed; `error` says why."""
-    TASK_STATUS_PAUSED: _TaskStatus.ValueType  # 5
-    """The node waits for a person (human-intervention node)."""
-    TASK_STATUS_CANCELED: _TaskStatus.ValueType  # 6
-    """The node was canceled before it finished."""
-
-class TaskStatus(_TaskStatus, metaclass=_TaskStatusEnumTypeWrapper):
-    """Lifecycle state of one task (one node of the workflow in one run)."""
-
-TASK_STATUS_UNSPECIFIED: TaskStatus.ValueType  # 0
-"""Not set. The service never returns it."""
-TASK_STATUS_PENDING: TaskStatus.ValueType  # 1
-"""Scheduled, not started yet."""
-TASK_STATUS_RUNNING: TaskStatus.ValueType  # 2
-"""The node is executing."""
-TASK_STATUS_COMPLETED: TaskStatus.ValueType  # 3
-"""The node finished; `outputs` holds its result."""
-TASK_STATUS_FAILED: TaskStatus.ValueType  # 4
-"""The node failed; `error` says why."""
-TASK_STATUS_PAUSED: TaskStatus.ValueType  # 5
-"""The node waits for a person (human-intervention node)."""
-TASK_STATUS_CANCELED: TaskStatus.ValueType  # 6
-"""The node was canceled before it finished."""
-Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
-
 class _RunView:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -141,6 +61,48 @@ class Run(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _Status:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Run._Status.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATUS_UNSPECIFIED: Run._Status.ValueType  # 0
+        """Not set. The service never returns it."""
+        PENDING: Run._Status.ValueType  # 1
+        """Created, not started yet."""
+        RUNNING: Run._Status.ValueType  # 2
+        """The engine is executing the run's tasks."""
+        COMPLETED: Run._Status.ValueType  # 3
+        """Every task finished; the run has outputs."""
+        FAILED: Run._Status.ValueType  # 4
+        """A task failed and the run stopped."""
+        PAUSED: Run._Status.ValueType  # 5
+        """Waiting for a person (a human-intervention node paused it)."""
+        CANCELED: Run._Status.ValueType  # 6
+        """Stopped by a person before it finished."""
+
+    class Status(_Status, metaclass=_StatusEnumTypeWrapper):
+        """Lifecycle state of a run, as PySpur's engine records it. Values are
+        spelled as PySpur's RunStatus spells them ("COMPLETED"), so that JSON
+        clients see PySpur's own strings (AIP-216: a nested enum per resource).
+        """
+
+    STATUS_UNSPECIFIED: Run.Status.ValueType  # 0
+    """Not set. The service never returns it."""
+    PENDING: Run.Status.ValueType  # 1
+    """Created, not started yet."""
+    RUNNING: Run.Status.ValueType  # 2
+    """The engine is executing the run's tasks."""
+    COMPLETED: Run.Status.ValueType  # 3
+    """Every task finished; the run has outputs."""
+    FAILED: Run.Status.ValueType  # 4
+    """A task failed and the run stopped."""
+    PAUSED: Run.Status.ValueType  # 5
+    """Waiting for a person (a human-intervention node paused it)."""
+    CANCELED: Run.Status.ValueType  # 6
+    """Stopped by a person before it finished."""
+
     ID_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
     WORKFLOW_VERSION_ID_FIELD_NUMBER: _builtins.int
@@ -167,7 +129,7 @@ class Run(_message.Message):
     """Id of the workflow version that was run, e.g. "SV7". Absent only for rows
     written without one.
     """
-    status: Global___RunStatus.ValueType
+    status: Global___Run.Status.ValueType
     """Current status of the run."""
     parent_run_id: _builtins.str
     """Id of the run that started this one (a sub-workflow or batch item);
@@ -214,13 +176,14 @@ class Run(_message.Message):
     @_builtins.property
     def initial_inputs(self) -> _struct_pb2.Struct:
         """Inputs the run started with, keyed by input node id then field name.
-        Absent when the run has none.
+        Absent when the stored value is null; a stored {} is an empty Struct.
         """
 
     @_builtins.property
     def outputs(self) -> _struct_pb2.Value:
         """Outputs of the workflow, usually keyed by node id. Absent until the run
-        produced any. Any JSON value PySpur stored is kept as it is.
+        produced any. Any JSON value PySpur stored is kept as it is: {} stays
+        {}, [] stays [].
         """
 
     @_builtins.property
@@ -237,7 +200,7 @@ class Run(_message.Message):
         workflow_id: _builtins.str = ...,
         workflow_version_id: _builtins.str | None = ...,
         workflow_version: Global___WorkflowVersion | None = ...,
-        status: Global___RunStatus.ValueType = ...,
+        status: Global___Run.Status.ValueType = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         initial_inputs: _struct_pb2.Struct | None = ...,
@@ -289,6 +252,45 @@ class Task(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _Status:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Task._Status.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATUS_UNSPECIFIED: Task._Status.ValueType  # 0
+        """Not set. The service never returns it."""
+        PENDING: Task._Status.ValueType  # 1
+        """Scheduled, not started yet."""
+        RUNNING: Task._Status.ValueType  # 2
+        """The node is executing."""
+        COMPLETED: Task._Status.ValueType  # 3
+        """The node finished; `outputs` holds its result."""
+        FAILED: Task._Status.ValueType  # 4
+        """The node failed; `error` says why."""
+        PAUSED: Task._Status.ValueType  # 5
+        """The node waits for a person (human-intervention node)."""
+        CANCELED: Task._Status.ValueType  # 6
+        """The node was canceled before it finished."""
+
+    class Status(_Status, metaclass=_StatusEnumTypeWrapper):
+        """Lifecycle state of one task, spelled as PySpur's TaskStatus."""
+
+    STATUS_UNSPECIFIED: Task.Status.ValueType  # 0
+    """Not set. The service never returns it."""
+    PENDING: Task.Status.ValueType  # 1
+    """Scheduled, not started yet."""
+    RUNNING: Task.Status.ValueType  # 2
+    """The node is executing."""
+    COMPLETED: Task.Status.ValueType  # 3
+    """The node finished; `outputs` holds its result."""
+    FAILED: Task.Status.ValueType  # 4
+    """The node failed; `error` says why."""
+    PAUSED: Task.Status.ValueType  # 5
+    """The node waits for a person (human-intervention node)."""
+    CANCELED: Task.Status.ValueType  # 6
+    """The node was canceled before it finished."""
+
     ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
@@ -314,7 +316,7 @@ class Task(_message.Message):
     run's workflow version definition; empty when the definition has no node
     with this id.
     """
-    status: Global___TaskStatus.ValueType
+    status: Global___Task.Status.ValueType
     """Current status of the task."""
     error: _builtins.str
     """Error message when the task failed."""
@@ -336,11 +338,15 @@ class Task(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _struct_pb2.Value:
-        """Inputs the node received; absent when none were recorded."""
+        """Inputs the node received, as stored ({} and [] kept); absent when none
+        were recorded.
+        """
 
     @_builtins.property
     def outputs(self) -> _struct_pb2.Value:
-        """Outputs the node produced; absent when none were recorded."""
+        """Outputs the node produced, as stored ({} and [] kept); absent when none
+        were recorded.
+        """
 
     @_builtins.property
     def subworkflow(self) -> _struct_pb2.Struct:
@@ -357,7 +363,7 @@ class Task(_message.Message):
         run_id: _builtins.str = ...,
         node_id: _builtins.str = ...,
         node_type: _builtins.str = ...,
-        status: Global___TaskStatus.ValueType = ...,
+        status: Global___Task.Status.ValueType = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         inputs: _struct_pb2.Value | None = ...,

@@ -43,7 +43,9 @@ def _pyspur_schema_present() -> bool:
     PySpur's: we refuse to guess rather than half-create a schema in it.
     """
     if context.is_offline_mode():
-        return False  # --sql output: assume an empty database
+        # `spur-runs migrate --sql` looked at the database before (migrate.py);
+        # without that, the script is for an empty database.
+        return bool(context.config.attributes.get("pyspur_schema_present", False))
     present = set(sa.inspect(op.get_bind()).get_table_names()) & set(TABLES)
     if "runs" in present:
         return True

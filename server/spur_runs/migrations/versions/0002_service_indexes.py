@@ -1,7 +1,10 @@
 """service_indexes: the indexes our queries need and PySpur does not create.
 
-Additive and idempotent (CREATE INDEX IF NOT EXISTS, on SQLite and
-PostgreSQL): run on a database PySpur made, this is all that changes in it.
+Additive and idempotent (migrations/index_ops.py: CREATE INDEX
+CONCURRENTLY on PostgreSQL, which blocks none of PySpur's writes, and
+rebuilds an index an interrupted build left INVALID; CREATE INDEX IF NOT
+EXISTS on SQLite): run on a database PySpur made, this is all that changes
+in it.
 The list is frozen here as it was when this revision was written; it must
 equal spur_runs.models.SERVICE_INDEXES (a test checks), and an index added
 there later needs a new revision.
