@@ -43,7 +43,9 @@ def _status(
 
 
 class Probes:
-    def __init__(self, channel: grpc.aio.Channel, prefix: str = "") -> None:
+    def __init__(self, channel: Any, prefix: str = "") -> None:
+        """`channel`: the gateway's, a grpc.aio.Channel or anything with its
+        unary_unary (a pool of them)."""
         # --http-path-prefix: the probes live under it, as every path does.
         self._paths = {prefix + HEALTHZ: HEALTHZ, prefix + READYZ: READYZ}
         self._check = channel.unary_unary(
