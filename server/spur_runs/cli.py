@@ -64,6 +64,29 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "watch_interval": (float, "seconds between two looks at the runs WatchRun streams watch"),
     "max_watchers": (int, "open WatchRun streams beyond which new ones get RESOURCE_EXHAUSTED"),
     "http_path_prefix": (str, "serve every HTTP route under this path, e.g. /api (default none)"),
+    "http_header_timeout_seconds": (
+        float,
+        "close an HTTP connection whose request headers are not complete this long after "
+        "it opens or its request begins (0 < s <= 3600)",
+    ),
+    "http_idle_timeout_seconds": (
+        float,
+        "close a keep-alive HTTP connection idle this long (0 < s <= 86400)",
+    ),
+    "http_max_connections": (
+        int,
+        "open HTTP connections beyond which new ones get 503 (1..1000000; lowered to fit "
+        "the file limit)",
+    ),
+    "http_allowed_hosts": (
+        str,
+        "comma-separated Host names a tokenless server on loopback answers besides "
+        "localhost, 127.0.0.1 and [::1]",
+    ),
+    "trusted_proxies": (
+        str,
+        "comma-separated addresses/CIDRs whose X-Forwarded-For the HTTP gateway believes",
+    ),
 }
 
 

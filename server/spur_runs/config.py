@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .trust import parse_hosts, parse_proxies
+
 DEFAULT_DATABASE_URL = "sqlite:///spur-runs.db"
 # An HTTP path prefix: "/" and unreserved path characters, no trailing "/".
 _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
@@ -52,6 +54,12 @@ ENV = {
     "max_watchers": "SPUR_RUNS_MAX_WATCHERS",
     # The HTTP gateway (gateway/).
     "http_path_prefix": "SPUR_RUNS_HTTP_PATH_PREFIX",
+    # The HTTP port's bounds and trust (gateway/connections.py, hosts.py, metadata.py).
+    "http_header_timeout_seconds": "SPUR_RUNS_HTTP_HEADER_TIMEOUT_SECONDS",
+    "http_idle_timeout_seconds": "SPUR_RUNS_HTTP_IDLE_TIMEOUT_SECONDS",
+    "http_max_connections": "SPUR_RUNS_HTTP_MAX_CONNECTIONS",
+    "http_allowed_hosts": "SPUR_RUNS_HTTP_ALLOWED_HOSTS",
+    "trusted_proxies": "SPUR_RUNS_TRUSTED_PROXIES",
 }
 
 
@@ -94,6 +102,11 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     # already no watch at all.
     "watch_interval": (0.01, 3600, False),
     "max_watchers": (1, 1_000_000, False),
+    # The HTTP port (gateway/connections.py): a header timeout above an hour
+    # is no slow-loris bound; a day of idle keep-alive is no bound either.
+    "http_header_timeout_seconds": (0.01, 3600, False),
+    "http_idle_timeout_seconds": (0.01, 86400, False),
+    "http_max_connections": (1, 1_000_000, False),
 }
 
 
@@ -165,6 +178,26 @@ class Config:
     # Every HTTP route, /openapi.json and /metrics under this path (e.g.
     # "/api", where PySpur's UI looks for its Runs API); "" for none.
     http_path_prefix: str = ""
+    # An HTTP connection must send a request's complete headers within this
+    # long (of opening, or of its request's first byte), else it is closed.
+    # A real client sends them in one packet; 10 s leaves room for a slow
+    # mobile link's retransmits, as Go servers commonly set ReadHeaderTimeout.
+    http_header_timeout_seconds: float = 10.0
+    # A keep-alive HTTP connection idle this long is closed. Longer than the
+    # 60 s idle timeout of the usual proxies in front (nginx's upstream
+    # keepalive_timeout, AWS ALB), so that the proxy, not this server, ends an
+    # idle pooled connection: else a request it sends as we close is lost
+    # (a 502). nginx's own default for its clients is 75 s too.
+    http_idle_timeout_seconds: float = 75.0
+    # Open HTTP connections beyond which new ones get 503 at once (lowered
+    # to what the file limit allows: gateway/connections.py).
+    http_max_connections: int = 1024
+    # Comma-separated Host names a tokenless server on loopback answers
+    # besides localhost, 127.0.0.1 and [::1] (gateway/hosts.py).
+    http_allowed_hosts: str | None = None
+    # Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For the
+    # HTTP gateway believes (for the access log's forwarded_for).
+    trusted_proxies: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("database_url", "read_database_url"):
@@ -178,6 +211,7 @@ class Config:
                 )
         self._check_ranges()
         self._check_serving()
+        self._check_http()
         for name in ("grpc_address", "http_address", "health_address"):
             value = getattr(self, name)
             if value is not None:
@@ -196,6 +230,14 @@ class Config:
                     f"{_named(name)} must be {also}between {_show(least)} and {_show(most)}, "
                     f"got {value}"
                 )
+
+    def _check_http(self) -> None:
+        """The HTTP port's trust lists (its numeric bounds are in RANGES)."""
+        try:
+            parse_hosts(self.http_allowed_hosts)
+            parse_proxies(self.trusted_proxies)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
 
     def _check_serving(self) -> None:
         """The production-serving options; their files are read by tls.py

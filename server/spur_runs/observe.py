@@ -33,6 +33,7 @@ from .interceptors import (
 )
 from .logs import REQUEST_ID
 from .metrics import MethodMetrics, Metrics
+from .trust import GATEWAY_KEY, from_gateway
 
 access_log = logging.getLogger("spur_runs.access")
 
@@ -129,7 +130,12 @@ class ObserveInterceptor(Interceptor):
         metadata = handler_call_details.invocation_metadata
         incoming = _metadata_value(metadata, REQUEST_ID_KEY)
         given_id = incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else None
-        forwarded_for = _metadata_value(metadata, "x-forwarded-for")
+        # Only the gateway's (trust.py): a gRPC caller's own would be its say.
+        forwarded_for = (
+            _metadata_value(metadata, "x-forwarded-for")
+            if from_gateway(_metadata_value(metadata, GATEWAY_KEY))
+            else None
+        )
         pools = self._metrics
         method_metrics = (
             None

@@ -42,11 +42,15 @@ from ..config import Config, parse_address
 from ..errors import HTTP_STATUS, InvalidArgument, grpc_code, to_status
 from ..metrics import Metrics
 from ..metrics_http import METRICS_PATH, metrics_response
+from ..trust import parse_proxies
 from .comments import load_comments
+from .connections import BACKLOG, ConnectionLimits, quiet_accept_errors
+from .hosts import HostCheck
 from .links import next_link, pages_by_link
 from .local import LocalDispatch
 from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
 from .openapi import build_openapi
+from .probes import Probes, document_probes
 from .protocol import Server
 from .render import Renderer, dumps, status_json
 from .routes import Match, Route, Router, routes_for
@@ -210,10 +214,16 @@ class HttpGateway:
         # --http-path-prefix: every path, ours included, lives under it.
         self._prefix = config.http_path_prefix
         self.openapi = build_openapi(routes, load_comments(), title, _version(), self._prefix)
+        document_probes(self.openapi)  # GET /healthz, /readyz (probes.py)
         self._openapi_body = dumps(self.openapi)
         self._grace = config.grace_seconds
         self._max_body = config.max_request_bytes
         self._ssl = tls.http_context(config)
+        # The port's bounds and trust (connections.py, hosts.py, metadata.py).
+        self._limits = ConnectionLimits.from_config(config)
+        self._hosts = HostCheck.from_config(config)
+        self._trusted = parse_proxies(config.trusted_proxies)
+        self._probes: Probes | None = None
 
         self._socket_dir = tempfile.mkdtemp(prefix="spur-runs-")  # mode 0700
         self._target = f"unix:{os.path.join(self._socket_dir, 'grpc.sock')}"
@@ -294,11 +304,16 @@ class HttpGateway:
                 request_serializer=endpoint.builder.message_class.SerializeToString,
                 response_deserializer=endpoint.response_class.FromString,
             )
-        # protocol.Server: unparsable requests get a JSON 4xx, not text and a traceback.
-        server = Server(self._handle, handler_cancellation=True, access_log=None)
+        self._probes = Probes(channel, self._prefix)
+        # protocol.Server: unparsable requests get a JSON 4xx, not text and a
+        # traceback; each connection is held to self._limits.
+        quiet_accept_errors(asyncio.get_running_loop())
+        server = Server(
+            self._handle, self._limits, tls=self._ssl, handler_cancellation=True, access_log=None
+        )
         runner = web.ServerRunner(server, shutdown_timeout=_CANCEL_WITHIN)
         await runner.setup()
-        site = web.SockSite(runner, self._sock, ssl_context=self._ssl)
+        site = web.SockSite(runner, self._sock, backlog=BACKLOG)  # (TLS: in Server)
         await site.start()
         self._ready.set()
         try:
@@ -316,6 +331,11 @@ class HttpGateway:
             await channel.close(grace=None)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        early = self._hosts.refusal(request)
+        if early is None and self._probes is not None:
+            early = await self._probes.answer(request, self._closing)
+        if early is not None:
+            return early
         self._inflight += 1
         try:
             return await self._respond(request)
@@ -382,7 +402,9 @@ class HttpGateway:
         try:
             timeout_header = request.headers.get(TIMEOUT_HEADER)
             timeout = parse_timeout(timeout_header) if timeout_header is not None else None
-            metadata = outgoing_metadata(request.headers.items(), request.remote, request.host)
+            metadata = outgoing_metadata(
+                request.headers.items(), request.remote, request.host, self._trusted
+            )
             body = await _read_body(request, self._max_body) if endpoint.route.body else b""
             message = endpoint.builder.build(found.variables, query, body)
         except InvalidArgument as error:

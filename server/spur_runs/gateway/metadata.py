@@ -12,9 +12,14 @@ caller the way it would behind grpc-gateway:
 - `X-Request-Id` -> `x-request-id` (the id the access log and the
   answer carry; observe.py);
 - `x-forwarded-host` (the Host) and `x-forwarded-for` (the client's address,
-  appended to any X-Forwarded-For it sent);
+  appended to the X-Forwarded-For it sent if it is a trusted proxy:
+  --trusted-proxies; anyone else's X-Forwarded-For and X-Forwarded-Host are
+  ignored, for the access log's forwarded_for must not be the caller's say);
+  `Grpc-Metadata-X-Forwarded-For` / `-Host` / `-Spur-Runs-Gateway` are
+  refused (400): those keys are the gateway's to set; the last marks the
+  gateway's calls (trust.gateway_mark);
 - `Grpc-Timeout` (gRPC's own format: up to 8 digits and a unit H M S m u n)
-  -> the call's deadline.
+  -> the call's deadline, at most MAX_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -25,9 +30,18 @@ import re
 from collections.abc import Iterable
 
 from ..errors import InvalidArgument
+from ..trust import GATEWAY_KEY, Network, gateway_mark, is_trusted
 
 METADATA_PREFIX = "grpc-metadata-"
 TIMEOUT_HEADER = "Grpc-Timeout"
+
+# The longest deadline given to a call (99,999,999 s, about 3 years: the
+# largest gRPC's own header writes in seconds). A longer one, up to
+# 99999999H, overflows grpc's int64 nanoseconds (an instant
+# DEADLINE_EXCEEDED on a channel); a deadline years away is none in effect.
+MAX_TIMEOUT = 99_999_999.0
+# Metadata keys the gateway sets itself.
+_GATEWAY_KEYS = frozenset(("x-forwarded-for", "x-forwarded-host", GATEWAY_KEY))
 
 _TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
@@ -49,19 +63,24 @@ Metadata = list[tuple[str, str | bytes]]
 
 
 def parse_timeout(text: str) -> float:
-    """Seconds of a Grpc-Timeout header value; InvalidArgument if malformed."""
+    """Seconds of a Grpc-Timeout header value, at most MAX_TIMEOUT;
+    InvalidArgument if malformed."""
     found = _TIMEOUT.fullmatch(text)
     if found is None:
         raise InvalidArgument(
             TIMEOUT_HEADER, f"{text[:40]!r} is not a gRPC timeout such as 500m or 2S"
         )
-    return int(found.group(1)) * _UNITS[found.group(2)]
+    return min(int(found.group(1)) * _UNITS[found.group(2)], MAX_TIMEOUT)
 
 
 def outgoing_metadata(
-    headers: Iterable[tuple[str, str]], remote: str | None, host: str | None
+    headers: Iterable[tuple[str, str]],
+    remote: str | None,
+    host: str | None,
+    trusted: tuple[Network, ...] = (),
 ) -> Metadata:
-    """The metadata of the call for an HTTP request's headers."""
+    """The metadata of the call for an HTTP request's headers; X-Forwarded-*
+    count only from a `remote` in `trusted`."""
     pairs: Metadata = []
     forwarded_for = forwarded_host = None
     for name, value in headers:
@@ -72,6 +91,8 @@ def outgoing_metadata(
             target = key[len(METADATA_PREFIX) :]
             if not _KEY.fullmatch(target) or target.startswith("grpc-"):
                 raise InvalidArgument(name, "is not a usable gRPC metadata key")
+            if target in _GATEWAY_KEYS:
+                raise InvalidArgument(name, "is set by the gateway, not by callers")
             pairs.append(
                 (target, _binary(name, value) if target.endswith("-bin") else _text(name, value))
             )
@@ -83,12 +104,15 @@ def outgoing_metadata(
             forwarded_for = value
         elif key == "x-forwarded-host":
             forwarded_host = value
+    if not is_trusted(remote, trusted):
+        forwarded_for = forwarded_host = None
     host = forwarded_host or host
     if host:
         pairs.append(("x-forwarded-host", _text("Host", host)))
     if remote:
         chain = f"{forwarded_for}, {remote}" if forwarded_for else remote
         pairs.append(("x-forwarded-for", _text("X-Forwarded-For", chain)))
+        pairs.append(gateway_mark())  # (what makes the access log believe it)
     return pairs
 
 

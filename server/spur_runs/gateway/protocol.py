@@ -6,17 +6,27 @@ the server had failed. They are the client's fault, so this server answers
 them as the gateway answers bad input, a google.rpc.Status JSON body with
 the same HTTP status (400; 414/431 where aiohttp says so), and logs one
 line at INFO.
+
+Each connection is also held to connections.py's bounds: a header timeout,
+an idle timeout, a cap on open connections. Only public aiohttp API is
+used: web.Server and web.RequestHandler are subclassed through their
+documented constructors and asyncio's protocol methods, and the handler
+keyword arguments are this class's own copy, not web.Server's private ones.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web, web_protocol
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from google.rpc import code_pb2, status_pb2
 
+from .connections import ConnectionCount, ConnectionLimits
 from .render import status_json
 
 log = logging.getLogger(__name__)
@@ -30,7 +40,132 @@ def _message(error: HttpProcessingError) -> str:
     return f"malformed HTTP request ({type(error).__name__})"
 
 
-class _Handler(web_protocol.RequestHandler):
+class _Handler(web.RequestHandler):
+    def __init__(
+        self,
+        manager: Server,
+        count: ConnectionCount,
+        tls: ssl.SSLContext | None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard_count = count
+        self._guard_tls = tls
+        self._guard_loop: asyncio.AbstractEventLoop = kwargs["loop"]
+        self._guard_transport: asyncio.BaseTransport | None = None
+        self._guard_refused = False
+        self._guard_http = False  # aiohttp has the connection (after any handshake)
+        self._guard_released = False
+        self._guard_busy = False  # a request's handler is running
+        self._guard_timer: asyncio.TimerHandle | None = None
+        self._guard_handshake: asyncio.Task[None] | None = None
+        # Request bytes that arrive between the end of the handshake and
+        # start_tls returning (the same turn of the loop).
+        self._guard_early: list[bytes] = []
+
+    # --- the bounds (connections.py) ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._guard_count.admit(self):
+            self._guard_refused = True  # aiohttp never sees this connection
+            self._guard_count.refuse(transport, self._guard_loop, plain=self._guard_tls is None)
+            return
+        self._guard_transport = transport
+        self._guard_arm()  # the handshake and the headers are due within the timeout
+        if self._guard_tls is None:
+            self._guard_http = True
+            super().connection_made(transport)
+        else:
+            self._guard_handshake = self._guard_loop.create_task(self._guard_start_tls(transport))
+
+    async def _guard_start_tls(self, transport: asyncio.BaseTransport) -> None:
+        """TLS here rather than in the listening site, so that a client that
+        never finishes its handshake is closed at the header timeout (the
+        site would allow asyncio's 60 s) and counts against the cap."""
+        assert self._guard_tls is not None and isinstance(transport, asyncio.Transport)
+        try:
+            secure = await self._guard_loop.start_tls(
+                transport,
+                self,
+                self._guard_tls,
+                server_side=True,
+                ssl_handshake_timeout=self._guard_count.limits.header_timeout,
+            )
+        except Exception as error:  # noqa: BLE001 - any failed handshake: the client's end
+            log.debug("TLS handshake failed on the HTTP port: %s", error)
+            secure = None
+        if secure is None or self._guard_released:  # (closed during the handshake)
+            self._guard_release()
+            transport.abort()
+            return
+        self._guard_transport = secure
+        self._guard_http = True
+        super().connection_made(secure)
+        early, self._guard_early = b"".join(self._guard_early), []
+        if early:
+            self.data_received(early)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._guard_http:
+            if not self._guard_refused:
+                self._guard_early.append(data)
+            return
+        if data and not self._guard_busy and self._guard_timer is None:
+            self._guard_arm()  # the first bytes of a request: its headers are due
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._guard_refused:
+            return
+        self._guard_release()
+        if self._guard_http:
+            super().connection_lost(exc)
+
+    def _guard_release(self) -> None:
+        if not self._guard_released:
+            self._guard_released = True
+            self._guard_disarm()
+            self._guard_count.release(self)
+            self._guard_transport = None
+
+    def guard_request_started(self) -> None:
+        self._guard_busy = True
+        self._guard_disarm()
+        self._guard_count.busy(self)
+
+    def guard_request_finished(self) -> None:
+        # From here aiohttp's keepalive_timeout (the idle timeout) runs.
+        self._guard_busy = False
+        if self._guard_transport is not None:  # (still open)
+            self._guard_count.idle(self)
+
+    def _guard_arm(self) -> None:
+        self._guard_timer = self._guard_loop.call_later(
+            self._guard_count.limits.header_timeout, self._guard_headers_late
+        )
+
+    def _guard_disarm(self) -> None:
+        if self._guard_timer is not None:
+            self._guard_timer.cancel()
+            self._guard_timer = None
+
+    def _guard_headers_late(self) -> None:
+        self._guard_timer = None
+        if not self._guard_busy:
+            log.debug("closed an HTTP connection that sent no complete request headers in time")
+            self.guard_evict()
+
+    def guard_evict(self) -> None:
+        """Close at once: nothing is owed to a connection without a request."""
+        if self._guard_transport is None:
+            return
+        if isinstance(self._guard_transport, asyncio.Transport):
+            self._guard_transport.abort()
+        else:
+            self._guard_transport.close()
+
+    # --- unparsable requests ---
+
     def handle_error(
         self,
         request: web.BaseRequest,
@@ -38,6 +173,7 @@ class _Handler(web_protocol.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        self._guard_disarm()  # (the answer closes the connection)
         if not isinstance(exc, HttpProcessingError) or not 400 <= status < 500:
             return super().handle_error(request, status, exc, message)
         log.info("malformed HTTP request from %s: %s", request.remote, type(exc).__name__)
@@ -49,11 +185,58 @@ class _Handler(web_protocol.RequestHandler):
         return response
 
 
-class Server(web.Server):
-    """aiohttp's low-level server, with `_Handler` for its connections."""
+Handle = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
-    def __call__(self) -> web_protocol.RequestHandler:
-        kwargs: dict[str, Any] | None = getattr(self, "_kwargs", None)
-        if kwargs is None:  # another aiohttp layout: its own handler
-            return super().__call__()
-        return _Handler(self, loop=self._loop, **kwargs)
+
+class Server(web.Server):
+    """aiohttp's low-level server, with `_Handler` for its connections.
+    `tls` is the port's TLS (the site's socket stays plain: _Handler does
+    the handshake); `handler_kwargs` go to each web.RequestHandler."""
+
+    def __init__(
+        self,
+        handler: Handle,
+        limits: ConnectionLimits,
+        *,
+        tls: ssl.SSLContext | None = None,
+        handler_cancellation: bool = False,
+        **handler_kwargs: Any,
+    ) -> None:
+        handler_kwargs["keepalive_timeout"] = limits.idle_timeout
+        super().__init__(
+            self._watched(handler), handler_cancellation=handler_cancellation, **handler_kwargs
+        )
+        self.connection_count = ConnectionCount(limits)
+        self._guard_kwargs = handler_kwargs
+        self._guard_tls = tls
+        self._guard_event_loop = asyncio.get_running_loop()
+
+    def pre_shutdown(self) -> None:
+        self.connection_count.close_new()
+        super().pre_shutdown()
+
+    def __call__(self) -> web.RequestHandler:
+        return _Handler(
+            self,
+            self.connection_count,
+            self._guard_tls,
+            loop=self._guard_event_loop,
+            **self._guard_kwargs,
+        )
+
+    @staticmethod
+    def _watched(handler: Handle) -> Handle:
+        """`handler`, telling the connection when a request (its headers
+        read) starts and ends."""
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            protocol = request.protocol
+            if isinstance(protocol, _Handler):
+                protocol.guard_request_started()
+            try:
+                return await handler(request)
+            finally:
+                if isinstance(protocol, _Handler):
+                    protocol.guard_request_finished()
+
+        return handle

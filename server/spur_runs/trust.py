@@ -1,0 +1,96 @@
+"""Whom the HTTP port trusts: the Host names it answers (against DNS
+rebinding) and the proxies whose X-Forwarded-For it believes. Plain parsing,
+shared by config.py (to refuse a bad list at start-up) and the gateway.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+import secrets
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# The HTTP gateway's x-forwarded-for is its own say about its caller; a gRPC
+# caller's x-forwarded-for metadata is only the caller's. The gateway marks
+# its calls with this process's secret, and the access log believes
+# x-forwarded-for only beside it (observe.py).
+GATEWAY_KEY = "spur-runs-gateway"
+_GATEWAY_MARK = secrets.token_hex(16)
+
+# Host names a browser can only reach on this machine: a page on another
+# name that resolves to 127.0.0.1 (DNS rebinding) sends its own name.
+LOOPBACK_HOSTS = frozenset(("localhost", "127.0.0.1", "[::1]"))
+
+# A host as a Host header names it: a DNS name, an IPv4 address, or an IPv6
+# address in brackets; an optional :port.
+_HOST = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::([0-9]{1,5}))?")
+
+
+def _items(text: str | None) -> list[str]:
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
+
+
+def host_name(header: str) -> str | None:
+    """The host of a Host header, lowercased, without its port; None if it
+    is not a host[:port]."""
+    found = _HOST.fullmatch(header.strip().lower())
+    return found.group(1).rstrip(".") if found else None
+
+
+def parse_hosts(text: str | None) -> frozenset[str]:
+    """--http-allowed-hosts: comma-separated host names (a port, if given,
+    is ignored: any port of an allowed host is allowed)."""
+    hosts = set()
+    for item in _items(text):
+        host = host_name(item)
+        if host is None:
+            raise ValueError(f"--http-allowed-hosts: {item[:80]!r} is not a host name")
+        hosts.add(host)
+    return frozenset(hosts)
+
+
+def parse_proxies(text: str | None) -> tuple[Network, ...]:
+    """--trusted-proxies: comma-separated addresses or CIDR networks."""
+    networks = []
+    for item in _items(text):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(
+                f"--trusted-proxies: {item[:80]!r} is not an address or a CIDR network"
+            ) from None
+    return tuple(networks)
+
+
+def is_trusted(address: str | None, networks: tuple[Network, ...]) -> bool:
+    """Whether a peer's address (as the socket gives it) is in `networks`."""
+    if not address or not networks:
+        return False
+    try:
+        peer = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(peer, ipaddress.IPv6Address) and peer.ipv4_mapped is not None:
+        peer = peer.ipv4_mapped
+    return any(peer in network for network in networks)
+
+
+def is_loopback_bind(host: str) -> bool:
+    """Whether a listening host (of --http-address) is a loopback one."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def gateway_mark() -> tuple[str, str]:
+    """The metadata pair of the gateway's own calls."""
+    return GATEWAY_KEY, _GATEWAY_MARK
+
+
+def from_gateway(mark: str | None) -> bool:
+    return mark is not None and hmac.compare_digest(mark, _GATEWAY_MARK)
