@@ -89,7 +89,7 @@ def test_a_value_out_of_range_stops_with_one_line_and_exit_2(
 
 def test_every_numeric_setting_has_a_range_in_the_readme() -> None:
     """A setting added without a bound would start with inf or a negative."""
-    readme = " ".join((ROOT / "README.md").read_text().split())
+    readme = " ".join((ROOT / "docs" / "configuration.md").read_text().split())
     numeric = {
         name
         for name, default in vars(Config()).items()

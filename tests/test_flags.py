@@ -1,5 +1,5 @@
 """Every Config field is a flag of `spur-runs serve` with an environment
-twin, documented in README's table; flags win over twins."""
+twin, documented in docs/configuration.md's table; flags win over twins."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_every_field_has_a_flag_a_twin_and_a_readme_row() -> None:
     fields = {f.name for f in dataclasses.fields(Config)}
     assert fields == set(ENV)
     flags = _serve_flags()
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     for name, variable in ENV.items():
         flag = "--" + name.replace("_", "-")
         assert flag in flags, flag

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
 
 from . import auth, limits, tls
-from .config import Config
+from .config import Config, parse_address
 from .convert import VersionCache
 from .db import Database
 from .decoding import DecodeInterceptor
@@ -136,8 +136,10 @@ class RunsServer:
             self.probe.start()
         if self.http is not None:
             self.http.start()
+        host = parse_address(self.config.grpc_address, "grpc_address")[0]
         log.info(
-            "serving gRPC on port %d (database %s)",
+            "serving gRPC on %s:%d (database %s)",
+            f"[{host}]" if ":" in host else host,
             self.port,
             self.db.engine.url.render_as_string(hide_password=True),
         )

@@ -253,7 +253,10 @@ class HttpGateway:
         self._ready.wait()
         if self._failure is not None:
             raise self._failure
-        log.info("serving HTTP/JSON on port %d%s", self.port, " with TLS" if self._ssl else "")
+        host = self._sock.getsockname()[0]
+        where = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        # The address, not only the port: 127.0.0.1 and 0.0.0.0 differ a lot.
+        log.info("serving HTTP/JSON on %s%s", where, " with TLS" if self._ssl else "")
 
     def stop(self, grace: float) -> float:
         """Stop taking requests, let those in flight finish within `grace`
