@@ -106,6 +106,7 @@ class DatabaseHealth:
         while not self._stop.wait(self._interval):
             self.check()
             self.servicer.cancel_slow_senders()
+            self.servicer.memory.after_tick()
 
     def shutdown(self) -> None:
         """Report NOT_SERVING for good (graceful shutdown has begun)."""

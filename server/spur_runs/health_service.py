@@ -15,7 +15,8 @@ call is answered and SIGTERM never finishes. So here:
   stream and returns, so no open stream holds one of the RPC threads;
 - open Watch streams are bounded (`--max-health-watchers`; beyond it
   RESOURCE_EXHAUSTED), and a watcher holds a few hundred bytes of ours
-  until its stream ends.
+  until its stream ends; after many have closed, the memory grpc and
+  Python freed goes back to the OS (memory.py).
 
 Messages are coalesced per watcher, as grpc's own Watch does: a client that
 has not taken the previous message gets the latest status, not a backlog.
@@ -38,6 +39,7 @@ from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, Gauge
 
 from .errors import NotFound, ServiceError, Unavailable
+from .memory import StreamMemory
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class HealthServicer:
         self._count = 0
         self._shutting_down = False
         self._senders = futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="health-send")
+        self.memory = StreamMemory()  # trimmed after a storm (memory.py)
         self._gauge = Gauge(
             "spur_runs_health_watchers", "Open grpc.health.v1.Health/Watch streams.",
             registry=registry, multiprocess_mode="livesum",
@@ -135,6 +138,7 @@ class HealthServicer:
             watcher.pending = self._statuses.get(watcher.service, SERVICE_UNKNOWN)
             watcher.ending = self._shutting_down
         self._gauge.inc()
+        self.memory.opened()
         # Unregister however the call ends. grpc runs this on its event
         # thread, which every send waits for: it must only take the lock.
         if not context.add_callback(lambda: self._release(watcher)):
@@ -217,6 +221,7 @@ class HealthServicer:
                     del self._watchers[watcher.service]
             self._count -= 1
         self._gauge.dec()
+        self.memory.closed()
 
     def _kick(self, watchers: list[_Watcher]) -> None:
         """Start a sender for each of `watchers` that has none at work."""

@@ -229,6 +229,12 @@ class Reflection:
         # that nobody asks, has no such thread.
         self._reaper: threading.Thread | None = None
 
+    @property
+    def stream_count(self) -> int:
+        """Streams being served now (each on one of this module's threads)."""
+        with self._lock:
+            return len(self._streams)
+
     def register(self, server: grpc.Server) -> None:
         # Requests arrive as bytes (no deserializer): bytes that do not parse
         # get INVALID_ARGUMENT here instead of grpc's INTERNAL.
