@@ -258,3 +258,19 @@ def test_a_reflection_session_is_answered(server: RunsServer) -> None:
         s.full_name for s in server.services
     )
     assert answers[3].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_an_idle_reflection_stream_does_not_hold_the_shutdown(seeded: tuple[str, str]) -> None:
+    server = start_server(seeded[0])
+    idle = IdleStreams(server.port)
+    try:
+        (call,) = idle.open(1)
+        wait_until(lambda: streams(server) == 1, "the stream is served")
+        started = time.monotonic()
+        server.stop(grace=20)
+        assert time.monotonic() - started < 5
+        with pytest.raises(grpc.RpcError) as raised:
+            next(call)  # type: ignore[call-overload]
+        assert raised.value.code() == grpc.StatusCode.CANCELLED
+    finally:
+        idle.close()

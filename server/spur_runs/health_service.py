@@ -173,7 +173,9 @@ class HealthServicer:
                 self._statuses[service] = NOT_SERVING
             watchers = [w for group in self._watchers.values() for w in group]
             for watcher in watchers:
-                watcher.pending = self._statuses.get(watcher.service, SERVICE_UNKNOWN)
+                # A service we serve changes to NOT_SERVING; an unknown one
+                # does not change: its watchers get no message, just the end.
+                watcher.pending = self._statuses.get(watcher.service)
                 watcher.ending = True
         self._kick(watchers)
 

@@ -304,6 +304,12 @@ class Reflection:
                 stream.context.cancel()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
-        """After the server stopped (its calls are cancelled by then)."""
+        """When the server stops: cancel the open streams (a grpcurl command
+        is retried in a moment; an idle stream must not hold the shutdown
+        for its grace period) and refuse new ones (UNAVAILABLE)."""
         self._stopped.set()
         self._threads.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream.context.cancel()  # type: ignore[no-untyped-call]

@@ -179,14 +179,14 @@ class RunsServer:
         started = time.monotonic()
         self.watch_hub.stop(grace)
         grace = max(0.0, grace - (time.monotonic() - started))
+        if self.reflection is not None:
+            self.reflection.close()
         if self.http is not None:  # first: its requests finish through gRPC
             grace = self.http.stop(grace)
         self.grpc.stop(grace).wait()
         if self.probe is not None:  # (NOT_SERVING all along the drain)
             self.probe.stop(0).wait()
         self.health.close()
-        if self.reflection is not None:
-            self.reflection.close()
         self.db.dispose()
 
     def wait(self) -> None:
