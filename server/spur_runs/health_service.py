@@ -38,7 +38,6 @@ import grpc
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, Gauge
 
-from .errors import NotFound, ServiceError, Unavailable
 from .memory import StreamMemory
 
 log = logging.getLogger(__name__)
@@ -55,10 +54,6 @@ SENDERS = 4
 SLOW_SEND_SECONDS = 30.0
 
 Send = Callable[[Any], None]
-
-
-class TooManyHealthWatchers(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class _Watcher:
@@ -104,7 +99,11 @@ class HealthServicer:
         with self._lock:
             status = self._statuses.get(request.service)
         if status is None:
-            raise NotFound(f"unknown service {request.service!r}")
+            # A status, not an exception: the --health-address listener
+            # serves this servicer without our interceptors.
+            context.set_code(grpc.StatusCode.NOT_FOUND)
+            context.set_details(f"unknown service {request.service!r}")
+            return health_pb2.HealthCheckResponse()
         return health_pb2.HealthCheckResponse(status=status)
 
     def List(
@@ -118,7 +117,7 @@ class HealthServicer:
             }
         )
 
-    def Watch(  # type: ignore[override] # grpc's non-blocking form
+    def Watch(  # grpc's non-blocking form
         self,
         request: health_pb2.HealthCheckRequest,
         context: grpc.ServicerContext,
@@ -128,15 +127,21 @@ class HealthServicer:
         sender threads: the current status first, then each change."""
         watcher = _Watcher(request.service, context, send_response_callback)
         with self._lock:
-            if self._count >= self.max_watchers:
-                raise TooManyHealthWatchers(
-                    f"this server already has {self.max_watchers} open health watches; "
-                    "retry later or use Check"
-                )
-            self._watchers.setdefault(watcher.service, set()).add(watcher)
-            self._count += 1
-            watcher.pending = self._statuses.get(watcher.service, SERVICE_UNKNOWN)
-            watcher.ending = self._shutting_down
+            full = self._count >= self.max_watchers
+            if not full:
+                self._watchers.setdefault(watcher.service, set()).add(watcher)
+                self._count += 1
+                watcher.pending = self._statuses.get(watcher.service, SERVICE_UNKNOWN)
+                watcher.ending = self._shutting_down
+        if full:
+            # Ended with a status rather than an exception, as in Check.
+            _end(
+                watcher,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"this server already has {self.max_watchers} open health watches; "
+                "retry later or use Check",
+            )
+            return
         self._gauge.inc()
         self.memory.opened()
         # Unregister however the call ends. grpc runs this on its event
@@ -256,12 +261,21 @@ class HealthServicer:
                 if status is not None:
                     watcher.send(health_pb2.HealthCheckResponse(status=status))
                 else:
-                    # Through the interceptors' send, an exception ends the
-                    # stream with its status (interceptors.py).
-                    watcher.send(Unavailable("the server is shutting down; watch again"))
+                    _end(
+                        watcher,
+                        grpc.StatusCode.UNAVAILABLE,
+                        "the server is shutting down; watch again",
+                    )
             except Exception:  # noqa: BLE001 - one stream's failure is its own
                 log.exception("health Watch: sending to a watcher failed")
                 watcher.context.cancel()  # type: ignore[no-untyped-call]
                 with self._lock:
                     watcher.sending_since = None
                 return
+
+
+def _end(watcher: _Watcher, code: grpc.StatusCode, details: str) -> None:
+    """End the stream with `code`: set on the call, then the close (None)."""
+    watcher.context.set_code(code)
+    watcher.context.set_details(details)
+    watcher.send(None)
