@@ -369,3 +369,23 @@ def test_http_watches_beyond_one_connection_s_streams(
         for connection in connections:
             connection.close()
         server.stop(grace=1)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-health-watchers", "0"], "--max-health-watchers"),
+        (["--max-health-watchers", "2000000"], "--max-health-watchers"),
+        (["--max-streams-per-connection", "0"], "--max-streams-per-connection"),
+        (["--max-streams-per-connection", "99999999999"], "--max-streams-per-connection"),
+    ],
+)
+def test_bad_stream_bounds_stop_with_one_line_and_exit_2(args: list[str], message: str) -> None:
+    """(config.RANGES: 1..1,000,000 watches, 1..2^31-1 streams, a 32-bit grpc argument.)"""
+    result = subprocess.run(
+        [sys.executable, "-m", "spur_runs", "serve", *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert message in lines[0] and "must be between 1 and" in lines[0], result.stderr
