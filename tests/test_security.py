@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -133,9 +134,15 @@ def test_tokens_and_scopes(guarded: RunsServer, runs: tuple[str, list[str]]) -> 
 
 def test_grpcurl_with_a_token(guarded: RunsServer, runs: tuple[str, list[str]]) -> None:
     address = f"127.0.0.1:{guarded.port}"
-    listed = subprocess.run(
+    # Reflection needs a reader token too (README's -H), so does the call.
+    anonymous = subprocess.run(
         [tool("grpcurl"), "-plaintext", address, "list"], capture_output=True, text=True, timeout=30
     )
+    assert anonymous.returncode != 0 and "Unauthenticated" in anonymous.stderr
+    listed = subprocess.run(
+        [tool("grpcurl"), "-plaintext", "-H", f"authorization: Bearer {READER}", address, "list"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
     assert listed.returncode == 0 and "spur.runs.v1.RunService" in listed.stdout, listed.stderr
     request = json.dumps({"run_id": runs[1][0]})
     refused = subprocess.run(
@@ -153,6 +160,19 @@ def test_grpcurl_with_a_token(guarded: RunsServer, runs: tuple[str, list[str]]) 
 
 
 # --- the policy table covers every method ------------------------------------------
+
+
+class BearerToken(grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to the streaming calls of a channel
+    (reflection's only kind)."""
+
+    def __init__(self, token: str) -> None:
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(
+            details._replace(metadata=(*(details.metadata or ()), *self._metadata)), requests
+        )
 
 
 def _call_without_token(
@@ -176,8 +196,10 @@ def _call_without_token(
 
 def test_every_served_method_has_a_scope_and_is_enforced(guarded: RunsServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{guarded.port}") as channel:
-        # What the server really serves, as any client discovers it.
-        database = ProtoReflectionDescriptorDatabase(channel)
+        # What the server really serves, as a reader discovers it.
+        database = ProtoReflectionDescriptorDatabase(
+            grpc.intercept_channel(channel, BearerToken(READER))
+        )
         pool = descriptor_pool.DescriptorPool(database)
         served = sorted(database.get_services())
         assert served == sorted(s.full_name for s in guarded.services)
@@ -199,7 +221,7 @@ def test_every_served_method_has_a_scope_and_is_enforced(guarded: RunsServer) ->
     assert auth.METHOD_SCOPES["/spur.runs.v1.RunService/DeleteRun"] is auth.Scope.ADMIN
     readers = [m for m, s in auth.METHOD_SCOPES.items() if s is auth.Scope.READER]
     assert sorted(m.rsplit("/", 1)[1] for m in readers) == [
-        "GetChildRuns", "GetRun", "GetRunTasks", "ListRuns", "WatchRun"
+        "GetChildRuns", "GetRun", "GetRunTasks", "ListRuns", "ServerReflectionInfo", "WatchRun"
     ]  # fmt: skip
     # WatchRun is served by a non-blocking behavior: refused all the same,
     # and without starting a watch.

@@ -44,8 +44,10 @@ _HEALTH = "grpc.health.v1.Health"
 _REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 
 # Full method name -> scope it needs. Health stays public so that load
-# balancers and orchestrators can probe without a secret; reflection stays
-# public so that grpcurl works (switch it off with --no-reflection instead).
+# balancers and orchestrators can probe without a secret. Reflection needs a
+# reader token: it holds a stream open for as long as its client likes, and
+# lists every method; grpcurl sends the token with
+# -H 'authorization: Bearer TOKEN' (or switch reflection off, --no-reflection).
 METHOD_SCOPES: dict[str, Scope] = {
     f"/{_RUNS}/GetRun": Scope.READER,
     f"/{_RUNS}/ListRuns": Scope.READER,
@@ -56,7 +58,7 @@ METHOD_SCOPES: dict[str, Scope] = {
     f"/{_HEALTH}/Check": Scope.PUBLIC,
     f"/{_HEALTH}/List": Scope.PUBLIC,
     f"/{_HEALTH}/Watch": Scope.PUBLIC,
-    f"/{_REFLECTION}/ServerReflectionInfo": Scope.PUBLIC,
+    f"/{_REFLECTION}/ServerReflectionInfo": Scope.READER,
 }
 
 # The same words for a missing, malformed or unknown token: the answer must

@@ -87,6 +87,11 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
         str,
         "comma-separated addresses/CIDRs whose X-Forwarded-For the HTTP gateway believes",
     ),
+    "max_health_watchers": (
+        int,
+        "open health Watch streams beyond which new ones get RESOURCE_EXHAUSTED",
+    ),
+    "max_streams_per_connection": (int, "streams one gRPC connection may have open at once"),
 }
 
 

@@ -60,6 +60,9 @@ ENV = {
     "http_max_connections": "SPUR_RUNS_HTTP_MAX_CONNECTIONS",
     "http_allowed_hosts": "SPUR_RUNS_HTTP_ALLOWED_HOSTS",
     "trusted_proxies": "SPUR_RUNS_TRUSTED_PROXIES",
+    # Streams (health_service.py, limits.py).
+    "max_health_watchers": "SPUR_RUNS_MAX_HEALTH_WATCHERS",
+    "max_streams_per_connection": "SPUR_RUNS_MAX_STREAMS_PER_CONNECTION",
 }
 
 
@@ -107,6 +110,10 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "http_header_timeout_seconds": (0.01, 3600, False),
     "http_idle_timeout_seconds": (0.01, 86400, False),
     "http_max_connections": (1, 1_000_000, False),
+    # A million open health watches would be ~20 GB (bench/health_storm.py:
+    # ~20 KB each); MAX_CONCURRENT_STREAMS is a 32-bit grpc argument.
+    "max_health_watchers": (1, 1_000_000, False),
+    "max_streams_per_connection": (1, _INT32_MAX, False),
 }
 
 
@@ -198,6 +205,14 @@ class Config:
     # Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For the
     # HTTP gateway believes (for the access log's forwarded_for).
     trusted_proxies: str | None = None
+    # Open grpc.health.v1.Health/Watch streams per process beyond which new
+    # ones get RESOURCE_EXHAUSTED. No thread each either; a client channel
+    # with client-side health checking holds one per server address.
+    max_health_watchers: int = 1000
+    # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have
+    # open at once; a client's further calls wait for one to end. 100 is
+    # RFC 9113's recommended floor and what most servers advertise.
+    max_streams_per_connection: int = 100
 
     def __post_init__(self) -> None:
         for name in ("database_url", "read_database_url"):

@@ -6,6 +6,9 @@ on its own when the database returns. A ping that gets no answer within
 PING_TIMEOUT_S counts as a failure: a database that stops answering without
 closing its connections (a network partition) must not leave health stuck at
 its last SERVING.
+
+The Health service itself is ours (health_service.py): grpc's HealthServicer
+deadlocks when Watch streams churn.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import logging
 import threading
 
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
+from prometheus_client import CollectorRegistry
 
 from spur.runs.v1 import run_service_pb2
 
 from .db import Database
+from .health_service import HealthServicer
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +36,14 @@ PING_TIMEOUT_S = 5.0
 
 
 class DatabaseHealth:
-    def __init__(self, db: Database, interval: float = 2.0) -> None:
-        self.servicer = health.HealthServicer()
+    def __init__(
+        self,
+        db: Database,
+        interval: float = 2.0,
+        max_watchers: int = 1000,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.servicer = HealthServicer(max_watchers, registry)
         self._db = db
         self._interval = interval
         self._stop = threading.Event()
@@ -54,8 +65,8 @@ class DatabaseHealth:
                 log.warning("database unreachable, health NOT_SERVING: %s", error)
         if serving and self._serving is False:
             log.info("database reachable again, health SERVING")
-        # Only on a change: HealthServicer.set sends every Watch stream a
-        # message each time, and Watch promises one per change.
+        # Only on a change (HealthServicer.set ignores a repeat too): Watch
+        # promises one message per change.
         if serving != self._serving and not self._stop.is_set():
             self._set(_SERVING if serving else _NOT_SERVING)
         self._serving = serving
@@ -94,8 +105,14 @@ class DatabaseHealth:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.check()
+            self.servicer.cancel_slow_senders()
+            self.servicer.memory.after_tick()
 
     def shutdown(self) -> None:
         """Report NOT_SERVING for good (graceful shutdown has begun)."""
         self._stop.set()
         self.servicer.enter_graceful_shutdown()
+
+    def close(self) -> None:
+        """After the gRPC server stopped: free the Watch senders."""
+        self.servicer.close()

@@ -45,6 +45,10 @@ def server_options(config: Config) -> list[tuple[str, int]]:
             int(config.min_ping_interval_seconds * 1000),
         ),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Streams open at once on one connection (HTTP/2 SETTINGS): a client
+        # cannot hold more than this many of the server's stream slots (health
+        # and WatchRun watches, reflection) through a single connection.
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
         # Several workers bind one port on purpose; a single server must not
         # silently share its port with another process started by mistake.
         ("grpc.so_reuseport", 1 if config.workers > 1 else 0),

@@ -16,7 +16,7 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
 
@@ -31,6 +31,7 @@ from .health import DatabaseHealth
 from .interceptors import ErrorInterceptor
 from .metrics import Metrics
 from .observe import ObserveInterceptor
+from .reflection import Reflection
 from .schema_check import warn_missing_indexes
 from .service import RunService
 from .watch import WatchHub
@@ -51,7 +52,9 @@ class RunsServer:
         self.metrics = metrics or Metrics()
         for role, engine in db.engines.items():
             self.metrics.watch_pool(role, engine)
-        self.health = DatabaseHealth(db, config.health_interval)
+        self.health = DatabaseHealth(
+            db, config.health_interval, config.max_health_watchers, self.metrics.registry
+        )
         # One pool of threads and one chain of interceptors for gRPC callers
         # and, in process, for the HTTP gateway's unary calls.
         self.executor = futures.ThreadPoolExecutor(
@@ -88,9 +91,13 @@ class RunsServer:
             run_service_pb2.DESCRIPTOR.services_by_name["RunService"],
             health_pb2.DESCRIPTOR.services_by_name["Health"],
         ]
+        # Reflection (reflection.py): with the protos' comments, and on
+        # threads of its own, so that idle streams hold no RPC thread.
+        self.reflection: Reflection | None = None
         if config.reflection:
             self.services.append(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
-            reflection.enable_server_reflection([s.full_name for s in self.services], self.grpc)
+            self.reflection = Reflection(self.services)
+            self.reflection.register(self.grpc)
         auth.check_coverage(self.services)
         try:
             if tls_files is None:
@@ -174,11 +181,14 @@ class RunsServer:
         started = time.monotonic()
         self.watch_hub.stop(grace)
         grace = max(0.0, grace - (time.monotonic() - started))
+        if self.reflection is not None:
+            self.reflection.close()
         if self.http is not None:  # first: its requests finish through gRPC
             grace = self.http.stop(grace)
         self.grpc.stop(grace).wait()
         if self.probe is not None:  # (NOT_SERVING all along the drain)
             self.probe.stop(0).wait()
+        self.health.close()
         self.db.dispose()
 
     def wait(self) -> None:

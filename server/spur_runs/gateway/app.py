@@ -43,6 +43,7 @@ from ..errors import HTTP_STATUS, InvalidArgument, grpc_code, to_status
 from ..metrics import Metrics
 from ..metrics_http import METRICS_PATH, metrics_response
 from ..trust import parse_proxies
+from .channels import ChannelPool, channel_count
 from .comments import load_comments
 from .connections import BACKLOG, ConnectionLimits, quiet_accept_errors
 from .hosts import HostCheck
@@ -218,6 +219,7 @@ class HttpGateway:
         self._openapi_body = dumps(self.openapi)
         self._grace = config.grace_seconds
         self._max_body = config.max_request_bytes
+        self._channel_count = channel_count(config)
         self._ssl = tls.http_context(config)
         # The port's bounds and trust (connections.py, hosts.py, metadata.py).
         self._limits = ConnectionLimits.from_config(config)
@@ -288,8 +290,9 @@ class HttpGateway:
     async def _serve_forever(self) -> None:
         self._stop_requested = asyncio.Event()
         self._drained = asyncio.Event()
-        channel = grpc.aio.insecure_channel(
+        channel = ChannelPool(  # connections enough for every WatchRun (channels.py)
             self._target,
+            count=self._channel_count,
             options=[
                 # The HTTP client sets no gRPC size limit; the server's own
                 # --max-response-bytes applies.
