@@ -39,10 +39,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
-from spur_runs import convert, db, filters, storage
-from spur_runs.convert import VersionCache
+from spur_runs.api import convert, filters
+from spur_runs.api.convert import VersionCache
+from spur_runs.api.service import _next_run_token, list_query, validate_run_id
 from spur_runs.errors import ServiceError
-from spur_runs.service import _next_run_token, list_query, validate_run_id
+from spur_runs.store import db
+from spur_runs.store import runs as storage
 
 T = TypeVar("T")
 
@@ -192,8 +194,8 @@ async def serve_aio(url: str, port: int, pool_size: int) -> None:
 
 
 def serve_sync(url: str, port: int, pool_size: int) -> None:
-    from spur_runs.db import Database
-    from spur_runs.service import RunService
+    from spur_runs.api.service import RunService
+    from spur_runs.store.db import Database
 
     database = Database.from_url(url, pool_size=pool_size)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=SYNC_WORKERS))

@@ -232,8 +232,8 @@ def in_process(db: Database, run_id: str, rounds: int, calls: int = 300) -> dict
     the h2load gap is the async driver path rather than grpc.aio."""
     from aio_server import AioRunService, create_async_db_engine
 
-    from spur_runs.db import Database as SpurDatabase
-    from spur_runs.service import RunService
+    from spur_runs.api.service import RunService
+    from spur_runs.store.db import Database as SpurDatabase
 
     spur = SpurDatabase.from_url(db.url)
     sync_service = RunService(spur)

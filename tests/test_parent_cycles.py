@@ -24,9 +24,9 @@ from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs import deadline, errors
-from spur_runs.db import Database
-from spur_runs.models import Run, Task
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.models import Run, Task
 
 
 def _set_parent(url: str, pairs: list[tuple[str, str | None]]) -> None:
@@ -210,7 +210,7 @@ def test_sqlite_reads_are_interrupted_while_rows_are_fetched(sqlite_url: str) ->
     call with a 0.5 s deadline: SQLite produces its endless rows as they are
     fetched, and the watchdog stops it there too, well before memory grows
     (it grew 60 MB/s). errors.py maps the interruption to DEADLINE_EXCEEDED."""
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(sqlite_url)
     seeded = seed_runs(sqlite_url)

@@ -40,15 +40,15 @@ from google.rpc import code_pb2, status_pb2
 from .. import tls
 from ..config import Config, parse_address
 from ..errors import HTTP_STATUS, InvalidArgument, grpc_code, to_status
-from ..metrics import Metrics
-from ..metrics_http import METRICS_PATH, metrics_response
+from ..telemetry.metrics import Metrics
+from ..telemetry.metrics_http import METRICS_PATH, metrics_response
 from ..trust import parse_proxies
 from .channels import ChannelPool, channel_count
 from .comments import load_comments
 from .connections import BACKLOG, ConnectionLimits, quiet_accept_errors
 from .hosts import HostCheck
+from .inprocess import LocalDispatch
 from .links import next_link, pages_by_link
-from .local import LocalDispatch
 from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
 from .openapi import build_openapi
 from .probes import Probes, document_probes
