@@ -40,9 +40,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
 from spur_runs.api import convert, filters
-from spur_runs.api.convert import VersionCache
 from spur_runs.api.service import _next_run_token, list_query, validate_run_id
+from spur_runs.api.versions import VersionCache
 from spur_runs.errors import ServiceError
+from spur_runs.rpc.status import code_of
 from spur_runs.store import db
 from spur_runs.store import runs as storage
 
@@ -138,7 +139,7 @@ class AioRunService(run_service_pb2_grpc.RunServiceServicer):
 
             record = await self._read_one(read)
         except ServiceError as error:  # the sync server's ErrorInterceptor, in short
-            await context.abort(error.code, error.message)
+            await context.abort(code_of(error), error.message)
         response = pb.GetRunResponse()
         convert.fill_run(response.run, record, self._versions, basic=basic)
         return response
@@ -166,7 +167,7 @@ class AioRunService(run_service_pb2_grpc.RunServiceServicer):
 
             records, more, total = await self._read(read)
         except ServiceError as error:
-            await context.abort(error.code, error.message)
+            await context.abort(code_of(error), error.message)
         response = pb.ListRunsResponse(
             next_page_token=_next_run_token(query.scope, records, more), total_size=total
         )

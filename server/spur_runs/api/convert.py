@@ -7,11 +7,9 @@ percentage_complete and the embedded workflow version.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from sqlalchemy import Row
@@ -80,60 +78,19 @@ def _set_struct(target: struct_pb2.Struct, value: Any) -> None:
     target.update(value)
 
 
-class VersionCache:
-    """Workflow versions as messages, with their parsed graph, by
-    (id, definition_hash). Versions are immutable in PySpur; keying on the
-    hash as well means a reused id with another definition is a miss."""
-
-    def __init__(self, capacity: int = 1024) -> None:
-        self._entries: OrderedDict[
-            tuple[str, str], tuple[run_pb2.WorkflowVersion, WorkflowGraph]
-        ] = OrderedDict()
-        # The same versions without their definition (RUN_VIEW_BASIC), built
-        # once per version rather than copied and cleared per run.
-        self._basic: dict[tuple[str, str], run_pb2.WorkflowVersion] = {}
-        self._capacity = capacity
-        self._lock = threading.Lock()
-
-    def missing(self, keys: Iterable[tuple[str, str] | None]) -> list[str]:
-        with self._lock:
-            return sorted({k[0] for k in keys if k is not None and k not in self._entries})
-
-    def add(self, rows: Sequence[Row[Any]]) -> None:
-        built = {(r.id, r.definition_hash): (version_to_message(r), _graph(r)) for r in rows}
-        with self._lock:
-            self._entries.update(built)
-            while len(self._entries) > self._capacity:
-                evicted, _ = self._entries.popitem(last=False)
-                self._basic.pop(evicted, None)
+class VersionLookup(Protocol):
+    """What fill_run reads of the version cache (api/versions.py), by
+    (id, definition_hash): the version and its graph, and the version
+    without its definition."""
 
     def get(
         self, key: tuple[str, str] | None
-    ) -> tuple[run_pb2.WorkflowVersion, WorkflowGraph] | None:
-        if key is None:
-            return None
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-        return entry
+    ) -> tuple[run_pb2.WorkflowVersion, WorkflowGraph] | None: ...
 
-    def basic(self, key: tuple[str, str] | None) -> run_pb2.WorkflowVersion | None:
-        """The version of `key` without its definition, if it is cached."""
-        if key is None:
-            return None
-        with self._lock:
-            found = self._basic.get(key)
-            entry = self._entries.get(key)
-            if found is None and entry is not None:
-                found = run_pb2.WorkflowVersion()
-                found.CopyFrom(entry[0])
-                found.ClearField("definition")
-                self._basic[key] = found
-        return found
+    def basic(self, key: tuple[str, str] | None) -> run_pb2.WorkflowVersion | None: ...
 
 
-def _graph(row: Row[Any]) -> WorkflowGraph:
+def graph_of(row: Row[Any]) -> WorkflowGraph:
     return WorkflowGraph.from_definition(row.definition)
 
 
@@ -200,7 +157,7 @@ def _utc_now() -> datetime:
 
 def run_to_message(
     record: RunRecord,
-    versions: VersionCache,
+    versions: VersionLookup,
     now: Callable[[], datetime] = _utc_now,
     *,
     basic: bool = False,
@@ -214,7 +171,7 @@ def run_to_message(
 def fill_run(
     run: run_pb2.Run,
     record: RunRecord,
-    versions: VersionCache,
+    versions: VersionLookup,
     now: Callable[[], datetime] = _utc_now,
     *,
     basic: bool = False,

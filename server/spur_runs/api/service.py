@@ -7,12 +7,11 @@ one place, interceptors.ErrorInterceptor.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from sqlalchemy import Connection
 
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
@@ -21,7 +20,7 @@ from ..errors import InvalidArgument, Unavailable
 from ..store import runs
 from ..store.db import Database
 from . import convert, filters, paging
-from .convert import VersionCache
+from .versions import VersionCache
 from .watch import WatchHub
 
 # Ids are computed by the database as "R" || _intid.
@@ -90,11 +89,6 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._versions = versions or VersionCache()
         self._hub = hub
 
-    def _load_versions(self, conn: Connection, keys: Iterable[tuple[str, str] | None]) -> None:
-        missing = self._versions.missing(keys)
-        if missing:
-            self._versions.add(runs.get_versions(conn, missing))
-
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
         run_id = validate_run_id(request.run_id)
         basic = filters.is_basic(request.view)
@@ -110,7 +104,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         if self._versions.missing([record.version_key]):
             # Immutable rows: they need not come from the run's snapshot.
             with self._db.read_one() as conn:
-                self._load_versions(conn, [record.version_key])
+                self._versions.load(conn, [record.version_key])
         response = pb.GetRunResponse()
         convert.fill_run(response.run, record, self._versions, basic=basic)
         return response
@@ -129,7 +123,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 filters=query.where,
                 with_tasks=not query.basic,
             )
-            self._load_versions(conn, (r.version_key for r in records))
+            self._versions.load(conn, (r.version_key for r in records))
             if request.include_total_size:
                 # In the page's snapshot: the count agrees with the page.
                 total = min(runs.count_runs(conn, query.where), 2**31 - 1)
@@ -154,7 +148,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         with self._db.read() as conn:
             run = runs.get_run_row(conn, run_id)
             key = runs.version_key(run)
-            self._load_versions(conn, [key])
+            self._versions.load(conn, [key])
             rows, paused, more = runs.list_tasks(conn, run_id, limit=size, after_intid=after)
         entry = self._versions.get(key)
         graph = entry[1] if entry is not None else convert.EMPTY_GRAPH
@@ -193,7 +187,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             records, more = runs.list_runs(
                 conn, limit=size, after=after, parent_run_id=run_id, with_tasks=not basic
             )
-            self._load_versions(conn, (r.version_key for r in records))
+            self._versions.load(conn, (r.version_key for r in records))
         response = pb.GetChildRunsResponse(next_page_token=_next_run_token(scope, records, more))
         for record in records:
             convert.fill_run(response.runs.add(), record, self._versions, basic=basic)

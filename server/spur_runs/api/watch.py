@@ -40,23 +40,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
 import grpc
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Connection, event
+from sqlalchemy import event
 
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 
-from ..errors import NotFound, ServiceError, Unavailable
+from ..errors import NotFound, ResourceExhausted, Unavailable
 from ..store import runs, watch_sql
 from ..store.db import Database
 from ..telemetry.metrics import Metrics
 from . import convert
-from .convert import VersionCache
+from .versions import VersionCache
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ SLOW_SEND_SECONDS = 30.0
 Send = Callable[[Any], None]
 
 
-class TooManyWatchers(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class TooManyWatchers(ResourceExhausted):
+    pass
 
 
 class Watcher:
@@ -96,6 +96,41 @@ class Watcher:
         self._pending: pb.WatchRunResponse | BaseException | None = None
         self._final = False  # after _pending is sent, end the stream
         self._sending_since: float | None = None
+
+    # The send state, for the hub's senders: queue() and take() hand items
+    # over under the watcher's own lock, so that a drain sends them in order.
+
+    def queue(self, item: pb.WatchRunResponse | BaseException, final: bool) -> bool:
+        """Make `item` the next to send (it replaces one not yet sent); True
+        when no drain is running and the caller must start one."""
+        with self._lock:
+            if self._final:
+                return False  # the end is queued already; nothing goes after it
+            self._pending = item
+            self._final = final or isinstance(item, BaseException)
+            if self._sending_since is not None:
+                return False  # the running drain sends it next
+            self._sending_since = time.monotonic()
+            return True
+
+    def take(self) -> tuple[pb.WatchRunResponse | BaseException | None, bool]:
+        """The item to send now and whether it is the last; (None, False)
+        when there is none, and the drain ends."""
+        with self._lock:
+            item, self._pending = self._pending, None
+            if item is None:
+                self._sending_since = None
+                return None, False
+            self._sending_since = time.monotonic()
+            return item, self._final
+
+    def send(self, item: pb.WatchRunResponse | BaseException | None) -> None:
+        self._send(item)
+
+    @property
+    def sending_since(self) -> float | None:
+        """When the send in progress started (None: none is)."""
+        return self._sending_since
 
 
 class WatchHub:
@@ -189,7 +224,7 @@ class WatchHub:
         try:
             with self._db.read() as conn:
                 record = runs.get_run(conn, run_id)
-                self._load_versions(conn, [record])
+                self._versions.load(conn, [record.version_key])
                 fingerprint = watch_sql.fingerprints(conn, [run_id]).get(run_id)
             message = convert.run_to_message(record, self._versions)
         except BaseException:
@@ -260,7 +295,7 @@ class WatchHub:
                     if any(w.fingerprint != fingerprint for w in groups[run_id])
                 ]
                 records = watch_sql.load_runs(conn, changed) if changed else []
-                self._load_versions(conn, records)
+                self._versions.load(conn, (r.version_key for r in records))
             finally:
                 event.remove(conn, "before_cursor_execute", self._count_statement)
         self.changes.inc(len(changed))
@@ -286,11 +321,6 @@ class WatchHub:
     def _count_statement(self, *_args: Any) -> None:
         self.statements.inc()
 
-    def _load_versions(self, conn: Connection, records: Iterable[runs.RunRecord]) -> None:
-        missing = self._versions.missing(r.version_key for r in records)
-        if missing:
-            self._versions.add(runs.get_versions(conn, missing))
-
     # --- sending (coalesced per watcher, ordered) ---
 
     def _deliver(
@@ -304,14 +334,8 @@ class WatchHub:
         if isinstance(item, BaseException) or final:
             with self._lock:  # no more polling for it
                 self._unpoll(watcher)
-        with watcher._lock:
-            if watcher._final:
-                return  # the end is queued already; nothing goes after it
-            watcher._pending = item
-            watcher._final = final or isinstance(item, BaseException)
-            if watcher._sending_since is not None:
-                return  # the running drain sends it next
-            watcher._sending_since = time.monotonic()
+        if not watcher.queue(item, final):
+            return
         try:
             self._senders.submit(self._drain, watcher)
         except RuntimeError:  # shutting down: send on this thread
@@ -319,17 +343,13 @@ class WatchHub:
 
     def _drain(self, watcher: Watcher) -> None:
         while True:
-            with watcher._lock:
-                item, watcher._pending = watcher._pending, None
-                if item is None:
-                    watcher._sending_since = None
-                    return
-                final = watcher._final
-                watcher._sending_since = time.monotonic()
+            item, final = watcher.take()
+            if item is None:
+                return
             try:
-                watcher._send(item)
+                watcher.send(item)
                 if final and not isinstance(item, BaseException):
-                    watcher._send(None)
+                    watcher.send(None)
             except Exception:  # noqa: BLE001 - one stream's failure is its own
                 log.exception("WatchRun: sending to a watcher of %s failed", watcher.run_id)
                 _cancel(watcher.context)
@@ -340,7 +360,7 @@ class WatchHub:
         with self._lock:
             watchers = list(self._all)
         for watcher in watchers:
-            since = watcher._sending_since
+            since = watcher.sending_since
             if since is not None and since < limit:
                 log.warning("WatchRun: a watcher of %s reads nothing: cancelled", watcher.run_id)
                 _cancel(watcher.context)

@@ -1,7 +1,7 @@
 """What the service derives from a workflow definition (the JSON PySpur keeps
 in workflow_versions.definition): the type of each node and which nodes are
 downstream of others. Versions are immutable, so this is computed once per
-version and cached (see storage.VersionCache).
+version and cached (see api/versions.py).
 """
 
 from __future__ import annotations

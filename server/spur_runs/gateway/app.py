@@ -39,7 +39,8 @@ from google.rpc import code_pb2, status_pb2
 
 from .. import tls
 from ..config import Config, parse_address
-from ..errors import HTTP_STATUS, InvalidArgument, grpc_code, to_status
+from ..errors import InvalidArgument
+from ..rpc.status import HTTP_STATUS, grpc_code, to_status
 from ..telemetry.metrics import Metrics
 from ..telemetry.metrics_http import METRICS_PATH, metrics_response
 from ..trust import parse_proxies

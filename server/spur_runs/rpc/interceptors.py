@@ -1,7 +1,7 @@
 """Server interceptors: what applies to every RPC, in one place.
 
 ErrorInterceptor turns whatever a handler raises into a proper status
-(errors.to_status): a new RPC gets the same treatment with no code of its own.
+(status.to_status): a new RPC gets the same treatment with no code of its own.
 The others live next to what they enforce (auth.AuthInterceptor,
 observe.ObserveInterceptor, limits.DeadlineInterceptor) and use the helpers
 below; server.py puts them in order.
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from grpc_status import rpc_status
 
-from ..errors import to_status
+from .status import to_status
 
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 

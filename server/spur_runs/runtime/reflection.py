@@ -39,7 +39,7 @@ from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection_pb2
 
-from ..errors import InvalidArgument, ServiceError, Unavailable
+from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ _NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
 
 
-class TooManyReflectionStreams(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+class TooManyReflectionStreams(ResourceExhausted):
+    pass
 
 
 def _source_info(sets: Iterable[tuple[str, str]]) -> dict[str, descriptor_pb2.SourceCodeInfo]:

@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
 
 from .. import tls
-from ..api.convert import VersionCache
 from ..api.service import RunService
+from ..api.versions import VersionCache
 from ..api.watch import WatchHub
 from ..config import Config, parse_address
 from ..gateway import HttpGateway

@@ -52,7 +52,7 @@ class _Watchdog:
     lock, and a statement that computes forever (a recursive query over a
     cycle) held its thread, its connection and the write lock with no end,
     deadline or not. The interrupted statement fails with SQLITE_INTERRUPT
-    (errors.py: DEADLINE_EXCEEDED) and its transaction is rolled back."""
+    (rpc/status.py: DEADLINE_EXCEEDED) and its transaction is rolled back."""
 
     __slots__ = ("until",)
 
