@@ -37,7 +37,8 @@ from sqlalchemy.exc import OperationalError
 
 from ..store.db import WRITE_OPTION, create_db_engine
 from ..store.models import Run, RunStatus, Task, TaskStatus
-from . import _Catalog, _ensure_workflows, _RunTemplate
+from . import ensure_workflows
+from .plan import Catalog, RunTemplate
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class _Moving:
     run_id: str
     status: RunStatus
     tasks: list[tuple[str, TaskStatus]]
-    plan: _RunTemplate
+    plan: RunTemplate
     title: str
 
 
@@ -85,8 +86,8 @@ class Demo:
         self.say = say
         self.concurrent = concurrent
         self.runs = runs  # stop after this many completed (0: never)
-        demos, _created = _ensure_workflows(engine, _now())
-        catalog = _Catalog(demos)
+        demos, _created = ensure_workflows(engine, _now())
+        catalog = Catalog(demos)
         self.titles = {ids[0]: demo.name for demo, ids in demos}
         # The completed runs of the seed, by (workflow, inputs): what a
         # run of those inputs becomes. New runs take them in turn.
