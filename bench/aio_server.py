@@ -8,7 +8,7 @@ aio: grpc.aio.server, create_async_engine (sqlite+aiosqlite or
 postgresql+psycopg in its async form); each call opens one AsyncConnection,
 begins a transaction and runs exactly what spur_runs.service.RunService does
 inside its `with self._db.read_one()` / `read()` blocks through
-`await conn.run_sync(fn)`, so storage.py and convert.py run unchanged (the
+`await conn.run_sync(fn)`, so store/runs.py and api/convert.py run unchanged (the
 same SQL, the same rows to messages). Reads keep db.py's semantics: GetRun's
 one statement without a transaction (autocommit on PostgreSQL), ListRuns in
 one transaction, rolled back (REPEATABLE READ on PostgreSQL); on SQLite

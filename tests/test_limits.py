@@ -251,7 +251,7 @@ def _http_get(port: int, path: str) -> tuple[int, dict[str, object]]:
 
 
 def test_http_calls_share_the_limits_of_grpc_calls(postgres_url: str) -> None:
-    """The gateway runs unary calls in process (gateway/local.py): they take
+    """The gateway runs unary calls in process (gateway/inprocess.py): they take
     the gRPC server's threads and count against --max-concurrent-rpcs and
     --max-response-bytes like gRPC calls do."""
     run_id = seeded(postgres_url)

@@ -4,7 +4,7 @@ the RunsServer's gRPC server.
 Whatever the gRPC server applies to a call (its interceptors: metrics and
 access log, authentication, deadlines, errors; its threads and limits), it
 applies to HTTP callers too, in one place. Unary calls run in process with
-the server's own interceptors and threads (local.py: a second gRPC hop
+the server's own interceptors and threads (inprocess.py: a second gRPC hop
 cost more than the call); server-streaming calls (WatchRun) go through the
 gRPC server over a private unix socket, as grpc-gateway does over TCP. The
 socket lives in a fresh 0700 directory, so only this user can reach it; the
@@ -205,7 +205,7 @@ class HttpGateway:
     ) -> None:
         assert config.http_address is not None
         self._metrics = metrics  # GET /metrics (metrics_http.py)
-        # Unary calls in process when given (local.py), else over the socket.
+        # Unary calls in process when given (inprocess.py), else over the socket.
         self._local = local
         routes = routes_for(services)
         renderer = Renderer()

@@ -115,7 +115,7 @@ class RunsServer:
             )
         self.probe, self.probe_port = _probe_listener(config, self.health)
         # HTTP/JSON from the services' google.api.http rules, through this server.
-        # Its unary calls run in process (gateway/local.py), with the same
+        # Its unary calls run in process (gateway/inprocess.py), with the same
         # interceptors on the same threads; WatchRun goes through the socket.
         local = LocalDispatch(
             recorded_handlers(
