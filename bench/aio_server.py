@@ -8,7 +8,7 @@ aio: grpc.aio.server, create_async_engine (sqlite+aiosqlite or
 postgresql+psycopg in its async form); each call opens one AsyncConnection,
 begins a transaction and runs exactly what spur_runs.service.RunService does
 inside its `with self._db.read_one()` / `read()` blocks through
-`await conn.run_sync(fn)`, so storage.py and convert.py run unchanged (the
+`await conn.run_sync(fn)`, so store/runs.py and api/convert.py run unchanged (the
 same SQL, the same rows to messages). Reads keep db.py's semantics: GetRun's
 one statement without a transaction (autocommit on PostgreSQL), ListRuns in
 one transaction, rolled back (REPEATABLE READ on PostgreSQL); on SQLite
@@ -39,10 +39,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
-from spur_runs import convert, db, filters, storage
-from spur_runs.convert import VersionCache
+from spur_runs.api import convert, filters
+from spur_runs.api.service import _next_run_token, list_query, validate_run_id
+from spur_runs.api.versions import VersionCache
 from spur_runs.errors import ServiceError
-from spur_runs.service import _next_run_token, list_query, validate_run_id
+from spur_runs.rpc.status import code_of
+from spur_runs.store import db
+from spur_runs.store import runs as storage
 
 T = TypeVar("T")
 
@@ -136,7 +139,7 @@ class AioRunService(run_service_pb2_grpc.RunServiceServicer):
 
             record = await self._read_one(read)
         except ServiceError as error:  # the sync server's ErrorInterceptor, in short
-            await context.abort(error.code, error.message)
+            await context.abort(code_of(error), error.message)
         response = pb.GetRunResponse()
         convert.fill_run(response.run, record, self._versions, basic=basic)
         return response
@@ -164,7 +167,7 @@ class AioRunService(run_service_pb2_grpc.RunServiceServicer):
 
             records, more, total = await self._read(read)
         except ServiceError as error:
-            await context.abort(error.code, error.message)
+            await context.abort(code_of(error), error.message)
         response = pb.ListRunsResponse(
             next_page_token=_next_run_token(query.scope, records, more), total_size=total
         )
@@ -192,8 +195,8 @@ async def serve_aio(url: str, port: int, pool_size: int) -> None:
 
 
 def serve_sync(url: str, port: int, pool_size: int) -> None:
-    from spur_runs.db import Database
-    from spur_runs.service import RunService
+    from spur_runs.api.service import RunService
+    from spur_runs.store.db import Database
 
     database = Database.from_url(url, pool_size=pool_size)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=SYNC_WORKERS))

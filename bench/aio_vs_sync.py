@@ -17,8 +17,8 @@ bench/run.py), then these servers as child processes on free ports:
 - sync:      bench/aio_server.py --mode sync (grpc.server, 4 threads, RunService, pool 16)
 - serve:     `spur-runs serve` with its default flags (interceptors, health, ...), for context
 
-aio and sync differ in the server model only: both run storage.py and
-convert.py unchanged, no interceptors. Before any load, GetRun of a few runs
+aio and sync differ in the server model only: both run store/runs.py and
+api/convert.py unchanged, no interceptors. Before any load, GetRun of a few runs
 and one ListRuns page must be byte-identical on every server (see `check_same`).
 
 Load: h2load -t1 (content-type application/grpc, te trailers, one
@@ -232,8 +232,8 @@ def in_process(db: Database, run_id: str, rounds: int, calls: int = 300) -> dict
     the h2load gap is the async driver path rather than grpc.aio."""
     from aio_server import AioRunService, create_async_db_engine
 
-    from spur_runs.db import Database as SpurDatabase
-    from spur_runs.service import RunService
+    from spur_runs.api.service import RunService
+    from spur_runs.store.db import Database as SpurDatabase
 
     spur = SpurDatabase.from_url(db.url)
     sync_service = RunService(spur)
@@ -374,7 +374,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{meta['load_end']}; {meta['rounds']} rounds × {meta['seconds']:g} s per case, {RUNS:,} seeded runs.",
         "",
         "- **aio**: bench/aio_server.py --mode aio: grpc.aio.server, create_async_engine "
-        "(sqlite+aiosqlite / postgresql+psycopg async), pool 16; storage.py + convert.py unchanged via "
+        "(sqlite+aiosqlite / postgresql+psycopg async), pool 16; store/runs.py + api/convert.py unchanged via "
         "`await conn.run_sync(fn)`, with db.Database's reads: GetRun one statement without a "
         "transaction (autocommit on PostgreSQL), ListRuns one transaction (REPEATABLE READ on "
         "PostgreSQL; db.py's SQLite PRAGMAs and BEGIN). **aio-pool4**: the same, async pool 4.",

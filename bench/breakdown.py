@@ -47,8 +47,8 @@ HEALTH_PATH = "/grpc.health.v1.Health/Check"
 
 def in_process_cpu_us(url: str, run_ids: list[str], seconds: float) -> float:
     """CPU per GetRun (and its serialization) of the servicer alone, on this thread."""
-    from spur_runs.db import Database
-    from spur_runs.service import RunService
+    from spur_runs.api.service import RunService
+    from spur_runs.store.db import Database
 
     db = Database.from_url(url)
     service = RunService(db)

@@ -32,7 +32,7 @@ def _settings() -> tuple[int, int | None, list[tuple[str, Any]]]:
     """(thread-pool size, maximum_concurrent_rpcs, channel options) of ours."""
     try:
         from spur_runs.config import Config
-        from spur_runs.limits import server_options
+        from spur_runs.rpc.limits import server_options
 
         config = Config()
         return config.max_workers, config.max_concurrent_rpcs, server_options(config)

@@ -91,7 +91,7 @@ def free_port() -> int:
 
 
 def make_database(folder: Path, runs: int) -> str:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     url = f"sqlite:///{folder / 'bench.db'}"
     migrate(url)
@@ -100,7 +100,7 @@ def make_database(folder: Path, runs: int) -> str:
     except ImportError:  # before `spur-runs seed` existed
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from factories import add_run, add_workflow, all_done
-        from spur_runs.db import Database
+        from spur_runs.store.db import Database
 
         db = Database.from_url(url)
         with db.write() as session:

@@ -595,8 +595,8 @@ def seed_database(db: Database) -> dict[str, Any]:
 
 def _time_list_page(url: str) -> float:
     """Milliseconds of one ListRuns page 1 (page_size 10), in process."""
-    from spur_runs.db import Database as SpurDatabase
-    from spur_runs.service import RunService
+    from spur_runs.api.service import RunService
+    from spur_runs.store.db import Database as SpurDatabase
 
     spur = SpurDatabase.from_url(url, pool_size=1)
     try:
@@ -633,8 +633,8 @@ def sample_runs(db: Database, count: int, seed: int = 5) -> list[str]:
     """`count` run ids drawn uniformly among all runs (by _intid)."""
     from sqlalchemy import create_engine, func, select
 
-    from spur_runs.db import normalize_url
-    from spur_runs.models import Run
+    from spur_runs.store.db import normalize_url
+    from spur_runs.store.models import Run
 
     engine = create_engine(normalize_url(db.url))
     try:
@@ -657,9 +657,9 @@ def deep_cursor(db: Database, depth: int) -> tuple[str, int]:
     it) in ListRuns' order, and the page number that starts there."""
     from sqlalchemy import create_engine, select
 
-    from spur_runs.db import normalize_url
-    from spur_runs.models import Run
-    from spur_runs.paging import encode_run_cursor
+    from spur_runs.api.paging import encode_run_cursor
+    from spur_runs.store.db import normalize_url
+    from spur_runs.store.models import Run
 
     engine = create_engine(normalize_url(db.url))
     try:
@@ -685,9 +685,9 @@ def statement_counts(
 ) -> dict[str, Any]:
     from sqlalchemy import event, insert, select
 
-    from spur_runs.db import Database as SpurDatabase
-    from spur_runs.models import Run, Task
-    from spur_runs.service import RunService
+    from spur_runs.api.service import RunService
+    from spur_runs.store.db import Database as SpurDatabase
+    from spur_runs.store.models import Run, Task
 
     db = create_database(backend, 0, f"{tag}_stmt") if backend == "postgresql" else None
     if db is None:

@@ -28,11 +28,12 @@ from typing import Any
 
 from sqlalchemy import event, text
 
-from spur_runs import db as dbmod
-from spur_runs import deadline, storage
-from spur_runs.db import Database
-from spur_runs.migrate import migrate
+from spur_runs import deadline
 from spur_runs.seed import seed
+from spur_runs.store import db as dbmod
+from spur_runs.store import runs as storage
+from spur_runs.store.db import Database
+from spur_runs.store.migrate import migrate
 
 # Endless, and pure SQLite work: no row reaches Python, so what is measured
 # is the watchdog, not the fetching and freeing of rows.

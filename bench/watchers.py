@@ -71,8 +71,8 @@ def prepare(backend: str, runs: int) -> suite.Database:
     """A fresh database with `runs` RUNNING runs of 6 tasks; (url, pg name)."""
     from sqlalchemy import create_engine, insert
 
-    from spur_runs.migrate import migrate
-    from spur_runs.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
+    from spur_runs.store.migrate import migrate
+    from spur_runs.store.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
 
     database = suite.create_database(backend, runs, "watchers")
     url = database.url

@@ -20,8 +20,8 @@ from sqlalchemy.engine import make_url
 
 from spur.runs.v1 import run_service_pb2_grpc
 from spur_runs.config import Config
-from spur_runs.db import Database
-from spur_runs.server import RunsServer, create_server
+from spur_runs.runtime.server import RunsServer, create_server
+from spur_runs.store.db import Database
 
 PG_ADMIN_URL = os.environ.get(
     "SPUR_RUNS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -77,7 +77,7 @@ def database_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def migrated_url(database_url: str) -> str:
     """A database with the schema our migrations create."""
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(database_url)
     return database_url

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from spur_runs.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
+from spur_runs.store.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
 
 # A chain of six nodes: input -> llm -> router -> pause -> summarize -> output,
 # plus a side branch router -> side that does not pass through the pause.

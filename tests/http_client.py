@@ -13,9 +13,9 @@ from typing import Any
 
 from conftest import start_server
 from factories import add_run, add_workflow, all_done
-from spur_runs.db import Database
-from spur_runs.models import RunStatus
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.models import RunStatus
 
 
 @dataclass

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from http_client import Http, Seeded, seed_runs, start_http_server
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from http_client import Http, Reply, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
 
 SERVICE = "/spur.runs.v1.RunService/"
 UNARY = ["GetRun", "ListRuns", "GetRunTasks", "DeleteRun", "GetChildRuns"]
@@ -57,7 +57,7 @@ def served(migrated_url: str) -> Iterator[tuple[RunsServer, Seeded]]:
 @pytest.fixture
 def served_sqlite(sqlite_url: str) -> Iterator[tuple[RunsServer, Seeded]]:
     """For what happens before any database work (the same on both)."""
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(sqlite_url)
     yield from _served(sqlite_url)

@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 
 from conftest import new_postgres_database
 from spur_runs.config import ENV
-from spur_runs.migrate import alembic_config, current_revision, head_revision
-from spur_runs.models import Run, RunStatus
-from spur_runs.schema_check import missing_indexes
+from spur_runs.store.migrate import alembic_config, current_revision, head_revision
+from spur_runs.store.models import Run, RunStatus
+from spur_runs.store.schema_check import missing_indexes
 from tools import spur_runs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Computed column:sqlalchemy.exc.SAWarning")

@@ -139,7 +139,7 @@ LOW = {
 
 @pytest.mark.parametrize(("values", "form"), [(HIGH, "flag"), (LOW, "flag"), (LOW, "env")])
 def test_values_at_the_edges_start(tmp_path: Path, values: dict[str, str], form: str) -> None:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     migrate(url)

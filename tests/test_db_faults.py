@@ -36,8 +36,8 @@ from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs import deadline
-from spur_runs.db import Database
-from spur_runs.migrate import migrate
+from spur_runs.store.db import Database
+from spur_runs.store.migrate import migrate
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -31,8 +31,8 @@ from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.cli import build_parser, load_config
 from spur_runs.config import ENV
-from spur_runs.migrate import migrate
 from spur_runs.seed import seed
+from spur_runs.store.migrate import migrate
 from tools import ROOT
 
 KUSTOMIZE_DIR = ROOT / "deploy" / "kubernetes"

@@ -24,9 +24,9 @@ from http_client import Http, start_http_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
-from spur_runs.models import Run, RunStatus, Task, TaskStatus
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.models import Run, RunStatus, Task, TaskStatus
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
 STATUSES = [

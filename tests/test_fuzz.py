@@ -36,8 +36,8 @@ from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
-from spur_runs.models import RunStatus, TaskStatus
+from spur_runs.store.db import Database
+from spur_runs.store.models import RunStatus, TaskStatus
 
 ALLOWED = {
     grpc.StatusCode.OK,
@@ -198,7 +198,7 @@ def world(
 ) -> Iterator[World]:
     """One database and server per engine for all the read-only tests below
     (each checks that it changed no row, so they may share it)."""
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'runs.db'}"

@@ -22,9 +22,9 @@ from google.protobuf import json_format
 from conftest import IN_CI, start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
-from spur_runs.db import Database
-from spur_runs.models import RunStatus, TaskStatus
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.models import RunStatus, TaskStatus
 from tools import ROOT
 
 CLIENT = ROOT / "clients" / "go"
@@ -157,7 +157,7 @@ def test_go_client_fails_on_a_wrong_answer(go_client: Path, server: RunsServer) 
 
 
 def test_go_client_sends_a_bearer_token(go_client: Path, sqlite_url: str, tmp_path: Path) -> None:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(sqlite_url)
     readers = tmp_path / "readers"

@@ -29,8 +29,8 @@ from conftest import start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
-from spur_runs.models import RunStatus
+from spur_runs.store.db import Database
+from spur_runs.store.models import RunStatus
 
 SERVICE = "spur.runs.v1.RunService"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -38,7 +38,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def seed(url: str, status: RunStatus = RunStatus.COMPLETED) -> str:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(url)
     db = Database.from_url(url, pool_size=1)

@@ -7,8 +7,8 @@ import json
 import subprocess
 
 from factories import add_run, add_workflow, all_done
-from spur_runs.db import Database
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
 from tools import tool
 
 

@@ -43,8 +43,8 @@ from conftest import PG_ADMIN_URL, start_server
 from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.migrate import migrate
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.migrate import migrate
 
 UNAVAILABLE, PERMISSION_DENIED, INVALID_ARGUMENT = 14, 7, 3
 

@@ -37,8 +37,8 @@ from conftest import start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
-from spur_runs.migrate import migrate
+from spur_runs.store.db import Database
+from spur_runs.store.migrate import migrate
 
 TASKS = 10_000
 CHILDREN = 100

@@ -19,11 +19,11 @@ from conftest import start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
+from spur_runs.store.db import Database
 
 
 def seeded(url: str) -> str:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(url)
     db = Database.from_url(url, pool_size=1)
@@ -251,7 +251,7 @@ def _http_get(port: int, path: str) -> tuple[int, dict[str, object]]:
 
 
 def test_http_calls_share_the_limits_of_grpc_calls(postgres_url: str) -> None:
-    """The gateway runs unary calls in process (gateway/local.py): they take
+    """The gateway runs unary calls in process (gateway/inprocess.py): they take
     the gRPC server's threads and count against --max-concurrent-rpcs and
     --max-response-bytes like gRPC calls do."""
     run_id = seeded(postgres_url)

@@ -19,10 +19,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from conftest import PG_ADMIN_URL
-from spur_runs.db import create_db_engine, normalize_url
-from spur_runs.migrate import alembic_config, current_revision, head_revision, migrate
-from spur_runs.migrations import SCRIPT_LOCATION, VERSION_TABLE
-from spur_runs.models import (
+from spur_runs.store.db import create_db_engine, normalize_url
+from spur_runs.store.migrate import alembic_config, current_revision, head_revision, migrate
+from spur_runs.store.migrations import SCRIPT_LOCATION, VERSION_TABLE
+from spur_runs.store.models import (
     SERVICE_INDEXES,
     Base,
     Run,
@@ -32,7 +32,7 @@ from spur_runs.models import (
     Workflow,
     WorkflowVersion,
 )
-from spur_runs.schema_check import missing_indexes
+from spur_runs.store.schema_check import missing_indexes
 
 # create_all() of PySpur's models and ours on PostgreSQL: "Computed column ...
 # is being created as 'STORED'" (what PySpur gets too, up to PostgreSQL 17).
@@ -305,7 +305,7 @@ def test_migration_indexes_are_the_models_service_indexes() -> None:
 def test_migrations_ship_with_the_package() -> None:
     setuptools = pytest.importorskip("setuptools")
     packages = setuptools.find_packages(where=str(Path(__file__).parents[1] / "server"))
-    assert {"spur_runs.migrations", "spur_runs.migrations.versions"} <= set(packages)
+    assert {"spur_runs.store.migrations", "spur_runs.store.migrations.versions"} <= set(packages)
     assert (SCRIPT_LOCATION / "script.py.mako").is_file()
     assert (SCRIPT_LOCATION / "env.py").is_file()
     assert [path.name for path in sorted((SCRIPT_LOCATION / "versions").glob("0*.py"))] == [

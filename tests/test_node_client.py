@@ -18,8 +18,8 @@ from certs import make_tls_files
 from conftest import start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2
-from spur_runs.db import Database
-from spur_runs.models import RunStatus
+from spur_runs.store.db import Database
+from spur_runs.store.models import RunStatus
 from tools import ROOT
 
 CLIENT = ROOT / "clients" / "node"
@@ -35,7 +35,7 @@ def node() -> str:
 
 
 def test_node_client_calls_every_rpc(tmp_path: Path) -> None:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     migrate(url)

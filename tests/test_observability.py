@@ -174,8 +174,8 @@ def test_json_access_log_and_request_ids(tmp_path: Path) -> None:
 def test_an_error_logged_during_a_call_carries_its_request_id(
     sqlite_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spur_runs import storage
-    from spur_runs.logs import RequestIdFilter
+    from spur_runs.store import runs as storage
+    from spur_runs.telemetry.logs import RequestIdFilter
 
     run_id = seeded(sqlite_url)
 

@@ -19,7 +19,7 @@ from spur.runs.v1 import run_pb2
 from spur_runs.gateway.comments import comments_of
 from spur_runs.gateway.openapi import build_openapi
 from spur_runs.gateway.routes import routes_for
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
 from tools import tool
 
 pytest_plugins = ["http_fixtures"]

@@ -26,8 +26,8 @@ from conftest import PG_ADMIN_URL, start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
-from spur_runs.models import Run
+from spur_runs.store.db import Database
+from spur_runs.store.models import Run
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def replica_url(postgres_url: str) -> Iterator[str]:
 
 
 def _fill(url: str, marker: str, runs: int) -> list[str]:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(url)
     db = Database.from_url(url, pool_size=1)

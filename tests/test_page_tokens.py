@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs import paging, service
+from spur_runs.api import paging, service
 
 BIG = 2**63 - 1  # the largest position a token may hold
 INT4 = 2**31  # past PySpur's 32-bit keys on PostgreSQL, but a valid position

@@ -23,10 +23,11 @@ from sqlalchemy import func, select, text
 from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs import deadline, errors
-from spur_runs.db import Database
-from spur_runs.models import Run, Task
-from spur_runs.server import RunsServer
+from spur_runs import deadline
+from spur_runs.rpc import status as errors
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.models import Run, Task
 
 
 def _set_parent(url: str, pairs: list[tuple[str, str | None]]) -> None:
@@ -209,8 +210,8 @@ def test_sqlite_reads_are_interrupted_while_rows_are_fetched(sqlite_url: str) ->
     """The query DeleteRun used to run (UNION ALL) over a cycle, read in a
     call with a 0.5 s deadline: SQLite produces its endless rows as they are
     fetched, and the watchdog stops it there too, well before memory grows
-    (it grew 60 MB/s). errors.py maps the interruption to DEADLINE_EXCEEDED."""
-    from spur_runs.migrate import migrate
+    (it grew 60 MB/s). rpc/status.py maps the interruption to DEADLINE_EXCEEDED."""
+    from spur_runs.store.migrate import migrate
 
     migrate(sqlite_url)
     seeded = seed_runs(sqlite_url)

@@ -40,8 +40,9 @@ from conftest import IN_CI
 from netns import Namespace
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs import db, health
-from spur_runs.db import create_db_engine
+from spur_runs.runtime import health
+from spur_runs.store import db
+from spur_runs.store.db import create_db_engine
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -18,8 +18,8 @@ from factories import definition
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import normalize_url
-from spur_runs.schema_check import missing_indexes
+from spur_runs.store.db import normalize_url
+from spur_runs.store.schema_check import missing_indexes
 
 pytest.importorskip("pyspur.models.base_model")
 
@@ -143,7 +143,7 @@ def test_rows_written_by_pyspur_are_served(pyspur_url: str, pyspur_stub: RunServ
 
 
 def test_pyspur_database_lacks_our_indexes_until_migrate(pyspur_url: str) -> None:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     engine = create_engine(normalize_url(pyspur_url))
     assert "ix_spur_runs_tasks_run_id" in missing_indexes(engine)

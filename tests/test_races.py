@@ -27,9 +27,9 @@ from factories import add_run, add_workflow
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
-from spur_runs.models import Run, RunStatus, TaskStatus
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.models import Run, RunStatus, TaskStatus
 
 N = 7  # tasks of every run
 TASKS = [(f"node{n}", TaskStatus.COMPLETED) for n in range(N)]

@@ -21,9 +21,9 @@ from conftest import start_server
 from spur.runs.v1 import run_pb2, run_service_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs import reflection
 from spur_runs.gateway.comments import load_comments
-from spur_runs.server import RunsServer
+from spur_runs.runtime import reflection
+from spur_runs.runtime.server import RunsServer
 from tools import tool
 
 METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"

@@ -25,9 +25,9 @@ from conftest import start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs import auth
-from spur_runs.db import Database
-from spur_runs.server import RunsServer
+from spur_runs.rpc import auth
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
 from tools import tool
 
 READER = "r3ader-7f0c2b9e51"
@@ -38,7 +38,7 @@ OTHER_READER = "r3ader-second-one"
 @pytest.fixture
 def runs(sqlite_url: str) -> tuple[str, list[str]]:
     """A migrated SQLite database with two runs."""
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(sqlite_url)
     db = Database.from_url(sqlite_url, pool_size=1)

@@ -16,10 +16,10 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from spur_runs.db import create_db_engine, normalize_url
-from spur_runs.migrate import migrate
-from spur_runs.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
 from spur_runs.seed import TASKS_PER_RUN, SeedSummary, seed
+from spur_runs.store.db import create_db_engine, normalize_url
+from spur_runs.store.migrate import migrate
+from spur_runs.store.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
 
 pytestmark = pytest.mark.filterwarnings("ignore:Computed column:sqlalchemy.exc.SAWarning")
 

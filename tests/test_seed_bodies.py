@@ -22,7 +22,7 @@ from pyspur_peer import pyspur_schema, serve_pyspur_router, write_world
 
 from conftest import start_server
 from http_client import Http
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
 
 pytest.importorskip("pyspur.models.base_model")
 pytest.importorskip("fastapi")

@@ -22,7 +22,7 @@ from conftest import start_server
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
+from spur_runs.store.db import Database
 
 CLI = [sys.executable, "-m", "spur_runs"]
 
@@ -114,7 +114,7 @@ def pg_admin(postgres_url: str) -> Iterator[tuple[str, object]]:
 def test_health_and_calls_follow_the_database(
     postgres_url: str, pg_admin: tuple[str, object]
 ) -> None:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(postgres_url)
     db = Database.from_url(postgres_url, pool_size=1)
@@ -152,7 +152,7 @@ def test_health_and_calls_follow_the_database(
 
 
 def test_sigterm_drains_an_in_flight_call_then_exits_0(postgres_url: str) -> None:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(postgres_url)
     db = Database.from_url(postgres_url, pool_size=1)

@@ -29,10 +29,10 @@ from sqlalchemy import select, update
 from conftest import start_server
 from factories import NODES, add_run, add_workflow, all_done
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
-from spur_runs.db import Database
-from spur_runs.migrate import migrate
-from spur_runs.models import Run, RunStatus, Task, TaskStatus
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.migrate import migrate
+from spur_runs.store.models import Run, RunStatus, Task, TaskStatus
 from tools import ROOT, tool
 
 CLIENT = ROOT / "clients" / "ts"

@@ -28,9 +28,9 @@ from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.db import Database
-from spur_runs.models import RunStatus, TaskStatus
-from spur_runs.server import RunsServer
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.models import RunStatus, TaskStatus
 
 WRITER = Path(__file__).with_name("watch_writer.py")
 INTERVAL = 0.05
@@ -86,7 +86,7 @@ def watching(migrated_url: str) -> Iterator[RunsServer]:
 # shutdown): SQLite only.
 @pytest.fixture
 def lite_url(sqlite_url: str) -> str:
-    from spur_runs.migrate import migrate
+    from spur_runs.store.migrate import migrate
 
     migrate(sqlite_url)
     return sqlite_url
@@ -463,7 +463,7 @@ def test_http_client_going_away_cancels_the_watch(
 def test_a_client_that_reads_nothing_is_cancelled_and_holds_up_no_one(
     lite_url: str, lite_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spur_runs import watch
+    from spur_runs.api import watch
 
     monkeypatch.setattr(watch, "SLOW_SEND_SECONDS", 0.5)
     with lite_db.write() as s:

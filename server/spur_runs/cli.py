@@ -19,12 +19,9 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from .config import ENV, Config, ConfigError, env_defaults
-
-if TYPE_CHECKING:  # (imported lazily: `spur-runs migrate` needs no gRPC)
-    from .metrics import Metrics
 
 
 def parse_bool(text: str) -> bool:
@@ -348,8 +345,8 @@ def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None)
 def _serve(config: Config) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .schema_check import require_tables
-    from .workers import preflight
+    from .runtime.workers import preflight
+    from .store.schema_check import require_tables
 
     try:
         # Files and ports first (what a start-up fails on without the
@@ -366,43 +363,12 @@ def _serve(config: Config) -> int:
             "could not check the database's tables: %s", _one_line(error)
         )
     if config.workers > 1:
-        from .workers import serve_workers
+        from .runtime.workers import serve_workers
 
         return serve_workers(config)
+    from .runtime.serve import serve
+
     return serve(config)
-
-
-def serve(
-    config: Config, metrics: Metrics | None = None, stopping: threading.Event | None = None
-) -> int:
-    """Serve until SIGTERM or SIGINT (or `stopping` is set), then drain; one
-    process, or one worker of several."""
-    from .server import create_server
-
-    try:
-        if config.workers == 1:  # (a worker's siblings hold the port on purpose)
-            from .workers import check_port_free
-
-            check_port_free(config.grpc_address, "grpc_address")
-        server, _port = create_server(config, metrics=metrics)
-    except (ConfigError, OSError) as error:  # unreadable file, port taken
-        print(f"spur-runs: {error}", file=sys.stderr)
-        return 2
-    server.start()
-    if stopping is None:
-        stopping = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        logging.getLogger(__name__).info(
-            "%s: draining (up to %ss)", signal.Signals(signum).name, config.grace_seconds
-        )
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stopping.wait()
-    server.stop()
-    return 0
 
 
 def _one_line(error: BaseException) -> str:
@@ -419,19 +385,19 @@ def _one_line(error: BaseException) -> str:
 
 def _migrate(args: argparse.Namespace, config: Config) -> int:
     if args.sql:
-        from .migrate import migrate_sql
+        from .store.migrate import migrate_sql
 
         migrate_sql(config.database_url, sys.stdout)
         return 0
-    from .migrate import migrate
+    from .store.migrate import migrate
 
     migrate(config.database_url)
     return 0
 
 
 def _seed(args: argparse.Namespace, config: Config) -> int:
-    from .schema_check import require_tables
     from .seed import seed
+    from .store.schema_check import require_tables
 
     require_tables(config.database_url)
     print(seed(config.database_url, runs=args.runs))
@@ -439,8 +405,8 @@ def _seed(args: argparse.Namespace, config: Config) -> int:
 
 
 def _demo(args: argparse.Namespace, config: Config) -> int:
-    from .demo import run_demo
-    from .schema_check import require_tables
+    from .seed.demo import run_demo
+    from .store.schema_check import require_tables
 
     require_tables(config.database_url)
     stopping = threading.Event()
@@ -467,7 +433,7 @@ def _demo(args: argparse.Namespace, config: Config) -> int:
 
 
 def _backup(args: argparse.Namespace, config: Config) -> int:
-    from .backup import backup
+    from .store.backup import backup
 
     print(backup(config.database_url, args.dest))
     return 0
@@ -490,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, TypeError) as error:
         print(f"{prefix}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    from . import logs
+    from .telemetry import logs
 
     logs.setup(config)
     debug = config.log_level.upper() == "DEBUG"

@@ -1,29 +1,14 @@
-"""Domain errors, and the one place that maps them to gRPC and HTTP statuses.
-
-Storage and validation raise the exceptions below and know nothing of gRPC.
-`to_status` turns any exception into a `google.rpc.Status`: domain errors keep
-their code and message (plus a `google.rpc.BadRequest` detail naming the
-field for invalid arguments), a database that cannot be reached becomes
-UNAVAILABLE, and anything else becomes INTERNAL with a generic message while
-the traceback goes to the log, never to the client.
+"""Domain errors: what storage, validation and the service raise when a
+request cannot be answered. They know nothing of gRPC or HTTP; rpc/status.py
+is the one place that maps them to codes and statuses.
 """
 
 from __future__ import annotations
 
-import logging
-
-import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from sqlalchemy import exc as sa_exc
-
-log = logging.getLogger(__name__)
-
 
 class ServiceError(Exception):
-    """Base of the errors a client may see, with their gRPC code."""
-
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    """Base of the errors a client may see (INTERNAL unless a subclass says
+    otherwise in rpc/status.py's table)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -33,8 +18,6 @@ class ServiceError(Exception):
 class InvalidArgument(ServiceError):
     """A request field has a value the service does not accept."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
     def __init__(self, field: str, description: str) -> None:
         super().__init__(f"invalid {field}: {description}")
         self.field = field
@@ -42,104 +25,20 @@ class InvalidArgument(ServiceError):
 
 
 class NotFound(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
+    pass
 
 
 class FailedPrecondition(ServiceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    pass
 
 
 class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    pass
 
 
 class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    pass
 
 
-# grpc-gateway's mapping (runtime/errors.go HTTPStatusFromCode), so that HTTP
-# callers see the statuses that gateway users expect.
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-}
-
-# Errors of the database driver that mean "the database cannot be reached or
-# dropped the connection", as opposed to a bug in a query.
-_DISCONNECTS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
-
-
-# SQLSTATE of a statement cancelled by statement_timeout (db.py sets it from
-# --db-timeout-seconds or the client's deadline), and SQLite's code for one
-# that db.py's watchdog interrupted for the same reasons: the call ran out of
-# time, the database is fine.
-_QUERY_CANCELED = "57014"
-_SQLITE_INTERRUPT = "SQLITE_INTERRUPT"
-
-
-def _is_timeout(error: BaseException) -> bool:
-    orig = getattr(error, "orig", None)
-    return (
-        getattr(orig, "sqlstate", None) == _QUERY_CANCELED
-        or getattr(orig, "sqlite_errorname", None) == _SQLITE_INTERRUPT
-    )
-
-
-def _is_unavailable(error: BaseException) -> bool:
-    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
-        return True
-    return isinstance(error, _DISCONNECTS)
-
-
-def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
-    """The google.rpc.Status a client receives for `error`."""
-    if isinstance(error, ServiceError):
-        status = status_pb2.Status(code=error.code.value[0], message=error.message)
-        if isinstance(error, InvalidArgument):
-            detail = any_pb2.Any()
-            detail.Pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=error.field, description=error.description
-                        )
-                    ]
-                )
-            )
-            status.details.append(detail)
-        return status
-    if _is_timeout(error):
-        log.warning("database statement timed out in %s", method)
-        return status_pb2.Status(
-            code=code_pb2.DEADLINE_EXCEEDED,
-            message="the database did not answer within the deadline; retry later",
-        )
-    if _is_unavailable(error):
-        log.warning("database unavailable in %s: %s", method, error.__class__.__name__)
-        return status_pb2.Status(
-            code=code_pb2.UNAVAILABLE, message="the database is unavailable; retry later"
-        )
-    log.error("unexpected error in %s", method, exc_info=error)
-    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
-
-
-def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:
-    return _CODES[status.code]
-
-
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
+class ResourceExhausted(ServiceError):
+    """A bound was reached (watchers, reflection streams); retry later."""

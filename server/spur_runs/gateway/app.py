@@ -4,7 +4,7 @@ the RunsServer's gRPC server.
 Whatever the gRPC server applies to a call (its interceptors: metrics and
 access log, authentication, deadlines, errors; its threads and limits), it
 applies to HTTP callers too, in one place. Unary calls run in process with
-the server's own interceptors and threads (local.py: a second gRPC hop
+the server's own interceptors and threads (inprocess.py: a second gRPC hop
 cost more than the call); server-streaming calls (WatchRun) go through the
 gRPC server over a private unix socket, as grpc-gateway does over TCP. The
 socket lives in a fresh 0700 directory, so only this user can reach it; the
@@ -39,16 +39,17 @@ from google.rpc import code_pb2, status_pb2
 
 from .. import tls
 from ..config import Config, parse_address
-from ..errors import HTTP_STATUS, InvalidArgument, grpc_code, to_status
-from ..metrics import Metrics
-from ..metrics_http import METRICS_PATH, metrics_response
+from ..errors import InvalidArgument
+from ..rpc.status import HTTP_STATUS, grpc_code, to_status
+from ..telemetry.metrics import Metrics
+from ..telemetry.metrics_http import METRICS_PATH, metrics_response
 from ..trust import parse_proxies
 from .channels import ChannelPool, channel_count
 from .comments import load_comments
 from .connections import BACKLOG, ConnectionLimits, quiet_accept_errors
 from .hosts import HostCheck
+from .inprocess import LocalDispatch
 from .links import next_link, pages_by_link
-from .local import LocalDispatch
 from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
 from .openapi import build_openapi
 from .probes import Probes, document_probes
@@ -204,7 +205,7 @@ class HttpGateway:
     ) -> None:
         assert config.http_address is not None
         self._metrics = metrics  # GET /metrics (metrics_http.py)
-        # Unary calls in process when given (local.py), else over the socket.
+        # Unary calls in process when given (inprocess.py), else over the socket.
         self._local = local
         routes = routes_for(services)
         renderer = Renderer()

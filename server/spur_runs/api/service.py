@@ -1,0 +1,217 @@
+"""The RunService servicer. Each method is thin: validate the request, open
+one conn scope, call storage, convert, return. Errors are raised as
+errors.ServiceError (or whatever storage raised) and turned into statuses in
+one place, interceptors.ErrorInterceptor.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1 import run_service_pb2_grpc
+
+from ..errors import InvalidArgument, Unavailable
+from ..store import runs
+from ..store.db import Database
+from . import convert, filters, paging
+from .versions import VersionCache
+from .watch import WatchHub
+
+# Ids are computed by the database as "R" || _intid.
+_RUN_ID = re.compile(r"R[1-9][0-9]{0,18}")
+
+LIST_PAGE_SIZE = 10
+LIST_MAX_PAGE_SIZE = 100
+CHILDREN_PAGE_SIZE = 100
+CHILDREN_MAX_PAGE_SIZE = 100
+TASKS_PAGE_SIZE = 1000
+TASKS_MAX_PAGE_SIZE = 1000
+
+
+def validate_run_id(value: str, field: str = "run_id") -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if not _RUN_ID.fullmatch(value):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise InvalidArgument(field, f"must be a run id such as R42, got {shown!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A ListRuns request, checked: the page runs.list_runs is asked for."""
+
+    size: int
+    where: runs.RunFilter
+    basic: bool  # RUN_VIEW_BASIC
+    scope: str  # what its page tokens are bound to
+    after: runs.RunCursor | None
+    offset: int
+
+
+def list_query(request: pb.ListRunsRequest) -> ListQuery:
+    """Check a ListRuns request (InvalidArgument) and say which page it asks for."""
+    size = paging.page_size(
+        _optional(request, "page_size"), default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE
+    )
+    page = _optional(request, "page")
+    if page is not None and page < 1:
+        raise InvalidArgument("page", f"must be at least 1, got {page}")
+    page = page or 1
+    where = filters.run_filter(request)
+    scope = filters.list_scope(where)
+    after = None
+    if request.page_token:
+        if page > 1:
+            raise InvalidArgument("page", "cannot be combined with page_token")
+        after = runs.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
+    offset = (page - 1) * size
+    return ListQuery(size, where, filters.is_basic(request.view), scope, after, offset)
+
+
+def _optional(request: Any, field: str) -> int | None:
+    """A proto3 `optional` int32 field: None when unset, so that an explicit
+    0 is told apart from "use the default" (and rejected)."""
+    return int(getattr(request, field)) if request.HasField(field) else None
+
+
+class RunService(run_service_pb2_grpc.RunServiceServicer):
+    def __init__(
+        self, db: Database, versions: VersionCache | None = None, hub: WatchHub | None = None
+    ) -> None:
+        self._db = db
+        self._versions = versions or VersionCache()
+        self._hub = hub
+
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+        run_id = validate_run_id(request.run_id)
+        basic = filters.is_basic(request.view)
+        try:
+            # One statement, no transaction around it (the common case).
+            with self._db.read_one() as conn:
+                record = runs.get_run(conn, run_id, with_tasks=not basic, single_statement=True)
+        except runs.MoreStatementsNeeded:
+            # A run with more tasks than one message holds: its counts come
+            # from more statements, which must share the list's snapshot.
+            with self._db.read() as conn:
+                record = runs.get_run(conn, run_id, with_tasks=not basic)
+        if self._versions.missing([record.version_key]):
+            # Immutable rows: they need not come from the run's snapshot.
+            with self._db.read_one() as conn:
+                self._versions.load(conn, [record.version_key])
+        response = pb.GetRunResponse()
+        convert.fill_run(response.run, record, self._versions, basic=basic)
+        return response
+
+    def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRunsResponse:
+        query = list_query(request)
+        total = None
+        with self._db.read() as conn:
+            records, more = runs.list_runs(
+                conn,
+                limit=query.size,
+                after=query.after,
+                offset=query.offset,
+                filters=query.where,
+                with_tasks=not query.basic,
+            )
+            self._versions.load(conn, (r.version_key for r in records))
+            if request.include_total_size:
+                # In the page's snapshot: the count agrees with the page.
+                total = min(runs.count_runs(conn, query.where), 2**31 - 1)
+        response = pb.ListRunsResponse(
+            next_page_token=_next_run_token(query.scope, records, more), total_size=total
+        )
+        for record in records:
+            convert.fill_run(response.runs.add(), record, self._versions, basic=query.basic)
+        return response
+
+    def GetRunTasks(
+        self, request: pb.GetRunTasksRequest, context: grpc.ServicerContext
+    ) -> pb.GetRunTasksResponse:
+        run_id = validate_run_id(request.run_id)
+        size = paging.page_size(
+            _optional(request, "page_size"), default=TASKS_PAGE_SIZE, maximum=TASKS_MAX_PAGE_SIZE
+        )
+        scope = f"tasks:{run_id}"
+        after = (
+            paging.decode_intid_cursor(scope, request.page_token) if request.page_token else None
+        )
+        with self._db.read() as conn:
+            run = runs.get_run_row(conn, run_id)
+            key = runs.version_key(run)
+            self._versions.load(conn, [key])
+            rows, paused, more = runs.list_tasks(conn, run_id, limit=size, after_intid=after)
+        entry = self._versions.get(key)
+        graph = entry[1] if entry is not None else convert.EMPTY_GRAPH
+        response = pb.GetRunTasksResponse(
+            next_page_token=paging.encode_intid_cursor(scope, rows[-1]._intid) if more else ""
+        )
+        convert.add_tasks(response.tasks, rows, paused, graph)
+        return response
+
+    def DeleteRun(
+        self, request: pb.DeleteRunRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteRunResponse:
+        run_id = validate_run_id(request.run_id)
+        with self._db.write() as conn:
+            runs.delete_run(conn, run_id)
+        return pb.DeleteRunResponse()
+
+    def GetChildRuns(
+        self, request: pb.GetChildRunsRequest, context: grpc.ServicerContext
+    ) -> pb.GetChildRunsResponse:
+        run_id = validate_run_id(request.run_id)
+        size = paging.page_size(
+            _optional(request, "page_size"),
+            default=CHILDREN_PAGE_SIZE,
+            maximum=CHILDREN_MAX_PAGE_SIZE,
+        )
+        basic = filters.is_basic(request.view)
+        scope = f"children:{run_id}"
+        after = (
+            runs.RunCursor(*paging.decode_run_cursor(scope, request.page_token))
+            if request.page_token
+            else None
+        )
+        with self._db.read() as conn:
+            runs.require_run(conn, run_id)
+            records, more = runs.list_runs(
+                conn, limit=size, after=after, parent_run_id=run_id, with_tasks=not basic
+            )
+            self._versions.load(conn, (r.version_key for r in records))
+        response = pb.GetChildRunsResponse(next_page_token=_next_run_token(scope, records, more))
+        for record in records:
+            convert.fill_run(response.runs.add(), record, self._versions, basic=basic)
+        return response
+
+    def WatchRun(  # type: ignore[override] # grpc's non-blocking form
+        self,
+        request: pb.WatchRunRequest,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[[Any], None],
+    ) -> None:
+        """Non-blocking (see watch.py): sends the current state and returns;
+        the hub sends the rest. Errors raised here come before any message."""
+        run_id = validate_run_id(request.run_id)
+        if self._hub is None:
+            raise Unavailable("this server does not serve WatchRun")
+        self._hub.watch(run_id, context, send_response_callback)
+
+    # grpc calls it with a send callback and frees its thread when it returns.
+    WatchRun.experimental_non_blocking = True  # type: ignore[attr-defined]
+
+
+def _next_run_token(scope: str, records: list[runs.RunRecord], more: bool) -> str:
+    if not more or not records:
+        return ""
+    last = records[-1].row
+    return paging.encode_run_cursor(scope, last.start_time, last._intid)

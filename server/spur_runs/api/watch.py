@@ -1,0 +1,384 @@
+"""WatchRun: one shared poller ("hub") per server process, whatever the
+number of watchers.
+
+PySpur's engine writes runs and tasks from another process and tells nobody,
+on SQLite as on PostgreSQL, so changes are found by polling. Polling per
+watcher would cost the database one query per watcher per interval; the hub
+instead looks at ALL watched runs every `--watch-interval` seconds in one
+read transaction: one fingerprint statement per 1,000 runs
+(watch_sql.fingerprints), then, only for the runs whose fingerprint
+moved, their full rows in a few batched statements (watch_sql.load_runs,
+the queries of GetRun and ListRuns). A run watched by many clients is looked
+at once.
+
+No thread is held per watcher either: WatchRun is a grpc "non-blocking"
+handler (as grpc's own health Watch). It validates, reads the run's current
+state and sends it on one of the server's threads, registers the watcher and
+returns; later messages are sent by a small pool of sender threads. What the
+handler or the hub raise reaches the client through the interceptors
+(interceptors.ErrorInterceptor maps an exception passed to the send callback
+to its status; observe and auth apply as to any RPC).
+
+A watcher ends:
+- after the message that shows a terminal status (COMPLETED, FAILED,
+  CANCELED), with OK, at once if the run already has one;
+- with NOT_FOUND when its run is deleted;
+- when its client cancels or its deadline passes (a termination callback
+  unregisters it);
+- with UNAVAILABLE when the server stops (stop()): "watch again", possibly
+  on another replica; OK would wrongly say that the run has ended.
+
+Messages are coalesced per watcher: a client that reads slower than its run
+changes gets the latest state when it is ready for one, not a backlog; the
+terminal state is always the last message. A sender blocked on a client that
+does not read for SLOW_SEND_SECONDS has that call cancelled, so that such
+clients cannot hold the sender threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge
+from sqlalchemy import event
+
+from spur.runs.v1 import run_pb2
+from spur.runs.v1 import run_service_pb2 as pb
+
+from ..errors import NotFound, ResourceExhausted, Unavailable
+from ..store import runs, watch_sql
+from ..store.db import Database
+from ..telemetry.metrics import Metrics
+from . import convert
+from .versions import VersionCache
+
+log = logging.getLogger(__name__)
+
+TERMINAL = frozenset((run_pb2.Run.COMPLETED, run_pb2.Run.FAILED, run_pb2.Run.CANCELED))
+# Threads that write messages to clients. grpc's send blocks until the
+# transport took the message (flow control), so a few, not one per watcher.
+SENDERS = 8
+# A send still blocked after this long (a client that stopped reading) gets
+# its call cancelled, freeing the sender thread.
+SLOW_SEND_SECONDS = 30.0
+
+Send = Callable[[Any], None]
+
+
+class TooManyWatchers(ResourceExhausted):
+    pass
+
+
+class Watcher:
+    """One WatchRun stream. Its fields are guarded by the hub's lock, but for
+    the send state, guarded by its own."""
+
+    __slots__ = (
+        "run_id", "context", "_send", "fingerprint", "last", "closed",
+        "_lock", "_pending", "_final", "_sending_since",
+    )  # fmt: skip
+
+    def __init__(self, run_id: str, context: grpc.ServicerContext, send: Send) -> None:
+        self.run_id = run_id
+        self.context = context
+        self._send = send
+        self.fingerprint: watch_sql.Fingerprint | None = None
+        self.last: run_pb2.Run | None = None  # last state sent, duration cleared
+        self.closed = False
+        self._lock = threading.Lock()
+        # What is still to be sent: a message, or an exception (the end).
+        self._pending: pb.WatchRunResponse | BaseException | None = None
+        self._final = False  # after _pending is sent, end the stream
+        self._sending_since: float | None = None
+
+    # The send state, for the hub's senders: queue() and take() hand items
+    # over under the watcher's own lock, so that a drain sends them in order.
+
+    def queue(self, item: pb.WatchRunResponse | BaseException, final: bool) -> bool:
+        """Make `item` the next to send (it replaces one not yet sent); True
+        when no drain is running and the caller must start one."""
+        with self._lock:
+            if self._final:
+                return False  # the end is queued already; nothing goes after it
+            self._pending = item
+            self._final = final or isinstance(item, BaseException)
+            if self._sending_since is not None:
+                return False  # the running drain sends it next
+            self._sending_since = time.monotonic()
+            return True
+
+    def take(self) -> tuple[pb.WatchRunResponse | BaseException | None, bool]:
+        """The item to send now and whether it is the last; (None, False)
+        when there is none, and the drain ends."""
+        with self._lock:
+            item, self._pending = self._pending, None
+            if item is None:
+                self._sending_since = None
+                return None, False
+            self._sending_since = time.monotonic()
+            return item, self._final
+
+    def send(self, item: pb.WatchRunResponse | BaseException | None) -> None:
+        self._send(item)
+
+    @property
+    def sending_since(self) -> float | None:
+        """When the send in progress started (None: none is)."""
+        return self._sending_since
+
+
+class WatchHub:
+    """The registry of watchers and the thread that polls for their runs."""
+
+    def __init__(
+        self,
+        db: Database,
+        versions: VersionCache,
+        interval: float,
+        max_watchers: int,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._db = db
+        self._versions = versions
+        self.interval = interval
+        self.max_watchers = max_watchers
+        self._lock = threading.Lock()
+        # Watchers being polled for, by run; and all live ones (from their
+        # first look at the run to their end), which the limit counts.
+        self._by_run: dict[str, set[Watcher]] = {}
+        self._all: set[Watcher] = set()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._senders = futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="watch-send")
+        registry = None if metrics is None else metrics.registry
+        self._watchers_gauge = Gauge(
+            "spur_runs_watchers", "Open WatchRun streams.", registry=registry,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.polls = Counter(
+            "spur_runs_watch_polls", "Looks of the WatchRun poller at the watched runs.",
+            registry=registry,
+        )  # fmt: skip
+        self.statements = Counter(
+            "spur_runs_watch_statements",
+            "SQL statements of the WatchRun poller (fingerprints and changed runs).",
+            registry=registry,
+        )
+        self.changes = Counter(
+            "spur_runs_watch_changes", "Runs the WatchRun poller found changed.",
+            registry=registry,
+        )  # fmt: skip
+
+    # --- life cycle ---
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="watch-hub", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """End every stream with UNAVAILABLE and refuse new ones; stop the
+        poller. Streams whose client does not take the end within `grace`
+        seconds are cancelled."""
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            watchers = list(self._all)
+        for watcher in watchers:
+            self._deliver(watcher, Unavailable("the server is shutting down; watch again"))
+        deadline = time.monotonic() + grace
+        while self.watcher_count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._lock:
+            watchers = list(self._all)
+        for watcher in watchers:
+            _cancel(watcher.context)
+        self._senders.shutdown(wait=True)
+
+    @property
+    def watcher_count(self) -> int:
+        with self._lock:
+            return len(self._all)
+
+    # --- a new watcher (on one of the server's threads) ---
+
+    def watch(self, run_id: str, context: grpc.ServicerContext, send: Send) -> None:
+        """Send the run's current state and register the watcher, or raise
+        (NotFound, TooManyWatchers, Unavailable...) before anything is sent."""
+        watcher = Watcher(run_id, context, send)
+        with self._lock:
+            if self._stopped.is_set():
+                raise Unavailable("the server is shutting down; watch again")
+            if len(self._all) >= self.max_watchers:
+                raise TooManyWatchers(
+                    f"this server already has {self.max_watchers} open watches; retry later"
+                )
+            self._all.add(watcher)
+            self._watchers_gauge.inc()
+        try:
+            with self._db.read() as conn:
+                record = runs.get_run(conn, run_id)
+                self._versions.load(conn, [record.version_key])
+                fingerprint = watch_sql.fingerprints(conn, [run_id]).get(run_id)
+            message = convert.run_to_message(record, self._versions)
+        except BaseException:
+            self._release(watcher)
+            raise
+        watcher.fingerprint = fingerprint
+        # Unregister however the call ends (cancel, deadline, our own end).
+        if not context.add_callback(lambda: self._release(watcher)):
+            self._release(watcher)  # the call is over already
+            return
+        self._deliver(watcher, _response(message), final=message.status in TERMINAL)
+        if message.status not in TERMINAL:
+            watcher.last = _comparable(message)
+            with self._lock:
+                stopped = self._stopped.is_set()
+                if not watcher.closed and not stopped:
+                    self._by_run.setdefault(run_id, set()).add(watcher)
+            if stopped:  # stop() may have missed it
+                self._deliver(watcher, Unavailable("the server is shutting down; watch again"))
+
+    def _release(self, watcher: Watcher) -> None:
+        with self._lock:
+            if watcher.closed:
+                return
+            watcher.closed = True
+            self._all.discard(watcher)
+            self._watchers_gauge.dec()
+            self._unpoll(watcher)
+
+    def _unpoll(self, watcher: Watcher) -> None:
+        """Stop polling for `watcher` (under self._lock)."""
+        group = self._by_run.get(watcher.run_id)
+        if group is not None:
+            group.discard(watcher)
+            if not group:
+                del self._by_run[watcher.run_id]
+
+    # --- the poller's thread ---
+
+    def _run(self) -> None:
+        failing = False
+        while not self._stopped.wait(self.interval):
+            try:
+                self.poll()
+                if failing:
+                    log.info("WatchRun poller: the database answers again")
+                failing = False
+            except Exception as error:  # noqa: BLE001 - keep polling; watchers wait
+                if not failing:
+                    log.warning("WatchRun poller: %s; retrying every %ss", error, self.interval)
+                failing = True
+            self._cancel_slow_senders()
+
+    def poll(self) -> None:
+        """One look at every watched run; pushes what changed."""
+        with self._lock:
+            groups = {run_id: list(group) for run_id, group in self._by_run.items()}
+        if not groups:
+            return
+        self.polls.inc()
+        with self._db.read() as conn:
+            event.listen(conn, "before_cursor_execute", self._count_statement)
+            try:
+                found = watch_sql.fingerprints(conn, list(groups))
+                changed = [
+                    run_id
+                    for run_id, fingerprint in found.items()
+                    if any(w.fingerprint != fingerprint for w in groups[run_id])
+                ]
+                records = watch_sql.load_runs(conn, changed) if changed else []
+                self._versions.load(conn, (r.version_key for r in records))
+            finally:
+                event.remove(conn, "before_cursor_execute", self._count_statement)
+        self.changes.inc(len(changed))
+        for run_id, watchers in groups.items():
+            if run_id not in found:
+                for watcher in watchers:
+                    self._deliver(watcher, NotFound(f"run {run_id} not found (deleted)"))
+        for record in records:
+            run_id = record.row.id
+            message = convert.run_to_message(record, self._versions)
+            comparable = _comparable(message)
+            final = message.status in TERMINAL
+            for watcher in groups[run_id]:
+                if watcher.fingerprint == found[run_id]:
+                    continue
+                watcher.fingerprint = found[run_id]
+                # A fingerprint can move with nothing a client sees (a JSON
+                # value rewritten as it was): send only real changes.
+                if final or comparable != watcher.last:
+                    watcher.last = comparable
+                    self._deliver(watcher, _response(message), final=final)
+
+    def _count_statement(self, *_args: Any) -> None:
+        self.statements.inc()
+
+    # --- sending (coalesced per watcher, ordered) ---
+
+    def _deliver(
+        self,
+        watcher: Watcher,
+        item: pb.WatchRunResponse | BaseException,
+        final: bool = False,
+    ) -> None:
+        """Queue `item` (a message, or an exception that ends the stream with
+        its status) for `watcher`; `final`: end with OK after the message."""
+        if isinstance(item, BaseException) or final:
+            with self._lock:  # no more polling for it
+                self._unpoll(watcher)
+        if not watcher.queue(item, final):
+            return
+        try:
+            self._senders.submit(self._drain, watcher)
+        except RuntimeError:  # shutting down: send on this thread
+            self._drain(watcher)
+
+    def _drain(self, watcher: Watcher) -> None:
+        while True:
+            item, final = watcher.take()
+            if item is None:
+                return
+            try:
+                watcher.send(item)
+                if final and not isinstance(item, BaseException):
+                    watcher.send(None)
+            except Exception:  # noqa: BLE001 - one stream's failure is its own
+                log.exception("WatchRun: sending to a watcher of %s failed", watcher.run_id)
+                _cancel(watcher.context)
+                return
+
+    def _cancel_slow_senders(self) -> None:
+        limit = time.monotonic() - SLOW_SEND_SECONDS
+        with self._lock:
+            watchers = list(self._all)
+        for watcher in watchers:
+            since = watcher.sending_since
+            if since is not None and since < limit:
+                log.warning("WatchRun: a watcher of %s reads nothing: cancelled", watcher.run_id)
+                _cancel(watcher.context)
+
+
+def _response(run: run_pb2.Run) -> pb.WatchRunResponse:
+    return pb.WatchRunResponse(run=run)
+
+
+def _comparable(run: run_pb2.Run) -> run_pb2.Run:
+    """The run without `duration`, which moves with the clock alone."""
+    copy = run_pb2.Run()
+    copy.CopyFrom(run)
+    copy.ClearField("duration")
+    return copy
+
+
+def _cancel(context: grpc.ServicerContext) -> None:
+    """Cancel the call from the server's side: a send blocked on it returns,
+    its termination callbacks run (the client sees CANCELLED)."""
+    context.cancel()  # type: ignore[no-untyped-call]

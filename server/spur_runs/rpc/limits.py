@@ -1,0 +1,116 @@
+"""Limits that protect the server: message sizes, concurrent calls,
+keepalive enforcement, connection age, and the deadline of database work.
+
+The concurrent-call bound is grpc's own (`maximum_concurrent_rpcs`): beyond
+it a call gets RESOURCE_EXHAUSTED at once, before any thread or database
+connection is spent on it, instead of waiting in the executor's unbounded
+queue while its client's deadline runs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from .. import deadline
+from ..config import Config
+from .interceptors import (
+    Handler,
+    Interceptor,
+    behavior_of,
+    is_non_blocking,
+    non_blocking_like,
+    replace_behavior,
+)
+
+# How long the server waits for the answer to its keepalive ping.
+KEEPALIVE_TIMEOUT_MS = 20_000
+
+
+def server_options(config: Config) -> list[tuple[str, int]]:
+    options = [
+        ("grpc.max_receive_message_length", config.max_request_bytes),
+        ("grpc.max_send_message_length", config.max_response_bytes),
+        # Ping idle connections so that those of vanished clients (a pod
+        # killed without FIN) are closed instead of kept forever.
+        ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        # Enforcement of clients' pings: no more often than this, else
+        # GOAWAY "too_many_pings" after grpc's default 2 strikes. Clients
+        # may keep an idle channel alive with pings at that pace.
+        (
+            "grpc.http2.min_ping_interval_without_data_ms",
+            int(config.min_ping_interval_seconds * 1000),
+        ),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Streams open at once on one connection (HTTP/2 SETTINGS): a client
+        # cannot hold more than this many of the server's stream slots (health
+        # and WatchRun watches, reflection) through a single connection.
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        # Several workers bind one port on purpose; a single server must not
+        # silently share its port with another process started by mistake.
+        ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+    ]
+    if config.max_connection_age_seconds > 0:
+        options += [
+            ("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+            # Calls in flight when the age is reached may finish for as
+            # long as a graceful shutdown would let them.
+            ("grpc.max_connection_age_grace_ms", int(config.grace_seconds * 1000)),
+        ]
+    return options
+
+
+class DeadlineInterceptor(Interceptor):
+    """Makes the client's deadline known to the database layer (deadline.py)."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return handler
+        behavior = behavior_of(handler)
+        if is_non_blocking(behavior):
+            return replace_behavior(handler, _non_blocking(behavior))
+        if handler.response_streaming:
+
+            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                deadline.set_remaining(context.time_remaining())
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    deadline.clear()
+
+            return replace_behavior(handler, streaming)
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            deadline.set_remaining(context.time_remaining())
+            try:
+                return behavior(request, context)
+            finally:
+                deadline.clear()
+
+        return replace_behavior(handler, unary)
+
+
+def _non_blocking(behavior: Any) -> Any:
+    """The deadline bounds what a non-blocking behavior does before it returns
+    (WatchRun's first read of the run), on the thread that runs it; what is
+    sent later is bounded by the deadline of the stream itself, which grpc
+    enforces (it cancels the call)."""
+
+    def non_blocking(
+        request: Any, context: grpc.ServicerContext, send_response_callback: Any
+    ) -> Any:
+        deadline.set_remaining(context.time_remaining())
+        try:
+            return behavior(request, context, send_response_callback=send_response_callback)
+        finally:
+            deadline.clear()
+
+    return non_blocking_like(behavior, non_blocking)

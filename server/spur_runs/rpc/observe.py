@@ -1,0 +1,262 @@
+"""What every RPC leaves behind: its metrics, one access-log line, and a
+request id.
+
+The request id is the caller's `x-request-id` metadata when it sends a
+sensible one, else a new one; it goes back in the initial metadata and is
+attached to every log record of the call (logs.REQUEST_ID). The access line
+holds method, code, duration, peer and request id, never metadata values
+(tokens) nor messages (payloads).
+
+This interceptor is the outermost one, so that it sees the final code of
+calls refused by authentication too.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+
+from ..telemetry.logs import REQUEST_ID
+from ..telemetry.metrics import MethodMetrics, Metrics
+from ..trust import GATEWAY_KEY, from_gateway
+from .interceptors import (
+    Handler,
+    Interceptor,
+    behavior_of,
+    is_non_blocking,
+    non_blocking_like,
+    replace_behavior,
+)
+
+access_log = logging.getLogger("spur_runs.access")
+
+REQUEST_ID_KEY = "x-request-id"
+# What an incoming id may look like; anything else (too long, odd
+# characters that could forge log lines) is replaced by a new id.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str | None:
+    for name, value in metadata or ():
+        if name == key and isinstance(value, str):
+            return value
+    return None
+
+
+class _Call:
+    """The bookkeeping of one call, from start to its final code."""
+
+    def __init__(
+        self, method: str, metrics: MethodMetrics | None, request_id: str, forwarded_for: str | None
+    ) -> None:
+        self.method = method
+        self.metrics = metrics
+        self.request_id = request_id
+        self.forwarded_for = forwarded_for
+        self.start = time.perf_counter()
+        self.finished = False
+        REQUEST_ID.set(request_id)
+        if metrics is not None:
+            metrics.started.inc()
+
+    def finish(self, context: grpc.ServicerContext, raised: bool, pools: Metrics | None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        code = _final_code(context, raised)
+        seconds = time.perf_counter() - self.start
+        if self.metrics is not None:
+            self.metrics.handled(code, seconds)
+        if pools is not None:
+            pools.after_call()
+        if not access_log.isEnabledFor(logging.INFO):
+            # The line's fields (context.peer() above all) cost a few percent
+            # of a GetRun: build them only for a log that takes them.
+            REQUEST_ID.set(None)
+            return
+        fields: dict[str, Any] = {
+            "method": self.method,
+            "code": code.name,
+            "duration_ms": round(seconds * 1000, 3),
+            "peer": context.peer(),
+            "request_id": self.request_id,
+        }
+        if self.forwarded_for:  # an HTTP caller, through the gateway
+            fields["forwarded_for"] = self.forwarded_for
+        access_log.info(
+            "%s %s %.1fms peer=%s request_id=%s",
+            self.method,
+            code.name,
+            seconds * 1000,
+            fields["peer"],
+            self.request_id,
+            extra=fields,
+        )
+        REQUEST_ID.set(None)
+
+
+def _final_code(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
+    # Set by abort() or set_code(); grpc has code() since 1.38, its stubs not.
+    code: grpc.StatusCode | None = context.code()  # type: ignore[attr-defined]
+    if code is not None:
+        return code
+    if not context.is_active():  # the client went away before the answer
+        if context.time_remaining() <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN if raised else grpc.StatusCode.OK
+
+
+class ObserveInterceptor(Interceptor):
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata
+        incoming = _metadata_value(metadata, REQUEST_ID_KEY)
+        given_id = incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else None
+        # Only the gateway's (trust.py): a gRPC caller's own would be its say.
+        forwarded_for = (
+            _metadata_value(metadata, "x-forwarded-for")
+            if from_gateway(_metadata_value(metadata, GATEWAY_KEY))
+            else None
+        )
+        pools = self._metrics
+        method_metrics = (
+            None
+            if pools is None
+            else pools.method(method, handler.request_streaming, handler.response_streaming)
+        )
+        behavior = behavior_of(handler)
+
+        def send_request_id(context: grpc.ServicerContext, call: _Call) -> None:
+            try:
+                context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
+            except grpc.RpcError:
+                pass  # the client has gone already; the call ends CANCELLED
+            except ValueError:
+                pass  # the handler sent initial metadata of its own already
+
+        def begin(
+            request: Any, context: grpc.ServicerContext, send_id: bool = True
+        ) -> tuple[_Call, Any]:
+            call = _Call(method, method_metrics, given_id or uuid.uuid4().hex, forwarded_for)
+            if send_id:
+                send_request_id(context, call)
+            if handler.request_streaming and method_metrics is not None:
+                request = _counted(request, method_metrics.received)
+            elif method_metrics is not None:
+                method_metrics.received.inc()
+            return call, request
+
+        if is_non_blocking(behavior):
+            return replace_behavior(handler, _non_blocking(behavior, begin, pools))
+        if handler.response_streaming:
+
+            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                call, request = begin(request, context)
+                raised = False
+                try:
+                    for response in behavior(request, context):
+                        if method_metrics is not None:
+                            method_metrics.sent.inc()
+                        yield response
+                except BaseException:
+                    raised = True
+                    raise
+                finally:
+                    call.finish(context, raised, pools)
+
+            return replace_behavior(handler, streaming)
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            # A unary call's request id goes back in its trailing metadata,
+            # which grpc sends with the answer and the status in one batch:
+            # response headers of their own would cost a batch (and ~12% of
+            # GetRun's CPU), and would commit the call for the client's retry
+            # policy before the answer exists (README, Scaling).
+            call, request = begin(request, context, send_id=False)
+            raised = False
+            try:
+                response = behavior(request, context)
+                if method_metrics is not None:
+                    method_metrics.sent.inc()
+                return response
+            except BaseException:
+                raised = True
+                raise
+            finally:
+                call.finish(context, raised, pools)
+                _add_trailing(context, call.request_id)
+
+        return replace_behavior(handler, unary)
+
+
+def _add_trailing(context: grpc.ServicerContext, request_id: str) -> None:
+    """Add the request id to the call's trailing metadata, keeping what is
+    there already (an error's google.rpc.Status details, set by abort)."""
+    present = tuple(context.trailing_metadata() or ())  # type: ignore[attr-defined]
+    context.set_trailing_metadata(present + ((REQUEST_ID_KEY, request_id),))
+
+
+def _non_blocking(
+    behavior: Any,
+    begin: Callable[[Any, grpc.ServicerContext], tuple[_Call, Any]],
+    pools: Metrics | None,
+) -> Any:
+    """The wrapper of a behavior that sends through a callback (health's
+    Watch, WatchRun), itself non-blocking: no thread is held while the
+    stream is open. The call ends when the behavior sends None (its close
+    callback, from whatever thread), or when grpc ends it without one (the
+    client cancelled, the deadline passed): the termination callback then
+    records it, with the code that _final_code finds. Whichever comes first
+    counts, once."""
+
+    def non_blocking(
+        request: Any, context: grpc.ServicerContext, send_response_callback: Any = None
+    ) -> Any:
+        call, request = begin(request, context)
+        once = threading.Lock()
+
+        def finish(raised: bool) -> None:
+            with once:
+                call.finish(context, raised, pools)
+
+        def send(response: Any) -> None:
+            if response is None:
+                finish(False)
+            elif call.metrics is not None:
+                call.metrics.sent.inc()
+            send_response_callback(response)
+
+        try:
+            context.add_callback(lambda: finish(False))
+            return behavior(request, context, send_response_callback=send)
+        except BaseException:
+            finish(True)
+            raise
+        finally:
+            REQUEST_ID.set(None)  # this thread goes back to the pool now
+
+    return non_blocking_like(behavior, non_blocking)
+
+
+def _counted(requests: Iterator[Any], counter: Any) -> Iterator[Any]:
+    for request in requests:
+        counter.inc()
+        yield request

@@ -1,0 +1,138 @@
+"""The one mapping of domain errors (spur_runs.errors) to gRPC codes,
+google.rpc.Status and HTTP statuses.
+
+`to_status` turns any exception into a `google.rpc.Status`: domain errors keep
+their code and message (plus a `google.rpc.BadRequest` detail naming the
+field for invalid arguments), a database that cannot be reached becomes
+UNAVAILABLE, and anything else becomes INTERNAL with a generic message while
+the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from sqlalchemy import exc as sa_exc
+
+from ..errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+# A subclass maps as its nearest listed base (TooManyWatchers as
+# ResourceExhausted); a ServiceError listed nowhere is INTERNAL.
+CODES: dict[type[ServiceError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def code_of(error: ServiceError) -> grpc.StatusCode:
+    """The gRPC code of a domain error."""
+    for cls in type(error).__mro__:
+        code = CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+# grpc-gateway's mapping (runtime/errors.go HTTPStatusFromCode), so that HTTP
+# callers see the statuses that gateway users expect.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+}
+
+# Errors of the database driver that mean "the database cannot be reached or
+# dropped the connection", as opposed to a bug in a query.
+_DISCONNECTS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+# SQLSTATE of a statement cancelled by statement_timeout (db.py sets it from
+# --db-timeout-seconds or the client's deadline), and SQLite's code for one
+# that db.py's watchdog interrupted for the same reasons: the call ran out of
+# time, the database is fine.
+_QUERY_CANCELED = "57014"
+_SQLITE_INTERRUPT = "SQLITE_INTERRUPT"
+
+
+def _is_timeout(error: BaseException) -> bool:
+    orig = getattr(error, "orig", None)
+    return (
+        getattr(orig, "sqlstate", None) == _QUERY_CANCELED
+        or getattr(orig, "sqlite_errorname", None) == _SQLITE_INTERRUPT
+    )
+
+
+def _is_unavailable(error: BaseException) -> bool:
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, _DISCONNECTS)
+
+
+def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
+    """The google.rpc.Status a client receives for `error`."""
+    if isinstance(error, ServiceError):
+        status = status_pb2.Status(code=code_of(error).value[0], message=error.message)
+        if isinstance(error, InvalidArgument):
+            detail = any_pb2.Any()
+            detail.Pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=error.field, description=error.description
+                        )
+                    ]
+                )
+            )
+            status.details.append(detail)
+        return status
+    if _is_timeout(error):
+        log.warning("database statement timed out in %s", method)
+        return status_pb2.Status(
+            code=code_pb2.DEADLINE_EXCEEDED,
+            message="the database did not answer within the deadline; retry later",
+        )
+    if _is_unavailable(error):
+        log.warning("database unavailable in %s: %s", method, error.__class__.__name__)
+        return status_pb2.Status(
+            code=code_pb2.UNAVAILABLE, message="the database is unavailable; retry later"
+        )
+    log.error("unexpected error in %s", method, exc_info=error)
+    return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:
+    return _CODES[status.code]
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}

@@ -1,0 +1,243 @@
+"""Assemble the gRPC server: RunService, health, reflection, interceptors.
+
+    server, port = create_server(Config(grpc_address="127.0.0.1:0"))
+    server.start()
+    ...
+    server.stop(grace=5)
+
+Tests bind to port 0 and read the port back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
+
+from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
+
+from .. import tls
+from ..api.service import RunService
+from ..api.versions import VersionCache
+from ..api.watch import WatchHub
+from ..config import Config, parse_address
+from ..gateway import HttpGateway
+from ..gateway.inprocess import LocalDispatch, recorded_handlers
+from ..rpc import auth, limits
+from ..rpc.decode import DecodeInterceptor
+from ..rpc.interceptors import ErrorInterceptor
+from ..rpc.observe import ObserveInterceptor
+from ..store.db import Database
+from ..store.schema_check import warn_missing_indexes
+from ..telemetry.metrics import Metrics
+from .health import DatabaseHealth
+from .reflection import Reflection
+
+log = logging.getLogger(__name__)
+
+
+class RunsServer:
+    """A started-or-not gRPC server with the resources it owns."""
+
+    def __init__(self, config: Config, db: Database, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.db = db
+        # Token and certificate files are read (and checked) here, before
+        # anything listens: a bad one stops start-up (config.ConfigError).
+        self.tokens = auth.Tokens.from_config(config)
+        tls_files = tls.load(config)
+        self.metrics = metrics or Metrics()
+        for role, engine in db.engines.items():
+            self.metrics.watch_pool(role, engine)
+        self.health = DatabaseHealth(
+            db, config.health_interval, config.max_health_watchers, self.metrics.registry
+        )
+        # One pool of threads and one chain of interceptors for gRPC callers
+        # and, in process, for the HTTP gateway's unary calls.
+        self.executor = futures.ThreadPoolExecutor(
+            max_workers=config.max_workers, thread_name_prefix="rpc"
+        )
+        # Outermost first: observe sees the final code of every call
+        # (refusals included), auth refuses before any work is done, and
+        # errors become statuses innermost.
+        interceptors = [
+            ObserveInterceptor(self.metrics),
+            auth.AuthInterceptor(self.tokens),
+            limits.DeadlineInterceptor(),
+            ErrorInterceptor(),
+            DecodeInterceptor(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
+        ]
+        self.grpc = grpc.server(
+            self.executor,
+            interceptors=interceptors,
+            options=limits.server_options(config),
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        versions = VersionCache()
+        # WatchRun's poller (one per process, started with the server).
+        self.watch_hub = WatchHub(
+            db, versions, config.watch_interval, config.max_watchers, self.metrics
+        )
+        servicer = RunService(db, versions, self.watch_hub)
+        run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
+        # Every service this server registers: what reflection lists, and
+        # what auth.METHOD_SCOPES must cover (checked, so that a new service
+        # or RPC cannot be served without a policy).
+        self.services = [
+            run_service_pb2.DESCRIPTOR.services_by_name["RunService"],
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+        ]
+        # Reflection (reflection.py): with the protos' comments, and on
+        # threads of its own, so that idle streams hold no RPC thread.
+        self.reflection: Reflection | None = None
+        if config.reflection:
+            self.services.append(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
+            self.reflection = Reflection(self.services)
+            self.reflection.register(self.grpc)
+        auth.check_coverage(self.services)
+        try:
+            if tls_files is None:
+                self.port = self.grpc.add_insecure_port(config.grpc_address)
+            else:
+                self.port = self.grpc.add_secure_port(
+                    config.grpc_address, tls.server_credentials(tls_files)
+                )
+        except RuntimeError:  # grpc's "Failed to bind": port taken, no such address
+            self.port = 0
+        if self.port == 0:
+            raise OSError(
+                f"cannot listen on {config.grpc_address} (in use, or not an address here)"
+            )
+        self.probe, self.probe_port = _probe_listener(config, self.health)
+        # HTTP/JSON from the services' google.api.http rules, through this server.
+        # Its unary calls run in process (gateway/inprocess.py), with the same
+        # interceptors on the same threads; WatchRun goes through the socket.
+        local = LocalDispatch(
+            recorded_handlers(
+                lambda target: run_service_pb2_grpc.add_RunServiceServicer_to_server(
+                    servicer, target
+                )
+            ),
+            interceptors,
+            self.executor,
+            config.max_concurrent_rpcs,
+            config.max_response_bytes,
+        )
+        self.http = (
+            None
+            if config.http_address is None
+            else HttpGateway(config, self.services, self.grpc, self.metrics, local)
+        )
+        self.http_port = None if self.http is None else self.http.port
+
+    def start(self) -> None:
+        warn_missing_indexes(self.db.engine)
+        self.health.start()
+        self.watch_hub.start()
+        self.grpc.start()
+        if self.probe is not None:
+            self.probe.start()
+        if self.http is not None:
+            self.http.start()
+        host = parse_address(self.config.grpc_address, "grpc_address")[0]
+        log.info(
+            "serving gRPC on %s:%d (database %s)",
+            f"[{host}]" if ":" in host else host,
+            self.port,
+            self.db.engine.url.render_as_string(hide_password=True),
+        )
+        if self.db.read_engine is not None:
+            log.info(
+                "read RPCs go to the replica %s",
+                self.db.read_engine.url.render_as_string(hide_password=True),
+            )
+        log.info(
+            "gRPC %s; authentication %s",
+            "with mutual TLS"
+            if self.config.tls_client_ca
+            else "with TLS"
+            if self.config.tls_cert
+            else "in plaintext",
+            f"on ({len(self.tokens.entries)} tokens)" if self.tokens.enabled else "OFF",
+        )
+        if not self.tokens.enabled:
+            log.warning(
+                "no --reader-tokens-file or --admin-tokens-file: every caller may call every "
+                "RPC, DeleteRun included"
+            )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: health NOT_SERVING, end WatchRun streams
+        (UNAVAILABLE), refuse new calls, let in-flight calls finish within
+        `grace` seconds, then release the database."""
+        self.health.shutdown()
+        grace = self.config.grace_seconds if grace is None else grace
+        # Open WatchRun streams would last the whole grace period (and keep
+        # their HTTP requests running): end them first, with UNAVAILABLE.
+        started = time.monotonic()
+        self.watch_hub.stop(grace)
+        grace = max(0.0, grace - (time.monotonic() - started))
+        if self.reflection is not None:
+            self.reflection.close()
+        if self.http is not None:  # first: its requests finish through gRPC
+            grace = self.http.stop(grace)
+        self.grpc.stop(grace).wait()
+        if self.probe is not None:  # (NOT_SERVING all along the drain)
+            self.probe.stop(0).wait()
+        self.health.close()
+        self.db.dispose()
+
+    def wait(self) -> None:
+        self.grpc.wait_for_termination()
+
+
+def _probe_listener(
+    config: Config, health: DatabaseHealth
+) -> tuple[grpc.Server | None, int | None]:
+    """--health-address: a plaintext gRPC listener that serves
+    grpc.health.v1 and nothing else, for Kubernetes' gRPC probes, which
+    speak plaintext only (no TLS, no client certificate) and so cannot
+    reach a TLS port. It shares the main server's health statuses."""
+    if config.health_address is None:
+        return None, None
+    probe = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="probe"),
+        # A probe makes one Check at a time; a few streams per connection
+        # and calls in all keep anyone else from pinning its threads.
+        options=[
+            ("grpc.max_concurrent_streams", 4),
+            ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+        ],
+        maximum_concurrent_rpcs=8,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, probe)
+    try:
+        port = probe.add_insecure_port(config.health_address)
+    except RuntimeError:  # grpc's "Failed to bind"
+        port = 0
+    if port == 0:
+        raise OSError(f"cannot listen on {config.health_address} (in use, or not an address here)")
+    return probe, port
+
+
+def create_server(
+    config: Config, db: Database | None = None, metrics: Metrics | None = None
+) -> tuple[RunsServer, int]:
+    db = db or Database.from_url(
+        config.database_url,
+        config.pool_size,
+        read_url=config.read_database_url,
+        timeout_seconds=config.db_timeout_seconds,
+        dead_peer_seconds=config.db_dead_peer_seconds,
+    )
+    try:
+        server = RunsServer(config, db, metrics)
+    except BaseException:
+        db.dispose()
+        raise
+    return server, server.port

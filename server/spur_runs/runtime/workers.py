@@ -1,0 +1,148 @@
+"""`spur-runs serve --workers N`: N server processes on one port.
+
+Python gRPC serves a process's calls with one interpreter lock; several
+processes are the way to use several cores. Each worker is a full server
+(its own gRPC server, database pool, health pinger and HTTP gateway) that
+binds the same ports with SO_REUSEPORT, so the kernel spreads connections
+over them; no worker shares state with another.
+
+Metrics: the parent makes an empty directory and hands it to the workers as
+PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, chosen at
+its import, hence set before the workers start); each worker writes its
+numbers there, and whichever worker answers a scrape adds all of them up.
+
+Signals: SIGTERM or SIGINT to the parent is forwarded to every worker, each
+drains as a single server does, and the parent exits 0 once all of them have
+exited 0. A worker that dies on its own stops the others and the parent
+exits 1: the process supervisor (systemd, Kubernetes) restarts the whole,
+rather than this code hiding a crash loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+from multiprocessing.connection import wait
+from typing import Any
+
+from .. import tls
+from ..config import Config, ConfigError
+from ..rpc import auth
+from .serve import check_port_free
+
+log = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# How long, beyond the grace period, a worker may take to exit after SIGTERM.
+_EXIT_MARGIN = 10.0
+
+
+def _worker(config: Config, metrics_dir: str) -> None:
+    """A worker process's main (spawned: a fresh interpreter, no fork)."""
+    # Catch a stop that arrives while the server is still being built.
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stopping.set())
+    from ..telemetry import logs
+    from ..telemetry.metrics import Metrics
+    from .serve import serve
+
+    logs.setup(config)
+    sys.exit(serve(config, Metrics(multiprocess_dir=metrics_dir), stopping))
+
+
+def preflight(config: Config) -> None:
+    """What each worker would fail on, checked once, before any starts."""
+    auth.Tokens.from_config(config)
+    tls.load(config)
+    check_port_free(config.grpc_address, "grpc_address")
+    if config.http_address is not None:
+        check_port_free(config.http_address, "http_address")
+
+
+def serve_workers(config: Config) -> int:
+    try:
+        preflight(config)
+    except (ConfigError, OSError) as error:
+        print(f"spur-runs: {error}", file=sys.stderr)
+        return 2
+    metrics_dir = tempfile.mkdtemp(prefix="spur-runs-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_worker, args=(config, metrics_dir), name=f"spur-runs-worker-{i}")
+        for i in range(config.workers)
+    ]
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if not stopping.is_set():
+            log.info("%s: stopping %d workers", signal.Signals(signum).name, len(workers))
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        for worker in workers:
+            worker.start()
+        log.info(
+            "started %d workers (pids %s) on %s",
+            len(workers),
+            ", ".join(str(w.pid) for w in workers),
+            config.grpc_address,
+        )
+        crashed = _supervise(workers, stopping)
+        return _stop(workers, config, crashed)
+    finally:
+        from prometheus_client import multiprocess
+
+        for worker in workers:
+            if worker.pid is not None:
+                multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(workers: list[Any], stopping: threading.Event) -> Any | None:
+    """Wait for a signal (returns None) or a worker's failure (returns it).
+
+    A worker that exited 0 was signalled itself (a process-group kill, as
+    `timeout` or a terminal's Ctrl-C send): that is a stop, not a failure.
+    """
+    while not stopping.is_set():
+        for sentinel in wait([w.sentinel for w in workers], timeout=0.5):
+            dead = next(w for w in workers if w.sentinel == sentinel)
+            dead.join()
+            if stopping.is_set() or dead.exitcode == 0:
+                return None
+            log.error("worker %d exited with code %s: stopping the others", dead.pid, dead.exitcode)
+            return dead
+    return None
+
+
+def _stop(workers: list[Any], config: Config, crashed: Any | None) -> int:
+    for worker in workers:
+        if worker.is_alive() and worker.pid is not None:
+            os.kill(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        worker.join(config.grace_seconds + _EXIT_MARGIN)
+        if worker.is_alive():
+            log.error("worker %d did not exit: killing it", worker.pid)
+            worker.kill()
+            worker.join()
+    if crashed is not None:
+        # A worker that could not start (exit 2: port, file) says why itself.
+        return 2 if crashed.exitcode == 2 else 1
+    codes = [w.exitcode for w in workers]
+    # -SIGTERM: a worker stopped before it had installed its handler, i.e.
+    # before it served anything; nothing was cut short.
+    if any(code not in (0, -signal.SIGTERM) for code in codes):
+        log.error("workers exited with codes %s", codes)
+        return 1
+    log.info("all workers drained and exited")
+    return 0

@@ -1,0 +1,386 @@
+"""Engines and session scopes for SQLite (the embedded default) and
+PostgreSQL (psycopg 3, pooled). The caller owns the transaction: storage
+functions take a session scope (a SQLAlchemy Core connection inside a
+transaction) and never commit; `Database.write()` commits.
+
+Core rather than ORM sessions: the service only reads columns into messages,
+and the ORM's unit of work cost four times the SQL itself per GetRun.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+
+from .. import deadline
+from ..errors import DeadlineExceeded, Unavailable
+
+WRITE_OPTION = "spur_runs_write"
+SINGLE_OPTION = "spur_runs_single_statement"
+
+# A health ping (ping()) unanswered this long marks its database unreachable,
+# as it turns health NOT_SERVING (health.PING_TIMEOUT_S, the same value).
+UNANSWERED_PING_S = 5.0
+
+# --db-dead-peer-seconds' default: how long a PostgreSQL connection may go
+# unanswered before the kernel drops it (see dead_peer_args).
+DEAD_PEER_SECONDS = 10.0
+
+# Key of a SQLite connection's _Watchdog in its pool entry's info.
+_WATCHDOG = "spur_runs_watchdog"
+# SQLite virtual machine steps between two looks at the watchdog's clock.
+# A runaway statement makes ~55 million a second (measured: a recursive CTE
+# on this machine's SQLite 3.40), so it is stopped within ~2 ms of its bound
+# (plus a wait for the GIL, at most the 5 ms switch interval). A GetRun or a
+# ListRuns page takes far fewer steps, and so never calls into Python.
+_WATCHDOG_STEPS = 100_000
+
+
+class _Watchdog:
+    """The progress handler of one SQLite connection: interrupts whatever
+    statement it runs once `until` (a time.monotonic() value) has passed.
+
+    SQLite has no statement_timeout: busy_timeout bounds only waits for a
+    lock, and a statement that computes forever (a recursive query over a
+    cycle) held its thread, its connection and the write lock with no end,
+    deadline or not. The interrupted statement fails with SQLITE_INTERRUPT
+    (rpc/status.py: DEADLINE_EXCEEDED) and its transaction is rolled back."""
+
+    __slots__ = ("until",)
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+
+    def __call__(self) -> int:
+        until = self.until
+        return 1 if until is not None and time.monotonic() > until else 0
+
+
+def normalize_url(url: str) -> URL:
+    """postgres:// and postgresql:// go through psycopg 3."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def load_json(text: str | bytes) -> Any:
+    """JSON columns as Python values. orjson parses them ~8x faster than the
+    json module (the tasks of a list page hold ~60 JSON values); it refuses
+    NaN and Infinity, which Python's json.dumps writes and PySpur may have
+    stored, so those documents take the json module's slower path."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def _sqlite_connect(dbapi_connection: Any, record: Any, busy_timeout_ms: int = 5000) -> None:
+    # Let SQLAlchemy's "begin" event (below) start every transaction, reads
+    # included: pysqlite alone would run SELECTs outside any transaction, and
+    # the statements of one call could then see different snapshots (a run
+    # read before a concurrent delete, its tasks after it).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # PySpur declares foreign keys; SQLite enforces them only when asked.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL: readers never block the engine's writer, nor it them.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    cursor.close()
+    watchdog = _Watchdog()
+    dbapi_connection.set_progress_handler(watchdog, _WATCHDOG_STEPS)
+    record.info[_WATCHDOG] = watchdog
+
+
+def _sqlite_arm(connection: Connection, timeout_seconds: float | None) -> None:
+    """Before each statement: bound it by `timeout_seconds` (the server's
+    --db-timeout-seconds) and by the deadline of the call it serves, as
+    PostgreSQL's statement_timeout bounds it there. The bound stays armed
+    while the caller fetches the rows (SQLite computes them as they are
+    fetched) and is replaced by the next statement's."""
+    watchdog = connection.info.get(_WATCHDOG)
+    if watchdog is None:
+        return
+    now = time.monotonic()
+    bounds = [now + left for left in (timeout_seconds, deadline.remaining()) if left is not None]
+    watchdog.until = min(bounds) if bounds else None
+
+
+def _sqlite_begin(connection: Any, busy_timeout_ms: int = 5000) -> None:
+    # A write transaction takes the write lock up front (IMMEDIATE) so that it
+    # waits for a concurrent writer (busy_timeout) instead of failing when it
+    # upgrades from reading to writing.
+    options = connection.get_execution_options()
+    write = options.get(WRITE_OPTION, False)
+    # SQLite's twin of PostgreSQL's deadline-lowered statement_timeout: a
+    # writer waiting for a lock held elsewhere (another process's BEGIN
+    # EXCLUSIVE) gives up while its caller still listens, and answers
+    # UNAVAILABLE, instead of holding a thread and a connection for the full
+    # --db-timeout-seconds after the client's DEADLINE_EXCEEDED. Only writes
+    # wait for locks (WAL readers never do); a read puts the bound back.
+    wanted = busy_timeout_ms
+    left = deadline.remaining() if write else None
+    if left is not None:
+        # 80%: the answer must reach the caller before its own deadline
+        # fires, on a busy machine too (SQLite's busy handler sleeps in steps).
+        wanted = max(1, min(busy_timeout_ms, int(left * 800)))
+    if connection.info.get("busy_timeout_ms", busy_timeout_ms) != wanted:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout={wanted}")
+    connection.info["busy_timeout_ms"] = wanted
+    if options.get(SINGLE_OPTION, False):
+        # Database.read_one: one SELECT is its own snapshot; BEGIN and
+        # ROLLBACK around it would cost a third of a GetRun's SQL.
+        return
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def dead_peer_args(seconds: float) -> dict[str, int]:
+    """libpq's TCP settings that drop a connection to a PostgreSQL that has
+    vanished without a reset (a failover, a dropped route, a partition)
+    within about `seconds`, instead of the ~15 minutes of the kernel's
+    retransmissions, during which the call, its thread and its pooled
+    connection would wait for an answer that cannot come.
+
+    tcp_user_timeout bounds how long sent data may stay unacknowledged (a
+    query sent into the void). Keepalive probes cover the other case, a
+    query whose answer never comes on an otherwise idle socket: the first
+    one after half the bound, then probes whose unanswered run ends it
+    (Linux drops the connection at tcp_user_timeout once probes are out;
+    elsewhere idle + count x interval gives about the same bound). Neither
+    touches a healthy connection, however long its query runs: the peer
+    acknowledges data and probes."""
+    whole = max(1, round(seconds))
+    idle = max(1, whole // 2)
+    count = 3
+    return {
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": max(1, (whole - idle) // count),
+        "keepalives_count": count,
+        "tcp_user_timeout": max(1000, int(seconds * 1000)),
+    }
+
+
+def create_db_engine(
+    url: str,
+    pool_size: int = 16,
+    timeout_seconds: float | None = None,
+    dead_peer_seconds: float = DEAD_PEER_SECONDS,
+) -> Engine:
+    """`timeout_seconds` bounds each statement (the server's --db-timeout-seconds);
+    None leaves migrations and seeding unbounded. `dead_peer_seconds` bounds
+    how long a PostgreSQL connection waits on a peer that no longer answers
+    (dead_peer_args); a long migration or statement is not cut by it."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        busy = 5.0 if timeout_seconds is None else timeout_seconds
+        engine = create_engine(
+            parsed,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"check_same_thread": False, "timeout": busy},
+            json_deserializer=load_json,
+        )
+        event.listen(
+            engine,
+            "connect",
+            lambda connection, record: _sqlite_connect(connection, record, int(busy * 1000)),
+        )
+        event.listen(
+            engine, "begin", lambda connection: _sqlite_begin(connection, int(busy * 1000))
+        )
+        event.listen(
+            engine,
+            "before_cursor_execute",
+            lambda connection, *_args: _sqlite_arm(connection, timeout_seconds),
+        )
+        return engine
+    connect_args: dict[str, Any] = {"connect_timeout": 3, **dead_peer_args(dead_peer_seconds)}
+    if timeout_seconds is not None:
+        # Server-side bound: PostgreSQL cancels a statement running (or
+        # waiting for a lock) longer than this, and the connection is free.
+        connect_args["options"] = f"-c statement_timeout={max(int(timeout_seconds * 1000), 1)}"
+    return create_engine(
+        parsed,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=5,
+        # No pool_pre_ping: it costs a round trip on every call (a tenth of
+        # a GetRun). A connection the server dropped (restart, failover)
+        # fails the one call that meets it, with UNAVAILABLE (which clients
+        # retry), and SQLAlchemy then replaces every connection of the pool
+        # older than that failure, so the next calls get fresh ones.
+        # Fail fast when the server is down instead of hanging the call
+        # (connect_timeout, in connect_args).
+        connect_args=connect_args,
+        json_deserializer=load_json,  # given to psycopg, which parses json columns
+    )
+
+
+class Database:
+    """One engine and its read and write session scopes; with a read replica
+    (`read_engine`), reads go to it and writes to `engine`, the primary."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        read_engine: Engine | None = None,
+        timeout_seconds: float | None = None,
+    ) -> None:
+        self.engine = engine
+        self.read_engine = read_engine
+        self._timeout = timeout_seconds
+        # By role ("primary", "replica"): whose last ping failed, and when
+        # the ping under way began (see _check_reachable).
+        self._unreachable: set[str] = set()
+        self._pinging: dict[str, float] = {}
+        self._read_role = "replica" if read_engine is not None else "primary"
+        reader = read_engine or engine
+        self._read_bind: Engine = reader
+        self._write_bind: Engine = engine.execution_options(**{WRITE_OPTION: True})
+        self._single_bind: Engine = reader.execution_options(**{SINGLE_OPTION: True})
+        if reader.dialect.name == "postgresql":
+            # One snapshot for all the statements of a read, as SQLite's
+            # transactions give: a run and its tasks are read consistently.
+            # (A hot standby supports REPEATABLE READ too.)
+            self._read_bind = reader.execution_options(isolation_level="REPEATABLE READ")
+            # A single statement sees one snapshot by itself: in autocommit
+            # psycopg sends it alone, without BEGIN and ROLLBACK round trips.
+            self._single_bind = reader.execution_options(isolation_level="AUTOCOMMIT")
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        pool_size: int = 16,
+        read_url: str | None = None,
+        timeout_seconds: float | None = None,
+        dead_peer_seconds: float = DEAD_PEER_SECONDS,
+    ) -> Database:
+        return cls(
+            create_db_engine(url, pool_size, timeout_seconds, dead_peer_seconds),
+            create_db_engine(read_url, pool_size, timeout_seconds, dead_peer_seconds)
+            if read_url
+            else None,
+            timeout_seconds,
+        )
+
+    @property
+    def engines(self) -> dict[str, Engine]:
+        """By role, for health and metrics."""
+        found = {"primary": self.engine}
+        if self.read_engine is not None:
+            found["replica"] = self.read_engine
+        return found
+
+    def _bound_by_deadline(self, connection: Connection) -> None:
+        """Lower statement_timeout to what the caller's deadline leaves, when
+        that is shorter than the server's own bound."""
+        left = deadline.remaining()
+        if left is None:
+            return
+        if left <= 0:
+            raise DeadlineExceeded("the call's deadline passed before the database was asked")
+        if connection.dialect.name != "postgresql":
+            return
+        if self._timeout is None or left < self._timeout:
+            connection.execute(
+                text("SELECT set_config('statement_timeout', :ms, true)"),
+                {"ms": str(max(int(left * 1000), 1))},
+            )
+
+    def _check_reachable(self, role: str) -> None:
+        """Fail fast while the health ping says this database is unreachable:
+        its last ping failed, or the one under way has gone unanswered for
+        UNANSWERED_PING_S (a network partition: nothing answers, nothing
+        refuses). A call would otherwise hold its thread and a connection
+        until --db-dead-peer-seconds or connect_timeout gave up, long after
+        its caller's deadline; with every thread held so, health itself and
+        every other call would wait. The next successful ping (every
+        --health-interval) lets calls through again. Without pings (no
+        server: scripts, tests) nothing is ever refused."""
+        started = self._pinging.get(role)
+        if role in self._unreachable or (
+            started is not None and time.monotonic() - started > UNANSWERED_PING_S
+        ):
+            raise Unavailable(
+                f"the {role} database is not answering (health NOT_SERVING); retry later"
+            )
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A transaction for reads (one snapshot), rolled back at the end."""
+        self._check_reachable(self._read_role)
+        with self._read_bind.connect() as connection, connection.begin() as transaction:
+            self._bound_by_deadline(connection)
+            yield connection
+            transaction.rollback()
+
+    @contextmanager
+    def read_one(self) -> Iterator[Connection]:
+        """A scope for a read made of ONE statement (GetRun's), which is
+        consistent by itself: no transaction around it. Falls back to read()
+        when the caller's deadline must lower PostgreSQL's statement_timeout
+        (set_config(..., true) needs a transaction)."""
+        left = deadline.remaining()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded("the call's deadline passed before the database was asked")
+        self._check_reachable(self._read_role)
+        tight = left is not None and (self._timeout is None or left < self._timeout)
+        if tight and self._single_bind.dialect.name == "postgresql":
+            with self.read() as connection:
+                yield connection
+            return
+        with self._single_bind.connect() as connection:
+            yield connection
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that commits at the end, or rolls back on error."""
+        self._check_reachable("primary")
+        with self._write_bind.connect() as connection, connection.begin():
+            self._bound_by_deadline(connection)
+            yield connection
+
+    def ping(self) -> None:
+        """Raises when a database (primary or replica) cannot answer a
+        trivial query; records which can (see _check_reachable)."""
+        for role, engine in self.engines.items():
+            self._pinging[role] = time.monotonic()
+            try:
+                _select_one(engine)
+            except Exception:
+                self._unreachable.add(role)
+                raise
+            finally:
+                self._pinging.pop(role, None)
+            self._unreachable.discard(role)
+
+    def dispose(self) -> None:
+        for engine in self.engines.values():
+            engine.dispose()
+
+
+def _select_one(engine: Engine) -> None:
+    """SELECT 1, once more on a new connection when the pooled one turns out
+    dead: one connection killed (pg_terminate_backend, a restart since) is
+    not a database down, and SQLAlchemy has just dropped the pool's older
+    connections."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except sa_exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))

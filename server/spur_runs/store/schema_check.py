@@ -1,0 +1,120 @@
+"""Start-up checks: are PySpur's tables there, and the indexes our queries
+rely on?
+
+Without the tables nothing can work, and retrying will not help: `serve`,
+`seed` and `demo` stop with one line naming `spur-runs migrate` (exit 2). A
+database PySpur made lacks the indexes (storage.md: no index on
+tasks.run_id). The service still works, slowly; it says so in one line and
+names the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from ..config import ConfigError
+from .db import create_db_engine, normalize_url
+from .migrations import OUR_TABLES
+from .models import SERVICE_INDEXES
+
+log = logging.getLogger(__name__)
+
+
+def missing_sqlite_file(database_url: str) -> Path | None:
+    """The file of a SQLite URL when it does not exist (connecting would
+    create an empty one); None for one that exists, memory, or PostgreSQL."""
+    url = normalize_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database)
+    return None if path.exists() else path
+
+
+def require_tables(database_url: str) -> None:
+    """ConfigError (one line, exit 2) unless PySpur's tables are there.
+    Errors reaching the database are the caller's (SQLAlchemyError)."""
+    shown = make_url(database_url).render_as_string(hide_password=True)
+    fix = f"run `spur-runs migrate --database-url {shown}` first"
+    path = missing_sqlite_file(database_url)
+    if path is not None:
+        raise ConfigError(f"the database file {path} does not exist: {fix}")
+    engine = create_db_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            present = set(inspect(connection).get_table_names())
+    finally:
+        engine.dispose()
+    missing = sorted(OUR_TABLES - present)
+    if missing:
+        raise ConfigError(f"{shown} has no table {', '.join(missing)} (not migrated): {fix}")
+
+
+def _predicate(options: Mapping[str, Any], table: str) -> str | None:
+    """The WHERE of a partial index, normalized ("parent_run_id is null"),
+    from model or reflected dialect options ("postgresql_where", ...)."""
+    for key, value in options.items():
+        if key.endswith("_where") and value is not None:
+            text = str(value).replace(f"{table}.", "")
+            return re.sub(r'[\s()"]+', " ", text).strip().lower()
+    return None
+
+
+def _invalid_indexes(engine: Engine) -> set[str]:
+    """PostgreSQL indexes that a failed or interrupted concurrent build left
+    INVALID: reflected like the others, never used by the planner."""
+    if engine.dialect.name != "postgresql":
+        return set()
+    with engine.connect() as connection:
+        found = connection.execute(
+            text(
+                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE NOT i.indisvalid AND c.relnamespace = current_schema()::regnamespace"
+            )
+        )
+        return {str(name) for name in found.scalars()}
+
+
+def missing_indexes(engine: Engine) -> list[str]:
+    """Names of SERVICE_INDEXES whose columns no valid index of the table
+    leads with (a partial index counts only with the same predicate, and only
+    for one)."""
+    inspector = inspect(engine)
+    invalid = _invalid_indexes(engine)
+    missing = []
+    for index in SERVICE_INDEXES:
+        assert index.table is not None
+        table = index.table.name
+        wanted = ([c.name for c in index.columns], _predicate(index.dialect_kwargs, table))
+        present = [
+            (
+                list(existing["column_names"])[: len(wanted[0])],
+                _predicate(existing.get("dialect_options", {}), table),
+            )
+            for existing in inspector.get_indexes(table)
+            if existing["name"] not in invalid
+        ]
+        if wanted not in present:
+            missing.append(str(index.name))
+    return missing
+
+
+def warn_missing_indexes(engine: Engine) -> list[str]:
+    try:
+        missing = missing_indexes(engine)
+    except Exception as error:  # noqa: BLE001 - the database may be down at start-up
+        log.warning("could not check the database's indexes: %s", error)
+        return []
+    if missing:
+        log.warning(
+            "indexes missing (%s): queries will scan whole tables; run `spur-runs migrate` "
+            "to add them (it changes nothing else)",
+            ", ".join(missing),
+        )
+    return missing

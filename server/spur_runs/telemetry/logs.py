@@ -1,0 +1,76 @@
+"""Logging set-up: `--log-format text` for people, `json` (one object per
+line) for log pipelines. Every record logged while an RPC runs carries its
+request id, so the lines of one call can be found together.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from ..config import Config
+
+# The id of the RPC the current thread is serving (observe.py sets it).
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "spur_runs_request_id", default=None
+)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Workers write to one stderr: the pid tells their lines apart.
+WORKERS_TEXT_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+# Attributes every LogRecord has; whatever else a record holds came from
+# `extra=` and becomes a field of the JSON line.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            request_id = REQUEST_ID.get()
+            if request_id is not None:
+                record.request_id = request_id
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, pid, the
+    record's extra fields, and the traceback (server side only) if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+def setup(config: Config) -> None:
+    """Route every logger to stderr in the configured format, once."""
+    handler = logging.StreamHandler(sys.stderr)
+    text = WORKERS_TEXT_FORMAT if config.workers > 1 else TEXT_FORMAT
+    handler.setFormatter(
+        JsonFormatter() if config.log_format == "json" else logging.Formatter(text)
+    )
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(config.log_level.upper())
