@@ -33,7 +33,7 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not true or false")
 
 
-# The production-serving flags (README's table): name -> (conversion, help).
+# The production-serving flags (docs/configuration.md's table): name -> (conversion, help).
 # They are converted in load_config, not by argparse, so that a bad value
 # from the flag or from its environment twin gives the same single line.
 SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
@@ -92,7 +92,7 @@ SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
 }
 
 
-# Exit codes, one meaning each (README, `spur-runs --help`).
+# Exit codes, one meaning each (`spur-runs --help`).
 EXIT_FAILED = 1  # the operation failed: database unreachable, disk full, ...
 EXIT_USAGE = 2  # fix the command line or the set-up: bad flag, database not migrated
 
