@@ -340,6 +340,11 @@ class ChainInterceptor(_Interceptor):
         self._cache: dict[tuple[str, Handler, Refusal | None], Handler] = {}
         self._lock = threading.Lock()
 
+    @property
+    def cached(self) -> int:
+        """How many wrapped handlers are kept (one per method and refusal)."""
+        return len(self._cache)
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Handler | None],

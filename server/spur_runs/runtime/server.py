@@ -65,17 +65,16 @@ class RunsServer:
         # Its hooks (rpc/chain.py), outermost first: observe sees the final
         # code of every call (refusals included), auth refuses before any
         # work is done, and errors become statuses innermost.
-        interceptors: list[Interceptor] = [
-            ChainInterceptor(
-                [
-                    ObserveHook(self.metrics),
-                    auth.AuthHook(self.tokens),
-                    limits.DeadlineHook(),
-                    ErrorHook(),
-                    DecodeHook(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
-                ]
-            )
-        ]
+        self.chain = ChainInterceptor(
+            [
+                ObserveHook(self.metrics),
+                auth.AuthHook(self.tokens),
+                limits.DeadlineHook(),
+                ErrorHook(),
+                DecodeHook(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
+            ]
+        )
+        interceptors: list[Interceptor] = [self.chain]
         self.grpc = grpc.server(
             self.executor,
             interceptors=interceptors,
