@@ -138,7 +138,7 @@ class AioRunService(run_service_pb2_grpc.RunServiceServicer):
                 return record
 
             record = await self._read_one(read)
-        except ServiceError as error:  # the sync server's ErrorInterceptor, in short
+        except ServiceError as error:  # the sync server's errors.ErrorHook, in short
             await context.abort(code_of(error), error.message)
         response = pb.GetRunResponse()
         convert.fill_run(response.run, record, self._versions, basic=basic)
@@ -200,7 +200,7 @@ def serve_sync(url: str, port: int, pool_size: int) -> None:
 
     database = Database.from_url(url, pool_size=pool_size)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=SYNC_WORKERS))
-    # Errors surface as UNKNOWN without the ErrorInterceptor: the bench only
+    # Errors surface as UNKNOWN without errors.ErrorHook: the bench only
     # sends valid requests.
     run_service_pb2_grpc.add_RunServiceServicer_to_server(RunService(database), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")

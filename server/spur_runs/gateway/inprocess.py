@@ -1,5 +1,5 @@
 """Unary HTTP calls served in process: the gateway runs the method's handler,
-wrapped by the gRPC server's own interceptors, on the gRPC server's own
+wrapped by the gRPC server's own interceptor (rpc/chain.py), on the gRPC server's own
 thread pool, instead of calling the server through a socket.
 
 Why: a second gRPC hop (a grpc.aio client call, the server's transport,
@@ -7,7 +7,7 @@ serializing the request and the response twice) cost more than the call
 itself once the server ran GetRun in ~1 ms (bench/http_vs_grpc.py).
 
 What still applies, in the same place as for gRPC callers:
-- the interceptors (observe: metrics, access log, request id; auth;
+- the interceptor's hooks (observe: metrics, access log, request id; auth;
   deadlines; error mapping), the same instances, in the same order;
 - the thread limit (`--max-workers`): the same executor;
 - `--max-concurrent-rpcs`, counted here for HTTP calls (grpc counts only
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 import grpc.aio
 
-from ..rpc.interceptors import Handler, Interceptor
+from ..rpc.chain import Handler, Interceptor
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import hmac
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from ..config import Config, ConfigError
-from .interceptors import Handler, Interceptor, replace_behavior
+from .chain import Hook, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -153,47 +153,36 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> bytes | None:
     return None
 
 
-class AuthInterceptor(Interceptor):
-    """Lets a call through only with a token whose scope covers its method."""
+class AuthHook(Hook):
+    """Lets a call through only with a token whose scope covers its method.
+    A refused call never runs its behavior (for a non-blocking streaming
+    method too: what would start watching never runs), nor the hooks inside
+    this one (chain.wrap)."""
 
     def __init__(self, tokens: Tokens) -> None:
         self._tokens = tokens
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None or not self._tokens.enabled:
-            return handler
-        method = handler_call_details.method
+    def refusal(self, details: grpc.HandlerCallDetails) -> Refusal | None:
+        if not self._tokens.enabled:
+            return None
+        method = details.method
         needed = METHOD_SCOPES.get(method)
         if needed is None:
             log.error("%s has no entry in auth.METHOD_SCOPES: denied", method)
-            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, "this method is not allowed")
+            return Refusal(grpc.StatusCode.PERMISSION_DENIED, "this method is not allowed")
         if needed is Scope.PUBLIC:
-            return handler
-        presented = bearer_token(handler_call_details.invocation_metadata)
+            return None
+        presented = bearer_token(details.invocation_metadata)
         scope = self._tokens.scope_of(presented) if presented is not None else None
         if scope is None:
-            return _deny(handler, grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)
+            return _UNAUTHENTICATED
         if scope < needed:
             name = method.rsplit("/", 1)[-1]
-            return _deny(
-                handler,
+            return Refusal(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{name} needs a token of scope {needed.name.lower()}",
             )
-        return handler
+        return None
 
 
-def _deny(handler: Handler, code: grpc.StatusCode, message: str) -> Handler:
-    """A handler of the same kind that refuses the call. For a non-blocking
-    streaming method (WatchRun) too: the refusal is an ordinary behavior that
-    raises at once, so the real one (which would start watching) never runs."""
-
-    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
-
-    return replace_behavior(handler, refuse)
+_UNAUTHENTICATED = Refusal(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_MESSAGE)

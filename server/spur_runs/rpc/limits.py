@@ -9,21 +9,11 @@ queue while its client's deadline runs out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
-
-import grpc
 
 from .. import deadline
 from ..config import Config
-from .interceptors import (
-    Handler,
-    Interceptor,
-    behavior_of,
-    is_non_blocking,
-    non_blocking_like,
-    replace_behavior,
-)
+from .chain import Call, Hook
 
 # How long the server waits for the answer to its keepalive ping.
 KEEPALIVE_TIMEOUT_MS = 20_000
@@ -63,54 +53,16 @@ def server_options(config: Config) -> list[tuple[str, int]]:
     return options
 
 
-class DeadlineInterceptor(Interceptor):
-    """Makes the client's deadline known to the database layer (deadline.py)."""
+class DeadlineHook(Hook):
+    """Makes the client's deadline known to the database layer (deadline.py).
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return handler
-        behavior = behavior_of(handler)
-        if is_non_blocking(behavior):
-            return replace_behavior(handler, _non_blocking(behavior))
-        if handler.response_streaming:
+    For a non-blocking behavior it bounds what the behavior does before it
+    returns (WatchRun's first read of the run), on the thread that runs it;
+    what is sent later is bounded by the deadline of the stream itself, which
+    grpc enforces (it cancels the call)."""
 
-            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                deadline.set_remaining(context.time_remaining())
-                try:
-                    yield from behavior(request, context)
-                finally:
-                    deadline.clear()
+    def enter(self, call: Call) -> None:
+        deadline.set_remaining(call.context.time_remaining())
 
-            return replace_behavior(handler, streaming)
-
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            deadline.set_remaining(context.time_remaining())
-            try:
-                return behavior(request, context)
-            finally:
-                deadline.clear()
-
-        return replace_behavior(handler, unary)
-
-
-def _non_blocking(behavior: Any) -> Any:
-    """The deadline bounds what a non-blocking behavior does before it returns
-    (WatchRun's first read of the run), on the thread that runs it; what is
-    sent later is bounded by the deadline of the stream itself, which grpc
-    enforces (it cancels the call)."""
-
-    def non_blocking(
-        request: Any, context: grpc.ServicerContext, send_response_callback: Any
-    ) -> Any:
-        deadline.set_remaining(context.time_remaining())
-        try:
-            return behavior(request, context, send_response_callback=send_response_callback)
-        finally:
-            deadline.clear()
-
-    return non_blocking_like(behavior, non_blocking)
+    def exit(self, call: Call, state: Any, error: BaseException | None) -> None:
+        deadline.clear()

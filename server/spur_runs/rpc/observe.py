@@ -7,7 +7,7 @@ attached to every log record of the call (logs.REQUEST_ID). The access line
 holds method, code, duration, peer and request id, never metadata values
 (tokens) nor messages (payloads).
 
-This interceptor is the outermost one, so that it sees the final code of
+This hook is the outermost one, so that it sees the final code of
 calls refused by authentication too.
 """
 
@@ -18,7 +18,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -26,14 +26,7 @@ import grpc
 from ..telemetry.logs import REQUEST_ID
 from ..telemetry.metrics import MethodMetrics, Metrics
 from ..trust import GATEWAY_KEY, from_gateway
-from .interceptors import (
-    Handler,
-    Interceptor,
-    behavior_of,
-    is_non_blocking,
-    non_blocking_like,
-    replace_behavior,
-)
+from .chain import Call, Hook, Shape
 
 access_log = logging.getLogger("spur_runs.access")
 
@@ -62,6 +55,8 @@ class _Call:
         self.forwarded_for = forwarded_for
         self.start = time.perf_counter()
         self.finished = False
+        # For a non-blocking call, which may end on any thread (ObserveHook).
+        self.once: threading.Lock | None = None
         REQUEST_ID.set(request_id)
         if metrics is not None:
             metrics.started.inc()
@@ -114,20 +109,14 @@ def _final_code(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN if raised else grpc.StatusCode.OK
 
 
-class ObserveInterceptor(Interceptor):
+class ObserveHook(Hook):
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
+    def enter(self, call: Call) -> _Call:
+        context = call.context
+        # The same metadata grpc gives the interceptors (HandlerCallDetails).
+        metadata = context.invocation_metadata()
         incoming = _metadata_value(metadata, REQUEST_ID_KEY)
         given_id = incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else None
         # Only the gateway's (trust.py): a gRPC caller's own would be its say.
@@ -140,71 +129,67 @@ class ObserveInterceptor(Interceptor):
         method_metrics = (
             None
             if pools is None
-            else pools.method(method, handler.request_streaming, handler.response_streaming)
+            else pools.method(call.method, call.request_streaming, call.response_streaming)
         )
-        behavior = behavior_of(handler)
+        record = _Call(call.method, method_metrics, given_id or uuid.uuid4().hex, forwarded_for)
+        # A unary call's request id goes back in its trailing metadata (exit),
+        # which grpc sends with the answer and the status in one batch:
+        # response headers of their own would cost a batch (and ~12% of
+        # GetRun's CPU), and would commit the call for the client's retry
+        # policy before the answer exists (README, Scaling).
+        if call.shape is not Shape.UNARY:
+            _send_request_id(context, record.request_id)
+        if call.request_streaming and method_metrics is not None:
+            call.request = _counted(call.request, method_metrics.received)
+        elif method_metrics is not None:
+            method_metrics.received.inc()
+        if call.shape is Shape.NON_BLOCKING:
+            # A non-blocking call (health's Watch, WatchRun) ends when its
+            # behavior sends None (its close callback, from whatever thread),
+            # or when grpc ends it without one (the client cancelled, the
+            # deadline passed): the termination callback then records it,
+            # with the code that _final_code finds. Whichever comes first
+            # counts, once.
+            record.once = threading.Lock()
+            context.add_callback(lambda: self._finish_once(record, context, False))
+        return record
 
-        def send_request_id(context: grpc.ServicerContext, call: _Call) -> None:
+    def sent(self, call: Call, state: _Call, response: Any) -> None:
+        if state.metrics is not None:
+            state.metrics.sent.inc()
+
+    def send(self, call: Call, state: _Call, item: Any) -> Any:
+        if item is None:
+            self._finish_once(state, call.context, False)
+        elif state.metrics is not None:
+            state.metrics.sent.inc()
+        return item
+
+    def exit(self, call: Call, state: _Call, error: BaseException | None) -> None:
+        if call.shape is Shape.NON_BLOCKING:
             try:
-                context.send_initial_metadata(((REQUEST_ID_KEY, call.request_id),))
-            except grpc.RpcError:
-                pass  # the client has gone already; the call ends CANCELLED
-            except ValueError:
-                pass  # the handler sent initial metadata of its own already
-
-        def begin(
-            request: Any, context: grpc.ServicerContext, send_id: bool = True
-        ) -> tuple[_Call, Any]:
-            call = _Call(method, method_metrics, given_id or uuid.uuid4().hex, forwarded_for)
-            if send_id:
-                send_request_id(context, call)
-            if handler.request_streaming and method_metrics is not None:
-                request = _counted(request, method_metrics.received)
-            elif method_metrics is not None:
-                method_metrics.received.inc()
-            return call, request
-
-        if is_non_blocking(behavior):
-            return replace_behavior(handler, _non_blocking(behavior, begin, pools))
-        if handler.response_streaming:
-
-            def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                call, request = begin(request, context)
-                raised = False
-                try:
-                    for response in behavior(request, context):
-                        if method_metrics is not None:
-                            method_metrics.sent.inc()
-                        yield response
-                except BaseException:
-                    raised = True
-                    raise
-                finally:
-                    call.finish(context, raised, pools)
-
-            return replace_behavior(handler, streaming)
-
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            # A unary call's request id goes back in its trailing metadata,
-            # which grpc sends with the answer and the status in one batch:
-            # response headers of their own would cost a batch (and ~12% of
-            # GetRun's CPU), and would commit the call for the client's retry
-            # policy before the answer exists (README, Scaling).
-            call, request = begin(request, context, send_id=False)
-            raised = False
-            try:
-                response = behavior(request, context)
-                if method_metrics is not None:
-                    method_metrics.sent.inc()
-                return response
-            except BaseException:
-                raised = True
-                raise
+                if error is not None:
+                    self._finish_once(state, call.context, True)
             finally:
-                call.finish(context, raised, pools)
-                _add_trailing(context, call.request_id)
+                REQUEST_ID.set(None)  # this thread goes back to the pool now
+            return
+        state.finish(call.context, error is not None, self._metrics)
+        if call.shape is Shape.UNARY:
+            _add_trailing(call.context, state.request_id)
 
-        return replace_behavior(handler, unary)
+    def _finish_once(self, record: _Call, context: grpc.ServicerContext, raised: bool) -> None:
+        assert record.once is not None
+        with record.once:
+            record.finish(context, raised, self._metrics)
+
+
+def _send_request_id(context: grpc.ServicerContext, request_id: str) -> None:
+    try:
+        context.send_initial_metadata(((REQUEST_ID_KEY, request_id),))
+    except grpc.RpcError:
+        pass  # the client has gone already; the call ends CANCELLED
+    except ValueError:
+        pass  # the handler sent initial metadata of its own already
 
 
 def _add_trailing(context: grpc.ServicerContext, request_id: str) -> None:
@@ -212,48 +197,6 @@ def _add_trailing(context: grpc.ServicerContext, request_id: str) -> None:
     there already (an error's google.rpc.Status details, set by abort)."""
     present = tuple(context.trailing_metadata() or ())  # type: ignore[attr-defined]
     context.set_trailing_metadata(present + ((REQUEST_ID_KEY, request_id),))
-
-
-def _non_blocking(
-    behavior: Any,
-    begin: Callable[[Any, grpc.ServicerContext], tuple[_Call, Any]],
-    pools: Metrics | None,
-) -> Any:
-    """The wrapper of a behavior that sends through a callback (health's
-    Watch, WatchRun), itself non-blocking: no thread is held while the
-    stream is open. The call ends when the behavior sends None (its close
-    callback, from whatever thread), or when grpc ends it without one (the
-    client cancelled, the deadline passed): the termination callback then
-    records it, with the code that _final_code finds. Whichever comes first
-    counts, once."""
-
-    def non_blocking(
-        request: Any, context: grpc.ServicerContext, send_response_callback: Any = None
-    ) -> Any:
-        call, request = begin(request, context)
-        once = threading.Lock()
-
-        def finish(raised: bool) -> None:
-            with once:
-                call.finish(context, raised, pools)
-
-        def send(response: Any) -> None:
-            if response is None:
-                finish(False)
-            elif call.metrics is not None:
-                call.metrics.sent.inc()
-            send_response_callback(response)
-
-        try:
-            context.add_callback(lambda: finish(False))
-            return behavior(request, context, send_response_callback=send)
-        except BaseException:
-            finish(True)
-            raise
-        finally:
-            REQUEST_ID.set(None)  # this thread goes back to the pool now
-
-    return non_blocking_like(behavior, non_blocking)
 
 
 def _counted(requests: Iterator[Any], counter: Any) -> Iterator[Any]:

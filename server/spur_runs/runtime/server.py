@@ -28,9 +28,10 @@ from ..config import Config, parse_address
 from ..gateway import HttpGateway
 from ..gateway.inprocess import LocalDispatch, recorded_handlers
 from ..rpc import auth, limits
-from ..rpc.decode import DecodeInterceptor
-from ..rpc.interceptors import ErrorInterceptor
-from ..rpc.observe import ObserveInterceptor
+from ..rpc.chain import ChainInterceptor, Interceptor
+from ..rpc.decode import DecodeHook
+from ..rpc.errors import ErrorHook
+from ..rpc.observe import ObserveHook
 from ..store.db import Database
 from ..store.schema_check import warn_missing_indexes
 from ..telemetry.metrics import Metrics
@@ -56,21 +57,24 @@ class RunsServer:
         self.health = DatabaseHealth(
             db, config.health_interval, config.max_health_watchers, self.metrics.registry
         )
-        # One pool of threads and one chain of interceptors for gRPC callers
+        # One pool of threads and one interceptor for gRPC callers
         # and, in process, for the HTTP gateway's unary calls.
         self.executor = futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="rpc"
         )
-        # Outermost first: observe sees the final code of every call
-        # (refusals included), auth refuses before any work is done, and
-        # errors become statuses innermost.
-        interceptors = [
-            ObserveInterceptor(self.metrics),
-            auth.AuthInterceptor(self.tokens),
-            limits.DeadlineInterceptor(),
-            ErrorInterceptor(),
-            DecodeInterceptor(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
-        ]
+        # Its hooks (rpc/chain.py), outermost first: observe sees the final
+        # code of every call (refusals included), auth refuses before any
+        # work is done, and errors become statuses innermost.
+        self.chain = ChainInterceptor(
+            [
+                ObserveHook(self.metrics),
+                auth.AuthHook(self.tokens),
+                limits.DeadlineHook(),
+                ErrorHook(),
+                DecodeHook(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
+            ]
+        )
+        interceptors: list[Interceptor] = [self.chain]
         self.grpc = grpc.server(
             self.executor,
             interceptors=interceptors,
@@ -116,7 +120,7 @@ class RunsServer:
         self.probe, self.probe_port = _probe_listener(config, self.health)
         # HTTP/JSON from the services' google.api.http rules, through this server.
         # Its unary calls run in process (gateway/inprocess.py), with the same
-        # interceptors on the same threads; WatchRun goes through the socket.
+        # interceptor on the same threads; WatchRun goes through the socket.
         local = LocalDispatch(
             recorded_handlers(
                 lambda target: run_service_pb2_grpc.add_RunServiceServicer_to_server(
