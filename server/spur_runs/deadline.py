@@ -1,6 +1,6 @@
 """The deadline of the RPC the current thread serves, for the database.
 
-limits.DeadlineInterceptor sets it from the client's deadline; db.Database
+rpc.limits.DeadlineHook sets it from the client's deadline; db.Database
 reads it to lower PostgreSQL's statement_timeout for that call, so that a
 query whose caller has given up does not hold a connection (and its locks)
 for the full --db-timeout-seconds.

@@ -1,7 +1,7 @@
 """The RunService servicer. Each method is thin: validate the request, open
 one conn scope, call storage, convert, return. Errors are raised as
 errors.ServiceError (or whatever storage raised) and turned into statuses in
-one place, interceptors.ErrorInterceptor.
+one place, rpc.errors.ErrorHook.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ handler (as grpc's own health Watch). It validates, reads the run's current
 state and sends it on one of the server's threads, registers the watcher and
 returns; later messages are sent by a small pool of sender threads. What the
 handler or the hub raise reaches the client through the interceptors
-(interceptors.ErrorInterceptor maps an exception passed to the send callback
+(rpc.errors.ErrorHook maps an exception passed to the send callback
 to its status; observe and auth apply as to any RPC).
 
 A watcher ends:
