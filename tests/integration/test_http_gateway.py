@@ -100,7 +100,7 @@ def test_headers_reach_the_rpc_as_grpc_gateway_passes_them(running: Running) -> 
     assert metadata["tenant"] == "acme"
     assert metadata["trace-bin"] == blob
     # 127.0.0.1 is no --trusted-proxies: its X-Forwarded-For is not believed
-    # (tests/test_http_safety.py has a trusted proxy's).
+    # (tests/integration/test_http_safety.py has a trusted proxy's).
     assert metadata["x-forwarded-for"] == "127.0.0.1"
     assert metadata["x-forwarded-host"] == f"127.0.0.1:{running.gateway.port}"
     assert "x-not-forwarded" not in metadata

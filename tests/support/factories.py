@@ -1,4 +1,4 @@
-"""Rows for tests, written through our SQLAlchemy models (tests/test_pyspur_compat.py
+"""Rows for tests, written through our SQLAlchemy models (tests/integration/test_pyspur_compat.py
 writes them with PySpur's own classes instead)."""
 
 from __future__ import annotations

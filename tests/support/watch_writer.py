@@ -5,7 +5,7 @@ spur-runs. After each committed step it prints "done <step>".
     python watch_writer.py DATABASE_URL RUN_ID
     stdin: "1\\n", "2\\n", ... or "delete\\n"
 
-The steps (tests/test_watch.py checks each one's effect in order):
+The steps (tests/integration/test_watch.py checks each one's effect in order):
  1  the run starts: status RUNNING
  2  its first task starts: RUNNING, with a start_time
  3  that task completes: COMPLETED, end_time and outputs

@@ -1,46 +1,23 @@
 """buf.gen.yaml, the recipe README gives for Go and Java stubs, and
 clients/ts/buf.gen.yaml, the one CI uses for the TypeScript client: local
 plugins only, and what they feed them. Each plugin is replaced by a small one
-(this file, run as one) that writes down the CodeGeneratorRequest it
+(tests/support/recording_plugin.py) that writes down the CodeGeneratorRequest it
 receives: the files to generate and their options after buf's managed mode.
-(tests/test_ts_client.py runs the real protoc-gen-es.)"""
+(tests/system/test_ts_client.py runs the real protoc-gen-es.)"""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
-from google.protobuf.compiler import plugin_pb2
 
 from tools import ROOT, tool
 
-
-def dump_request() -> None:
-    """Plugin mode: answer with one JSON file describing the request."""
-    request = plugin_pb2.CodeGeneratorRequest.FromString(sys.stdin.buffer.read())
-    files = {f.name: f for f in request.proto_file}
-    described = {
-        name: {
-            "go_package": files[name].options.go_package,
-            "java_package": files[name].options.java_package,
-            "java_multiple_files": files[name].options.java_multiple_files,
-            "services": [s.name for s in files[name].service],
-            "parameter": request.parameter,
-        }
-        for name in request.file_to_generate
-    }
-    response = plugin_pb2.CodeGeneratorResponse(
-        supported_features=plugin_pb2.CodeGeneratorResponse.FEATURE_PROTO3_OPTIONAL
-    )
-    # buf may call a plugin several times (per directory, per input): one
-    # file per call, named after the files it was asked for.
-    key = hashlib.sha256("\n".join(request.file_to_generate).encode()).hexdigest()[:12]
-    response.file.add(name=f"request-{key}.json", content=json.dumps(described))
-    sys.stdout.buffer.write(response.SerializeToString())
+# The recording plugin buf runs in place of each real one.
+PLUGIN = str(ROOT / "tests" / "support" / "recording_plugin.py")
 
 
 def requests_seen(out: Path) -> dict[str, dict[str, object]]:
@@ -59,7 +36,7 @@ def test_buf_gen_uses_local_plugins_and_sets_packages(tmp_path: Path) -> None:
     assert outputs == {"gen/go", "gen/java"}
     # Same inputs and managed mode, one recording plugin per output folder.
     template["plugins"] = [
-        {"local": [sys.executable, __file__], "out": out, "opt": out.split("/")[1]}
+        {"local": [sys.executable, PLUGIN], "out": out, "opt": out.split("/")[1]}
         for out in sorted(outputs)
     ]
     (tmp_path / "buf.gen.yaml").write_text(yaml.safe_dump(template))
@@ -88,7 +65,7 @@ def test_ts_template_generates_the_contract_and_the_google_files_it_needs(tmp_pa
     assert plugin["local"] == "clients/ts/node_modules/.bin/protoc-gen-es"
     assert plugin["out"] == "clients/ts/src/gen"
     assert "target=ts" in plugin["opt"]
-    plugin["local"] = [sys.executable, __file__]
+    plugin["local"] = [sys.executable, PLUGIN]
     plugin["opt"] = ",".join(plugin["opt"])
     (tmp_path / "buf.gen.yaml").write_text(yaml.safe_dump(template))
     result = subprocess.run(
@@ -110,7 +87,3 @@ def test_ts_template_generates_the_contract_and_the_google_files_it_needs(tmp_pa
     ]
     assert seen["spur/runs/v1/run_service.proto"]["services"] == ["RunService"]
     assert seen["spur/runs/v1/run.proto"]["parameter"] == "target=ts,import_extension=js"
-
-
-if __name__ == "__main__":
-    dump_request()

@@ -124,7 +124,7 @@ def test_sigterm_grace_covers_the_drain(rendered: dict[str, Any]) -> None:
     env = plain_env(rendered["Deployment"])
     grace = float(env["SPUR_RUNS_GRACE_SECONDS"])
     # A call waiting on a database that vanished ends at the dead-peer bound
-    # (tests/test_partition.py), and the process exits only after it.
+    # (tests/system/test_partition.py), and the process exits only after it.
     drain = max(grace, float(env["SPUR_RUNS_DB_DEAD_PEER_SECONDS"]))
     # The kubelet's SIGKILL comes terminationGracePeriodSeconds after the
     # preStop hook starts: it must leave the drain its whole grace, and more.

@@ -60,7 +60,7 @@ def _sections(text: str) -> dict[str, list[str]]:
 
 # Executed after README's first session and before its "Deleting runs": the
 # docs' examples of the API, filters and watching. (docs/clients.md builds
-# the clients; tests/test_*_client.py run them. docs/production.md's commands
+# the clients; tests/system/test_*_client.py run them. docs/production.md's commands
 # need a production database.)
 DOCS = ("api.md", "watch.md")
 
