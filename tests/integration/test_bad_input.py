@@ -144,6 +144,7 @@ def test_unknown_fields_are_ignored_and_raw_good_bytes_work(
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.slow
 def test_a_request_over_the_size_limit_is_refused_and_the_server_serves_on(
     served_sqlite: tuple[RunsServer, Seeded], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -214,6 +215,7 @@ def _percent(value: str) -> str:
     return "".join(f"%{b:02X}" for b in value.encode())
 
 
+@pytest.mark.slow
 def test_odd_percent_encodings(
     served: tuple[RunsServer, Seeded], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -283,6 +285,7 @@ def test_odd_percent_encodings(
     assert _server_failures(caplog) == []
 
 
+@pytest.mark.slow
 def test_bodies_where_none_is_expected(
     served: tuple[RunsServer, Seeded], caplog: pytest.LogCaptureFixture
 ) -> None:

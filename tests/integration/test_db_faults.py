@@ -154,6 +154,7 @@ def proxy() -> Iterator[Proxy]:
     forwarder.cut()
 
 
+@pytest.mark.slow
 def test_database_down_and_back_through_a_proxy(postgres_url: str, proxy: Proxy) -> None:
     run_ids = seed_runs(postgres_url)
     proxied = make_url(postgres_url).set(port=proxy.port).render_as_string(hide_password=False)
@@ -202,6 +203,7 @@ def test_database_down_and_back_through_a_proxy(postgres_url: str, proxy: Proxy)
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_a_database_that_stops_answering_turns_health_not_serving(
     postgres_url: str, proxy: Proxy
 ) -> None:
@@ -254,6 +256,7 @@ def _server_backends(admin: object, name: str) -> set[int]:
         )
 
 
+@pytest.mark.slow
 def test_connections_killed_mid_load(postgres_url: str) -> None:
     run_ids = seed_runs(postgres_url)
     name = make_url(postgres_url).database or ""
@@ -311,6 +314,7 @@ connection.execute("ROLLBACK")
 """
 
 
+@pytest.mark.slow
 def test_sqlite_locked_by_another_process(sqlite_url: str) -> None:
     run_ids = seed_runs(sqlite_url, count=3)
     path = make_url(sqlite_url).database or ""

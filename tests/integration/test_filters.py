@@ -201,6 +201,7 @@ def walk(stub: RunServiceStub, page_size: int, **fields: Any) -> list[str]:
 # --- filters over gRPC --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_each_filter_alone_and_combined_pages_exactly_the_matching_runs(world: World) -> None:
     for name, filters in cases(world).items():
         want = expected(world.runs, **filters)
@@ -228,6 +229,7 @@ def test_each_filter_alone_and_combined_pages_exactly_the_matching_runs(world: W
     assert sizes["after, to the nanosecond"] == sizes["after (inclusive)"] - 2
 
 
+@pytest.mark.slow
 def test_filters_of_the_same_set_share_their_tokens_and_page_size_and_view_may_change(
     world: World,
 ) -> None:
@@ -252,6 +254,7 @@ def test_filters_of_the_same_set_share_their_tokens_and_page_size_and_view_may_c
     assert not rest.next_page_token
 
 
+@pytest.mark.slow
 def test_token_reused_with_other_filters_is_invalid_argument(world: World) -> None:
     first, second = world.workflows
     issued = {
@@ -285,6 +288,7 @@ def test_token_reused_with_other_filters_is_invalid_argument(world: World) -> No
     assert bad_request_field(error) == "page_token"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fields", "field"),
     [
@@ -332,6 +336,7 @@ def query_of(enum_by_number: bool = False, **filters: Any) -> list[tuple[str, st
     return params
 
 
+@pytest.mark.slow
 def test_parent_only_is_true_when_unset_as_in_pyspurs_router(world: World) -> None:
     """PySpur's router lists top-level runs unless told `parent_only=false`;
     so do ListRuns and GET /run/."""
@@ -361,6 +366,7 @@ def walk_http(http: Http, params: list[tuple[str, str]]) -> tuple[list[str], int
         assert len(seen) < 100
 
 
+@pytest.mark.slow
 def test_filters_over_http(world: World) -> None:
     for name, filters in cases(world).items():
         want = [
@@ -396,6 +402,7 @@ def test_filters_over_http(world: World) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
@@ -428,6 +435,7 @@ def test_bad_filter_parameters_are_400_naming_the_parameter(
     assert detail["field_violations"][0]["field"] == parameter
 
 
+@pytest.mark.slow
 def test_token_reused_with_other_filters_over_http_is_400(world: World) -> None:
     reply = world.http.get("/v1/runs?page_size=1&status=COMPLETED")
     token = reply.json()["next_page_token"]
@@ -461,6 +469,7 @@ def assert_full(run: run_pb2.Run) -> None:
     assert run.workflow_version.definition["nodes"]
 
 
+@pytest.mark.slow
 def test_views_on_get_list_and_children(db: Database, migrated_url: str) -> None:
     with db.write() as s:
         workflow = add_workflow(s)
@@ -522,6 +531,7 @@ def test_views_on_get_list_and_children(db: Database, migrated_url: str) -> None
 _TASKS_TABLE = re.compile(r"\btasks\b", re.IGNORECASE)
 
 
+@pytest.mark.slow
 def test_a_basic_page_of_100_runs_with_50_tasks_each_reads_no_task_rows(
     db: Database, server: RunsServer, stub: RunServiceStub
 ) -> None:

@@ -394,6 +394,7 @@ def check_runs(runs: Any, limit: int) -> None:
         assert run.task_count >= len(run.tasks)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_get_run(world: World, data: st.DataObject) -> None:
@@ -411,6 +412,7 @@ def test_get_run(world: World, data: st.DataObject) -> None:
     assert world.digest() == before
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=300)  # the most fields
 @given(data=st.data())
 def test_list_runs(world: World, data: st.DataObject) -> None:
@@ -427,6 +429,7 @@ def test_list_runs(world: World, data: st.DataObject) -> None:
     assert world.digest() == before
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_get_run_tasks(world: World, data: st.DataObject) -> None:
@@ -445,6 +448,7 @@ def test_get_run_tasks(world: World, data: st.DataObject) -> None:
     assert world.digest() == before
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_get_child_runs(world: World, data: st.DataObject) -> None:
@@ -464,6 +468,7 @@ def test_get_child_runs(world: World, data: st.DataObject) -> None:
     assert world.digest() == before
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_watch_run(world: World, data: st.DataObject) -> None:
@@ -482,6 +487,7 @@ def test_watch_run(world: World, data: st.DataObject) -> None:
     assert world.digest() == before
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_delete_run(own_world: World, data: st.DataObject) -> None:
@@ -502,6 +508,7 @@ def test_delete_run(own_world: World, data: st.DataObject) -> None:
 # --- page tokens replayed elsewhere -----------------------------------------------
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.data())
 def test_list_token_is_bound_to_its_filters(world: World, data: st.DataObject) -> None:

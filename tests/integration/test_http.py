@@ -72,6 +72,7 @@ def same_content(http: Any, grpc_json: Any) -> None:
 # --- every route ---
 
 
+@pytest.mark.slow
 def test_get_run_with_and_without_trailing_slash(
     client: Http, seeded: Seeded, stub: RunServiceStub
 ) -> None:
@@ -100,6 +101,7 @@ def test_get_run_with_and_without_trailing_slash(
     assert client.get(f"/run/{seeded.parent}/status/").body == plain.body
 
 
+@pytest.mark.slow
 def test_list_runs_by_page_number(client: Http, seeded: Seeded, stub: RunServiceStub) -> None:
     reply = client.get("/run/?page=2&page_size=5&parent_only=false")
     assert reply.status == 200
@@ -138,6 +140,7 @@ def _walk(client: Http, path: str) -> tuple[list[Any], int]:
     return items, pages
 
 
+@pytest.mark.slow
 def test_list_runs_by_token_walks_every_run_once(client: Http, seeded: Seeded) -> None:
     seen: list[str] = []
     path = "/v1/runs?page_size=4&parent_only=false"
@@ -153,6 +156,7 @@ def test_list_runs_by_token_walks_every_run_once(client: Http, seeded: Seeded) -
     assert [r["id"] for r in linked] == seen and pages == 4
 
 
+@pytest.mark.slow
 def test_get_run_tasks(client: Http, seeded: Seeded, stub: RunServiceStub) -> None:
     for path in (f"/run/{seeded.parent}/tasks", f"/run/{seeded.parent}/tasks/"):
         reply = client.get(path)
@@ -171,6 +175,7 @@ def test_get_run_tasks(client: Http, seeded: Seeded, stub: RunServiceStub) -> No
     assert [t["id"] for t in linked] == [t["id"] for t in whole["tasks"]] and pages == 2
 
 
+@pytest.mark.slow
 def test_get_child_runs(client: Http, seeded: Seeded) -> None:
     for path in (f"/run/{seeded.parent}/children", f"/run/{seeded.parent}/children/"):
         reply = client.get(path)
@@ -185,6 +190,7 @@ def test_get_child_runs(client: Http, seeded: Seeded) -> None:
     assert sorted(r["id"] for r in linked) == sorted(seeded.children) and pages == 2
 
 
+@pytest.mark.slow
 def test_delete_answers_204_with_no_body_and_the_run_is_gone(client: Http, seeded: Seeded) -> None:
     reply = client.request("DELETE", f"/run/{seeded.parent}/")
     assert reply.status == 204
@@ -199,6 +205,7 @@ def test_delete_answers_204_with_no_body_and_the_run_is_gone(client: Http, seede
 # --- what is not a route ---
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
@@ -221,6 +228,7 @@ def test_wrong_method_is_405_with_allow(
         assert method not in reply.error(UNIMPLEMENTED)["message"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/nope", "/run/R1/unknown", "/run/R1/tasks/extra", "/", "//run"])
 def test_unknown_path_is_404_status_json(client: Http, path: str) -> None:
     reply = client.get(path)
@@ -231,6 +239,7 @@ def test_unknown_path_is_404_status_json(client: Http, path: str) -> None:
 # --- query parameters ---
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("query", "parameter", "says"),
     [
@@ -293,6 +302,7 @@ def test_invalid_argument_is_400_with_bad_request_details(client: Http, seeded: 
         }
 
 
+@pytest.mark.slow
 def test_not_found_is_404(client: Http, seeded: Seeded) -> None:
     for path in ("/run/R999999", "/run/R999999/tasks", "/run/R999999/children"):
         reply = client.get(path)
@@ -300,6 +310,7 @@ def test_not_found_is_404(client: Http, seeded: Seeded) -> None:
         assert "R999999" in reply.error(NOT_FOUND)["message"]
 
 
+@pytest.mark.slow
 def test_failed_precondition_is_400(client: Http, seeded: Seeded, migrated_url: str) -> None:
     db = Database.from_url(migrated_url, pool_size=1)
     try:
@@ -368,6 +379,7 @@ def test_postgres_going_away_is_503_then_back_to_200(postgres_url: str) -> None:
 # --- headers: deadline, request id, authorization ---
 
 
+@pytest.mark.slow
 def test_grpc_timeout_header_bounds_the_call(postgres_url: str) -> None:
     """A GetRun stuck behind a lock answers 504 DEADLINE_EXCEEDED when the
     header's deadline passes, not when the lock goes."""
@@ -394,6 +406,7 @@ def test_grpc_timeout_header_bounds_the_call(postgres_url: str) -> None:
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_malformed_grpc_timeout_is_400(client: Http) -> None:
     for value in ("soon", "5", "123456789S", "1.5S", "-1S"):
         reply = client.request("GET", "/run", {"Grpc-Timeout": value})
@@ -409,6 +422,7 @@ def test_request_id_goes_through_and_comes_back(client: Http) -> None:
     assert len(made.headers["X-Request-Id"]) == 32
 
 
+@pytest.mark.slow
 def test_authorization_header_is_checked_like_grpc_metadata(
     migrated_url: str, seeded: Seeded, tmp_path: Path
 ) -> None:
@@ -440,6 +454,7 @@ def test_authorization_header_is_checked_like_grpc_metadata(
 # --- life cycle ---
 
 
+@pytest.mark.slow
 def test_stop_lets_an_in_flight_request_finish(postgres_url: str) -> None:
     migrate(postgres_url)
     run = seed_runs(postgres_url).parent

@@ -114,6 +114,7 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_header_timeout(
     assert 0.8 <= seconds < 1.8
 
 
+@pytest.mark.slow
 def test_slow_but_timely_headers_are_answered_and_idle_keep_alive_ends(
     short: RunsServer, sqlite_db: tuple[str, Seeded]
 ) -> None:
@@ -140,6 +141,7 @@ def _get_reply(sock: socket.socket) -> bytes:
     return sock.recv(65536)
 
 
+@pytest.mark.slow
 def test_the_cap_evicts_waiting_connections_and_refuses_when_all_are_busy(
     sqlite_db: tuple[str, Seeded],
 ) -> None:
@@ -181,6 +183,7 @@ def test_the_cap_evicts_waiting_connections_and_refuses_when_all_are_busy(
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_grpc_and_http_answer_through_a_slow_loris(sqlite_db: tuple[str, Seeded]) -> None:
     url, seeded = sqlite_db
     server = start_http_server(url, http_max_connections=50, http_header_timeout_seconds=2.0)
@@ -254,6 +257,7 @@ def _wait_http(port: int, timeout: float = 30) -> None:
     raise AssertionError("the server did not start")
 
 
+@pytest.mark.slow
 def test_a_low_file_limit_floods_no_log_and_recovers(
     sqlite_db: tuple[str, Seeded], tmp_path: Path
 ) -> None:
@@ -312,6 +316,7 @@ def test_a_low_file_limit_floods_no_log_and_recovers(
     assert len(output.splitlines()) < 40, output[-3000:]
 
 
+@pytest.mark.slow
 def test_a_tls_handshake_is_held_to_the_header_timeout_and_the_cap(
     sqlite_db: tuple[str, Seeded], tmp_path: Path
 ) -> None:
@@ -468,6 +473,7 @@ def _access(log_path: Path) -> dict[str, dict[str, object]]:
     return {line["request_id"]: line for line in lines if line["logger"] == "spur_runs.access"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trusted", [False, True])
 def test_forwarded_for_is_believed_only_from_a_trusted_proxy(
     sqlite_db: tuple[str, Seeded], tmp_path: Path, trusted: bool
@@ -514,6 +520,7 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy(
     assert "198.51.100.1" not in log_path.read_text()
 
 
+@pytest.mark.slow
 def test_a_bad_trust_list_stops_start_up_with_one_line(sqlite_db: tuple[str, Seeded]) -> None:
     for flag, value in (
         ("--trusted-proxies", "10.0.0.0/33"),

@@ -51,6 +51,7 @@ def _wait_sessions_idle(admin: Connection, name: str, timeout: float, exclude: i
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_calls_abandoned_while_blocked_on_a_lock_release_everything(postgres_url: str) -> None:
     run_ids = seed_runs(postgres_url, count=3)
     name = make_url(postgres_url).database or ""
@@ -118,6 +119,7 @@ def _no_open_read_transaction(path: str) -> bool:
     return int(busy) == 0
 
 
+@pytest.mark.slow
 def test_a_storm_of_abandoned_calls_leaks_nothing(database_url: str) -> None:
     run_ids = seed_runs(database_url, count=30)
     server = start_server(database_url, max_workers=8)

@@ -33,6 +33,7 @@ def in_background(call: Callable[[], object]) -> tuple[threading.Thread, dict[st
     return thread, result
 
 
+@pytest.mark.slow
 def test_calls_beyond_max_concurrent_rpcs_get_resource_exhausted(postgres_url: str) -> None:
     run_id = seeded(postgres_url)
     server = start_server(postgres_url, max_concurrent_rpcs=2)
@@ -80,6 +81,7 @@ def test_message_size_limits(sqlite_url: str) -> None:
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_database_work_is_bounded_by_db_timeout(postgres_url: str) -> None:
     run_id = seeded(postgres_url)
     server = start_server(postgres_url, db_timeout_seconds=0.5)
@@ -96,6 +98,7 @@ def test_database_work_is_bounded_by_db_timeout(postgres_url: str) -> None:
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_a_client_deadline_cancels_the_database_statement(postgres_url: str) -> None:
     run_id = seeded(postgres_url)
     server = start_server(postgres_url, db_timeout_seconds=60)
@@ -127,6 +130,7 @@ def _watch_until_end(port: int, options: list[tuple[str, int]], timeout: float) 
     return grpc.StatusCode.OK
 
 
+@pytest.mark.slow
 def test_clients_that_ping_too_often_are_sent_away(sqlite_url: str) -> None:
     seeded(sqlite_url)
     # A client pinging every 200 ms on an idle stream (a Watch with no news).

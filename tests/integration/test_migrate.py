@@ -165,6 +165,7 @@ def test_empty_database_gets_the_pyspur_tables(database_url: str) -> None:
         }
 
 
+@pytest.mark.slow
 def test_schema_is_the_models_schema(database_url: str, reference_url: str) -> None:
     """Migrations and `Base.metadata.create_all` make the same tables."""
     migrate(database_url)
@@ -214,6 +215,7 @@ def test_ids_are_computed_by_the_database(database_url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_service_indexes_are_created(database_url: str) -> None:
     migrate(database_url)
     schema = snapshot(database_url)
@@ -230,6 +232,7 @@ def test_service_indexes_are_created(database_url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_migrate_twice_changes_nothing(database_url: str) -> None:
     migrate(database_url)
     before = snapshot(database_url)
@@ -245,6 +248,7 @@ def test_migrate_twice_changes_nothing(database_url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_downgrade_drops_only_our_indexes_and_stops_at_pyspur_tables(
     database_url: str,
 ) -> None:
@@ -311,6 +315,7 @@ def test_migrations_ship_with_the_package() -> None:
 # --- a database PySpur made --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pyspur_database_gets_only_indexes_and_our_version(database_url: str) -> None:
     pyspur_database(database_url)
     before = snapshot(database_url)
@@ -347,6 +352,7 @@ def test_pyspur_database_gets_only_indexes_and_our_version(database_url: str) ->
     assert snapshot(database_url) == after
 
 
+@pytest.mark.slow
 def test_pyspur_still_writes_after_migrate(database_url: str) -> None:
     pyspur_database(database_url)
     migrate(database_url)

@@ -24,6 +24,7 @@ from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 
 
+@pytest.mark.slow
 def test_metrics_count_calls_by_method_and_code(postgres_url: str) -> None:
     run_id = seeded(postgres_url)
     server = start_server(postgres_url, http_address="127.0.0.1:0", pool_size=3)
@@ -83,6 +84,7 @@ def test_metrics_count_calls_by_method_and_code(postgres_url: str) -> None:
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_json_access_log_and_request_ids(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     run_id = seeded(url)

@@ -34,6 +34,7 @@ def document(client: Http) -> dict[str, Any]:
     return dict(reply.json())
 
 
+@pytest.mark.slow
 def test_document_matches_the_live_routes(
     document: dict[str, Any], client: Http, http_server: RunsServer, seeded: Seeded
 ) -> None:
@@ -134,6 +135,7 @@ def test_parameters_are_the_request_fields(document: dict[str, Any]) -> None:
     assert set(delete) == {"204", "default"}
 
 
+@pytest.mark.slow
 def test_descriptions_are_the_proto_comments(document: dict[str, Any]) -> None:
     schemas = document["components"]["schemas"]
     run = schemas["spur.runs.v1.Run"]
@@ -196,6 +198,7 @@ def test_bodies_custom_verbs_and_nesting_are_documented() -> None:
     assert "a" not in schemas["gwtest.Everything"]["required"]  # oneof members may be absent
 
 
+@pytest.mark.slow
 def test_schemathesis_finds_no_server_error_and_no_schema_violation(
     http_server: RunsServer, seeded: Seeded, tmp_path: Path
 ) -> None:

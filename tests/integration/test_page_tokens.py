@@ -136,6 +136,7 @@ def _refused_field(call: Callable[[str], Any], token: str) -> str:
     return str(bad.field_violations[0].field)
 
 
+@pytest.mark.slow
 def test_forged_positions_out_of_range_are_invalid_arguments(
     served: tuple[RunServiceStub, Seeded, Http],
 ) -> None:
@@ -155,6 +156,7 @@ def test_forged_positions_out_of_range_are_invalid_arguments(
     assert "page_token" in message and "damaged" not in message
 
 
+@pytest.mark.slow
 def test_forged_positions_at_the_edges_of_the_range_page(
     served: tuple[RunServiceStub, Seeded, Http],
 ) -> None:

@@ -153,6 +153,7 @@ def _add_slow_trigger(url: str) -> None:
         db.dispose()
 
 
+@pytest.mark.slow
 def test_a_runaway_statement_ends_at_the_calls_deadline(
     migrated_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -187,6 +188,7 @@ def test_a_runaway_statement_ends_at_the_calls_deadline(
     assert _failures(caplog) == []
 
 
+@pytest.mark.slow
 def test_a_runaway_statement_ends_at_the_db_timeout(migrated_url: str) -> None:
     """No client deadline: --db-timeout-seconds (1 s) bounds the statement,
     and the server itself answers DEADLINE_EXCEEDED (its own message, not

@@ -110,6 +110,7 @@ def write_with_pyspur(url: str) -> dict[str, str]:
     return ids
 
 
+@pytest.mark.slow
 def test_rows_written_by_pyspur_are_served(pyspur_url: str, pyspur_stub: RunServiceStub) -> None:
     ids = write_with_pyspur(pyspur_url)
     run = pyspur_stub.GetRun(pb.GetRunRequest(run_id=ids["parent"])).run
@@ -142,6 +143,7 @@ def test_rows_written_by_pyspur_are_served(pyspur_url: str, pyspur_stub: RunServ
     assert not pyspur_stub.ListRuns(pb.ListRunsRequest(parent_only=False)).runs
 
 
+@pytest.mark.slow
 def test_pyspur_database_lacks_our_indexes_until_migrate(pyspur_url: str) -> None:
     from spur_runs.store.migrate import migrate
 

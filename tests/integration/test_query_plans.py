@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import Connection, event, text
 
 from factories import add_run, add_workflow
@@ -74,6 +75,7 @@ def test_keyset_pages_walk_the_index_without_sorting(
                 assert "Index Cond" in shown and "start_time <=" in shown, shown
 
 
+@pytest.mark.slow
 def test_filtered_pages_walk_an_index_without_sorting(
     db: Database, server: RunsServer, stub: RunServiceStub
 ) -> None:
@@ -128,6 +130,7 @@ def test_filtered_pages_walk_an_index_without_sorting(
             assert "Index Cond" in shown and "start_time <=" in shown, (name, shown)
 
 
+@pytest.mark.slow
 def test_get_run_reads_run_and_tasks_through_indexes(
     db: Database, server: RunsServer, stub: RunServiceStub
 ) -> None:

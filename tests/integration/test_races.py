@@ -91,6 +91,7 @@ class Errors:
 # --- reads racing DeleteRun -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reads_racing_deletes_never_see_half_a_run(
     migrated_url: str, served: tuple[RunsServer, RunServiceStub]
 ) -> None:
@@ -184,6 +185,7 @@ def test_reads_racing_deletes_never_see_half_a_run(
 # --- page-token walks during inserts and deletes ---------------------------------------
 
 
+@pytest.mark.slow
 def test_page_token_walks_during_inserts_and_deletes(
     migrated_url: str, served: tuple[RunsServer, RunServiceStub]
 ) -> None:

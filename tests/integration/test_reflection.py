@@ -58,6 +58,7 @@ def grpcurl(
 # --- what grpcurl sees ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_describe_a_method_shows_it_with_its_comment(server: RunsServer) -> None:
     comments = load_comments()
     service = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
@@ -70,6 +71,7 @@ def test_describe_a_method_shows_it_with_its_comment(server: RunsServer) -> None
         assert f"rpc {method.name} (" in described.stdout
 
 
+@pytest.mark.slow
 def test_describe_shows_the_comments_of_messages_fields_and_services(server: RunsServer) -> None:
     comments = load_comments()
     run = run_pb2.DESCRIPTOR.message_types_by_name["Run"]
@@ -99,6 +101,7 @@ def test_json_names_stay_as_before(server: RunsServer, seeded: tuple[str, str]) 
     assert '"workflow_id"' in got.stdout and '"workflowId"' not in got.stdout
 
 
+@pytest.mark.slow
 def test_reflection_needs_a_reader_token_when_tokens_are_on(
     seeded: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -212,6 +215,7 @@ def test_idle_reflection_streams_hold_no_rpc_thread(
     assert listed.returncode == 0 and "spur.runs.v1.RunService" in listed.stdout, listed.stderr
 
 
+@pytest.mark.slow
 def test_an_idle_reflection_stream_is_cancelled(
     server: RunsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

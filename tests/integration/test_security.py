@@ -132,6 +132,7 @@ def test_tokens_and_scopes(guarded: RunsServer, runs: tuple[str, list[str]]) -> 
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
+@pytest.mark.slow
 def test_grpcurl_with_a_token(guarded: RunsServer, runs: tuple[str, list[str]]) -> None:
     address = f"127.0.0.1:{guarded.port}"
     # Reflection needs a reader token too (README's -H), so does the call.
@@ -312,6 +313,7 @@ def test_tls_and_mutual_tls(tmp_path: Path, runs: tuple[str, list[str]]) -> None
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_unusable_tls_or_token_files_stop_start_up_with_one_line(tmp_path: Path) -> None:
     files = make_tls_files(tmp_path)
     (tmp_path / "other").mkdir()

@@ -140,6 +140,7 @@ def test_definitions_are_pyspur_workflows(migrated_url: str, engine: Engine) -> 
         )
 
 
+@pytest.mark.slow
 def test_definitions_pass_pyspur_validation(migrated_url: str, engine: Engine) -> None:
     # Needs PySpur with its dependencies (pydantic); CI installs it --no-deps.
     schema = pytest.importorskip("pyspur.schemas.workflow_schemas", exc_type=ImportError)
@@ -148,6 +149,7 @@ def test_definitions_pass_pyspur_validation(migrated_url: str, engine: Engine) -
         schema.WorkflowDefinitionSchema.model_validate(spec)
 
 
+@pytest.mark.slow
 def test_seed_again_reuses_the_workflows_and_adds_runs(migrated_url: str, engine: Engine) -> None:
     first = seed(migrated_url, runs=12)
     second = seed(migrated_url, runs=8)
@@ -163,6 +165,7 @@ def test_seed_again_reuses_the_workflows_and_adds_runs(migrated_url: str, engine
     assert {count for _, count in per_run} == {TASKS_PER_RUN} and len(per_run) == 20
 
 
+@pytest.mark.slow
 def test_later_inserts_continue_after_the_seeded_ids(migrated_url: str, engine: Engine) -> None:
     """Explicit _intids on PostgreSQL leave the SERIAL sequence behind unless
     seed moves it: the next run PySpur inserts must not collide."""
@@ -224,6 +227,7 @@ def test_progress_bar(sqlite_url: str, capsys: pytest.CaptureFixture[str]) -> No
     assert "5.00/5.00" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_seed_a_pyspur_database_and_read_it_with_pyspur(database_url: str) -> None:
     """On a database PySpur made (then `spur-runs migrate`), seeded rows are
     rows PySpur's own ORM reads, and PySpur's next insert fits after them."""
@@ -288,6 +292,7 @@ def test_seed_while_another_connection_has_the_file_open(sqlite_url: str) -> Non
         other.close()
 
 
+@pytest.mark.slow
 def test_ids_of_deleted_runs(migrated_url: str, engine: Engine) -> None:
     """PostgreSQL's sequence never hands an id out twice, and seed keeps it so;
     SQLite (no AUTOINCREMENT, as PySpur declares it) reuses the id of a
@@ -310,6 +315,7 @@ def test_ids_of_deleted_runs(migrated_url: str, engine: Engine) -> None:
     assert summary.first_run_id == expected
 
 
+@pytest.mark.slow
 def test_an_edited_demo_workflow_gets_a_new_version(migrated_url: str, engine: Engine) -> None:
     """Someone changed a demo version's definition: seeding adds a version
     with the demo's definition (as PySpur does on a run) rather than writing

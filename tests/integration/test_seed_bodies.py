@@ -129,6 +129,7 @@ LISTINGS = [
 ]
 
 
+@pytest.mark.slow
 def test_get_run_bodies_equal_pyspurs(world: dict[str, Any], pyspur: Http, ours: Http) -> None:
     for run_id in all_run_ids(world):
         theirs = body(pyspur, f"/run/{run_id}/")
@@ -151,6 +152,7 @@ def test_get_run_bodies_equal_pyspurs(world: dict[str, Any], pyspur: Http, ours:
     assert body(ours, f"/run/{world['children'][0]}/")["outputs"] == {}
 
 
+@pytest.mark.slow
 def test_list_runs_bodies_equal_pyspurs(world: dict[str, Any], pyspur: Http, ours: Http) -> None:
     for path in LISTINGS:
         theirs, mine = body(pyspur, path), body(ours, path)
@@ -161,6 +163,7 @@ def test_list_runs_bodies_equal_pyspurs(world: dict[str, Any], pyspur: Http, our
             validate_run(run)
 
 
+@pytest.mark.slow
 def test_status_path_answers_the_run_and_never_writes(
     world: dict[str, Any], pyspur: Http, ours: Http
 ) -> None:
@@ -171,6 +174,7 @@ def test_status_path_answers_the_run_and_never_writes(
     validate_run(mine)
 
 
+@pytest.mark.slow
 def test_tasks_and_children_are_bare_lists_pyspurs_schemas_accept(
     world: dict[str, Any], pyspur: Http, ours: Http
 ) -> None:
@@ -189,12 +193,14 @@ def test_tasks_and_children_are_bare_lists_pyspurs_schemas_accept(
     assert body(ours, f"/run/{world['failed']}/children/") == []
 
 
+@pytest.mark.slow
 def test_delete_is_204_with_no_body(world: dict[str, Any], ours: Http) -> None:
     reply = ours.request("DELETE", f"/run/{world['canceled']}/")
     assert (reply.status, reply.body) == (204, b"")
     assert ours.get(f"/run/{world['canceled']}/").status == 404
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("query", "parameter"),
     [
@@ -232,6 +238,7 @@ def under_api(database_url: str, world: dict[str, Any]) -> Iterator[RunsServer]:
     server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_pyspur_ui_calls_work_under_the_api_prefix(
     world: dict[str, Any], under_api: RunsServer
 ) -> None:

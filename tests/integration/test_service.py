@@ -131,6 +131,7 @@ def test_task_whose_node_is_not_in_the_definition_has_empty_node_type(
     assert task.status == run_pb2.Task.FAILED
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_id", ["", "X1", "R", "R0", "R01", "r1", "R1 ", "R" + "9" * 30])
 def test_get_run_rejects_malformed_ids(stub: RunServiceStub, run_id: str) -> None:
     error = call_error(stub.GetRun, pb.GetRunRequest(run_id=run_id))
@@ -138,6 +139,7 @@ def test_get_run_rejects_malformed_ids(stub: RunServiceStub, run_id: str) -> Non
     assert bad_request_field(error) == "run_id"
 
 
+@pytest.mark.slow
 def test_get_run_of_missing_run_is_not_found(stub: RunServiceStub) -> None:
     error = call_error(stub.GetRun, pb.GetRunRequest(run_id="R123456"))
     assert error.code() == grpc.StatusCode.NOT_FOUND
@@ -167,6 +169,7 @@ def test_get_run_reads_json_that_only_pythons_json_module_accepts(
     assert fields["n"].number_value == float(12345678901234567890123)
 
 
+@pytest.mark.slow
 def test_get_run_statement_count_does_not_grow_with_tasks(
     db: Database, server: RunsServer, stub: RunServiceStub
 ) -> None:
@@ -185,6 +188,7 @@ def test_get_run_statement_count_does_not_grow_with_tasks(
     assert counts[small] == counts[large] == 1, counts
 
 
+@pytest.mark.slow
 def test_get_run_embeds_at_most_1000_tasks_but_counts_all(
     db: Database, stub: RunServiceStub
 ) -> None:
@@ -323,6 +327,7 @@ def test_tampered_or_foreign_page_tokens_are_rejected(db: Database, stub: RunSer
     assert bad_request_field(error) == "page"
 
 
+@pytest.mark.slow
 def test_list_runs_reads_tasks_in_one_batched_statement(
     db: Database, server: RunsServer, stub: RunServiceStub
 ) -> None:
@@ -398,6 +403,7 @@ def _count(db: Database, model: type[Run] | type[Task]) -> int:
         return int(s.execute(select(func.count()).select_from(model)).scalar_one())
 
 
+@pytest.mark.slow
 def test_delete_run_removes_run_tasks_and_descendants(db: Database, stub: RunServiceStub) -> None:
     with db.write() as s:
         wf = add_workflow(s)

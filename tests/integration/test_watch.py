@@ -130,6 +130,7 @@ EXPECTED = [
 ]
 
 
+@pytest.mark.slow
 def test_each_change_of_another_process_arrives_in_order_and_the_stream_ends_at_terminal(
     migrated_url: str, db: Database, watching: RunsServer, stub: RunServiceStub
 ) -> None:
@@ -188,6 +189,7 @@ def test_bad_and_unknown_runs_fail_before_the_stream_opens(stub: RunServiceStub)
     assert status.details[0].Unpack(bad) and bad.field_violations[0].field == "run_id"
 
 
+@pytest.mark.slow
 def test_a_deleted_run_is_not_found_and_the_stream_ends(
     migrated_url: str, db: Database, watching: RunsServer, stub: RunServiceStub
 ) -> None:
@@ -235,6 +237,7 @@ def test_cancelling_unregisters_and_is_counted(
     assert registry.get_sample_value("spur_runs_watchers", {}) == 0
 
 
+@pytest.mark.slow
 def test_watchers_hold_no_thread_and_the_poll_does_not_grow_with_them(
     migrated_url: str, db: Database
 ) -> None:

@@ -21,6 +21,7 @@ from tools import spur_runs, tool
 pytestmark = pytest.mark.filterwarnings("ignore:Computed column:sqlalchemy.exc.SAWarning")
 
 
+@pytest.mark.slow
 def test_backup_while_serving_and_writing(sqlite_url: str, tmp_path: Path) -> None:
     for args in (["migrate"], ["seed", "--runs", "20000"]):
         assert spur_runs(*args, "--database-url", sqlite_url).returncode == 0
@@ -96,6 +97,7 @@ def test_backup_while_serving_and_writing(sqlite_url: str, tmp_path: Path) -> No
         restored.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_backup_refusals_are_one_line_and_exit_2(sqlite_url: str, tmp_path: Path) -> None:
     assert spur_runs("migrate", "--database-url", sqlite_url).returncode == 0
     taken = tmp_path / "taken.db"

@@ -113,6 +113,7 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], fragment: str) ->
     one_line_error(spur_runs(*args), 2, fragment)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["serve", "seed", "demo"])
 def test_a_database_without_pyspur_tables_is_exit_2(database_url: str, name: str) -> None:
     """Retrying will not help, the fix is known: say it, do not serve
@@ -130,6 +131,7 @@ def test_a_database_without_pyspur_tables_is_exit_2(database_url: str, name: str
     assert "has no table runs, tasks, workflow_versions, workflows" in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["migrate", "seed", "demo"])
 def test_an_unreachable_postgres_is_one_line_and_exit_1(name: str) -> None:
     url = f"postgresql://postgres@127.0.0.1:{closed_port()}/pyspur"
@@ -173,6 +175,7 @@ def _run_script(url: str, sql: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_migrate_sql_prints_what_is_left_and_runs_nothing(database_url: str) -> None:
     fresh = spur_runs("migrate", "--sql", "--database-url", database_url)
     assert fresh.returncode == 0, fresh.stderr
@@ -207,6 +210,7 @@ def test_migrate_sql_prints_what_is_left_and_runs_nothing(database_url: str) -> 
     assert "already at revision 0004, nothing to run" in done.stdout
 
 
+@pytest.mark.slow
 def test_migrate_sql_of_an_empty_database_makes_the_schema(sqlite_url: str) -> None:
     _run_script(sqlite_url, spur_runs("migrate", "--sql", "--database-url", sqlite_url).stdout)
     assert current_revision(sqlite_url) == head_revision()
@@ -222,6 +226,7 @@ def fresh_database(kind: str, tmp_path: Path, n: int) -> Iterator[str]:
             yield url
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_seed_gives_the_demo_runs_the_same_ids_every_time(kind: str, tmp_path: Path) -> None:
     outputs = []

@@ -69,6 +69,7 @@ def _check_one_line(result: subprocess.CompletedProcess[str], name: str) -> None
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "value"), BAD)
 @pytest.mark.parametrize("form", ["flag", "env"])
 def test_a_value_out_of_range_stops_with_one_line_and_exit_2(
@@ -137,6 +138,7 @@ LOW = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("values", "form"), [(HIGH, "flag"), (LOW, "flag"), (LOW, "env")])
 def test_values_at_the_edges_start(tmp_path: Path, values: dict[str, str], form: str) -> None:
     from spur_runs.store.migrate import migrate

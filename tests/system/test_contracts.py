@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from google.api import annotations_pb2
 
 from spur.runs.v1 import run_pb2, run_service_pb2
@@ -16,6 +17,7 @@ from tools import ROOT, tool
 SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"]
 
 
+@pytest.mark.slow
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(tmp_path)],
@@ -59,6 +61,7 @@ def test_python_code_passes_ruff() -> None:
         assert result.returncode == 0, f"ruff {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
+@pytest.mark.slow
 def test_server_passes_mypy_strict(tmp_path: Path) -> None:
     """server/ is typed (pyproject.toml's [tool.mypy]: strict, with the
     generated stubs' .pyi on the path)."""

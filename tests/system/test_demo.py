@@ -51,6 +51,7 @@ def stub(seeded: str) -> Iterator[RunServiceStub]:
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_watch_run_sees_the_demo_move_the_running_run(seeded: str, stub: RunServiceStub) -> None:
     stream = stub.WatchRun(pb.WatchRunRequest(run_id="R5"), timeout=90)
     first = next(stream).run
@@ -91,6 +92,7 @@ def test_watch_run_sees_the_demo_move_the_running_run(seeded: str, stub: RunServ
     assert all(task.HasField("start_time") and task.HasField("end_time") for task in new.tasks)
 
 
+@pytest.mark.slow
 def test_watching_a_run_the_demo_starts(seeded: str, stub: RunServiceStub) -> None:
     """A new run moves from PENDING to COMPLETED under a watcher's eyes."""
     demo = start_demo(seeded, "--step-seconds", "0.2", "--runs", "2")
@@ -110,6 +112,7 @@ def test_watching_a_run_the_demo_starts(seeded: str, stub: RunServiceStub) -> No
     assert len(statuses) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_demo_cleanly(seeded: str, signum: signal.Signals) -> None:
     demo = start_demo(seeded, "--step-seconds", "0.1")  # no bound: until stopped
@@ -127,6 +130,7 @@ def test_a_signal_stops_the_demo_cleanly(seeded: str, signum: signal.Signals) ->
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_seconds_bound_the_demo(seeded: str) -> None:
     began = time.monotonic()
     result = spur_runs("demo", "--database-url", seeded, "--step-seconds", "0.2", "--seconds", "1")
@@ -135,6 +139,7 @@ def test_seconds_bound_the_demo(seeded: str) -> None:
     assert result.stdout.splitlines()[-1] == "demo: stopped, 0 run(s) completed"
 
 
+@pytest.mark.slow
 def test_the_demo_outlasts_a_lock_longer_than_its_busy_timeout(sqlite_url: str) -> None:
     """SQLite: another process holds the write lock past the demo's 5 s busy
     timeout; the write fails, is tried again, and the demo goes on."""

@@ -182,6 +182,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_the_deployments_environment_serves(rendered: dict[str, Any], tmp_path: Path) -> None:
     """The rendered environment, with the Secrets' files made here (the
     mount paths moved under tmp_path) and the ports made free ones, starts

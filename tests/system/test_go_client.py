@@ -65,6 +65,7 @@ def go_client() -> Path:
     return CLIENT / "build" / "runs-client"
 
 
+@pytest.mark.slow
 def test_go_client_gets_and_lists_runs(
     go_client: Path,
     db: Database,

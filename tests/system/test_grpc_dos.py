@@ -94,6 +94,7 @@ def churn(channel: grpc.Channel, rounds: int = 20, streams: int = 100) -> None:
             watch.cancel()
 
 
+@pytest.mark.slow
 def test_health_watch_churn_leaves_every_call_answered_and_sigterm_working(
     database_url: str, serve_process: Callable[..., tuple[subprocess.Popen[str], int, int]]
 ) -> None:
@@ -268,6 +269,7 @@ def test_health_list_answers_and_unknown_services_are_not_found(
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_stop_turns_watches_not_serving_and_ends_them_at_once(database_url: str) -> None:
     """Check and Watch of "" and RunService: SERVING while the database
     answers; on stop, NOT_SERVING, then the stream ends (UNAVAILABLE), so

@@ -272,6 +272,7 @@ def _held_in_the_middle(
         admin.close()
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_delete_postgresql(
     postgres_url: str, serve: Callable[[str], Served]
 ) -> None:
@@ -304,6 +305,7 @@ def test_sigkill_in_the_middle_of_a_delete_postgresql(
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_connection_cut_in_the_middle_of_a_delete_postgresql(postgres_url: str) -> None:
     """pg_terminate_backend of the server's connection while it deletes: the
     client gets UNAVAILABLE, the data is whole, the server serves on."""
@@ -353,6 +355,7 @@ def _write_lock_taken(path: str) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_delete_sqlite(
     sqlite_url: str, serve: Callable[[str], Served]
 ) -> None:

@@ -35,6 +35,7 @@ def test_the_import_contracts_hold() -> None:
     assert "0 broken" in result.stdout, result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("module", "line", "contract"),
     [

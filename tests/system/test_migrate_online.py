@@ -238,6 +238,7 @@ def test_migrate_blocks_no_write_of_pyspur(postgres_url: str) -> None:
     assert current_revision(postgres_url) == head_revision()
 
 
+@pytest.mark.slow
 def test_an_index_left_invalid_is_rebuilt_by_the_next_migrate(postgres_url: str) -> None:
     """A concurrent build that fails leaves its index INVALID, as an
     interrupted `migrate` (cancelled, killed, timed out) does: here a UNIQUE
@@ -268,6 +269,7 @@ def test_an_index_left_invalid_is_rebuilt_by_the_next_migrate(postgres_url: str)
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_an_interrupted_migrate_leaves_its_revision_to_the_next(postgres_url: str) -> None:
     """A build cancelled mid-way (statement_timeout, as a cancel or a lost
     session would) fails migrate without recording the revision, and leaves

@@ -34,6 +34,7 @@ def node() -> str:
     return found
 
 
+@pytest.mark.slow
 def test_node_client_calls_every_rpc(tmp_path: Path) -> None:
     from spur_runs.store.migrate import migrate
 

@@ -74,6 +74,7 @@ def _set_connections(url: str, allowed: bool) -> None:
     admin.dispose()
 
 
+@pytest.mark.slow
 def test_reads_go_to_the_replica_and_deletes_to_the_primary(
     postgres_url: str, replica_url: str
 ) -> None:
@@ -132,6 +133,7 @@ def scrape_local(server: object) -> dict[tuple[str, frozenset[tuple[str, str]]],
     }
 
 
+@pytest.mark.slow
 def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     (run_id,) = _fill(url, "demo", runs=1)
@@ -180,6 +182,7 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     assert any("all workers drained and exited" in line["message"] for line in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_port_in_use_stops_start_up(tmp_path: Path, workers: str) -> None:
     import socket

@@ -191,6 +191,7 @@ def calls_in_flight(ns: Namespace) -> float:
     return counts["grpc_server_started_total"] - counts["grpc_server_handled_total"]
 
 
+@pytest.mark.slow
 def test_a_partition_from_postgresql_holds_no_thread(postgres_url: str, tmp_path: Path) -> None:
     run_ids = seed_runs(postgres_url)
     log = tmp_path / "server.log"
@@ -269,6 +270,7 @@ def test_a_partition_from_postgresql_holds_no_thread(postgres_url: str, tmp_path
     assert late and all(o.code == grpc.StatusCode.OK for o in late)
 
 
+@pytest.mark.slow
 def test_postgresql_connections_carry_the_dead_peer_bound(postgres_url: str) -> None:
     """What the kernel holds for the server's sockets to PostgreSQL, read back
     with getsockopt (libpq sets them from db.dead_peer_args)."""
@@ -291,6 +293,7 @@ def test_postgresql_connections_carry_the_dead_peer_bound(postgres_url: str) -> 
         engine.dispose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["0.5", "0", "3601", "inf", "nan", "ten"])
 def test_a_bad_dead_peer_bound_stops_start_up(value: str) -> None:
     result = subprocess.run(

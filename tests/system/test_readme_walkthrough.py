@@ -108,6 +108,7 @@ def _wait_for(port: int, server: subprocess.Popen[str], timeout: float = 60) -> 
     pytest.fail(f"nothing listens on {port} after {timeout} s")
 
 
+@pytest.mark.slow
 def test_readme_first_command_then_every_example_as_written(tmp_path: Path) -> None:
     first, commands = readme_commands()
     assert first.startswith(INSTALL), f"README's first command no longer installs as {INSTALL!r}"

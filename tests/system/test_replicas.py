@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from sqlalchemy import create_engine
 
 from fault_load import SERVING, Load, health_status, seed_runs
@@ -76,6 +77,7 @@ def _served(log: Path) -> int:
     return count
 
 
+@pytest.mark.slow
 def test_killing_replicas_loses_no_read(postgres_url: str, tmp_path: Path) -> None:
     run_ids = seed_runs(postgres_url, count=20)
     ports = [free_port() for _ in range(3)]

@@ -26,6 +26,7 @@ from spur_runs.store.db import Database
 CLI = [sys.executable, "-m", "spur_runs"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
@@ -89,6 +90,7 @@ def pg_admin(postgres_url: str) -> Iterator[tuple[str, object]]:
     admin.dispose()
 
 
+@pytest.mark.slow
 def test_health_and_calls_follow_the_database(
     postgres_url: str, pg_admin: tuple[str, object]
 ) -> None:
@@ -129,6 +131,7 @@ def test_health_and_calls_follow_the_database(
         server.stop(grace=1)
 
 
+@pytest.mark.slow
 def test_sigterm_drains_an_in_flight_call_then_exits_0(postgres_url: str) -> None:
     from spur_runs.store.migrate import migrate
 

@@ -67,6 +67,7 @@ def files(root: Path) -> list[Path]:
     return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.slow
 def test_generated_code_is_fresh_and_built(tmp_path: Path) -> None:
     node()
     result = subprocess.run(
@@ -159,6 +160,7 @@ def _grpc_run(server: RunsServer, run_id: str) -> dict[str, Any]:
     return json_format.MessageToDict(response.run)
 
 
+@pytest.mark.slow
 def test_ts_client_calls_every_rpc(seeded: tuple[RunsServer, str, dict[str, Any]]) -> None:
     server, url, ids = seeded
     args = [node(), str(BUILT), f"127.0.0.1:{server.port}", "--token", TOKEN,
@@ -256,6 +258,7 @@ def _lines(stream: IO[str]) -> Iterator[dict[str, Any]]:
         yield json.loads(line)
 
 
+@pytest.mark.slow
 def test_ts_client_watches_a_run_finish(seeded: tuple[RunsServer, str, dict[str, Any]]) -> None:
     server, url, ids = seeded
     running = ids["running"]
