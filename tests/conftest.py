@@ -3,56 +3,37 @@
 
 Every database test runs on both engines. Under CI (CI=true) a PostgreSQL that
 cannot be reached fails the suite; elsewhere its tests are skipped.
+
+The folders say what a test needs: unit/ (neither a server nor a database),
+integration/ (a real database and/or a server in this process), system/
+(processes: the command, workers, clients, tools); each test gets the marker
+of its folder. Helpers shared by tests live in support/ (on sys.path through
+pyproject's `pythonpath`): no test module imports another.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from databases import new_postgres_database
+from servers import start_server
 from spur.runs.v1 import run_service_pb2_grpc
-from spur_runs.config import Config
-from spur_runs.runtime.server import RunsServer, create_server
+from spur_runs.runtime.server import RunsServer
 from spur_runs.store.db import Database
 
-PG_ADMIN_URL = os.environ.get(
-    "SPUR_RUNS_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-IN_CI = os.environ.get("CI", "").lower() == "true"
+KINDS = ("unit", "integration", "system")
 
 
-def _postgres_unreachable(error: Exception) -> None:
-    message = f"PostgreSQL at {PG_ADMIN_URL} unreachable: {error}"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@contextmanager
-def new_postgres_database(prefix: str = "spur_test") -> Iterator[str]:
-    """URL of a new, empty PostgreSQL database, dropped at the end."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # noqa: BLE001
-        admin.dispose()
-        _postgres_unreachable(error)
-    try:
-        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with the kind its folder names (-m unit, ...)."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in KINDS:
+            item.add_marker(kind)
 
 
 @pytest.fixture
@@ -88,14 +69,6 @@ def db(migrated_url: str) -> Iterator[Database]:
     database = Database.from_url(migrated_url, pool_size=4)
     yield database
     database.dispose()
-
-
-def start_server(database_url: str, **config: object) -> RunsServer:
-    server, _ = create_server(
-        Config(database_url=database_url, grpc_address="127.0.0.1:0", **config)  # type: ignore[arg-type]
-    )
-    server.start()
-    return server
 
 
 @pytest.fixture

@@ -1,0 +1,236 @@
+"""Limits that protect the server, against a real server: concurrent calls,
+message sizes, keepalive enforcement, and the deadline of database work
+(the server's own bound, and the client's deadline passed down to
+PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from locks import runs_locked
+from seeding import seeded
+from servers import start_server, wait_until
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+
+
+def in_background(call: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = call()
+        except grpc.RpcError as error:
+            result["error"] = error.code()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.slow
+def test_calls_beyond_max_concurrent_rpcs_get_resource_exhausted(postgres_url: str) -> None:
+    run_id = seeded(postgres_url)
+    server = start_server(postgres_url, max_concurrent_rpcs=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            request = pb.GetRunRequest(run_id=run_id)
+            with runs_locked(postgres_url) as waiting:
+                held = [
+                    in_background(lambda: stub.GetRun(request, timeout=30).run.id) for _ in range(2)
+                ]
+                wait_until(lambda: waiting() == 2, "two calls blocked inside the server")
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.GetRun(request, timeout=10)
+                assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "limit" in (raised.value.details() or "").lower()
+            for thread, result in held:
+                thread.join(timeout=20)
+                assert result == {"value": run_id}
+            # Below the limit again: calls go through.
+            assert stub.GetRun(request, timeout=10).run.id == run_id
+    finally:
+        server.stop(grace=1)
+
+
+def test_message_size_limits(sqlite_url: str) -> None:
+    run_id = seeded(sqlite_url)
+    server = start_server(sqlite_url, max_request_bytes=1024, max_response_bytes=1024)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.GetRun(pb.GetRunRequest(run_id="R" + "1" * 2000), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # A run with its six tasks is more than 1 KiB.
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            # Small answers still pass.
+            missing = pb.GetRunRequest(run_id="R999")
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.GetRun(missing, timeout=10)
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        server.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_database_work_is_bounded_by_db_timeout(postgres_url: str) -> None:
+    run_id = seeded(postgres_url)
+    server = start_server(postgres_url, db_timeout_seconds=0.5)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            with runs_locked(postgres_url):
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
+            assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "database did not answer" in (raised.value.details() or "")
+            assert stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30).run.id == run_id
+    finally:
+        server.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_a_client_deadline_cancels_the_database_statement(postgres_url: str) -> None:
+    run_id = seeded(postgres_url)
+    server = start_server(postgres_url, db_timeout_seconds=60)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            with runs_locked(postgres_url) as waiting:
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=1)
+                assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                # The lock is still held, yet the server's statement stops
+                # waiting: PostgreSQL cancelled it at the client's deadline,
+                # not at the server's 60 s bound.
+                wait_until(lambda: waiting() == 0, "the server's statement gave up", timeout=10)
+    finally:
+        server.stop(grace=1)
+
+
+def _watch_until_end(port: int, options: list[tuple[str, int]], timeout: float) -> grpc.StatusCode:
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        answers = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=timeout
+        )
+        try:
+            for _ in answers:
+                pass
+        except grpc.RpcError as error:
+            return error.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.slow
+def test_clients_that_ping_too_often_are_sent_away(sqlite_url: str) -> None:
+    seeded(sqlite_url)
+    # A client pinging every 200 ms on an idle stream (a Watch with no news).
+    pinger = [
+        ("grpc.keepalive_time_ms", 200),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    strict = start_server(sqlite_url, min_ping_interval_seconds=10, health_interval=60)
+    lenient = start_server(sqlite_url, min_ping_interval_seconds=0, health_interval=60)
+    try:
+        # GOAWAY too_many_pings: the stream ends UNAVAILABLE long before its deadline.
+        assert _watch_until_end(strict.port, pinger, timeout=30) == grpc.StatusCode.UNAVAILABLE
+        # Where pings are allowed, the same stream lives until its deadline.
+        assert (
+            _watch_until_end(lenient.port, pinger, timeout=2) == grpc.StatusCode.DEADLINE_EXCEEDED
+        )
+    finally:
+        strict.stop(grace=0)
+        lenient.stop(grace=0)
+
+
+def test_health_watchers_do_not_take_the_threads_of_calls(sqlite_url: str) -> None:
+    """Watch streams live as long as their clients (load balancers keep them
+    open): they must not hold one of the --max-workers threads each."""
+    run_id = seeded(sqlite_url)
+    server = start_server(sqlite_url, max_workers=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(4)]
+            for watch in watches:
+                assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            answer = RunServiceStub(channel).GetRun(pb.GetRunRequest(run_id=run_id), timeout=5)
+            assert answer.run.id == run_id
+            for watch in watches:
+                watch.cancel()
+        # Still observed: each stream counted when it ended.
+        labels = {
+            "grpc_type": "server_stream",
+            "grpc_service": "grpc.health.v1.Health",
+            "grpc_method": "Watch",
+        }
+        wait_until(
+            lambda: (
+                server.metrics.registry.get_sample_value(
+                    "grpc_server_handled_total", {**labels, "grpc_code": "Canceled"}
+                )
+                == 4
+            ),
+            "four cancelled Watch streams counted",
+        )
+        assert server.metrics.registry.get_sample_value("grpc_server_msg_sent_total", labels) == 4
+    finally:
+        server.stop(grace=0)
+
+
+def _http_get(port: int, path: str) -> tuple[int, dict[str, object]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_http_calls_share_the_limits_of_grpc_calls(postgres_url: str) -> None:
+    """The gateway runs unary calls in process (gateway/inprocess.py): they take
+    the gRPC server's threads and count against --max-concurrent-rpcs and
+    --max-response-bytes like gRPC calls do."""
+    run_id = seeded(postgres_url)
+    server = start_server(
+        postgres_url, http_address="127.0.0.1:0", max_concurrent_rpcs=2, max_workers=2
+    )
+    assert server.http_port is not None
+    port = server.http_port
+    try:
+        with runs_locked(postgres_url) as waiting:
+            held = [in_background(lambda: _http_get(port, f"/run/{run_id}")) for _ in range(2)]
+            wait_until(lambda: waiting() == 2, "two HTTP calls blocked inside the server")
+            status, body = _http_get(port, f"/run/{run_id}")
+            assert status == 429 and "limit" in str(body["message"]).lower(), body
+        for thread, result in held:
+            thread.join(timeout=20)
+            status, body = result["value"]  # type: ignore[misc]
+            assert status == 200 and body["id"] == run_id  # type: ignore[index]
+        assert _http_get(port, f"/run/{run_id}")[0] == 200
+    finally:
+        server.stop(grace=1)
+
+    server = start_server(postgres_url, http_address="127.0.0.1:0", max_response_bytes=1024)
+    assert server.http_port is not None
+    try:
+        # A run with its six tasks is more than 1 KiB; its BASIC view is not.
+        status, body = _http_get(server.http_port, f"/run/{run_id}")
+        assert status == 429 and body["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], body
+        status, body = _http_get(server.http_port, f"/run/{run_id}?view=RUN_VIEW_BASIC")
+        assert status == 200, body
+    finally:
+        server.stop(grace=1)

@@ -1,0 +1,165 @@
+"""A database PySpur made, rows written with PySpur's own ORM classes
+(`pip install --no-deps pyspur==0.1.18`), served unchanged through the RPCs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf import json_format
+from sqlalchemy import create_engine, inspect
+from sqlalchemy.orm import Session
+
+from factories import definition
+from pyspur_peer import pyspur_schema
+from servers import start_server
+from spur.runs.v1 import run_pb2
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.store.db import normalize_url
+from spur_runs.store.schema_check import missing_indexes
+
+pytest.importorskip("pyspur.models.base_model")
+
+
+@pytest.fixture
+def pyspur_url(database_url: str) -> str:
+    pyspur_schema(database_url)
+    return database_url
+
+
+@pytest.fixture
+def pyspur_stub(pyspur_url: str) -> Iterator[RunServiceStub]:
+    server = start_server(pyspur_url)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield RunServiceStub(channel)
+    server.stop(grace=1)
+
+
+def write_with_pyspur(url: str) -> dict[str, str]:
+    from pyspur.models.run_model import RunModel, RunStatus
+    from pyspur.models.task_model import TaskModel, TaskStatus
+    from pyspur.models.workflow_model import WorkflowModel
+    from pyspur.models.workflow_version_model import WorkflowVersionModel
+
+    start = datetime(2026, 11, 20, 8, 30)
+    engine = create_engine(normalize_url(url))
+    with Session(engine) as session:
+        workflow = WorkflowModel(name="support-bot", definition=definition())
+        session.add(workflow)
+        session.flush()
+        version = WorkflowVersionModel(
+            version=1,
+            workflow_id=workflow.id,
+            name="support-bot",
+            definition=definition(),
+            definition_hash="abc123",
+        )
+        session.add(version)
+        session.flush()
+        parent = RunModel(
+            workflow_id=workflow.id,
+            workflow_version_id=version.id,
+            status=RunStatus.PAUSED,
+            run_type="batch",
+            initial_inputs={"input_node": {"question": "refund?"}},
+            start_time=start,
+        )
+        session.add(parent)
+        session.flush()
+        for n, (node, status) in enumerate(
+            [
+                ("input_node", TaskStatus.COMPLETED),
+                ("llm", TaskStatus.COMPLETED),
+                ("router", TaskStatus.COMPLETED),
+                ("approval", TaskStatus.PAUSED),
+                ("summarize", TaskStatus.PENDING),
+            ]
+        ):
+            session.add(
+                TaskModel(
+                    run_id=parent.id,
+                    node_id=node,
+                    status=status,
+                    inputs={"step": n},
+                    outputs={"ok": True} if status == TaskStatus.COMPLETED else None,
+                    start_time=start + timedelta(seconds=n),
+                )
+            )
+        child = RunModel(
+            workflow_id=workflow.id,
+            workflow_version_id=version.id,
+            parent_run_id=parent.id,
+            status=RunStatus.COMPLETED,
+            run_type="interactive",
+            start_time=start + timedelta(minutes=1),
+            end_time=start + timedelta(minutes=2),
+            outputs={"output": {"answer": "yes"}},
+        )
+        session.add(child)
+        session.commit()
+        ids = {
+            "parent": parent.id,
+            "child": child.id,
+            "workflow": workflow.id,
+            "version": version.id,
+        }
+    engine.dispose()
+    return ids
+
+
+@pytest.mark.slow
+def test_rows_written_by_pyspur_are_served(pyspur_url: str, pyspur_stub: RunServiceStub) -> None:
+    ids = write_with_pyspur(pyspur_url)
+    run = pyspur_stub.GetRun(pb.GetRunRequest(run_id=ids["parent"])).run
+    assert run.id == ids["parent"] and run.workflow_id == ids["workflow"]
+    assert run.workflow_version.id == ids["version"]
+    assert run.workflow_version.definition_hash == "abc123"
+    assert run.status == run_pb2.Run.PAUSED and run.run_type == "batch"
+    assert json_format.MessageToDict(run.initial_inputs) == {"input_node": {"question": "refund?"}}
+    assert [t.node_type for t in run.tasks] == [
+        "InputNode",
+        "SingleLLMCallNode",
+        "RouterNode",
+        "HumanInterventionNode",
+        "SingleLLMCallNode",
+    ]
+    assert [t.is_downstream_of_pause for t in run.tasks] == [False] * 4 + [True]
+    assert run.percentage_complete == pytest.approx(60.0)
+
+    listed = pyspur_stub.ListRuns(pb.ListRunsRequest(parent_only=False)).runs
+    assert [r.id for r in listed] == [ids["child"], ids["parent"]]
+    # Unset, parent_only lists top-level runs, as PySpur's router does.
+    assert [r.id for r in pyspur_stub.ListRuns(pb.ListRunsRequest()).runs] == [ids["parent"]]
+    children = pyspur_stub.GetChildRuns(pb.GetChildRunsRequest(run_id=ids["parent"])).runs
+    assert [r.id for r in children] == [ids["child"]]
+    assert children[0].duration == pytest.approx(60.0)
+    tasks = pyspur_stub.GetRunTasks(pb.GetRunTasksRequest(run_id=ids["parent"])).tasks
+    assert len(tasks) == 5
+
+    pyspur_stub.DeleteRun(pb.DeleteRunRequest(run_id=ids["parent"]))
+    assert not pyspur_stub.ListRuns(pb.ListRunsRequest(parent_only=False)).runs
+
+
+@pytest.mark.slow
+def test_pyspur_database_lacks_our_indexes_until_migrate(pyspur_url: str) -> None:
+    from spur_runs.store.migrate import migrate
+
+    engine = create_engine(normalize_url(pyspur_url))
+    assert "ix_spur_runs_tasks_run_id" in missing_indexes(engine)
+    before = {t: inspect(engine).get_columns(t) for t in inspect(engine).get_table_names()}
+    engine.dispose()
+    migrate(pyspur_url)
+    engine = create_engine(normalize_url(pyspur_url))
+    assert missing_indexes(engine) == []
+    after = {
+        t: inspect(engine).get_columns(t)
+        for t in inspect(engine).get_table_names()
+        if t != "spur_runs_alembic_version"
+    }
+    engine.dispose()
+    assert repr(after) == repr(before)
+    # PySpur still writes to it.
+    write_with_pyspur(pyspur_url)

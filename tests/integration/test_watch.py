@@ -1,0 +1,501 @@
+"""WatchRun against a real server on a loopback port, on SQLite and
+PostgreSQL, with the changes written by ANOTHER PROCESS (watch_writer.py,
+plain SQL, as PySpur's engine writes): each change arrives in order, the
+stream ends at the terminal status, a deleted run is NOT_FOUND, cancelling
+unregisters, watchers hold no thread, the poller's statements do not grow
+with the watchers, tokens apply, the server's stop ends streams, and HTTP
+serves the stream as newline-delimited JSON and as server-sent events."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from factories import add_run, add_workflow, all_done
+from servers import start_server
+from spur.runs.v1 import run_pb2
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+from spur_runs.store.models import RunStatus, TaskStatus
+from tools import ROOT
+
+WRITER = ROOT / "tests" / "support" / "watch_writer.py"
+INTERVAL = 0.05
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def pending_run(db: Database) -> str:
+    """A run the engine has just created: PENDING, one PENDING task."""
+    with db.write() as s:
+        return add_run(
+            s,
+            add_workflow(s, name=f"engine-{uuid.uuid4().hex[:8]}"),
+            status=RunStatus.PENDING,
+            tasks=[("input_node", TaskStatus.PENDING)],
+        )
+
+
+class Writer:
+    """watch_writer.py in its own process: one committed step per call."""
+
+    def __init__(self, url: str, run_id: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(WRITER), url, run_id],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def step(self, name: str) -> None:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(name + "\n")
+        self.process.stdin.flush()
+        assert self.process.stdout.readline().strip() == f"done {name}"
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        assert self.process.wait(timeout=10) == 0
+
+
+@pytest.fixture
+def watching(migrated_url: str) -> Iterator[RunsServer]:
+    server = start_server(migrated_url, watch_interval=INTERVAL, http_address="127.0.0.1:0")
+    yield server
+    server.stop(grace=1)
+
+
+# Where the database makes no difference (HTTP framing, tokens, limits,
+# shutdown): SQLite only.
+@pytest.fixture
+def lite_url(sqlite_url: str) -> str:
+    from spur_runs.store.migrate import migrate
+
+    migrate(sqlite_url)
+    return sqlite_url
+
+
+@pytest.fixture
+def lite_db(lite_url: str) -> Iterator[Database]:
+    database = Database.from_url(lite_url, pool_size=2)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def lite_server(lite_url: str) -> Iterator[RunsServer]:
+    server = start_server(lite_url, watch_interval=INTERVAL, http_address="127.0.0.1:0")
+    yield server
+    server.stop(grace=1)
+
+
+@pytest.fixture
+def stub(watching: RunsServer) -> Iterator[RunServiceStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{watching.port}") as channel:
+        yield RunServiceStub(channel)
+
+
+def tasks_of(run: run_pb2.Run) -> list[tuple[str, str]]:
+    return [(t.node_id, run_pb2.Task.Status.Name(t.status)) for t in run.tasks]
+
+
+# What each step of the writer shows: (run status, [(node, task status)]).
+_DONE = ("input_node", "COMPLETED")
+EXPECTED = [
+    ("PENDING", [("input_node", "PENDING")]),
+    ("RUNNING", [("input_node", "PENDING")]),
+    ("RUNNING", [("input_node", "RUNNING")]),
+    ("RUNNING", [_DONE]),
+    ("RUNNING", [_DONE, ("llm", "RUNNING")]),
+    ("RUNNING", [_DONE, ("llm", "FAILED")]),
+    ("FAILED", [_DONE, ("llm", "FAILED")]),
+]
+
+
+@pytest.mark.slow
+def test_each_change_of_another_process_arrives_in_order_and_the_stream_ends_at_terminal(
+    migrated_url: str, db: Database, watching: RunsServer, stub: RunServiceStub
+) -> None:
+    run_id = pending_run(db)
+    writer = Writer(migrated_url, run_id)
+    received: list[run_pb2.Run] = []
+    stream = stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=30)
+    for message in stream:
+        received.append(message.run)
+        step = len(received)
+        if step < len(EXPECTED):
+            writer.step(str(step))  # the next change, once this one is seen
+    writer.close()
+    assert stream.code() == grpc.StatusCode.OK
+    assert [(run_pb2.Run.Status.Name(r.status), tasks_of(r)) for r in received] == EXPECTED
+    first_task = received[3].tasks[0]
+    assert first_task.outputs.struct_value["answer"] == "forty-two"
+    assert first_task.end_time.ToJsonString() == "2026-11-02T09:00:02Z"
+    assert received[5].tasks[1].error == "model timed out"
+    assert received[6].end_time.ToJsonString() == "2026-11-02T09:00:05Z"
+    assert received[6].percentage_complete == 50.0 and received[6].task_count == 2
+    assert all(r.id == run_id for r in received)
+    wait_for(lambda: watching.watch_hub.watcher_count == 0)
+
+
+def test_first_message_is_what_get_run_returns_and_a_terminal_run_ends_at_once(
+    db: Database, stub: RunServiceStub
+) -> None:
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=all_done(), outputs={"answer": 42})
+    stream = stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=10)
+    messages = list(stream)
+    assert stream.code() == grpc.StatusCode.OK
+    got = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
+    assert len(messages) == 1
+    watched = messages[0].run
+    watched.ClearField("duration")
+    got.ClearField("duration")
+    assert watched == got and watched.status == run_pb2.Run.COMPLETED
+
+
+def test_bad_and_unknown_runs_fail_before_the_stream_opens(stub: RunServiceStub) -> None:
+    cases = [
+        ("R999999", grpc.StatusCode.NOT_FOUND),
+        ("X1", grpc.StatusCode.INVALID_ARGUMENT),
+        ("", grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    for run_id, code in cases:
+        stream = stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=10)
+        with pytest.raises(grpc.RpcError) as raised:
+            next(stream)
+        assert raised.value.code() == code, run_id
+    status = rpc_status.from_call(raised.value)
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad) and bad.field_violations[0].field == "run_id"
+
+
+@pytest.mark.slow
+def test_a_deleted_run_is_not_found_and_the_stream_ends(
+    migrated_url: str, db: Database, watching: RunsServer, stub: RunServiceStub
+) -> None:
+    run_id = pending_run(db)
+    stream = stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=30)
+    assert next(stream).run.id == run_id
+    writer = Writer(migrated_url, run_id)
+    writer.step("delete")
+    writer.close()
+    with pytest.raises(grpc.RpcError) as raised:
+        next(stream)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert run_id in (raised.value.details() or "")
+    wait_for(lambda: watching.watch_hub.watcher_count == 0)
+    handled = watching.metrics.registry.get_sample_value(
+        "grpc_server_handled_total",
+        {"grpc_type": "server_stream", "grpc_service": "spur.runs.v1.RunService",
+         "grpc_method": "WatchRun", "grpc_code": "NotFound"},
+    )  # fmt: skip
+    assert handled == 1
+
+
+def test_cancelling_unregisters_and_is_counted(
+    db: Database, watching: RunsServer, stub: RunServiceStub
+) -> None:
+    run_ids = [pending_run(db) for _ in range(3)]
+    streams = [stub.WatchRun(pb.WatchRunRequest(run_id=r), timeout=30) for r in run_ids]
+    assert [next(s).run.id for s in streams] == run_ids
+    wait_for(lambda: watching.watch_hub.watcher_count == 3)
+    for stream in streams:
+        stream.cancel()
+    wait_for(lambda: watching.watch_hub.watcher_count == 0)
+    labels = {"grpc_type": "server_stream", "grpc_service": "spur.runs.v1.RunService",
+              "grpc_method": "WatchRun"}  # fmt: skip
+    registry = watching.metrics.registry
+    wait_for(
+        lambda: (
+            registry.get_sample_value(
+                "grpc_server_handled_total", {**labels, "grpc_code": "Canceled"}
+            )
+            == 3
+        )
+    )
+    assert registry.get_sample_value("grpc_server_msg_sent_total", labels) == 3
+    assert registry.get_sample_value("spur_runs_watchers", {}) == 0
+
+
+@pytest.mark.slow
+def test_watchers_hold_no_thread_and_the_poll_does_not_grow_with_them(
+    migrated_url: str, db: Database
+) -> None:
+    # Two threads serve RPCs; forty open watches must leave them free.
+    server = start_server(migrated_url, watch_interval=INTERVAL, max_workers=2)
+    try:
+        with db.write() as s:
+            workflow = add_workflow(s)
+            run_ids = [
+                add_run(s, workflow, status=RunStatus.RUNNING, tasks=[("llm", TaskStatus.RUNNING)])
+                for _ in range(40)
+            ]
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            streams = [stub.WatchRun(pb.WatchRunRequest(run_id=r), timeout=30) for r in run_ids]
+            assert sorted(next(s).run.id for s in streams) == sorted(run_ids)
+            assert stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=5).run.id
+            registry = server.metrics.registry
+            # Quiet runs: one statement per poll for all forty watchers.
+            names = ("spur_runs_watch_polls_total", "spur_runs_watch_statements_total")
+            before = [registry.get_sample_value(n, {}) or 0 for n in names]
+            time.sleep(10 * INTERVAL)
+            polls, statements = (
+                (registry.get_sample_value(n, {}) or 0) - b
+                for n, b in zip(names, before, strict=True)
+            )
+            # (a poll may be under way at either end of the window: +-1)
+            assert polls >= 3 and statements <= polls + 1
+            # All forty change at once: still a handful of statements, and
+            # each watcher gets the change.
+            with db.write() as s:
+                s.exec_driver_sql("UPDATE tasks SET status = 'COMPLETED'")
+            before_statements = registry.get_sample_value("spur_runs_watch_statements_total", {})
+            before_polls = registry.get_sample_value("spur_runs_watch_polls_total", {})
+            changed = [next(s).run for s in streams]
+            assert all(r.tasks[0].status == run_pb2.Task.COMPLETED for r in changed)
+            spent = (
+                registry.get_sample_value("spur_runs_watch_statements_total", {})
+                - before_statements
+            )
+            polled = registry.get_sample_value("spur_runs_watch_polls_total", {}) - before_polls
+            # fingerprints + runs + tasks (+ versions once) for the changed poll.
+            assert spent <= polled + 3, (spent, polled)
+            for stream in streams:
+                stream.cancel()
+    finally:
+        server.stop(grace=1)
+
+
+def test_beyond_max_watchers_is_resource_exhausted(lite_url: str, lite_db: Database) -> None:
+    server = start_server(lite_url, watch_interval=INTERVAL, max_watchers=2)
+    try:
+        run_ids = [pending_run(lite_db) for _ in range(3)]
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            open_ = [stub.WatchRun(pb.WatchRunRequest(run_id=r), timeout=30) for r in run_ids[:2]]
+            for stream in open_:
+                next(stream)
+            refused = stub.WatchRun(pb.WatchRunRequest(run_id=run_ids[2]), timeout=10)
+            with pytest.raises(grpc.RpcError) as raised:
+                next(refused)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            open_[0].cancel()
+            wait_for(lambda: server.watch_hub.watcher_count == 1)
+            assert next(stub.WatchRun(pb.WatchRunRequest(run_id=run_ids[2]), timeout=10)).run.id
+    finally:
+        server.stop(grace=1)
+
+
+def test_tokens_apply_to_watch(lite_url: str, lite_db: Database, tmp_path: Path) -> None:
+    readers = tmp_path / "readers"
+    readers.write_text("watch-reader\n")
+    server = start_server(lite_url, reader_tokens_file=str(readers), watch_interval=INTERVAL)
+    try:
+        run_id = pending_run(lite_db)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            for metadata in ((), (("authorization", "Bearer nope"),)):
+                stream = stub.WatchRun(
+                    pb.WatchRunRequest(run_id=run_id), metadata=metadata, timeout=10
+                )
+                with pytest.raises(grpc.RpcError) as raised:
+                    next(stream)
+                assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert server.watch_hub.watcher_count == 0  # refused before any watching
+            allowed = stub.WatchRun(
+                pb.WatchRunRequest(run_id=run_id),
+                metadata=(("authorization", "Bearer watch-reader"),), timeout=10,
+            )  # fmt: skip
+            assert next(allowed).run.id == run_id
+            allowed.cancel()
+    finally:
+        server.stop(grace=1)
+
+
+def test_stop_ends_open_streams_with_unavailable(lite_url: str, lite_db: Database) -> None:
+    server = start_server(lite_url, watch_interval=INTERVAL)
+    run_id = pending_run(lite_db)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stream = RunServiceStub(channel).WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=30)
+        next(stream)
+        started = time.monotonic()
+        server.stop(grace=10)
+        assert time.monotonic() - started < 5  # not the whole grace period
+        with pytest.raises(grpc.RpcError) as raised:
+            next(stream)
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# --- HTTP ---------------------------------------------------------------------------
+
+EVENTS = "text/event-stream"
+
+
+def http_get(
+    server: RunsServer, path: str, **headers: str
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    assert server.http_port is not None
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    connection.request("GET", path, headers=headers)
+    return connection, connection.getresponse()
+
+
+def drive(url: str, run_id: str, read: Callable[[], Any]) -> list[Any]:
+    """Read messages with `read` until the stream ends, moving the writer
+    one step after each."""
+    writer = Writer(url, run_id)
+    received = []
+    while (item := read()) is not None:
+        received.append(item)
+        if len(received) < len(EXPECTED):
+            writer.step(str(len(received)))
+    writer.close()
+    return received
+
+
+def statuses(runs: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, str]]]]:
+    return [(r["status"], [(t["node_id"], t["status"]) for t in r["tasks"]]) for r in runs]
+
+
+def test_http_streams_newline_delimited_json(
+    lite_url: str, lite_db: Database, lite_server: RunsServer
+) -> None:
+    run_id = pending_run(lite_db)
+    connection, response = http_get(lite_server, f"/run/{run_id}/watch")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+
+    def read() -> Any:
+        line = response.readline()
+        return json.loads(line) if line else None
+
+    lines = drive(lite_url, run_id, read)
+    connection.close()
+    assert all(set(line) == {"result"} for line in lines)
+    assert statuses([line["result"]["run"] for line in lines]) == EXPECTED
+
+
+def read_event(response: http.client.HTTPResponse) -> dict[str, str] | None:
+    """The fields of the next server-sent event; None at the end."""
+    event: dict[str, str] = {}
+    while line := response.readline():
+        if line == b"\n":
+            return event
+        name, _, value = line.decode().rstrip("\n").partition(": ")
+        event[name] = value
+    return None
+
+
+def test_http_streams_server_sent_events(
+    lite_url: str, lite_db: Database, lite_server: RunsServer
+) -> None:
+    run_id = pending_run(lite_db)
+    connection, response = http_get(lite_server, f"/run/{run_id}/watch", Accept=EVENTS)
+    assert response.status == 200
+    assert response.headers["Content-Type"] == EVENTS
+    events = drive(lite_url, run_id, lambda: read_event(response))
+    connection.close()
+    assert all(set(event) == {"data"} for event in events)
+    assert statuses([json.loads(e["data"])["run"] for e in events]) == EXPECTED
+
+
+def test_http_errors_before_and_after_the_first_message(
+    lite_url: str, lite_db: Database, lite_server: RunsServer
+) -> None:
+    # Before: ordinary error replies, with their HTTP status.
+    _, missing = http_get(lite_server, "/run/R424242/watch")
+    assert missing.status == 404 and json.loads(missing.read())["code"] == 5
+    _, bad = http_get(lite_server, "/run/nope/watch", Accept=EVENTS)
+    assert bad.status == 400 and json.loads(bad.read())["details"][0]["field_violations"]
+    # After: the stream's last frame.
+    for accept in ("application/json", EVENTS):
+        run_id = pending_run(lite_db)
+        connection, response = http_get(lite_server, f"/run/{run_id}/watch", Accept=accept)
+        assert response.status == 200
+        if accept == EVENTS:
+            assert read_event(response)
+        else:
+            assert json.loads(response.readline())["result"]
+        writer = Writer(lite_url, run_id)
+        writer.step("delete")
+        writer.close()
+        if accept == EVENTS:
+            event = read_event(response)
+            assert event is not None and event["event"] == "error"
+            error = json.loads(event["data"])
+            assert read_event(response) is None
+        else:
+            (last,) = response.read().splitlines()
+            error = json.loads(last)["error"]
+        assert error["code"] == 5 and run_id in error["message"]
+        connection.close()
+
+
+def test_http_client_going_away_cancels_the_watch(
+    lite_db: Database, lite_server: RunsServer
+) -> None:
+    run_id = pending_run(lite_db)
+    connection, response = http_get(lite_server, f"/run/{run_id}/watch")
+    assert json.loads(response.readline())["result"]["run"]["id"] == run_id
+    wait_for(lambda: lite_server.watch_hub.watcher_count == 1)
+    connection.close()
+    response.close()
+    wait_for(lambda: lite_server.watch_hub.watcher_count == 0)
+
+
+def test_a_client_that_reads_nothing_is_cancelled_and_holds_up_no_one(
+    lite_url: str, lite_db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spur_runs.api import watch
+
+    monkeypatch.setattr(watch, "SLOW_SEND_SECONDS", 0.5)
+    with lite_db.write() as s:
+        workflow = add_workflow(s)
+        big = add_run(s, workflow, status=RunStatus.RUNNING, outputs={"text": "x" * 3_500_000})
+    other = pending_run(lite_db)
+    server = start_server(lite_url, watch_interval=INTERVAL)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            # Never read: the 3.5 MB first message stalls on flow control.
+            stalled = stub.WatchRun(pb.WatchRunRequest(run_id=big), timeout=30)
+            wait_for(lambda: server.watch_hub.watcher_count == 1)
+            reader = stub.WatchRun(pb.WatchRunRequest(run_id=other), timeout=30)
+            assert next(reader).run.id == other
+            # Each change is another 3.5 MB message for it: the client's
+            # flow-control window fills, and a send blocks.
+            for n in range(1, 60):
+                if server.watch_hub.watcher_count == 1:
+                    break
+                with lite_db.write() as s:
+                    s.exec_driver_sql(f"UPDATE runs SET output_file_id = 'f{n}' WHERE id = '{big}'")
+                time.sleep(2 * INTERVAL)
+            wait_for(lambda: server.watch_hub.watcher_count == 1)  # the stalled one went
+            with pytest.raises(grpc.RpcError) as raised:
+                for _ in stalled:
+                    pass
+            assert raised.value.code() == grpc.StatusCode.CANCELLED
+            reader.cancel()
+    finally:
+        server.stop(grace=1)

@@ -1,0 +1,52 @@
+"""A real server: in this process on a loopback port (`start_server`), or
+the `spur-runs` command on a free port, waited for through gRPC health."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from spur_runs.config import Config
+from spur_runs.runtime.server import RunsServer, create_server
+
+
+def start_server(database_url: str, **config: object) -> RunsServer:
+    server, _ = create_server(
+        Config(database_url=database_url, grpc_address="127.0.0.1:0", **config)  # type: ignore[arg-type]
+    )
+    server.start()
+    return server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_health(channel: grpc.Channel, want: int, timeout: float = 15) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2).status
+        except grpc.RpcError:
+            status = None
+        if status == want:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"health stayed {status}, wanted {want}")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"not within {timeout}s: {what}")

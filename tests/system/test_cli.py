@@ -1,0 +1,266 @@
+"""`spur-runs` as a user types it (the installed command, in a subprocess):
+--version, --help with defaults and environment twins, one-line errors with
+distinct exit codes, `migrate --sql`, and the ids `seed` gives the demo runs,
+on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, inspect, select
+from sqlalchemy.engine import make_url
+
+from databases import new_postgres_database
+from spur_runs.config import ENV
+from spur_runs.store.migrate import alembic_config, current_revision, head_revision
+from spur_runs.store.models import Run, RunStatus
+from spur_runs.store.schema_check import missing_indexes
+from tools import spur_runs
+
+pytestmark = pytest.mark.filterwarnings("ignore:Computed column:sqlalchemy.exc.SAWarning")
+
+COMMANDS = ("serve", "migrate", "seed", "demo", "backup")
+# What `spur-runs seed` prints on a fresh database, after its first line
+# (which has the time it took). README's examples use these ids.
+SEED_OUTPUT = [
+    "demo workflows: S1, S2, S3 (3 created, 0 reused)",
+    "runs: R1 .. R20: 16 COMPLETED, 1 RUNNING, 1 PAUSED, 1 FAILED, 1 CANCELED",
+    "batch run: R1 (children R2..R4)",
+    "running run: R5",
+    "paused run: R6",
+    "failed run: R7",
+    "canceled run: R8",
+    "completed run: R9",
+]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0], lines[0]
+    assert lines[0].startswith("spur-runs")
+    return lines[0]
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_version() -> None:
+    result = spur_runs("--version")
+    assert result.returncode == 0
+    name, version = result.stdout.split()
+    assert name == "spur-runs" and version[0].isdigit()
+
+
+def test_every_help_shows_defaults_and_twins() -> None:
+    top = spur_runs("--help")
+    assert top.returncode == 0
+    assert all(command in top.stdout for command in COMMANDS)
+    assert "environment twin" in flat(top.stdout) and "exit codes" in top.stdout
+    for name in COMMANDS:
+        result = spur_runs(name, "--help")
+        assert result.returncode == 0, result.stderr
+        text = flat(result.stdout)
+        assert "[default: sqlite:///spur-runs.db; env SPUR_RUNS_DATABASE_URL]" in text, name
+        assert "[default: INFO; env SPUR_RUNS_LOG_LEVEL]" in text, name
+    serve = flat(spur_runs("serve", "--help").stdout)
+    for variable in ENV.values():
+        assert f"env {variable}]" in serve, variable
+    assert "[default: 127.0.0.1:50051; env SPUR_RUNS_GRPC_ADDRESS]" in serve
+    assert "[default: on; env SPUR_RUNS_REFLECTION]" in serve
+    seed = flat(spur_runs("seed", "--help").stdout)
+    assert "[default: 20]" in seed and "batch run R1 (children R2..R4), running run R5" in seed
+
+
+def test_migrate_help_says_what_it_adds_and_changes() -> None:
+    text = flat(spur_runs("migrate", "--help").stdout)
+    assert "On an empty database it creates PySpur's tables" in text
+    assert "adds the indexes this service's queries need" in text
+    assert "It changes no PySpur table" in text
+    assert "--sql" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["seed", "--runs", "-1"], "argument --runs: invalid non-negative integer value: '-1'"),
+        (["seed", "--runs", "many"], "invalid non-negative integer value: 'many'"),
+        (["demo", "--step-seconds", "0"], "invalid positive number value: '0'"),
+        (["frob"], "invalid choice: 'frob'"),
+        ([], "the following arguments are required: COMMAND"),
+        (["backup"], "the following arguments are required: DEST"),
+        (["serve", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["seed", "--database-url", "mysql://x/y"], "scheme 'mysql' is not supported"),
+        (["migrate", "--log-level", "LOUD"], "--log-level must be"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], fragment: str) -> None:
+    one_line_error(spur_runs(*args), 2, fragment)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["serve", "seed", "demo"])
+def test_a_database_without_pyspur_tables_is_exit_2(database_url: str, name: str) -> None:
+    """Retrying will not help, the fix is known: say it, do not serve
+    "healthy" while every call fails."""
+    args = [name, "--database-url", database_url]
+    if name == "serve":
+        args += ["--grpc-address", "127.0.0.1:0"]
+    line = one_line_error(spur_runs(*args, timeout=60), 2, "run `spur-runs migrate")
+    if database_url.startswith("sqlite"):
+        path = Path(make_url(database_url).database or "")
+        assert "does not exist" in line
+        assert not path.exists(), "checking must not create the database file"
+        path.touch()  # an empty file: SQLite's empty database
+        line = one_line_error(spur_runs(*args, timeout=60), 2, "run `spur-runs migrate")
+    assert "has no table runs, tasks, workflow_versions, workflows" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["migrate", "seed", "demo"])
+def test_an_unreachable_postgres_is_one_line_and_exit_1(name: str) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{closed_port()}/pyspur"
+    line = one_line_error(spur_runs(name, "--database-url", url), 1, "Connection refused")
+    assert "--log-level DEBUG" in line
+    debug = spur_runs(name, "--database-url", url, "--log-level", "DEBUG")
+    assert debug.returncode == 1
+    assert "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.strip().splitlines()[-1].startswith(f"spur-runs {name}: ")
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def _run_script(url: str, sql: str) -> None:
+    """Run what `migrate --sql` printed, as an operator would (psql, sqlite3)."""
+    if url.startswith("sqlite"):
+        with sqlite3.connect(make_url(url).database or "") as db:
+            db.executescript(sql)
+        return
+    # psql sends each statement alone, as CREATE INDEX CONCURRENTLY needs
+    # (it cannot run inside the implicit transaction of a multi-statement query).
+    result = subprocess.run(
+        [
+            "psql",
+            make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+        ],
+        input=sql,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_migrate_sql_prints_what_is_left_and_runs_nothing(database_url: str) -> None:
+    fresh = spur_runs("migrate", "--sql", "--database-url", database_url)
+    assert fresh.returncode == 0, fresh.stderr
+    assert "(empty): revisions (none) -> 0004" in fresh.stdout.splitlines()[0]
+    assert "CREATE TABLE runs" in fresh.stdout
+    assert "ix_spur_runs_tasks_run_id" in fresh.stdout
+    if database_url.startswith("sqlite"):
+        assert not Path(make_url(database_url).database or "").exists()
+    else:
+        assert _tables(database_url) == set()
+
+    # Part way: only what is left, and still nothing run.
+    command.upgrade(alembic_config(database_url), "0002")
+    left = spur_runs("migrate", "--sql", "--database-url", database_url)
+    assert left.returncode == 0, left.stderr
+    assert "(at revision 0002): revisions 0002 -> 0004" in left.stdout
+    assert "CREATE TABLE" not in left.stdout
+    assert "ix_spur_runs_tasks_run_id" not in left.stdout
+    assert "ix_spur_runs_runs_workflow_start_time" in left.stdout
+    assert current_revision(database_url) == "0002"
+
+    # What it printed is what migrate would do: run it, and the database is
+    # at head with every index.
+    _run_script(database_url, left.stdout)
+    assert current_revision(database_url) == head_revision()
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        assert missing_indexes(engine) == []
+    finally:
+        engine.dispose()
+    done = spur_runs("migrate", "--sql", "--database-url", database_url)
+    assert "already at revision 0004, nothing to run" in done.stdout
+
+
+@pytest.mark.slow
+def test_migrate_sql_of_an_empty_database_makes_the_schema(sqlite_url: str) -> None:
+    _run_script(sqlite_url, spur_runs("migrate", "--sql", "--database-url", sqlite_url).stdout)
+    assert current_revision(sqlite_url) == head_revision()
+    assert spur_runs("seed", "--database-url", sqlite_url).returncode == 0
+
+
+@contextmanager
+def fresh_database(kind: str, tmp_path: Path, n: int) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / f'fresh{n}.db'}"
+    else:
+        with new_postgres_database() as url:
+            yield url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_seed_gives_the_demo_runs_the_same_ids_every_time(kind: str, tmp_path: Path) -> None:
+    outputs = []
+    for n in range(2):
+        with fresh_database(kind, tmp_path, n) as url:
+            assert spur_runs("migrate", "--database-url", url).returncode == 0
+            result = spur_runs("seed", "--database-url", url)
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.strip().splitlines()
+            assert lines[0].startswith("seeded 20 runs (120 tasks, 3 of them child runs) in ")
+            outputs.append(lines[1:])
+            # The ids printed are the rows'.
+            engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
+            try:
+                with engine.connect() as conn:
+                    runs = {
+                        row.id: row
+                        for row in conn.execute(
+                            select(Run.id, Run.status, Run.run_type, Run.parent_run_id)
+                        )
+                    }
+            finally:
+                engine.dispose()
+            assert runs["R1"].run_type == "batch" and runs["R1"].parent_run_id is None
+            children = {rid for rid, row in runs.items() if row.parent_run_id == "R1"}
+            assert children == {"R2", "R3", "R4"}
+            expected = {
+                "R5": RunStatus.RUNNING,
+                "R6": RunStatus.PAUSED,
+                "R7": RunStatus.FAILED,
+                "R8": RunStatus.CANCELED,
+                "R9": RunStatus.COMPLETED,
+            }
+            for rid, status in expected.items():
+                assert runs[rid].status is status and runs[rid].parent_run_id is None, rid
+            assert [rid for rid, row in runs.items() if row.status is RunStatus.RUNNING] == ["R5"]
+    assert outputs[0] == outputs[1] == SEED_OUTPUT

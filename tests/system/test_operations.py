@@ -1,0 +1,202 @@
+"""Operations against real servers: reads routed to a PostgreSQL read replica
+and DeleteRun to the primary (two databases holding different rows prove
+where each call went), health following the replica too, and
+`spur-runs serve --workers 2` sharing one port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from databases import PG_ADMIN_URL, new_postgres_database
+from factories import add_run, add_workflow, all_done
+from metrics import method, scrape, value
+from servers import free_port, start_server, wait_health
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.store.db import Database
+from spur_runs.store.models import Run
+
+
+@pytest.fixture
+def replica_url(postgres_url: str) -> Iterator[str]:
+    """A second empty PostgreSQL database, standing in for a read replica
+    (a real standby would copy the primary; here it holds other rows, so
+    that every answer shows which database gave it)."""
+    with new_postgres_database() as url:
+        yield url
+
+
+def _fill(url: str, marker: str, runs: int) -> list[str]:
+    from spur_runs.store.migrate import migrate
+
+    migrate(url)
+    db = Database.from_url(url, pool_size=1)
+    with db.write() as s:
+        workflow = add_workflow(s, name=marker)
+        ids = [
+            add_run(s, workflow, tasks=all_done(), initial_inputs={"input_node": {"db": marker}})
+            for _ in range(runs)
+        ]
+    db.dispose()
+    return ids
+
+
+def _count(url: str) -> int:
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        found = int(connection.execute(select(func.count()).select_from(Run)).scalar_one())
+    engine.dispose()
+    return found
+
+
+def _set_connections(url: str, allowed: bool) -> None:
+    name = make_url(url).database
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+        if not allowed:
+            c.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"),
+                {"n": name},
+            )
+    admin.dispose()
+
+
+@pytest.mark.slow
+def test_reads_go_to_the_replica_and_deletes_to_the_primary(
+    postgres_url: str, replica_url: str
+) -> None:
+    primary_ids = _fill(postgres_url, "primary", runs=3)  # R1 R2 R3
+    replica_ids = _fill(replica_url, "replica", runs=1)  # R1, other content
+    assert primary_ids[0] == replica_ids[0] == "R1"
+    server = start_server(postgres_url, read_database_url=replica_url, health_interval=0.2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            # Every read RPC answers from the replica.
+            assert [r.id for r in stub.ListRuns(pb.ListRunsRequest()).runs] == ["R1"]
+            run = stub.GetRun(pb.GetRunRequest(run_id="R1")).run
+            assert run.initial_inputs["input_node"]["db"] == "replica"
+            assert len(stub.GetRunTasks(pb.GetRunTasksRequest(run_id="R1")).tasks) == 6
+            stub.GetChildRuns(pb.GetChildRunsRequest(run_id="R1"))
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.GetRun(pb.GetRunRequest(run_id="R2"))  # only on the primary
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+            # DeleteRun goes to the primary: R3 exists only there.
+            stub.DeleteRun(pb.DeleteRunRequest(run_id="R3"))
+            assert _count(postgres_url) == 2 and _count(replica_url) == 1
+            # Deleting R1 on the primary; the "replica" never gets the change
+            # here, as a lagging real one would not have it yet.
+            stub.DeleteRun(pb.DeleteRunRequest(run_id="R1"))
+            assert _count(postgres_url) == 1
+            assert stub.GetRun(pb.GetRunRequest(run_id="R1")).run.id == "R1"
+
+            assert value(scrape_local(server), "spur_runs_db_pool_size", database="replica") > 0
+
+            # Health covers the replica: reads cannot be served without it.
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            _set_connections(replica_url, allowed=False)
+            try:
+                wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING)
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.ListRuns(pb.ListRunsRequest(), timeout=10)
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            finally:
+                _set_connections(replica_url, allowed=True)
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            assert [r.id for r in stub.ListRuns(pb.ListRunsRequest()).runs] == ["R1"]
+    finally:
+        server.stop(grace=1)
+
+
+def scrape_local(server: object) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body, _ = server.metrics.exposition()  # type: ignore[attr-defined]
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+@pytest.mark.slow
+def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    (run_id,) = _fill(url, "demo", runs=1)
+    grpc_port, http_port = free_port(), free_port()
+    log_file = (tmp_path / "stderr").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spur_runs", "serve", "--database-url", url, "--workers", "2",
+         "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
+         "--log-format", "json"],
+        env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=log_file,
+    )  # fmt: skip
+    calls = 24
+    try:
+        for attempt in range(calls):
+            # A channel of its own, hence a connection of its own, that the
+            # kernel hands to either worker.
+            options = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=options) as channel:
+                if attempt == 0:
+                    wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+                assert (
+                    RunServiceStub(channel).GetRun(pb.GetRunRequest(run_id=run_id)).run.id == run_id
+                )
+        # Whichever worker answers the scrape, it counts every worker's calls.
+        for _ in range(6):
+            samples = scrape(http_port)
+            assert (
+                value(samples, "grpc_server_handled_total", **method("GetRun", grpc_code="OK"))
+                == calls
+            )
+            # Two pools of 16, added up.
+            assert value(samples, "spur_runs_db_pool_size", database="primary") == 32
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    log_file.seek(0)
+    lines = [json.loads(line) for line in log_file.read().splitlines() if line.startswith("{")]
+    served_by = {
+        line["pid"]
+        for line in lines
+        if line["logger"] == "spur_runs.access" and line["method"].endswith("/GetRun")
+    }
+    assert len(served_by) == 2, f"calls served by {served_by}, not by two workers"
+    assert any("all workers drained and exited" in line["message"] for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_stops_start_up(tmp_path: Path, workers: str) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "spur_runs", "serve", "--workers", workers,
+             "--database-url", f"sqlite:///{tmp_path / 'x.db'}",
+             "--grpc-address", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], result.stderr

@@ -1,0 +1,188 @@
+"""The `spur-runs` command as an operator runs it: start-up errors, health
+that follows the database, and SIGTERM draining in-flight calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from factories import add_run, add_workflow, all_done
+from servers import free_port, start_server, wait_health
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.store.db import Database
+
+CLI = [sys.executable, "-m", "spur_runs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--grpc-address", "nonsense"], {}, "grpc_address 'nonsense' is not HOST:PORT"),
+        (["--database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
+        (
+            [],
+            {"SPUR_RUNS_MAX_WORKERS": "many"},
+            "--max-workers (env SPUR_RUNS_MAX_WORKERS) must be an integer, got 'many'",
+        ),
+        ([], {"SPUR_RUNS_GRPC_ADDRESS": "host:99999"}, "is not HOST:PORT"),
+        (["--read-database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
+        ([], {"SPUR_RUNS_WORKERS": "two"}, "--workers (env SPUR_RUNS_WORKERS) must be an integer"),
+        ([], {"SPUR_RUNS_REFLECTION": "maybe"}, "must be true or false, got 'maybe'"),
+        (
+            ["--db-timeout-seconds", "soon"],
+            {},
+            "--db-timeout-seconds (env SPUR_RUNS_DB_TIMEOUT_SECONDS) must be a number",
+        ),
+        (["--log-format", "xml"], {}, "--log-format must be text or json"),
+        ([], {"SPUR_RUNS_LOG_LEVEL": "LOUD"}, "--log-level must be"),
+        (
+            ["--max-concurrent-rpcs", "0"],
+            {},
+            "--max-concurrent-rpcs (env SPUR_RUNS_MAX_CONCURRENT_RPCS) must be between 1",
+        ),
+        (
+            ["--workers", "2", "--grpc-address", "127.0.0.1:0"],
+            {},
+            "needs a fixed --grpc-address port",
+        ),
+        (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca needs --tls-cert"),
+    ],
+)
+def test_bad_configuration_stops_with_one_line_and_exit_2(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = subprocess.run(
+        [*CLI, "serve", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.fixture
+def pg_admin(postgres_url: str) -> Iterator[tuple[str, object]]:
+    admin = create_engine(
+        make_url(postgres_url).set(database="postgres", drivername="postgresql+psycopg"),
+        isolation_level="AUTOCOMMIT",
+    )
+    yield make_url(postgres_url).database or "", admin
+    with admin.connect() as c:
+        c.execute(
+            text(f'ALTER DATABASE "{make_url(postgres_url).database}" ALLOW_CONNECTIONS true')
+        )
+    admin.dispose()
+
+
+@pytest.mark.slow
+def test_health_and_calls_follow_the_database(
+    postgres_url: str, pg_admin: tuple[str, object]
+) -> None:
+    from spur_runs.store.migrate import migrate
+
+    migrate(postgres_url)
+    db = Database.from_url(postgres_url, pool_size=1)
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=all_done())
+    db.dispose()
+    name, admin = pg_admin
+    server = start_server(postgres_url, health_interval=0.2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            assert stub.GetRun(pb.GetRunRequest(run_id=run_id)).run.id == run_id
+            with admin.connect() as c:  # type: ignore[attr-defined]
+                c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+                c.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                    ),
+                    {"n": name},
+                )
+            wait_health(channel, health_pb2.HealthCheckResponse.NOT_SERVING)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "traceback" not in (raised.value.details() or "").lower()
+            assert time.monotonic() - started < 8, "a call to a dead database must fail fast"
+            with admin.connect() as c:  # type: ignore[attr-defined]
+                c.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            assert stub.GetRun(pb.GetRunRequest(run_id=run_id)).run.id == run_id
+    finally:
+        server.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_sigterm_drains_an_in_flight_call_then_exits_0(postgres_url: str) -> None:
+    from spur_runs.store.migrate import migrate
+
+    migrate(postgres_url)
+    db = Database.from_url(postgres_url, pool_size=1)
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=all_done())
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "serve", "--database-url", postgres_url, "--grpc-address", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    locker = db.engine.connect()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            stub = RunServiceStub(channel)
+            # Hold a lock that makes the next GetRun wait inside the server.
+            transaction = locker.begin()
+            locker.execute(text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
+            result: dict[str, object] = {}
+
+            def call() -> None:
+                try:
+                    result["run"] = stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30).run.id
+                except grpc.RpcError as error:
+                    result["error"] = error.code()
+
+            # A load balancer watching health hears NOT_SERVING on SIGTERM.
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=30
+            )
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            caller = threading.Thread(target=call)
+            caller.start()
+            time.sleep(1.0)  # the call is now blocked on the lock, in flight
+            process.send_signal(signal.SIGTERM)
+            assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            watch.cancel()  # (as the balancer would: else it is drained too)
+            time.sleep(1.0)
+            assert process.poll() is None, "exited before the in-flight call finished"
+            transaction.rollback()  # release the lock: the call can finish
+            caller.join(timeout=20)
+            assert result == {"run": run_id}
+        assert process.wait(timeout=20) == 0
+        output = process.stdout.read() if process.stdout else ""
+        assert "SIGTERM" in output and "Traceback" not in output
+    finally:
+        locker.close()
+        db.dispose()
+        if process.poll() is None:
+            process.kill()
