@@ -13,7 +13,7 @@ Why not json_format itself: it walks every message generically and was half
 of the gateway's cost per GetRun (450 us of a 1.5 ms call, seed data). Here
 each message type gets its field encoders once, and a large Struct/Value
 (a run's workflow definition, the same for every run of that version) is
-converted once per distinct content. tests/test_http_render.py checks the
+converted once per distinct content. tests/unit/test_http_render.py checks the
 output against json_format's on every field type.
 
 A null read back by a proto3 JSON parser leaves the field unset, except for a

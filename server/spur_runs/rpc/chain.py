@@ -93,7 +93,7 @@ def non_blocking_like(behavior: Behavior, wrapper: Behavior) -> Behavior:
     grpc has no public way to ask for this form: its server reads these two
     attributes of the behavior function (grpc/_server.py, as the health
     servicer grpc ships sets them). This is the one place that sets them on
-    a wrapper; tests/test_chain.py pins that grpc still honours them.
+    a wrapper; tests/integration/test_chain.py pins that grpc still honours them.
     """
     wrapper.experimental_non_blocking = True  # type: ignore[attr-defined]
     wrapper.experimental_thread_pool = getattr(  # type: ignore[attr-defined]

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from conftest import start_server
+from servers import start_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
 from spur_runs.rpc.chain import (
