@@ -12,8 +12,7 @@ from google.protobuf import json_format
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.orm import Session
 
-from factories import definition
-from pyspur_peer import pyspur_schema
+from pyspur_peer import add_pyspur_workflow, pyspur_schema
 from servers import start_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -41,24 +40,11 @@ def pyspur_stub(pyspur_url: str) -> Iterator[RunServiceStub]:
 def write_with_pyspur(url: str) -> dict[str, str]:
     from pyspur.models.run_model import RunModel, RunStatus
     from pyspur.models.task_model import TaskModel, TaskStatus
-    from pyspur.models.workflow_model import WorkflowModel
-    from pyspur.models.workflow_version_model import WorkflowVersionModel
 
     start = datetime(2026, 11, 20, 8, 30)
     engine = create_engine(normalize_url(url))
     with Session(engine) as session:
-        workflow = WorkflowModel(name="support-bot", definition=definition())
-        session.add(workflow)
-        session.flush()
-        version = WorkflowVersionModel(
-            version=1,
-            workflow_id=workflow.id,
-            name="support-bot",
-            definition=definition(),
-            definition_hash="abc123",
-        )
-        session.add(version)
-        session.flush()
+        workflow, version = add_pyspur_workflow(session)
         parent = RunModel(
             workflow_id=workflow.id,
             workflow_version_id=version.id,

@@ -45,6 +45,28 @@ def pyspur_schema(url: str) -> None:
     engine.dispose()
 
 
+def add_pyspur_workflow(session: Session) -> tuple[Any, Any]:
+    """A workflow and its version 1, written by PySpur's own classes
+    (factories.definition: six nodes, a pause); returns both rows."""
+    import_pyspur_models()
+    from pyspur.models.workflow_model import WorkflowModel
+    from pyspur.models.workflow_version_model import WorkflowVersionModel
+
+    workflow = WorkflowModel(name="support-bot", definition=definition())
+    session.add(workflow)
+    session.flush()
+    version = WorkflowVersionModel(
+        version=1,
+        workflow_id=workflow.id,
+        name="support-bot",
+        definition=definition(),
+        definition_hash="abc123",
+    )
+    session.add(version)
+    session.flush()
+    return workflow, version
+
+
 def write_world(url: str) -> dict[str, Any]:
     """Rows written by PySpur's own ORM classes covering what a body can
     hold: a paused batch run with children, a failed run with a failed
@@ -53,26 +75,12 @@ def write_world(url: str) -> dict[str, Any]:
     import_pyspur_models()
     from pyspur.models.run_model import RunModel, RunStatus
     from pyspur.models.task_model import TaskModel, TaskStatus
-    from pyspur.models.workflow_model import WorkflowModel
-    from pyspur.models.workflow_version_model import WorkflowVersionModel
 
     start = datetime(2026, 11, 20, 8, 30)
     engine = create_engine(normalize_url(url))
     ids: dict[str, Any] = {}
     with Session(engine) as session:
-        workflow = WorkflowModel(name="support-bot", definition=definition())
-        session.add(workflow)
-        session.flush()
-        version = WorkflowVersionModel(
-            version=1,
-            workflow_id=workflow.id,
-            name="support-bot",
-            description=None,
-            definition=definition(),
-            definition_hash="abc123",
-        )
-        session.add(version)
-        session.flush()
+        workflow, version = add_pyspur_workflow(session)
 
         def run(minute: int, **fields: Any) -> Any:
             row = RunModel(

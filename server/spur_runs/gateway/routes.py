@@ -284,11 +284,9 @@ def routes_for(services: Iterable[ServiceDescriptor]) -> list[Route]:
             routes.append(_route(method, rule))
             for n, extra in enumerate(rule.additional_bindings, 1):
                 routes.append(_route(method, extra, n))
-    # Stable sort: the most literal segments first, then templates with a
-    # verb (`/v1/runs/{run_id}:watch` before `/v1/runs/{run_id}`, whose
-    # variable would otherwise take "R1:watch"); among equals, declaration
-    # order wins.
-    routes.sort(key=lambda r: (-r.template.literals, not r.template.verb))
+    # Stable sort: among equally specific templates, declaration order wins.
+    # (A path ending in a custom verb is its template's alone: Router.match.)
+    routes.sort(key=lambda r: -r.template.literals)
     seen: dict[tuple[str, str], Route] = {}
     for route in routes:
         key = (route.verb, route.template.regex.pattern)
