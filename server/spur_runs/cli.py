@@ -1,8 +1,9 @@
 """The `spur-runs` command: serve, migrate, seed, demo, backup.
 
-Every setting has an environment twin (config.ENV); a flag given on the
-command line wins over its twin. Errors are one line on stderr, without a
-traceback unless --log-level DEBUG: exit code 2 for usage and set-up (a bad
+Every setting has an environment twin (config.py's table; settings.py makes
+its flags and reads its twins); a flag given on the command line wins over
+its twin. Errors are one line on stderr, without a traceback unless
+--log-level DEBUG: exit code 2 for usage and set-up (a bad
 flag, a database without PySpur's tables), 1 for an operation that failed
 (a database that cannot be reached, ...).
 """
@@ -10,7 +11,6 @@ flag, a database without PySpur's tables), 1 for an operation that failed
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import logging
 import os
@@ -21,96 +21,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .config import ENV, Config, ConfigError, env_defaults
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not true or false")
-
-
-# The production-serving flags (docs/configuration.md's table): name -> (conversion, help).
-# They are converted in load_config, not by argparse, so that a bad value
-# from the flag or from its environment twin gives the same single line.
-SERVING_FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
-    "read_database_url": (
-        str,
-        "PostgreSQL read replica for the read RPCs; DeleteRun uses --database-url",
-    ),
-    "tls_cert": (str, "PEM certificate chain: serve over TLS"),
-    "tls_key": (str, "PEM private key of --tls-cert"),
-    "tls_client_ca": (str, "PEM CA: refuse clients without a certificate it signed (mutual TLS)"),
-    "reader_tokens_file": (str, "bearer tokens (one a line) that may call the read RPCs"),
-    "admin_tokens_file": (str, "bearer tokens (one a line) that may call every RPC"),
-    "reflection": (parse_bool, "serve gRPC server reflection"),
-    "max_request_bytes": (int, "largest request message accepted"),
-    "max_response_bytes": (int, "largest response message sent"),
-    "max_concurrent_rpcs": (int, "calls in flight beyond which new ones get RESOURCE_EXHAUSTED"),
-    "keepalive_seconds": (float, "ping connections idle this long"),
-    "min_ping_interval_seconds": (float, "refuse (GOAWAY) clients that ping more often"),
-    "max_connection_age_seconds": (float, "close connections this old, gracefully (0: never)"),
-    "db_timeout_seconds": (float, "bound on one database statement"),
-    "db_dead_peer_seconds": (float, "drop a PostgreSQL connection unanswered this long"),
-    "health_address": (str, "HOST:PORT: plaintext gRPC health only, for Kubernetes' probes"),
-    "log_format": (str, "text or json"),
-    "workers": (int, "server processes sharing the gRPC port"),
-    "watch_interval": (float, "seconds between two looks at the runs WatchRun streams watch"),
-    "max_watchers": (int, "open WatchRun streams beyond which new ones get RESOURCE_EXHAUSTED"),
-    "http_path_prefix": (str, "serve every HTTP route under this path, e.g. /api (default none)"),
-    "http_header_timeout_seconds": (
-        float,
-        "close an HTTP connection whose request headers are not complete this long after "
-        "it opens or its request begins (0 < s <= 3600)",
-    ),
-    "http_idle_timeout_seconds": (
-        float,
-        "close a keep-alive HTTP connection idle this long (0 < s <= 86400)",
-    ),
-    "http_max_connections": (
-        int,
-        "open HTTP connections beyond which new ones get 503 (1..1000000; lowered to fit "
-        "the file limit)",
-    ),
-    "http_allowed_hosts": (
-        str,
-        "comma-separated Host names a tokenless server on loopback answers besides "
-        "localhost, 127.0.0.1 and [::1]",
-    ),
-    "trusted_proxies": (
-        str,
-        "comma-separated addresses/CIDRs whose X-Forwarded-For the HTTP gateway believes",
-    ),
-    "max_health_watchers": (
-        int,
-        "open health Watch streams beyond which new ones get RESOURCE_EXHAUSTED",
-    ),
-    "max_streams_per_connection": (int, "streams one gRPC connection may have open at once"),
-}
-
+from .config import Config, ConfigError
+from .settings import add_flags, load_config
 
 # Exit codes, one meaning each (`spur-runs --help`).
 EXIT_FAILED = 1  # the operation failed: database unreachable, disk full, ...
 EXIT_USAGE = 2  # fix the command line or the set-up: bad flag, database not migrated
-
-_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
-
-
-def _default(name: str) -> str:
-    value = _DEFAULTS[name]
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return str(value)
-
-
-def _help(name: str, text: str) -> str:
-    """A flag's help with its default and its environment twin."""
-    return f"{text} [default: {_default(name)}; env {ENV[name]}]"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -143,19 +59,6 @@ def _positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
     return check
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url",
-        help=_help("database_url", "SQLAlchemy URL of PySpur's database (sqlite:///FILE, "
-                   "postgresql://USER@HOST/DB); the default is a file in the working folder"),
-    )  # fmt: skip
-    parser.add_argument(
-        "--log-level",
-        help=_help("log_level", "DEBUG, INFO, WARNING or ERROR; DEBUG shows the traceback "
-                   "behind a one-line error"),
-    )  # fmt: skip
-
-
 def _command(commands: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
         name,
@@ -163,7 +66,7 @@ def _command(commands: Any, name: str, summary: str, description: str) -> argpar
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_common(parser)
+    add_flags(parser, common=True)
     return parser
 
 
@@ -226,28 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve RunService over gRPC, and over HTTP/JSON with --http-address, until SIGTERM\n"
         "or SIGINT (then drain). The database must have PySpur's tables (`spur-runs migrate`).",
     )
-    serve.add_argument("--grpc-address", help=_help("grpc_address", "HOST:PORT to listen on"))
-    serve.add_argument(
-        "--http-address", help=_help("http_address", "HOST:PORT for HTTP/JSON (none: no HTTP)")
-    )
-    serve.add_argument("--max-workers", help=_help("max_workers", "threads serving RPCs"))
-    serve.add_argument("--pool-size", help=_help("pool_size", "database connections"))
-    serve.add_argument(
-        "--grace-seconds",
-        help=_help("grace_seconds", "how long SIGTERM lets in-flight calls finish"),
-    )
-    serve.add_argument(
-        "--health-interval",
-        help=_help("health_interval", "seconds between database health pings"),
-    )
-    for name, (convert, text) in SERVING_FLAGS.items():
-        flag = "--" + name.replace("_", "-")
-        if convert is parse_bool:  # --reflection / --no-reflection
-            serve.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, help=_help(name, text)
-            )
-        else:
-            serve.add_argument(flag, dest=name, help=_help(name, text))
+    add_flags(serve, common=False)
 
     migrate = _command(
         commands,
@@ -312,34 +194,6 @@ def _version() -> str:
         return importlib.metadata.version("spur-runs")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree
         return "(not installed)"
-
-
-def load_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Config:
-    """Flags over environment twins over defaults."""
-    values: dict[str, Any] = env_defaults(environ)
-    for name in ENV:
-        value = getattr(args, name, None)
-        if value is not None:
-            values[name] = value
-    # A bad number names its flag and twin, as the serving flags' do.
-    numbers: dict[str, Callable[[str], Any]] = {
-        "max_workers": int,
-        "pool_size": int,
-        "grace_seconds": float,
-        "health_interval": float,
-    }
-    conversions = {**numbers, **{name: convert for name, (convert, _) in SERVING_FLAGS.items()}}
-    for name, convert in conversions.items():
-        if isinstance(values.get(name), str):
-            try:
-                values[name] = convert(values[name])
-            except ValueError:
-                kind = {int: "an integer", float: "a number", parse_bool: "true or false"}
-                raise ConfigError(
-                    f"--{name.replace('_', '-')} (env {ENV[name]}) must be "
-                    f"{kind.get(convert, 'valid')}, got {values[name]!r}"
-                ) from None
-    return Config(**values)
 
 
 def _serve(config: Config) -> int:

@@ -1,74 +1,27 @@
 """Service configuration: read once, from flags and their environment twins,
 into a frozen object that is passed down. Nothing reads the environment at
 import time.
+
+`Config` is the one table of settings. Each field is declared once, with its
+default and a `setting(...)` that carries the rest: its environment twin, its
+help, its range or choices. Everything else is derived from it: `ENV` and
+`RANGES` below, and in settings.py the command's flags, the reading of the
+twins and docs/configuration.md's table (`python -m spur_runs.settings`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from .trust import parse_hosts, parse_proxies
 
-DEFAULT_DATABASE_URL = "sqlite:///spur-runs.db"
 # An HTTP path prefix: "/" and unreserved path characters, no trailing "/".
 _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
-DEFAULT_GRPC_ADDRESS = "127.0.0.1:50051"
-
-# Flag name -> environment variable. Every flag has its twin here; cli.py
-# builds its parser from this table so that the two cannot drift apart.
-ENV = {
-    "database_url": "SPUR_RUNS_DATABASE_URL",
-    "grpc_address": "SPUR_RUNS_GRPC_ADDRESS",
-    "http_address": "SPUR_RUNS_HTTP_ADDRESS",
-    "max_workers": "SPUR_RUNS_MAX_WORKERS",
-    "pool_size": "SPUR_RUNS_POOL_SIZE",
-    "log_level": "SPUR_RUNS_LOG_LEVEL",
-    "grace_seconds": "SPUR_RUNS_GRACE_SECONDS",
-    "health_interval": "SPUR_RUNS_HEALTH_INTERVAL",
-    # Production serving (auth.py, tls.py, limits.py, observe.py, workers.py).
-    "read_database_url": "SPUR_RUNS_READ_DATABASE_URL",
-    "tls_cert": "SPUR_RUNS_TLS_CERT",
-    "tls_key": "SPUR_RUNS_TLS_KEY",
-    "tls_client_ca": "SPUR_RUNS_TLS_CLIENT_CA",
-    "reader_tokens_file": "SPUR_RUNS_READER_TOKENS_FILE",
-    "admin_tokens_file": "SPUR_RUNS_ADMIN_TOKENS_FILE",
-    "reflection": "SPUR_RUNS_REFLECTION",
-    "max_request_bytes": "SPUR_RUNS_MAX_REQUEST_BYTES",
-    "max_response_bytes": "SPUR_RUNS_MAX_RESPONSE_BYTES",
-    "max_concurrent_rpcs": "SPUR_RUNS_MAX_CONCURRENT_RPCS",
-    "keepalive_seconds": "SPUR_RUNS_KEEPALIVE_SECONDS",
-    "min_ping_interval_seconds": "SPUR_RUNS_MIN_PING_INTERVAL_SECONDS",
-    "max_connection_age_seconds": "SPUR_RUNS_MAX_CONNECTION_AGE_SECONDS",
-    "db_timeout_seconds": "SPUR_RUNS_DB_TIMEOUT_SECONDS",
-    "db_dead_peer_seconds": "SPUR_RUNS_DB_DEAD_PEER_SECONDS",
-    "health_address": "SPUR_RUNS_HEALTH_ADDRESS",
-    "log_format": "SPUR_RUNS_LOG_FORMAT",
-    "workers": "SPUR_RUNS_WORKERS",
-    # WatchRun (watch.py).
-    "watch_interval": "SPUR_RUNS_WATCH_INTERVAL",
-    "max_watchers": "SPUR_RUNS_MAX_WATCHERS",
-    # The HTTP gateway (gateway/).
-    "http_path_prefix": "SPUR_RUNS_HTTP_PATH_PREFIX",
-    # The HTTP port's bounds and trust (gateway/connections.py, hosts.py, metadata.py).
-    "http_header_timeout_seconds": "SPUR_RUNS_HTTP_HEADER_TIMEOUT_SECONDS",
-    "http_idle_timeout_seconds": "SPUR_RUNS_HTTP_IDLE_TIMEOUT_SECONDS",
-    "http_max_connections": "SPUR_RUNS_HTTP_MAX_CONNECTIONS",
-    "http_allowed_hosts": "SPUR_RUNS_HTTP_ALLOWED_HOSTS",
-    "trusted_proxies": "SPUR_RUNS_TRUSTED_PROXIES",
-    # Streams (health_service.py, limits.py).
-    "max_health_watchers": "SPUR_RUNS_MAX_HEALTH_WATCHERS",
-    "max_streams_per_connection": "SPUR_RUNS_MAX_STREAMS_PER_CONNECTION",
-}
-
-
-class ConfigError(ValueError):
-    """A configuration value that stops start-up (one clear line, exit 2)."""
-
 
 # grpc takes its durations and sizes as C ints of milliseconds and bytes, and
 # PostgreSQL its statement_timeout as an int of milliseconds: a longer bound
@@ -76,143 +29,270 @@ class ConfigError(ValueError):
 _INT32_MAX = 2**31 - 1
 _INT32_MS = _INT32_MAX // 1000  # seconds: 24.8 days
 
-# The range of every numeric setting: (least, most), both inclusive, and
-# whether 0 is allowed besides as "off". A value outside it, or not finite,
-# stops start-up with one line. The bounds are where a value stops making
-# sense or stops fitting what it is given to, not tuning advice.
-RANGES: dict[str, tuple[float, float, bool]] = {
-    "max_workers": (1, 1024, False),
-    "pool_size": (1, 1000, False),
-    # 0: cancel in-flight calls at once; more than an hour is a hung stop.
-    "grace_seconds": (0, 3600, False),
-    # A ping per 0.1 s is already a busy loop of its own; 0 was one (100% CPU
-    # and a stop that never came).
-    "health_interval": (0.1, 3600, False),
-    # 1 KiB holds any request of this API; grpc's message sizes are C ints.
-    "max_request_bytes": (1024, _INT32_MAX, False),
-    "max_response_bytes": (1024, _INT32_MAX, False),
-    "max_concurrent_rpcs": (1, 100_000, False),
-    "keepalive_seconds": (1, _INT32_MS, False),
-    "min_ping_interval_seconds": (0, _INT32_MS, False),
-    # 0 is "never"; otherwise at least a second (fewer milliseconds than one
-    # would round to grpc's own 0).
-    "max_connection_age_seconds": (1, _INT32_MS, True),
-    "db_timeout_seconds": (0.01, _INT32_MS, False),
-    # libpq's keepalive and TCP_USER_TIMEOUT bounds (db.dead_peer_args).
-    "db_dead_peer_seconds": (1, 3600, False),
-    "workers": (1, 256, False),
-    # inf started a poller that never looked; an hour between looks is
-    # already no watch at all.
-    "watch_interval": (0.01, 3600, False),
-    "max_watchers": (1, 1_000_000, False),
-    # The HTTP port (gateway/connections.py): a header timeout above an hour
-    # is no slow-loris bound; a day of idle keep-alive is no bound either.
-    "http_header_timeout_seconds": (0.01, 3600, False),
-    "http_idle_timeout_seconds": (0.01, 86400, False),
-    "http_max_connections": (1, 1_000_000, False),
-    # A million open health watches would be ~20 GB (bench/health_storm.py:
-    # ~20 KB each); MAX_CONCURRENT_STREAMS is a 32-bit grpc argument.
-    "max_health_watchers": (1, 1_000_000, False),
-    "max_streams_per_connection": (1, _INT32_MAX, False),
-}
+
+class ConfigError(ValueError):
+    """A configuration value that stops start-up (one clear line, exit 2)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a Config field carries besides its name, type and default."""
+
+    env: str  # the environment twin; the flag is the field's name, --dashed
+    help: str  # the flag's --help line, and the start of its docs row
+    doc: str = ""  # more for the docs row (Markdown), after the help
+    # A number's range, both ends inclusive, and whether 0 is allowed besides
+    # as "off". The bounds are where a value stops making sense or stops
+    # fitting what it is given to, not tuning advice.
+    bounds: tuple[float, float] | None = None
+    zero: bool = False
+    choices: tuple[str, ...] = ()
+    common: bool = False  # a flag of every command, not of `serve` only
+
+
+_T = TypeVar("_T")
+
+
+def setting(
+    default: _T,
+    env: str,
+    help: str,
+    doc: str = "",
+    *,
+    bounds: tuple[float, float] | None = None,
+    zero: bool = False,
+    choices: tuple[str, ...] = (),
+    common: bool = False,
+) -> _T:
+    """A Config field: its default, and its Setting as the field's metadata."""
+    meta = Setting(env, help, doc, bounds, zero, choices, common)
+    return dataclasses.field(default=default, metadata={"setting": meta})
 
 
 @dataclass(frozen=True)
 class Config:
-    database_url: str = DEFAULT_DATABASE_URL
-    grpc_address: str = DEFAULT_GRPC_ADDRESS
-    http_address: str | None = None
+    database_url: str = setting(
+        "sqlite:///spur-runs.db", "SPUR_RUNS_DATABASE_URL",
+        "SQLAlchemy URL of PySpur's database (sqlite:///FILE, postgresql://USER@HOST/DB); "
+        "the default is a file in the working folder",
+        "PostgreSQL through psycopg 3.", common=True,
+    )  # fmt: skip
+    grpc_address: str = setting(
+        "127.0.0.1:50051", "SPUR_RUNS_GRPC_ADDRESS", "HOST:PORT to listen on"
+    )
+    http_address: str | None = setting(
+        None, "SPUR_RUNS_HTTP_ADDRESS", "HOST:PORT for HTTP/JSON (none: no HTTP)"
+    )
     # Threads of the gRPC server. Python runs one of them at a time: more
     # threads overlap database waits but fight over the GIL, and that costs
-    # CPU on every call. GetRun's server CPU per call, measured side by side
-    # (2 cores, SQLite): 1 thread 740 us, 2: 853, 8: 1,142, 16: ~1,500-2,000.
-    # 4 keeps most of that gain and leaves room for a few slow calls (a
-    # delete waiting for a lock); scale out with --workers processes.
-    max_workers: int = 4
-    # Database connections: one per RPC thread, plus WatchRun's poller and
-    # the health ping, with room to spare so neither waits behind calls.
-    pool_size: int = 16
-    log_level: str = "INFO"
-    # How long SIGTERM waits for in-flight calls before it cancels them.
-    grace_seconds: float = 10.0
-    # Seconds between the database pings that drive gRPC health.
-    health_interval: float = 2.0
-    # A PostgreSQL read replica for the read RPCs; DeleteRun stays on the primary.
-    read_database_url: str | None = None
-    # PEM files. A client CA turns on mutual TLS: clients without a
-    # certificate it signed are refused at the handshake.
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None
-    # Token files (auth.py); with neither, authentication is off.
-    reader_tokens_file: str | None = None
-    admin_tokens_file: str | None = None
-    reflection: bool = True
+    # CPU on every call. 4 keeps most of that gain and leaves room for a few
+    # slow calls (a delete waiting for a lock); scale out with --workers.
+    max_workers: int = setting(
+        4, "SPUR_RUNS_MAX_WORKERS", "threads serving RPCs",
+        "One Python thread runs at a time, so more threads overlap database waits but cost "
+        "CPU on every call (GetRun's server CPU per call, measured side by side on 2 cores: "
+        "1 thread 740 µs, 2: 853, 8: 1,142, 16: 1,500–2,000). SQLite calls wait for no "
+        "network: there `--max-workers 2` served 1.16–1.22× the GetRun and ListRuns "
+        "throughput of 4 (on PostgreSQL over loopback, the same); 4 stays the default so "
+        "that a few long calls (a large DeleteRun) leave threads for the rest. Scale out "
+        "with `--workers`.",
+        bounds=(1, 1024),
+    )  # fmt: skip
+    pool_size: int = setting(
+        16, "SPUR_RUNS_POOL_SIZE", "database connections",
+        "One per RPC thread, plus WatchRun's poller and the health ping, with room to spare "
+        "so that neither waits behind calls.",
+        bounds=(1, 1000),
+    )  # fmt: skip
+    log_level: str = setting(
+        "INFO", "SPUR_RUNS_LOG_LEVEL",
+        "DEBUG, INFO, WARNING or ERROR; DEBUG shows the traceback behind a one-line error",
+        common=True,
+    )  # fmt: skip
+    # 0: cancel in-flight calls at once; more than an hour is a hung stop.
+    grace_seconds: float = setting(
+        10.0, "SPUR_RUNS_GRACE_SECONDS", "how long SIGTERM lets in-flight calls finish",
+        bounds=(0, 3600),
+    )  # fmt: skip
+    # A ping per 0.1 s is already a busy loop of its own; 0 was one (100% CPU
+    # and a stop that never came).
+    health_interval: float = setting(
+        2.0, "SPUR_RUNS_HEALTH_INTERVAL", "seconds between database health pings",
+        "They drive gRPC health.", bounds=(0.1, 3600),
+    )  # fmt: skip
+    read_database_url: str | None = setting(
+        None, "SPUR_RUNS_READ_DATABASE_URL",
+        "PostgreSQL read replica for the read RPCs; DeleteRun uses --database-url",
+        "See Scaling in [production.md](production.md).",
+    )  # fmt: skip
+    tls_cert: str | None = setting(
+        None, "SPUR_RUNS_TLS_CERT", "PEM certificate chain: serve over TLS",
+        "TLS on the gRPC and HTTP ports.",
+    )  # fmt: skip
+    tls_key: str | None = setting(None, "SPUR_RUNS_TLS_KEY", "PEM private key of --tls-cert")
+    # Clients without a certificate the CA signed are refused at the handshake.
+    tls_client_ca: str | None = setting(
+        None, "SPUR_RUNS_TLS_CLIENT_CA",
+        "PEM CA: refuse clients without a certificate it signed (mutual TLS)",
+        "They are refused at the handshake.",
+    )  # fmt: skip
+    # Token files (rpc/auth.py); with neither, authentication is off.
+    reader_tokens_file: str | None = setting(
+        None, "SPUR_RUNS_READER_TOKENS_FILE",
+        "bearer tokens (one a line) that may call the read RPCs", "`#` starts a comment.",
+    )  # fmt: skip
+    admin_tokens_file: str | None = setting(
+        None, "SPUR_RUNS_ADMIN_TOKENS_FILE",
+        "bearer tokens (one a line) that may call every RPC", "DeleteRun included.",
+    )  # fmt: skip
+    reflection: bool = setting(
+        True, "SPUR_RUNS_REFLECTION", "serve gRPC server reflection", "What grpcurl uses."
+    )
     # Requests are a run id and a page token: 1 MiB is generous. Responses
     # are pages of runs with their tasks' outputs, hence the larger bound.
-    max_request_bytes: int = 1024 * 1024
-    max_response_bytes: int = 16 * 1024 * 1024
-    # Calls in flight (running or queued for a thread) beyond which new ones
-    # get RESOURCE_EXHAUSTED at once instead of waiting in an unbounded queue.
-    max_concurrent_rpcs: int = 64
+    # 1 KiB holds any request of this API; grpc's message sizes are C ints.
+    max_request_bytes: int = setting(
+        1024 * 1024, "SPUR_RUNS_MAX_REQUEST_BYTES", "largest request message accepted",
+        "Larger requests get `RESOURCE_EXHAUSTED`.", bounds=(1024, _INT32_MAX),
+    )  # fmt: skip
+    max_response_bytes: int = setting(
+        16 * 1024 * 1024, "SPUR_RUNS_MAX_RESPONSE_BYTES", "largest response message sent",
+        "Larger answers fail with `RESOURCE_EXHAUSTED` (ask for smaller pages).",
+        bounds=(1024, _INT32_MAX),
+    )  # fmt: skip
+    # Rather than waiting in an unbounded queue.
+    max_concurrent_rpcs: int = setting(
+        64, "SPUR_RUNS_MAX_CONCURRENT_RPCS",
+        "calls in flight beyond which new ones get RESOURCE_EXHAUSTED",
+        "Per process, running or queued for a thread; beyond it new calls are refused at once.",
+        bounds=(1, 100_000),
+    )  # fmt: skip
     # The server pings a connection idle this long, to drop dead peers.
-    keepalive_seconds: float = 60.0
-    # Clients pinging more often than this get GOAWAY (too_many_pings).
-    min_ping_interval_seconds: float = 10.0
-    # 0 = unlimited. Behind a layer-4 load balancer, a bound makes clients
-    # reconnect now and then and so spread over new replicas.
-    max_connection_age_seconds: float = 0.0
-    # Bound on one database statement (PostgreSQL statement_timeout, SQLite
-    # busy_timeout); a shorter client deadline lowers it for that call.
-    db_timeout_seconds: float = 10.0
-    # How long a PostgreSQL connection may go unanswered (a partition, a
-    # failover without reset) before it is dropped and its call answers
-    # UNAVAILABLE: libpq keepalives and tcp_user_timeout (db.dead_peer_args).
-    db_dead_peer_seconds: float = 10.0
-    # A plaintext listener serving gRPC health only, for Kubernetes' gRPC
-    # probes, which cannot speak TLS (server.py, deploy/kubernetes).
-    health_address: str | None = None
-    log_format: str = "text"
-    # Server processes sharing the gRPC port (workers.py).
-    workers: int = 1
-    # Seconds between two looks at the watched runs (one batched query for
-    # all of them, whoever wrote the change): the latency of a WatchRun.
-    watch_interval: float = 0.5
-    # Open WatchRun streams per process beyond which new ones get
-    # RESOURCE_EXHAUSTED. They hold no thread, only memory and a share of
-    # each poll.
-    max_watchers: int = 1000
-    # Every HTTP route, /openapi.json and /metrics under this path (e.g.
-    # "/api", where PySpur's UI looks for its Runs API); "" for none.
-    http_path_prefix: str = ""
-    # An HTTP connection must send a request's complete headers within this
-    # long (of opening, or of its request's first byte), else it is closed.
-    # A real client sends them in one packet; 10 s leaves room for a slow
-    # mobile link's retransmits, as Go servers commonly set ReadHeaderTimeout.
-    http_header_timeout_seconds: float = 10.0
-    # A keep-alive HTTP connection idle this long is closed. Longer than the
-    # 60 s idle timeout of the usual proxies in front (nginx's upstream
-    # keepalive_timeout, AWS ALB), so that the proxy, not this server, ends an
-    # idle pooled connection: else a request it sends as we close is lost
-    # (a 502). nginx's own default for its clients is 75 s too.
-    http_idle_timeout_seconds: float = 75.0
-    # Open HTTP connections beyond which new ones get 503 at once (lowered
-    # to what the file limit allows: gateway/connections.py).
-    http_max_connections: int = 1024
-    # Comma-separated Host names a tokenless server on loopback answers
-    # besides localhost, 127.0.0.1 and [::1] (gateway/hosts.py).
-    http_allowed_hosts: str | None = None
-    # Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For the
-    # HTTP gateway believes (for the access log's forwarded_for).
-    trusted_proxies: str | None = None
-    # Open grpc.health.v1.Health/Watch streams per process beyond which new
-    # ones get RESOURCE_EXHAUSTED. No thread each either; a client channel
-    # with client-side health checking holds one per server address.
-    max_health_watchers: int = 1000
-    # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: streams one connection may have
-    # open at once; a client's further calls wait for one to end. 100 is
-    # RFC 9113's recommended floor and what most servers advertise.
-    max_streams_per_connection: int = 100
+    keepalive_seconds: float = setting(
+        60.0, "SPUR_RUNS_KEEPALIVE_SECONDS", "ping connections idle this long",
+        "Those that do not answer within 20 s are closed.", bounds=(1, _INT32_MS),
+    )  # fmt: skip
+    min_ping_interval_seconds: float = setting(
+        10.0, "SPUR_RUNS_MIN_PING_INTERVAL_SECONDS",
+        "refuse (GOAWAY) clients that ping more often", "GOAWAY `too_many_pings`.",
+        bounds=(0, _INT32_MS),
+    )  # fmt: skip
+    # 0 is "never"; otherwise at least a second (fewer milliseconds than one
+    # would round to grpc's own 0).
+    max_connection_age_seconds: float = setting(
+        0.0, "SPUR_RUNS_MAX_CONNECTION_AGE_SECONDS",
+        "close connections this old, gracefully; 0: never",
+        "Behind a layer-4 load balancer, clients then reconnect now and then and so spread "
+        "over new replicas.",
+        bounds=(1, _INT32_MS), zero=True,
+    )  # fmt: skip
+    db_timeout_seconds: float = setting(
+        10.0, "SPUR_RUNS_DB_TIMEOUT_SECONDS", "bound on one database statement",
+        "PostgreSQL's `statement_timeout`; on SQLite a statement running longer is "
+        "interrupted, and a write waits at most this long for a lock. A shorter client "
+        "deadline lowers it; the call answers `DEADLINE_EXCEEDED`.",
+        bounds=(0.01, _INT32_MS),
+    )  # fmt: skip
+    # libpq's keepalive and TCP_USER_TIMEOUT bounds (store/db.dead_peer_args).
+    db_dead_peer_seconds: float = setting(
+        10.0, "SPUR_RUNS_DB_DEAD_PEER_SECONDS",
+        "drop a PostgreSQL connection unanswered this long",
+        "A connection that gets no answer this long (a network partition, a failover "
+        "without reset) is dropped and its call answers `UNAVAILABLE` (libpq `keepalives` "
+        "and `tcp_user_timeout`), instead of waiting about 15 minutes for the kernel; a "
+        "long-running statement on a live connection is not cut by it "
+        "(`--db-timeout-seconds` is).",
+        bounds=(1, 3600),
+    )  # fmt: skip
+    health_address: str | None = setting(
+        None, "SPUR_RUNS_HEALTH_ADDRESS",
+        "HOST:PORT: plaintext gRPC health only, for Kubernetes' probes",
+        "A second gRPC listener, always plaintext, serving `grpc.health.v1` and nothing "
+        "else: Kubernetes' gRPC probes cannot speak TLS (see `deploy/kubernetes/`).",
+    )  # fmt: skip
+    log_format: str = setting(
+        "text", "SPUR_RUNS_LOG_FORMAT", "how log lines are written",
+        "`json`: one object per line, one line per RPC.", choices=("text", "json"),
+    )  # fmt: skip
+    workers: int = setting(
+        1, "SPUR_RUNS_WORKERS", "server processes sharing the gRPC port",
+        "They share the ports (SO_REUSEPORT); one per core.", bounds=(1, 256),
+    )  # fmt: skip
+    # One batched query for all the watched runs, whoever wrote the change.
+    # inf started a poller that never looked; an hour between looks is
+    # already no watch at all.
+    watch_interval: float = setting(
+        0.5, "SPUR_RUNS_WATCH_INTERVAL",
+        "seconds between two looks at the runs WatchRun streams watch",
+        "How soon a change is seen.", bounds=(0.01, 3600),
+    )  # fmt: skip
+    # They hold no thread, only memory and a share of each poll.
+    max_watchers: int = setting(
+        1000, "SPUR_RUNS_MAX_WATCHERS",
+        "open WatchRun streams beyond which new ones get RESOURCE_EXHAUSTED", "Per process.",
+        bounds=(1, 1_000_000),
+    )  # fmt: skip
+    http_path_prefix: str = setting(
+        "", "SPUR_RUNS_HTTP_PATH_PREFIX",
+        "serve every HTTP route, /openapi.json and /metrics under this path, e.g. /api",
+        "`/api` is where PySpur's UI calls its Runs API.",
+    )  # fmt: skip
+    # A real client sends its headers in one packet; 10 s leaves room for a
+    # slow mobile link's retransmits, as Go servers commonly set
+    # ReadHeaderTimeout. Above an hour it is no slow-loris bound.
+    http_header_timeout_seconds: float = setting(
+        10.0, "SPUR_RUNS_HTTP_HEADER_TIMEOUT_SECONDS",
+        "close an HTTP connection whose request headers are not complete this long after "
+        "it opens or its request begins",
+        bounds=(0.01, 3600),
+    )  # fmt: skip
+    # Longer than the 60 s idle timeout of the usual proxies in front (nginx's
+    # upstream keepalive_timeout, AWS ALB), so that the proxy, not this
+    # server, ends an idle pooled connection: else a request it sends as we
+    # close is lost (a 502). nginx's own default for its clients is 75 s too.
+    # A day of idle keep-alive is no bound.
+    http_idle_timeout_seconds: float = setting(
+        75.0, "SPUR_RUNS_HTTP_IDLE_TIMEOUT_SECONDS",
+        "close a keep-alive HTTP connection idle this long",
+        "Longer than the 60 s of the usual proxies in front, so that they end idle pooled "
+        "connections, not this server.",
+        bounds=(0.01, 86400),
+    )  # fmt: skip
+    http_max_connections: int = setting(
+        1024, "SPUR_RUNS_HTTP_MAX_CONNECTIONS",
+        "open HTTP connections beyond which new ones get 503; lowered to fit the file limit",
+        "With a warning, to (file limit − 256) / 2, so that HTTP clients cannot take "
+        "the descriptors gRPC and the database need (gateway/connections.py).",
+        bounds=(1, 1_000_000),
+    )  # fmt: skip
+    http_allowed_hosts: str | None = setting(
+        None, "SPUR_RUNS_HTTP_ALLOWED_HOSTS",
+        "comma-separated Host names a tokenless server on loopback answers besides "
+        "localhost, 127.0.0.1 and [::1]",
+        "Any port; other names get 421, against DNS rebinding (gateway/hosts.py).",
+    )  # fmt: skip
+    trusted_proxies: str | None = setting(
+        None, "SPUR_RUNS_TRUSTED_PROXIES",
+        "comma-separated addresses/CIDRs whose X-Forwarded-For the HTTP gateway believes",
+        "From anyone else it is ignored, and the access log's `forwarded_for` is the "
+        "client's own address.",
+    )  # fmt: skip
+    # No thread each either; a client channel with client-side health
+    # checking holds one per server address. A million would be ~20 GB
+    # (bench/health_storm.py: ~20 KB each).
+    max_health_watchers: int = setting(
+        1000, "SPUR_RUNS_MAX_HEALTH_WATCHERS",
+        "open health Watch streams beyond which new ones get RESOURCE_EXHAUSTED",
+        "`grpc.health.v1.Health/Watch` streams, per process.", bounds=(1, 1_000_000),
+    )  # fmt: skip
+    # 100 is RFC 9113's recommended floor and what most servers advertise;
+    # MAX_CONCURRENT_STREAMS is a 32-bit grpc argument.
+    max_streams_per_connection: int = setting(
+        100, "SPUR_RUNS_MAX_STREAMS_PER_CONNECTION",
+        "streams one gRPC connection may have open at once",
+        "HTTP/2 `MAX_CONCURRENT_STREAMS`; a client's further calls wait for one to end.",
+        bounds=(1, _INT32_MAX),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in ("database_url", "read_database_url"):
@@ -241,9 +321,9 @@ class Config:
                 raise ConfigError(f"{_named(name)} must be a number, got {value!r}")
             if not (math.isfinite(value) and least <= value <= most):
                 also = "0 or " if zero else ""
+                low, high = show_bound(least), show_bound(most)
                 raise ConfigError(
-                    f"{_named(name)} must be {also}between {_show(least)} and {_show(most)}, "
-                    f"got {value}"
+                    f"{_named(name)} must be {also}between {low} and {high}, got {value}"
                 )
 
     def _check_http(self) -> None:
@@ -273,27 +353,37 @@ class Config:
                 "--http-path-prefix must be a path such as /api: '/' then segments of "
                 f"letters, digits and -._~, with no '/' at the end, got {prefix!r}"
             )
-        if self.log_format not in ("text", "json"):
-            raise ConfigError(f"--log-format must be text or json, got {self.log_format!r}")
+        for name, meta in SETTINGS.items():
+            if meta.choices and getattr(self, name) not in meta.choices:
+                raise ConfigError(
+                    f"{flag(name)} must be {either(meta.choices)}, got {getattr(self, name)!r}"
+                )
         if self.workers > 1:
             # Each worker binds the same port; port 0 would give each its own.
             for name in ("grpc_address", "http_address", "health_address"):
                 value = getattr(self, name)
                 if value is not None and parse_address(value, name)[1] == 0:
-                    raise ConfigError(f"--workers above 1 needs a fixed {_flag(name)} port, not 0")
+                    raise ConfigError(f"--workers above 1 needs a fixed {flag(name)} port, not 0")
 
 
-def _flag(name: str) -> str:
+def flag(name: str) -> str:
+    """A field's flag: --its-name."""
     return "--" + name.replace("_", "-")
 
 
-def _show(bound: float) -> str:
+def show_bound(bound: float) -> str:
+    """1.0 -> "1", 0.01 -> "0.01"."""
     return str(int(bound)) if bound == int(bound) else str(bound)
+
+
+def either(choices: tuple[str, ...]) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    return " or ".join(filter(None, [", ".join(choices[:-1]), choices[-1]]))
 
 
 def _named(name: str) -> str:
     """A setting as the operator may have given it: flag or environment twin."""
-    return f"{_flag(name)} (env {ENV[name]})"
+    return f"{flag(name)} (env {ENV[name]})"
 
 
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
@@ -304,7 +394,13 @@ def parse_address(address: str, name: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment twins that are set, by flag name."""
-    environ = os.environ if environ is None else environ
-    return {flag: environ[var] for flag, var in ENV.items() if environ.get(var)}
+# The table, by field name, and what the checks above read from it.
+SETTINGS: dict[str, Setting] = {f.name: f.metadata["setting"] for f in dataclasses.fields(Config)}
+# Field name -> environment variable: every flag has its twin.
+ENV: dict[str, str] = {name: meta.env for name, meta in SETTINGS.items()}
+# The range of every numeric setting: (least, most, whether 0 is allowed
+# besides as "off"). A value outside it, or not finite, stops start-up with
+# one line.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    name: (*meta.bounds, meta.zero) for name, meta in SETTINGS.items() if meta.bounds
+}
