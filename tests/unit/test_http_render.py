@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import struct
 from typing import Any
 
 import pytest
@@ -209,3 +210,30 @@ def test_status_json_renders_any_details() -> None:
             },
         ],
     }
+
+
+def _float32_values() -> list[float]:
+    """32-bit floats of every kind: a sweep over the bit patterns (both
+    signs, all exponents), subnormals, the largest, and decimals that a
+    float cannot hold exactly."""
+    patterns = list(range(1, 2**32, 2**32 // 4099))
+    patterns += [0x00000001, 0x007FFFFF, 0x00800000, 0x7F7FFFFF, 0x3F800001, 0x4B800001]
+    values = [struct.unpack("<f", struct.pack("<I", bits))[0] for bits in patterns]
+    values += [0.1, 1 / 3, 2.2, 16777217.0, 3.4028235e38, 1e-45, 123456.789]
+    return [v for v in values if math.isfinite(v)]
+
+
+def test_float_fields_are_printed_as_json_format_prints_them() -> None:
+    """A float field's value widened to a double is printed in the shortest
+    decimal form of the 32-bit float, as json_format's own helper does
+    (render.py reimplements it: protobuf's lives in google.protobuf.internal)."""
+    encode = Renderer().response(T.Everything.DESCRIPTOR)
+    checked = 0
+    for value in _float32_values():
+        message = T.Everything(f=value)
+        got = json.loads(encode(message))["f"]
+        want = json_format.MessageToDict(message, preserving_proto_field_name=True)["f"]
+        same(got, want)
+        assert repr(float(got)) == repr(float(want)), (value, got, want)
+        checked += 1
+    assert checked > 4000

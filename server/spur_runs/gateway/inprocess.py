@@ -1,6 +1,6 @@
-"""Unary HTTP calls served in process: the gateway runs the method's handler,
-wrapped by the gRPC server's own interceptor (rpc/chain.py), on the gRPC server's own
-thread pool, instead of calling the server through a socket.
+"""The in-process road of transport.py: the gateway runs a unary method's
+handler, wrapped by the gRPC server's own interceptor (rpc/chain.py), on the
+gRPC server's own thread pool, instead of calling the server through a socket.
 
 Why: a second gRPC hop (a grpc.aio client call, the server's transport,
 serializing the request and the response twice) cost more than the call
@@ -12,10 +12,14 @@ What still applies, in the same place as for gRPC callers:
 - the thread limit (`--max-workers`): the same executor;
 - `--max-concurrent-rpcs`, counted here for HTTP calls (grpc counts only
   the calls of its own transport), and `--max-response-bytes`.
-Server-streaming methods (WatchRun) still go through the gRPC socket.
+Server-streaming methods (WatchRun) still go through the gRPC socket
+(transport.ChannelTransport).
 
-A failed call raises grpc.aio.AioRpcError, as the socket path does, so the
-gateway turns both into HTTP answers the same way.
+A failed call raises grpc.aio.AioRpcError, as the channel's road does, so the
+gateway turns both into HTTP answers the same way. LocalContext stands in
+for grpc's ServicerContext; tests/integration/test_transport_conformance.py
+runs every RPC both ways and compares answers, codes, details and trailers,
+so that it cannot drift from grpc's.
 """
 
 from __future__ import annotations
@@ -32,10 +36,10 @@ import grpc
 import grpc.aio
 
 from ..rpc.chain import Handler, Interceptor
+from .transport import Metadata, Reply
 
 log = logging.getLogger(__name__)
 
-Metadata = tuple[tuple[str, str | bytes], ...]
 if TYPE_CHECKING:  # grpc-stubs makes it generic; grpc itself does not
     Generic = grpc.GenericRpcHandler[Any, Any]
 else:
@@ -172,8 +176,9 @@ def recorded_handlers(register: Callable[[Any], None]) -> list[Generic]:
     return recorder.handlers
 
 
-class LocalDispatch:
-    """Runs unary methods as the gRPC server would, without its transport."""
+class InProcessTransport:
+    """transport.Transport: runs unary methods as the gRPC server would,
+    without its transport."""
 
     def __init__(
         self,
@@ -203,16 +208,16 @@ class LocalDispatch:
                 return found  # type: ignore[no-any-return]
         return None
 
-    async def call(
+    async def unary(
         self,
         method: str,
         request: Any,
+        *,
         timeout: float | None,
         metadata: Metadata,
         peer: str,
-    ) -> tuple[Any, Metadata, Metadata]:
-        """(response, initial metadata, trailing metadata); raises
-        grpc.aio.AioRpcError when the call fails."""
+    ) -> Reply:
+        """Raises grpc.aio.AioRpcError when the call fails."""
         if self._max_concurrent is not None and self._active >= self._max_concurrent:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -232,9 +237,7 @@ class LocalDispatch:
             self._active -= 1
             context.terminate()  # also when this task is cancelled: the client left
 
-    def _run(
-        self, method: str, request: Any, metadata: Metadata, context: LocalContext
-    ) -> tuple[Any, Metadata, Metadata]:
+    def _run(self, method: str, request: Any, metadata: Metadata, context: LocalContext) -> Reply:
         """On one of the server's threads."""
         if not context.is_active():  # the client left while the call was queued
             raise _failure(grpc.StatusCode.CANCELLED, "the client went away", context)
@@ -260,7 +263,7 @@ class LocalDispatch:
                 f"the response is larger than {self._max_response_bytes} bytes",
                 context,
             )
-        return response, context.initial, context.trailing
+        return Reply(response, context.initial, context.trailing)
 
 
 def _failure(code: grpc.StatusCode, details: str | None, context: LocalContext) -> Exception:

@@ -240,7 +240,7 @@ The HTTP/JSON face of the gRPC API, derived from its `google.api.http` annotatio
 
 
 def _stream_responses(name: str, body: Schema) -> dict[str, Any]:
-    """A server-streaming method (gateway/app.py): newline-delimited JSON in
+    """A server-streaming method (gateway/streaming.py): newline-delimited JSON in
     grpc-gateway's shape, or server-sent events when the client asks."""
     return {
         "200": {

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import math
+import struct
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -38,7 +39,6 @@ from typing import Any
 import orjson
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
-from google.protobuf.internal import type_checkers
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
@@ -78,10 +78,26 @@ def _number(value: float) -> float | int | str:
     return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
 
 
+_FLOAT32 = struct.Struct("<f")
+
+
+def _shortest_float32(value: float) -> float:
+    """The double with the fewest significant digits (6 to 9) that is the
+    same 32-bit float as `value`: what json_format prints for a float field.
+    (protobuf's own helper lives in google.protobuf.internal, which is not
+    public API; this is the same loop.)"""
+    precision = 6  # every 32-bit float needs between 6 and 9 digits
+    rounded = float(f"{value:.{precision}g}")
+    while _FLOAT32.unpack(_FLOAT32.pack(rounded))[0] != value:
+        precision += 1
+        rounded = float(f"{value:.{precision}g}")
+    return rounded
+
+
 def _float32(value: float) -> float | int | str:
     # A float field holds a 32-bit value: its shortest decimal form, as
     # json_format prints it, rather than the double it widens to.
-    return _number(type_checkers.ToShortestFloat(value) if math.isfinite(value) else value)
+    return _number(_shortest_float32(value) if math.isfinite(value) else value)
 
 
 def _bytes(value: bytes) -> str:

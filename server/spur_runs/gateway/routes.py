@@ -212,7 +212,7 @@ class Route:
     @property
     def streaming(self) -> bool:
         """A server-streaming method: answered as newline-delimited JSON or
-        server-sent events (app.py), one message at a time."""
+        server-sent events (streaming.py), one message at a time."""
         return bool(self.method.server_streaming)
 
     @property
@@ -276,7 +276,7 @@ def routes_for(services: Iterable[ServiceDescriptor]) -> list[Route]:
     for service in services:
         for method in service.methods:
             if method.client_streaming:
-                continue  # no HTTP form; server streaming is served (app.py)
+                continue  # no HTTP form; server streaming is served (streaming.py)
             options = method.GetOptions()
             if not options.HasExtension(annotations_pb2.http):
                 continue

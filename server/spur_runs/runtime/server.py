@@ -26,7 +26,7 @@ from ..api.versions import VersionCache
 from ..api.watch import WatchHub
 from ..config import Config, parse_address
 from ..gateway import HttpGateway
-from ..gateway.inprocess import LocalDispatch, recorded_handlers
+from ..gateway.inprocess import InProcessTransport, recorded_handlers
 from ..rpc import auth, limits
 from ..rpc.chain import ChainInterceptor, Interceptor
 from ..rpc.decode import DecodeHook
@@ -121,7 +121,7 @@ class RunsServer:
         # HTTP/JSON from the services' google.api.http rules, through this server.
         # Its unary calls run in process (gateway/inprocess.py), with the same
         # interceptor on the same threads; WatchRun goes through the socket.
-        local = LocalDispatch(
+        local = InProcessTransport(
             recorded_handlers(
                 lambda target: run_service_pb2_grpc.add_RunServiceServicer_to_server(
                     servicer, target

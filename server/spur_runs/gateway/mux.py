@@ -1,0 +1,181 @@
+"""One HTTP request to one answer (grpc-gateway's runtime/mux.go and
+handler.go): the path prefix, the gateway's own documents (/openapi.json,
+/metrics), the route, the request message (transcode.py), the call through
+a transport (transport.py), and the response rendered as JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc.aio
+from aiohttp import web
+from google.rpc import code_pb2, status_pb2
+
+from ..errors import InvalidArgument
+from ..rpc.status import to_status
+from ..telemetry.metrics import Metrics
+from ..telemetry.metrics_http import METRICS_PATH, metrics_response
+from ..trust import Network
+from .links import next_link, pages_by_link
+from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
+from .render import Renderer
+from .replies import JSON, error, failed, not_allowed, response_headers
+from .routes import Match, Route, Router
+from .streaming import stream
+from .transcode import RequestBuilder
+from .transport import ChannelTransport, Transport
+
+OPENAPI_PATH = "/openapi.json"
+
+
+class Endpoint:
+    """One route, with what it takes to serve it."""
+
+    def __init__(self, route: Route, renderer: Renderer) -> None:
+        output = route.method.output_type
+        self.route = route
+        self.builder = RequestBuilder(route)
+        # An empty response (DeleteRun's) is 204 No Content, not 200 "{}".
+        self.no_content = not output.fields and not route.response_body
+        self.render = renderer.response(output, route.response_body)
+        # A bare list (PySpur's `GET /run/`): its next page goes in a Link header.
+        self.links = pages_by_link(route.method, route.response_body)
+
+
+def _peer(request: web.BaseRequest) -> str:
+    """The HTTP client's address as grpc names a peer ("ipv4:1.2.3.4:5678")."""
+    where = request.transport.get_extra_info("peername") if request.transport else None
+    if not isinstance(where, tuple) or len(where) < 2:
+        return "unknown"
+    host, port = where[0], where[1]
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
+
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise InvalidArgument("body", f"is larger than {limit} bytes")
+    chunks, size = [], 0
+    while chunk := await request.content.read(65536):
+        size += len(chunk)
+        if size > limit:
+            raise InvalidArgument("body", f"is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answer(
+    endpoint: Endpoint,
+    response: Any,
+    headers: dict[str, str] | None,
+    raw_path: str,
+    query: str,
+) -> web.Response:
+    if endpoint.no_content:
+        return web.Response(status=204, headers=headers)
+    if endpoint.links and response.next_page_token:
+        headers = {
+            **(headers or {}),
+            "Link": next_link(raw_path, query, response.next_page_token),
+        }
+    return web.Response(body=endpoint.render(response), content_type=JSON, headers=headers)
+
+
+class Mux:
+    """The routes of the gateway; `bind` gives it its transports, once the
+    event loop (and with it the channel) exists."""
+
+    def __init__(
+        self,
+        routes: Sequence[Route],
+        prefix: str,
+        openapi_body: bytes,
+        metrics: Metrics | None,
+        max_body: int,
+        trusted: tuple[Network, ...],
+    ) -> None:
+        renderer = Renderer()
+        endpoints = [Endpoint(route, renderer) for route in routes]
+        self._router: Router[Endpoint] = Router([(e.route, e) for e in endpoints])
+        self._prefix = prefix
+        self._openapi_body = openapi_body
+        self._metrics = metrics  # GET /metrics (metrics_http.py)
+        self._max_body = max_body
+        self._trusted = trusted
+        self._unary: Transport | None = None
+        self._streams: ChannelTransport | None = None
+
+    def bind(self, unary: Transport, streams: ChannelTransport) -> None:
+        self._unary = unary
+        self._streams = streams
+
+    async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
+        raw_path, _, query = request.raw_path.partition("?")
+        path = raw_path
+        if self._prefix:
+            if path != self._prefix and not path.startswith(self._prefix + "/"):
+                return error(
+                    status_pb2.Status(
+                        code=code_pb2.NOT_FOUND,
+                        message=f"no route for {path[:200]}; every path starts with {self._prefix}",
+                    )
+                )
+            path = path[len(self._prefix) :] or "/"
+        verb = request.method
+        if path == OPENAPI_PATH:
+            if verb != "GET":
+                return not_allowed(path, ["GET"])
+            return web.Response(body=self._openapi_body, content_type=JSON)
+        if path == METRICS_PATH and self._metrics is not None:
+            if verb != "GET":
+                return not_allowed(path, ["GET"])
+            return await metrics_response(self._metrics)
+        try:
+            found = self._router.match(verb, path)
+        except UnicodeDecodeError:
+            return error(to_status(InvalidArgument("path", "is not UTF-8 once percent-decoded")))
+        if found is None:
+            return error(
+                status_pb2.Status(code=code_pb2.NOT_FOUND, message=f"no route for {path[:200]}")
+            )
+        if isinstance(found, list):
+            return not_allowed(path, found)
+        try:
+            return await self._call(request, found, raw_path, query)
+        except Exception as bug:  # noqa: BLE001 - a bug: a generic 500, the traceback to the log
+            return error(to_status(bug, found.payload.route.grpc_path))
+
+    async def _call(
+        self, request: web.BaseRequest, found: Match[Endpoint], raw_path: str, query: str
+    ) -> web.StreamResponse:
+        endpoint = found.payload
+        route = endpoint.route
+        try:
+            timeout_header = request.headers.get(TIMEOUT_HEADER)
+            timeout = parse_timeout(timeout_header) if timeout_header is not None else None
+            metadata = tuple(
+                outgoing_metadata(
+                    request.headers.items(), request.remote, request.host, self._trusted
+                )
+            )
+            body = await _read_body(request, self._max_body) if route.body else b""
+            message = endpoint.builder.build(found.variables, query, body)
+        except InvalidArgument as bad:
+            return error(to_status(bad))
+        # Cancelling this task (the client went away: handler_cancellation)
+        # cancels the call, and the server sees its RPC cancelled.
+        if route.streaming:
+            assert self._streams is not None
+            call = self._streams.stream(
+                route.grpc_path, message, timeout=timeout, metadata=metadata
+            )
+            return await stream(request, endpoint.render, call)
+        assert self._unary is not None
+        try:
+            reply = await self._unary.unary(
+                route.grpc_path, message, timeout=timeout, metadata=metadata, peer=_peer(request)
+            )
+        except grpc.aio.AioRpcError as call_error:
+            return failed(call_error)
+        headers = response_headers(reply.initial, reply.trailing)
+        return _answer(endpoint, reply.response, headers, raw_path, query)
