@@ -1,4 +1,4 @@
-"""GET /metrics on the HTTP port: the hook the gateway (gateway/app.py)
+"""GET /metrics on the HTTP port: the hook the gateway (gateway/mux.py)
 calls, kept here so that the gateway knows nothing of Prometheus.
 
 Not behind bearer tokens: Prometheus scrapers rarely carry one, and the
