@@ -1,8 +1,8 @@
 # ruff: noqa: E501  (report strings read better unbroken)
 """Which server model is faster for spur-runs: sync grpcio + sync SQLAlchemy, or grpc.aio + async SQLAlchemy?
 
-    /work/venv/bin/python bench/aio_vs_sync.py                  # SQLite and PostgreSQL, ~12 minutes
-    /work/venv/bin/python bench/aio_vs_sync.py --backends sqlite --rounds 2 --seconds 1   # a quick look
+    python bench/aio_vs_sync.py                  # SQLite and PostgreSQL, ~12 minutes
+    python bench/aio_vs_sync.py --backends sqlite --rounds 2 --seconds 1   # a quick look
 
 (needs `pip install -e '.[dev]'`: aiosqlite, and greenlet for SQLAlchemy's asyncio.)
 Writes bench/results/aio_vs_sync.md. Loopback only.
@@ -12,9 +12,9 @@ spur_bench_aiovs*_* at 127.0.0.1:5432, both dropped at the end): `spur-runs
 migrate` + `spur-runs seed --runs 10000` (+ ANALYZE on PostgreSQL, as
 bench/run.py), then these servers as child processes on free ports:
 
-- aio:       bench/aio_server.py --mode aio  (grpc.aio + create_async_engine, pool 16)
+- aio:       bench/lib/aio_server.py --mode aio  (grpc.aio + create_async_engine, pool 16)
 - aio-pool4: the same with an async engine pool of 4
-- sync:      bench/aio_server.py --mode sync (grpc.server, 4 threads, RunService, pool 16)
+- sync:      bench/lib/aio_server.py --mode sync (grpc.server, 4 threads, RunService, pool 16)
 - serve:     `spur-runs serve` with its default flags (interceptors, health, ...), for context
 
 aio and sync differ in the server model only: both run store/runs.py and
@@ -49,32 +49,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+import grpc
+from lib.common import DATA, GRPC_HEADERS, LIB, RESULTS, log
+from lib.data import Database, create_database, drop_database, sample_runs, seed_database
+from lib.load import Sample, grpc_body, percentile
+from lib.procs import Processes, free_port, tree_cpu, wait_until
 
-import grpc  # noqa: E402
-from run import (  # noqa: E402  (bench/run.py's helpers)
-    DATA,
-    GRPC_HEADERS,
-    Database,
-    Processes,
-    Sample,
-    _percentile,
-    create_database,
-    drop_database,
-    free_port,
-    grpc_body,
-    log,
-    sample_runs,
-    seed_database,
-    tree_cpu,
-    wait_until,
-)
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 
-from spur.runs.v1 import run_service_pb2 as pb  # noqa: E402
-from spur.runs.v1.run_service_pb2_grpc import RunServiceStub  # noqa: E402
-
-RESULTS = BENCH / "results"
 GET_RUN = "/spur.runs.v1.RunService/GetRun"
 LIST_RUNS = "/spur.runs.v1.RunService/ListRuns"
 RUNS = 10_000
@@ -101,7 +84,7 @@ def start_server(procs: Processes, kind: str, db: Database) -> tuple[int, int]:
         mode = "sync" if kind == "sync" else "aio"
         pool = "4" if kind == "aio-pool4" else "16"
         command = [
-            python, str(BENCH / "aio_server.py"), "--mode", mode, "--database-url", db.url,
+            python, str(LIB / "aio_server.py"), "--mode", mode, "--database-url", db.url,
             "--port", str(port), "--pool-size", pool,
         ]  # fmt: skip
     process = procs.start(f"aiovs-{kind}-{db.slug}", command)
@@ -197,7 +180,7 @@ class Case:
         log_file.unlink()
         took = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
         return Sample(
-            done / took, done, took, _percentile(latencies, 50), _percentile(latencies, 99),
+            done / took, done, took, percentile(latencies, 50), percentile(latencies, 99),
             cpu / done * 1e6,
         )  # fmt: skip
 
@@ -230,7 +213,7 @@ def in_process(db: Database, run_id: str, rounds: int, calls: int = 300) -> dict
     GetRun/ListRuns against AioRunService's, one call at a time in this
     process (process_time counts aiosqlite's threads too). Tells how much of
     the h2load gap is the async driver path rather than grpc.aio."""
-    from aio_server import AioRunService, create_async_db_engine
+    from lib.aio_server import AioRunService, create_async_db_engine
 
     from spur_runs.api.service import RunService
     from spur_runs.store.db import Database as SpurDatabase
@@ -373,12 +356,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"`{meta['command']}` — {meta['date']}, {meta['machine']}, load {meta['load_start']} → "
         f"{meta['load_end']}; {meta['rounds']} rounds × {meta['seconds']:g} s per case, {RUNS:,} seeded runs.",
         "",
-        "- **aio**: bench/aio_server.py --mode aio: grpc.aio.server, create_async_engine "
+        "- **aio**: bench/lib/aio_server.py --mode aio: grpc.aio.server, create_async_engine "
         "(sqlite+aiosqlite / postgresql+psycopg async), pool 16; store/runs.py + api/convert.py unchanged via "
         "`await conn.run_sync(fn)`, with db.Database's reads: GetRun one statement without a "
         "transaction (autocommit on PostgreSQL), ListRuns one transaction (REPEATABLE READ on "
         "PostgreSQL; db.py's SQLite PRAGMAs and BEGIN). **aio-pool4**: the same, async pool 4.",
-        "- **sync**: bench/aio_server.py --mode sync: grpc.server(ThreadPoolExecutor(4)) + "
+        "- **sync**: bench/lib/aio_server.py --mode sync: grpc.server(ThreadPoolExecutor(4)) + "
         "spur_runs.service.RunService(Database.from_url(url)), pool 16. No interceptors on either.",
         "- **serve**: `spur-runs serve` with default flags (interceptors, health, reflection, limits), for context.",
         "- Load: `h2load -t1 -cC -mM -D <s> -H 'content-type: application/grpc' -H 'te: trailers' -d <body>`; "

@@ -8,7 +8,7 @@ the cost of one GetRun into layers, measured back to back in every round (the
 order reversed every other round), with the same h2load load as run.py
 (-t1 -c4 -m4, 16 in flight):
 
-1. floor:      /bench.Floor/Empty on bench/floor_server.py (grpcio alone, our
+1. floor:      /bench.Floor/Empty on bench/lib/floor_server.py (grpcio alone, our
                thread pool and channel options);
 2. health:     grpc.health.v1.Health/Check on `spur-runs serve`: grpcio plus
                everything our server puts around every call (interceptors,
@@ -35,14 +35,14 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
+from lib.common import DATA, FLOOR_PATH, GET_RUN_PATH, HEALTH_CHECK_PATH, RESULTS
+from lib.data import create_database, drop_database, sample_runs, seed_database
+from lib.load import Case, GrpcLoad, Settings, grpc_body, per_round_ratio, run_rounds
+from lib.procs import Processes
+from lib.servers import Servers, start_floor
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run as bench  # noqa: E402
-
-from spur.runs.v1 import run_service_pb2 as pb  # noqa: E402
-
-HEALTH_PATH = "/grpc.health.v1.Health/Check"
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 
 
 def in_process_cpu_us(url: str, run_ids: list[str], seconds: float) -> float:
@@ -66,37 +66,37 @@ def in_process_cpu_us(url: str, run_ids: list[str], seconds: float) -> float:
         db.dispose()
 
 
-def measure(backend: str, procs: bench.Processes, settings: bench.Settings) -> dict[str, object]:
-    db = bench.create_database(backend, 10_000, "breakdown")
-    work = bench.DATA / "work" / f"breakdown-{backend}"
+def measure(backend: str, procs: Processes, settings: Settings) -> dict[str, object]:
+    db = create_database(backend, 10_000, "breakdown")
+    work = DATA / "work" / f"breakdown-{backend}"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        bench.seed_database(db)
-        floor, floor_port = bench.start_floor(procs, "sync")
-        ours, port, _ = bench.Servers(procs, Path(sys.executable), db).start_ours(
+        seed_database(db)
+        floor, floor_port = start_floor(procs, "sync")
+        ours, port, _ = Servers(procs, Path(sys.executable), db).start_ours(
             name="spur-runs-breakdown"
         )
-        ids = bench.sample_runs(db, settings.segments * settings.rounds)
+        ids = sample_runs(db, settings.segments * settings.rounds)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = bench.RunServiceStub(channel)
+            stub = RunServiceStub(channel)
             sizes = [len(stub.GetRun(pb.GetRunRequest(run_id=i)).SerializeToString()) for i in ids]
         seg = settings.segments
-        get_bodies = [bench.grpc_body(work, f"get-{i}", pb.GetRunRequest(run_id=i)) for i in ids]
-        health = bench.grpc_body(work, "health", health_pb2.HealthCheckRequest())
+        get_bodies = [grpc_body(work, f"get-{i}", pb.GetRunRequest(run_id=i)) for i in ids]
+        health = grpc_body(work, "health", health_pb2.HealthCheckRequest())
         empty = work / "empty.grpc"
         empty.write_bytes(b"\x00\x00\x00\x00\x00")
         cases = [
-            bench.Case("floor", "floor: empty unary, sync grpcio", "floor",
-                       bench.GrpcLoad(floor_port, bench.FLOOR_PATH, [empty] * seg, [5] * seg),
+            Case("floor", "floor: empty unary, sync grpcio", "floor",
+                       GrpcLoad(floor_port, FLOOR_PATH, [empty] * seg, [5] * seg),
                        lambda: floor.pid),
-            bench.Case("health", "Health/Check on spur-runs serve", "spur-runs gRPC",
-                       bench.GrpcLoad(port, HEALTH_PATH, [health] * seg, [7] * seg),
+            Case("health", "Health/Check on spur-runs serve", "spur-runs gRPC",
+                       GrpcLoad(port, HEALTH_CHECK_PATH, [health] * seg, [7] * seg),
                        lambda: ours.pid),
-            bench.Case("get", "GetRun, random run", "spur-runs gRPC",
-                       bench.GrpcLoad(port, bench.GET_RUN_PATH, get_bodies[:seg],
+            Case("get", "GetRun, random run", "spur-runs gRPC",
+                       GrpcLoad(port, GET_RUN_PATH, get_bodies[:seg],
                                       [s + 5 for s in sizes[:seg]]), lambda: ours.pid),
         ]  # fmt: skip
-        bench.run_rounds(cases, settings, work, f"breakdown {backend}")
+        run_rounds(cases, settings, work, f"breakdown {backend}")
         alone = in_process_cpu_us(db.url, ids, settings.seconds * 2)
         procs.stop(ours)
         procs.stop(floor)
@@ -107,15 +107,15 @@ def measure(backend: str, procs: bench.Processes, settings: bench.Settings) -> d
             "cases": summary,
             "in_process_us": alone,
             "cpu": cpu,
-            "get_vs_floor_rps": bench.per_round_ratio(cases[2], cases[0]),
-            "health_vs_floor_cpu": bench.per_round_ratio(cases[1], cases[0], "cpu_us"),
-            "get_vs_floor_cpu": bench.per_round_ratio(cases[2], cases[0], "cpu_us"),
+            "get_vs_floor_rps": per_round_ratio(cases[2], cases[0]),
+            "health_vs_floor_cpu": per_round_ratio(cases[1], cases[0], "cpu_us"),
+            "get_vs_floor_cpu": per_round_ratio(cases[2], cases[0], "cpu_us"),
         }
     finally:
-        bench.drop_database(db)
+        drop_database(db)
 
 
-def write(results: list[dict[str, object]], settings: bench.Settings, path: Path) -> None:
+def write(results: list[dict[str, object]], settings: Settings, path: Path) -> None:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Where a GetRun's server CPU goes",
@@ -156,10 +156,10 @@ def main() -> int:
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--out", type=Path, default=bench.RESULTS / "breakdown.md")
+    parser.add_argument("--out", type=Path, default=RESULTS / "breakdown.md")
     args = parser.parse_args()
-    settings = bench.Settings(seconds=args.seconds, rounds=args.rounds, segments=4, warmup=1.0)
-    procs = bench.Processes()
+    settings = Settings(seconds=args.seconds, rounds=args.rounds, segments=4, warmup=1.0)
+    procs = Processes()
     results = []
     try:
         for backend in args.backends.split(","):

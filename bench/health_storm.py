@@ -34,6 +34,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from lib.procs import free_port
 
 CLI = [sys.executable, "-m", "spur_runs.cli"]
 PER_CONNECTION = 100
@@ -53,14 +54,6 @@ def gauge(http_port: int) -> float:
             if line.startswith("spur_runs_health_watchers "):
                 return float(line.split()[1])
     raise RuntimeError("no spur_runs_health_watchers in /metrics")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def storm(port: int, streams: int) -> dict[str, float]:

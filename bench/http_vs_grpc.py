@@ -27,9 +27,7 @@ import argparse
 import http.client
 import os
 import re
-import shutil
 import signal
-import socket
 import statistics
 import struct
 import subprocess
@@ -41,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from lib.procs import cpu_seconds, free_port
+from lib.tools import ensure_tools
 
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
@@ -58,12 +58,6 @@ class Result:
     cpu_us: float = 0.0  # server CPU per request
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measured(pid: int, load: Callable[[], Result]) -> Result:
     before = cpu_seconds(pid)
     result = load()
@@ -71,45 +65,14 @@ def measured(pid: int, load: Callable[[], Result]) -> Result:
     return result
 
 
-def ensure_tools() -> None:
-    missing = [
-        pkg
-        for tool, pkg in (("h2load", "nghttp2-client"), ("wrk", "wrk"))
-        if not shutil.which(tool)
-    ]
-    if not missing:
-        return
-    print(f"installing {', '.join(missing)} with apt-get", flush=True)
-    subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def make_database(folder: Path, runs: int) -> str:
     from spur_runs.store.migrate import migrate
 
     url = f"sqlite:///{folder / 'bench.db'}"
     migrate(url)
-    try:
-        from spur_runs.seed import seed
-    except ImportError:  # before `spur-runs seed` existed
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from factories import add_run, add_workflow, all_done
-        from spur_runs.store.db import Database
+    from spur_runs.seed import seed
 
-        db = Database.from_url(url)
-        with db.write() as session:
-            workflow = add_workflow(session)
-            for _ in range(runs):
-                add_run(session, workflow, tasks=all_done(), outputs={"output": {"answer": 42}})
-        db.dispose()
-    else:
-        seed(url, runs=runs, progress=False)
+    seed(url, runs=runs, progress=False)
     return url
 
 

@@ -29,12 +29,14 @@ import sys
 import threading
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
+from lib.common import DATA, GET_RUN_PATH, LIST_RUNS_PATH, RESULTS
+from lib.data import create_database, drop_database, sample_runs, seed_database
+from lib.load import GrpcLoad, HttpLoad, Sample, grpc_body
+from lib.procs import Processes
+from lib.servers import Servers
+from lib.tools import ensure_tools, ensure_tools_venv
 
-import run as bench  # noqa: E402
-
-from spur.runs.v1 import run_service_pb2 as pb  # noqa: E402
+from spur.runs.v1 import run_service_pb2 as pb
 
 LAYERS = [
     ("spur_runs (our code)", re.compile(r"spur_runs/")),
@@ -123,36 +125,35 @@ def main() -> int:
         action="store_true",
         help="sample only the thread holding the GIL (what limits a GIL-bound server)",
     )
-    parser.add_argument("--out", type=Path, default=bench.RESULTS / "profiles")
+    parser.add_argument("--out", type=Path, default=RESULTS / "profiles")
     args = parser.parse_args()
-    bench.ensure_tools()
-    tools_python = bench.ensure_tools_venv(profile=True)
+    ensure_tools()
+    tools_python = ensure_tools_venv(profile=True)
     py_spy = tools_python.parent / "py-spy"
     args.out.mkdir(parents=True, exist_ok=True)
-    work = bench.DATA / "work" / "profile"
+    work = DATA / "work" / "profile"
     work.mkdir(parents=True, exist_ok=True)
-    procs = bench.Processes()
-    db = bench.create_database(args.backend, args.runs, f"profile{args.case}")
+    procs = Processes()
+    db = create_database(args.backend, args.runs, f"profile{args.case}")
     try:
-        bench.seed_database(db)
-        servers = bench.Servers(procs, tools_python, db)
+        seed_database(db)
+        servers = Servers(procs, tools_python, db)
         server, grpc_port, http_port = servers.start_ours()
-        ids = bench.sample_runs(db, 1000)
+        ids = sample_runs(db, 1000)
         ids_file = work / "run_ids.txt"
         ids_file.write_text("\n".join(ids) + "\n")
-        load: bench.GrpcLoad | bench.HttpLoad
+        load: GrpcLoad | HttpLoad
         if args.case == "get":
             segments = max(1, args.seconds // 2)
             bodies = [
-                bench.grpc_body(work, f"get-{i}", pb.GetRunRequest(run_id=i))
-                for i in ids[:segments]
+                grpc_body(work, f"get-{i}", pb.GetRunRequest(run_id=i)) for i in ids[:segments]
             ]
-            load = bench.GrpcLoad(grpc_port, bench.GET_RUN_PATH, bodies, [0] * len(bodies))
+            load = GrpcLoad(grpc_port, GET_RUN_PATH, bodies, [0] * len(bodies))
         elif args.case == "list":
-            body = bench.grpc_body(work, "list", pb.ListRunsRequest(page_size=10))
-            load = bench.GrpcLoad(grpc_port, bench.LIST_RUNS_PATH, [body], [0])
+            body = grpc_body(work, "list", pb.ListRunsRequest(page_size=10))
+            load = GrpcLoad(grpc_port, LIST_RUNS_PATH, [body], [0])
         else:
-            load = bench.HttpLoad(http_port, "/run/{id}/", ids_file)
+            load = HttpLoad(http_port, "/run/{id}/", ids_file)
         load.run(2, work)  # warm-up
         name = f"{args.case}-{args.backend}" + ("-gil" if args.gil else "")
         folded = args.out / f"{name}.folded"
@@ -175,7 +176,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        result: list[bench.Sample] = []
+        result: list[Sample] = []
         loader = threading.Thread(target=lambda: result.append(load.run(args.seconds, work)))
         loader.start()
         loader.join()
@@ -195,7 +196,7 @@ def main() -> int:
         return 0
     finally:
         procs.stop_all()
-        bench.drop_database(db)
+        drop_database(db)
 
 
 if __name__ == "__main__":

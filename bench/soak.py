@@ -44,11 +44,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-import run as suite  # noqa: E402  (the suite's database and port helpers)
+from lib.common import DATA, ROOT
+from lib.data import Database, create_database, drop_database
+from lib.procs import cpu_seconds, free_port
 
-DATA = ROOT / "bench" / ".data"
 RESULTS = ROOT / "bench" / "results" / "soak.md"
 CLI = [sys.executable, "-m", "spur_runs"]
 
@@ -65,12 +64,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -198,9 +191,9 @@ def run(command: list[str], env: dict[str, str] | None = None) -> str:
     return result.stdout
 
 
-def prepare(db: str, runs: int) -> tuple[suite.Database, dict[str, Any]]:
+def prepare(db: str, runs: int) -> tuple[Database, dict[str, Any]]:
     """A fresh database, migrated and seeded; returns it and facts."""
-    database = suite.create_database(db, runs, "soak")
+    database = create_database(db, runs, "soak")
     url, pg_name = database.url, database.pg_name
     run([*CLI, "migrate", "--database-url", url])
     started = time.monotonic()
@@ -262,7 +255,7 @@ def soak(db: str, args: argparse.Namespace) -> dict[str, Any]:
         f"   {facts['seed']} (wall {facts['seed_s']:.1f} s); ids R{facts['id_range'][0]}..R{facts['id_range'][1]}",
         flush=True,
     )
-    port = suite.free_port()
+    port = free_port()
     DATA.mkdir(parents=True, exist_ok=True)
     log_path = DATA / f"soak-{db}-server.log"
     server = start_server(url, port, log_path)
@@ -337,7 +330,7 @@ def soak(db: str, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if server.poll() is None:
             server.kill()
-        suite.drop_database(database)
+        drop_database(database)
     intervals.sort(key=lambda i: i.index)
     return summarize(db, args, facts, intervals, rss_start, rss_end, exit_code, log_path)
 

@@ -37,11 +37,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-import run as suite  # noqa: E402  (the suite's database and port helpers)
+from lib.common import DATA
+from lib.data import Database, create_database, drop_database
+from lib.procs import free_port
 
-DATA = ROOT / "bench" / ".data"
 CLI = [sys.executable, "-m", "spur_runs.cli"]
 CHANNELS = 10
 
@@ -67,14 +66,14 @@ def scrape(http_port: int) -> dict[str, float]:
     return found
 
 
-def prepare(backend: str, runs: int) -> suite.Database:
+def prepare(backend: str, runs: int) -> Database:
     """A fresh database with `runs` RUNNING runs of 6 tasks; (url, pg name)."""
     from sqlalchemy import create_engine, insert
 
     from spur_runs.store.migrate import migrate
     from spur_runs.store.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
 
-    database = suite.create_database(backend, runs, "watchers")
+    database = create_database(backend, runs, "watchers")
     url = database.url
     migrate(url)
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
@@ -103,7 +102,7 @@ def prepare(backend: str, runs: int) -> suite.Database:
 
 
 def start_server(url: str, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], int, int]:
-    port, http_port = suite.free_port(), suite.free_port()
+    port, http_port = free_port(), free_port()
     log = (DATA / "watchers-server.log").open("wb")
     process = subprocess.Popen(
         [*CLI, "serve", "--database-url", url, "--grpc-address", f"127.0.0.1:{port}",
@@ -259,7 +258,7 @@ async def bench(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         writer.dispose()
         process.terminate()
         process.wait(timeout=30)
-        suite.drop_database(database)
+        drop_database(database)
     return result
 
 

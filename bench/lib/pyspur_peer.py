@@ -1,10 +1,10 @@
 """The peer: PySpur's own Runs router (pyspur==0.1.18), served by uvicorn.
 
     SQLITE_OVERRIDE_DATABASE_URL=sqlite:///bench.db \
-        python -m uvicorn pyspur_peer:app --app-dir bench --port 8081
+        python -m uvicorn pyspur_peer:app --app-dir bench/lib --port 8081
 
 Runs in bench/.data/venv (pyspur installed --no-deps beside the packages its
-router needs; see run.py), never in the project's venv. PySpur reads its
+router needs; see lib/tools.py), never in the project's venv. PySpur reads its
 database from the environment at import (pyspur.database): either
 SQLITE_OVERRIDE_DATABASE_URL, or POSTGRES_USER, POSTGRES_PASSWORD,
 POSTGRES_HOST, POSTGRES_PORT and POSTGRES_DB. Every model module is imported

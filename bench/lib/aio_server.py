@@ -1,8 +1,8 @@
 """A minimal RunService (GetRun, ListRuns) on grpc.aio with SQLAlchemy's async
 engine, and its sync twin, to compare the two server models (bench/aio_vs_sync.py).
 
-    python bench/aio_server.py --mode aio  --database-url URL --port P [--pool-size N]
-    python bench/aio_server.py --mode sync --database-url URL --port P [--pool-size N]
+    python bench/lib/aio_server.py --mode aio  --database-url URL --port P [--pool-size N]
+    python bench/lib/aio_server.py --mode sync --database-url URL --port P [--pool-size N]
 
 aio: grpc.aio.server, create_async_engine (sqlite+aiosqlite or
 postgresql+psycopg in its async form); each call opens one AsyncConnection,
@@ -12,7 +12,12 @@ inside its `with self._db.read_one()` / `read()` blocks through
 same SQL, the same rows to messages). Reads keep db.py's semantics: GetRun's
 one statement without a transaction (autocommit on PostgreSQL), ListRuns in
 one transaction, rolled back (REPEATABLE READ on PostgreSQL); on SQLite
-db.py's own connect (PRAGMAs) and begin (explicit BEGIN) listeners.
+db.py's connect PRAGMAs and its explicit BEGIN (sqlite_connect, sqlite_begin
+below: db.py's listeners are private, so these are written out here; they
+leave out its statement watchdog, which the service's statements never reach).
+
+Only public names of spur_runs: the sync side is RunService itself; the aio
+side calls the same store and convert functions.
 
 sync: grpc.server(ThreadPoolExecutor(max_workers=4)) serving
 spur_runs.service.RunService(Database.from_url(url)) itself.
@@ -39,8 +44,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1 import run_service_pb2_grpc
-from spur_runs.api import convert, filters
-from spur_runs.api.service import _next_run_token, list_query, validate_run_id
+from spur_runs.api import convert, filters, paging
+from spur_runs.api.service import list_query, validate_run_id
 from spur_runs.api.versions import VersionCache
 from spur_runs.errors import ServiceError
 from spur_runs.rpc.status import code_of
@@ -50,6 +55,32 @@ from spur_runs.store import runs as storage
 T = TypeVar("T")
 
 SYNC_WORKERS = 4  # spur-runs serve's default thread pool (Config.max_workers)
+
+
+def sqlite_connect(dbapi_connection: Any, busy_timeout_ms: int) -> None:
+    """db.py's PRAGMAs for every new SQLite connection (WAL, foreign keys),
+    and no implicit transactions: sqlite_begin starts them."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("foreign_keys=ON", "journal_mode=WAL", "synchronous=NORMAL"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    cursor.close()
+
+
+def sqlite_begin(connection: Connection) -> None:
+    """db.py's BEGIN for reads of several statements; none for one statement
+    (db.SINGLE_OPTION, Database.read_one)."""
+    if not connection.get_execution_options().get(db.SINGLE_OPTION, False):
+        connection.exec_driver_sql("BEGIN")
+
+
+def next_run_token(scope: str, records: list[storage.RunRecord], more: bool) -> str:
+    """RunService's next_page_token: the keyset cursor of the page's last run."""
+    if not more or not records:
+        return ""
+    last = records[-1].row
+    return paging.encode_run_cursor(scope, last.start_time, last._intid)
 
 
 def create_async_db_engine(url: str, pool_size: int) -> AsyncEngine:
@@ -64,18 +95,14 @@ def create_async_db_engine(url: str, pool_size: int) -> AsyncEngine:
             connect_args={"check_same_thread": False, "timeout": busy},
             json_deserializer=db.load_json,
         )
-        # db.py's own listeners: the same PRAGMAs, the same explicit BEGIN.
-        # They run on the sync facade, inside run_sync's greenlet.
+        # db.py's PRAGMAs and explicit BEGIN, on the sync facade (they run
+        # inside run_sync's greenlet).
         event.listen(
             engine.sync_engine,
             "connect",
-            lambda connection, record: db._sqlite_connect(connection, record, int(busy * 1000)),
+            lambda connection, _record: sqlite_connect(connection, int(busy * 1000)),
         )
-        event.listen(
-            engine.sync_engine,
-            "begin",
-            lambda connection: db._sqlite_begin(connection, int(busy * 1000)),
-        )
+        event.listen(engine.sync_engine, "begin", sqlite_begin)
         return engine
     # normalize_url picked postgresql+psycopg: SQLAlchemy uses psycopg's
     # AsyncConnection for it under create_async_engine.
@@ -169,7 +196,7 @@ class AioRunService(run_service_pb2_grpc.RunServiceServicer):
         except ServiceError as error:
             await context.abort(code_of(error), error.message)
         response = pb.ListRunsResponse(
-            next_page_token=_next_run_token(query.scope, records, more), total_size=total
+            next_page_token=next_run_token(query.scope, records, more), total_size=total
         )
         for record in records:
             convert.fill_run(response.runs.add(), record, self._versions, basic=query.basic)

@@ -1,13 +1,13 @@
 """The floor: an empty unary RPC in a minimal grpcio server.
 
-    python bench/floor_server.py --mode sync --port 50061
-    python bench/floor_server.py --mode aio --port 50062
+    python bench/lib/floor_server.py --mode sync --port 50061
+    python bench/lib/floor_server.py --mode aio --port 50062
 
 What grpcio itself costs per call, on this machine: `/bench.Floor/Empty`
 takes any request and answers an empty message (bytes in, bytes out, no
 protobuf, no interceptor, no database). The sync server uses the thread pool,
 concurrency bound and channel options that `spur-runs serve` uses by default
-(spur_runs.config.Config, spur_runs.limits.server_options), so that GetRun
+(spur_runs.config.Config, spur_runs.rpc.limits.server_options), so that GetRun
 over this floor is the share of the time our own code takes. Prints
 "ready PORT" on stdout once it listens; SIGTERM stops it.
 """

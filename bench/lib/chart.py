@@ -1,11 +1,11 @@
 """Throughput per case, from bench/results/results.json, as a PNG.
 
-    python bench/chart.py bench/results/results.json bench/results/throughput.png
+    python bench/lib/chart.py bench/results/results.json bench/results/throughput.png
 
 Run by bench/run.py with bench/.data/venv's python (matplotlib lives there).
 One panel per database; a horizontal bar per case (median req/s over the
 rounds, log scale), the whisker spanning the slowest to the fastest round;
-colours by side: floor, spur-runs gRPC, spur-runs HTTP, PySpur.
+colours by side: floor, spur-runs gRPC, spur-runs HTTP, the baseline's, PySpur.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ COLOURS = {
     "spur-runs gRPC": "#1f77b4",
     "spur-runs HTTP": "#2ca02c",
     "PySpur": "#d62728",
+    "baseline gRPC": "#aec7e8",  # the --baseline ref's server, lighter than ours
+    "baseline HTTP": "#98df8a",
 }
 
 
