@@ -29,15 +29,19 @@ the number of values (runs.py builds one statement per number instead).
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, DateTime, text
+import orjson
+from sqlalchemy import JSON, Connection, DateTime, Enum, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Select
+
+from .db import load_json
 
 Processor = Callable[[Any], Any]
 
@@ -59,10 +63,39 @@ def _sqlite_datetime(fallback: Processor | None) -> Processor:
     return process
 
 
+def _enum_member(enum_class: type[enum.Enum]) -> Processor:
+    """A stored enum name to its member, as SQLAlchemy's Enum reads it (a
+    name that is no member raises LookupError), in one lookup."""
+    members = enum_class.__members__
+
+    def process(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return members[value]
+        except KeyError:
+            raise LookupError(
+                f"{value!r} is not among the names of {enum_class.__name__}"
+            ) from None
+
+    return process
+
+
+def _sqlite_json(value: Any) -> Any:
+    """SQLite's JSON text, parsed as db.create_db_engine's json_deserializer
+    (db.load_json) parses it: SQLAlchemy's processor calls that function."""
+    if value is None:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return load_json(value)
+
+
 class _Compiled:
     """One statement compiled for one dialect."""
 
-    __slots__ = ("sql", "order", "fixed", "binds", "results")
+    __slots__ = ("sql", "order", "fixed", "binds", "results", "decode_row")
 
     def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -84,11 +117,18 @@ class _Compiled:
             process: Processor | None = column.type.dialect_impl(dialect).result_processor(
                 dialect, None
             )
-            if dialect.name == "sqlite" and isinstance(column.type, DateTime):
+            if isinstance(column.type, Enum) and column.type.enum_class is not None:
+                process = _enum_member(column.type.enum_class)
+            elif dialect.name == "sqlite" and isinstance(column.type, DateTime):
                 process = _sqlite_datetime(process)
+            elif dialect.name == "sqlite" and isinstance(column.type, JSON):
+                process = _sqlite_json
             if process is not None:
                 results.append((index, process))
         self.results = tuple(results)
+        self.decode_row = (
+            _row_decoder(len(statement.selected_columns), results) if results else None
+        )
 
     def arguments(self, params: Mapping[str, Any]) -> Any:
         values = {**self.fixed, **params}
@@ -100,16 +140,21 @@ class _Compiled:
         return tuple([values[name] for name in self.order])
 
     def decode(self, rows: list[Any]) -> list[tuple[Any, ...]]:
-        results = self.results
-        if not results:
-            return rows
-        decoded = []
-        for row in rows:
-            row = list(row)
-            for index, process in results:
-                row[index] = process(row[index])
-            decoded.append(tuple(row))
-        return decoded
+        decode = self.decode_row
+        return rows if decode is None else [decode(row) for row in rows]
+
+
+def _row_decoder(width: int, results: Sequence[tuple[int, Processor]]) -> Callable[[Any], Any]:
+    """A function of a row that returns it as a tuple with the columns of
+    `results` decoded, as one expression: one call per row, none per
+    column that needs no decoding (measured: a third of the cost of a loop
+    over the processors)."""
+    processors = dict(results)
+    items = [f"p{i}(row[{i}])" if i in processors else f"row[{i}]" for i in range(width)]
+    namespace = {f"p{i}": process for i, process in processors.items()}
+    source = f"def decode(row):\n    return ({', '.join(items)},)\n"
+    exec(source, namespace)  # noqa: S102 - source built above from column indexes only
+    return namespace["decode"]  # type: ignore[no-any-return]
 
 
 class Statement:
