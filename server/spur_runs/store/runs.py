@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Row, column, delete, func, inspect, select, table
@@ -222,6 +223,7 @@ def _attach_tasks(conn: Connection, rows: Sequence[AnyRow], cap: int) -> list[Ru
         params: dict[str, Any] = {f"run_{i}": run_id for i, run_id in enumerate(run_ids)}
         params["limit"] = cap + 1
         tasks = tasks_of_runs(len(run_ids)).rows(conn, params)
+        tasks.sort(key=_by_intid)  # each run's tasks oldest first
     for values in tasks:
         task: AnyRow = TaskRow(values)
         records[task.run_id].tasks.append(task)
@@ -229,6 +231,9 @@ def _attach_tasks(conn: Connection, rows: Sequence[AnyRow], cap: int) -> list[Ru
     if cut:
         _count_tasks(conn, cut)
     return list(records.values())
+
+
+_by_intid = itemgetter(0)  # TASK_COLUMNS[0] is Task._intid
 
 
 def _count(record: RunRecord, cap: int) -> bool:
