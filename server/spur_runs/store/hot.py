@@ -16,15 +16,18 @@ What SQLAlchemy's execution did and these reads must keep doing:
   (through `Connection.dispatch`);
 - bind values go through their types' bind processors (SQLite stores
   datetimes as text that the keyset conditions compare);
-- result values through their types' result processors, except SQLite's
-  DATETIME text, which datetime.fromisoformat parses (C) instead of
-  SQLAlchemy's parser;
+- result values through their types' result processors, except three that
+  are decoded here in one call each, as SQLAlchemy decodes them but without
+  its layers of calls around the same work: SQLite's DATETIME text
+  (datetime.fromisoformat, which SQLAlchemy's parser calls too), SQLite's
+  JSON text (db.load_json, its json_deserializer) and enum names (the
+  member of that name);
 - a driver error is raised as SQLAlchemy's wrapper of it (rpc/status.py maps
   those), and a dropped connection is handed to SQLAlchemy (see _raise), which
   invalidates it and the pool's older connections.
 
 Statements with an expanding IN are not run here: their SQL text depends on
-the number of values (runs.py builds one statement per number instead).
+the number of values (statements.py builds one statement per number instead).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import enum
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any, NoReturn
 
 import orjson
@@ -49,7 +53,8 @@ Processor = Callable[[Any], Any]
 def _sqlite_datetime(fallback: Processor | None) -> Processor:
     """SQLite's DATETIME text ("2026-11-29 12:04:00.123456", as SQLAlchemy
     and so PySpur write it) to a naive datetime, in C; anything fromisoformat
-    refuses goes to SQLAlchemy's own processor."""
+    refuses goes to SQLAlchemy's own processor (which raises, or parses a
+    storage format of its own)."""
     parse = datetime.fromisoformat
 
     def process(value: Any) -> Any:
@@ -216,8 +221,6 @@ def _raise(conn: Connection, cursor: Any, sql: str, arguments: Any, error: Any) 
 def row_type(name: str, keys: Sequence[str]) -> type[tuple[Any, ...]]:
     """A tuple type whose items are also read by name, as namedtuple makes
     them (which refuses names such as `_intid`)."""
-    from operator import itemgetter
-
     namespace: dict[str, Any] = {"__slots__": ()}
     namespace.update((key, property(itemgetter(i))) for i, key in enumerate(keys))
     return type(name, (tuple,), namespace)
