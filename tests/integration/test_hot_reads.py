@@ -71,3 +71,25 @@ def test_a_driver_error_of_a_hot_read_is_sqlalchemys(sqlite_url: str) -> None:
             runs.get_run(conn, "R1")
     finally:
         db.dispose()
+
+
+def test_a_task_page_knows_the_pauses_beyond_it(db: Database) -> None:
+    """GetRunTasks reads the paused tasks with one more statement only when
+    the page does not hold all of the run's tasks."""
+    with db.write() as s:
+        run_id = add_run(
+            s,
+            add_workflow(s),
+            status=RunStatus.PAUSED,
+            tasks=[("summarize", TaskStatus.PENDING), ("approval", TaskStatus.PAUSED)],
+        )
+    with db.read() as conn:
+        first, paused_first, more = runs.list_tasks(conn, run_id, limit=1)
+        whole, paused_whole, rest = runs.list_tasks(conn, run_id, limit=10)
+        after, paused_after, _ = runs.list_tasks(
+            conn, run_id, limit=10, after_intid=first[0]._intid
+        )
+    assert [t.node_id for t in first] == ["summarize"] and more
+    assert [t.node_id for t in whole] == ["summarize", "approval"] and not rest
+    assert [t.node_id for t in after] == ["approval"]
+    assert paused_first == paused_whole == paused_after == frozenset({"approval"})

@@ -206,8 +206,15 @@ def list_tasks(
     else:
         params = {"run_id": run_id, "limit": limit + 1, "after": after_intid}
         rows = TASKS_OF_RUN_AFTER.rows(conn, params)
-    paused = frozenset(row[0] for row in PAUSED_NODES.rows(conn, {"run_id": run_id}))
-    return [TaskRow(row) for row in rows[:limit]], paused, len(rows) > limit
+    more = len(rows) > limit
+    page: list[AnyRow] = [TaskRow(row) for row in rows[:limit]]
+    if after_intid is None and not more:
+        # The page holds all of the run's tasks: its paused ones are all
+        # there is (the common case; one statement fewer).
+        paused = frozenset(t.node_id for t in page if t.status is TaskStatus.PAUSED)
+    else:
+        paused = frozenset(row[0] for row in PAUSED_NODES.rows(conn, {"run_id": run_id}))
+    return page, paused, more
 
 
 def _attach_tasks(conn: Connection, rows: Sequence[AnyRow], cap: int) -> list[RunRecord]:
