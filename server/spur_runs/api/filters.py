@@ -1,5 +1,5 @@
 """ListRuns' filters and the views of Get/List/Children: request fields ->
-validated values (store/runs.py's RunFilter, a view), and the page token scope a
+validated values (store/statements.py's RunFilter, a view), and the page token scope a
 filter implies. InvalidArgument names the field at fault.
 """
 

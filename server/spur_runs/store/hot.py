@@ -1,0 +1,226 @@
+"""The hot reads' statements, run on the DBAPI cursor.
+
+SQLAlchemy builds and compiles each statement once per dialect (here, at
+first use) and still owns the schema, the migrations, the pool, the
+transactions and their events; what it no longer does on these reads is its
+per-execution machinery: an execution context, a result object and its
+metadata, a Row per row. Measured in process on SQLite (a GetRun of 6
+tasks): 216 µs through Connection.execute, of which 70 µs are sqlite3's
+execute and fetch; exec_driver_sql is no cheaper (183 µs: it builds the
+result's metadata on every call).
+
+What SQLAlchemy's execution did and these reads must keep doing:
+- the engine's and connection's `before_cursor_execute` listeners run on each
+  statement (db.py's SQLite watchdog arms the call's deadline there; tests
+  and bench/run.py count statements there), called as SQLAlchemy calls them
+  (through `Connection.dispatch`);
+- bind values go through their types' bind processors (SQLite stores
+  datetimes as text that the keyset conditions compare);
+- result values through their types' result processors, except three that
+  are decoded here in one call each, as SQLAlchemy decodes them but without
+  its layers of calls around the same work: SQLite's DATETIME text
+  (datetime.fromisoformat, which SQLAlchemy's parser calls too), SQLite's
+  JSON text (db.load_json, its json_deserializer) and enum names (the
+  member of that name);
+- a driver error is raised as SQLAlchemy's wrapper of it (rpc/status.py maps
+  those), and a dropped connection is handed to SQLAlchemy (see _raise), which
+  invalidates it and the pool's older connections.
+
+Statements with an expanding IN are not run here: their SQL text depends on
+the number of values (statements.py builds one statement per number instead).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from operator import itemgetter
+from typing import Any, NoReturn
+
+import orjson
+from sqlalchemy import JSON, Connection, DateTime, Enum, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import Select
+
+from .db import load_json
+
+Processor = Callable[[Any], Any]
+
+
+def _sqlite_datetime(fallback: Processor | None) -> Processor:
+    """SQLite's DATETIME text ("2026-11-29 12:04:00.123456", as SQLAlchemy
+    and so PySpur write it) to a naive datetime, in C; anything fromisoformat
+    refuses goes to SQLAlchemy's own processor (which raises, or parses a
+    storage format of its own)."""
+    parse = datetime.fromisoformat
+
+    def process(value: Any) -> Any:
+        if value is None or type(value) is not str:
+            return value
+        try:
+            return parse(value)
+        except ValueError:
+            return fallback(value) if fallback is not None else value
+
+    return process
+
+
+def _enum_member(enum_class: type[enum.Enum]) -> Processor:
+    """A stored enum name to its member, as SQLAlchemy's Enum reads it (a
+    name that is no member raises LookupError), in one lookup."""
+    members = enum_class.__members__
+
+    def process(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return members[value]
+        except KeyError:
+            raise LookupError(
+                f"{value!r} is not among the names of {enum_class.__name__}"
+            ) from None
+
+    return process
+
+
+def _sqlite_json(value: Any) -> Any:
+    """SQLite's JSON text, parsed as db.create_db_engine's json_deserializer
+    (db.load_json) parses it: SQLAlchemy's processor calls that function."""
+    if value is None:
+        return None
+    try:
+        return orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return load_json(value)
+
+
+class _Compiled:
+    """One statement compiled for one dialect."""
+
+    __slots__ = ("sql", "order", "fixed", "binds", "results", "decode_row")
+
+    def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql = compiled.string
+        # Positional drivers (sqlite3's qmark) take a tuple in this order;
+        # pyformat ones (psycopg) a dict.
+        self.order: tuple[str, ...] | None = (
+            tuple(compiled.positiontup) if compiled.positiontup else None
+        )
+        # Values SQLAlchemy bound itself (literals it turned into parameters).
+        self.fixed = dict(compiled.params)
+        self.binds: dict[str, Processor] = {}
+        for name, bind in compiled.binds.items():
+            encode = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if encode is not None:
+                self.binds[name] = encode
+        results: list[tuple[int, Processor]] = []
+        for index, column in enumerate(statement.selected_columns):
+            process: Processor | None = column.type.dialect_impl(dialect).result_processor(
+                dialect, None
+            )
+            if isinstance(column.type, Enum) and column.type.enum_class is not None:
+                process = _enum_member(column.type.enum_class)
+            elif dialect.name == "sqlite" and isinstance(column.type, DateTime):
+                process = _sqlite_datetime(process)
+            elif dialect.name == "sqlite" and isinstance(column.type, JSON):
+                process = _sqlite_json
+            if process is not None:
+                results.append((index, process))
+        self.results = tuple(results)
+        self.decode_row = (
+            _row_decoder(len(statement.selected_columns), results) if results else None
+        )
+
+    def arguments(self, params: Mapping[str, Any]) -> Any:
+        values = {**self.fixed, **params}
+        for name, process in self.binds.items():
+            if name in values:
+                values[name] = process(values[name])
+        if self.order is None:
+            return values
+        return tuple([values[name] for name in self.order])
+
+    def decode(self, rows: list[Any]) -> list[tuple[Any, ...]]:
+        decode = self.decode_row
+        return rows if decode is None else [decode(row) for row in rows]
+
+
+def _row_decoder(width: int, results: Sequence[tuple[int, Processor]]) -> Callable[[Any], Any]:
+    """A function of a row that returns it as a tuple with the columns of
+    `results` decoded, as one expression: one call per row, none per
+    column that needs no decoding (measured: a third of the cost of a loop
+    over the processors)."""
+    processors = dict(results)
+    items = [f"p{i}(row[{i}])" if i in processors else f"row[{i}]" for i in range(width)]
+    namespace = {f"p{i}": process for i, process in processors.items()}
+    source = f"def decode(row):\n    return ({', '.join(items)},)\n"
+    exec(source, namespace)  # noqa: S102 - source built above from column indexes only
+    return namespace["decode"]  # type: ignore[no-any-return]
+
+
+class Statement:
+    """A select() compiled once per dialect and run on the DBAPI cursor."""
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self.keys = tuple(c.key for c in statement.selected_columns)
+        self._compiled: dict[str, _Compiled] = {}
+        self._lock = threading.Lock()
+
+    def compiled(self, dialect: Dialect) -> _Compiled:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            with self._lock:
+                found = self._compiled.setdefault(dialect.name, _Compiled(self.statement, dialect))
+        return found
+
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """All rows of the statement with `params`, decoded as plain tuples in
+        the order of its columns (self.keys)."""
+        compiled = self.compiled(conn.dialect)
+        return compiled.decode(fetch(conn, compiled.sql, compiled.arguments(params)))
+
+
+def fetch(conn: Connection, sql: str, arguments: Any) -> list[Any]:
+    """Run `sql` on `conn`'s DBAPI connection, in its transaction (if any),
+    and fetch every row."""
+    if not conn.in_transaction():
+        # Begin as SQLAlchemy's autobegin would: its "begin" listeners run
+        # (db.py: SQLite's busy_timeout put back after a write lowered it).
+        conn.begin()
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for listener in conn.dispatch.before_cursor_execute:
+            sql, arguments = listener(conn, cursor, sql, arguments, None, False)
+        try:
+            cursor.execute(sql, arguments)
+            return list(cursor.fetchall())
+        except conn.dialect.loaded_dbapi.Error as error:
+            _raise(conn, cursor, sql, arguments, error)
+    finally:
+        cursor.close()
+
+
+def _raise(conn: Connection, cursor: Any, sql: str, arguments: Any, error: Any) -> NoReturn:
+    """Raise `error` as SQLAlchemy's execution would have."""
+    dialect = conn.dialect
+    if dialect.is_disconnect(error, conn.connection.dbapi_connection, cursor):
+        # Let SQLAlchemy meet the dead connection itself: it invalidates it
+        # and every pooled connection older than this failure, and raises
+        # its wrapper marked connection_invalidated (UNAVAILABLE).
+        conn.execute(text("SELECT 1"))
+    raise sa_exc.DBAPIError.instance(
+        sql, arguments, error, dialect.loaded_dbapi.Error, dialect=dialect
+    ) from error
+
+
+def row_type(name: str, keys: Sequence[str]) -> type[tuple[Any, ...]]:
+    """A tuple type whose items are also read by name, as namedtuple makes
+    them (which refuses names such as `_intid`)."""
+    namespace: dict[str, Any] = {"__slots__": ()}
+    namespace.update((key, property(itemgetter(i))) for i, key in enumerate(keys))
+    return type(name, (tuple,), namespace)

@@ -1,0 +1,292 @@
+"""The statements of the Runs API's reads over PySpur's tables, built once.
+
+Fixed statements are built at import, with bound parameters: building a
+select() costs more than SQLite takes to run it. Those of the hot reads
+(GetRun, list pages, tasks) are hot.Statements, run on the DBAPI cursor
+(hot.py); list pages' statements are built once per form of request
+(page_queries). List pages use keyset conditions that the indexes in
+models.SERVICE_INDEXES serve (a deep page costs what the first one costs).
+An expanding IN (`IN :list`) renders SQL that depends on the list's length,
+so the hot statements that need one are built once per length instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, bindparam, case, func, or_, select, true, union_all
+from sqlalchemy.sql import ColumnElement, Select
+
+from .hot import Statement, row_type
+from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
+
+# Most tasks embedded in one Run message: GetRun, and each run of a list page.
+# Beyond it, Run.task_count tells the client to page with GetRunTasks.
+TASKS_PER_RUN = 1000
+TASKS_PER_LISTED_RUN = 100
+
+RUN_COLUMNS = (
+    Run._intid,
+    Run.id,
+    Run.workflow_id,
+    Run.workflow_version_id,
+    Run.parent_run_id,
+    Run.status,
+    Run.run_type,
+    Run.initial_inputs,
+    Run.input_dataset_id,
+    Run.start_time,
+    Run.end_time,
+    Run.outputs,
+    Run.output_file_id,
+    # Key of the immutable version data (definition parsed once, cached).
+    WorkflowVersion.definition_hash.label("version_hash"),
+)
+
+TASK_COLUMNS = (
+    Task._intid,
+    Task.id,
+    Task.run_id,
+    Task.node_id,
+    Task.parent_task_id,
+    Task.status,
+    Task.inputs,
+    Task.outputs,
+    Task.error,
+    Task.start_time,
+    Task.end_time,
+    Task.subworkflow,
+    Task.subworkflow_output,
+)
+
+VERSION_COLUMNS = (
+    WorkflowVersion.id,
+    WorkflowVersion.workflow_id,
+    WorkflowVersion.version,
+    WorkflowVersion.name,
+    WorkflowVersion.description,
+    WorkflowVersion.definition,
+    WorkflowVersion.definition_hash,
+    WorkflowVersion.created_at,
+    WorkflowVersion.updated_at,
+)
+
+# Rows of the hot statements, read by attribute (row.id, row.status), with
+# the names of a run row and of a task row (what api/convert.py reads).
+RunRow = row_type("RunRow", [c.key for c in RUN_COLUMNS])
+TaskRow = row_type("TaskRow", [c.key for c in TASK_COLUMNS])
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """ListRuns' filters, ANDed; a field left at its default matches every
+    run. Times are naive UTC, as stored (storage.md)."""
+
+    workflow_id: str | None = None
+    statuses: frozenset[RunStatus] = frozenset()
+    run_type: str | None = None
+    parent_only: bool = False
+    start_after: datetime | None = None  # inclusive
+    start_before: datetime | None = None  # exclusive
+
+    @property
+    def timed_only(self) -> bool:
+        """Runs without a start_time never match a time filter."""
+        return self.start_after is not None or self.start_before is not None
+
+    @property
+    def shape(self) -> FilterShape:
+        """Which filters are set (for statuses, how many): what the
+        statement's text depends on (the values are bound parameters, see
+        params)."""
+        return (
+            self.workflow_id is not None,
+            len(self.statuses),
+            self.run_type is not None,
+            self.parent_only,
+            self.start_after is not None,
+            self.start_before is not None,
+        )
+
+    def params(self) -> dict[str, Any]:
+        """The values of the parameters that conditions(self.shape) binds."""
+        params: dict[str, Any] = {
+            "f_workflow_id": self.workflow_id,
+            "f_run_type": self.run_type,
+            "f_start_after": self.start_after,
+            "f_start_before": self.start_before,
+        }
+        # Sorted: the same filter gives the same parameters.
+        for i, status in enumerate(sorted(self.statuses, key=lambda s: s.value)):
+            params[f"f_status_{i}"] = status
+        return params
+
+
+# (workflow_id set, number of statuses, run_type, parent_only, start_after, start_before)
+FilterShape = tuple[bool, int, bool, bool, bool, bool]
+
+
+def conditions(shape: FilterShape) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of a filter shape, with bound parameters."""
+    workflow_id, statuses, run_type, parent_only, start_after, start_before = shape
+    where: list[ColumnElement[bool]] = []
+    if workflow_id:
+        where.append(Run.workflow_id == bindparam("f_workflow_id"))
+    if statuses:
+        where.append(
+            Run.status.in_(
+                [bindparam(f"f_status_{i}", type_=Run.status.type) for i in range(statuses)]
+            )
+        )
+    if run_type:
+        where.append(Run.run_type == bindparam("f_run_type"))
+    if parent_only:
+        where.append(Run.parent_run_id.is_(None))
+    if start_after:
+        where.append(Run.start_time >= bindparam("f_start_after", type_=Run.start_time.type))
+    if start_before:
+        where.append(Run.start_time < bindparam("f_start_before", type_=Run.start_time.type))
+    return where
+
+
+NO_FILTER = RunFilter()
+
+
+@dataclass(frozen=True)
+class RunCursor:
+    """Position after which a run listing continues (see paging.py)."""
+
+    start_time: datetime | None
+    intid: int
+
+
+def runs_select() -> Select[Any]:
+    return select(*RUN_COLUMNS).outerjoin(
+        WorkflowVersion, WorkflowVersion.id == Run.workflow_version_id
+    )
+
+
+# A page token's _intid is compared as a BIGINT: paging.py accepts any
+# 64-bit position, and PostgreSQL refuses to cast one beyond PySpur's 32-bit
+# keys to INTEGER (int4 < int8 is still served by the integer index).
+_CURSOR_ID = BigInteger()
+
+RUN_BY_ID = Statement(runs_select().where(Run.id == bindparam("run_id")))
+INTID_BY_ID = Statement(select(Run._intid).where(Run.id == bindparam("run_id")))
+_TASKS_OF_RUN = (
+    select(*TASK_COLUMNS)
+    .where(Task.run_id == bindparam("run_id"))
+    .order_by(Task._intid)
+    .limit(bindparam("limit"))
+)
+TASKS_OF_RUN = Statement(_TASKS_OF_RUN)
+TASKS_OF_RUN_AFTER = Statement(
+    select(*TASK_COLUMNS)
+    .where(Task.run_id == bindparam("run_id"), Task._intid > bindparam("after", type_=_CURSOR_ID))
+    .order_by(Task._intid)
+    .limit(bindparam("limit"))
+)
+PAUSED_NODES = Statement(
+    select(Task.node_id).where(
+        Task.run_id == bindparam("run_id"),
+        Task.status == bindparam("paused", TaskStatus.PAUSED, type_=Task.status.type),
+    )
+)
+
+
+@functools.cache
+def tasks_of_runs(count: int) -> Statement:
+    """The first `limit` tasks of each of `count` runs (run_0..), in one
+    statement: a UNION ALL of one LIMITed walk of the (run_id, _intid) index
+    per run, each of which stops at its limit. The order of the runs' rows
+    among each other is not given (runs.py sorts them). A row_number()
+    window over all their tasks took 280 µs in SQLite for a page of 10
+    runs of 6 tasks; this, 160 µs."""
+    walks = [
+        select(*TASK_COLUMNS)
+        .where(Task.run_id == bindparam(f"run_{i}"))
+        .order_by(Task._intid)
+        .limit(bindparam("limit"))
+        .subquery(f"run_{i}")
+        for i in range(count)
+    ]
+    return Statement(union_all(*(walk.select() for walk in walks)))  # type: ignore[arg-type]
+
+
+# GetRun's one statement: the run joined with its first tasks, oldest first.
+# The tasks are a LIMITed subquery of their own, which walks the (run_id,
+# _intid) index and stops at the limit: joined directly, PostgreSQL read and
+# sorted all of a run's tasks before the limit (145 ms for 200,000 tasks,
+# against 3 ms). The run's own JSON columns come with the first row only (the
+# join repeats the rest of the run's columns on every task row: cheap);
+# parsed and sent once per task row, a large `outputs` of a run with 1,000
+# tasks would cost 1,000 times its size. The first row is found in the page
+# itself (a CTE of at most 1,001 rows), not in the tasks table, where the
+# planner may walk another index to find a run's first task.
+_TASK_PAGE = _TASKS_OF_RUN.cte("task_page")
+_FIRST_TASK = select(func.min(_TASK_PAGE.c._intid)).scalar_subquery()
+_IS_FIRST = or_(_TASK_PAGE.c._intid.is_(None), _TASK_PAGE.c._intid == _FIRST_TASK)
+RUN_WITH_TASKS = Statement(
+    select(
+        *(
+            case((_IS_FIRST, c), else_=None).label(c.key)
+            if c.key in ("initial_inputs", "outputs")
+            else c
+            for c in RUN_COLUMNS
+        ),
+        *(_TASK_PAGE.c[c.key].label(f"task_{c.key}") for c in TASK_COLUMNS),
+    )
+    .select_from(Run)
+    .outerjoin(WorkflowVersion, WorkflowVersion.id == Run.workflow_version_id)
+    .outerjoin(_TASK_PAGE, true())
+    .where(Run.id == bindparam("run_id"))
+    .order_by(_TASK_PAGE.c._intid)
+)
+
+
+@functools.cache
+def page_queries(
+    shape: FilterShape, with_parent: bool, cursor: str
+) -> tuple[Statement | None, Statement, Select[Any]]:
+    """list_runs' statements for one form of request, built once: building a
+    select() and its cache key costs more than SQLite takes to run it. There
+    are at most 2**5 x 7 filter shapes x 2 x 3 cursor kinds. Returns the
+    query of the runs with a start_time (None when the cursor is past them),
+    the query of the runs without one, and the count of the former."""
+    where = conditions(shape)
+    if with_parent:
+        where.append(Run.parent_run_id == bindparam("parent_run_id"))
+    has_time = Run.start_time.is_not(None)
+    timed: Select[Any] | None = None
+    if cursor != "untimed":
+        timed = runs_select().where(has_time, *where)
+        if cursor == "timed":
+            # (start_time, _intid) < (t, i), written so that both planners
+            # see the plain range `start_time <= t` and walk the index from
+            # the cursor. The textbook `start_time < t OR (start_time = t AND
+            # _intid < i)` makes SQLite merge two index scans and sort
+            # everything older than the cursor: 1.1 s for page 2 of 1M runs.
+            at = bindparam("after_time", type_=Run.start_time.type)
+            intid = bindparam("after_intid", type_=_CURSOR_ID)
+            timed = timed.where(Run.start_time <= at, or_(Run.start_time < at, Run._intid < intid))
+        timed = (
+            timed.order_by(Run.start_time.desc(), Run._intid.desc())
+            .offset(bindparam("offset"))
+            .limit(bindparam("limit"))
+        )
+    untimed = runs_select().where(Run.start_time.is_(None), *where)
+    if cursor == "untimed":
+        untimed = untimed.where(Run._intid < bindparam("after_intid", type_=_CURSOR_ID))
+    untimed = (
+        untimed.order_by(Run._intid.desc()).offset(bindparam("offset")).limit(bindparam("limit"))
+    )
+    timed_count = select(func.count()).select_from(Run).where(has_time, *where)
+    return (None if timed is None else Statement(timed)), Statement(untimed), timed_count
+
+
+@functools.cache
+def count_query(shape: FilterShape) -> Select[Any]:
+    return select(func.count()).select_from(Run).where(*conditions(shape))

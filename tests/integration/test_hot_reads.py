@@ -1,0 +1,95 @@
+"""The hot reads on the DBAPI cursor (store/hot.py) keep what SQLAlchemy's
+execution gave them: listeners, bind and result types, wrapped errors."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy import exc as sa_exc
+
+from factories import add_run, add_workflow
+from spur_runs.store import runs
+from spur_runs.store.db import Database
+from spur_runs.store.models import RunStatus, TaskStatus
+
+T0 = datetime(2026, 11, 2, 9, 0, 0, 250_000)
+
+
+def test_a_hot_read_decodes_what_sqlalchemy_would(db: Database) -> None:
+    with db.write() as s:
+        run_id = add_run(
+            s,
+            add_workflow(s),
+            status=RunStatus.PAUSED,
+            start_time=T0,
+            end_time=T0 + timedelta(seconds=3),
+            tasks=[("llm", TaskStatus.COMPLETED), ("approval", TaskStatus.PAUSED)],
+            initial_inputs={"input_node": {}},
+        )
+    with db.read() as conn:
+        expected = conn.execute(runs.runs_select().where(text("runs.id = :r")), {"r": run_id}).one()
+        record = runs.get_run(conn, run_id)
+    assert tuple(record.row) == tuple(expected)  # the same values, types and all
+    assert record.row.status is RunStatus.PAUSED
+    assert record.row.start_time == T0
+    assert record.row.initial_inputs == {"input_node": {}}
+    assert [t.status for t in record.tasks] == [TaskStatus.COMPLETED, TaskStatus.PAUSED]
+    assert record.paused_nodes == frozenset({record.tasks[1].node_id})
+
+
+def test_a_hot_read_runs_the_cursor_listeners(db: Database) -> None:
+    """db.py arms SQLite's watchdog there; tests and bench/run.py count
+    statements there."""
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), start_time=T0)
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_rest: Any) -> None:
+        seen.append((statement, parameters))
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        with db.read() as conn:
+            runs.list_runs(conn, limit=5)
+            runs.get_run(conn, run_id)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    statements = [s for s, _ in seen if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(statements) >= 3  # the page, its tasks, the run with its tasks
+    assert any(run_id in (p.values() if isinstance(p, dict) else p) for _, p in seen)
+
+
+def test_a_driver_error_of_a_hot_read_is_sqlalchemys(sqlite_url: str) -> None:
+    """rpc/status.py maps SQLAlchemy's wrappers; a raw sqlite3 error would
+    have been INTERNAL for any cause."""
+    db = Database.from_url(sqlite_url)  # no migration: no runs table
+    try:
+        with pytest.raises(sa_exc.OperationalError, match="no such table"), db.read() as conn:
+            runs.get_run(conn, "R1")
+    finally:
+        db.dispose()
+
+
+def test_a_task_page_knows_the_pauses_beyond_it(db: Database) -> None:
+    """GetRunTasks reads the paused tasks with one more statement only when
+    the page does not hold all of the run's tasks."""
+    with db.write() as s:
+        run_id = add_run(
+            s,
+            add_workflow(s),
+            status=RunStatus.PAUSED,
+            tasks=[("summarize", TaskStatus.PENDING), ("approval", TaskStatus.PAUSED)],
+        )
+    with db.read() as conn:
+        first, paused_first, more = runs.list_tasks(conn, run_id, limit=1)
+        whole, paused_whole, rest = runs.list_tasks(conn, run_id, limit=10)
+        after, paused_after, _ = runs.list_tasks(
+            conn, run_id, limit=10, after_intid=first[0]._intid
+        )
+    assert [t.node_id for t in first] == ["summarize"] and more
+    assert [t.node_id for t in whole] == ["summarize", "approval"] and not rest
+    assert [t.node_id for t in after] == ["approval"]
+    assert paused_first == paused_whole == paused_after == frozenset({"approval"})
