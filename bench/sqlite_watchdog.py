@@ -50,13 +50,13 @@ def _without_watchdog(url: str) -> Database:
         if name != "before_cursor_execute":
             listen(target, name, fn, *args, **kwargs)
 
-    steps, dbmod._WATCHDOG_STEPS = dbmod._WATCHDOG_STEPS, 0  # 0: no progress handler
+    steps, dbmod.WATCHDOG_STEPS = dbmod.WATCHDOG_STEPS, 0  # 0: no progress handler
     event.listen = no_arming  # type: ignore[assignment]
     try:
         return Database.from_url(url, pool_size=1, timeout_seconds=10)
     finally:
         event.listen = listen
-        dbmod._WATCHDOG_STEPS = steps
+        dbmod.WATCHDOG_STEPS = steps
 
 
 def _vm_steps(db: Database, call: Callable[[Any], object]) -> int:
@@ -73,7 +73,7 @@ def _vm_steps(db: Database, call: Callable[[Any], object]) -> int:
         try:
             call(conn)
         finally:
-            raw.set_progress_handler(conn.info[dbmod._WATCHDOG], dbmod._WATCHDOG_STEPS)
+            raw.set_progress_handler(conn.info[dbmod.WATCHDOG_KEY], dbmod.WATCHDOG_STEPS)
     return counted[0] * 100
 
 

@@ -34,14 +34,15 @@ UNANSWERED_PING_S = 5.0
 # unanswered before the kernel drops it (see dead_peer_args).
 DEAD_PEER_SECONDS = 10.0
 
-# Key of a SQLite connection's _Watchdog in its pool entry's info.
-_WATCHDOG = "spur_runs_watchdog"
+# Key of a SQLite connection's _Watchdog in its pool entry's info (public:
+# bench/sqlite_watchdog.py measures with the watchdog off).
+WATCHDOG_KEY = "spur_runs_watchdog"
 # SQLite virtual machine steps between two looks at the watchdog's clock.
 # A runaway statement makes ~55 million a second (measured: a recursive CTE
 # on this machine's SQLite 3.40), so it is stopped within ~2 ms of its bound
 # (plus a wait for the GIL, at most the 5 ms switch interval). A GetRun or a
 # ListRuns page takes far fewer steps, and so never calls into Python.
-_WATCHDOG_STEPS = 100_000
+WATCHDOG_STEPS = 100_000
 
 
 class _Watchdog:
@@ -98,8 +99,8 @@ def _sqlite_connect(dbapi_connection: Any, record: Any, busy_timeout_ms: int = 5
     cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()
     watchdog = _Watchdog()
-    dbapi_connection.set_progress_handler(watchdog, _WATCHDOG_STEPS)
-    record.info[_WATCHDOG] = watchdog
+    dbapi_connection.set_progress_handler(watchdog, WATCHDOG_STEPS)
+    record.info[WATCHDOG_KEY] = watchdog
 
 
 def _sqlite_arm(connection: Connection, timeout_seconds: float | None) -> None:
@@ -108,7 +109,7 @@ def _sqlite_arm(connection: Connection, timeout_seconds: float | None) -> None:
     PostgreSQL's statement_timeout bounds it there. The bound stays armed
     while the caller fetches the rows (SQLite computes them as they are
     fetched) and is replaced by the next statement's."""
-    watchdog = connection.info.get(_WATCHDOG)
+    watchdog = connection.info.get(WATCHDOG_KEY)
     if watchdog is None:
         return
     now = time.monotonic()
