@@ -148,12 +148,17 @@ def test_values_at_the_edges_start(tmp_path: Path, values: dict[str, str], form:
     port = free_port()
     args = [arg for name, value in values.items() for arg in (_flag(name), value)]
     env = {**os.environ, **{ENV[name]: value for name, value in values.items()}}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
-         "--grpc-address", f"127.0.0.1:{port}", *(args if form == "flag" else [])],
-        env=env if form == "env" else os.environ.copy(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    # stderr to a file, not a pipe: nobody reads a pipe while the server
+    # runs, and with a 10 ms database timeout on a busy machine its log can
+    # fill one, which then blocks the server's logging (and its SIGTERM).
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
+             "--grpc-address", f"127.0.0.1:{port}", *(args if form == "flag" else [])],
+            env=env if form == "env" else os.environ.copy(),
+            stdout=subprocess.DEVNULL, stderr=log, text=True,
+        )  # fmt: skip
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
@@ -162,5 +167,6 @@ def test_values_at_the_edges_start(tmp_path: Path, values: dict[str, str], form:
     finally:
         if process.poll() is None:
             process.kill()
-    _, stderr = process.communicate()
+    process.wait()
+    stderr = log_path.read_text()
     assert "Traceback" not in stderr, stderr
