@@ -147,23 +147,31 @@ def test_values_at_the_edges_start(tmp_path: Path, values: dict[str, str], form:
     migrate(url)
     port = free_port()
     args = [arg for name, value in values.items() for arg in (_flag(name), value)]
-    env = {**os.environ, **{ENV[name]: value for name, value in values.items()}}
+    # PYTHONFAULTHANDLER: a server that does not stop is sent SIGABRT below,
+    # and its log then shows where each of its threads waits.
+    base = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    env = {**base, **{ENV[name]: value for name, value in values.items()}}
     # stderr to a file, not a pipe: nobody reads a pipe while the server
-    # runs, and with a 10 ms database timeout on a busy machine its log can
-    # fill one, which then blocks the server's logging (and its SIGTERM).
+    # runs, and a full one would block its logging (and its SIGTERM).
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
              "--grpc-address", f"127.0.0.1:{port}", *(args if form == "flag" else [])],
-            env=env if form == "env" else os.environ.copy(),
+            env=env if form == "env" else base,
             stdout=subprocess.DEVNULL, stderr=log, text=True,
         )  # fmt: skip
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        try:
+            code = process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=10)
+            code = None
+        assert code == 0, log_path.read_text()[-20_000:]
     finally:
         if process.poll() is None:
             process.kill()

@@ -48,7 +48,6 @@ def serve(
     except (ConfigError, OSError) as error:  # unreadable file, port taken
         print(f"spur-runs: {error}", file=sys.stderr)
         return 2
-    server.start()
     if stopping is None:
         stopping = threading.Event()
 
@@ -58,8 +57,11 @@ def serve(
         )
         stopping.set()
 
+    # Before start: health says SERVING as soon as gRPC listens, and a
+    # SIGTERM sent from then on must drain, not kill the process outright.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    server.start()
     stopping.wait()
     server.stop()
     return 0
