@@ -198,9 +198,13 @@ def _memo(convert: Callable[[Any], Any]) -> Encode:
     done: OrderedDict[bytes, Any] = OrderedDict()
 
     def memoized(message: Any) -> Any:
-        if message.ByteSize() < _MEMO_MIN_BYTES:
-            return convert(message)
+        if not message.fields:
+            return {}  # a stored {} (initial_inputs, often): nothing to size
+        # Serialized straight away rather than sized first: for the large
+        # Structs that are looked up, ByteSize walked them a second time.
         key = message.SerializeToString()
+        if len(key) < _MEMO_MIN_BYTES:
+            return convert(message)
         found = done.get(key)
         if found is None:
             found = done[key] = convert(message)
