@@ -63,6 +63,9 @@ class PathTemplate:
     openapi_path: str
     # The custom verb after ":" ("watch"), or "".
     verb: str = ""
+    # The literal text before the first variable or wildcard: every path the
+    # regex matches starts with it, so a path that does not needs no regex.
+    prefix: str = "/"
 
     def match(self, path: str) -> dict[tuple[str, ...], str] | None:
         """Field path -> decoded value of each variable, or None.
@@ -105,7 +108,9 @@ def parse_template(text: str) -> PathTemplate:
     if verb:
         pattern += ":" + re.escape(verb)
         openapi += ":" + verb
+    starts = [i for i in (text.find("{"), text.find("*")) if i >= 0]
     return PathTemplate(
+        prefix=text[: min(starts)] if starts else text,
         text=text,
         regex=re.compile("/" + pattern),
         variables=tuple(parser.variables),
@@ -339,6 +344,8 @@ class Router(Generic[T]):
         # regex of the POST and DELETE routes before it.
         for route, payload in self._by_verb.get(verb, ()):
             if claimed is not None and route.template.regex.pattern != claimed:
+                continue
+            if not path.startswith(route.template.prefix):
                 continue
             variables = route.template.match(path)
             if variables is not None:
