@@ -63,6 +63,9 @@ class PathTemplate:
     openapi_path: str
     # The custom verb after ":" ("watch"), or "".
     verb: str = ""
+    # The literal text before the first variable or wildcard: every path the
+    # regex matches starts with it, so a path that does not needs no regex.
+    prefix: str = "/"
 
     def match(self, path: str) -> dict[tuple[str, ...], str] | None:
         """Field path -> decoded value of each variable, or None.
@@ -105,7 +108,9 @@ def parse_template(text: str) -> PathTemplate:
     if verb:
         pattern += ":" + re.escape(verb)
         openapi += ":" + verb
+    starts = [i for i in (text.find("{"), text.find("*")) if i >= 0]
     return PathTemplate(
+        prefix=text[: min(starts)] if starts else text,
         text=text,
         regex=re.compile("/" + pattern),
         variables=tuple(parser.variables),
@@ -313,6 +318,9 @@ class Router(Generic[T]):
         self._verbs = tuple(
             {r.template.regex.pattern: r.template for r, _ in entries if r.template.verb}.values()
         )
+        self._by_verb: dict[str, list[tuple[Route, T]]] = {}
+        for route, payload in self.entries:
+            self._by_verb.setdefault(route.verb, []).append((route, payload))
 
     def match(self, verb: str, path: str) -> Match[T] | list[str] | None:
         """The match; else the verbs the path allows (405); else None (404).
@@ -325,15 +333,28 @@ class Router(Generic[T]):
         # A path that ends in a template's custom verb ("/v1/runs/R1:watch")
         # is that template's alone: "R1:watch" is not a run id for the
         # verb-less templates beside it (GetRun, DeleteRun) to take.
-        claimed = next((t.regex.pattern for t in self._verbs if t.regex.fullmatch(path)), None)
-        allowed: list[str] = []
-        for route, payload in self.entries:
+        # (A template's verb follows a ":", so a path without one has none.)
+        claimed = (
+            next((t.regex.pattern for t in self._verbs if t.regex.fullmatch(path)), None)
+            if ":" in path
+            else None
+        )
+        # The routes of the request's verb first, in order; the other verbs'
+        # only when none matches, for the 405's list: a found GET costs no
+        # regex of the POST and DELETE routes before it.
+        for route, payload in self._by_verb.get(verb, ()):
             if claimed is not None and route.template.regex.pattern != claimed:
                 continue
-            if route.verb == verb:
-                variables = route.template.match(path)
-                if variables is not None:
-                    return Match(payload, variables)
-            elif route.template.regex.fullmatch(path) and route.verb not in allowed:
-                allowed.append(route.verb)
+            if not path.startswith(route.template.prefix):
+                continue
+            variables = route.template.match(path)
+            if variables is not None:
+                return Match(payload, variables)
+        allowed: list[str] = []
+        for route, _ in self.entries:
+            if claimed is not None and route.template.regex.pattern != claimed:
+                continue
+            if route.verb != verb and route.verb not in allowed:
+                if route.template.regex.fullmatch(path):
+                    allowed.append(route.verb)
         return allowed or None
