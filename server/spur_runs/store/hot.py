@@ -39,7 +39,6 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, NoReturn
 
-import orjson
 from sqlalchemy import JSON, Connection, DateTime, Enum, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
@@ -89,18 +88,13 @@ def _enum_member(enum_class: type[enum.Enum]) -> Processor:
 def _sqlite_json(value: Any) -> Any:
     """SQLite's JSON text, parsed as db.create_db_engine's json_deserializer
     (db.load_json) parses it: SQLAlchemy's processor calls that function."""
-    if value is None:
-        return None
-    try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return load_json(value)
+    return None if value is None else load_json(value)
 
 
 class _Compiled:
     """One statement compiled for one dialect."""
 
-    __slots__ = ("sql", "order", "fixed", "binds", "results", "decode_row")
+    __slots__ = ("sql", "order", "fixed", "binds", "decode_row")
 
     def __init__(self, statement: Select[Any], dialect: Dialect) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -130,7 +124,6 @@ class _Compiled:
                 process = _sqlite_json
             if process is not None:
                 results.append((index, process))
-        self.results = tuple(results)
         self.decode_row = (
             _row_decoder(len(statement.selected_columns), results) if results else None
         )
@@ -167,7 +160,6 @@ class Statement:
 
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
-        self.keys = tuple(c.key for c in statement.selected_columns)
         self._compiled: dict[str, _Compiled] = {}
         self._lock = threading.Lock()
 
@@ -180,7 +172,7 @@ class Statement:
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """All rows of the statement with `params`, decoded as plain tuples in
-        the order of its columns (self.keys)."""
+        the order of its selected columns."""
         compiled = self.compiled(conn.dialect)
         return compiled.decode(fetch(conn, compiled.sql, compiled.arguments(params)))
 
