@@ -13,11 +13,12 @@ calls refused by authentication too.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -34,6 +35,32 @@ REQUEST_ID_KEY = "x-request-id"
 # What an incoming id may look like; anything else (too long, odd
 # characters that could forge log lines) is replaced by a new id.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
+
+
+class _RequestIds:
+    """New request ids: 32 hex digits (a uuid4's length), a random prefix
+    per process and a counter. uuid4() read 16 bytes from os.urandom on
+    every call, and os.urandom lets go of the interpreter lock for its
+    getrandom() system call: under load another thread then takes the lock
+    and the call waits to get it back, two context switches per RPC for a
+    log-correlation id (measured: Health/Check's server CPU, bench/frame.py).
+    The ids need only be unique, not secret (a caller may send its own)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        # A forked worker (--workers) draws a prefix of its own.
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._count = itertools.count(1)
+
+    def new(self) -> str:
+        # next() on itertools.count is atomic under the interpreter lock.
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+_new_request_id = _RequestIds().new
 
 
 def _metadata_value(metadata: Iterable[tuple[str, Any]] | None, key: str) -> str | None:
@@ -131,7 +158,7 @@ class ObserveHook(Hook):
             if pools is None
             else pools.method(call.method, call.request_streaming, call.response_streaming)
         )
-        record = _Call(call.method, method_metrics, given_id or uuid.uuid4().hex, forwarded_for)
+        record = _Call(call.method, method_metrics, given_id or _new_request_id(), forwarded_for)
         # A unary call's request id goes back in its trailing metadata (exit),
         # which grpc sends with the answer and the status in one batch:
         # response headers of their own would cost a batch (and ~12% of
