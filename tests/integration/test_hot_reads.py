@@ -14,6 +14,12 @@ from factories import add_run, add_workflow
 from spur_runs.store import runs
 from spur_runs.store.db import Database
 from spur_runs.store.models import RunStatus, TaskStatus
+from spur_runs.store.statements import (
+    NO_FILTER,
+    RUN_WITH_TASKS,
+    TASKS_OF_RUN,
+    page_queries,
+)
 
 T0 = datetime(2026, 11, 2, 9, 0, 0, 250_000)
 
@@ -93,3 +99,45 @@ def test_a_task_page_knows_the_pauses_beyond_it(db: Database) -> None:
     assert [t.node_id for t in whole] == ["summarize", "approval"] and not rest
     assert [t.node_id for t in after] == ["approval"]
     assert paused_first == paused_whole == paused_after == frozenset({"approval"})
+
+
+def test_packed_reads_answer_what_sqlalchemy_answers(db: Database) -> None:
+    """On SQLite the list's, GetRun's and the task pages' statements answer
+    their rows packed in one JSON array (hot.Statement): values, types and
+    order must stay those of SQLAlchemy's execution of the same select, on
+    both databases (PostgreSQL does not pack: the same test holds there)."""
+    stamps = [T0 + timedelta(seconds=s) for s in (5, 1, 5, 3, 1)]  # ties broken by _intid
+    with db.write() as s:
+        workflow = add_workflow(s)
+        for n, stamp in enumerate([*stamps, None, None]):  # two runs without a start_time
+            add_run(
+                s,
+                workflow,
+                start_time=stamp,
+                tasks=[("a", TaskStatus.COMPLETED), ("b", TaskStatus.FAILED)][: n % 3],
+                initial_inputs={"n": n, "text": 'quote " and \\ and \u00e9 and \u0000'},
+                outputs=None if n % 2 else [n, 1.5, True, None, {}],
+            )
+    timed, untimed, _ = page_queries(NO_FILTER.shape, False, "none")
+    assert timed is not None
+    with db.read() as conn:
+        for statement, params in (
+            (timed, {"offset": 0, "limit": 100}),
+            (untimed, {"offset": 0, "limit": 100}),
+            (timed, {"offset": 2, "limit": 2}),
+        ):
+            expected = [tuple(r) for r in conn.execute(statement.statement, params)]
+            assert statement.rows(conn, params) == expected
+        ids = [r[1] for r in conn.execute(timed.statement, {"offset": 0, "limit": 100})]
+        for run_id in ids:
+            params = {"run_id": run_id, "limit": 1001}
+            expected = [tuple(r) for r in conn.execute(RUN_WITH_TASKS.statement, params)]
+            assert RUN_WITH_TASKS.rows(conn, params) == expected
+            expected = [tuple(r) for r in conn.execute(TASKS_OF_RUN.statement, params)]
+            assert TASKS_OF_RUN.rows(conn, params) == expected
+        # A page of runs in the list's order, with their tasks in theirs.
+        records, more = runs.list_runs(conn, limit=4)
+    assert not more or len(records) == 4
+    assert [r.row.id for r in records] == ids[:4]
+    for record in records:
+        assert [t._intid for t in record.tasks] == sorted(t._intid for t in record.tasks)

@@ -28,6 +28,8 @@ from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
 TASKS_PER_RUN = 1000
 TASKS_PER_LISTED_RUN = 100
 
+# The list's packed statements (page_queries) sort by the indexes of
+# start_time and _intid here.
 RUN_COLUMNS = (
     Run._intid,
     Run.id,
@@ -45,6 +47,8 @@ RUN_COLUMNS = (
     # Key of the immutable version data (definition parsed once, cached).
     WorkflowVersion.definition_hash.label("version_hash"),
 )
+if (RUN_COLUMNS[0], RUN_COLUMNS[9]) != (Run._intid, Run.start_time):
+    raise RuntimeError("page_queries' sort_by no longer matches RUN_COLUMNS")
 
 TASK_COLUMNS = (
     Task._intid,
@@ -182,12 +186,15 @@ _TASKS_OF_RUN = (
     .order_by(Task._intid)
     .limit(bindparam("limit"))
 )
-TASKS_OF_RUN = Statement(_TASKS_OF_RUN)
+# Task rows are packed on SQLite (hot.Statement), back in _intid order
+# (TASK_COLUMNS[0]).
+TASKS_OF_RUN = Statement(_TASKS_OF_RUN, sort_by=0)
 TASKS_OF_RUN_AFTER = Statement(
     select(*TASK_COLUMNS)
     .where(Task.run_id == bindparam("run_id"), Task._intid > bindparam("after", type_=_CURSOR_ID))
     .order_by(Task._intid)
-    .limit(bindparam("limit"))
+    .limit(bindparam("limit")),
+    sort_by=0,
 )
 PAUSED_NODES = Statement(
     select(Task.node_id).where(
@@ -213,7 +220,7 @@ def tasks_of_runs(count: int) -> Statement:
         .subquery(f"run_{i}")
         for i in range(count)
     ]
-    return Statement(union_all(*(walk.select() for walk in walks)))  # type: ignore[arg-type]
+    return Statement(union_all(*(walk.select() for walk in walks)), sort_by=0)  # type: ignore[arg-type]
 
 
 # GetRun's one statement: the run joined with its first tasks, oldest first.
@@ -243,7 +250,9 @@ RUN_WITH_TASKS = Statement(
     .outerjoin(WorkflowVersion, WorkflowVersion.id == Run.workflow_version_id)
     .outerjoin(_TASK_PAGE, true())
     .where(Run.id == bindparam("run_id"))
-    .order_by(_TASK_PAGE.c._intid)
+    .order_by(_TASK_PAGE.c._intid),
+    # Packed on SQLite (hot.Statement), back in the tasks' order.
+    sort_by=len(RUN_COLUMNS),
 )
 
 
@@ -284,7 +293,13 @@ def page_queries(
         untimed.order_by(Run._intid.desc()).offset(bindparam("offset")).limit(bindparam("limit"))
     )
     timed_count = select(func.count()).select_from(Run).where(has_time, *where)
-    return (None if timed is None else Statement(timed)), Statement(untimed), timed_count
+    # Packed on SQLite (hot.Statement), back in ORDER BY's order: start_time
+    # (RUN_COLUMNS[9]) and _intid ([0]), newest first.
+    return (
+        None if timed is None else Statement(timed, sort_by=(9, 0), reverse=True),
+        Statement(untimed, sort_by=0, reverse=True),
+        timed_count,
+    )
 
 
 @functools.cache
