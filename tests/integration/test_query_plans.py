@@ -28,7 +28,15 @@ def plan(conn: Connection, sql: str, params: object) -> str:
     # planner picks when scanning is not free, as on a large table.
     conn.execute(text("SET LOCAL enable_seqscan = off"))
     rows = conn.exec_driver_sql(f"EXPLAIN {sql}", params)  # type: ignore[arg-type]
-    return "\n".join(str(r[0]) for r in rows)
+    lines = [str(r[0]) for r in rows]
+    # PostgreSQL's one-statement page (statements.page_with_tasks) sorts its
+    # joined rows, at most a page of runs times their task limit, by the
+    # page's order and the tasks': that top Sort is left out. The walks
+    # beneath it, which must not sort, are what the tests look at.
+    if len(lines) > 1 and lines[0].startswith("Sort") and "tasks._intid" in lines[1]:
+        assert "Limit" in lines[3] or "Limit" in lines[2], lines  # over a bounded page
+        lines = lines[2:]
+    return "\n".join(lines)
 
 
 def test_keyset_pages_walk_the_index_without_sorting(

@@ -341,7 +341,42 @@ def test_list_runs_reads_tasks_in_one_batched_statement(
             runs = stub.ListRuns(pb.ListRunsRequest(page_size=size)).runs
         assert len(runs) == size and all(len(r.tasks) == 2 for r in runs)
         counts.append(len(statements))
-    assert counts == [2, 2]
+    # PostgreSQL reads the page with its tasks in one statement (LATERAL).
+    assert counts == ([1, 1] if db.one_statement_pages else [2, 2])
+
+
+def test_list_pages_count_tasks_beyond_the_embedded_ones_and_cross_into_untimed_runs(
+    db: Database, stub: RunServiceStub
+) -> None:
+    """The pages PostgreSQL cannot read in one statement (a run beyond
+    TASKS_PER_LISTED_RUN tasks, a page reaching the runs without a
+    start_time) are read again in a transaction: the same runs as GetRun's."""
+    many = [("llm", TaskStatus.COMPLETED)] * 101 + [("approval", TaskStatus.PAUSED)]
+    with db.write() as s:
+        wf = add_workflow(s)
+        big = add_run(s, wf, start_time=T0, status=RunStatus.PAUSED, tasks=many)
+        timed = [
+            add_run(s, wf, start_time=T0 + timedelta(minutes=i), tasks=all_done()[:2])
+            for i in (1, 2)
+        ]
+        untimed = add_run(s, wf, start_time=None, tasks=all_done()[:1])
+    listed = stub.ListRuns(pb.ListRunsRequest(page_size=10)).runs
+    assert [r.id for r in listed] == [*reversed(timed), big, untimed]
+    by_id = {r.id: r for r in listed}
+    assert len(by_id[big].tasks) == 100 and by_id[big].task_count == 102
+    for run_id in (big, untimed, *timed):
+        alone = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
+        assert by_id[run_id].task_count == alone.task_count
+        assert by_id[run_id].percentage_complete == alone.percentage_complete
+        assert [t.is_downstream_of_pause for t in by_id[run_id].tasks] == [
+            t.is_downstream_of_pause for t in alone.tasks[: len(by_id[run_id].tasks)]
+        ]
+        assert by_id[run_id].duration > 0 or run_id == untimed
+    # A page of timed runs only, then its next page, which holds the rest.
+    first = stub.ListRuns(pb.ListRunsRequest(page_size=2))
+    rest = stub.ListRuns(pb.ListRunsRequest(page_size=2, page_token=first.next_page_token))
+    assert [r.id for r in [*first.runs, *rest.runs]] == [r.id for r in listed]
+    assert not rest.next_page_token
 
 
 # --- GetRunTasks / GetChildRuns -------------------------------------------------

@@ -114,19 +114,37 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> pb.ListRunsResponse:
         query = list_query(request)
         total = None
-        with self._db.read() as conn:
-            records, more = runs.list_runs(
-                conn,
-                limit=query.size,
-                after=query.after,
-                offset=query.offset,
-                filters=query.where,
-                with_tasks=not query.basic,
-            )
-            self._versions.load(conn, (r.version_key for r in records))
-            if request.include_total_size:
-                # In the page's snapshot: the count agrees with the page.
-                total = min(runs.count_runs(conn, query.where), 2**31 - 1)
+        page = None
+        if self._db.one_statement_pages and not (query.basic or request.include_total_size):
+            # The common page in one statement, no transaction around it.
+            with self._db.read_one() as conn:
+                page = runs.list_runs_in_one_statement(
+                    conn,
+                    limit=query.size,
+                    after=query.after,
+                    offset=query.offset,
+                    filters=query.where,
+                )
+            if page is not None and self._versions.missing(r.version_key for r in page[0]):
+                # Immutable rows: they need not come from the page's snapshot.
+                with self._db.read_one() as conn:
+                    self._versions.load(conn, (r.version_key for r in page[0]))
+        if page is not None:
+            records, more = page
+        else:
+            with self._db.read() as conn:
+                records, more = runs.list_runs(
+                    conn,
+                    limit=query.size,
+                    after=query.after,
+                    offset=query.offset,
+                    filters=query.where,
+                    with_tasks=not query.basic,
+                )
+                self._versions.load(conn, (r.version_key for r in records))
+                if request.include_total_size:
+                    # In the page's snapshot: the count agrees with the page.
+                    total = min(runs.count_runs(conn, query.where), 2**31 - 1)
         response = pb.ListRunsResponse(
             next_page_token=_next_run_token(query.scope, records, more), total_size=total
         )

@@ -303,5 +303,41 @@ def page_queries(
 
 
 @functools.cache
+def page_with_tasks(shape: FilterShape, with_parent: bool, cursor: str) -> Statement | None:
+    """PostgreSQL: a page of timed runs (page_queries' first query, whose
+    parameters it takes) with the first `task_limit` tasks of each, in ONE
+    statement (a LATERAL walk of the (run_id, _intid) index per run), which
+    runs in autocommit without BEGIN and ROLLBACK: one round trip where the
+    transaction of the two statements made four. Rows: RUN_COLUMNS, then the
+    task's columns (NULLs for a run without tasks); a run's JSON columns on
+    its first row only, as in RUN_WITH_TASKS. None for the untimed cursor."""
+    timed = page_queries(shape, with_parent, cursor)[0]
+    if timed is None:
+        return None
+    page = timed.statement.subquery("page")
+    walk = (
+        select(*TASK_COLUMNS, func.row_number().over(order_by=Task._intid).label("rn"))
+        .where(Task.run_id == page.c.id)
+        .order_by(Task._intid)
+        .limit(bindparam("task_limit"))
+        .lateral("task_page")
+    )
+    first = or_(walk.c.rn.is_(None), walk.c.rn == 1)
+    return Statement(
+        select(
+            *(
+                case((first, page.c[c.key]), else_=None).label(c.key)
+                if c.key in ("initial_inputs", "outputs")
+                else page.c[c.key]
+                for c in RUN_COLUMNS
+            ),
+            *(walk.c[c.key].label(f"task_{c.key}") for c in TASK_COLUMNS),
+        )
+        .select_from(page.outerjoin(walk, true()))
+        .order_by(page.c.start_time.desc(), page.c._intid.desc(), walk.c._intid)
+    )
+
+
+@functools.cache
 def count_query(shape: FilterShape) -> Select[Any]:
     return select(func.count()).select_from(Run).where(*conditions(shape))
