@@ -141,3 +141,32 @@ def test_packed_reads_answer_what_sqlalchemy_answers(db: Database) -> None:
     assert [r.row.id for r in records] == ids[:4]
     for record in records:
         assert [t._intid for t in record.tasks] == sorted(t._intid for t in record.tasks)
+
+
+def test_a_page_in_one_statement_is_the_page_of_two(db: Database) -> None:
+    """statements.page_with_tasks (PostgreSQL's LATERAL walk, SQLite's
+    packed one) reads what list_runs reads in a transaction, page by page."""
+    with db.write() as s:
+        workflow = add_workflow(s)
+        for n in range(9):
+            add_run(
+                s,
+                workflow,
+                start_time=T0 + timedelta(seconds=n % 4),  # ties broken by _intid
+                status=RunStatus.PAUSED if n % 3 == 0 else RunStatus.COMPLETED,
+                tasks=[("a", TaskStatus.COMPLETED), ("b", TaskStatus.PAUSED)][: n % 3],
+                initial_inputs={"n": n},
+                outputs={"n": n} if n % 2 else None,
+            )
+    after = None
+    with db.read() as conn:
+        for _ in range(2):
+            one = runs.list_runs_in_one_statement(conn, limit=3, after=after)
+            assert one is not None  # timed runs only, few tasks: one statement is enough
+            two = runs.list_runs(conn, limit=3, after=after)
+            assert one == two and one[1]
+            last = one[0][-1].row
+            after = runs.RunCursor(last.start_time, last._intid)
+        # The last page may go on into runs without a start_time: two statements.
+        assert runs.list_runs_in_one_statement(conn, limit=3, after=after) is None
+        assert len(runs.list_runs(conn, limit=3, after=after)[0]) == 3

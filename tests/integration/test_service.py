@@ -341,8 +341,8 @@ def test_list_runs_reads_tasks_in_one_batched_statement(
             runs = stub.ListRuns(pb.ListRunsRequest(page_size=size)).runs
         assert len(runs) == size and all(len(r.tasks) == 2 for r in runs)
         counts.append(len(statements))
-    # PostgreSQL reads the page with its tasks in one statement (LATERAL).
-    assert counts == ([1, 1] if db.one_statement_pages else [2, 2])
+    # The page with its tasks in one statement (statements.page_with_tasks).
+    assert counts == [1, 1]
 
 
 def test_list_pages_count_tasks_beyond_the_embedded_ones_and_cross_into_untimed_runs(

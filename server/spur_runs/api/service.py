@@ -115,7 +115,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         query = list_query(request)
         total = None
         page = None
-        if self._db.one_statement_pages and not (query.basic or request.include_total_size):
+        if not (query.basic or request.include_total_size):
             # The common page in one statement, no transaction around it.
             with self._db.read_one() as conn:
                 page = runs.list_runs_in_one_statement(

@@ -259,13 +259,6 @@ class Database:
             # psycopg sends it alone, without BEGIN and ROLLBACK round trips.
             self._single_bind = reader.execution_options(isolation_level="AUTOCOMMIT")
 
-    @property
-    def one_statement_pages(self) -> bool:
-        """Whether a list page with its tasks is read in one statement
-        (runs.list_runs_in_one_statement: PostgreSQL's LATERAL), in
-        read_one, rather than in two in a transaction (read)."""
-        return self._single_bind.dialect.name == "postgresql"
-
     @classmethod
     def from_url(
         cls,

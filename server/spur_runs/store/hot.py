@@ -152,24 +152,27 @@ class _Compiled:
 
     def decode(self, rows: list[Any]) -> list[tuple[Any, ...]]:
         if self.packed:
-            # One row, one JSON array of row arrays: SQLite's text, integer
-            # and NULL values are JSON strings, numbers and nulls as they
-            # are (JSON columns are text: they stay strings until decoded
-            # as below). Its order is the statement's in practice, which
-            # SQLite does not promise for an aggregate: sorted again by the
-            # ORDER BY's columns, which compare in Python as in SQLite (text
-            # by code point, integers; a NULL among them only in a lone row).
-            rows = orjson.loads(rows[0][0])
-            if len(rows) > 1:
-                assert self.sort_key is not None
-                try:
-                    rows.sort(key=self.sort_key, reverse=self.reverse)
-                except TypeError:  # mixed types (a number among texts): as SQLite gave them
-                    pass
-            if self.decode_row is None:
-                return [tuple(row) for row in rows]
+            return self.unpack(rows[0][0])
         decode = self.decode_row
         return rows if decode is None else [decode(row) for row in rows]
+
+    def unpack(self, packed: Any) -> list[tuple[Any, ...]]:
+        """The rows of a JSON array of row arrays (its text, or the array):
+        SQLite's text, integer and NULL values are JSON strings, numbers and
+        nulls as they are (JSON columns are text: they stay strings until
+        decoded as below). Its order is the statement's in practice, which
+        SQLite does not promise for an aggregate: sorted again by the ORDER
+        BY's columns, which compare in Python as in SQLite (text by code
+        point, integers; a NULL among them only in a lone row)."""
+        rows = orjson.loads(packed) if isinstance(packed, str | bytes) else packed
+        if len(rows) > 1:
+            assert self.sort_key is not None
+            try:
+                rows.sort(key=self.sort_key, reverse=self.reverse)
+            except TypeError:  # mixed types (a number among texts): as SQLite gave them
+                pass
+        decode = self.decode_row
+        return [tuple(row) for row in rows] if decode is None else [decode(row) for row in rows]
 
 
 def _row_decoder(width: int, results: Sequence[tuple[int, Processor]]) -> Callable[[Any], Any]:
@@ -219,6 +222,11 @@ class Statement:
                     dialect.name, _Compiled(self.statement, dialect, self._sort_by, self._reverse)
                 )
         return found
+
+    def unpack(self, dialect: Dialect, packed: Any) -> list[tuple[Any, ...]]:
+        """This statement's rows from a packed array that another statement
+        answered (SQLite: each run of a list page carries its tasks so)."""
+        return self.compiled(dialect).unpack(packed)
 
     def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """All rows of the statement with `params`, decoded as plain tuples in

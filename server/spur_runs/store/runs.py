@@ -201,15 +201,16 @@ def list_runs_in_one_statement(
     parent_run_id: str | None = None,
     filters: RunFilter = NO_FILTER,
 ) -> tuple[list[RunRecord], bool] | None:
-    """list_runs(..., with_tasks=True) in one statement, which is one
-    snapshot by itself (db.Database.read_one): PostgreSQL only
-    (db.Database.one_statement_pages). None, having read one page of timed
-    runs, when the page needs more statements: it goes on into the runs
-    without a start_time (or its offset lies past the timed ones), or a run
-    has more than TASKS_PER_LISTED_RUN tasks (counted over all of them);
-    list_runs in a transaction then reads it again."""
+    """list_runs(..., with_tasks=True) in one statement (statements.
+    page_with_tasks), which is one snapshot by itself (db.Database.read_one).
+    None, having read one page of timed runs, when the page needs more
+    statements: it goes on into the runs without a start_time (or its
+    offset lies past the timed ones), or a run has more than
+    TASKS_PER_LISTED_RUN tasks (counted over all of them); list_runs in a
+    transaction then reads it again."""
     cursor = "none" if after is None else ("timed" if after.start_time is not None else "untimed")
-    statement = page_with_tasks(filters.shape, parent_run_id is not None, cursor)
+    dialect = conn.dialect
+    statement = page_with_tasks(filters.shape, parent_run_id is not None, cursor, dialect.name)
     if statement is None:
         return None
     want = limit + 1  # one more than the page tells whether another follows
@@ -224,11 +225,17 @@ def list_runs_in_one_statement(
         params["after_time"], params["after_intid"] = after.start_time, after.intid
     split = len(RUN_COLUMNS)
     records: list[RunRecord] = []
-    for row in statement.rows(conn, params):
-        if not records or records[-1].row.id != row[1]:  # RUN_COLUMNS[1] is Run.id
-            records.append(RunRecord(RunRow(row[:split])))
-        if row[split] is not None:  # LEFT JOIN: a run without tasks has one row of NULLs
-            records[-1].tasks.append(TaskRow(row[split:]))
+    if dialect.name == "sqlite":  # a row per run, its tasks packed
+        for row in statement.rows(conn, params):
+            record = RunRecord(RunRow(row[:split]))
+            record.tasks = [TaskRow(task) for task in TASKS_OF_RUN.unpack(dialect, row[split])]
+            records.append(record)
+    else:  # a row per task
+        for row in statement.rows(conn, params):
+            if not records or records[-1].row.id != row[1]:  # RUN_COLUMNS[1] is Run.id
+                records.append(RunRecord(RunRow(row[:split])))
+            if row[split] is not None:  # LEFT JOIN: a run without tasks has one row of NULLs
+                records[-1].tasks.append(TaskRow(row[split:]))
     if len(records) < want and not filters.timed_only:
         return None
     page = records[:limit]

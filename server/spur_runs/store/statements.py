@@ -303,26 +303,38 @@ def page_queries(
 
 
 @functools.cache
-def page_with_tasks(shape: FilterShape, with_parent: bool, cursor: str) -> Statement | None:
-    """PostgreSQL: a page of timed runs (page_queries' first query, whose
-    parameters it takes) with the first `task_limit` tasks of each, in ONE
-    statement (a LATERAL walk of the (run_id, _intid) index per run), which
-    runs in autocommit without BEGIN and ROLLBACK: one round trip where the
-    transaction of the two statements made four. Rows: RUN_COLUMNS, then the
-    task's columns (NULLs for a run without tasks); a run's JSON columns on
-    its first row only, as in RUN_WITH_TASKS. None for the untimed cursor."""
+def page_with_tasks(
+    shape: FilterShape, with_parent: bool, cursor: str, dialect: str
+) -> Statement | None:
+    """A page of timed runs (page_queries' first query, whose parameters it
+    takes) with the first `task_limit` tasks of each, in ONE statement, one
+    snapshot by itself: no transaction around it (Database.read_one), where
+    the page and its tasks took two in one. None for the untimed cursor.
+
+    PostgreSQL: a LATERAL walk of the (run_id, _intid) index per run, sent
+    alone in autocommit: one round trip where BEGIN, two statements and
+    ROLLBACK made four. Rows: RUN_COLUMNS, then the task's columns (NULLs
+    for a run without tasks); a run's JSON columns on its first row only,
+    as in RUN_WITH_TASKS.
+
+    SQLite: a correlated walk of the same index per run, packed into one
+    JSON array of the run's task rows (TASKS_OF_RUN.unpack reads it); the
+    page itself packed (hot.Statement). Rows: RUN_COLUMNS, then the array."""
     timed = page_queries(shape, with_parent, cursor)[0]
     if timed is None:
         return None
     page = timed.statement.subquery("page")
-    walk = (
-        select(*TASK_COLUMNS, func.row_number().over(order_by=Task._intid).label("rn"))
-        .where(Task.run_id == page.c.id)
-        .order_by(Task._intid)
+    walk = select(*TASK_COLUMNS).where(Task.run_id == page.c.id).order_by(Task._intid)
+    if dialect == "sqlite":
+        walked = walk.limit(bindparam("task_limit")).correlate(page).subquery("walk")
+        tasks = select(func.json_group_array(func.json_array(*walked.c))).scalar_subquery()
+        return Statement(select(*page.c, tasks.label("tasks")), sort_by=(9, 0), reverse=True)
+    lateral = (
+        walk.add_columns(func.row_number().over(order_by=Task._intid).label("rn"))
         .limit(bindparam("task_limit"))
         .lateral("task_page")
     )
-    first = or_(walk.c.rn.is_(None), walk.c.rn == 1)
+    first = or_(lateral.c.rn.is_(None), lateral.c.rn == 1)
     return Statement(
         select(
             *(
@@ -331,10 +343,10 @@ def page_with_tasks(shape: FilterShape, with_parent: bool, cursor: str) -> State
                 else page.c[c.key]
                 for c in RUN_COLUMNS
             ),
-            *(walk.c[c.key].label(f"task_{c.key}") for c in TASK_COLUMNS),
+            *(lateral.c[c.key].label(f"task_{c.key}") for c in TASK_COLUMNS),
         )
-        .select_from(page.outerjoin(walk, true()))
-        .order_by(page.c.start_time.desc(), page.c._intid.desc(), walk.c._intid)
+        .select_from(page.outerjoin(lateral, true()))
+        .order_by(page.c.start_time.desc(), page.c._intid.desc(), lateral.c._intid)
     )
 
 
