@@ -29,6 +29,7 @@ from .statements import (
     PAUSED_NODES,
     RUN_BY_ID,
     RUN_COLUMNS,
+    RUN_WITH_PACKED_TASKS,
     RUN_WITH_TASKS,
     TASKS_OF_RUN,
     TASKS_OF_RUN_AFTER,
@@ -118,13 +119,21 @@ def get_run(
     (MoreStatementsNeeded instead, with `single_statement`)."""
     if not with_tasks:  # RUN_VIEW_BASIC: no statement reads the tasks table
         return RunRecord(get_run_row(conn, run_id))
-    rows = RUN_WITH_TASKS.rows(conn, {"run_id": run_id, "limit": TASKS_PER_RUN + 1})
-    if not rows:
-        raise NotFound(f"run {run_id} not found")
+    params = {"run_id": run_id, "limit": TASKS_PER_RUN + 1}
     split = len(RUN_COLUMNS)
-    record = RunRecord(RunRow(rows[0][:split]))
-    if rows[0][split] is not None:  # LEFT JOIN: a run without tasks gives one row of NULLs
-        record.tasks = [TaskRow(row[split:]) for row in rows]
+    if conn.dialect.name == "sqlite":  # one row: the run, its tasks packed
+        rows = RUN_WITH_PACKED_TASKS.rows(conn, params)
+        if not rows:
+            raise NotFound(f"run {run_id} not found")
+        record = RunRecord(RunRow(rows[0][:split]))
+        record.tasks = [TaskRow(t) for t in TASKS_OF_RUN.unpack(conn.dialect, rows[0][split])]
+    else:  # a row per task
+        rows = RUN_WITH_TASKS.rows(conn, params)
+        if not rows:
+            raise NotFound(f"run {run_id} not found")
+        record = RunRecord(RunRow(rows[0][:split]))
+        if rows[0][split] is not None:  # LEFT JOIN: a run without tasks gives one row of NULLs
+            record.tasks = [TaskRow(row[split:]) for row in rows]
     if _count(record, TASKS_PER_RUN):
         if single_statement:
             raise MoreStatementsNeeded(run_id)

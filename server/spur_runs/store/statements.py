@@ -250,9 +250,29 @@ RUN_WITH_TASKS = Statement(
     .outerjoin(WorkflowVersion, WorkflowVersion.id == Run.workflow_version_id)
     .outerjoin(_TASK_PAGE, true())
     .where(Run.id == bindparam("run_id"))
-    .order_by(_TASK_PAGE.c._intid),
-    # Packed on SQLite (hot.Statement), back in the tasks' order.
-    sort_by=len(RUN_COLUMNS),
+    .order_by(_TASK_PAGE.c._intid)
+)
+# SQLite: GetRun's one statement as ONE row, the run and its first tasks
+# packed into a JSON array (TASKS_OF_RUN.unpack reads it), as the runs of a
+# list page carry theirs (page_with_tasks): sqlite3 lets go of the
+# interpreter lock for every row it steps to (hot.Statement), and the run's
+# columns come once, not once per task.
+_RUN_TASKS_WALK = (
+    select(*TASK_COLUMNS)
+    .where(Task.run_id == Run.id)
+    .order_by(Task._intid)
+    .limit(bindparam("limit"))
+    .correlate(Run)
+    .subquery("walk")
+)
+RUN_WITH_PACKED_TASKS = Statement(
+    runs_select()
+    .add_columns(
+        select(func.json_group_array(func.json_array(*_RUN_TASKS_WALK.c)))
+        .scalar_subquery()
+        .label("tasks")
+    )
+    .where(Run.id == bindparam("run_id"))
 )
 
 
