@@ -68,6 +68,12 @@ def _sqlite_datetime(fallback: Processor | None) -> Processor:
     return process
 
 
+def _json_timestamp(value: Any) -> Any:
+    """A timestamp in PostgreSQL's JSON ("2026-11-29T12:04:00.123456", with
+    its offset for a timestamptz) to a datetime, in C."""
+    return None if value is None else datetime.fromisoformat(value)
+
+
 def _enum_member(enum_class: type[enum.Enum]) -> Processor:
     """A stored enum name to its member, as SQLAlchemy's Enum reads it (a
     name that is no member raises LookupError), in one lookup."""
@@ -95,7 +101,17 @@ def _sqlite_json(value: Any) -> Any:
 class _Compiled:
     """One statement compiled for one dialect."""
 
-    __slots__ = ("sql", "order", "fixed", "binds", "decode_row", "packed", "sort_key", "reverse")
+    __slots__ = (
+        "sql",
+        "order",
+        "fixed",
+        "binds",
+        "decode_row",
+        "unpack_row",
+        "packed",
+        "sort_key",
+        "reverse",
+    )
 
     def __init__(
         self, statement: Select[Any], dialect: Dialect, sort_by: tuple[int, ...], reverse: bool
@@ -127,19 +143,33 @@ class _Compiled:
             if encode is not None:
                 self.binds[name] = encode
         results: list[tuple[int, Processor]] = []
+        # The same rows as JSON arrays (unpack): on SQLite its values as the
+        # driver gives them; from PostgreSQL's json_build_array, timestamps
+        # are ISO text and JSON columns already parsed (with the array).
+        from_json: list[tuple[int, Processor]] = []
         for index, column in enumerate(statement.selected_columns):
             process: Processor | None = column.type.dialect_impl(dialect).result_processor(
                 dialect, None
             )
+            in_json = process
             if isinstance(column.type, Enum) and column.type.enum_class is not None:
-                process = _enum_member(column.type.enum_class)
-            elif dialect.name == "sqlite" and isinstance(column.type, DateTime):
-                process = _sqlite_datetime(process)
-            elif dialect.name == "sqlite" and isinstance(column.type, JSON):
-                process = _sqlite_json
+                process = in_json = _enum_member(column.type.enum_class)
+            elif isinstance(column.type, DateTime):
+                if dialect.name == "sqlite":
+                    process = in_json = _sqlite_datetime(process)
+                else:
+                    in_json = _json_timestamp
+            elif isinstance(column.type, JSON):
+                if dialect.name == "sqlite":
+                    process = in_json = _sqlite_json
+                else:
+                    in_json = None
             if process is not None:
                 results.append((index, process))
+            if in_json is not None:
+                from_json.append((index, in_json))
         self.decode_row = _row_decoder(width, results) if results else None
+        self.unpack_row = _row_decoder(width, from_json) if from_json else None
 
     def arguments(self, params: Mapping[str, Any]) -> Any:
         values = {**self.fixed, **params}
@@ -171,7 +201,7 @@ class _Compiled:
                 rows.sort(key=self.sort_key, reverse=self.reverse)
             except TypeError:  # mixed types (a number among texts): as SQLite gave them
                 pass
-        decode = self.decode_row
+        decode = self.unpack_row
         return [tuple(row) for row in rows] if decode is None else [decode(row) for row in rows]
 
 

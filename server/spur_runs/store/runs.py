@@ -29,8 +29,6 @@ from .statements import (
     PAUSED_NODES,
     RUN_BY_ID,
     RUN_COLUMNS,
-    RUN_WITH_PACKED_TASKS,
-    RUN_WITH_TASKS,
     TASKS_OF_RUN,
     TASKS_OF_RUN_AFTER,
     TASKS_PER_LISTED_RUN,
@@ -43,6 +41,7 @@ from .statements import (
     count_query,
     page_queries,
     page_with_tasks,
+    run_with_tasks,
     runs_select,
     tasks_of_runs,
 )
@@ -119,21 +118,13 @@ def get_run(
     (MoreStatementsNeeded instead, with `single_statement`)."""
     if not with_tasks:  # RUN_VIEW_BASIC: no statement reads the tasks table
         return RunRecord(get_run_row(conn, run_id))
-    params = {"run_id": run_id, "limit": TASKS_PER_RUN + 1}
+    params = {"run_id": run_id, "task_limit": TASKS_PER_RUN + 1}
+    rows = run_with_tasks(conn.dialect.name).rows(conn, params)
+    if not rows:
+        raise NotFound(f"run {run_id} not found")
     split = len(RUN_COLUMNS)
-    if conn.dialect.name == "sqlite":  # one row: the run, its tasks packed
-        rows = RUN_WITH_PACKED_TASKS.rows(conn, params)
-        if not rows:
-            raise NotFound(f"run {run_id} not found")
-        record = RunRecord(RunRow(rows[0][:split]))
-        record.tasks = [TaskRow(t) for t in TASKS_OF_RUN.unpack(conn.dialect, rows[0][split])]
-    else:  # a row per task
-        rows = RUN_WITH_TASKS.rows(conn, params)
-        if not rows:
-            raise NotFound(f"run {run_id} not found")
-        record = RunRecord(RunRow(rows[0][:split]))
-        if rows[0][split] is not None:  # LEFT JOIN: a run without tasks gives one row of NULLs
-            record.tasks = [TaskRow(row[split:]) for row in rows]
+    record = RunRecord(RunRow(rows[0][:split]))
+    record.tasks = [TaskRow(t) for t in TASKS_OF_RUN.unpack(conn.dialect, rows[0][split])]
     if _count(record, TASKS_PER_RUN):
         if single_statement:
             raise MoreStatementsNeeded(run_id)
@@ -234,17 +225,10 @@ def list_runs_in_one_statement(
         params["after_time"], params["after_intid"] = after.start_time, after.intid
     split = len(RUN_COLUMNS)
     records: list[RunRecord] = []
-    if dialect.name == "sqlite":  # a row per run, its tasks packed
-        for row in statement.rows(conn, params):
-            record = RunRecord(RunRow(row[:split]))
-            record.tasks = [TaskRow(task) for task in TASKS_OF_RUN.unpack(dialect, row[split])]
-            records.append(record)
-    else:  # a row per task
-        for row in statement.rows(conn, params):
-            if not records or records[-1].row.id != row[1]:  # RUN_COLUMNS[1] is Run.id
-                records.append(RunRecord(RunRow(row[:split])))
-            if row[split] is not None:  # LEFT JOIN: a run without tasks has one row of NULLs
-                records[-1].tasks.append(TaskRow(row[split:]))
+    for row in statement.rows(conn, params):  # a row per run, its tasks packed
+        record = RunRecord(RunRow(row[:split]))
+        record.tasks = [TaskRow(task) for task in TASKS_OF_RUN.unpack(dialect, row[split])]
+        records.append(record)
     if len(records) < want and not filters.timed_only:
         return None
     page = records[:limit]

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, case, func, or_, select, true, union_all
-from sqlalchemy.sql import ColumnElement, Select
+from sqlalchemy import BigInteger, bindparam, func, or_, select, text, union_all
+from sqlalchemy.sql import ColumnElement, FromClause, Select
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from .hot import Statement, row_type
 from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
@@ -223,57 +224,40 @@ def tasks_of_runs(count: int) -> Statement:
     return Statement(union_all(*(walk.select() for walk in walks)), sort_by=0)  # type: ignore[arg-type]
 
 
-# GetRun's one statement: the run joined with its first tasks, oldest first.
-# The tasks are a LIMITed subquery of their own, which walks the (run_id,
-# _intid) index and stops at the limit: joined directly, PostgreSQL read and
-# sorted all of a run's tasks before the limit (145 ms for 200,000 tasks,
-# against 3 ms). The run's own JSON columns come with the first row only (the
-# join repeats the rest of the run's columns on every task row: cheap);
-# parsed and sent once per task row, a large `outputs` of a run with 1,000
-# tasks would cost 1,000 times its size. The first row is found in the page
-# itself (a CTE of at most 1,001 rows), not in the tasks table, where the
-# planner may walk another index to find a run's first task.
-_TASK_PAGE = _TASKS_OF_RUN.cte("task_page")
-_FIRST_TASK = select(func.min(_TASK_PAGE.c._intid)).scalar_subquery()
-_IS_FIRST = or_(_TASK_PAGE.c._intid.is_(None), _TASK_PAGE.c._intid == _FIRST_TASK)
-RUN_WITH_TASKS = Statement(
-    select(
-        *(
-            case((_IS_FIRST, c), else_=None).label(c.key)
-            if c.key in ("initial_inputs", "outputs")
-            else c
-            for c in RUN_COLUMNS
-        ),
-        *(_TASK_PAGE.c[c.key].label(f"task_{c.key}") for c in TASK_COLUMNS),
+def _packed_tasks(runs: FromClause, dialect: str) -> ScalarSelect[Any]:
+    """The first `task_limit` tasks of each run of `runs` (the runs table or
+    a page of it, in the enclosing statement), oldest first, as one JSON array of
+    TASK_COLUMNS arrays (TASKS_OF_RUN.unpack reads it): a correlated walk of
+    the (run_id, _intid) index that stops at its limit. One value per run:
+    a run's columns come once, not once per task row, and a page of runs
+    is one row per run. SQLite's json_group_array gives the array as text
+    (sqlite3 lets go of the interpreter lock for every row it steps to:
+    hot.Statement); PostgreSQL's json_agg as json, which psycopg parses in
+    one call (its task JSON columns inside, no call per value)."""
+    walk = (
+        select(*TASK_COLUMNS)
+        .where(Task.run_id == runs.c.id)
+        .order_by(Task._intid)
+        .limit(bindparam("task_limit"))
+        .correlate(runs)
+        .subquery("walk")
     )
-    .select_from(Run)
-    .outerjoin(WorkflowVersion, WorkflowVersion.id == Run.workflow_version_id)
-    .outerjoin(_TASK_PAGE, true())
-    .where(Run.id == bindparam("run_id"))
-    .order_by(_TASK_PAGE.c._intid)
-)
-# SQLite: GetRun's one statement as ONE row, the run and its first tasks
-# packed into a JSON array (TASKS_OF_RUN.unpack reads it), as the runs of a
-# list page carry theirs (page_with_tasks): sqlite3 lets go of the
-# interpreter lock for every row it steps to (hot.Statement), and the run's
-# columns come once, not once per task.
-_RUN_TASKS_WALK = (
-    select(*TASK_COLUMNS)
-    .where(Task.run_id == Run.id)
-    .order_by(Task._intid)
-    .limit(bindparam("limit"))
-    .correlate(Run)
-    .subquery("walk")
-)
-RUN_WITH_PACKED_TASKS = Statement(
-    runs_select()
-    .add_columns(
-        select(func.json_group_array(func.json_array(*_RUN_TASKS_WALK.c)))
-        .scalar_subquery()
-        .label("tasks")
+    if dialect == "sqlite":
+        packed = func.json_group_array(func.json_array(*walk.c))
+    else:
+        packed = func.coalesce(func.json_agg(func.json_build_array(*walk.c)), text("'[]'::json"))
+    return select(packed).scalar_subquery()
+
+
+@functools.cache
+def run_with_tasks(dialect: str) -> Statement:
+    """GetRun's one statement: the run (RUN_COLUMNS) and its first
+    `task_limit` tasks packed (_packed_tasks), one row."""
+    return Statement(
+        runs_select()
+        .add_columns(_packed_tasks(Run.__table__, dialect).label("tasks"))
+        .where(Run.id == bindparam("run_id"))
     )
-    .where(Run.id == bindparam("run_id"))
-)
 
 
 @functools.cache
@@ -327,47 +311,20 @@ def page_with_tasks(
     shape: FilterShape, with_parent: bool, cursor: str, dialect: str
 ) -> Statement | None:
     """A page of timed runs (page_queries' first query, whose parameters it
-    takes) with the first `task_limit` tasks of each, in ONE statement, one
-    snapshot by itself: no transaction around it (Database.read_one), where
-    the page and its tasks took two in one. None for the untimed cursor.
-
-    PostgreSQL: a LATERAL walk of the (run_id, _intid) index per run, sent
-    alone in autocommit: one round trip where BEGIN, two statements and
-    ROLLBACK made four. Rows: RUN_COLUMNS, then the task's columns (NULLs
-    for a run without tasks); a run's JSON columns on its first row only,
-    as in RUN_WITH_TASKS.
-
-    SQLite: a correlated walk of the same index per run, packed into one
-    JSON array of the run's task rows (TASKS_OF_RUN.unpack reads it); the
-    page itself packed (hot.Statement). Rows: RUN_COLUMNS, then the array."""
+    takes) with the first `task_limit` tasks of each packed (_packed_tasks),
+    a row per run, in ONE statement, one snapshot by itself: no transaction
+    around it (Database.read_one), where the page and its tasks took two in
+    one (PostgreSQL: BEGIN, two statements and ROLLBACK, four round trips).
+    On SQLite the page is packed too (hot.Statement), back in its order.
+    None for the untimed cursor."""
     timed = page_queries(shape, with_parent, cursor)[0]
     if timed is None:
         return None
     page = timed.statement.subquery("page")
-    walk = select(*TASK_COLUMNS).where(Task.run_id == page.c.id).order_by(Task._intid)
+    statement = select(*page.c, _packed_tasks(page, dialect).label("tasks"))
     if dialect == "sqlite":
-        walked = walk.limit(bindparam("task_limit")).correlate(page).subquery("walk")
-        tasks = select(func.json_group_array(func.json_array(*walked.c))).scalar_subquery()
-        return Statement(select(*page.c, tasks.label("tasks")), sort_by=(9, 0), reverse=True)
-    lateral = (
-        walk.add_columns(func.row_number().over(order_by=Task._intid).label("rn"))
-        .limit(bindparam("task_limit"))
-        .lateral("task_page")
-    )
-    first = or_(lateral.c.rn.is_(None), lateral.c.rn == 1)
-    return Statement(
-        select(
-            *(
-                case((first, page.c[c.key]), else_=None).label(c.key)
-                if c.key in ("initial_inputs", "outputs")
-                else page.c[c.key]
-                for c in RUN_COLUMNS
-            ),
-            *(lateral.c[c.key].label(f"task_{c.key}") for c in TASK_COLUMNS),
-        )
-        .select_from(page.outerjoin(lateral, true()))
-        .order_by(page.c.start_time.desc(), page.c._intid.desc(), lateral.c._intid)
-    )
+        return Statement(statement, sort_by=(9, 0), reverse=True)
+    return Statement(statement.order_by(page.c.start_time.desc(), page.c._intid.desc()))
 
 
 @functools.cache
