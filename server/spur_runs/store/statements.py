@@ -179,7 +179,7 @@ def runs_select() -> Select[Any]:
 # keys to INTEGER (int4 < int8 is still served by the integer index).
 _CURSOR_ID = BigInteger()
 
-RUN_BY_ID = Statement(runs_select().where(Run.id == bindparam("run_id")))
+RUN_BY_ID = Statement(runs_select().where(Run.id == bindparam("run_id")), sort_by=0)
 INTID_BY_ID = Statement(select(Run._intid).where(Run.id == bindparam("run_id")))
 _TASKS_OF_RUN = (
     select(*TASK_COLUMNS)
@@ -256,7 +256,8 @@ def run_with_tasks(dialect: str) -> Statement:
     return Statement(
         runs_select()
         .add_columns(_packed_tasks(Run.__table__, dialect).label("tasks"))
-        .where(Run.id == bindparam("run_id"))
+        .where(Run.id == bindparam("run_id")),
+        sort_by=0,  # one row; packed on SQLite all the same (hot.Statement)
     )
 
 
