@@ -18,7 +18,9 @@ order reversed every other round), with the same h2load load as run.py
                called in a loop on one thread of this process, no gRPC.
 
 Server CPU per call (utime+stime of the server over the window / calls) is
-the figure the noise moves least. Layers: our per-call frame = health -
+the figure the noise moves least; beside it, the server's context switches
+per call (its threads' /proc counters): how often the interpreter lock and
+grpc's waits hand the CPU over. Layers: our per-call frame = health -
 floor; GetRun's own work in the server = GetRun - health, against the same
 work alone on one thread (in process): the difference is what sharing the
 interpreter between threads costs. The throughput target needs GetRun's
@@ -138,15 +140,15 @@ def write(results: list[dict[str, object]], settings: Settings, path: Path) -> N
             f"| {get:,.0f} | {r['in_process_us']:,.0f} | {r['get_vs_floor_rps']:.1%} "
             f"| {r['get_vs_floor_cpu']:.1f}x |"
         )
-    lines += ["", "| database | case | req/s | p50 ms | p99 ms | server CPU µs/call |",
-              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines += ["", "| database | case | req/s | p50 ms | p99 ms | server CPU µs/call "
+              "| context switches/call |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in results:
         cases = r["cases"]
         assert isinstance(cases, dict)
         for case in cases.values():
             lines.append(
                 f"| {r['backend']} | {case['label']} | {case['rps']:,.0f} | {case['p50_ms']:.2f} "
-                f"| {case['p99_ms']:.2f} | {case['cpu_us']:,.0f} |"
+                f"| {case['p99_ms']:.2f} | {case['cpu_us']:,.0f} | {case.get('switches', 0):.1f} |"
             )
     path.write_text("\n".join(lines) + "\n")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import GRPC_HEADERS, H2LOAD_CLIENTS, H2LOAD_STREAMS, LIB, WRK_CONNECTIONS, log
-from .procs import tree_cpu
+from .procs import tree_cpu, tree_switches
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Sample:
     p50_ms: float
     p99_ms: float
     cpu_us: float = 0.0  # server CPU per request
+    switches: float = 0.0  # the server's context switches per request
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -186,9 +187,10 @@ class Case:
 
     def measure(self, seconds: float, work: Path) -> Sample:
         pid = self.pid()
-        before = tree_cpu(pid)
+        before, switched = tree_cpu(pid), tree_switches(pid)
         sample = self.load.run(seconds, work)
         sample.cpu_us = (tree_cpu(pid) - before) / sample.requests * 1e6
+        sample.switches = (tree_switches(pid) - switched) / sample.requests
         self.samples.append(sample)
         return sample
 
@@ -206,6 +208,7 @@ class Case:
             "p50_ms": med("p50_ms"),
             "p99_ms": med("p99_ms"),
             "cpu_us": med("cpu_us"),
+            "switches": med("switches"),
             "requests": sum(x.requests for x in s),
             "rounds": [asdict(x) for x in s],
         }
@@ -246,5 +249,6 @@ def run_rounds(cases: Sequence[Case], settings: Settings, work: Path, label: str
             sample = case.measure(settings.seconds, work)
             log(
                 f"{label} round {n + 1}/{settings.rounds} {case.label:<44} {sample.rps:8.1f} req/s  "
-                f"p50 {sample.p50_ms:7.2f} ms  p99 {sample.p99_ms:7.2f} ms  {sample.cpu_us:7.0f} us CPU/req"
+                f"p50 {sample.p50_ms:7.2f} ms  p99 {sample.p99_ms:7.2f} ms  {sample.cpu_us:7.0f} us CPU/req  "
+                f"{sample.switches:5.1f} switches/req"
             )

@@ -107,6 +107,21 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def tree_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of a process tree's live threads:
+    a thread hands the interpreter lock over, or waits for it, with one."""
+    total = 0
+    for p in descendants(pid):
+        for status in Path(f"/proc/{p}/task").glob("*/status"):
+            try:
+                for line in status.read_text().splitlines():
+                    if "ctxt_switches:" in line:
+                        total += int(line.rpartition(":")[2])
+            except (OSError, ValueError):
+                pass  # the thread ended meanwhile
+    return total
+
+
 def memory(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM (peak) in MB of one process."""
     fields = {}

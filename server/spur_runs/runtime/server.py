@@ -62,11 +62,14 @@ class RunsServer:
         # --max-workers, defaults to 4 (config.py), from measurement
         # (docs/performance.md, "Threads"): GetRun under 16 calls in flight
         # on 2 cores served 1,089 / 1,239 / 1,295 / 1,261 calls/s with 1 / 2 /
-        # 4 / 8 threads (server CPU per call 895 / 785 / 760 / 730 µs), and a
-        # list page the same with 1, 2 or 4. The interpreter lock costs no
-        # CPU to wait for: one thread loses the overlap of the database and
-        # the sockets with Python; more than 4 gain nothing and hold more
-        # database connections.
+        # 4 / 8 threads (server CPU per call 895 / 785 / 760 / 730 µs). Measured
+        # again 2026-12-02 (3 rounds each): on PostgreSQL 4 threads serve 1.3-
+        # 1.6x the list pages of 1 (they overlap the database's round trips);
+        # on SQLite 1 thread spends 0.6-0.85x the CPU per page of 4 (handing
+        # the interpreter lock between threads costs context switches), but
+        # would queue every call behind the slowest one (a deep page-number
+        # page of 1M runs takes ~0.4 s). More than 4 gain nothing and hold
+        # more database connections.
         self.executor = futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="rpc"
         )
