@@ -125,10 +125,16 @@ class _Compiled:
         self.sort_key = itemgetter(*sort_by) if sort_by else None
         self.reverse = reverse
         if self.packed:
-            names = ", ".join(f"c{i}" for i in range(width))
+            names = [f"c{i}" for i in range(width)]
+            # json_array refuses a BLOB, which sqlite3 handed over as bytes
+            # (and load_json parsed) for a JSON column: read those as text.
+            values = [
+                f"CAST({name} AS TEXT)" if isinstance(column.type, JSON) else name
+                for name, column in zip(names, statement.selected_columns, strict=True)
+            ]
             self.sql = (
-                f"WITH packed({names}) AS ({self.sql}) "
-                f"SELECT json_group_array(json_array({names})) FROM packed"
+                f"WITH packed({', '.join(names)}) AS ({self.sql}) "
+                f"SELECT json_group_array(json_array({', '.join(values)})) FROM packed"
             )
         # Positional drivers (sqlite3's qmark) take a tuple in this order;
         # pyformat ones (psycopg) a dict.

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, func, or_, select, text, union_all
+from sqlalchemy import JSON, BigInteger, Text, bindparam, cast, func, or_, select, text, union_all
 from sqlalchemy.sql import ColumnElement, FromClause, Select
 from sqlalchemy.sql.selectable import ScalarSelect
 
@@ -243,7 +243,9 @@ def _packed_tasks(runs: FromClause, dialect: str) -> ScalarSelect[Any]:
         .subquery("walk")
     )
     if dialect == "sqlite":
-        packed = func.json_group_array(func.json_array(*walk.c))
+        # json_array refuses a BLOB in a JSON column (hot.Statement): as text.
+        values = (cast(c, Text) if isinstance(c.type, JSON) else c for c in walk.c)
+        packed = func.json_group_array(func.json_array(*values))
     else:
         packed = func.coalesce(func.json_agg(func.json_build_array(*walk.c)), text("'[]'::json"))
     return select(packed).scalar_subquery()
