@@ -6,8 +6,10 @@ and never commits: the caller owns the transaction (db.Database.read / write).
 The statements are in statements.py; the hot reads run them on the DBAPI
 cursor (hot.py). Costs are bounded by what a response shows: a run's tasks
 are read with the run in one statement whatever their number (two more for
-a run with more than TASKS_PER_RUN), a page of runs reads all its tasks in
-one batched statement.
+a run with more than TASKS_PER_RUN); a page of runs with its tasks is one
+statement too (list_runs_in_one_statement), or, for the pages that one
+cannot finish, two in a transaction (list_runs: the page, then all its
+tasks in one batched statement).
 """
 
 from __future__ import annotations
