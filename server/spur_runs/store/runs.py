@@ -168,12 +168,8 @@ def list_runs(
     NULLS LAST ordering no index of both databases can serve. Without
     `with_tasks` (RUN_VIEW_BASIC) no statement reads the tasks table.
     """
-    cursor = "none" if after is None else ("timed" if after.start_time is not None else "untimed")
+    cursor, params = _page_params(after, parent_run_id, filters)
     timed, untimed, timed_count = page_queries(filters.shape, parent_run_id is not None, cursor)
-    params = filters.params()
-    params["parent_run_id"] = parent_run_id
-    if after is not None:
-        params["after_time"], params["after_intid"] = after.start_time, after.intid
     want = limit + 1  # one more than the page tells whether another follows
     rows: list[tuple[Any, ...]] = []
     if timed is not None:
@@ -210,21 +206,13 @@ def list_runs_in_one_statement(
     offset lies past the timed ones), or a run has more than
     TASKS_PER_LISTED_RUN tasks (counted over all of them); list_runs in a
     transaction then reads it again."""
-    cursor = "none" if after is None else ("timed" if after.start_time is not None else "untimed")
+    cursor, params = _page_params(after, parent_run_id, filters)
     dialect = conn.dialect
     statement = page_with_tasks(filters.shape, parent_run_id is not None, cursor, dialect.name)
     if statement is None:
         return None
     want = limit + 1  # one more than the page tells whether another follows
-    params = filters.params()
-    params.update(
-        parent_run_id=parent_run_id,
-        offset=offset,
-        limit=want,
-        task_limit=TASKS_PER_LISTED_RUN + 1,
-    )
-    if after is not None:
-        params["after_time"], params["after_intid"] = after.start_time, after.intid
+    params.update(offset=offset, limit=want, task_limit=TASKS_PER_LISTED_RUN + 1)
     split = len(RUN_COLUMNS)
     records: list[RunRecord] = []
     for row in statement.rows(conn, params):  # a row per run, its tasks packed
@@ -234,9 +222,23 @@ def list_runs_in_one_statement(
     if len(records) < want and not filters.timed_only:
         return None
     page = records[:limit]
-    if any([_count(record, TASKS_PER_LISTED_RUN) for record in page]):
+    if any(_count(record, TASKS_PER_LISTED_RUN) for record in page):
         return None
     return page, len(records) > limit
+
+
+def _page_params(
+    after: RunCursor | None, parent_run_id: str | None, filters: RunFilter
+) -> tuple[str, dict[str, Any]]:
+    """The kind of cursor a page continues from (page_queries' `cursor`) and
+    the parameters its statements share: the filters', the parent's, the
+    cursor's."""
+    params = filters.params()
+    params["parent_run_id"] = parent_run_id
+    if after is None:
+        return "none", params
+    params["after_time"], params["after_intid"] = after.start_time, after.intid
+    return ("timed" if after.start_time is not None else "untimed"), params
 
 
 def count_runs(conn: Connection, filters: RunFilter = NO_FILTER) -> int:
