@@ -302,15 +302,17 @@ def test_a_passed_deadline_is_deadline_exceeded_both_ways(
     guarded: RunsServer, seeded: Seeded
 ) -> None:
     async def test(roads: Roads) -> None:
-        for timeout in (1e-6, 0.0):
+        for timeout in (1e-6, 0.0, -1.0):
             local, remote = await roads.both(
                 "GetRun", pb.GetRunRequest(run_id=seeded.parent), timeout=timeout
             )
             assert local.code == grpc.StatusCode.DEADLINE_EXCEEDED, local
-            if timeout > 0 and remote.code == grpc.StatusCode.OK:
-                # grpc keeps deadlines in whole milliseconds: 1 µs reaches
-                # the server as up to 1 ms, within which a GetRun can now
-                # finish (CI saw it); in process the deadline is exact.
+            if timeout >= 0 and remote.code == grpc.StatusCode.OK:
+                # grpc rounds a deadline up to its next whole millisecond: a
+                # deadline of now, or 1 µs from now, reaches the server as up
+                # to 1 ms, within which a GetRun can finish (CI saw both); in
+                # process the deadline is exact. One a second past is past on
+                # any clock, so that one must fail both ways.
                 continue
             assert remote.code == grpc.StatusCode.DEADLINE_EXCEEDED, (local, remote)
             # In process, the server's hooks answer it: its Status, its
