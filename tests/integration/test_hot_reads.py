@@ -195,3 +195,64 @@ def test_a_json_column_stored_as_a_blob_still_reads_on_sqlite(db: Database) -> N
     assert record.tasks[0].inputs == {"a": 1} and record.row.outputs == [1]
     assert listed == record
     assert one is None or one[0] == [record]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_single_read_is_sent_alone_and_its_connection_goes_back_transactional(
+    migrated_url: str,
+) -> None:
+    """Database.read_one puts its PostgreSQL connection in autocommit (no
+    BEGIN, no ROLLBACK around GetRun's statement) and takes it out again:
+    the same pooled connection then serves a read's snapshot and a write
+    that rolls back whole."""
+    db = Database.from_url(migrated_url, pool_size=1)  # one connection: the same one each time
+    try:
+        with db.write() as s:
+            run_id = add_run(s, add_workflow(s), start_time=T0, tasks=[("a", TaskStatus.COMPLETED)])
+        with db.read_one() as conn:
+            assert runs.get_run(conn, run_id, single_statement=True).row.id == run_id
+            # Nothing open after the statement: it was its own transaction.
+            assert conn.exec_driver_sql("SELECT now() = statement_timestamp()").scalar_one()
+        with pytest.raises(RuntimeError), db.write() as conn:
+            conn.execute(text("UPDATE runs SET status = 'FAILED' WHERE id = :r"), {"r": run_id})
+            raise RuntimeError("after the update, before the commit")
+        with db.read_one() as conn:
+            record = runs.get_run(conn, run_id, single_statement=True)
+            assert record.row.status is RunStatus.COMPLETED  # the update rolled back
+        with db.read() as conn:
+            assert conn.exec_driver_sql("SHOW transaction_isolation").scalar_one() == (
+                "repeatable read"
+            )
+            first = conn.exec_driver_sql("SELECT now()").scalar_one()
+            assert conn.exec_driver_sql("SELECT now()").scalar_one() == first  # one transaction
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_connection_lost_in_a_single_read_is_its_error_and_not_reused(
+    migrated_url: str,
+) -> None:
+    """The backend of read_one's connection killed under it: the caller gets
+    SQLAlchemy's disconnect error (UNAVAILABLE), not a failure to take the
+    connection out of autocommit, and the next read gets a new connection."""
+    db = Database.from_url(migrated_url, pool_size=1)
+    try:
+        with db.write() as s:
+            run_id = add_run(s, add_workflow(s), start_time=T0)
+        with db.read_one() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        admin = Database.from_url(migrated_url, pool_size=1)
+        try:
+            with admin.read_one() as conn:
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend({int(pid)})")
+        finally:
+            admin.dispose()
+        with pytest.raises(sa_exc.DBAPIError) as raised, db.read_one() as conn:
+            runs.get_run(conn, run_id, single_statement=True)
+        assert raised.value.connection_invalidated
+        with db.read_one() as conn:
+            assert runs.get_run(conn, run_id, single_statement=True).row.id == run_id
+            assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
+    finally:
+        db.dispose()

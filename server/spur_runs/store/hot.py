@@ -282,9 +282,12 @@ class Statement:
 def fetch(conn: Connection, sql: str, arguments: Any) -> list[Any]:
     """Run `sql` on `conn`'s DBAPI connection, in its transaction (if any),
     and fetch every row."""
-    if not conn.in_transaction():
-        # Begin as SQLAlchemy's autobegin would: its "begin" listeners run
+    if conn.dispatch.begin and not conn.in_transaction():
+        # Begin as SQLAlchemy's autobegin would, for its "begin" listeners
         # (db.py: SQLite's busy_timeout put back after a write lowered it).
+        # Without listeners there is nothing to run: a PostgreSQL connection
+        # outside a transaction is in autocommit (Database.read_one), and
+        # SQLAlchemy's transaction would only roll back nothing at the end.
         conn.begin()
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
