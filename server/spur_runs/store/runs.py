@@ -214,17 +214,17 @@ def list_runs_in_one_statement(
     want = limit + 1  # one more than the page tells whether another follows
     params.update(offset=offset, limit=want, task_limit=TASKS_PER_LISTED_RUN + 1)
     split = len(RUN_COLUMNS)
-    records: list[RunRecord] = []
-    for row in statement.rows(conn, params):  # a row per run, its tasks packed
+    rows = statement.rows(conn, params)  # a row per run, its tasks packed
+    if len(rows) < want and not filters.timed_only:
+        return None
+    page: list[RunRecord] = []
+    for row in rows[:limit]:  # the run past the page only says that more follow
         record = RunRecord(RunRow(row[:split]))
         record.tasks = [TaskRow(task) for task in TASKS_OF_RUN.unpack(dialect, row[split])]
-        records.append(record)
-    if len(records) < want and not filters.timed_only:
-        return None
-    page = records[:limit]
+        page.append(record)
     if any(_count(record, TASKS_PER_LISTED_RUN) for record in page):
         return None
-    return page, len(records) > limit
+    return page, len(rows) > limit
 
 
 def _page_params(
