@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import GRPC_HEADERS, H2LOAD_CLIENTS, H2LOAD_STREAMS, LIB, WRK_CONNECTIONS, log
-from .procs import tree_cpu, tree_switches
+from .procs import switches_between, tree_cpu, tree_switches
 
 
 @dataclass
@@ -190,7 +190,7 @@ class Case:
         before, switched = tree_cpu(pid), tree_switches(pid)
         sample = self.load.run(seconds, work)
         sample.cpu_us = (tree_cpu(pid) - before) / sample.requests * 1e6
-        sample.switches = (tree_switches(pid) - switched) / sample.requests
+        sample.switches = switches_between(switched, tree_switches(pid)) / sample.requests
         self.samples.append(sample)
         return sample
 

@@ -107,19 +107,30 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
-def tree_switches(pid: int) -> int:
-    """Context switches (voluntary and not) of a process tree's live threads:
-    a thread hands the interpreter lock over, or waits for it, with one."""
-    total = 0
+def tree_switches(pid: int) -> dict[str, int]:
+    """Context switches (voluntary and not) of each live thread of a process
+    tree, by /proc path: a thread hands the interpreter lock over, or waits
+    for it, with one. See switches_between."""
+    counts: dict[str, int] = {}
     for p in descendants(pid):
         for status in Path(f"/proc/{p}/task").glob("*/status"):
             try:
+                total = 0
                 for line in status.read_text().splitlines():
                     if "ctxt_switches:" in line:
                         total += int(line.rpartition(":")[2])
+                counts[str(status)] = total
             except (OSError, ValueError):
                 pass  # the thread ended meanwhile
-    return total
+    return counts
+
+
+def switches_between(before: dict[str, int], after: dict[str, int]) -> int:
+    """The switches of the threads alive at `after` since `before` (a thread
+    started since counts from 0). A thread that ended in between takes its
+    count with it and is left out: a summed count would go down (PySpur's
+    worker threads come and go), and a lower bound is the honest figure."""
+    return sum(count - before.get(thread, 0) for thread, count in after.items())
 
 
 def memory(pid: int) -> dict[str, float]:
