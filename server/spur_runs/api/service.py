@@ -89,6 +89,14 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._versions = versions or VersionCache()
         self._hub = hub
 
+    def _load_versions(self, keys: list[tuple[str, str] | None]) -> None:
+        """Cache the workflow versions of `keys` that are not cached, read
+        after a one-statement read: immutable rows need not come from its
+        snapshot. No connection is taken when all are cached."""
+        if self._versions.missing(keys):
+            with self._db.read_one() as conn:
+                self._versions.load(conn, keys)
+
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
         run_id = validate_run_id(request.run_id)
         basic = filters.is_basic(request.view)
@@ -101,10 +109,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             # from more statements, which must share the list's snapshot.
             with self._db.read() as conn:
                 record = runs.get_run(conn, run_id, with_tasks=not basic)
-        if self._versions.missing([record.version_key]):
-            # Immutable rows: they need not come from the run's snapshot.
-            with self._db.read_one() as conn:
-                self._versions.load(conn, [record.version_key])
+        self._load_versions([record.version_key])
         response = pb.GetRunResponse()
         convert.fill_run(response.run, record, self._versions, basic=basic)
         return response
@@ -125,10 +130,8 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                     offset=query.offset,
                     filters=query.where,
                 )
-            if page is not None and self._versions.missing(r.version_key for r in page[0]):
-                # Immutable rows: they need not come from the page's snapshot.
-                with self._db.read_one() as conn:
-                    self._versions.load(conn, (r.version_key for r in page[0]))
+            if page is not None:
+                self._load_versions([r.version_key for r in page[0]])
         if page is not None:
             records, more = page
         else:

@@ -250,16 +250,14 @@ class Database:
         self._read_bind: Engine = reader
         self._write_bind: Engine = engine.execution_options(**{WRITE_OPTION: True})
         self._single_bind: Engine = reader.execution_options(**{SINGLE_OPTION: True})
-        self._autocommit_single = False
         if reader.dialect.name == "postgresql":
             # One snapshot for all the statements of a read, as SQLite's
             # transactions give: a run and its tasks are read consistently.
             # (A hot standby supports REPEATABLE READ too.)
             self._read_bind = reader.execution_options(isolation_level="REPEATABLE READ")
-            # A single statement sees one snapshot by itself: read_one runs
+            # (A single statement sees one snapshot by itself: read_one runs
             # it in autocommit, which psycopg sends alone, without BEGIN and
-            # ROLLBACK round trips (see there).
-            self._autocommit_single = True
+            # ROLLBACK round trips.)
 
     @classmethod
     def from_url(
@@ -340,12 +338,13 @@ class Database:
             raise DeadlineExceeded("the call's deadline passed before the database was asked")
         self._check_reachable(self._read_role)
         tight = left is not None and (self._timeout is None or left < self._timeout)
-        if tight and self._single_bind.dialect.name == "postgresql":
+        postgresql = self._single_bind.dialect.name == "postgresql"
+        if tight and postgresql:
             with self.read() as connection:
                 yield connection
             return
         with self._single_bind.connect() as connection:
-            if not self._autocommit_single:
+            if not postgresql:
                 yield connection
                 return
             # Autocommit set on psycopg's connection for this scope, not as

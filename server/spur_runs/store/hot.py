@@ -175,13 +175,10 @@ class _Compiled:
             if in_json is not None:
                 from_json.append((index, in_json))
         self.decode_row = _row_decoder(width, results) if results else None
-        self.unpack_row = (
-            self.decode_row  # SQLite: the same values either way
-            if from_json == results
-            else _row_decoder(width, from_json)
-            if from_json
-            else None
-        )
+        if from_json == results:  # SQLite: the same values either way
+            self.unpack_row = self.decode_row
+        else:
+            self.unpack_row = _row_decoder(width, from_json) if from_json else None
 
     def arguments(self, params: Mapping[str, Any]) -> Any:
         values = {**self.fixed, **params}
