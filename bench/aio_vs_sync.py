@@ -1,5 +1,5 @@
 # ruff: noqa: E501  (report strings read better unbroken)
-"""Which server model is faster for spur-runs: sync grpcio + sync SQLAlchemy, or grpc.aio + async SQLAlchemy?
+"""Which server model is faster for spur-runs: sync grpcio + sync SQLAlchemy, grpc.aio + async SQLAlchemy, or grpc.aio running the sync reads on its loop?
 
     python bench/aio_vs_sync.py                  # SQLite and PostgreSQL, ~12 minutes
     python bench/aio_vs_sync.py --backends sqlite --rounds 2 --seconds 1   # a quick look
@@ -15,6 +15,10 @@ bench/run.py), then these servers as child processes on free ports:
 - aio:       bench/lib/aio_server.py --mode aio  (grpc.aio + create_async_engine, pool 16)
 - aio-pool4: the same with an async engine pool of 4
 - sync:      bench/lib/aio_server.py --mode sync (grpc.server, 4 threads, RunService, pool 16)
+- inline:    bench/lib/aio_server.py --mode inline (grpc.aio, the same sync RunService
+             called on the event loop's thread: no hand-over between threads)
+- floor:     bench/lib/floor_server.py --mode sync, the empty RPC of bench/run.py's
+             "share of the floor" (GetRun cases only)
 - serve:     `spur-runs serve` with its default flags (interceptors, health, ...), for context
 
 aio and sync differ in the server model only: both run store/runs.py and
@@ -24,7 +28,7 @@ and one ListRuns page must be byte-identical on every server (see `check_same`).
 Load: h2load -t1 (content-type application/grpc, te trailers, one
 length-prefixed body) on GetRun of one run and on ListRuns page_size 10 (full
 view), at -c4 -m4 (16 in flight, as bench/run.py) with all four servers and
-at -c1 -m1 (one in flight) with aio and sync. Every round loads each case of
+at -c1 -m1 (one in flight) with aio, sync and inline. Every round loads each case of
 a comparison back to back, the order reversed every other round. Per case:
 req/s, p50/p99 (h2load's per-request log) and server CPU µs/req (utime+stime
 of the server process from /proc/PID/stat over the window / requests). A
@@ -64,7 +68,11 @@ RUNS = 10_000
 # (clients, streams per client): 16 in flight as bench/run.py, and one.
 LOADS = {"c4m4": (4, 4), "c1m1": (1, 1)}
 # Which servers each load compares; the first two are the ratio's terms.
-SERVERS_AT = {"c4m4": ["aio", "sync", "aio-pool4", "serve"], "c1m1": ["aio", "sync"]}
+SERVERS_AT = {
+    "c4m4": ["aio", "sync", "inline", "aio-pool4", "serve", "floor"],
+    "c1m1": ["aio", "sync", "inline"],
+}
+FLOOR = "/bench.Floor/Empty"  # lib/floor_server.py: it answers any request, empty
 
 
 # ---------------------------------------------------------------------------
@@ -75,13 +83,15 @@ def start_server(procs: Processes, kind: str, db: Database) -> tuple[int, int]:
     """(pid, port) of a started and answering server."""
     port = free_port()
     python = sys.executable
-    if kind == "serve":
+    if kind == "floor":
+        command = [python, str(LIB / "floor_server.py"), "--mode", "sync", "--port", str(port)]
+    elif kind == "serve":
         command = [
             python, "-m", "spur_runs", "serve", "--database-url", db.url,
             "--grpc-address", f"127.0.0.1:{port}", "--log-level", "WARNING",
         ]  # fmt: skip
     else:
-        mode = "sync" if kind == "sync" else "aio"
+        mode = kind if kind in ("sync", "inline") else "aio"
         pool = "4" if kind == "aio-pool4" else "16"
         command = [
             python, str(LIB / "aio_server.py"), "--mode", mode, "--database-url", db.url,
@@ -91,7 +101,10 @@ def start_server(procs: Processes, kind: str, db: Database) -> tuple[int, int]:
 
     def ready() -> bool:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            RunServiceStub(channel).ListRuns(pb.ListRunsRequest(page_size=1), timeout=2)
+            if kind == "floor":
+                channel.unary_unary(FLOOR)(b"", timeout=2)
+            else:
+                RunServiceStub(channel).ListRuns(pb.ListRunsRequest(page_size=1), timeout=2)
         return True
 
     wait_until(ready, process, kind)
@@ -152,7 +165,7 @@ class Case:
 
     def h2load(self, seconds: float, work: Path) -> Sample:
         clients, streams = LOADS[self.load]
-        path = GET_RUN if self.rpc == "GetRun" else LIST_RUNS
+        path = FLOOR if self.server == "floor" else GET_RUN if self.rpc == "GetRun" else LIST_RUNS
         log_file = work / "h2load.log"
         command = [
             "h2load", "-t", "1", "-c", str(clients), "-m", str(streams), "-D", f"{int(seconds * 1000)}ms",
@@ -285,7 +298,7 @@ def bench_database(
         run_ids = sample_runs(db, 5)
         servers = {kind: start_server(procs, kind, db) for kind in SERVERS_AT["c4m4"]}
         ports = {kind: port for kind, (_pid, port) in servers.items()}
-        sizes = check_same(ports, run_ids)
+        sizes = check_same({k: p for k, p in ports.items() if k != "floor"}, run_ids)
         log(
             f"{db.name}: GetRun of {', '.join(run_ids)} and ListRuns page 1 identical on {', '.join(ports)}"
         )
@@ -302,7 +315,18 @@ def bench_database(
             ),
         }
         groups: list[list[Case]] = [
-            [Case(kind, rpc, load, *servers[kind], *bodies[rpc]) for kind in SERVERS_AT[load]]
+            [
+                Case(
+                    kind,
+                    rpc,
+                    load,
+                    *servers[kind],
+                    bodies[rpc][0],
+                    0 if kind == "floor" else bodies[rpc][1],
+                )
+                for kind in SERVERS_AT[load]
+                if kind != "floor" or rpc == "GetRun"
+            ]
             for load in LOADS
             for rpc in bodies
         ]
@@ -326,6 +350,11 @@ def bench_database(
             for case in group[2:]:
                 row[f"{case.server}_rps"] = ratio(case, sync, "rps")
                 row[f"{case.server}_cpu"] = ratio(case, sync, "cpu_us")
+            floor = next((c for c in group if c.server == "floor"), None)
+            if floor is not None:  # bench/run.py's target: GetRun's req/s over the floor's
+                for case in group:
+                    if case is not floor:
+                        row[f"{case.server}_floor_share"] = ratio(case, floor, "rps")
             ratios.append(row)
             log(
                 f"{db.name} {aio.rpc} {aio.load}: aio/sync req/s {row['rps']:.2f}x, CPU/req {row['cpu']:.2f}x"
@@ -351,7 +380,7 @@ def bench_database(
 def write_markdown(results: dict[str, Any], path: Path) -> None:
     meta = results["meta"]
     lines = [
-        "# sync grpcio + SQLAlchemy vs grpc.aio + async SQLAlchemy",
+        "# sync grpcio + SQLAlchemy vs grpc.aio (async SQLAlchemy, or the sync reads on its loop)",
         "",
         f"`{meta['command']}` — {meta['date']}, {meta['machine']}, load {meta['load_start']} → "
         f"{meta['load_end']}; {meta['rounds']} rounds × {meta['seconds']:g} s per case, {RUNS:,} seeded runs.",
@@ -363,6 +392,12 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "PostgreSQL; db.py's SQLite PRAGMAs and BEGIN). **aio-pool4**: the same, async pool 4.",
         "- **sync**: bench/lib/aio_server.py --mode sync: grpc.server(ThreadPoolExecutor(4)) + "
         "spur_runs.service.RunService(Database.from_url(url)), pool 16. No interceptors on either.",
+        "- **inline**: bench/lib/aio_server.py --mode inline: grpc.aio.server serving that same sync "
+        "RunService, each call run on the event loop's own thread (no hand-over between threads; a "
+        "blocking read blocks the whole server, on PostgreSQL for every round trip). What the server "
+        "model alone would buy, not a design to ship as is.",
+        "- **floor**: bench/lib/floor_server.py --mode sync, the empty RPC behind bench/run.py's "
+        '"share of the sync floor" (GetRun cases only).',
         "- **serve**: `spur-runs serve` with default flags (interceptors, health, reflection, limits), for context.",
         "- Load: `h2load -t1 -cC -mM -D <s> -H 'content-type: application/grpc' -H 'te: trailers' -d <body>`; "
         "GetRun of one run, ListRuns page_size 10 (full view). Cases of one comparison back to back in "
@@ -375,17 +410,37 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         "",
         "## Ratios (aio / sync; medians of per-round ratios)",
         "",
-        "| database | RPC | load | req/s aio/sync | CPU/req aio/sync | req/s aio-pool4/sync | req/s serve/sync |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| database | RPC | load | req/s aio/sync | CPU/req aio/sync | req/s inline/sync | CPU/req inline/sync | req/s aio-pool4/sync | req/s serve/sync |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for d in results["databases"]:
         for r in d["ratios"]:
-            extra = [f"{r[k]:.2f}x" if k in r else "–" for k in ("aio-pool4_rps", "serve_rps")]
+            extra = [
+                f"{r[k]:.2f}x" if k in r else "–"
+                for k in ("inline_rps", "inline_cpu", "aio-pool4_rps", "serve_rps")
+            ]
             lines.append(
                 f"| {d['name']} | {r['rpc']} | {r['load']} | **{r['rps']:.2f}x** | **{r['cpu']:.2f}x** | "
                 + " | ".join(extra)
                 + " |"
             )
+    lines += [
+        "",
+        "## GetRun's share of the sync floor (req/s over the floor's, as bench/run.py's target; ≥ 35% asked)",
+        "",
+        "| database | load | serve | sync | aio | inline |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for d in results["databases"]:
+        for r in d["ratios"]:
+            if "serve_floor_share" in r:
+                lines.append(
+                    f"| {d['name']} | {r['load']} | "
+                    + " | ".join(
+                        f"{r[f'{k}_floor_share']:.1%}" for k in ("serve", "sync", "aio", "inline")
+                    )
+                    + " |"
+                )
     lines += [
         "",
         "## The database layer alone (no gRPC, in process, one call at a time)",

@@ -3,6 +3,7 @@ engine, and its sync twin, to compare the two server models (bench/aio_vs_sync.p
 
     python bench/lib/aio_server.py --mode aio  --database-url URL --port P [--pool-size N]
     python bench/lib/aio_server.py --mode sync --database-url URL --port P [--pool-size N]
+    python bench/lib/aio_server.py --mode inline --database-url URL --port P [--pool-size N]
 
 aio: grpc.aio.server, create_async_engine (sqlite+aiosqlite or
 postgresql+psycopg in its async form); each call opens one AsyncConnection,
@@ -22,7 +23,14 @@ side calls the same store and convert functions.
 sync: grpc.server(ThreadPoolExecutor(max_workers=4)) serving
 spur_runs.service.RunService(Database.from_url(url)) itself.
 
-Neither has interceptors, health, reflection or channel options: the server
+inline: grpc.aio.server serving that same sync RunService, each call run
+on the event loop's own thread (`async def` wrappers that call the sync
+methods): no thread hands a call to another, and a blocking read blocks the
+whole server for its duration (on PostgreSQL the loop waits out every round
+trip). It measures what the server model alone would buy spur-runs, not a
+design to ship as is.
+
+None has interceptors, health, reflection or channel options: the server
 model is the only difference. Prints "ready PORT" once it listens; SIGTERM
 stops it.
 """
@@ -242,9 +250,38 @@ def serve_sync(url: str, port: int, pool_size: int) -> None:
     database.dispose()
 
 
+async def serve_inline(url: str, port: int, pool_size: int) -> None:
+    from spur_runs.api.service import RunService
+    from spur_runs.store.db import Database
+
+    database = Database.from_url(url, pool_size=pool_size)
+    servicer = RunService(database)
+
+    # Only the two RPCs the bench loads: the others answer UNIMPLEMENTED (the base class).
+    class InlineRunService(run_service_pb2_grpc.RunServiceServicer):
+        async def GetRun(self, request: Any, context: Any) -> Any:  # type: ignore[override]
+            return servicer.GetRun(request, context)
+
+        async def ListRuns(self, request: Any, context: Any) -> Any:  # type: ignore[override]
+            return servicer.ListRuns(request, context)
+
+    server = grpc.aio.server()
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(InlineRunService(), server)  # type: ignore[abstract]
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"ready {bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1)
+    database.dispose()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--mode", choices=("sync", "aio"), default="aio")
+    parser.add_argument("--mode", choices=("sync", "aio", "inline"), default="aio")
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(
@@ -253,6 +290,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "sync":
         serve_sync(args.database_url, args.port, args.pool_size)
+    elif args.mode == "inline":
+        asyncio.run(serve_inline(args.database_url, args.port, args.pool_size))
     else:
         asyncio.run(serve_aio(args.database_url, args.port, args.pool_size))
 
