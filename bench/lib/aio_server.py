@@ -4,6 +4,7 @@ engine, and its sync twin, to compare the two server models (bench/aio_vs_sync.p
     python bench/lib/aio_server.py --mode aio  --database-url URL --port P [--pool-size N]
     python bench/lib/aio_server.py --mode sync --database-url URL --port P [--pool-size N]
     python bench/lib/aio_server.py --mode inline --database-url URL --port P [--pool-size N]
+    python bench/lib/aio_server.py --mode inline-frame --database-url URL --port P [--pool-size N]
 
 aio: grpc.aio.server, create_async_engine (sqlite+aiosqlite or
 postgresql+psycopg in its async form); each call opens one AsyncConnection,
@@ -28,9 +29,11 @@ on the event loop's own thread (`async def` wrappers that call the sync
 methods): no thread hands a call to another, and a blocking read blocks the
 whole server for its duration (on PostgreSQL the loop waits out every round
 trip). It measures what the server model alone would buy spur-runs, not a
-design to ship as is.
+design to ship as is. inline-frame: the same, each call wrapped in the
+interceptor chain of `spur-runs serve` (its hooks, metrics and access log, as
+RunsServer builds them) with the gateway's LocalContext, on the loop's thread.
 
-None has interceptors, health, reflection or channel options: the server
+Apart from inline-frame, none has interceptors, health, reflection or channel options: the server
 model is the only difference. Prints "ready PORT" once it listens; SIGTERM
 stops it.
 """
@@ -250,20 +253,71 @@ def serve_sync(url: str, port: int, pool_size: int) -> None:
     database.dispose()
 
 
-async def serve_inline(url: str, port: int, pool_size: int) -> None:
+class _Details(grpc.HandlerCallDetails):
+    def __init__(self, method: str, invocation_metadata: Any) -> None:
+        self.method = method
+        self.invocation_metadata = invocation_metadata
+
+
+async def serve_inline(url: str, port: int, pool_size: int, frame: bool) -> None:
     from spur_runs.api.service import RunService
     from spur_runs.store.db import Database
 
     database = Database.from_url(url, pool_size=pool_size)
     servicer = RunService(database)
+    call: Callable[[str, Any, Any], Any]
+
+    if not frame:
+
+        async def call(method: str, request: Any, context: Any) -> Any:
+            return getattr(servicer, method)(request, context)
+
+    else:
+        from spur_runs.config import Config
+        from spur_runs.gateway.inprocess import LocalContext, recorded_handlers
+        from spur_runs.runtime.server import RunsServer
+
+        # The very chain of hooks `spur-runs serve` wraps every call in (observe:
+        # metrics, access log, request ids; auth; deadlines; errors; decode), as
+        # RunsServer builds it; RunsServer's own gRPC server is never started.
+        chain = RunsServer(Config(grpc_address="127.0.0.1:0"), database).chain
+        handlers = recorded_handlers(
+            lambda target: run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, target)
+        )
+
+        def lookup(details: grpc.HandlerCallDetails) -> Any:
+            return next(h for h in (g.service(details) for g in handlers) if h is not None)
+
+        async def call(method: str, request: Any, context: Any) -> Any:
+            # As the gateway's in-process road runs a call (gateway/inprocess.py),
+            # but on this thread: the chain's hooks see a LocalContext.
+            metadata = tuple(context.invocation_metadata() or ())
+            local = LocalContext(metadata, context.time_remaining(), context.peer())
+            handler = chain.intercept_service(
+                lookup, _Details(f"/spur.runs.v1.RunService/{method}", metadata)
+            )
+            response = None
+            try:
+                response = handler.unary_unary(request, local)
+            except Exception:
+                if local.status_code is None:  # not an abort: a bug, let grpc say so
+                    raise
+            finally:
+                local.terminate()
+            if local.status_code not in (None, grpc.StatusCode.OK):
+                await context.abort(
+                    local.status_code, local.status_details or "", tuple(local.trailing)
+                )
+            context.set_trailing_metadata(tuple(local.trailing))
+            return response
 
     # Only the two RPCs the bench loads: the others answer UNIMPLEMENTED (the base class).
     class InlineRunService(run_service_pb2_grpc.RunServiceServicer):
         async def GetRun(self, request: Any, context: Any) -> Any:  # type: ignore[override]
-            return servicer.GetRun(request, context)
+            return await call("GetRun", request, context)
 
         async def ListRuns(self, request: Any, context: Any) -> Any:  # type: ignore[override]
-            return servicer.ListRuns(request, context)
+            return await call("ListRuns", request, context)
 
     server = grpc.aio.server()
     run_service_pb2_grpc.add_RunServiceServicer_to_server(InlineRunService(), server)  # type: ignore[abstract]
@@ -281,7 +335,7 @@ async def serve_inline(url: str, port: int, pool_size: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--mode", choices=("sync", "aio", "inline"), default="aio")
+    parser.add_argument("--mode", choices=("sync", "aio", "inline", "inline-frame"), default="aio")
     parser.add_argument("--database-url", required=True)
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument(
@@ -290,8 +344,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "sync":
         serve_sync(args.database_url, args.port, args.pool_size)
-    elif args.mode == "inline":
-        asyncio.run(serve_inline(args.database_url, args.port, args.pool_size))
+    elif args.mode in ("inline", "inline-frame"):
+        frame = args.mode == "inline-frame"
+        asyncio.run(serve_inline(args.database_url, args.port, args.pool_size, frame))
     else:
         asyncio.run(serve_aio(args.database_url, args.port, args.pool_size))
 
