@@ -214,12 +214,8 @@ class AioRunService(run_service_pb2_grpc.RunServiceServicer):
         return response
 
 
-async def serve_aio(url: str, port: int, pool_size: int) -> None:
-    engine = create_async_db_engine(url, pool_size)
-    server = grpc.aio.server()
-    # Only the two RPCs the bench loads: the others answer UNIMPLEMENTED (the base class).
-    servicer = AioRunService(engine)  # type: ignore[abstract]
-    run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
+async def serve_until_stopped(server: grpc.aio.Server, port: int) -> None:
+    """Listen on `port`, say "ready PORT", serve until SIGTERM or SIGINT, stop."""
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"ready {bound}", flush=True)
@@ -229,6 +225,15 @@ async def serve_aio(url: str, port: int, pool_size: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await server.stop(1)
+
+
+async def serve_aio(url: str, port: int, pool_size: int) -> None:
+    engine = create_async_db_engine(url, pool_size)
+    server = grpc.aio.server()
+    # Only the two RPCs the bench loads: the others answer UNIMPLEMENTED (the base class).
+    servicer = AioRunService(engine)  # type: ignore[abstract]
+    run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, server)
+    await serve_until_stopped(server, port)
     await engine.dispose()
 
 
@@ -321,15 +326,7 @@ async def serve_inline(url: str, port: int, pool_size: int, frame: bool) -> None
 
     server = grpc.aio.server()
     run_service_pb2_grpc.add_RunServiceServicer_to_server(InlineRunService(), server)  # type: ignore[abstract]
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print(f"ready {bound}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(1)
+    await serve_until_stopped(server, port)
     database.dispose()
 
 
