@@ -26,6 +26,10 @@ What SQLAlchemy's execution did and these reads must keep doing:
   those), and a dropped connection is handed to SQLAlchemy (see _raise), which
   invalidates it and the pool's older connections.
 
+On PostgreSQL, the cursor itself cost more than the rest of the read: the
+statements go through libpq instead, by psycopg's own low-level API, where
+the connection allows (libpq.py says when, and what it keeps).
+
 Statements with an expanding IN are not run here: their SQL text depends on
 the number of values (statements.py builds one statement per number instead).
 """
@@ -45,6 +49,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Select
 
+from . import libpq
 from .db import load_json
 
 Processor = Callable[[Any], Any]
@@ -111,6 +116,7 @@ class _Compiled:
         "packed",
         "sort_key",
         "reverse",
+        "libpq",
     )
 
     def __init__(
@@ -124,6 +130,12 @@ class _Compiled:
         self.packed = bool(sort_by) and dialect.name == "sqlite"
         self.sort_key = itemgetter(*sort_by) if sort_by else None
         self.reverse = reverse
+        # PostgreSQL through psycopg: also compiled for libpq (libpq.py).
+        self.libpq = (
+            libpq.Prepared(self.sql)
+            if dialect.name == "postgresql" and dialect.driver == "psycopg"
+            else None
+        )
         if self.packed:
             names = [f"c{i}" for i in range(width)]
             # json_array refuses a BLOB, which sqlite3 handed over as bytes
@@ -273,12 +285,16 @@ class Statement:
         """All rows of the statement with `params`, decoded as plain tuples in
         the order of its selected columns."""
         compiled = self.compiled(conn.dialect)
-        return compiled.decode(fetch(conn, compiled.sql, compiled.arguments(params)))
+        arguments = compiled.arguments(params)
+        return compiled.decode(fetch(conn, compiled.sql, arguments, compiled.libpq))
 
 
-def fetch(conn: Connection, sql: str, arguments: Any) -> list[Any]:
+def fetch(
+    conn: Connection, sql: str, arguments: Any, prepared: libpq.Prepared | None = None
+) -> list[Any]:
     """Run `sql` on `conn`'s DBAPI connection, in its transaction (if any),
-    and fetch every row."""
+    and fetch every row; through libpq (libpq.py) when `prepared` is that
+    statement compiled for it and the connection can take it there."""
     if conn.dispatch.begin and not conn.in_transaction():
         # Begin as SQLAlchemy's autobegin would, for its "begin" listeners
         # (db.py: SQLite's busy_timeout put back after a write lowered it).
@@ -286,17 +302,29 @@ def fetch(conn: Connection, sql: str, arguments: Any) -> list[Any]:
         # outside a transaction is in autocommit (Database.read_one), and
         # SQLAlchemy's transaction would only roll back nothing at the end.
         conn.begin()
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    dbapi: Any = conn.connection.dbapi_connection
+    listeners = conn.dispatch.before_cursor_execute
+    cursor = None
     try:
-        for listener in conn.dispatch.before_cursor_execute:
-            sql, arguments = listener(conn, cursor, sql, arguments, None, False)
+        if listeners:
+            cursor = dbapi.cursor()
+            given = (sql, arguments)
+            for listener in listeners:
+                sql, arguments = listener(conn, cursor, sql, arguments, None, False)
+            if sql is not given[0] or arguments is not given[1]:
+                prepared = None  # a listener rewrote the statement: send what it gave
         try:
+            if prepared is not None and libpq.can_send(dbapi):
+                return libpq.fetch(conn, dbapi, prepared, arguments)
+            if cursor is None:
+                cursor = dbapi.cursor()
             cursor.execute(sql, arguments)
             return list(cursor.fetchall())
         except conn.dialect.loaded_dbapi.Error as error:
             _raise(conn, cursor, sql, arguments, error)
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
 
 
 def _raise(conn: Connection, cursor: Any, sql: str, arguments: Any, error: Any) -> NoReturn:
