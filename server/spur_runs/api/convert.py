@@ -162,12 +162,12 @@ def _set_struct(target: struct_pb2.Struct, value: Any) -> None:
 
 class VersionLookup(Protocol):
     """What fill_run reads of the version cache (api/versions.py), by
-    (id, definition_hash): the version and its graph, and the version
-    without its definition."""
+    (id, definition_hash): the version, its graph and its bytes as a Run's
+    field (api/spliced.py), and the version without its definition."""
 
     def get(
         self, key: tuple[str, str] | None
-    ) -> tuple[run_pb2.WorkflowVersion, WorkflowGraph] | None: ...
+    ) -> tuple[run_pb2.WorkflowVersion, WorkflowGraph, bytes] | None: ...
 
     def basic(self, key: tuple[str, str] | None) -> run_pb2.WorkflowVersion | None: ...
 
@@ -275,12 +275,16 @@ def fill_run(
     now: Callable[[], datetime] = _utc_now,
     *,
     basic: bool = False,
-) -> None:
+    splice: bool = False,
+) -> tuple[run_pb2.WorkflowVersion, bytes] | None:
     """Set the fields of `record` on the empty `run`, in place (a response's
     own field: no copy). `basic` (RUN_VIEW_BASIC): the workflow version
     without its definition; the record carries no tasks then, so tasks,
-    task_count and percentage_complete stay empty."""
+    task_count and percentage_complete stay empty. With `splice`, the whole
+    workflow version is not copied into `run` but returned, with its bytes,
+    for api/spliced.py to put in the response's bytes; otherwise None."""
     row = record.row
+    spliced: tuple[run_pb2.WorkflowVersion, bytes] | None = None
     entry = versions.get(record.version_key)
     graph = entry[1] if entry is not None else EMPTY_GRAPH
     run.id = row.id
@@ -297,7 +301,9 @@ def fill_run(
             version = versions.basic(record.version_key)
         else:
             version = entry[0] if entry is not None else None
-        if version is not None:
+            if splice and entry is not None:
+                spliced = (entry[0], entry[2])
+        if version is not None and spliced is None:
             run.workflow_version.CopyFrom(version)
     if row.parent_run_id is not None:
         run.parent_run_id = row.parent_run_id
@@ -316,3 +322,4 @@ def fill_run(
         _set_struct(run.initial_inputs, row.initial_inputs)
     if row.outputs is not None:
         set_value(run.outputs, row.outputs)
+    return spliced

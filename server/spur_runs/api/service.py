@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -20,11 +20,14 @@ from ..errors import InvalidArgument, Unavailable
 from ..store import runs
 from ..store.db import Database
 from . import convert, filters, paging
+from .spliced import Spliced
 from .versions import VersionCache
 from .watch import WatchHub
 
 # Ids are computed by the database as "R" || _intid.
 _RUN_ID = re.compile(r"R[1-9][0-9]{0,18}")
+
+M = TypeVar("M")
 
 LIST_PAGE_SIZE = 10
 LIST_MAX_PAGE_SIZE = 100
@@ -75,6 +78,14 @@ def list_query(request: pb.ListRunsRequest) -> ListQuery:
     return ListQuery(size, where, filters.is_basic(request.view), scope, after, offset)
 
 
+def _answer(response: M, versions: list[tuple[Any, bytes] | None]) -> M | Spliced:
+    """`response`, or a Spliced of it when a run's version was left out
+    (convert.fill_run's `splice`)."""
+    if any(version is not None for version in versions):
+        return Spliced(response, versions)
+    return response
+
+
 def _optional(request: Any, field: str) -> int | None:
     """A proto3 `optional` int32 field: None when unset, so that an explicit
     0 is told apart from "use the default" (and rejected)."""
@@ -82,12 +93,23 @@ def _optional(request: Any, field: str) -> int | None:
 
 
 class RunService(run_service_pb2_grpc.RunServiceServicer):
+    """`splice`: GetRun, ListRuns and GetChildRuns may answer a
+    spliced.Spliced, whose workflow versions are bytes put in place when it
+    is serialized (the gRPC server asks for that: rpc/encode.py serializes
+    it; the gateway asks it for the whole message). Without it, messages."""
+
     def __init__(
-        self, db: Database, versions: VersionCache | None = None, hub: WatchHub | None = None
+        self,
+        db: Database,
+        versions: VersionCache | None = None,
+        hub: WatchHub | None = None,
+        *,
+        splice: bool = False,
     ) -> None:
         self._db = db
         self._versions = versions or VersionCache()
         self._hub = hub
+        self._splice = splice
 
     def _load_versions(self, keys: list[tuple[str, str] | None]) -> None:
         """Cache the workflow versions of `keys` that are not cached, read
@@ -97,7 +119,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             with self._db.read_one() as conn:
                 self._versions.load(conn, keys)
 
-    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+    def GetRun(  # type: ignore[override] # or a Spliced of it
+        self, request: pb.GetRunRequest, context: grpc.ServicerContext
+    ) -> pb.GetRunResponse | Spliced:
         run_id = validate_run_id(request.run_id)
         basic = filters.is_basic(request.view)
         try:
@@ -111,12 +135,14 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
                 record = runs.get_run(conn, run_id, with_tasks=not basic)
         self._load_versions([record.version_key])
         response = pb.GetRunResponse()
-        convert.fill_run(response.run, record, self._versions, basic=basic)
-        return response
+        version = convert.fill_run(
+            response.run, record, self._versions, basic=basic, splice=self._splice
+        )
+        return _answer(response, [version])
 
-    def ListRuns(
+    def ListRuns(  # type: ignore[override] # or a Spliced of it
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
-    ) -> pb.ListRunsResponse:
+    ) -> pb.ListRunsResponse | Spliced:
         query = list_query(request)
         total = None
         page = None
@@ -151,9 +177,19 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         response = pb.ListRunsResponse(
             next_page_token=_next_run_token(query.scope, records, more), total_size=total
         )
-        for record in records:
-            convert.fill_run(response.runs.add(), record, self._versions, basic=query.basic)
-        return response
+        return _answer(
+            response,
+            [
+                convert.fill_run(
+                    response.runs.add(),
+                    record,
+                    self._versions,
+                    basic=query.basic,
+                    splice=self._splice,
+                )
+                for record in records
+            ],
+        )
 
     def GetRunTasks(
         self, request: pb.GetRunTasksRequest, context: grpc.ServicerContext
@@ -187,9 +223,9 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             runs.delete_run(conn, run_id)
         return pb.DeleteRunResponse()
 
-    def GetChildRuns(
+    def GetChildRuns(  # type: ignore[override] # or a Spliced of it
         self, request: pb.GetChildRunsRequest, context: grpc.ServicerContext
-    ) -> pb.GetChildRunsResponse:
+    ) -> pb.GetChildRunsResponse | Spliced:
         run_id = validate_run_id(request.run_id)
         size = paging.page_size(
             _optional(request, "page_size"),
@@ -210,9 +246,15 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             )
             self._versions.load(conn, (r.version_key for r in records))
         response = pb.GetChildRunsResponse(next_page_token=_next_run_token(scope, records, more))
-        for record in records:
-            convert.fill_run(response.runs.add(), record, self._versions, basic=basic)
-        return response
+        return _answer(
+            response,
+            [
+                convert.fill_run(
+                    response.runs.add(), record, self._versions, basic=basic, splice=self._splice
+                )
+                for record in records
+            ],
+        )
 
     def WatchRun(  # type: ignore[override] # grpc's non-blocking form
         self,

@@ -18,7 +18,12 @@ from spur.runs.v1 import run_pb2
 
 from ..store import runs
 from .convert import graph_of, version_to_message
+from .spliced import version_field
 from .workflow import WorkflowGraph
+
+# A cached version: its message, its graph, and the message encoded as a
+# Run's workflow_version field (spliced.py puts those bytes in responses).
+Entry = tuple[run_pb2.WorkflowVersion, WorkflowGraph, bytes]
 
 
 class VersionCache:
@@ -27,9 +32,7 @@ class VersionCache:
     hash as well means a reused id with another definition is a miss."""
 
     def __init__(self, capacity: int = 1024) -> None:
-        self._entries: OrderedDict[
-            tuple[str, str], tuple[run_pb2.WorkflowVersion, WorkflowGraph]
-        ] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         # The same versions without their definition (RUN_VIEW_BASIC), built
         # once per version rather than copied and cleared per run.
         self._basic: dict[tuple[str, str], run_pb2.WorkflowVersion] = {}
@@ -41,16 +44,14 @@ class VersionCache:
             return sorted({k[0] for k in keys if k is not None and k not in self._entries})
 
     def add(self, rows: Sequence[Row[Any]]) -> None:
-        built = {(r.id, r.definition_hash): (version_to_message(r), graph_of(r)) for r in rows}
+        built = {(r.id, r.definition_hash): _entry(r) for r in rows}
         with self._lock:
             self._entries.update(built)
             while len(self._entries) > self._capacity:
                 evicted, _ = self._entries.popitem(last=False)
                 self._basic.pop(evicted, None)
 
-    def get(
-        self, key: tuple[str, str] | None
-    ) -> tuple[run_pb2.WorkflowVersion, WorkflowGraph] | None:
+    def get(self, key: tuple[str, str] | None) -> Entry | None:
         if key is None:
             return None
         with self._lock:
@@ -79,3 +80,8 @@ class VersionCache:
         missing = self.missing(keys)
         if missing:
             self.add(runs.get_versions(conn, missing))
+
+
+def _entry(row: Row[Any]) -> Entry:
+    message = version_to_message(row)
+    return message, graph_of(row), version_field(message)

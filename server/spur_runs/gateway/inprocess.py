@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import grpc
 import grpc.aio
 
+from ..api.spliced import Spliced
 from ..rpc.chain import Handler, Interceptor
 from .transport import Metadata, Reply
 
@@ -257,6 +258,8 @@ class InProcessTransport:
             ) from None
         if context.status_code not in (None, grpc.StatusCode.OK):
             raise _failure(context.status_code, context.status_details, context)
+        if type(response) is Spliced:  # the whole message, to render
+            response = response.materialize()
         if response.ByteSize() > self._max_response_bytes:
             raise _failure(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

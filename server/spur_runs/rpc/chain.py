@@ -50,6 +50,7 @@ Interceptor = _Interceptor
 
 Behavior = Callable[..., Any]
 Deserializer = Callable[[bytes], Any]
+Serializer = Callable[[Any], bytes]
 
 # How many wrapped handlers a chain keeps: one per method and refusal is a
 # few dozen; a continuation that made a new handler object on every call
@@ -109,15 +110,19 @@ def shape_of(handler: Handler) -> Shape:
 
 
 def rebuild(
-    handler: Handler, behavior: Behavior, request_deserializer: Deserializer | None
+    handler: Handler,
+    behavior: Behavior,
+    request_deserializer: Deserializer | None,
+    response_serializer: Serializer | None = None,
 ) -> Handler:
-    """A handler of the same kind and response codec as `handler` that runs
-    `behavior`, built with grpc's public factories."""
+    """A handler of the same kind as `handler` that runs `behavior`, with
+    these codecs (by default its response serializer), built with grpc's
+    public factories."""
     factory = _FACTORIES[(handler.request_streaming, handler.response_streaming)]
     return factory(  # type: ignore[no-any-return]
         behavior,
         request_deserializer=request_deserializer,
-        response_serializer=handler.response_serializer,
+        response_serializer=response_serializer or handler.response_serializer,
     )
 
 
@@ -160,6 +165,10 @@ class Hook:
     def deserializer(self, handler: Handler, deserializer: Deserializer) -> Deserializer:
         """The request deserializer to use in place of `deserializer`."""
         return deserializer
+
+    def serializer(self, handler: Handler, serializer: Serializer) -> Serializer:
+        """The response serializer to use in place of `serializer`."""
+        return serializer
 
     def refusal(self, details: grpc.HandlerCallDetails) -> Refusal | None:
         """On every call, when its handler is looked up: None lets it through."""
@@ -311,9 +320,12 @@ def wrap(
     the ones inside it are replaced by an ordinary behavior that aborts (for
     a non-blocking method too: what would start a stream never runs)."""
     deserializer = handler.request_deserializer
+    serializer = handler.response_serializer
     for hook in hooks:
         if deserializer is not None:
             deserializer = hook.deserializer(handler, deserializer)
+        if serializer is not None:
+            serializer = hook.serializer(handler, serializer)
     if refused is None:
         behavior = behavior_of(handler)
         shape = shape_of(handler)
@@ -327,7 +339,7 @@ def wrap(
         behavior = _WRAPPERS[shape](
             method, (handler.request_streaming, handler.response_streaming), _Plan(active), behavior
         )
-    return rebuild(handler, behavior, deserializer)
+    return rebuild(handler, behavior, deserializer, serializer)
 
 
 class ChainInterceptor(_Interceptor):

@@ -30,6 +30,7 @@ from ..gateway.inprocess import InProcessTransport, recorded_handlers
 from ..rpc import auth, limits
 from ..rpc.chain import ChainInterceptor, Interceptor
 from ..rpc.decode import DecodeHook
+from ..rpc.encode import EncodeHook
 from ..rpc.errors import ErrorHook
 from ..rpc.observe import ObserveHook
 from ..store.db import Database
@@ -83,6 +84,7 @@ class RunsServer:
                 limits.DeadlineHook(),
                 ErrorHook(),
                 DecodeHook(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
+                EncodeHook(),  # a spliced answer (below) serializes itself
             ]
         )
         interceptors: list[Interceptor] = [self.chain]
@@ -97,7 +99,9 @@ class RunsServer:
         self.watch_hub = WatchHub(
             db, versions, config.watch_interval, config.max_watchers, self.metrics
         )
-        servicer = RunService(db, versions, self.watch_hub)
+        # Runs' workflow versions spliced in as bytes (api/spliced.py): the
+        # gateway asks for whole messages, EncodeHook serializes the rest.
+        self.runs = servicer = RunService(db, versions, self.watch_hub, splice=True)
         run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         # Every service this server registers: what reflection lists, and

@@ -1,0 +1,84 @@
+"""The gRPC server's runs carry their workflow versions as cached bytes
+(api/spliced.py, rpc/encode.py): what a client parses is the very message
+the servicer builds without splicing, on both databases; the BASIC view and
+the gateway get plain messages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from factories import add_run, add_workflow, all_done
+from spur.runs.v1 import run_pb2
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.api.service import RunService
+from spur_runs.api.spliced import Spliced
+from spur_runs.runtime.server import RunsServer
+from spur_runs.store.db import Database
+
+T0 = datetime(2026, 11, 2, 9, 0, 0)
+FULL, BASIC = run_pb2.RUN_VIEW_FULL, run_pb2.RUN_VIEW_BASIC
+
+
+def _seed(db: Database) -> str:
+    """A parent with three children, of two versions."""
+    with db.write() as s:
+        first, second = add_workflow(s, "one"), add_workflow(s, "two")
+        # Ended runs: a running run's duration changes between two answers.
+        ended = timedelta(hours=1)
+        parent = add_run(s, first, start_time=T0, end_time=T0 + ended, tasks=all_done())
+        for n, workflow in enumerate([first, second, first]):
+            add_run(
+                s,
+                workflow,
+                parent_run_id=parent,
+                start_time=T0 + timedelta(minutes=n + 1),
+                end_time=T0 + ended,
+                tasks=all_done()[: n + 1],
+            )
+    return parent
+
+
+def _calls(parent: str, view: Any) -> list[tuple[str, Any, type[Any]]]:
+    return [
+        ("GetRun", pb.GetRunRequest(run_id=parent, view=view), pb.GetRunResponse),
+        ("ListRuns", pb.ListRunsRequest(page_size=3, view=view), pb.ListRunsResponse),
+        (
+            "GetChildRuns",
+            pb.GetChildRunsRequest(run_id=parent, page_size=2, view=view),
+            pb.GetChildRunsResponse,
+        ),
+    ]
+
+
+def test_a_spliced_answer_is_the_plain_one(db: Database) -> None:
+    parent = _seed(db)
+    plain, spliced = RunService(db), RunService(db, splice=True)
+    for view in (FULL, BASIC):
+        for method, request, kind in _calls(parent, view):
+            expected = getattr(plain, method)(request, None)
+            answer = getattr(spliced, method)(request, None)
+            if view == FULL:
+                assert type(answer) is Spliced, method
+                assert kind.FromString(answer.SerializeToString()) == expected, method
+                assert answer.materialize() == expected, method
+            else:  # no definitions to splice
+                assert type(answer) is kind and answer == expected, method
+            assert all(r.HasField("workflow_version") for r in _runs(expected)), method
+
+
+def test_the_server_answers_the_plain_message(
+    db: Database, server: RunsServer, stub: RunServiceStub
+) -> None:
+    """The server's servicer splices (so its answers went through
+    rpc/encode.py: the generated serializers take messages only)."""
+    parent = _seed(db)
+    plain = RunService(db)
+    for method, request, _kind in _calls(parent, FULL):
+        assert type(getattr(server.runs, method)(request, None)) is Spliced, method
+        assert getattr(stub, method)(request) == getattr(plain, method)(request, None), method
+
+
+def _runs(message: Any) -> list[run_pb2.Run]:
+    return list(message.runs) if hasattr(message, "runs") else [message.run]

@@ -1,0 +1,79 @@
+"""api/spliced.py: a response whose runs' workflow versions are spliced in as
+bytes parses to the message with the versions copied in, whatever else the
+runs and the response hold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from google.protobuf import struct_pb2
+
+from spur.runs.v1 import run_pb2
+from spur.runs.v1 import run_service_pb2 as pb
+from spur_runs.api.spliced import Spliced, version_field
+
+
+def _version(n: int) -> run_pb2.WorkflowVersion:
+    version = run_pb2.WorkflowVersion(
+        id=f"SV{n}", workflow_id="S1", version=n, name="flow", definition_hash="h" * 40
+    )
+    version.definition.update({"nodes": [{"id": f"node{i}", "config": {"n": i}} for i in range(n)]})
+    version.created_at.seconds = 1_700_000_000 + n
+    return version
+
+
+def _run(n: int, *, version_id: bool = True, tail: bool = True) -> run_pb2.Run:
+    """A run with fields on both sides of workflow_version (field 4)."""
+    run = run_pb2.Run(id=f"R{n}", workflow_id="S1" if n % 3 else "")
+    if version_id:
+        run.workflow_version_id = f"SV{n}"
+    if tail:
+        run.status = run_pb2.Run.Status.RUNNING
+        run.tasks.add(id=f"T{n}", run_id=f"R{n}", node_id="a").inputs.struct_value.update(
+            {"q": "x" * 300}
+        )
+        run.outputs.CopyFrom(struct_pb2.Value(string_value="é" * n))
+        run.task_count = n
+        run.duration = 1.5
+    return run
+
+
+def _check(message: Any, versions: list[run_pb2.WorkflowVersion | None]) -> None:
+    spliced = Spliced(message, [None if v is None else (v, version_field(v)) for v in versions])
+    data = spliced.SerializeToString()
+    whole = type(message)()
+    whole.CopyFrom(spliced.materialize())
+    assert type(message).FromString(data) == whole
+    # Each version where protobuf itself puts it (fields in number order):
+    # the very bytes of the whole message.
+    assert data == whole.SerializeToString()
+    # materialize() copied the versions in: serializing again adds none twice.
+    assert type(message).FromString(spliced.SerializeToString()) == whole
+
+
+@pytest.mark.parametrize("tail", [True, False], ids=["fields-after", "nothing-after"])
+@pytest.mark.parametrize("version_id", [True, False])
+def test_get_run_response(tail: bool, version_id: bool) -> None:
+    response = pb.GetRunResponse(run=_run(7, version_id=version_id, tail=tail))
+    _check(response, [_version(7)])
+
+
+def test_a_list_with_runs_with_and_without_versions_and_its_own_fields() -> None:
+    runs = [_run(n, version_id=n % 2 == 0, tail=n % 3 != 0) for n in range(1, 9)]
+    versions = [_version(n) if n % 4 else None for n in range(1, 9)]
+    for message in (
+        pb.ListRunsResponse(runs=runs, next_page_token="tok", total_size=42),
+        pb.GetChildRunsResponse(runs=runs, next_page_token="next"),
+    ):
+        _check(message, list(versions))
+
+
+def test_large_runs_need_longer_lengths() -> None:
+    """A run of more than 2**14 bytes: its length grows by a byte or two."""
+    run = _run(3)
+    for i in range(300):
+        run.tasks.add(id=f"T{i}", run_id="R3", node_id="n").outputs.struct_value.update(
+            {"x": "y" * 100}
+        )
+    _check(pb.ListRunsResponse(runs=[run], next_page_token="t"), [_version(200)])
