@@ -5,6 +5,7 @@ the gateway get plain messages."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.api.service import RunService
 from spur_runs.api.spliced import Spliced
+from spur_runs.gateway.render import Renderer
 from spur_runs.runtime.server import RunsServer
 from spur_runs.store.db import Database
 
@@ -82,3 +84,35 @@ def test_the_server_answers_the_plain_message(
 
 def _runs(message: Any) -> list[run_pb2.Run]:
     return list(message.runs) if hasattr(message, "runs") else [message.run]
+
+
+def test_the_gateway_renders_a_spliced_answer_as_the_whole_message(db: Database) -> None:
+    """Each body the gateway's routes make of these answers (the whole
+    message, or its run or runs as PySpur's paths answer): the same JSON,
+    keys in the same order (a Struct's keys come in its map's order, which
+    differs between two copies of one message), the second time too (the
+    version's JSON then comes from its cache)."""
+    parent = _seed(db)
+    plain, spliced = RunService(db), RunService(db, splice=True)
+    renderer = Renderer()
+    for method, request, kind in _calls(parent, FULL):
+        field = "run" if method == "GetRun" else "runs"
+        for body in ("", field):
+            render = renderer.response(kind.DESCRIPTOR, body)
+            expected = render(getattr(plain, method)(request, None))
+            for _ in range(2):
+                answer = getattr(spliced, method)(request, None)
+                assert type(answer) is Spliced
+                got = json.loads(render(answer))
+                assert got == json.loads(expected), (method, body)
+                assert _keys(got) == _keys(json.loads(expected)), (method, body)
+                assert b'"workflow_version":{"id":"SV' in expected
+
+
+def _keys(body: Any) -> list[list[str]]:
+    """The keys of each run object of a body, in order."""
+    if isinstance(body, list):
+        return [list(run) for run in body]
+    if "runs" in body:
+        return [list(run) for run in body["runs"]]
+    return [list(body["run"] if "run" in body else body)]

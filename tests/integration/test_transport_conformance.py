@@ -39,6 +39,7 @@ from locks import runs_locked
 from servers import start_server, wait_until
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
+from spur_runs.api.spliced import Spliced
 from spur_runs.gateway.transport import ChannelTransport, Reply, Transport
 from spur_runs.runtime.server import RunsServer
 from spur_runs.store.db import Database
@@ -101,10 +102,13 @@ async def outcome(
             _same_per_call(error.initial_metadata()),
             _same_per_call(error.trailing_metadata()),
         )
+    response = reply.response
+    if type(response) is Spliced:  # in process: read as the channel reads its bytes
+        response = type(response.message).FromString(response.SerializeToString())
     return Outcome(
         grpc.StatusCode.OK,
         "",
-        reply.response,
+        response,
         _same_per_call(reply.initial),
         _same_per_call(reply.trailing),
     )

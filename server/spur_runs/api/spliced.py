@@ -11,9 +11,9 @@ where protobuf's encoding of the whole message would have put it (the
 fields of a message in field-number order, as upb writes them), and the
 result parses to the same message.
 
-Only the gRPC server sees these (runtime/server.py asks the servicer for
-them, rpc/encode.py serializes them); the gateway, which renders messages,
-asks for the whole message (`materialize`).
+The servicer answers these when runtime/server.py asks it to: rpc/encode.py
+serializes them for gRPC; the gateway renders the message and puts each
+version's JSON, rendered once per version, in its run (gateway/render.py).
 """
 
 from __future__ import annotations
@@ -69,10 +69,21 @@ class Spliced:
         parts.append(data[pos:])  # the response's own fields after its runs
         return b"".join(parts)
 
+    def ByteSize(self) -> int:  # noqa: N802 - protobuf's name
+        """The serialized size, or at most 5 bytes per run more (a run's
+        length prefix may grow by that much): for bounds."""
+        added = sum(len(version[1]) + 5 for version in self.versions if version is not None)
+        return int(self.message.ByteSize()) + added
+
+    def runs(self) -> list[Any]:
+        """The response's run messages, in order (each with its entry of
+        `versions`)."""
+        message = self.message
+        return list(message.runs) if hasattr(message, "runs") else [message.run]
+
     def materialize(self) -> Any:
         """The whole message: each version copied into its run."""
-        runs = self.message.runs if hasattr(self.message, "runs") else [self.message.run]
-        for run, version in zip(runs, self.versions, strict=True):
+        for run, version in zip(self.runs(), self.versions, strict=True):
             if version is not None:
                 run.workflow_version.CopyFrom(version[0])
         self.versions = [None] * len(self.versions)

@@ -12,6 +12,7 @@ import grpc.aio
 from aiohttp import web
 from google.rpc import code_pb2, status_pb2
 
+from ..api.spliced import Spliced
 from ..errors import InvalidArgument
 from ..rpc.status import to_status
 from ..telemetry.metrics import Metrics
@@ -73,10 +74,11 @@ def _answer(
 ) -> web.Response:
     if endpoint.no_content:
         return web.Response(status=204, headers=headers)
-    if endpoint.links and response.next_page_token:
+    message = response.message if type(response) is Spliced else response
+    if endpoint.links and message.next_page_token:
         headers = {
             **(headers or {}),
-            "Link": next_link(raw_path, query, response.next_page_token),
+            "Link": next_link(raw_path, query, message.next_page_token),
         }
     return web.Response(body=endpoint.render(response), content_type=JSON, headers=headers)
 

@@ -44,6 +44,8 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
+from ..api.spliced import Spliced
+
 Encode = Callable[[Any], Any]
 
 # Struct contents at least this large (serialized) are converted once per
@@ -239,6 +241,7 @@ class Renderer:
         # (namespace, name, encoder): a generated function's reference to a
         # message type's encoder, swapped for its function once built.
         self._pending: list[tuple[dict[str, Any], str, MessageEncoder]] = []
+        self._versions: OrderedDict[bytes, Any] = OrderedDict()  # see _version
         self._well_known: dict[str, Encode] = {
             "google.protobuf.Timestamp": _timestamp,
             "google.protobuf.Struct": _memo(_struct),
@@ -276,22 +279,69 @@ class Renderer:
             return _generic  # Any, Duration, FieldMask, Empty
         return self.message(message)
 
-    def response(self, descriptor: Descriptor, field: str = "") -> Callable[[Message], bytes]:
+    def response(self, descriptor: Descriptor, field: str = "") -> Callable[[Any], bytes]:
         """The body of a response message, or of one of its top-level fields
-        (an HttpRule's response_body): only that field is encoded."""
+        (an HttpRule's response_body): only that field is encoded. The
+        response may be an api.spliced.Spliced (GetRun, ListRuns,
+        GetChildRuns): the message without its runs' workflow versions,
+        rendered, then each version's JSON, rendered once per version, put
+        in its run's "workflow_version" key (there already, as null: the
+        same place, the same bytes as the whole message's)."""
+        encode: Callable[[Any], Any]
         if not field:
-            encode = self.message(descriptor)
-            return lambda message: dumps(encode.function(message))
-        plan = _Plan(self)
-        expression = plan.field(descriptor.fields_by_name[field])
-        encode_field = plan.compile(f"return {expression}")
-        return lambda message: dumps(encode_field(message))
+            encoder = self.message(descriptor)
+            encode = lambda message: encoder.function(message)  # noqa: E731 - built later
+        else:
+            plan = _Plan(self)
+            expression = plan.field(descriptor.fields_by_name[field])
+            encode = plan.compile(f"return {expression}")
+        runs_of = _runs_of(descriptor, field)
+
+        def render(response: Any) -> bytes:
+            if type(response) is not Spliced:
+                return dumps(encode(response))
+            if runs_of is None:  # no runs in this body: nothing to put in
+                return dumps(encode(response.materialize()))
+            document = encode(response.message)
+            for run, version in zip(runs_of(document), response.versions, strict=True):
+                if version is not None:
+                    run["workflow_version"] = self._version(version)
+            return dumps(document)
+
+        return render
+
+    def _version(self, version: tuple[Message, bytes]) -> Any:
+        """A workflow version's JSON object, rendered once per version (by
+        its bytes, the same object every time: a dict whose hash is kept)."""
+        message, key = version
+        found = self._versions.get(key)
+        if found is None:
+            encoder = self.message(message.DESCRIPTOR)  # type: ignore[arg-type]
+            found = self._versions[key] = encoder.function(message)
+            if len(self._versions) > _MEMO_SIZE:
+                self._versions.popitem(last=False)
+        return found
 
     def later(self, namespace: dict[str, Any], name: str, encoder: MessageEncoder) -> None:
         if self._building:
             self._pending.append((namespace, name, encoder))
         else:
             namespace[name] = encoder.function
+
+
+def _runs_of(descriptor: Descriptor, field: str) -> Callable[[Any], list[Any]] | None:
+    """Where a body of `descriptor` (or of its `field`) holds the runs of a
+    Spliced answer, in order: its "runs" list or its "run" object."""
+    body = descriptor.fields_by_name[field].message_type if field else descriptor
+    if field == "runs":
+        return lambda document: document  # type: ignore[no-any-return]
+    if field == "run":
+        return lambda document: [document]
+    if body is not None and not field and "runs" in body.fields_by_name:
+        return lambda document: document["runs"]  # type: ignore[no-any-return]
+    if body is not None and not field and "run" in body.fields_by_name:
+        return lambda document: [document["run"]]
+    return None
 
 
 # --- messages ---

@@ -36,6 +36,8 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 class Reply(NamedTuple):
     """A unary call's answer."""
 
+    # A message; in process, GetRun's, ListRuns' and GetChildRuns' may be an
+    # api.spliced.Spliced of one (render.py renders both).
     response: Any
     initial: Iterable[tuple[str, str | bytes]]
     trailing: Iterable[tuple[str, str | bytes]]
