@@ -95,8 +95,8 @@ def _optional(request: Any, field: str) -> int | None:
 class RunService(run_service_pb2_grpc.RunServiceServicer):
     """`splice`: GetRun, ListRuns and GetChildRuns may answer a
     spliced.Spliced, whose workflow versions are bytes put in place when it
-    is serialized (the gRPC server asks for that: rpc/encode.py serializes
-    it; the gateway asks it for the whole message). Without it, messages."""
+    is serialized (the server asks for that: rpc/encode.py serializes it,
+    gateway/render.py renders it). Without it, messages."""
 
     def __init__(
         self,

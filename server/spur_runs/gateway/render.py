@@ -332,14 +332,13 @@ class Renderer:
 def _runs_of(descriptor: Descriptor, field: str) -> Callable[[Any], list[Any]] | None:
     """Where a body of `descriptor` (or of its `field`) holds the runs of a
     Spliced answer, in order: its "runs" list or its "run" object."""
-    body = descriptor.fields_by_name[field].message_type if field else descriptor
     if field == "runs":
         return lambda document: document  # type: ignore[no-any-return]
     if field == "run":
         return lambda document: [document]
-    if body is not None and not field and "runs" in body.fields_by_name:
+    if not field and "runs" in descriptor.fields_by_name:
         return lambda document: document["runs"]  # type: ignore[no-any-return]
-    if body is not None and not field and "run" in body.fields_by_name:
+    if not field and "run" in descriptor.fields_by_name:
         return lambda document: [document["run"]]
     return None
 

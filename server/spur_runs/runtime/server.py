@@ -99,8 +99,8 @@ class RunsServer:
         self.watch_hub = WatchHub(
             db, versions, config.watch_interval, config.max_watchers, self.metrics
         )
-        # Runs' workflow versions spliced in as bytes (api/spliced.py): the
-        # gateway asks for whole messages, EncodeHook serializes the rest.
+        # Runs' workflow versions spliced in as bytes (api/spliced.py):
+        # EncodeHook serializes such answers, the gateway renders them.
         self.runs = servicer = RunService(db, versions, self.watch_hub, splice=True)
         run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)

@@ -285,8 +285,9 @@ class Statement:
         """All rows of the statement with `params`, decoded as plain tuples in
         the order of its selected columns."""
         compiled = self.compiled(conn.dialect)
-        arguments = compiled.arguments(params)
-        return compiled.decode(fetch(conn, compiled.sql, arguments, compiled.libpq))
+        return compiled.decode(
+            fetch(conn, compiled.sql, compiled.arguments(params), compiled.libpq)
+        )
 
 
 def fetch(

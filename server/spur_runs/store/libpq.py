@@ -45,7 +45,7 @@ _PYFORMAT = re.compile(r"%\(([^)]+)\)s|%%")
 
 # The key of this module's state in the pooled connection's `info`, which
 # SQLAlchemy keeps for the life of that DBAPI connection.
-_STATE = "spur_runs.pq"
+_STATE = "spur_runs.libpq"
 
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
@@ -138,20 +138,21 @@ def _run_prepared(
 ) -> pq.abc.PGresult:
     """Run the named statement, preparing it first where this connection has
     not (or no longer has) it. In autocommit: a failure changes nothing."""
-    for attempt in (1, 2):
-        if statement.name not in state.prepared:
-            prepared = pgconn.prepare(statement.name, statement.sql)
-            if _sqlstate(prepared) != _ALREADY_PREPARED:
-                _check(prepared, _COMMAND_OK)
-            state.prepared.add(statement.name)
+    if statement.name not in state.prepared:
+        _prepare(state, pgconn, statement)
+    result = pgconn.exec_prepared(statement.name, params)
+    if result.status != _TUPLES_OK and _sqlstate(result) == _NO_SUCH_STATEMENT:
+        _prepare(state, pgconn, statement)  # deallocated since: once more
         result = pgconn.exec_prepared(statement.name, params)
-        if result.status == _TUPLES_OK:
-            return result
-        if attempt == 1 and _sqlstate(result) == _NO_SUCH_STATEMENT:
-            state.prepared.discard(statement.name)  # deallocated since: again
-            continue
-        _check(result, _TUPLES_OK)
-    raise AssertionError("unreachable")  # the second attempt returned or raised
+    _check(result, _TUPLES_OK)
+    return result
+
+
+def _prepare(state: _State, pgconn: pq.abc.PGconn, statement: Prepared) -> None:
+    prepared = pgconn.prepare(statement.name, statement.sql)
+    if _sqlstate(prepared) != _ALREADY_PREPARED:
+        _check(prepared, _COMMAND_OK)
+    state.prepared.add(statement.name)
 
 
 def _sqlstate(result: pq.abc.PGresult) -> str | None:
