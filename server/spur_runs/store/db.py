@@ -19,9 +19,11 @@ import orjson
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import QueuePool
 
 from .. import deadline
 from ..errors import DeadlineExceeded, Unavailable
+from .held import HeldConnections
 
 WRITE_OPTION = "spur_runs_write"
 SINGLE_OPTION = "spur_runs_single_statement"
@@ -258,6 +260,14 @@ class Database:
             # (A single statement sees one snapshot by itself: read_one runs
             # it in autocommit, which psycopg sends alone, without BEGIN and
             # ROLLBACK round trips.)
+        # SQLite's single reads on a connection per thread (held.py), when
+        # the pool holds several connections to one file (not :memory:,
+        # whose every connection is a database of its own).
+        self._held = (
+            HeldConnections(self._single_bind, reader.pool.size())
+            if reader.dialect.name == "sqlite" and isinstance(reader.pool, QueuePool)
+            else None
+        )
 
     @classmethod
     def from_url(
@@ -343,10 +353,16 @@ class Database:
             with self.read() as connection:
                 yield connection
             return
-        with self._single_bind.connect() as connection:
-            if not postgresql:
+        if not postgresql:
+            if self._held is not None:
+                with self._held.scope() as held:
+                    if held is not None:
+                        yield held
+                        return
+            with self._single_bind.connect() as connection:
                 yield connection
-                return
+            return
+        with self._single_bind.connect() as connection:
             # Autocommit set on psycopg's connection for this scope, not as
             # SQLAlchemy's isolation_level="AUTOCOMMIT" option: that one sets
             # and resets two connection characteristics through its dialect
@@ -390,6 +406,8 @@ class Database:
             self._unreachable.discard(role)
 
     def dispose(self) -> None:
+        if self._held is not None:
+            self._held.close_all()
         for engine in self.engines.values():
             engine.dispose()
 

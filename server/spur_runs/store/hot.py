@@ -51,6 +51,7 @@ from sqlalchemy.sql import Select
 
 from . import libpq
 from .db import load_json
+from .held import HELD_OPTION
 
 Processor = Callable[[Any], Any]
 
@@ -296,12 +297,18 @@ def fetch(
     """Run `sql` on `conn`'s DBAPI connection, in its transaction (if any),
     and fetch every row; through libpq (libpq.py) when `prepared` is that
     statement compiled for it and the connection can take it there."""
-    if conn.dispatch.begin and not conn.in_transaction():
+    if (
+        conn.dispatch.begin
+        and not conn.in_transaction()
+        and not conn.get_execution_options().get(HELD_OPTION, False)
+    ):
         # Begin as SQLAlchemy's autobegin would, for its "begin" listeners
         # (db.py: SQLite's busy_timeout put back after a write lowered it).
         # Without listeners there is nothing to run: a PostgreSQL connection
         # outside a transaction is in autocommit (Database.read_one), and
         # SQLAlchemy's transaction would only roll back nothing at the end.
+        # Nor on a connection kept for single reads (held.py): it never
+        # writes, so the SQLite listener has nothing to put back there.
         conn.begin()
     dbapi: Any = conn.connection.dbapi_connection
     listeners = conn.dispatch.before_cursor_execute

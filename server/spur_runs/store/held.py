@@ -1,0 +1,145 @@
+"""SQLite's single reads on a connection that each thread keeps between calls.
+
+`Database.read_one` (GetRun, a ListRuns page, GetChildRuns: one statement
+each) used to check a connection out of the pool, wrap it in a SQLAlchemy
+`Connection`, begin and roll back a transaction of SQLAlchemy's (for the
+"begin" listener, which puts back a busy_timeout that a write lowered), and
+check it in again: 21 µs in process, more than SQLite takes to run GetRun's
+statement (docs/performance.md, "Eighth step"). Here a thread keeps one
+`Connection` for these reads instead, taken out of the pool once
+(`detach()`: it no longer counts against the pool's size, nor shows in its
+metrics) and used for nothing else.
+
+Why that serves no stale answer: the connection is in SQLite's autocommit
+mode (db._sqlite_connect sets isolation_level=None, and no BEGIN is sent on
+it), so each SELECT is its own read transaction and sees every commit made
+before it, by this process or another (PySpur). After every read the
+connection must be outside any transaction, SQLAlchemy's or SQLite's;
+otherwise, or after any database error, it is closed, and the thread's next
+read opens another.
+
+Why no begin: the connection never writes, so nothing lowers its
+busy_timeout (db._sqlite_begin), and the statement's own listeners
+(before_cursor_execute: the watchdog, statement counts) still run
+(hot.fetch).
+
+Bounded: at most `limit` connections are kept (the pool's size); beyond it,
+a read takes a pooled connection as before. A thread's connection is closed
+when the thread ends, and all of them by `close_all()` (Database.dispose).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy import exc as sa_exc
+
+# The execution option that marks a kept connection: hot.fetch begins no
+# transaction on it (see above).
+HELD_OPTION = "spur_runs_held"
+
+
+class _Holder:
+    """What a thread keeps (in a threading.local): when the thread ends, the
+    holder is collected and its connection closed (weakref.finalize)."""
+
+    __slots__ = ("connection", "generation", "__weakref__")
+
+    def __init__(self, connection: Connection, generation: int) -> None:
+        self.connection = connection
+        self.generation = generation
+
+
+class HeldConnections:
+    """The kept connections of one engine (the single-statement bind)."""
+
+    def __init__(self, engine: Engine, limit: int) -> None:
+        self._engine = engine
+        self._limit = limit
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[Connection] = set()
+        # Bumped by close_all: a holder of an older generation is stale.
+        self._generation = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    @contextmanager
+    def scope(self) -> Iterator[Connection | None]:
+        """This thread's kept connection for one read, or None when `limit`
+        connections are kept already (the caller then uses the pool)."""
+        connection = self._take()
+        if connection is None:
+            yield None
+            return
+        try:
+            yield connection
+        except sa_exc.DBAPIError:
+            self._discard(connection)  # its state is unknown: a fresh one next time
+            raise
+        finally:
+            if not connection.closed:
+                self._end(connection)
+
+    def _end(self, connection: Connection) -> None:
+        """After a read: no transaction may outlive it."""
+        try:
+            if connection.in_transaction():
+                # SQLAlchemy's autobegin (a statement it executed): on this
+                # connection it sent no BEGIN (db._sqlite_begin), so this
+                # rollback is sqlite3's no-op.
+                connection.rollback()
+            dbapi = connection.connection.dbapi_connection
+            if dbapi is not None and not dbapi.in_transaction:
+                return
+        except sa_exc.DBAPIError:
+            pass
+        # SQLite itself is in a transaction (a BEGIN sent by hand), or the
+        # connection is gone: never carried over to the next read.
+        self._discard(connection)
+
+    def _take(self) -> Connection | None:
+        found: _Holder | None = getattr(self._local, "holder", None)
+        if found is not None:
+            if found.generation == self._generation and not found.connection.closed:
+                return found.connection
+            # Dropped here, outside the lock: its finalizer takes it.
+            self._local.holder = found = None
+        with self._lock:
+            if len(self._open) >= self._limit:
+                return None
+            connection = self._engine.connect()
+            try:
+                connection.connection.detach()
+                connection.execution_options(**{HELD_OPTION: True})
+            except BaseException:
+                connection.close()
+                raise
+            self._open.add(connection)
+            holder = _Holder(connection, self._generation)
+        weakref.finalize(holder, self._discard, connection)
+        self._local.holder = holder
+        return connection
+
+    def _discard(self, connection: Connection) -> None:
+        with self._lock:
+            self._open.discard(connection)
+        try:
+            connection.close()  # detached: closes the DBAPI connection
+        except Exception:  # noqa: S110 - closing a broken connection; it is gone either way
+            pass
+
+    def close_all(self) -> None:
+        with self._lock:
+            found, self._open = self._open, set()
+            self._generation += 1
+        for connection in found:
+            try:
+                connection.close()
+            except Exception:  # noqa: S110 - as in _discard
+                pass
