@@ -101,7 +101,8 @@ class Config:
     pool_size: int = setting(
         16, "SPUR_RUNS_POOL_SIZE", "database connections",
         "One per RPC thread, plus WatchRun's poller and the health ping, with room to spare "
-        "so that neither waits behind calls.",
+        "so that neither waits behind calls. Beside the pool, each RPC thread keeps one "
+        "connection for single reads (`--max-workers` more).",
         bounds=(1, 1000),
     )  # fmt: skip
     log_level: str = setting(

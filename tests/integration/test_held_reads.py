@@ -1,10 +1,10 @@
-"""SQLite's single reads on a connection each thread keeps (store/held.py):
-never a stale answer, never a transaction carried over, bounded, closed."""
+"""Single reads on a connection each thread keeps (store/held.py), on SQLite
+and PostgreSQL: never a stale answer, never a transaction carried over,
+bounded, closed, replaced after the database dropped it."""
 
 from __future__ import annotations
 
 import gc
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,14 +19,12 @@ from factories import add_run, add_workflow
 from spur_runs.store import runs
 from spur_runs.store.db import Database
 from spur_runs.store.held import HeldConnections
-from spur_runs.store.migrate import migrate
 from spur_runs.store.models import RunStatus
 
 
 @pytest.fixture
-def sqlite_db(sqlite_url: str) -> Iterator[Database]:
-    migrate(sqlite_url)
-    database = Database.from_url(sqlite_url, pool_size=4)
+def held_db(migrated_url: str) -> Iterator[Database]:
+    database = Database.from_url(migrated_url, pool_size=4)
     yield database
     database.dispose()
 
@@ -42,99 +40,96 @@ def _held(db: Database) -> HeldConnections:
     return held
 
 
-def _file(db: Database) -> str:
-    path = db.engine.url.database
-    assert path
-    return path
+def _set_status(db: Database, run_id: str, status: str) -> None:
+    """Commit a status change from another process, as PySpur would."""
+    script = (
+        "import sys\n"
+        "from sqlalchemy import create_engine, text\n"
+        "engine = create_engine(sys.argv[1])\n"
+        "with engine.begin() as c:\n"
+        "    c.execute(text('UPDATE runs SET status = :s WHERE id = :i'),"
+        " {'s': sys.argv[3], 'i': sys.argv[2]})\n"
+        "engine.dispose()\n"
+    )
+    url = db.engine.url.render_as_string(hide_password=False)
+    subprocess.run([sys.executable, "-c", script, url, run_id, status], check=True)
 
 
-def test_a_commit_by_another_process_is_seen_by_the_next_read(sqlite_db: Database) -> None:
+def test_a_commit_by_another_process_is_seen_by_the_next_read(held_db: Database) -> None:
     """PySpur writes from its own process: the kept connection's next read
     must see it (no snapshot lives between reads)."""
-    with sqlite_db.write() as s:
+    with held_db.write() as s:
         run_id = add_run(s, add_workflow(s), status=RunStatus.RUNNING)
-    assert _status(sqlite_db, run_id) is RunStatus.RUNNING
-    with sqlite_db.read_one() as first:
+    assert _status(held_db, run_id) is RunStatus.RUNNING
+    with held_db.read_one() as first:
         pass
-    script = (
-        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
-        "c.execute(\"UPDATE runs SET status = 'COMPLETED' WHERE id = ?\", (sys.argv[2],));"
-        "c.commit()"
-    )
-    subprocess.run([sys.executable, "-c", script, _file(sqlite_db), run_id], check=True)
-    with sqlite_db.read_one() as again:
+    _set_status(held_db, run_id, "COMPLETED")
+    with held_db.read_one() as again:
         assert again is first  # the same kept connection...
-    assert _status(sqlite_db, run_id) is RunStatus.COMPLETED  # ...and a fresh answer
+    assert _status(held_db, run_id) is RunStatus.COMPLETED  # ...and a fresh answer
 
 
-def test_reads_keep_one_connection_out_of_the_pool(sqlite_db: Database) -> None:
-    with sqlite_db.read_one() as first:
+def test_reads_keep_one_connection_out_of_the_pool(held_db: Database) -> None:
+    with held_db.read_one() as first:
         pass
-    with sqlite_db.read_one() as second:
-        assert sqlite_db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    with held_db.read_one() as second:
+        assert held_db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert first is second
-    assert len(_held(sqlite_db)) == 1
+    assert len(_held(held_db)) == 1
 
 
 def test_a_transaction_begun_behind_sqlalchemys_back_is_not_carried_over(
-    sqlite_db: Database,
+    held_db: Database,
 ) -> None:
     """A BEGIN left open would pin a snapshot for every later read of the
     thread: the connection is closed instead, and the next read sees the
     commit made since."""
-    with sqlite_db.write() as s:
+    with held_db.write() as s:
         run_id = add_run(s, add_workflow(s), status=RunStatus.RUNNING)
-    with sqlite_db.read_one() as conn:
+    with held_db.read_one() as conn:
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
-        dbapi.execute("BEGIN")
-        dbapi.execute("SELECT count(*) FROM runs").fetchall()
-    _commit_failed(sqlite_db, run_id)
+        dbapi.cursor().execute("BEGIN")
+        dbapi.cursor().execute("SELECT count(*) FROM runs").fetchall()
+    _set_status(held_db, run_id, "FAILED")
     assert conn.closed
-    assert _status(sqlite_db, run_id) is RunStatus.FAILED
+    assert _status(held_db, run_id) is RunStatus.FAILED
 
 
-def test_a_transaction_sqlalchemy_began_is_rolled_back(sqlite_db: Database) -> None:
-    with sqlite_db.write() as s:
+def test_a_transaction_sqlalchemy_began_is_rolled_back(held_db: Database) -> None:
+    with held_db.write() as s:
         run_id = add_run(s, add_workflow(s), status=RunStatus.RUNNING)
-    with sqlite_db.read_one() as conn:
+    with held_db.read_one() as conn:
         conn.exec_driver_sql("BEGIN")
         conn.exec_driver_sql("SELECT count(*) FROM runs").all()
-    _commit_failed(sqlite_db, run_id)
+    _set_status(held_db, run_id, "FAILED")
     assert not conn.in_transaction()
-    assert _status(sqlite_db, run_id) is RunStatus.FAILED
+    assert _status(held_db, run_id) is RunStatus.FAILED
 
 
-def _commit_failed(db: Database, run_id: str) -> None:
-    writer = sqlite3.connect(_file(db))
-    writer.execute("UPDATE runs SET status = 'FAILED' WHERE id = ?", (run_id,))
-    writer.commit()
-    writer.close()
-
-
-def test_sqlalchemys_own_statements_leave_no_transaction(sqlite_db: Database) -> None:
+def test_sqlalchemys_own_statements_leave_no_transaction(held_db: Database) -> None:
     """VersionCache.load runs a SQLAlchemy statement in read_one: autobegin,
     rolled back at the end, and the connection is kept."""
-    with sqlite_db.read_one() as conn:
+    with held_db.read_one() as conn:
         conn.execute(text("SELECT 1")).all()
         assert conn.in_transaction()
     assert not conn.closed
     assert not conn.in_transaction()
-    with sqlite_db.read_one() as again:
+    with held_db.read_one() as again:
         assert again is conn
 
 
-def test_a_database_error_closes_the_connection(sqlite_db: Database) -> None:
-    with pytest.raises(sa_exc.OperationalError):
-        with sqlite_db.read_one() as conn:
+def test_a_database_error_closes_the_connection(held_db: Database) -> None:
+    with pytest.raises(sa_exc.DBAPIError):
+        with held_db.read_one() as conn:
             conn.exec_driver_sql("SELECT * FROM no_such_table")
     assert conn.closed
-    with sqlite_db.read_one() as again:
+    with held_db.read_one() as again:
         assert again is not conn
         assert again.exec_driver_sql("SELECT 1").scalar() == 1
 
 
-def test_beyond_the_limit_reads_use_the_pool(sqlite_db: Database) -> None:
+def test_beyond_the_limit_reads_use_the_pool(held_db: Database) -> None:
     """At most the pool's size (4 here) are kept: a fifth thread reads on a
     pooled connection, and every thread's read still answers."""
     inside = threading.Barrier(6)
@@ -142,7 +137,7 @@ def test_beyond_the_limit_reads_use_the_pool(sqlite_db: Database) -> None:
     seen: list[bool] = []
 
     def read() -> None:
-        with sqlite_db.read_one() as conn:
+        with held_db.read_one() as conn:
             seen.append(conn.get_execution_options().get("spur_runs_held", False))
             assert conn.exec_driver_sql("SELECT 1").scalar() == 1
             inside.wait(timeout=10)
@@ -152,36 +147,84 @@ def test_beyond_the_limit_reads_use_the_pool(sqlite_db: Database) -> None:
     for thread in threads:
         thread.start()
     inside.wait(timeout=10)
-    assert len(_held(sqlite_db)) == 4
+    assert len(_held(held_db)) == 4
     done.set()
     for thread in threads:
         thread.join(timeout=10)
     assert sorted(seen) == [False, True, True, True, True]
 
 
-def test_a_threads_connection_closes_when_the_thread_ends(sqlite_db: Database) -> None:
+def test_a_threads_connection_closes_when_the_thread_ends(held_db: Database) -> None:
     kept: list[object] = []
 
     def read() -> None:
-        with sqlite_db.read_one() as conn:
+        with held_db.read_one() as conn:
             kept.append(conn)
 
     thread = threading.Thread(target=read)
     thread.start()
     thread.join()
     gc.collect()
-    assert len(_held(sqlite_db)) == 0
+    assert len(_held(held_db)) == 0
     assert kept[0].closed  # type: ignore[attr-defined]
 
 
-def test_dispose_closes_every_kept_connection(sqlite_db: Database) -> None:
-    with sqlite_db.read_one() as conn:
+def test_dispose_closes_every_kept_connection(held_db: Database) -> None:
+    with held_db.read_one() as conn:
         pass
-    sqlite_db.dispose()
+    held_db.dispose()
     assert conn.closed
-    assert len(_held(sqlite_db)) == 0
-    with sqlite_db.read_one() as again:  # usable again, as a disposed engine is
+    assert len(_held(held_db)) == 0
+    with held_db.read_one() as again:  # usable again, as a disposed engine is
         assert again.exec_driver_sql("SELECT 1").scalar() == 1
+
+
+def test_after_a_dropped_connection_every_thread_gets_a_new_one(postgres_url: str) -> None:
+    """A PostgreSQL restart or failover drops every connection: the read
+    that meets it fails (as a pooled one would, UNAVAILABLE to a client),
+    and the other threads' kept connections are replaced before they are
+    used, instead of each failing a call of its own."""
+    held_db = Database.from_url(postgres_url, pool_size=4)
+    try:
+        _every_thread_gets_a_new_one(held_db, postgres_url)
+    finally:
+        held_db.dispose()
+
+
+def _every_thread_gets_a_new_one(held_db: Database, url: str) -> None:
+    ready, go = threading.Event(), threading.Event()
+    outcome: list[object] = []
+
+    def other_thread() -> None:
+        with held_db.read_one() as conn:
+            conn.exec_driver_sql("SELECT 1").scalar()
+        ready.set()
+        go.wait(timeout=10)
+        try:
+            with held_db.read_one() as conn:
+                outcome.append(conn.exec_driver_sql("SELECT 1").scalar())
+        except Exception as error:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(error)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    assert ready.wait(timeout=10)
+    with held_db.read_one() as conn:
+        conn.exec_driver_sql("SELECT 1").scalar()
+    killer = create_engine(url)
+    with killer.connect() as kill:
+        kill.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).all()
+    killer.dispose()
+    with pytest.raises(sa_exc.DBAPIError) as raised:
+        with held_db.read_one() as conn:
+            conn.exec_driver_sql("SELECT 1").scalar()
+    assert raised.value.connection_invalidated
+    go.set()
+    thread.join(timeout=10)
+    assert outcome == [1]
 
 
 def test_a_pool_of_one_shared_connection_keeps_nothing() -> None:

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=Tr
 
 @pytest.fixture
 def one(migrated_url: str) -> Iterator[Database]:
-    """A Database of one pooled connection: each scope gets the same one."""
+    """A Database of one pooled connection (each read() or write() gets the
+    same one), and one kept for single reads (read_one: store/held.py)."""
     database = Database.from_url(migrated_url, pool_size=1)
     yield database
     database.dispose()
@@ -92,21 +93,24 @@ def test_the_reads_answer_what_the_cursor_answers(one: Database, run_id: str) ->
 
 
 def test_a_statement_deallocated_under_us_is_prepared_again(one: Database, run_id: str) -> None:
-    """psycopg deallocates every prepared statement of a connection at a
-    rollback once it has prepared one of its own (a query run five times):
-    the next single read prepares ours again, and a read in a transaction
-    uses none."""
+    """A statement that is gone from the connection (DEALLOCATE ALL, which
+    psycopg itself sends at a rollback once it has prepared a query of its
+    own) is prepared again by the next single read; a read in a
+    transaction uses none."""
     with one.read_one() as conn:
         expected = runs.get_run(conn, run_id, single_statement=True)
+        assert list(ours(conn).values()) == [1]
+        conn.exec_driver_sql("DEALLOCATE ALL")
+    with one.read_one() as conn:
+        assert ours(conn) == {}  # gone, though we prepared it on this connection
+        assert runs.get_run(conn, run_id, single_statement=True) == expected
+        assert list(ours(conn).values()) == [1]
     with one.read() as conn:
         for _ in range(6):  # psycopg prepares this one; the rollback deallocates all
             conn.exec_driver_sql("SELECT 1").scalar_one()
     with one.read() as conn:
-        assert ours(conn) == {}  # gone, though we prepared it on this connection
         assert runs.get_run(conn, run_id) == expected  # in the transaction: unnamed
-    with one.read_one() as conn:
-        assert runs.get_run(conn, run_id, single_statement=True) == expected
-        assert list(ours(conn).values()) == [1]
+        assert ours(conn) == {}
 
 
 def test_a_read_keeps_its_snapshot(one: Database, migrated_url: str, run_id: str) -> None:

@@ -253,6 +253,8 @@ def create_server(
         read_url=config.read_database_url,
         timeout_seconds=config.db_timeout_seconds,
         dead_peer_seconds=config.db_dead_peer_seconds,
+        # One kept connection per RPC thread for single reads (store/held.py).
+        held_limit=config.max_workers,
     )
     try:
         server = RunsServer(config, db, metrics)

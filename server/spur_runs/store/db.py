@@ -239,6 +239,7 @@ class Database:
         engine: Engine,
         read_engine: Engine | None = None,
         timeout_seconds: float | None = None,
+        held_limit: int | None = None,
     ) -> None:
         self.engine = engine
         self.read_engine = read_engine
@@ -260,12 +261,16 @@ class Database:
             # (A single statement sees one snapshot by itself: read_one runs
             # it in autocommit, which psycopg sends alone, without BEGIN and
             # ROLLBACK round trips.)
-        # SQLite's single reads on a connection per thread (held.py), when
-        # the pool holds several connections to one file (not :memory:,
-        # whose every connection is a database of its own).
+        # Single reads on a connection per thread (held.py), when the pool
+        # holds several connections to one database (not SQLite's :memory:,
+        # whose every connection is a database of its own). At most
+        # `held_limit` (the server's RPC threads; by default the pool's size)
+        # beside the pool's own.
         self._held = (
-            HeldConnections(self._single_bind, reader.pool.size())
-            if reader.dialect.name == "sqlite" and isinstance(reader.pool, QueuePool)
+            HeldConnections(
+                self._single_bind, reader.pool.size() if held_limit is None else held_limit
+            )
+            if isinstance(reader.pool, QueuePool)
             else None
         )
 
@@ -277,6 +282,7 @@ class Database:
         read_url: str | None = None,
         timeout_seconds: float | None = None,
         dead_peer_seconds: float = DEAD_PEER_SECONDS,
+        held_limit: int | None = None,
     ) -> Database:
         return cls(
             create_db_engine(url, pool_size, timeout_seconds, dead_peer_seconds),
@@ -284,6 +290,7 @@ class Database:
             if read_url
             else None,
             timeout_seconds,
+            held_limit,
         )
 
     @property
@@ -353,12 +360,12 @@ class Database:
             with self.read() as connection:
                 yield connection
             return
+        if self._held is not None:
+            with self._held.scope() as held:
+                if held is not None:
+                    yield held
+                    return
         if not postgresql:
-            if self._held is not None:
-                with self._held.scope() as held:
-                    if held is not None:
-                        yield held
-                        return
             with self._single_bind.connect() as connection:
                 yield connection
             return

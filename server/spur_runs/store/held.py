@@ -1,27 +1,33 @@
-"""SQLite's single reads on a connection that each thread keeps between calls.
+"""Single reads on a connection that each thread keeps between calls.
 
 `Database.read_one` (GetRun, a ListRuns page, GetChildRuns: one statement
 each) used to check a connection out of the pool, wrap it in a SQLAlchemy
-`Connection`, begin and roll back a transaction of SQLAlchemy's (for the
-"begin" listener, which puts back a busy_timeout that a write lowered), and
-check it in again: 21 µs in process, more than SQLite takes to run GetRun's
-statement (docs/performance.md, "Eighth step"). Here a thread keeps one
-`Connection` for these reads instead, taken out of the pool once
-(`detach()`: it no longer counts against the pool's size, nor shows in its
-metrics) and used for nothing else.
+`Connection` and check it in again; on SQLite it also began and rolled back
+a transaction of SQLAlchemy's (for the "begin" listener, which puts back a
+busy_timeout that a write lowered), on PostgreSQL it turned psycopg's
+autocommit on and off. On SQLite that was 17 µs in process, about what
+SQLite takes to run GetRun's statement (docs/performance.md, "Eighth
+step"). Here a thread keeps one `Connection` for these reads instead, taken
+out of the pool once (`detach()`: it no longer counts against the pool's
+size, nor shows in its metrics) and used for nothing else.
 
-Why that serves no stale answer: the connection is in SQLite's autocommit
-mode (db._sqlite_connect sets isolation_level=None, and no BEGIN is sent on
-it), so each SELECT is its own read transaction and sees every commit made
-before it, by this process or another (PySpur). After every read the
-connection must be outside any transaction, SQLAlchemy's or SQLite's;
-otherwise, or after any database error, it is closed, and the thread's next
-read opens another.
+Why that serves no stale answer: the connection is in autocommit (SQLite's
+isolation_level=None from db._sqlite_connect, with no BEGIN sent on it;
+psycopg's autocommit, set here once), so each SELECT is its own snapshot
+and sees every commit made before it, by this process or another (PySpur).
+After every read the connection must be outside any transaction,
+SQLAlchemy's or the database's; otherwise, or after any database error, it
+is closed, and the thread's next read opens another.
 
-Why no begin: the connection never writes, so nothing lowers its
+Why no begin: the connection never writes, so nothing lowers SQLite's
 busy_timeout (db._sqlite_begin), and the statement's own listeners
 (before_cursor_execute: the watchdog, statement counts) still run
 (hot.fetch).
+
+A lost connection (a PostgreSQL restart, a failover): the read that meets
+it fails (UNAVAILABLE, as with a pooled connection), and every thread's kept
+connection is replaced at its next read, as SQLAlchemy replaces the pool's
+connections older than the failure.
 
 Bounded: at most `limit` connections are kept (the pool's size); beyond it,
 a read takes a pooled connection as before. A thread's connection is closed
@@ -34,13 +40,27 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine
 from sqlalchemy import exc as sa_exc
 
 # The execution option that marks a kept connection: hot.fetch begins no
 # transaction on it (see above).
 HELD_OPTION = "spur_runs_held"
+
+
+def _idle(dbapi: Any) -> bool:
+    """Whether the DBAPI connection is open and in no transaction."""
+    if isinstance(dbapi, psycopg.Connection):
+        return bool(
+            not dbapi.closed
+            and not dbapi.broken
+            and dbapi.autocommit
+            and dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        )
+    return dbapi is not None and not dbapi.in_transaction  # sqlite3
 
 
 class _Holder:
@@ -79,7 +99,13 @@ class HeldConnections:
             return
         try:
             yield connection
-        except sa_exc.DBAPIError:
+        except sa_exc.DBAPIError as error:
+            if error.connection_invalidated:
+                # The database dropped it: the other threads' kept
+                # connections are as old, and are replaced at their next
+                # read (by their own thread, which may be using one now).
+                with self._lock:
+                    self._generation += 1
             self._discard(connection)  # its state is unknown: a fresh one next time
             raise
         finally:
@@ -94,8 +120,7 @@ class HeldConnections:
                 # connection it sent no BEGIN (db._sqlite_begin), so this
                 # rollback is sqlite3's no-op.
                 connection.rollback()
-            dbapi = connection.connection.dbapi_connection
-            if dbapi is not None and not dbapi.in_transaction:
+            if _idle(connection.connection.dbapi_connection):
                 return
         except sa_exc.DBAPIError:
             pass
@@ -117,6 +142,9 @@ class HeldConnections:
             try:
                 connection.connection.detach()
                 connection.execution_options(**{HELD_OPTION: True})
+                dbapi = connection.connection.dbapi_connection
+                if isinstance(dbapi, psycopg.Connection):
+                    dbapi.autocommit = True  # for good: it only reads
             except BaseException:
                 connection.close()
                 raise
