@@ -72,15 +72,18 @@ def set_value(target: struct_pb2.Value, value: Any) -> None:
     """Store any JSON value in a google.protobuf.Value."""
     kind = type(value)
     if kind is dict:
-        # SetInParent: an empty dict sets no field, and the Value would stay
-        # unset (read back as null); {} must stay {}.
-        struct = target.struct_value
-        struct.SetInParent()
-        _fill_fields(struct.fields, value)
+        # An empty dict sets no field, and the Value would stay unset (read
+        # back as null): SetInParent keeps {} as {}. A field set below marks
+        # the struct present by itself, so a non-empty one needs no call.
+        if value:
+            _fill_fields(target.struct_value.fields, value)
+        else:
+            target.struct_value.SetInParent()
     elif kind is list:
-        values = target.list_value
-        values.SetInParent()  # [] stays [], as above
-        _fill_values(values.values, value)
+        if value:
+            _fill_values(target.list_value.values, value)
+        else:
+            target.list_value.SetInParent()  # [] stays [], as above
     else:
         _set_other(target, value)
 
@@ -118,17 +121,19 @@ def _fill_fields(fields: Any, value: dict[str, Any]) -> None:
         if kind is str:
             fields[key].string_value = item
         elif kind is dict:
-            struct = fields[key].struct_value
-            struct.SetInParent()
-            _fill_fields(struct.fields, item)
+            if item:  # SetInParent only for {} (set_value)
+                _fill_fields(fields[key].struct_value.fields, item)
+            else:
+                fields[key].struct_value.SetInParent()
         elif kind is int or kind is float:
             fields[key].number_value = item
         elif kind is bool:
             fields[key].bool_value = item
         elif kind is list:
-            values = fields[key].list_value
-            values.SetInParent()
-            _fill_values(values.values, item)
+            if item:
+                _fill_values(fields[key].list_value.values, item)
+            else:
+                fields[key].list_value.SetInParent()
         else:
             _set_other(fields[key], item)
 
@@ -140,9 +145,10 @@ def _fill_values(values: Any, items: list[Any] | tuple[Any, ...]) -> None:
         if kind is str:
             add(string_value=item)
         elif kind is dict:
-            struct = add().struct_value
-            struct.SetInParent()
-            _fill_fields(struct.fields, item)
+            if item:  # SetInParent only for {} (set_value)
+                _fill_fields(add().struct_value.fields, item)
+            else:
+                add().struct_value.SetInParent()
         elif kind is int or kind is float:
             add(number_value=item)
         elif kind is bool:
