@@ -77,9 +77,17 @@ class MethodMetrics:
         self.handling = metrics.handling.labels(*labels)
         self.received = metrics.received.labels(*labels)
         self.sent = metrics.sent.labels(*labels)
+        # By code, as calls end with it (at most the 17 codes): labels()
+        # costs 2.6 µs a call, a kept child's inc() 0.5.
+        self._handled: dict[grpc.StatusCode, Any] = {}
 
     def handled(self, code: grpc.StatusCode, seconds: float) -> None:
-        self._metrics.handled.labels(*self._labels, GO_CODE_NAMES[code]).inc()
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled.setdefault(
+                code, self._metrics.handled.labels(*self._labels, GO_CODE_NAMES[code])
+            )
+        child.inc()
         self.handling.observe(seconds)
 
 
