@@ -31,6 +31,7 @@ from .statements import (
     PAUSED_NODES,
     RUN_BY_ID,
     RUN_COLUMNS,
+    TASK_COLUMNS,
     TASKS_OF_RUN,
     TASKS_OF_RUN_AFTER,
     TASKS_PER_LISTED_RUN,
@@ -291,6 +292,7 @@ def _attach_tasks(conn: Connection, rows: Sequence[AnyRow], cap: int) -> list[Ru
 
 
 _by_intid = itemgetter(0)  # TASK_COLUMNS[0] is Task._intid
+_status_of = itemgetter([c.key for c in TASK_COLUMNS].index("status"))
 
 
 def _count(record: RunRecord, cap: int) -> bool:
@@ -300,10 +302,14 @@ def _count(record: RunRecord, cap: int) -> bool:
     if cut:
         del record.tasks[cap:]
     record.task_count = len(record.tasks)
-    record.completed_count = sum(t.status is TaskStatus.COMPLETED for t in record.tasks)
-    record.paused_nodes = frozenset(
-        t.node_id for t in record.tasks if t.status is TaskStatus.PAUSED
-    )
+    # By index, in C (list.count, map): a generator over the tasks' named
+    # fields was ~4% of GetRun's time holding the interpreter lock.
+    statuses = list(map(_status_of, record.tasks))
+    record.completed_count = statuses.count(TaskStatus.COMPLETED)
+    if TaskStatus.PAUSED in statuses:
+        record.paused_nodes = frozenset(
+            t.node_id for t in record.tasks if t.status is TaskStatus.PAUSED
+        )
     return cut
 
 
