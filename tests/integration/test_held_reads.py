@@ -179,6 +179,29 @@ def test_dispose_closes_every_kept_connection(held_db: Database) -> None:
         assert again.exec_driver_sql("SELECT 1").scalar() == 1
 
 
+def test_dispose_leaves_a_read_under_way_to_finish(held_db: Database) -> None:
+    """Closing a connection under a running statement is unsafe (psycopg
+    frees its libpq connection): dispose leaves it to its thread, which
+    closes it when the read ends."""
+    inside, release = threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def read() -> None:
+        with held_db.read_one() as conn:
+            inside.set()
+            release.wait(timeout=10)
+            seen.append(conn.exec_driver_sql("SELECT 1").scalar())
+        seen.append(conn.closed)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    assert inside.wait(timeout=10)
+    held_db.dispose()
+    release.set()
+    thread.join(timeout=10)
+    assert seen == [1, True]
+
+
 def test_after_a_dropped_connection_every_thread_gets_a_new_one(postgres_url: str) -> None:
     """A PostgreSQL restart or failover drops every connection: the read
     that meets it fails (as a pooled one would, UNAVAILABLE to a client),

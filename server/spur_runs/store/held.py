@@ -83,7 +83,12 @@ class HeldConnections:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: set[Connection] = set()
-        # Bumped by close_all: a holder of an older generation is stale.
+        # The connections in a read now: close_all leaves them to their
+        # thread (closing one under a running statement is unsafe; psycopg
+        # frees its libpq connection).
+        self._busy: set[Connection] = set()
+        # Bumped by close_all and by a dropped connection: a holder of an
+        # older generation is stale, and its thread closes it.
         self._generation = 0
 
     def __len__(self) -> int:
@@ -93,10 +98,11 @@ class HeldConnections:
     def scope(self) -> Iterator[Connection | None]:
         """This thread's kept connection for one read, or None when `limit`
         connections are kept already (the caller then uses the pool)."""
-        connection = self._take()
-        if connection is None:
+        taken = self._take()
+        if taken is None:
             yield None
             return
+        connection, generation = taken
         try:
             yield connection
         except sa_exc.DBAPIError as error:
@@ -109,8 +115,12 @@ class HeldConnections:
             self._discard(connection)  # its state is unknown: a fresh one next time
             raise
         finally:
+            self._busy.discard(connection)
             if not connection.closed:
-                self._end(connection)
+                if generation != self._generation:
+                    self._discard(connection)  # close_all passed it by, or it is stale
+                else:
+                    self._end(connection)
 
     def _end(self, connection: Connection) -> None:
         """After a read: no transaction may outlive it."""
@@ -128,11 +138,17 @@ class HeldConnections:
         # connection is gone: never carried over to the next read.
         self._discard(connection)
 
-    def _take(self) -> Connection | None:
+    def _take(self) -> tuple[Connection, int] | None:
         found: _Holder | None = getattr(self._local, "holder", None)
         if found is not None:
-            if found.generation == self._generation and not found.connection.closed:
-                return found.connection
+            # Busy before the generation is read: close_all bumps the
+            # generation before it looks at who is busy, so either it
+            # leaves this connection alone or this read sees it stale.
+            self._busy.add(found.connection)
+            generation = self._generation
+            if found.generation == generation and not found.connection.closed:
+                return found.connection, generation
+            self._busy.discard(found.connection)
             # Dropped here, outside the lock: its finalizer takes it.
             self._local.holder = found = None
         with self._lock:
@@ -149,10 +165,12 @@ class HeldConnections:
                 connection.close()
                 raise
             self._open.add(connection)
-            holder = _Holder(connection, self._generation)
+            self._busy.add(connection)
+            generation = self._generation
+            holder = _Holder(connection, generation)
         weakref.finalize(holder, self._discard, connection)
         self._local.holder = holder
-        return connection
+        return connection, generation
 
     def _discard(self, connection: Connection) -> None:
         with self._lock:
@@ -163,10 +181,13 @@ class HeldConnections:
             pass
 
     def close_all(self) -> None:
+        """Close every kept connection that no read is using; a busy one is
+        closed by its thread when its read ends (the generation changed)."""
         with self._lock:
-            found, self._open = self._open, set()
             self._generation += 1
-        for connection in found:
+            found, self._open = self._open, set()
+            idle = [connection for connection in found if connection not in self._busy]
+        for connection in idle:
             try:
                 connection.close()
             except Exception:  # noqa: S110 - as in _discard
