@@ -29,9 +29,11 @@ it fails (UNAVAILABLE, as with a pooled connection), and every thread's kept
 connection is replaced at its next read, as SQLAlchemy replaces the pool's
 connections older than the failure.
 
-Bounded: at most `limit` connections are kept (the pool's size); beyond it,
-a read takes a pooled connection as before. A thread's connection is closed
-when the thread ends, and all of them by `close_all()` (Database.dispose).
+Bounded: at most `limit` connections are kept (the server's --max-workers,
+by default the pool's size); beyond it, a read takes a pooled connection as
+before. A thread's connection is closed when the thread ends; `close_all()`
+(Database.dispose) closes the idle ones, and one that a read is using is
+closed by its thread when the read ends.
 """
 
 from __future__ import annotations
