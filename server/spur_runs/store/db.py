@@ -294,6 +294,12 @@ class Database:
         )
 
     @property
+    def kept(self) -> dict[str, HeldConnections]:
+        """By role: the connections kept for single reads (held.py), on the
+        database that serves reads; for metrics."""
+        return {} if self._held is None else {self._read_role: self._held}
+
+    @property
     def engines(self) -> dict[str, Engine]:
         """By role, for health and metrics."""
         found = {"primary": self.engine}
@@ -407,6 +413,10 @@ class Database:
                 _select_one(engine)
             except Exception:
                 self._unreachable.add(role)
+                if role == self._read_role and self._held is not None:
+                    # The kept connections are as dead as the pool's: none
+                    # is used again once health says SERVING (held.py).
+                    self._held.mark_stale()
                 raise
             finally:
                 self._pinging.pop(role, None)

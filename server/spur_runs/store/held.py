@@ -27,7 +27,10 @@ busy_timeout (db._sqlite_begin), and the statement's own listeners
 A lost connection (a PostgreSQL restart, a failover): the read that meets
 it fails (UNAVAILABLE, as with a pooled connection), and every thread's kept
 connection is replaced at its next read, as SQLAlchemy replaces the pool's
-connections older than the failure.
+connections older than the failure. When the pool meets the loss first (a
+multi-statement read), its "invalidate" event marks the kept connections
+stale the same way, and so does a failed health ping (Database.ping): once
+health says SERVING again, no call meets a dead kept connection.
 
 Bounded: at most `limit` connections are kept (the server's --max-workers,
 by default the pool's size); beyond it, a read takes a pooled connection as
@@ -45,7 +48,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy import exc as sa_exc
 
 # The execution option that marks a kept connection: hot.fetch begins no
@@ -92,9 +95,24 @@ class HeldConnections:
         # Bumped by close_all and by a dropped connection: a holder of an
         # older generation is stale, and its thread closes it.
         self._generation = 0
+        # The pool invalidates a connection when it meets a dropped one (and
+        # then every older one): ours are as old (see above).
+        event.listen(engine, "invalidate", self._pool_invalidated)
 
     def __len__(self) -> int:
         return len(self._open)
+
+    def in_use(self) -> int:
+        """How many kept connections a read is using now (metrics)."""
+        return len(self._busy)
+
+    def _pool_invalidated(self, *_args: Any) -> None:
+        self.mark_stale()
+
+    def mark_stale(self) -> None:
+        """Every kept connection is replaced at its thread's next read."""
+        with self._lock:
+            self._generation += 1
 
     @contextmanager
     def scope(self) -> Iterator[Connection | None]:
@@ -112,8 +130,7 @@ class HeldConnections:
                 # The database dropped it: the other threads' kept
                 # connections are as old, and are replaced at their next
                 # read (by their own thread, which may be using one now).
-                with self._lock:
-                    self._generation += 1
+                self.mark_stale()
             self._discard(connection)  # its state is unknown: a fresh one next time
             raise
         finally:
