@@ -76,10 +76,13 @@ def test_metrics_count_calls_by_method_and_code(postgres_url: str) -> None:
                 caller.start()
                 wait_until(lambda: waiting() == 1, "a call blocked inside the server")
                 during = scrape(server.http_port)
-                assert value(during, "spur_runs_db_pool_checked_out", database="primary") >= 1
+                # GetRun's one statement runs on its thread's kept connection.
+                assert value(during, "spur_runs_db_pool_kept_in_use", database="primary") == 1
+                assert value(during, "spur_runs_db_pool_kept", database="primary") >= 1
             caller.join(timeout=20)
             idle = scrape(server.http_port)
             assert value(idle, "spur_runs_db_pool_checked_out", database="primary") == 0
+            assert value(idle, "spur_runs_db_pool_kept_in_use", database="primary") == 0
     finally:
         server.stop(grace=1)
 

@@ -54,7 +54,7 @@ class RunsServer:
         tls_files = tls.load(config)
         self.metrics = metrics or Metrics()
         for role, engine in db.engines.items():
-            self.metrics.watch_pool(role, engine)
+            self.metrics.watch_pool(role, engine, db.kept.get(role))
         self.health = DatabaseHealth(
             db, config.health_interval, config.max_health_watchers, self.metrics.registry
         )

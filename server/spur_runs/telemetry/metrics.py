@@ -21,7 +21,7 @@ RESOURCE_EXHAUSTED itself), so they are not counted here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import prometheus_client
@@ -55,7 +55,17 @@ _POOL_GAUGES = {
     "checked_out": "connections in use by a call",
     "checked_in": "idle connections in the pool",
     "overflow": "connections open beyond the pool size",
+    "kept": "connections kept beside the pool, one per RPC thread, for single reads",
+    "kept_in_use": "kept connections in use by a call",
 }
+
+
+class Kept(Protocol):
+    """What the gauges read of store.held.HeldConnections."""
+
+    def __len__(self) -> int: ...
+
+    def in_use(self) -> int: ...
 
 
 def grpc_type(request_streaming: bool, response_streaming: bool) -> str:
@@ -142,6 +152,7 @@ class Metrics:
             for name, help_text in _POOL_GAUGES.items()
         }
         self._engines: dict[str, Engine] = {}
+        self._kept: dict[str, Kept] = {}
         self._methods: dict[tuple[str, bool, bool], MethodMetrics] = {}
 
     def method(
@@ -157,8 +168,10 @@ class Metrics:
             self._methods[key] = found
         return found
 
-    def watch_pool(self, database: str, engine: Engine) -> None:
+    def watch_pool(self, database: str, engine: Engine, kept: Kept | None = None) -> None:
         self._engines[database] = engine
+        if kept is not None:
+            self._kept[database] = kept
         self.refresh_pools()
 
     def after_call(self) -> None:
@@ -179,6 +192,9 @@ class Metrics:
                 # QueuePool counts overflow from -size up; only the excess matters.
                 "overflow": max(_number(pool, "overflow"), 0),
             }
+            kept = self._kept.get(database)
+            numbers["kept"] = 0 if kept is None else len(kept)
+            numbers["kept_in_use"] = 0 if kept is None else kept.in_use()
             for name, value in numbers.items():
                 self._pool[name].labels(database).set(value)
 
