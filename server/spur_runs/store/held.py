@@ -194,10 +194,7 @@ class HeldConnections:
     def _discard(self, connection: Connection) -> None:
         with self._lock:
             self._open.discard(connection)
-        try:
-            connection.close()  # detached: closes the DBAPI connection
-        except Exception:  # noqa: S110 - closing a broken connection; it is gone either way
-            pass
+        _close(connection)
 
     def close_all(self) -> None:
         """Close every kept connection that no read is using; a busy one is
@@ -207,7 +204,11 @@ class HeldConnections:
             found, self._open = self._open, set()
             idle = [connection for connection in found if connection not in self._busy]
         for connection in idle:
-            try:
-                connection.close()
-            except Exception:  # noqa: S110 - as in _discard
-                pass
+            _close(connection)
+
+
+def _close(connection: Connection) -> None:
+    try:
+        connection.close()  # detached: closes the DBAPI connection
+    except Exception:  # noqa: S110 - closing a broken connection; it is gone either way
+        pass
