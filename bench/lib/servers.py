@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -60,15 +61,20 @@ class Servers:
         self.procs, self.python, self.db = procs, tools_python, db
 
     def start_ours(
-        self, workers: int = 1, name: str = "spur-runs", tree: Path | None = None
+        self,
+        workers: int = 1,
+        name: str = "spur-runs",
+        tree: Path | None = None,
+        flags: Sequence[str] = (),
     ) -> tuple[subprocess.Popen[bytes], int, int]:
-        """`python -m spur_runs serve` (gRPC + HTTP); from `tree` (a baseline
-        worktree) instead of this one when given. (process, gRPC port, HTTP port)"""
+        """`python -m spur_runs serve` (gRPC + HTTP), with `flags` besides; from
+        `tree` (a baseline worktree) instead of this one when given.
+        (process, gRPC port, HTTP port)"""
         grpc_port, http_port = free_port(), free_port()
         command = [
             sys.executable, "-m", "spur_runs", "serve", "--database-url", self.db.url,
             "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
-            "--log-level", "WARNING",
+            "--log-level", "WARNING", *flags,
         ]  # fmt: skip
         if workers > 1:
             command += ["--workers", str(workers)]
