@@ -87,15 +87,18 @@ class Config:
     # threads overlap database waits but fight over the GIL, and that costs
     # CPU on every call. 4 keeps most of that gain and leaves room for a few
     # slow calls (a delete waiting for a lock); scale out with --workers.
+    # bench/results/workers.md has the measurements behind it.
     max_workers: int = setting(
         4, "SPUR_RUNS_MAX_WORKERS", "threads serving RPCs",
         "One Python thread runs at a time, so more threads overlap database waits but cost "
         "CPU on every call (GetRun's server CPU per call, measured side by side on 2 cores: "
-        "1 thread 740 µs, 2: 853, 8: 1,142, 16: 1,500–2,000). SQLite calls wait for no "
-        "network: there `--max-workers 2` served 1.16–1.22× the GetRun and ListRuns "
-        "throughput of 4 (on PostgreSQL over loopback, the same); 4 stays the default so "
-        "that a few long calls (a large DeleteRun) leave threads for the rest. Scale out "
-        "with `--workers`.",
+        "1 thread 740 µs, 2: 853, 8: 1,142, 16: 1,500–2,000). `bench/workers.py` measured "
+        "GetRun throughput against 4 threads: with the database at hand (SQLite, PostgreSQL "
+        "over loopback) 2 threads served 0.90–1.01×, 8 0.80–0.98×; with PostgreSQL 3.3 ms "
+        "away, 2 served 0.54× and 8 1.23×. 4 is the default: at hand it serves as much as "
+        "any, and it leaves threads for the rest while a few calls are long (a large "
+        "DeleteRun). With a database a few milliseconds away, try 8 (docs/production.md). "
+        "Scale out with `--workers`.",
         bounds=(1, 1024),
     )  # fmt: skip
     pool_size: int = setting(
