@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import shlex
+import socket
 import statistics
 import sys
 import time
@@ -63,22 +64,26 @@ def round_trip_ms(url: str, calls: int = 200) -> float:
     return statistics.median(times)
 
 
-def start_proxy(procs: Processes, delay_ms: float) -> int:
+def behind_proxy(procs: Processes, db: Database, delay_ms: float) -> Database:
+    """`db` reached through lib/delay_proxy.py, started here: the same
+    database, its URL pointing at the proxy."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(db.url)
     port = free_port()
     process = procs.start(
         "delay-proxy",
         [sys.executable, str(LIB / "delay_proxy.py"), "--listen-port", str(port),
-         "--to", "127.0.0.1:5432", "--delay-ms", str(delay_ms)],
+         "--to", f"{url.host}:{url.port or 5432}", "--delay-ms", str(delay_ms)],
     )  # fmt: skip
 
     def ready() -> bool:
-        import socket
-
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
 
     wait_until(ready, process, "delay proxy")
-    return port
+    proxied = url.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    return dataclasses.replace(db, url=proxied)
 
 
 def measure(
@@ -91,8 +96,9 @@ def measure(
     gets: list[Case] = []
     pages: list[Case] = []
     servers = []
+    starter = Servers(procs, Path(sys.executable), db)
     for count in workers:
-        process, port, _ = Servers(procs, Path(sys.executable), db).start_ours(
+        process, port, _ = starter.start_ours(
             name=f"spur-runs-w{count}", flags=["--max-workers", str(count)]
         )
         servers.append(process)
@@ -124,7 +130,6 @@ def measure(
             row[rpc] = {
                 "rps": summary["rps"],
                 "cpu_us": summary["cpu_us"],
-                "p50_ms": summary["p50_ms"],
                 "switches": summary["switches"],
                 "vs_default": per_round_ratio(case, by_key[f"{rpc}{DEFAULT_WORKERS}"]),
             }
@@ -190,8 +195,7 @@ def main() -> int:
                 log(f"{db.name}: SELECT 1 round trip {rtt:.2f} ms over loopback")
                 near = f"{db.name}, loopback ({rtt:.2f} ms)"
                 results.append(measure(near, db, procs, settings, workers, work))
-                port = start_proxy(procs, args.delay_ms)
-                far = dataclasses.replace(db, url=db.url.replace(":5432/", f":{port}/"))
+                far = behind_proxy(procs, db, args.delay_ms)
                 rtt = round_trip_ms(far.url, calls=50)
                 log(f"{db.name}: SELECT 1 round trip {rtt:.2f} ms through the delay proxy")
                 results.append(
