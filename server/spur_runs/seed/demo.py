@@ -223,14 +223,21 @@ class Demo:
             return True
         return False
 
-    def tick(self) -> None:
-        """One change to each moving run; new runs in place of finished ones."""
+    def tick(self, stopping: threading.Event | None = None) -> None:
+        """One change to each moving run; new runs in place of finished ones.
+        Once `stopping` is set, no further change: each one may wait for the
+        write lock (busy_timeout), and a tick of --concurrent of them could
+        keep a SIGTERM waiting for many of those waits."""
         for moving in list(self.moving):
+            if stopping is not None and stopping.is_set():
+                return
             if self.step(moving):
                 self.moving.remove(moving)
         while len(self.moving) < self.concurrent and (
             not self.runs or self.completed + len(self.moving) < self.runs
         ):
+            if stopping is not None and stopping.is_set():
+                return
             self.start_run()
 
     def done(self) -> bool:
@@ -266,7 +273,7 @@ def run_demo(
         while not stopping.is_set() and not demo.done():
             began = time.monotonic()
             try:
-                demo.tick()
+                demo.tick(stopping)
                 failures = 0
             except OperationalError as error:
                 # A lock held past the busy timeout (SQLite), a dropped
