@@ -66,13 +66,15 @@ class Servers:
         name: str = "spur-runs",
         tree: Path | None = None,
         flags: Sequence[str] = (),
+        prefix: Sequence[str] = (),
     ) -> tuple[subprocess.Popen[bytes], int, int]:
         """`python -m spur_runs serve` (gRPC + HTTP), with `flags` besides; from
-        `tree` (a baseline worktree) instead of this one when given.
+        `tree` (a baseline worktree) instead of this one when given; run by
+        `prefix` (such as `taskset -c 0`) when given.
         (process, gRPC port, HTTP port)"""
         grpc_port, http_port = free_port(), free_port()
         command = [
-            sys.executable, "-m", "spur_runs", "serve", "--database-url", self.db.url,
+            *prefix, sys.executable, "-m", "spur_runs", "serve", "--database-url", self.db.url,
             "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
             "--log-level", "WARNING", *flags,
         ]  # fmt: skip
@@ -107,13 +109,17 @@ class Servers:
         return process, port
 
 
-def start_floor(procs: Processes, mode: str) -> tuple[subprocess.Popen[bytes], int]:
-    """lib/floor_server.py: grpcio alone, an empty unary RPC (sync or aio)."""
+def start_floor(
+    procs: Processes, mode: str, prefix: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], int]:
+    """lib/floor_server.py: grpcio alone, an empty unary RPC (sync or aio),
+    run by `prefix` (such as `taskset -c 0`) when given."""
     port = free_port()
     process = procs.start(
         f"floor-{mode}",
-        [sys.executable, str(LIB / "floor_server.py"), "--mode", mode, "--port", str(port)],
-    )
+        [*prefix, sys.executable, str(LIB / "floor_server.py"), "--mode", mode,
+         "--port", str(port)],
+    )  # fmt: skip
 
     def ready() -> bool:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
