@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from lib.common import DATA, FLOOR_PATH, GET_RUN_PATH, LIST_RUNS_PATH, RESULTS
+from lib.common import DATA, GET_RUN_PATH, LIST_RUNS_PATH, RESULTS
 from lib.data import create_database, drop_database, sample_runs, seed_database
-from lib.load import Case, GrpcLoad, Settings, grpc_body, per_round_ratio, run_rounds
+from lib.load import Case, GrpcLoad, Settings, floor_load, grpc_body, per_round_ratio, run_rounds
 from lib.procs import Processes
 from lib.servers import Servers, start_floor
 
@@ -42,6 +42,7 @@ from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 
 RPCS = (("floor", "floor: empty unary, sync grpcio"), ("get", "GetRun, random run"),
         ("list", "ListRuns page of 10"))  # fmt: skip
+SIDES = ("free", "pinned")
 
 
 def measure(backend: str, procs: Processes, settings: Settings, cpu: int) -> dict[str, Any]:
@@ -53,11 +54,11 @@ def measure(backend: str, procs: Processes, settings: Settings, cpu: int) -> dic
         ids = sample_runs(db, settings.segments)
         get_bodies = [grpc_body(work, f"get-{i}", pb.GetRunRequest(run_id=i)) for i in ids]
         list_body = grpc_body(work, "list", pb.ListRunsRequest(page_size=10))
-        empty = work / "empty.grpc"
-        empty.write_bytes(b"\x00\x00\x00\x00\x00")
         starter = Servers(procs, Path(sys.executable), db)
-        cases: list[Case] = []
-        for side, prefix in (("free", []), ("pinned", ["taskset", "-c", str(cpu)])):
+        # Per side: each RPC's load and the pid of the process that serves it.
+        served: dict[str, dict[str, tuple[GrpcLoad, int]]] = {}
+        for side in SIDES:
+            prefix = ["taskset", "-c", str(cpu)] if side == "pinned" else []
             floor, floor_port = start_floor(procs, "sync", prefix=prefix)
             ours, port, _ = starter.start_ours(name=f"spur-runs-{side}", prefix=prefix)
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -67,18 +68,19 @@ def measure(backend: str, procs: Processes, settings: Settings, cpu: int) -> dic
                            for i in ids]  # fmt: skip
                 page = stub.ListRuns(pb.ListRunsRequest(page_size=10))
                 list_min = len(page.SerializeToString()) + 5
-            loads = {
-                "floor": GrpcLoad(floor_port, FLOOR_PATH, [empty] * len(ids), [0] * len(ids)),
-                "get": GrpcLoad(port, GET_RUN_PATH, get_bodies, get_min),
-                "list": GrpcLoad(port, LIST_RUNS_PATH, [list_body] * len(ids),
-                                 [list_min] * len(ids)),
+            served[side] = {
+                "floor": (floor_load(floor_port, work, len(ids)), floor.pid),
+                "get": (GrpcLoad(port, GET_RUN_PATH, get_bodies, get_min), ours.pid),
+                "list": (GrpcLoad(port, LIST_RUNS_PATH, [list_body] * len(ids),
+                                  [list_min] * len(ids)), ours.pid),
             }  # fmt: skip
-            for rpc, label in RPCS:
-                pid = floor.pid if rpc == "floor" else ours.pid
-                cases.append(Case(f"{rpc}-{side}", f"{label}, {side}", side, loads[rpc],
-                                  lambda pid=pid: pid))  # fmt: skip
         # Each RPC's two sides next to each other in every round.
-        cases.sort(key=lambda case: [rpc for rpc, _ in RPCS].index(case.key.split("-")[0]))
+        cases = [
+            Case(f"{rpc}-{side}", f"{label}, {side}", side, served[side][rpc][0],
+                 lambda pid=served[side][rpc][1]: pid)
+            for rpc, label in RPCS
+            for side in SIDES
+        ]  # fmt: skip
         run_rounds(cases, settings, work, f"affinity {backend}")
         by_key = {case.key: case for case in cases}
         rows = []
@@ -92,8 +94,7 @@ def measure(backend: str, procs: Processes, settings: Settings, cpu: int) -> dic
                 "cpu_ratio": per_round_ratio(pinned, free, "cpu_us"),
             })  # fmt: skip
         share = {
-            side: per_round_ratio(by_key[f"get-{side}"], by_key[f"floor-{side}"])
-            for side in ("free", "pinned")
+            side: per_round_ratio(by_key[f"get-{side}"], by_key[f"floor-{side}"]) for side in SIDES
         }
         return {"database": db.name, "rows": rows, "share": share}
     finally:

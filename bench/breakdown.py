@@ -37,9 +37,9 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
-from lib.common import DATA, FLOOR_PATH, GET_RUN_PATH, HEALTH_CHECK_PATH, RESULTS
+from lib.common import DATA, GET_RUN_PATH, HEALTH_CHECK_PATH, RESULTS
 from lib.data import create_database, drop_database, sample_runs, seed_database
-from lib.load import Case, GrpcLoad, Settings, grpc_body, per_round_ratio, run_rounds
+from lib.load import Case, GrpcLoad, Settings, floor_load, grpc_body, per_round_ratio, run_rounds
 from lib.procs import Processes
 from lib.servers import Servers, start_floor
 
@@ -85,11 +85,9 @@ def measure(backend: str, procs: Processes, settings: Settings) -> dict[str, obj
         seg = settings.segments
         get_bodies = [grpc_body(work, f"get-{i}", pb.GetRunRequest(run_id=i)) for i in ids]
         health = grpc_body(work, "health", health_pb2.HealthCheckRequest())
-        empty = work / "empty.grpc"
-        empty.write_bytes(b"\x00\x00\x00\x00\x00")
         cases = [
             Case("floor", "floor: empty unary, sync grpcio", "floor",
-                       GrpcLoad(floor_port, FLOOR_PATH, [empty] * seg, [5] * seg),
+                       floor_load(floor_port, work, seg),
                        lambda: floor.pid),
             Case("health", "Health/Check on spur-runs serve", "spur-runs gRPC",
                        GrpcLoad(port, HEALTH_CHECK_PATH, [health] * seg, [7] * seg),

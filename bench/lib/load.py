@@ -21,7 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .common import GRPC_HEADERS, H2LOAD_CLIENTS, H2LOAD_STREAMS, LIB, WRK_CONNECTIONS, log
+from .common import (
+    FLOOR_PATH,
+    GRPC_HEADERS,
+    H2LOAD_CLIENTS,
+    H2LOAD_STREAMS,
+    LIB,
+    WRK_CONNECTIONS,
+    log,
+)
 from .procs import switches_between, tree_cpu, tree_switches
 
 
@@ -219,6 +227,14 @@ def per_round_ratio(a: Case, b: Case, attr: str = "rps") -> float:
     return statistics.median(
         getattr(x, attr) / getattr(y, attr) for x, y in zip(a.samples, b.samples, strict=True)
     )
+
+
+def floor_load(port: int, work: Path, segments: int) -> GrpcLoad:
+    """The floor's load (lib/floor_server.py): an empty request in every
+    segment, each answered by an empty message (a 5-byte frame)."""
+    empty = work / "empty.grpc"
+    empty.write_bytes(struct.pack(">?I", False, 0))
+    return GrpcLoad(port, FLOOR_PATH, [empty] * segments, [5] * segments)
 
 
 def grpc_body(work: Path, name: str, message: Any) -> Path:

@@ -16,9 +16,18 @@ from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 
-from .common import DATA, FLOOR_PATH, GET_RUN_PATH, LIST_RUNS_PATH, log
+from .common import DATA, GET_RUN_PATH, LIST_RUNS_PATH, log
 from .data import Database, deep_cursor, sample_runs, seed_database
-from .load import Case, GrpcLoad, HttpLoad, Settings, grpc_body, per_round_ratio, run_rounds
+from .load import (
+    Case,
+    GrpcLoad,
+    HttpLoad,
+    Settings,
+    floor_load,
+    grpc_body,
+    per_round_ratio,
+    run_rounds,
+)
 from .procs import Processes, cpu_seconds, descendants, http_get, memory
 from .servers import Servers
 
@@ -117,8 +126,6 @@ def bench_database(
                 out["sizes"][f"{who} GET {path.replace(ids[0], '{id}')} bytes"] = len(data)
 
         floor_sync, floor_aio = floors["sync"], floors["aio"]
-        empty = DATA / "work" / "empty.grpc"
-        empty.write_bytes(b"\x00\x00\x00\x00\x00")
         seg = settings.segments
         ours_pid, peer_pid = (lambda: ours.pid), (lambda: peer.pid)
 
@@ -129,11 +136,11 @@ def bench_database(
 
         cases = {
             "floor_sync": Case("floor_sync", "floor: empty unary, sync grpcio", "floor",
-                               GrpcLoad(floor_sync[1], FLOOR_PATH, [empty] * seg, [5] * seg), lambda: floor_sync[0].pid),
+                               floor_load(floor_sync[1], DATA / "work", seg), lambda: floor_sync[0].pid),
             "grpc_get": Case("grpc_get", "GetRun, random run (gRPC)", "spur-runs gRPC",
                              grpc_load(grpc_port, GET_RUN_PATH, "get"), ours_pid),
             "floor_aio": Case("floor_aio", "floor: empty unary, aio grpcio", "floor",
-                              GrpcLoad(floor_aio[1], FLOOR_PATH, [empty] * seg, [5] * seg), lambda: floor_aio[0].pid),
+                              floor_load(floor_aio[1], DATA / "work", seg), lambda: floor_aio[0].pid),
             "http_get": Case("http_get", "GET /run/{id}/, random run (HTTP)", "spur-runs HTTP",
                              HttpLoad(http_port, "/run/{id}/", ids_file), ours_pid),
             "pyspur_get": Case("pyspur_get", "PySpur GET /run/{id}/, random run", "PySpur",
