@@ -172,7 +172,7 @@ def main() -> int:
     for backend in args.backends.split(","):
         log(f"{backend}: {args.calls} runs x {args.rounds} rounds")
         results.append(measure(backend, args.runs, args.calls, args.rounds))
-    write(results, args.out, "python bench/stages.py " + " ".join(sys.argv[1:]))
+    write(results, args.out, " ".join(["python bench/stages.py", *sys.argv[1:]]))
     print(args.out.read_text())
     return 0
 
