@@ -24,9 +24,9 @@ Calls alternate with the other stages, as a server interleaves them, so the
 caches are as cold as they are there (a loop of statements alone runs ~2x
 faster). Each stage's clock reads cost ~2 µs (time.thread_time is a system
 call): the table's last row is the same calls, unwrapped, timed as a whole,
-to show what the timing itself adds. Not part of
-run.py: no load, no gRPC; bench/breakdown.py measures the server under load.
-Writes bench/results/stages.md.
+to show what the timing itself adds. Not part of run.py: no load, no gRPC;
+bench/breakdown.py measures the server under load. Writes
+bench/results/stages.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +54,26 @@ STAGES = (
 
 
 class Clock:
-    """Wall and thread-CPU seconds accumulated per stage."""
+    """Wall and thread-CPU seconds accumulated per stage, and for whole
+    calls ("total")."""
 
     def __init__(self) -> None:
-        self.wall = dict.fromkeys((name for name, _ in STAGES), 0.0)
+        self.wall = dict.fromkeys([*(name for name, _ in STAGES), "total"], 0.0)
         self.cpu = dict.fromkeys(self.wall, 0.0)
 
-    def add(self, stage: str, wall: float, cpu: float) -> None:
-        self.wall[stage] += wall
-        self.cpu[stage] += cpu
+    @contextmanager
+    def timing(self, stage: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.wall[stage] += time.perf_counter() - wall
+            self.cpu[stage] += time.thread_time() - cpu
 
     def wrap(self, stage: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            wall, cpu = time.perf_counter(), time.thread_time()
-            try:
+            with self.timing(stage):
                 return function(*args, **kwargs)
-            finally:
-                self.add(stage, time.perf_counter() - wall, time.thread_time() - cpu)
 
         return timed
 
@@ -87,11 +91,14 @@ def measure(backend: str, runs: int, calls: int, rounds: int) -> dict[str, Any]:
         requests = [pb.GetRunRequest(run_id=i) for i in sample_runs(db, calls)]
         spur = SpurDatabase.from_url(db.url)
         service = RunService(spur, splice=True)
-        for request in requests:  # warm: version cache, connections, statements
-            service.GetRun(request, None).SerializeToString()  # type: ignore[arg-type]
+
+        def call_all() -> None:
+            for request in requests:
+                service.GetRun(request, None).SerializeToString()  # type: ignore[arg-type]
+
+        call_all()  # warm: version cache, connections, statements
         bare_cpu = time.thread_time()
-        for request in requests:
-            service.GetRun(request, None).SerializeToString()  # type: ignore[arg-type]
+        call_all()
         bare_cpu = time.thread_time() - bare_cpu
         clock = Clock()
         # GetRun reads `runs.get_run` and `convert.fill_run` off their modules
@@ -100,33 +107,28 @@ def measure(backend: str, runs: int, calls: int, rounds: int) -> dict[str, Any]:
         store_runs.get_run = clock.wrap("records", store_runs.get_run)  # type: ignore[assignment]
         convert.fill_run = clock.wrap("convert", convert.fill_run)  # type: ignore[assignment]
         hot.fetch = clock.wrap("statement", hot.fetch)  # type: ignore[assignment]
-        total_wall = total_cpu = 0.0
         try:
             for _ in range(rounds):
                 for request in requests:
-                    wall, cpu = time.perf_counter(), time.thread_time()
-                    answer = service.GetRun(request, None)  # type: ignore[arg-type]
-                    mid_wall, mid_cpu = time.perf_counter(), time.thread_time()
-                    answer.SerializeToString()
-                    end_wall, end_cpu = time.perf_counter(), time.thread_time()
-                    clock.add("serialize", end_wall - mid_wall, end_cpu - mid_cpu)
-                    total_wall += end_wall - wall
-                    total_cpu += end_cpu - cpu
+                    with clock.timing("total"):
+                        answer = service.GetRun(request, None)  # type: ignore[arg-type]
+                        with clock.timing("serialize"):
+                            answer.SerializeToString()
         finally:
             store_runs.get_run, convert.fill_run, hot.fetch = originals  # type: ignore[assignment]
             spur.dispose()
         n = rounds * len(requests)
-        # get_run's time includes the statement's; GetRun's includes all.
-        for table, total in ((clock.wall, total_wall), (clock.cpu, total_cpu)):
+        # get_run's time includes the statement's; a whole call includes all.
+        for table in (clock.wall, clock.cpu):
             table["records"] -= table["statement"]
-            table["rest"] = total - sum(v for k, v in table.items() if k != "rest")
+            table["rest"] = table["total"] - sum(
+                table[name] for name, _ in STAGES if name != "rest"
+            )
         return {
             "name": db.name,
             "calls": n,
             "wall_us": {k: v / n * 1e6 for k, v in clock.wall.items()},
             "cpu_us": {k: v / n * 1e6 for k, v in clock.cpu.items()},
-            "total_wall_us": total_wall / n * 1e6,
-            "total_cpu_us": total_cpu / n * 1e6,
             "bare_cpu_us": bare_cpu / len(requests) * 1e6,
         }
     finally:
@@ -147,13 +149,16 @@ def write(results: list[dict[str, Any]], path: Path, command: str) -> None:
     for name, label in STAGES:
         cells = " | ".join(
             f"{r['wall_us'][name]:,.1f} | {r['cpu_us'][name]:,.1f} "
-            f"({r['cpu_us'][name] / r['total_cpu_us']:.0%})"
+            f"({r['cpu_us'][name] / r['cpu_us']['total']:.0%})"
             for r in results
         )
         lines.append(f"| {label} | {cells} |")
-    totals = " | ".join(f"{r['total_wall_us']:,.1f} | {r['total_cpu_us']:,.1f}" for r in results)
+    totals = " | ".join(
+        f"{r['wall_us']['total']:,.1f} | {r['cpu_us']['total']:,.1f}" for r in results
+    )
     lines.append(f"| **GetRun, serialized** | {totals} |")
-    bare = " | ".join(f"| {r['bare_cpu_us']:,.1f}" for r in results)
+    # Only CPU is read for the unwrapped calls: the wall column stays empty.
+    bare = " | ".join(f" | {r['bare_cpu_us']:,.1f}" for r in results)
     lines.append(f"| the same calls without the stages' clocks | {bare} |")
     path.write_text("\n".join(lines) + "\n")
 
