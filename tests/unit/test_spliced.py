@@ -77,3 +77,12 @@ def test_large_runs_need_longer_lengths() -> None:
             {"x": "y" * 100}
         )
     _check(pb.ListRunsResponse(runs=[run], next_page_token="t"), [_version(200)])
+
+
+def test_fields_before_the_version_longer_than_127_bytes() -> None:
+    """A field before workflow_version whose length takes two bytes (the
+    length read that is not inline in _fields_below)."""
+    run = _run(5)
+    run.workflow_id = "S" * 300
+    run.workflow_version_id = "V" * 20_000  # three bytes
+    _check(pb.GetRunResponse(run=run), [_version(5)])

@@ -93,14 +93,25 @@ class Spliced:
 def _fields_below(message: bytes, number: int) -> int:
     """The offset of the first field numbered `number` or more in `message`."""
     pos = 0
-    while pos < len(message):
-        tag, after = _read_varint(message, pos)
+    size = len(message)
+    while pos < size:
+        # A Run's tags are one byte (field numbers below 16), and so are most
+        # of its lengths: read those inline, the rest by _read_varint.
+        tag = message[pos]
+        if tag < 0x80:
+            after = pos + 1
+        else:
+            tag, after = _read_varint(message, pos)
         if tag >> 3 >= number:
             return pos
         kind = tag & 7
         if kind == 2:  # length-delimited
-            length, after = _read_varint(message, after)
-            pos = after + length
+            length = message[after]
+            if length < 0x80:
+                pos = after + 1 + length
+            else:
+                length, after = _read_varint(message, after)
+                pos = after + length
         elif kind == 0:  # varint
             pos = _read_varint(message, after)[1]
         elif kind == 1:  # 64-bit
