@@ -237,8 +237,9 @@ def add_tasks(
             node_id=node_id,
             node_type=node_types.get(node_id, ""),
             status=TASK_STATUS[status],
-            is_downstream_of_pause=node_id in downstream,
         )
+        if node_id in downstream:  # false is proto3's default: set only true
+            task.is_downstream_of_pause = True
         if start_time is not None:
             set_timestamp(task.start_time, start_time)
         if end_time is not None:
