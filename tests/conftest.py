@@ -13,19 +13,31 @@ pyproject's `pythonpath`): no test module imports another.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from databases import new_postgres_database
+from parallel import turn
 from servers import start_server
 from spur.runs.v1 import run_service_pb2_grpc
 from spur_runs.runtime.server import RunsServer
 from spur_runs.store.db import Database
 
 KINDS = ("unit", "integration", "system")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """A test marked `exclusive` runs while no other test runs (on xdist's
+    workers). The outermost wrapper: pytest-timeout's clock starts after the
+    wait, and the lock covers setup and teardown too."""
+    with turn(item.config, exclusive=item.get_closest_marker("exclusive") is not None):
+        return (yield)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

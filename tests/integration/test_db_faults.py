@@ -204,6 +204,7 @@ def test_database_down_and_back_through_a_proxy(postgres_url: str, proxy: Proxy)
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # refused within 0.5 s
 def test_a_database_that_stops_answering_turns_health_not_serving(
     postgres_url: str, proxy: Proxy
 ) -> None:

@@ -135,6 +135,7 @@ def test_grpc_timeout_becomes_the_call_deadline(running: Running) -> None:
     assert running.script.seen["time_remaining"] > 3600  # none set: gRPC's "forever"
 
 
+@pytest.mark.exclusive  # 504 within 0.9 s
 def test_deadline_passing_in_the_rpc_is_504(running: Running) -> None:
     def slow(request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
         time.sleep(1.0)

@@ -92,6 +92,7 @@ def _get(sock: socket.socket, path: str, host: str = "127.0.0.1") -> bytes:
     return sock.recv(65536)
 
 
+@pytest.mark.exclusive  # closed within 0.8 s of the 1 s timeout
 def test_a_silent_connection_is_closed_at_the_header_timeout(short: RunsServer) -> None:
     assert short.http_port
     with _connect(short.http_port) as sock:
@@ -100,6 +101,7 @@ def test_a_silent_connection_is_closed_at_the_header_timeout(short: RunsServer) 
     assert 0.9 <= seconds < 1.8
 
 
+@pytest.mark.exclusive  # closed within 0.8 s of the 1 s timeout
 def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_header_timeout(
     short: RunsServer,
 ) -> None:
@@ -113,6 +115,7 @@ def test_headers_sent_a_byte_at_a_time_are_cut_off_at_the_header_timeout(
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # 0.6 s of headers within a 1 s timeout
 def test_slow_but_timely_headers_are_answered_and_idle_keep_alive_ends(
     short: RunsServer, sqlite_db: tuple[str, Seeded]
 ) -> None:
@@ -140,6 +143,7 @@ def _get_reply(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # evicted within 2 s
 def test_the_cap_evicts_waiting_connections_and_refuses_when_all_are_busy(
     sqlite_db: tuple[str, Seeded],
 ) -> None:
@@ -315,6 +319,7 @@ def test_a_low_file_limit_floods_no_log_and_recovers(
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # closed within 0.8 s of the 1 s timeout
 def test_a_tls_handshake_is_held_to_the_header_timeout_and_the_cap(
     sqlite_db: tuple[str, Seeded], tmp_path: Path
 ) -> None:

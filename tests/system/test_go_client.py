@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from databases import IN_CI
 from factories import add_run, add_workflow, all_done
+from parallel import locked
 from servers import start_server
 from spur.runs.v1 import run_service_pb2, run_service_pb2_grpc
 from spur_runs.runtime.server import RunsServer
@@ -50,19 +51,26 @@ def _missing_go() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def go_client() -> Path:
-    """clients/go built (once per run; Go's build cache makes a rebuild ~1 s)."""
+def go_client(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """clients/go built (once per worker; Go's build cache makes a rebuild ~1 s).
+    build.sh writes clients/go/build/, shared by every worker (and every run):
+    one build at a time, and each worker runs its own copy of the binary, not
+    the one that another worker's build may be replacing."""
     missing = _missing_go()
     if missing:
         message = f"Go toolchain or Debian Go packages missing ({', '.join(missing)}): {APT}"
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
-    built = subprocess.run(
-        ["bash", str(CLIENT / "build.sh")], capture_output=True, text=True, timeout=600
-    )
-    assert built.returncode == 0, built.stderr
-    return CLIENT / "build" / "runs-client"
+    (CLIENT / "build").mkdir(exist_ok=True)
+    copy = tmp_path_factory.mktemp("go") / "runs-client"
+    with locked(CLIENT / "build" / ".lock"):
+        built = subprocess.run(
+            ["bash", str(CLIENT / "build.sh")], capture_output=True, text=True, timeout=600
+        )
+        assert built.returncode == 0, built.stderr
+        shutil.copy2(CLIENT / "build" / "runs-client", copy)
+    return copy
 
 
 @pytest.mark.slow

@@ -134,6 +134,7 @@ def scrape_local(server: object) -> dict[tuple[str, frozenset[tuple[str, str]]],
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # three processes start within wait_health's 15 s
 def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     (run_id,) = _fill(url, "demo", runs=1)

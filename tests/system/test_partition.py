@@ -192,6 +192,7 @@ def calls_in_flight(ns: Namespace) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # fresh calls refused within 1 s
 def test_a_partition_from_postgresql_holds_no_thread(postgres_url: str, tmp_path: Path) -> None:
     run_ids = seed_runs(postgres_url)
     log = tmp_path / "server.log"
