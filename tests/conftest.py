@@ -9,6 +9,9 @@ integration/ (a real database and/or a server in this process), system/
 (processes: the command, workers, clients, tools); each test gets the marker
 of its folder. Helpers shared by tests live in support/ (on sys.path through
 pyproject's `pythonpath`): no test module imports another.
+
+The suite runs on pytest-xdist's workers by default (support/parallel.py):
+`-n 0` or `-p no:xdist` runs it in this one process.
 """
 
 from __future__ import annotations
@@ -20,13 +23,19 @@ import grpc
 import pytest
 
 from databases import new_postgres_database
-from parallel import turn
+from parallel import turn, use_workers
 from servers import start_server
 from spur.runs.v1 import run_service_pb2_grpc
 from spur_runs.runtime.server import RunsServer
 from spur_runs.store.db import Database
 
 KINDS = ("unit", "integration", "system")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Workers by default (before xdist reads -n); see support/parallel.py."""
+    use_workers(config)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

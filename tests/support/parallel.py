@@ -1,6 +1,11 @@
-"""What keeps tests apart on pytest-xdist's workers (tests/conftest.py wires
-it in; docs/development.md says how the suite runs).
+"""How the suite runs on pytest-xdist's workers, and what keeps tests apart
+there (tests/conftest.py wires these in; docs/development.md says how to run it).
 
+- `use_workers`: `pytest` alone (or given a folder) runs on WORKERS workers,
+  `--dist worksteal` (a worker that runs out of tests takes some of
+  another's, so that no long test is left queued at the end behind another);
+  given only files or tests it stays in one process. `-n N` or `-n 0`
+  chooses, and `-p no:xdist` runs serially.
 - `turn`: a test marked `exclusive` (a bound on wall-clock time that the other
   workers' load would stretch) runs while no other test runs. Every test
   holds a shared lock for its whole run (setup, call, teardown), an exclusive
@@ -22,6 +27,34 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+# Measured on the 2-core machines this project runs on (docs/development.md):
+# most tests wait on processes, sockets and the database, so more workers than
+# cores pay; past three, the extra load bought no time.
+WORKERS = 3
+
+
+def use_workers(config: pytest.Config) -> None:
+    """Parallel by default: WORKERS workers unless -n (or --tx, or --pdb) says
+    otherwise, or the run names only files or tests (workers take seconds to
+    start: `pytest tests/unit/test_x.py` stays in this process); worksteal
+    unless --dist says otherwise. Called before xdist reads the options."""
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return  # -p no:xdist, or a worker (its controller distributes)
+    option = config.option
+    default = not option.tx and not option.usepdb and not _only_files(config)
+    if option.numprocesses is None and default:
+        option.numprocesses = WORKERS
+    if option.numprocesses and option.dist == "no":
+        option.dist = "worksteal"
+
+
+def _only_files(config: pytest.Config) -> bool:
+    """Whether the command line names test files or tests, and no folder."""
+    if config.args_source != pytest.Config.ArgsSource.ARGS:
+        return False  # the testpaths, or the current folder
+    where = config.invocation_params.dir
+    return all((where / arg.partition("::")[0]).is_file() for arg in config.args)
 
 
 def _lock_dir(config: pytest.Config) -> Path | None:
