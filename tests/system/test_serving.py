@@ -186,3 +186,49 @@ def test_sigterm_drains_an_in_flight_call_then_exits_0(postgres_url: str) -> Non
         db.dispose()
         if process.poll() is None:
             process.kill()
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """Send `signum` to thread `tid` of process `pid` (Linux tgkill(2)): the
+    kernel may deliver a process's SIGTERM to any thread that does not block
+    it, grpc's own threads included."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_tgkill = 234  # x86_64
+    if libc.syscall(sys_tgkill, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), f"tgkill({pid}, {tid}, {signum})")
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+    reason="tgkill by its x86_64 syscall number",
+)
+def test_sigterm_that_another_thread_receives_still_drains(sqlite_url: str) -> None:
+    """The main thread waits for the signal's handler to set an event; Python
+    runs handlers on the main thread only when it runs bytecode, so a SIGTERM
+    that the kernel handed to another thread (which happened ~1 start in 30-50)
+    must not leave it asleep in an untimed wait."""
+    from spur_runs.store.migrate import migrate
+
+    migrate(sqlite_url)
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "serve", "--database-url", sqlite_url, "--grpc-address", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        threads = sorted(int(t) for t in os.listdir(f"/proc/{process.pid}/task"))
+        others = [t for t in threads if t != process.pid]
+        assert others, "the server runs threads besides its main one"
+        _tgkill(process.pid, others[-1], signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+        output = process.stdout.read() if process.stdout else ""
+        assert "SIGTERM: draining" in output and "Traceback" not in output
+    finally:
+        if process.poll() is None:
+            process.kill()
