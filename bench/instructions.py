@@ -38,7 +38,6 @@ Writes bench/results/instructions.md.
 from __future__ import annotations
 
 import argparse
-import random
 import shutil
 import subprocess
 import sys
@@ -155,8 +154,7 @@ def measure(
     db = create_database(backend, runs, "instructions")
     try:
         seed_database(db)
-        ids = sample_runs(db, WARMUP_CALLS + calls)
-        random.Random(7).shuffle(ids)
+        ids = sample_runs(db, WARMUP_CALLS + calls)  # in random order
         counts: dict[str, float] = {}
 
         floor = Counted(
