@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from databases import PG_ADMIN_URL, new_postgres_database
 from factories import add_run, add_workflow, all_done
 from metrics import method, scrape, value
-from servers import free_port, start_server, wait_health
+from servers import free_port, start_server, wait_health, wait_until
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.store.db import Database
@@ -133,6 +133,20 @@ def scrape_local(server: object) -> dict[tuple[str, frozenset[tuple[str, str]]],
     }
 
 
+def _serving_pids(log: Path) -> set[int]:
+    """The processes whose JSON log says they serve gRPC (a line still being
+    written is skipped)."""
+    pids = set()
+    for line in log.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("message", "").startswith("serving gRPC"):
+            pids.add(record["pid"])
+    return pids
+
+
 @pytest.mark.slow
 @pytest.mark.exclusive  # three processes start within wait_health's 15 s
 def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
@@ -155,6 +169,14 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
             with grpc.insecure_channel(f"127.0.0.1:{grpc_port}", options=options) as channel:
                 if attempt == 0:
                     wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+                    # Health answers once one worker listens; the calls must
+                    # find both (the kernel spreads connections over the
+                    # listeners there are).
+                    wait_until(
+                        lambda: len(_serving_pids(tmp_path / "stderr")) == 2,
+                        "both workers serving",
+                        timeout=60,
+                    )
                 assert (
                     RunServiceStub(channel).GetRun(pb.GetRunRequest(run_id=run_id)).run.id == run_id
                 )
