@@ -3,12 +3,14 @@ execution gave them: listeners, bind and result types, wrapped errors."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import sqlite
 
 from factories import add_run, add_workflow
 from spur_runs.store import runs
@@ -256,3 +258,36 @@ def test_a_connection_lost_in_a_single_read_is_its_error_and_not_reused(
             assert conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one() != pid
     finally:
         db.dispose()
+
+
+def test_a_row_the_inline_decoding_refuses_is_decoded_by_the_processors() -> None:
+    """hot._row_decoder decodes a row's enum names, timestamps and JSON
+    inline; what those expressions refuse goes through each column's
+    processor, which decides as SQLAlchemy's would."""
+    decode = TASKS_OF_RUN.compiled(sqlite.dialect()).unpack_row
+    assert decode is not None
+    stored = [7, "T7", "R7", "n", None, "PAUSED", '{"a": [1, "b"]}', "null", None]
+    stored += ["2026-11-02 09:00:00.250000", None, None, '"text"']
+    # The common row, inline.
+    assert decode(stored) == (
+        *stored[:5],
+        TaskStatus.PAUSED,
+        {"a": [1, "b"]},
+        None,
+        None,
+        T0,
+        None,
+        None,
+        "text",
+    )
+    # JSON that orjson refuses (Python's json.dumps writes NaN).
+    nan = decode([*stored[:6], '{"score": NaN}', *stored[7:]])
+    assert math.isnan(nan[6]["score"]) and nan[9] == T0
+    # A number in a DATETIME column (SQLite keeps any type): as it is, as before.
+    assert decode([*stored[:9], 1762074000, *stored[10:]])[9] == 1762074000
+    # Text that no parser reads: SQLAlchemy's processor raises.
+    with pytest.raises(ValueError, match="isoformat"):
+        decode([*stored[:9], "2026-11-2 9:00:00", *stored[10:]])
+    # A status that is no member: SQLAlchemy's Enum raises LookupError too.
+    with pytest.raises(LookupError, match="NOT_A_STATUS"):
+        decode([*stored[:5], "NOT_A_STATUS", *stored[6:]])
