@@ -19,7 +19,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -82,11 +82,11 @@ class _Call:
         self.forwarded_for = forwarded_for
         self.start = time.perf_counter()
         self.finished = False
+        # A unary call's answer, counted when the call is (one lock fewer).
+        self.sent = 0
         # For a non-blocking call, which may end on any thread (ObserveHook).
         self.once: threading.Lock | None = None
         REQUEST_ID.set(request_id)
-        if metrics is not None:
-            metrics.started.inc()
 
     def finish(self, context: grpc.ServicerContext, raised: bool, pools: Metrics | None) -> None:
         if self.finished:
@@ -95,7 +95,7 @@ class _Call:
         code = _final_code(context, raised)
         seconds = time.perf_counter() - self.start
         if self.metrics is not None:
-            self.metrics.handled(code, seconds)
+            self.metrics.handled(code, seconds, self.sent)
         if pools is not None:
             pools.after_call()
         if not access_log.isEnabledFor(logging.INFO):
@@ -166,10 +166,12 @@ class ObserveHook(Hook):
         # policy before the answer exists (README, Scaling).
         if call.shape is not Shape.UNARY:
             _send_request_id(context, record.request_id)
-        if call.request_streaming and method_metrics is not None:
-            call.request = _counted(call.request, method_metrics.received)
-        elif method_metrics is not None:
-            method_metrics.received.inc()
+        if method_metrics is not None:
+            # A unary request has arrived with the call; a stream's are
+            # counted as the behavior reads them.
+            method_metrics.start(received=not call.request_streaming)
+            if call.request_streaming:
+                call.request = _counted(call.request, method_metrics.receive)
         if call.shape is Shape.NON_BLOCKING:
             # A non-blocking call (health's Watch, WatchRun) ends when its
             # behavior sends None (its close callback, from whatever thread),
@@ -182,14 +184,16 @@ class ObserveHook(Hook):
         return record
 
     def sent(self, call: Call, state: _Call, response: Any) -> None:
-        if state.metrics is not None:
-            state.metrics.sent.inc()
+        if call.shape is Shape.UNARY:
+            state.sent += 1  # counted with the call's end (finish)
+        elif state.metrics is not None:
+            state.metrics.send()
 
     def send(self, call: Call, state: _Call, item: Any) -> Any:
         if item is None:
             self._finish_once(state, call.context, False)
         elif state.metrics is not None:
-            state.metrics.sent.inc()
+            state.metrics.send()
         return item
 
     def exit(self, call: Call, state: _Call, error: BaseException | None) -> None:
@@ -226,7 +230,7 @@ def _add_trailing(context: grpc.ServicerContext, request_id: str) -> None:
     context.set_trailing_metadata(present + ((REQUEST_ID_KEY, request_id),))
 
 
-def _counted(requests: Iterator[Any], counter: Any) -> Iterator[Any]:
+def _counted(requests: Iterator[Any], count: Callable[[], None]) -> Iterator[Any]:
     for request in requests:
-        counter.inc()
+        count()
         yield request

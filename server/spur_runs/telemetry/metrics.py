@@ -11,9 +11,14 @@ Plus the database pool: spur_runs_db_pool_{size,checked_out,checked_in,overflow}
 {database="primary"|"replica"}.
 
 Each server has its own registry (tests run several servers in a process).
-With --workers, every process writes to files under a directory the parent
-made (prometheus-client's multiprocess mode); a scrape, answered by any one
-worker, adds up all of them.
+A single process counts calls in plain numbers (LeanMethodMetrics) that a
+collector of ours reports when scraped: prometheus_client's Counter and
+Histogram cost ~33k instructions per call through their layers and locks,
+a quarter of our per-call frame. With --workers, every process writes to
+files under a directory the parent made (prometheus-client's multiprocess
+mode), through its Counter and Histogram (ClientMethodMetrics); a scrape,
+answered by any one worker, adds up all of them. Both give the same
+exposition (tests/unit/test_metrics.py).
 
 Calls refused by --max-concurrent-rpcs never reach Python code (grpc answers
 RESOURCE_EXHAUSTED itself), so they are not counted here.
@@ -21,12 +26,17 @@ RESOURCE_EXHAUSTED itself), so they are not counted here.
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import grpc
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import Engine
 
 GO_CODE_NAMES: dict[grpc.StatusCode, str] = {
@@ -50,6 +60,26 @@ GO_CODE_NAMES: dict[grpc.StatusCode, str] = {
 }
 
 _METHOD_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+# Name and help of each per-method series, as go-grpc-prometheus has them.
+_STARTED = ("grpc_server_started_total", "Total number of RPCs started on the server.")
+_HANDLED = (
+    "grpc_server_handled_total",
+    "Total number of RPCs completed on the server, regardless of success or failure.",
+)
+_HANDLING = (
+    "grpc_server_handling_seconds",
+    "Histogram of response latency (seconds) of gRPC that had been application-level "
+    "handled by the server.",
+)
+_RECEIVED = (
+    "grpc_server_msg_received_total",
+    "Total number of RPC stream messages received on the server.",
+)
+_SENT = ("grpc_server_msg_sent_total", "Total number of gRPC stream messages sent by the server.")
+# prometheus_client's default buckets, +Inf last (as Histogram uses them).
+_BOUNDS = tuple(float(b) for b in Histogram.DEFAULT_BUCKETS)
+# Their `le` labels, written as Histogram writes them.
+_LE = tuple(floatToGoString(b) for b in _BOUNDS)  # type: ignore[no-untyped-call]
 _POOL_GAUGES = {
     "size": "connections the pool keeps open",
     "checked_out": "connections in use by a call",
@@ -77,28 +107,159 @@ def grpc_type(request_streaming: bool, response_streaming: bool) -> str:
     }[(request_streaming, response_streaming)]
 
 
-class MethodMetrics:
-    """The label children of one method, resolved once instead of per call."""
+class MethodMetrics(Protocol):
+    """The counts of one method's calls, as rpc/observe.py keeps them."""
+
+    def start(self, received: bool) -> None:
+        """A call started; `received`: with its one request message."""
+
+    def receive(self) -> None:
+        """A request message of a streaming call."""
+
+    def send(self) -> None:
+        """A response message of a streaming call."""
+
+    def handled(self, code: grpc.StatusCode, seconds: float, sent: int = 0) -> None:
+        """A call ended with `code` after `seconds`, having sent `sent`
+        messages not counted by send()."""
+
+
+class LeanMethodMetrics:
+    """One method's counts as plain numbers under one lock, for one process;
+    LeanCollector reports them. A unary call takes the lock twice (start,
+    handled) where prometheus_client's children took four locks and five
+    layers of calls."""
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self._lock = threading.Lock()
+        self._started = self._received = self._sent = 0
+        self._handled: dict[str, int] = {}  # by Go's name of the code
+        self._buckets = [0] * len(_BOUNDS)  # per bucket, not cumulative
+        self._sum = 0.0
+
+    def start(self, received: bool) -> None:
+        with self._lock:
+            self._started += 1
+            if received:
+                self._received += 1
+
+    def receive(self) -> None:
+        with self._lock:
+            self._received += 1
+
+    def send(self) -> None:
+        with self._lock:
+            self._sent += 1
+
+    def handled(self, code: grpc.StatusCode, seconds: float, sent: int = 0) -> None:
+        name = GO_CODE_NAMES[code]
+        bucket = bisect_left(_BOUNDS, seconds)  # the first bound >= seconds, as Histogram
+        with self._lock:
+            self._sent += sent
+            self._handled[name] = self._handled.get(name, 0) + 1
+            self._buckets[bucket] += 1
+            self._sum += seconds
+
+    def snapshot(self) -> tuple[int, int, int, dict[str, int], list[int], float]:
+        """started, received, sent, handled by code, buckets, sum: at one instant."""
+        with self._lock:
+            return (
+                self._started,
+                self._received,
+                self._sent,
+                dict(self._handled),
+                list(self._buckets),
+                self._sum,
+            )
+
+
+class LeanCollector:
+    """The per-method series of LeanMethodMetrics, in prometheus_client's
+    collector protocol (registry.register): the families a Counter and a
+    Histogram with these names would give, in the order Metrics registers
+    them for multiprocess mode."""
+
+    def __init__(self) -> None:
+        self.methods: list[LeanMethodMetrics] = []
+
+    def describe(self) -> list[Metric]:
+        return self._families([])
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(list(self.methods))
+
+    def _families(self, methods: list[LeanMethodMetrics]) -> list[Metric]:
+        started = CounterMetricFamily(*_STARTED, labels=_METHOD_LABELS)
+        handled = CounterMetricFamily(*_HANDLED, labels=(*_METHOD_LABELS, "grpc_code"))
+        handling = HistogramMetricFamily(*_HANDLING, labels=_METHOD_LABELS)
+        received = CounterMetricFamily(*_RECEIVED, labels=_METHOD_LABELS)
+        sent = CounterMetricFamily(*_SENT, labels=_METHOD_LABELS)
+        for method in methods:
+            labels = list(method.labels)
+            n_started, n_received, n_sent, by_code, buckets, total = method.snapshot()
+            started.add_metric(labels, n_started)
+            for code, count in by_code.items():
+                handled.add_metric([*labels, code], count)
+            cumulative, counts = 0, []
+            for le, count in zip(_LE, buckets, strict=True):
+                cumulative += count
+                counts.append((le, cumulative))
+            handling.add_metric(labels, counts, total)
+            received.add_metric(labels, n_received)
+            sent.add_metric(labels, n_sent)
+        return [started, handled, handling, received, sent]
+
+
+class ClientMethodMetrics:
+    """One method's counts through prometheus_client's Counter and Histogram
+    (multiprocess mode: their values live in files other workers read)."""
 
     def __init__(self, metrics: Metrics, labels: tuple[str, str, str]) -> None:
-        self._metrics = metrics
+        client = metrics.client
+        assert client is not None
+        self._handled_family = client.handled
         self._labels = labels
-        self.started = metrics.started.labels(*labels)
-        self.handling = metrics.handling.labels(*labels)
-        self.received = metrics.received.labels(*labels)
-        self.sent = metrics.sent.labels(*labels)
+        self._started = client.started.labels(*labels)
+        self._handling = client.handling.labels(*labels)
+        self._received = client.received.labels(*labels)
+        self._sent = client.sent.labels(*labels)
         # By code, as calls end with it (at most the 17 codes): labels()
         # costs 2.6 µs a call, a kept child's inc() 0.5.
         self._handled: dict[grpc.StatusCode, Any] = {}
 
-    def handled(self, code: grpc.StatusCode, seconds: float) -> None:
+    def start(self, received: bool) -> None:
+        self._started.inc()
+        if received:
+            self._received.inc()
+
+    def receive(self) -> None:
+        self._received.inc()
+
+    def send(self) -> None:
+        self._sent.inc()
+
+    def handled(self, code: grpc.StatusCode, seconds: float, sent: int = 0) -> None:
         child = self._handled.get(code)
         if child is None:
             child = self._handled.setdefault(
-                code, self._metrics.handled.labels(*self._labels, GO_CODE_NAMES[code])
+                code, self._handled_family.labels(*self._labels, GO_CODE_NAMES[code])
             )
+        if sent:
+            self._sent.inc(sent)
         child.inc()
-        self.handling.observe(seconds)
+        self._handling.observe(seconds)
+
+
+class _ClientSeries:
+    """The per-method series as prometheus_client's own metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.started = Counter(*_STARTED, _METHOD_LABELS, registry=registry)
+        self.handled = Counter(*_HANDLED, (*_METHOD_LABELS, "grpc_code"), registry=registry)
+        self.handling = Histogram(*_HANDLING, _METHOD_LABELS, registry=registry)
+        self.received = Counter(*_RECEIVED, _METHOD_LABELS, registry=registry)
+        self.sent = Counter(*_SENT, _METHOD_LABELS, registry=registry)
 
 
 class Metrics:
@@ -109,37 +270,15 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.started = Counter(
-            "grpc_server_started_total",
-            "Total number of RPCs started on the server.",
-            _METHOD_LABELS,
-            registry=registry,
-        )
-        self.handled = Counter(
-            "grpc_server_handled_total",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
-            (*_METHOD_LABELS, "grpc_code"),
-            registry=registry,
-        )
-        self.handling = Histogram(
-            "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level "
-            "handled by the server.",
-            _METHOD_LABELS,
-            registry=registry,
-        )
-        self.received = Counter(
-            "grpc_server_msg_received_total",
-            "Total number of RPC stream messages received on the server.",
-            _METHOD_LABELS,
-            registry=registry,
-        )
-        self.sent = Counter(
-            "grpc_server_msg_sent_total",
-            "Total number of gRPC stream messages sent by the server.",
-            _METHOD_LABELS,
-            registry=registry,
-        )
+        # The per-method series: prometheus_client's own metrics where other
+        # processes must see them, plain numbers otherwise (module docstring).
+        self.client: _ClientSeries | None = None
+        self._lean: LeanCollector | None = None
+        if multiprocess_dir is not None:
+            self.client = _ClientSeries(registry)
+        else:
+            self._lean = LeanCollector()
+            registry.register(self._lean)
         self._pool = {
             name: Gauge(
                 f"spur_runs_db_pool_{name}",
@@ -154,6 +293,7 @@ class Metrics:
         self._engines: dict[str, Engine] = {}
         self._kept: dict[str, Kept] = {}
         self._methods: dict[tuple[str, bool, bool], MethodMetrics] = {}
+        self._lock = threading.Lock()
 
     def method(
         self, full_method: str, request_streaming: bool, response_streaming: bool
@@ -162,10 +302,17 @@ class Metrics:
         found = self._methods.get(key)
         if found is None:
             service, _, name = full_method.lstrip("/").partition("/")
-            found = MethodMetrics(
-                self, (grpc_type(request_streaming, response_streaming), service, name)
-            )
-            self._methods[key] = found
+            labels = (grpc_type(request_streaming, response_streaming), service, name)
+            with self._lock:
+                found = self._methods.get(key)
+                if found is None:
+                    if self._lean is not None:
+                        lean = LeanMethodMetrics(labels)
+                        self._lean.methods.append(lean)
+                        found = lean
+                    else:
+                        found = ClientMethodMetrics(self, labels)
+                    self._methods[key] = found
         return found
 
     def watch_pool(self, database: str, engine: Engine, kept: Kept | None = None) -> None:
