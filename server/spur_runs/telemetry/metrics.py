@@ -216,9 +216,7 @@ class ClientMethodMetrics:
     """One method's counts through prometheus_client's Counter and Histogram
     (multiprocess mode: their values live in files other workers read)."""
 
-    def __init__(self, metrics: Metrics, labels: tuple[str, str, str]) -> None:
-        client = metrics.client
-        assert client is not None
+    def __init__(self, client: _ClientSeries, labels: tuple[str, str, str]) -> None:
         self._handled_family = client.handled
         self._labels = labels
         self._started = client.started.labels(*labels)
@@ -307,12 +305,13 @@ class Metrics:
             with self._lock:
                 found = self._methods.get(key)
                 if found is None:
-                    if self._lean is not None:
+                    if self.client is not None:
+                        found = ClientMethodMetrics(self.client, labels)
+                    else:
+                        assert self._lean is not None  # one of the two, always
                         lean = LeanMethodMetrics(labels)
                         self._lean.methods.append(lean)
                         found = lean
-                    else:
-                        found = ClientMethodMetrics(self, labels)
                     self._methods[key] = found
         return found
 
