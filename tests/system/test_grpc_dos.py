@@ -121,6 +121,10 @@ def churn(channel: grpc.Channel, rounds: int = 20, streams: int = 100) -> None:
 
 
 @pytest.mark.slow
+# Above the sum of the test's own bounded waits (start 30 + 30 s, the churn's
+# checks 15 s, the prober's join 30 s, SIGTERM 30 s), so that a slow step on
+# a loaded machine fails with the wait that ran out, not the global 120 s.
+@pytest.mark.timeout(180)
 def test_health_watch_churn_leaves_every_call_answered_and_sigterm_working(
     database_url: str, serve_process: Callable[..., tuple[subprocess.Popen[str], int, int]]
 ) -> None:
