@@ -3,6 +3,7 @@
     python bench/profile.py --case get            # GetRun of random runs, gRPC
     python bench/profile.py --case list           # ListRuns page 1, page_size 10, gRPC
     python bench/profile.py --case http_get       # GET /run/{id}/ through the HTTP gateway
+    python bench/profile.py --case http_list      # GET /run/?page=1&page_size=10 (PySpur's path)
     python bench/profile.py --case get --backend postgresql --runs 10000 --seconds 20
 
 Seeds a database as bench/run.py does, starts `spur-runs serve`, loads it
@@ -115,7 +116,7 @@ def summarize(folded: Path, top: int = 25) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", choices=("get", "list", "http_get"), default="get")
+    parser.add_argument("--case", choices=("get", "list", "http_get", "http_list"), default="get")
     parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=15)
@@ -152,8 +153,10 @@ def main() -> int:
         elif args.case == "list":
             body = grpc_body(work, "list", pb.ListRunsRequest(page_size=10))
             load = GrpcLoad(grpc_port, LIST_RUNS_PATH, [body], [0])
-        else:
+        elif args.case == "http_get":
             load = HttpLoad(http_port, "/run/{id}/", ids_file)
+        else:
+            load = HttpLoad(http_port, "/run/?page=1&page_size=10", None)
         load.run(2, work)  # warm-up
         name = f"{args.case}-{args.backend}" + ("-gil" if args.gil else "")
         folded = args.out / f"{name}.folded"
