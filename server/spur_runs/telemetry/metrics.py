@@ -30,6 +30,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 from typing import Any, Protocol
 
 import grpc
@@ -202,10 +203,7 @@ class LeanCollector:
             started.add_metric(labels, n_started)
             for code, count in by_code.items():
                 handled.add_metric([*labels, code], count)
-            cumulative, counts = 0, []
-            for le, count in zip(_LE, buckets, strict=True):
-                cumulative += count
-                counts.append((le, cumulative))
+            counts = list(zip(_LE, accumulate(buckets), strict=True))  # `le` is cumulative
             handling.add_metric(labels, counts, total)
             received.add_metric(labels, n_received)
             sent.add_metric(labels, n_sent)
