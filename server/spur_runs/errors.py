@@ -42,3 +42,9 @@ class DeadlineExceeded(ServiceError):
 
 class ResourceExhausted(ServiceError):
     """A bound was reached (watchers, reflection streams); retry later."""
+
+
+class DataLoss(ServiceError):
+    """Stored data this service cannot represent faithfully (a workflow
+    definition that is no JSON object, say): refused with what is wrong,
+    rather than served changed or turned into an INTERNAL error."""

@@ -16,6 +16,7 @@ from sqlalchemy import Row
 
 from spur.runs.v1 import run_pb2
 
+from ..errors import DataLoss
 from ..store.models import RunStatus, TaskStatus
 from ..store.runs import AnyRow, RunRecord
 from ..store.statements import TASK_COLUMNS
@@ -58,11 +59,18 @@ if TYPE_CHECKING:
 _EPOCH = datetime(1970, 1, 1)
 
 
+def _naive_utc(value: datetime) -> datetime:
+    """`value` as the naive UTC datetime PySpur stores (storage.md)."""
+    if value.tzinfo is not None:  # a timestamptz column, in a database we did not make
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
 def set_timestamp(target: timestamp_pb2.Timestamp, value: datetime) -> None:
     """Store a naive datetime, read as UTC (storage.md). Three times faster
     than Timestamp.FromDatetime, which runs once per task and run."""
-    if value.tzinfo is not None:  # a timestamptz column, in a database we did not make
-        value = value.astimezone(UTC).replace(tzinfo=None)
+    if value.tzinfo is not None:
+        value = _naive_utc(value)
     delta = value - _EPOCH
     target.seconds = delta.days * 86_400 + delta.seconds
     target.nanos = delta.microseconds * 1_000
@@ -157,23 +165,37 @@ def _fill_values(values: Any, items: list[Any] | tuple[Any, ...]) -> None:
             _set_other(add(), item)
 
 
-def _set_struct(target: struct_pb2.Struct, value: Any) -> None:
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words (for messages)."""
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return "a boolean" if isinstance(value, bool) else "a number"
+
+
+def _set_struct(target: struct_pb2.Struct, value: Any, owner: str, column: str) -> None:
     if not isinstance(value, dict):
-        # PySpur types these columns as JSON objects; anything else is data
-        # we cannot represent faithfully, so say so instead of guessing.
-        raise TypeError(f"expected a JSON object, got {type(value).__name__}")
+        # PySpur types these columns as JSON objects, and a Struct holds
+        # nothing else: say so (DATA_LOSS) instead of guessing.
+        raise DataLoss(f"{owner}: {column} holds {json_kind(value)}, not a JSON object")
     target.SetInParent()  # a stored {} is an empty Struct, not an unset field
     _fill_fields(target.fields, value)
 
 
 class VersionLookup(Protocol):
     """What fill_run reads of the version cache (api/versions.py), by
-    (id, definition_hash): the version, its graph and its bytes as a Run's
-    field (api/spliced.py), and the version without its definition."""
+    (id, definition_hash): the version, its graph, its bytes as a Run's
+    field (api/spliced.py) and definition_problem's answer; and the version
+    without its definition."""
 
     def get(
         self, key: tuple[str, str] | None
-    ) -> tuple[run_pb2.WorkflowVersion, WorkflowGraph, bytes] | None: ...
+    ) -> tuple[run_pb2.WorkflowVersion, WorkflowGraph, bytes, str | None] | None: ...
 
     def basic(self, key: tuple[str, str] | None) -> run_pb2.WorkflowVersion | None: ...
 
@@ -192,12 +214,26 @@ def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
     )
     if row.description is not None:
         message.description = row.description
-    _set_struct(message.definition, row.definition)
+    if isinstance(row.definition, dict):  # else definition_problem says why not
+        message.definition.SetInParent()  # {} stays {}
+        _fill_fields(message.definition.fields, row.definition)
     if row.created_at is not None:
         set_timestamp(message.created_at, row.created_at)
     if row.updated_at is not None:
         set_timestamp(message.updated_at, row.updated_at)
     return message
+
+
+def definition_problem(row: Row[Any]) -> str | None:
+    """Why the definition of version `row` cannot be served (a Struct holds
+    only a JSON object; PySpur's column holds any JSON), or None. Its runs
+    are still served without it (RUN_VIEW_BASIC), and their tasks."""
+    if isinstance(row.definition, dict):
+        return None
+    return (
+        f"its workflow version {row.id} has a definition that is "
+        f"{json_kind(row.definition)}, not a JSON object; RUN_VIEW_BASIC leaves it out"
+    )
 
 
 def add_tasks(
@@ -253,7 +289,7 @@ def add_tasks(
         if parent_task_id is not None:
             task.parent_task_id = parent_task_id
         if subworkflow is not None:
-            _set_struct(task.subworkflow, subworkflow)
+            _set_struct(task.subworkflow, subworkflow, f"task {task_id}", "subworkflow")
         if subworkflow_output is not None:
             set_value(task.subworkflow_output, subworkflow_output)
 
@@ -300,13 +336,16 @@ def fill_run(
     run.run_type = row.run_type
     if record.task_count:
         run.task_count = record.task_count
-        run.percentage_complete = 100.0 * record.completed_count / record.task_count
+        # PySpur's formula, to its last bit (RunResponseSchema).
+        run.percentage_complete = record.completed_count / record.task_count * 100
     add_tasks(run.tasks, record.tasks, record.paused_nodes, graph)
     if row.workflow_version_id is not None:
         run.workflow_version_id = row.workflow_version_id
         if basic:
             version = versions.basic(record.version_key)
         else:
+            if entry is not None and entry[3] is not None:
+                raise DataLoss(f"run {row.id}: {entry[3]}")
             version = entry[0] if entry is not None else None
             if splice and entry is not None:
                 spliced = (entry[0], entry[2])
@@ -322,11 +361,14 @@ def fill_run(
         set_timestamp(run.start_time, row.start_time)
         # Timestamps are stored without a zone and read as UTC (storage.md).
         end = row.end_time if row.end_time is not None else now()
-        run.duration = (end - row.start_time).total_seconds()
+        try:
+            run.duration = (end - row.start_time).total_seconds()
+        except TypeError:  # one of them has an offset (a database we did not make)
+            run.duration = (_naive_utc(end) - _naive_utc(row.start_time)).total_seconds()
     if row.end_time is not None:
         set_timestamp(run.end_time, row.end_time)
     if row.initial_inputs is not None:
-        _set_struct(run.initial_inputs, row.initial_inputs)
+        _set_struct(run.initial_inputs, row.initial_inputs, f"run {row.id}", "initial_inputs")
     if row.outputs is not None:
         set_value(run.outputs, row.outputs)
     return spliced

@@ -24,7 +24,7 @@ import binascii
 import hashlib
 import hmac
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..errors import InvalidArgument
@@ -37,8 +37,9 @@ _MAC_BYTES = 8
 
 # The range of a cursor's _intid: a 64-bit signed integer, what SQLite's
 # rowid holds (PySpur's 32-bit PostgreSQL keys fit in it; storage compares
-# the cursor as a BIGINT there). Ids start at 1.
-INTID_MIN = 1
+# the cursor as a BIGINT there). PySpur's ids start at 1; 0 and below are
+# rows another tool wrote, listed like any other.
+INTID_MIN = -(2**63)
 INTID_MAX = 2**63 - 1
 
 
@@ -101,6 +102,10 @@ def decode(scope: str, token: str) -> list[Any]:
 
 
 def encode_run_cursor(scope: str, start_time: datetime | None, intid: int) -> str:
+    if start_time is not None and start_time.tzinfo is not None:
+        # Read with an offset (a database we did not make): as naive UTC,
+        # as decode_run_cursor takes it.
+        start_time = start_time.astimezone(UTC).replace(tzinfo=None)
     return encode(scope, [start_time.isoformat() if start_time else None, intid])
 
 

@@ -24,8 +24,9 @@ from .spliced import Spliced
 from .versions import VersionCache
 from .watch import WatchHub
 
-# Ids are computed by the database as "R" || _intid.
-_RUN_ID = re.compile(r"R[1-9][0-9]{0,18}")
+# Ids are computed by the database as "R" || _intid (a 64-bit integer: from
+# 1 in PySpur, any in a row another tool wrote), so R0 or R-3 may be listed.
+_RUN_ID = re.compile(r"R(?:0|-?[1-9][0-9]{0,18})")
 
 M = TypeVar("M")
 

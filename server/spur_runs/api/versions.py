@@ -17,13 +17,14 @@ from sqlalchemy import Connection, Row
 from spur.runs.v1 import run_pb2
 
 from ..store import runs
-from .convert import graph_of, version_to_message
+from .convert import definition_problem, graph_of, version_to_message
 from .spliced import version_field
 from .workflow import WorkflowGraph
 
-# A cached version: its message, its graph, and the message encoded as a
-# Run's workflow_version field (spliced.py puts those bytes in responses).
-Entry = tuple[run_pb2.WorkflowVersion, WorkflowGraph, bytes]
+# A cached version: its message, its graph, the message encoded as a Run's
+# workflow_version field (spliced.py puts those bytes in responses), and why
+# its definition cannot be served, if it cannot (convert.definition_problem).
+Entry = tuple[run_pb2.WorkflowVersion, WorkflowGraph, bytes, str | None]
 
 
 class VersionCache:
@@ -84,4 +85,4 @@ class VersionCache:
 
 def _entry(row: Row[Any]) -> Entry:
     message = version_to_message(row)
-    return message, graph_of(row), version_field(message)
+    return message, graph_of(row), version_field(message), definition_problem(row)

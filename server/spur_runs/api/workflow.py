@@ -22,12 +22,16 @@ class WorkflowGraph:
         if not isinstance(definition, dict):
             return cls()
         node_types: dict[str, str] = {}
-        for node in definition.get("nodes") or ():
+        # Lists as PySpur writes them; anything else (a database we did not
+        # make) is a graph without nodes or links, not an error.
+        nodes = definition.get("nodes")
+        for node in nodes if isinstance(nodes, list) else ():
             if isinstance(node, dict) and isinstance(node.get("id"), str):
                 node_type = node.get("node_type")
                 node_types[node["id"]] = node_type if isinstance(node_type, str) else ""
         successors: dict[str, list[str]] = {}
-        for link in definition.get("links") or ():
+        links = definition.get("links")
+        for link in links if isinstance(links, list) else ():
             if not isinstance(link, dict):
                 continue
             source, target = link.get("source_id"), link.get("target_id")

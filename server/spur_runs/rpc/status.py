@@ -4,13 +4,15 @@ google.rpc.Status and HTTP statuses.
 `to_status` turns any exception into a `google.rpc.Status`: domain errors keep
 their code and message (plus a `google.rpc.BadRequest` detail naming the
 field for invalid arguments), a database that cannot be reached becomes
-UNAVAILABLE, and anything else becomes INTERNAL with a generic message while
-the traceback goes to the log, never to the client.
+UNAVAILABLE, stored text that is not UTF-8 DATA_LOSS, and anything else
+becomes INTERNAL with a generic message while the traceback goes to the log,
+never to the client.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
 from google.protobuf import any_pb2
@@ -18,6 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from sqlalchemy import exc as sa_exc
 
 from ..errors import (
+    DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
@@ -38,6 +41,7 @@ CODES: dict[type[ServiceError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DataLoss: grpc.StatusCode.DATA_LOSS,
 }
 
 
@@ -93,6 +97,24 @@ def _is_timeout(error: BaseException) -> bool:
     )
 
 
+# sqlite3's error for stored text that is not UTF-8 (written by a tool other
+# than PySpur): an OperationalError like a lost connection, but permanent,
+# so not UNAVAILABLE, which clients retry forever.
+_NOT_UTF8 = re.compile(r"Could not decode to UTF-8 column '([A-Za-z_][A-Za-z0-9_]{0,62})'")
+
+
+def _not_utf8(error: BaseException) -> str | None:
+    """The column of a stored text that is not UTF-8 ("" when sqlite3 named
+    no plain column), or None for any other error."""
+    if not isinstance(error, sa_exc.OperationalError):
+        return None
+    text = str(error.orig)
+    if not text.startswith("Could not decode to UTF-8"):
+        return None
+    named = _NOT_UTF8.match(text)
+    return named.group(1) if named else ""
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
@@ -121,6 +143,14 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
         return status_pb2.Status(
             code=code_pb2.DEADLINE_EXCEEDED,
             message="the database did not answer within the deadline; retry later",
+        )
+    column = _not_utf8(error)
+    if column is not None:
+        where = f" (column {column})" if column else ""
+        log.warning("stored text that is not UTF-8 in %s%s", method, where)
+        return status_pb2.Status(
+            code=code_pb2.DATA_LOSS,
+            message=f"the database holds text that is not valid UTF-8{where}",
         )
     if _is_unavailable(error):
         log.warning("database unavailable in %s: %s", method, error.__class__.__name__)

@@ -285,8 +285,21 @@ def page_queries(
             # the cursor. The textbook `start_time < t OR (start_time = t AND
             # _intid < i)` makes SQLite merge two index scans and sort
             # everything older than the cursor: 1.1 s for page 2 of 1M runs.
-            at = bindparam("after_time", type_=Run.start_time.type)
             intid = bindparam("after_intid", type_=_CURSOR_ID)
+            # The cursor run's start_time as it is stored, where it still is:
+            # ORDER BY compares SQLite's text as text, and a time written in
+            # another format than SQLAlchemy's ("...:00" without its
+            # microseconds, a "T", an offset: not PySpur, another tool) must
+            # be compared as that text, or a page starts over at its own
+            # last run, forever. The token's time (bound as SQLAlchemy writes
+            # it) for a cursor run deleted since. An index lookup, once.
+            cursor_run = Run.__table__.alias("cursor_run")
+            stored = (
+                select(cursor_run.c.start_time)
+                .where(cursor_run.c._intid == intid)
+                .scalar_subquery()
+            )
+            at = func.coalesce(stored, bindparam("after_time", type_=Run.start_time.type))
             timed = timed.where(Run.start_time <= at, or_(Run.start_time < at, Run._intid < intid))
         timed = (
             timed.order_by(Run.start_time.desc(), Run._intid.desc())
