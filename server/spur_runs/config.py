@@ -289,6 +289,15 @@ class Config:
         "open health Watch streams beyond which new ones get RESOURCE_EXHAUSTED",
         "`grpc.health.v1.Health/Watch` streams, per process.", bounds=(1, 1_000_000),
     )  # fmt: skip
+    # A real client sends its request message with its headers; 10 s, as
+    # --http-header-timeout-seconds, leaves a slow link room for a large one.
+    grpc_request_timeout_seconds: float = setting(
+        10.0, "SPUR_RUNS_GRPC_REQUEST_TIMEOUT_SECONDS",
+        "cancel a gRPC call whose request message has not arrived this long after its headers",
+        "It holds an RPC thread while it waits, and at most half of them wait longer than "
+        "0.2 s at once: the newest beyond are cancelled (rpc/arrival.py).",
+        bounds=(0.01, 3600),
+    )  # fmt: skip
     # 100 is RFC 9113's recommended floor and what most servers advertise;
     # MAX_CONCURRENT_STREAMS is a 32-bit grpc argument.
     max_streams_per_connection: int = setting(

@@ -28,6 +28,7 @@ from ..config import Config, parse_address
 from ..gateway import HttpGateway
 from ..gateway.inprocess import InProcessTransport, recorded_handlers
 from ..rpc import auth, limits
+from ..rpc.arrival import ArrivalInterceptor, RequestWaits
 from ..rpc.chain import ChainInterceptor, Interceptor
 from ..rpc.decode import DecodeHook
 from ..rpc.encode import EncodeHook
@@ -87,10 +88,15 @@ class RunsServer:
                 EncodeHook(),  # a spliced answer (below) serializes itself
             ]
         )
+        # Outermost, for gRPC callers only: a call's thread waits for its
+        # request message for a bounded time (rpc/arrival.py).
+        self.request_waits = RequestWaits(
+            config.grpc_request_timeout_seconds, stalled_max=max(1, config.max_workers // 2)
+        )
         interceptors: list[Interceptor] = [self.chain]
         self.grpc = grpc.server(
             self.executor,
-            interceptors=interceptors,
+            interceptors=[ArrivalInterceptor(self.request_waits), *interceptors],
             options=limits.server_options(config),
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
@@ -158,6 +164,7 @@ class RunsServer:
         warn_missing_indexes(self.db.engine)
         self.health.start()
         self.watch_hub.start()
+        self.request_waits.start()
         self.grpc.start()
         if self.probe is not None:
             self.probe.start()
@@ -206,6 +213,7 @@ class RunsServer:
         if self.http is not None:  # first: its requests finish through gRPC
             grace = self.http.stop(grace)
         self.grpc.stop(grace).wait()
+        self.request_waits.stop()
         if self.probe is not None:  # (NOT_SERVING all along the drain)
             self.probe.stop(0).wait()
         self.health.close()

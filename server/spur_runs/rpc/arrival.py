@@ -1,0 +1,187 @@
+"""Calls that never send their request: a bound on how long, and how many,
+may hold an RPC thread waiting for it.
+
+grpc's sync server gives a call one of its --max-workers threads as soon as
+the call's headers arrive, and for a method with one request message
+(every unary RPC, WatchRun, health) that thread then waits for the message
+with no time limit. Four clients that sent headers and nothing more held
+every thread, HTTP's in-process calls included, with no token, for as long
+as they kept their connections open (a red-team pass, 2026-12-03).
+
+grpc has no public way to wait for a request message without a thread, nor
+to bound that wait (grpc.aio has: an async transport is the whole fix, and a
+change of server model, docs/production.md). What this module does instead:
+such methods are served in their request-streaming form, whose behavior
+runs before the message is read, and reads the one message itself while
+`RequestWaits`' sweeper thread watches how long it waits. It cancels
+(grpc's public `RpcContext.cancel`):
+- a call whose message has not come --grpc-request-timeout-seconds after
+  its headers (a slow link's large request, or a client holding the thread);
+- beyond the oldest `stalled_max` calls that have waited more than
+  STALL_SECONDS, the others: a real client sends its message with its
+  headers, so its thread waits microseconds; a client that holds streams
+  open holds at most half the threads, for a bounded time, and the rest
+  keep serving.
+A call that ends its stream without a message gets what grpc's unary form
+answers: UNIMPLEMENTED, "requires exactly one request message".
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from .chain import Handler, Interceptor, behavior_of, is_non_blocking, non_blocking_like
+
+log = logging.getLogger(__name__)
+
+# How often the sweeper looks, and how long a call may wait for its message
+# before it counts as stalled (a real client's message comes with its
+# headers, in the same read).
+SWEEP_SECONDS = 0.1
+STALL_SECONDS = 0.2
+
+
+class RequestWaits:
+    """The calls waiting for their request message, and the sweeper thread
+    that cancels those that wait too long or too many."""
+
+    def __init__(self, timeout_seconds: float, stalled_max: int) -> None:
+        self.timeout_seconds = timeout_seconds
+        self.stalled_max = stalled_max
+        # context -> when it began to wait. Set and popped by RPC threads,
+        # copied by the sweeper (dict.copy: one step under the GIL).
+        self._waiting: dict[grpc.ServicerContext, float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.cancelled = 0  # calls cancelled so far (for tests and logs)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._sweep, name="request-waits", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def first(self, requests: Iterator[Any], context: grpc.ServicerContext, method: str) -> Any:
+        """The call's one request message, read from `requests`; aborts the
+        call when none comes (cancelled, or its stream ended without one)."""
+        self._waiting[context] = time.monotonic()
+        try:
+            return next(requests)
+        except StopIteration:
+            if context.is_active():  # the client ended its stream with no message
+                context.abort(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f'"{method}" requires exactly one request message.',
+                )
+        except grpc.RpcError:  # cancelled: by the client, or by the sweeper
+            pass
+        finally:
+            self._waiting.pop(context, None)
+        # Cancelled: nobody hears this status; abort ends the behavior as
+        # grpc expects (an exception would be logged as the application's).
+        context.abort(grpc.StatusCode.CANCELLED, "the request message did not arrive")
+
+    def sweep_once(self, now: float) -> int:
+        """Cancel what waited too long or too many; how many were cancelled."""
+        waiting = sorted(self._waiting.copy().items(), key=lambda item: item[1])
+        stalled = [(c, began) for c, began in waiting if now - began > STALL_SECONDS]
+        doomed = [c for c, began in stalled if now - began > self.timeout_seconds]
+        kept = [c for c, began in stalled if now - began <= self.timeout_seconds]
+        doomed += kept[self.stalled_max :]  # the newest beyond the oldest few
+        peers = sorted({context.peer() for context in doomed})
+        for context in doomed:
+            self._waiting.pop(context, None)
+            context.cancel()  # type: ignore[no-untyped-call] # (untyped in grpc-stubs)
+        if doomed:
+            self.cancelled += len(doomed)
+            log.warning(
+                "cancelled %d call(s) that sent no request message (%d stalled, at most %d "
+                "kept for %.1f s): %s",
+                len(doomed),
+                len(stalled),
+                self.stalled_max,
+                self.timeout_seconds,
+                ", ".join(peers),
+            )
+        return len(doomed)
+
+    def _sweep(self) -> None:
+        while not self._stop.wait(SWEEP_SECONDS):
+            try:
+                self.sweep_once(time.monotonic())
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one call
+                log.exception("request-waits sweeper")
+
+
+def _streaming_form(handler: Handler, method: str, waits: RequestWaits) -> Handler:
+    """`handler` (one request message) as a request-streaming handler that
+    reads the message through `waits`."""
+    behavior = behavior_of(handler)
+    wrapper: Callable[..., Any]
+    if is_non_blocking(behavior):
+
+        def non_blocking(
+            requests: Iterator[Any], context: grpc.ServicerContext, send_response_callback: Any
+        ) -> Any:
+            request = waits.first(requests, context, method)
+            return behavior(request, context, send_response_callback=send_response_callback)
+
+        wrapper = non_blocking_like(behavior, non_blocking)
+    else:
+
+        def blocking(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            return behavior(waits.first(requests, context, method), context)
+
+        wrapper = blocking
+    factory = (
+        grpc.stream_stream_rpc_method_handler
+        if handler.response_streaming
+        else grpc.stream_unary_rpc_method_handler
+    )
+    return factory(  # type: ignore[no-any-return]
+        wrapper,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class ArrivalInterceptor(Interceptor):
+    """The gRPC server's outermost interceptor: methods with one request
+    message in their request-streaming form (above). The gateway's
+    in-process calls do not pass here: aiohttp has read their whole body."""
+
+    # Wrapped handlers kept, by the handler the chain gave (one per method
+    # and refusal; the chain bounds its own cache the same way).
+    MAX_CACHED = 512
+
+    def __init__(self, waits: RequestWaits) -> None:
+        self.waits = waits
+        self._cache: dict[Handler, Handler] = {}
+        self._lock = threading.Lock()
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Handler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        found = self._cache.get(handler)
+        if found is not None:
+            return found
+        wrapped = _streaming_form(handler, handler_call_details.method, self.waits)
+        with self._lock:
+            if len(self._cache) < self.MAX_CACHED:
+                self._cache.setdefault(handler, wrapped)
+        return wrapped

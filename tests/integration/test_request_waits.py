@@ -1,0 +1,81 @@
+"""Calls that send their headers and no request message hold an RPC thread
+for a bounded time, and never all of them (rpc/arrival.py): a client with
+no token could otherwise stop the server, HTTP included."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from half_open import HalfOpenCalls
+from http_client import Http, start_http_server
+from servers import start_server
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+
+GET_RUN = "/spur.runs.v1.RunService/GetRun"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_half_open_calls_do_not_stop_the_server(migrated_url: str) -> None:
+    server = start_http_server(migrated_url, max_workers=4, grpc_request_timeout_seconds=2.0)
+    assert server.http_port is not None
+    attacker = HalfOpenCalls(server.port, GET_RUN, count=8)  # twice the threads
+    try:
+        time.sleep(0.5)  # past the stall bound: the sweeper has cancelled the newest
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            for _ in range(5):  # answered at once, by the threads left free
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.GetRun(pb.GetRunRequest(run_id="R1"), timeout=2)
+                assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+        assert Http(server.http_port, timeout=2).get("/run/R1/").status == 404
+        # Every stalled call is cancelled (RST_STREAM): the newest ones at
+        # once, the oldest two when their 2 s are up.
+        assert attacker.reset_streams(5) == set(attacker.streams)
+        assert server.request_waits.cancelled == 8
+    finally:
+        attacker.close()
+        server.stop(grace=1)
+
+
+@pytest.fixture
+def served(migrated_url: str) -> Iterator[grpc.Channel]:
+    server = start_server(migrated_url, grpc_request_timeout_seconds=1.0)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield channel
+    server.stop(grace=1)
+
+
+def _get_run(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
+    """GetRun as a client that may send any number of messages, when it wants."""
+    return channel.stream_unary(
+        GET_RUN,
+        request_serializer=pb.GetRunRequest.SerializeToString,
+        response_deserializer=pb.GetRunResponse.FromString,
+    )
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_what_a_unary_call_answers_without_one_message(served: grpc.Channel) -> None:
+    call = _get_run(served)
+    with pytest.raises(grpc.RpcError) as raised:
+        call(iter(()), timeout=5)
+    assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    assert raised.value.details() == f'"{GET_RUN}" requires exactly one request message.'
+
+    def late(seconds: float) -> Iterator[pb.GetRunRequest]:
+        time.sleep(seconds)
+        yield pb.GetRunRequest(run_id="R1")
+
+    # A message that comes late, within the bound, is served (one stalled
+    # call is kept); one that comes after it finds its call cancelled.
+    with pytest.raises(grpc.RpcError) as raised:
+        call(late(0.5), timeout=5)
+    assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as raised:
+        call(late(2.0), timeout=5)
+    assert raised.value.code() is grpc.StatusCode.CANCELLED
