@@ -132,7 +132,9 @@ def test_task_whose_node_is_not_in_the_definition_has_empty_node_type(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run_id", ["", "X1", "R", "R-0", "R01", "R--1", "r1", "R1 ", "R" + "9" * 30])
+@pytest.mark.parametrize(
+    "run_id", ["", "X1", "R", "R-0", "R01", "R--1", "r1", "R1 ", "R" + "9" * 30]
+)
 def test_get_run_rejects_malformed_ids(stub: RunServiceStub, run_id: str) -> None:
     error = call_error(stub.GetRun, pb.GetRunRequest(run_id=run_id))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
