@@ -1,5 +1,6 @@
-"""A hostile HTTP/2 client on a raw socket: it opens gRPC calls with their
-headers and never sends their request message (rpc/arrival.py)."""
+"""A hostile HTTP/2 client on a raw socket: gRPC calls with their headers
+and never their request message (rpc/arrival.py), or with header values
+that grpc's own clients refuse to send."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import socket
 import struct
 import time
 
-HEADERS, RST_STREAM, SETTINGS, PING = 1, 3, 4, 6
-END_HEADERS, ACK = 0x4, 0x1
+DATA, HEADERS, RST_STREAM, SETTINGS, PING = 0, 1, 3, 4, 6
+END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -16,27 +17,59 @@ def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
     return head + struct.pack(">I", stream) + payload
 
 
-def _literal(name: str, value: str) -> bytes:
-    """An HPACK literal header field without indexing, new name."""
-    raw_name, raw_value = name.encode(), value.encode()
+def _literal(name: str, value: str | bytes) -> bytes:
+    """An HPACK literal header field without indexing, new name (< 127 bytes)."""
+    raw_name = name.encode()
+    raw_value = value if isinstance(value, bytes) else value.encode()
     return b"\x00" + bytes([len(raw_name)]) + raw_name + bytes([len(raw_value)]) + raw_value
+
+
+def _call_headers(method: str, *more: tuple[str, str | bytes]) -> bytes:
+    fields = [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", method),
+        (":authority", "localhost"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        *more,
+    ]
+    return b"".join(_literal(name, value) for name, value in fields)
+
+
+def raw_call(port: int, method: str, message: bytes, *headers: tuple[str, bytes]) -> bool:
+    """One whole call with these extra headers: whether the server ended it
+    with its trailers (HEADERS with END_STREAM) within 5 s."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + _frame(SETTINGS, 0, 0)
+            + _frame(HEADERS, END_HEADERS, 1, _call_headers(method, *headers))
+            + _frame(DATA, END_STREAM, 1, b"\x00" + struct.pack(">I", len(message)) + message)
+        )
+        buffer = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                return False
+            buffer += data
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+                stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+                buffer = buffer[9 + length :]
+                if stream == 1 and kind == HEADERS and flags & END_STREAM:
+                    return True
+                if stream == 1 and kind == RST_STREAM:
+                    return False
+        return False
 
 
 class HalfOpenCalls:
     """`count` calls of `method` on one connection, headers only."""
 
     def __init__(self, port: int, method: str, count: int) -> None:
-        block = b"".join(
-            _literal(name, value)
-            for name, value in (
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", method),
-                (":authority", "localhost"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            )
-        )
+        block = _call_headers(method)
         self.streams = [1 + 2 * i for i in range(count)]
         self._socket = socket.create_connection(("127.0.0.1", port), timeout=1)
         self._socket.sendall(

@@ -25,6 +25,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from half_open import raw_call
 from seeding import seed
 from servers import free_port, start_server, wait_until
 from spur.runs.v1 import run_service_pb2 as pb
@@ -288,6 +289,12 @@ def test_health_list_answers_and_unknown_services_are_not_found(
             with pytest.raises(grpc.RpcError) as raised:
                 check(channel, "no.such.Service")
             assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+            # A long name is cut short in the message, not echoed whole
+            # (17 KB were past grpc's metadata limit: RESOURCE_EXHAUSTED).
+            with pytest.raises(grpc.RpcError) as raised:
+                check(channel, "a" * 17_000)
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+            assert raised.value.details() == f"unknown service {'a' * 100 + '...'!r}"
         labels = {"grpc_type": "unary", "grpc_service": "grpc.health.v1.Health"}
         sample = server.metrics.registry.get_sample_value
         assert (
@@ -405,3 +412,24 @@ def test_bad_stream_bounds_stop_with_one_line_and_exit_2(args: list[str], messag
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert message in lines[0] and "must be between 1 and" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_metadata_that_is_not_utf8_logs_no_traceback_nor_its_value(
+    database_url: str,
+    serve_process: Callable[..., tuple[subprocess.Popen[str], int, int]],
+    tmp_path: Path,
+) -> None:
+    """grpc's own logger wrote such a value with a traceback at ERROR, on
+    every call, before authentication: a token among them (logs.py)."""
+    run_id = seed(database_url)
+    process, port, _ = serve_process(database_url)
+    request = pb.GetRunRequest(run_id=run_id).SerializeToString()
+    for _ in range(3):
+        method = "/spur.runs.v1.RunService/GetRun"
+        assert raw_call(port, method, request, ("authorization", b"Bearer s3cret\xff"))
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    log = (tmp_path / "serve-0.log").read_text(errors="replace")
+    assert "s3cret" not in log and "Traceback" not in log and " ERROR " not in log
+    assert log.count("holds a value that is not UTF-8 (not logged)") >= 1

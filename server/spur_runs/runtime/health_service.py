@@ -102,7 +102,10 @@ class HealthServicer:
             # A status, not an exception: the --health-address listener
             # serves this servicer without our interceptors.
             context.set_code(grpc.StatusCode.NOT_FOUND)
-            context.set_details(f"unknown service {request.service!r}")
+            # The name cut short: echoed whole, a long one made the status
+            # too large for grpc's metadata limit (RESOURCE_EXHAUSTED).
+            name = request.service if len(request.service) <= 100 else request.service[:100] + "..."
+            context.set_details(f"unknown service {name!r}")
             return health_pb2.HealthCheckResponse()
         return health_pb2.HealthCheckResponse(status=status)
 

@@ -41,6 +41,24 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class MetadataEncodingFilter(logging.Filter):
+    """grpc logs a metadata value that is not UTF-8 as an ERROR, with a
+    traceback and the value itself ("Invalid encoding on b'Bearer ...'"):
+    on every such call, before authentication, any client could fill the
+    log with its bytes and put a token in it. One warning without the
+    value instead (grpc reads the value as Latin-1 and the call goes on)."""
+
+    PREFIX = "Invalid encoding on"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(self.PREFIX):
+            record.msg = "a call's metadata holds a value that is not UTF-8 (not logged)"
+            record.args = None
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, pid, the
     record's extra fields, and the traceback (server side only) if any."""
@@ -69,6 +87,8 @@ def setup(config: Config) -> None:
         JsonFormatter() if config.log_format == "json" else logging.Formatter(text)
     )
     handler.addFilter(RequestIdFilter())
+    # On the logger: its records are mended before any handler sees them.
+    logging.getLogger("grpc._cython.cygrpc").addFilter(MetadataEncodingFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
