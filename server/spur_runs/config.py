@@ -289,6 +289,15 @@ class Config:
         "open health Watch streams beyond which new ones get RESOURCE_EXHAUSTED",
         "`grpc.health.v1.Health/Watch` streams, per process.", bounds=(1, 1_000_000),
     )  # fmt: skip
+    # As --http-max-connections: a client pool or two per caller's process,
+    # far below what a file limit of a few thousand allows.
+    grpc_max_connections: int = setting(
+        1024, "SPUR_RUNS_GRPC_MAX_CONNECTIONS",
+        "open gRPC connections beyond which new ones are closed; lowered to fit the file limit",
+        "With a warning, to file limit / 2 − 256 (rpc/limits.py), so that gRPC clients "
+        "cannot take the descriptors HTTP and the database need.",
+        bounds=(1, 1_000_000),
+    )  # fmt: skip
     # A real client sends its request message with its headers; 10 s, as
     # --http-header-timeout-seconds, leaves a slow link room for a large one.
     grpc_request_timeout_seconds: float = setting(

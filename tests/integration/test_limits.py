@@ -12,11 +12,14 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from half_open import closed_by_server, idle_connections
+from http_client import Http, start_http_server
 from locks import runs_locked
 from seeding import seeded
 from servers import start_server, wait_until
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.rpc import limits
 
 
 def in_background(call: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
@@ -234,3 +237,31 @@ def test_http_calls_share_the_limits_of_grpc_calls(postgres_url: str) -> None:
         assert status == 200, body
     finally:
         server.stop(grace=1)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_grpc_connections_beyond_the_bound_are_closed(migrated_url: str) -> None:
+    server = start_http_server(migrated_url, grpc_max_connections=3)
+    assert server.http_port is not None
+    idle = idle_connections(server.port, 6)
+    try:
+        closed = [closed_by_server(sock) for sock in idle]
+        assert closed == [False] * 3 + [True] * 3
+        # HTTP still has its own descriptors and threads.
+        assert Http(server.http_port, timeout=5).get("/run/R1/").status == 404
+        for sock in idle[:3]:
+            sock.close()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.RpcError) as raised:  # a slot is free again
+                RunServiceStub(channel).GetRun(pb.GetRunRequest(run_id="R1"), timeout=5)
+            assert raised.value.code() is grpc.StatusCode.NOT_FOUND
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop(grace=1)
+
+
+def test_the_grpc_connection_bound_fits_the_file_limit() -> None:
+    assert limits.grpc_connections(1024, soft_limit=20_000) == 1024
+    assert limits.grpc_connections(1024, soft_limit=1024) == 1024 // 2 - 256
+    assert limits.grpc_connections(1024, soft_limit=300) == 1

@@ -65,6 +65,28 @@ def raw_call(port: int, method: str, message: bytes, *headers: tuple[str, bytes]
         return False
 
 
+def idle_connections(port: int, count: int) -> list[socket.socket]:
+    """`count` connections that send HTTP/2's preface and nothing more."""
+    opened = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(SETTINGS, 0, 0))
+        opened.append(sock)
+    return opened
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server has closed `sock` (reading what it sent first)."""
+    try:
+        while data := sock.recv(65536):
+            del data
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
 class HalfOpenCalls:
     """`count` calls of `method` on one connection, headers only."""
 

@@ -1,5 +1,6 @@
 """Limits that protect the server: message sizes, concurrent calls,
-keepalive enforcement, connection age, and the deadline of database work.
+connections, keepalive enforcement, connection age, and the deadline of
+database work.
 
 The concurrent-call bound is grpc's own (`maximum_concurrent_rpcs`): beyond
 it a call gets RESOURCE_EXHAUSTED at once, before any thread or database
@@ -9,18 +10,48 @@ queue while its client's deadline runs out.
 
 from __future__ import annotations
 
+import logging
+import resource
 from typing import Any
 
 from .. import deadline
 from ..config import Config
 from .chain import Call, Hook
 
+log = logging.getLogger(__name__)
+
 # How long the server waits for the answer to its keepalive ping.
 KEEPALIVE_TIMEOUT_MS = 20_000
+# Descriptors kept for what is neither an HTTP nor a gRPC connection: the
+# database pools and kept connections, listeners, logs, files.
+RESERVED_DESCRIPTORS = 256
+
+
+def grpc_connections(configured: int, soft_limit: int | None = None) -> int:
+    """--grpc-max-connections, lowered to what the file limit allows: HTTP
+    connections may take half of it (gateway/connections.py), gRPC's the
+    other half less RESERVED_DESCRIPTORS. Idle connections that sent only
+    HTTP/2's preface took every descriptor, and with them HTTP's accepts."""
+    if soft_limit is None:
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft_limit == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, soft_limit // 2 - RESERVED_DESCRIPTORS))
 
 
 def server_options(config: Config) -> list[tuple[str, int]]:
+    connections = grpc_connections(config.grpc_max_connections)
+    if connections < config.grpc_max_connections:
+        log.warning(
+            "at most %d open gRPC connections, not --grpc-max-connections %d: the process "
+            "may open only %d files (ulimit -n)",
+            connections,
+            config.grpc_max_connections,
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        )
     options = [
+        # Connections beyond it are closed as soon as they are accepted.
+        ("grpc.max_allowed_incoming_connections", connections),
         ("grpc.max_receive_message_length", config.max_request_bytes),
         ("grpc.max_send_message_length", config.max_response_bytes),
         # Ping idle connections so that those of vanished clients (a pod
