@@ -20,6 +20,13 @@ caller the way it would behind grpc-gateway:
   gateway's calls (trust.gateway_mark);
 - `Grpc-Timeout` (gRPC's own format: up to 8 digits and a unit H M S m u n)
   -> the call's deadline, at most MAX_TIMEOUT.
+
+The whole is bounded by METADATA_BUDGET, below grpc's own limit on the
+metadata a server receives (8 KiB, then refused at random up to 16 KiB),
+which WatchRun's calls meet through the channel: the informational
+`grpcgateway-*` keys are left out first (a browser's large cookies), and
+what is still too large is a 400 on every route alike, where WatchRun got
+a random 429 with grpc's own text and unary routes none.
 """
 
 from __future__ import annotations
@@ -60,6 +67,16 @@ _PERMANENT = frozenset(
 )  # fmt: skip
 
 Metadata = list[tuple[str, str | bytes]]
+
+# Bytes of metadata a call may get from HTTP, counted as HTTP/2 counts a
+# header (name, value and 32): grpc's 8 KiB, less what the channel adds
+# (path, authority, content-type, te, user-agent, grpc-timeout).
+METADATA_BUDGET = 7 * 1024
+_INFORMATIONAL = "grpcgateway-"
+
+
+def _size(pairs: Metadata) -> int:
+    return sum(len(key) + len(value) + 32 for key, value in pairs)
 
 
 def parse_timeout(text: str) -> float:
@@ -113,6 +130,14 @@ def outgoing_metadata(
         chain = f"{forwarded_for}, {remote}" if forwarded_for else remote
         pairs.append(("x-forwarded-for", _text("X-Forwarded-For", chain)))
         pairs.append(gateway_mark())  # (what makes the access log believe it)
+    if _size(pairs) > METADATA_BUDGET:
+        pairs = [pair for pair in pairs if not pair[0].startswith(_INFORMATIONAL)]
+        if _size(pairs) > METADATA_BUDGET:
+            raise InvalidArgument(
+                "headers",
+                f"carry more than {METADATA_BUDGET} bytes of gRPC metadata "
+                "(Authorization, Grpc-Metadata-*)",
+            )
     return pairs
 
 
