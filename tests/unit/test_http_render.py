@@ -195,6 +195,18 @@ def test_integral_numbers_have_no_fraction() -> None:
     assert b'"d":3,' in text and b'"v":4,' in text
 
 
+def test_nan_and_infinity_are_null_in_a_value_and_strings_in_a_double() -> None:
+    """PySpur's json.dumps stores NaN in its JSON columns and its answers
+    (pydantic) write null; a double field keeps proto3 JSON's strings."""
+    task = run_pb2.Task(id="T1")
+    task.outputs.struct_value.update({"n": math.nan, "big": math.inf, "ok": 1.5})
+    task.inputs.list_value.extend([-math.inf])
+    body = render(task)
+    assert body["outputs"] == {"n": None, "big": None, "ok": 1.5}
+    assert body["inputs"] == [None]
+    assert render(T.Everything(d=math.nan))["d"] == "NaN"
+
+
 def test_status_json_renders_any_details() -> None:
     status = status_pb2.Status(code=3, message="bad")
     status.details.add().Pack(struct_pb2.Value(string_value="x"))

@@ -24,7 +24,9 @@ cannot tell those apart (protojson's EmitUnpopulated writes the same null).
 Two choices where the JSON forms allow either: a number that is integral is
 written without ".0" (as protojson, grpc-gateway's encoder, writes 1 rather
 than 1.0), and a NaN or infinite double is written as the strings
-"NaN"/"Infinity"/"-Infinity", as proto3 JSON requires.
+"NaN"/"Infinity"/"-Infinity", as proto3 JSON requires; in a
+google.protobuf.Value, which proto3 JSON gives no form for them
+(json_format refuses), as null, as PySpur's answers have them.
 """
 
 from __future__ import annotations
@@ -168,7 +170,11 @@ def _value(message: Any) -> Any:
         fields = message.struct_value.fields
         return {key: _value(fields[key]) for key in fields}
     if kind == "number_value":
-        return _number(message.number_value)
+        number = _number(message.number_value)
+        # NaN or an infinity (PySpur's json.dumps stores them): null, as
+        # PySpur's own answers have them (pydantic), where proto3 JSON has
+        # no form for them in a Value ("NaN" would read back as a string).
+        return None if type(number) is str else number
     if kind == "list_value":
         return [_value(item) for item in message.list_value.values]
     if kind == "bool_value":
