@@ -36,7 +36,14 @@ from typing import Any
 
 import grpc
 
-from .chain import Handler, Interceptor, behavior_of, is_non_blocking, non_blocking_like
+from .chain import (
+    Handler,
+    HandlerCache,
+    Interceptor,
+    behavior_of,
+    is_non_blocking,
+    non_blocking_like,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +106,11 @@ class RequestWaits:
         kept = [c for c, began in stalled if now - began <= self.timeout_seconds]
         doomed += kept[self.stalled_max :]  # the newest beyond the oldest few
         peers = sorted({context.peer() for context in doomed})
+        self.cancelled += len(doomed)  # counted first: a cancel is seen at once
         for context in doomed:
             self._waiting.pop(context, None)
             context.cancel()  # type: ignore[no-untyped-call] # (untyped in grpc-stubs)
         if doomed:
-            self.cancelled += len(doomed)
             log.warning(
                 "cancelled %d call(s) that sent no request message (%d stalled, at most %d "
                 "kept for %.1f s): %s",
@@ -160,14 +167,10 @@ class ArrivalInterceptor(Interceptor):
     message in their request-streaming form (above). The gateway's
     in-process calls do not pass here: aiohttp has read their whole body."""
 
-    # Wrapped handlers kept, by the handler the chain gave (one per method
-    # and refusal; the chain bounds its own cache the same way).
-    MAX_CACHED = 512
-
     def __init__(self, waits: RequestWaits) -> None:
         self.waits = waits
-        self._cache: dict[Handler, Handler] = {}
-        self._lock = threading.Lock()
+        # By the handler the chain gave: one per method and refusal.
+        self._cache = HandlerCache()
 
     def intercept_service(
         self,
@@ -177,11 +180,5 @@ class ArrivalInterceptor(Interceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
-        found = self._cache.get(handler)
-        if found is not None:
-            return found
-        wrapped = _streaming_form(handler, handler_call_details.method, self.waits)
-        with self._lock:
-            if len(self._cache) < self.MAX_CACHED:
-                self._cache.setdefault(handler, wrapped)
-        return wrapped
+        method = handler_call_details.method
+        return self._cache.get(handler, lambda: _streaming_form(handler, method, self.waits))

@@ -342,6 +342,28 @@ def wrap(
     return rebuild(handler, behavior, deserializer, serializer)
 
 
+class HandlerCache:
+    """Wrapped handlers, built once by key and kept, at most
+    MAX_CACHED_HANDLERS of them (beyond, built per call: correct, slower)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Any, Handler] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def get(self, key: Any, build: Callable[[], Handler]) -> Handler:
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        built = build()
+        with self._lock:
+            if len(self._cache) < MAX_CACHED_HANDLERS:
+                built = self._cache.setdefault(key, built)
+        return built
+
+
 class ChainInterceptor(_Interceptor):
     """The one interceptor of the server (and of the gateway's in-process
     calls): `hooks`, outermost first."""
@@ -349,8 +371,7 @@ class ChainInterceptor(_Interceptor):
     def __init__(self, hooks: Sequence[Hook]) -> None:
         self.hooks = tuple(hooks)
         self._refusers = tuple((i, h) for i, h in enumerate(self.hooks) if _overrides(h, "refusal"))
-        self._cache: dict[tuple[str, Handler, Refusal | None], Handler] = {}
-        self._lock = threading.Lock()
+        self._cache = HandlerCache()
 
     @property
     def cached(self) -> int:
@@ -373,11 +394,4 @@ class ChainInterceptor(_Interceptor):
                 break
         method = handler_call_details.method
         key = (method, handler, None if refused is None else refused[1])
-        found = self._cache.get(key)
-        if found is not None:
-            return found
-        wrapped = wrap(handler, method, self.hooks, refused)
-        with self._lock:
-            if len(self._cache) < MAX_CACHED_HANDLERS:
-                self._cache.setdefault(key, wrapped)
-        return wrapped
+        return self._cache.get(key, lambda: wrap(handler, method, self.hooks, refused))
