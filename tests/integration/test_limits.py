@@ -252,8 +252,12 @@ def test_grpc_connections_beyond_the_bound_are_closed(migrated_url: str) -> None
         for sock in idle[:3]:
             sock.close()
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            with pytest.raises(grpc.RpcError) as raised:  # a slot is free again
-                RunServiceStub(channel).GetRun(pb.GetRunRequest(run_id="R1"), timeout=5)
+            # A slot is free again once the server has seen a close (at
+            # once, or after a moment under load: wait_for_ready retries).
+            with pytest.raises(grpc.RpcError) as raised:
+                RunServiceStub(channel).GetRun(
+                    pb.GetRunRequest(run_id="R1"), timeout=15, wait_for_ready=True
+                )
             assert raised.value.code() is grpc.StatusCode.NOT_FOUND
     finally:
         for sock in idle:
