@@ -21,9 +21,11 @@ from typing import Any
 import grpc
 import pytest
 from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
 from factories import add_run, add_workflow, all_done
+from half_open import NonReaders
 from servers import start_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -35,6 +37,8 @@ from tools import ROOT
 
 WRITER = ROOT / "tests" / "support" / "watch_writer.py"
 INTERVAL = 0.05
+WATCH_RUN = "/spur.runs.v1.RunService/WatchRun"
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
@@ -498,4 +502,59 @@ def test_a_client_that_reads_nothing_is_cancelled_and_holds_up_no_one(
             assert raised.value.code() == grpc.StatusCode.CANCELLED
             reader.cancel()
     finally:
+        server.stop(grace=1)
+
+
+def test_clients_that_read_nothing_hold_up_the_others_for_a_second_not_thirty(
+    lite_url: str, lite_db: Database
+) -> None:
+    """As many non-reading watchers as there are sender threads held every
+    sender until the 30 s slow-send check, again and again: every other
+    watcher's messages waited (a red-team pass: 28 s). A second now."""
+    from spur_runs.api import watch
+
+    stalled_run = pending_run(lite_db)
+    other = pending_run(lite_db)
+    server = start_server(lite_url, watch_interval=INTERVAL)
+    request = pb.WatchRunRequest(run_id=stalled_run).SerializeToString()
+    readers = NonReaders(server.port, WATCH_RUN, request, watch.SENDERS)
+    try:
+        wait_for(lambda: server.watch_hub.watcher_count == watch.SENDERS)
+        time.sleep(0.5)  # their first sends are blocked now
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            started = time.monotonic()
+            stream = RunServiceStub(channel).WatchRun(pb.WatchRunRequest(run_id=other), timeout=20)
+            assert next(stream).run.id == other
+            waited = time.monotonic() - started
+            stream.cancel()
+        assert waited < 5, waited
+        # A non-reader was cancelled to free a sender (the others keep
+        # theirs until SLOW_SEND_SECONDS, while a sender is free).
+        assert server.watch_hub.watcher_count < watch.SENDERS
+    finally:
+        readers.close()
+        server.stop(grace=1)
+
+
+def test_health_watchers_that_read_nothing_hold_up_the_others_for_a_second(
+    lite_url: str,
+) -> None:
+    from spur_runs.runtime import health_service
+
+    server = start_server(lite_url, health_interval=0.2)
+    request = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    readers = NonReaders(server.port, HEALTH_WATCH, request, health_service.SENDERS)
+    try:
+        time.sleep(1.0)  # their first sends are blocked now
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            started = time.monotonic()
+            stream = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=20
+            )
+            assert next(stream).status == health_pb2.HealthCheckResponse.SERVING
+            waited = time.monotonic() - started
+            stream.cancel()
+        assert waited < 5, waited
+    finally:
+        readers.close()
         server.stop(grace=1)

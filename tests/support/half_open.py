@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 
 DATA, HEADERS, RST_STREAM, SETTINGS, PING = 0, 1, 3, 4, 6
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
+INITIAL_WINDOW_SIZE = 0x4  # a SETTINGS parameter
 
 
 def _frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -85,6 +87,56 @@ def closed_by_server(sock: socket.socket) -> bool:
     except ConnectionResetError:
         return True
     return True
+
+
+class NonReaders:
+    """`count` calls of `method` with `message` on one connection that gives
+    the server no flow-control window (SETTINGS_INITIAL_WINDOW_SIZE 0): the
+    server's answers never leave. It answers pings and settings meanwhile,
+    on a thread of its own, as a live client does."""
+
+    def __init__(self, port: int, method: str, message: bytes, count: int) -> None:
+        self._socket = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+        framed = b"\x00" + struct.pack(">I", len(message)) + message
+        streams = [1 + 2 * i for i in range(count)]
+        self._socket.sendall(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            + _frame(SETTINGS, 0, 0, struct.pack(">HI", INITIAL_WINDOW_SIZE, 0))
+            + b"".join(
+                _frame(HEADERS, END_HEADERS, s, _call_headers(method))
+                + _frame(DATA, END_STREAM, s, framed)
+                for s in streams
+            )
+        )
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._answer, daemon=True)
+        self._thread.start()
+
+    def _answer(self) -> None:
+        buffer = b""
+        while not self._closed.is_set():
+            try:
+                data = self._socket.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buffer += data
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+                payload = buffer[9 : 9 + length]
+                buffer = buffer[9 + length :]
+                if kind == PING and not flags & ACK:
+                    self._socket.sendall(_frame(PING, ACK, 0, payload))
+                elif kind == SETTINGS and not flags & ACK:
+                    self._socket.sendall(_frame(SETTINGS, ACK, 0))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._socket.close()
+        self._thread.join(timeout=5)
 
 
 class HalfOpenCalls:

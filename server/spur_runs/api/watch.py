@@ -31,7 +31,8 @@ A watcher ends:
 Messages are coalesced per watcher: a client that reads slower than its run
 changes gets the latest state when it is ready for one, not a backlog; the
 terminal state is always the last message. A sender blocked on a client that
-does not read for SLOW_SEND_SECONDS has that call cancelled, so that such
+does not read for SLOW_SEND_SECONDS has that call cancelled, or after
+SATURATED_SEND_SECONDS while every sender is so blocked, so that such
 clients cannot hold the sender threads.
 """
 
@@ -67,6 +68,11 @@ SENDERS = 8
 # A send still blocked after this long (a client that stopped reading) gets
 # its call cancelled, freeing the sender thread.
 SLOW_SEND_SECONDS = 30.0
+# ... or after this long while every sender thread is in such a send: a few
+# clients that read nothing (a zero flow-control window) would otherwise
+# hold up every other watcher's messages for SLOW_SEND_SECONDS, again and
+# again (a red-team pass: 28 s).
+SATURATED_SEND_SECONDS = 1.0
 
 Send = Callable[[Any], None]
 
@@ -81,7 +87,7 @@ class Watcher:
 
     __slots__ = (
         "run_id", "context", "_send", "fingerprint", "last", "closed",
-        "_lock", "_pending", "_final", "_sending_since",
+        "_lock", "_pending", "_final", "_sending_since", "in_send_since",
     )  # fmt: skip
 
     def __init__(self, run_id: str, context: grpc.ServicerContext, send: Send) -> None:
@@ -96,6 +102,9 @@ class Watcher:
         self._pending: pb.WatchRunResponse | BaseException | None = None
         self._final = False  # after _pending is sent, end the stream
         self._sending_since: float | None = None
+        # When the send a sender thread is in began (None: no thread is in
+        # one; a drain waiting for a thread is not).
+        self.in_send_since: float | None = None
 
     # The send state, for the hub's senders: queue() and take() hand items
     # over under the watcher's own lock, so that a drain sends them in order.
@@ -125,7 +134,11 @@ class Watcher:
             return item, self._final
 
     def send(self, item: pb.WatchRunResponse | BaseException | None) -> None:
-        self._send(item)
+        self.in_send_since = time.monotonic()
+        try:
+            self._send(item)
+        finally:
+            self.in_send_since = None
 
     @property
     def sending_since(self) -> float | None:
@@ -356,12 +369,13 @@ class WatchHub:
                 return
 
     def _cancel_slow_senders(self) -> None:
-        limit = time.monotonic() - SLOW_SEND_SECONDS
         with self._lock:
             watchers = list(self._all)
-        for watcher in watchers:
-            since = watcher.sending_since
-            if since is not None and since < limit:
+        held = [(w, since) for w in watchers if (since := w.in_send_since) is not None]
+        patience = SATURATED_SEND_SECONDS if len(held) >= SENDERS else SLOW_SEND_SECONDS
+        limit = time.monotonic() - patience
+        for watcher, since in held:
+            if since < limit:
                 log.warning("WatchRun: a watcher of %s reads nothing: cancelled", watcher.run_id)
                 _cancel(watcher.context)
 

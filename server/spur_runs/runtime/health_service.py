@@ -52,6 +52,8 @@ SENDERS = 4
 # A send still blocked after this long (a client that stopped reading) gets
 # its call cancelled, so that such clients cannot hold the sender threads.
 SLOW_SEND_SECONDS = 30.0
+# ... or this long while every sender is in such a send (api/watch.py).
+SATURATED_SEND_SECONDS = 1.0
 
 Send = Callable[[Any], None]
 
@@ -59,16 +61,27 @@ Send = Callable[[Any], None]
 class _Watcher:
     """One Watch stream; every field is guarded by the servicer's lock."""
 
-    __slots__ = ("service", "context", "send", "pending", "ending", "sending_since", "closed")
+    __slots__ = (
+        "service", "context", "_send", "pending", "ending", "sending_since", "in_send_since",
+        "closed",
+    )  # fmt: skip
 
     def __init__(self, service: str, context: grpc.ServicerContext, send: Send) -> None:
         self.service = service
         self.context = context
-        self.send = send
+        self._send = send
         self.pending: int | None = None  # the status still to be sent
         self.ending = False  # end the stream (UNAVAILABLE) once pending is sent
         self.sending_since: float | None = None  # a sender is at work on it
+        self.in_send_since: float | None = None  # ... and in a send since then
         self.closed = False  # the call is over
+
+    def send(self, item: Any) -> None:
+        self.in_send_since = time.monotonic()
+        try:
+            self._send(item)
+        finally:
+            self.in_send_since = None
 
 
 class HealthServicer:
@@ -201,14 +214,12 @@ class HealthServicer:
     def cancel_slow_senders(self) -> None:
         """Cancel the calls whose send has been blocked too long (called
         periodically, by DatabaseHealth's thread)."""
-        limit = time.monotonic() - SLOW_SEND_SECONDS
         with self._lock:
-            slow = [
-                w
-                for group in self._watchers.values()
-                for w in group
-                if w.sending_since is not None and w.sending_since < limit
-            ]
+            watchers = [w for group in self._watchers.values() for w in group]
+        held = [(w, since) for w in watchers if (since := w.in_send_since) is not None]
+        patience = SATURATED_SEND_SECONDS if len(held) >= SENDERS else SLOW_SEND_SECONDS
+        limit = time.monotonic() - patience
+        slow = [w for w, since in held if since < limit]
         for watcher in slow:
             log.warning("health Watch: a client reads nothing: its stream is cancelled")
             watcher.context.cancel()  # type: ignore[no-untyped-call]
