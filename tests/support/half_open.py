@@ -26,6 +26,46 @@ def _literal(name: str, value: str | bytes) -> bytes:
     return b"\x00" + bytes([len(raw_name)]) + raw_name + bytes([len(raw_value)]) + raw_value
 
 
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _message(message: bytes) -> bytes:
+    """A gRPC length-prefixed message, not compressed."""
+    return b"\x00" + struct.pack(">I", len(message)) + message
+
+
+class _Reader:
+    """The server's frames on `sock`, as (kind, flags, stream); it answers
+    pings and settings as a live client does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+        self._buffer = b""
+
+    def read(self) -> list[tuple[int, int, int]] | None:
+        """The frames complete so far: [] when nothing came within the
+        socket's timeout, None when the server closed the connection."""
+        try:
+            data = self._socket.recv(65536)
+        except TimeoutError:
+            return []
+        if not data:
+            return None
+        self._buffer += data
+        frames = []
+        while len(self._buffer) >= 9 + int.from_bytes(self._buffer[:3], "big"):
+            length, kind, flags = int.from_bytes(self._buffer[:3], "big"), *self._buffer[3:5]
+            stream = int.from_bytes(self._buffer[5:9], "big") & 0x7FFFFFFF
+            payload = self._buffer[9 : 9 + length]
+            self._buffer = self._buffer[9 + length :]
+            if kind == PING and not flags & ACK:
+                self._socket.sendall(_frame(PING, ACK, 0, payload))
+            elif kind == SETTINGS and not flags & ACK:
+                self._socket.sendall(_frame(SETTINGS, ACK, 0))
+            frames.append((kind, flags, stream))
+        return frames
+
+
 def _call_headers(method: str, *more: tuple[str, str | bytes]) -> bytes:
     fields = [
         (":method", "POST"),
@@ -44,22 +84,18 @@ def raw_call(port: int, method: str, message: bytes, *headers: tuple[str, bytes]
     with its trailers (HEADERS with END_STREAM) within 5 s."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            PREFACE
             + _frame(SETTINGS, 0, 0)
             + _frame(HEADERS, END_HEADERS, 1, _call_headers(method, *headers))
-            + _frame(DATA, END_STREAM, 1, b"\x00" + struct.pack(">I", len(message)) + message)
+            + _frame(DATA, END_STREAM, 1, _message(message))
         )
-        buffer = b""
+        reader = _Reader(sock)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            data = sock.recv(65536)
-            if not data:
+            frames = reader.read()
+            if frames is None:
                 return False
-            buffer += data
-            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
-                length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
-                stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
-                buffer = buffer[9 + length :]
+            for kind, flags, stream in frames:
                 if stream == 1 and kind == HEADERS and flags & END_STREAM:
                     return True
                 if stream == 1 and kind == RST_STREAM:
@@ -72,7 +108,7 @@ def idle_connections(port: int, count: int) -> list[socket.socket]:
     opened = []
     for _ in range(count):
         sock = socket.create_connection(("127.0.0.1", port), timeout=1)
-        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(SETTINGS, 0, 0))
+        sock.sendall(PREFACE + _frame(SETTINGS, 0, 0))
         opened.append(sock)
     return opened
 
@@ -97,14 +133,13 @@ class NonReaders:
 
     def __init__(self, port: int, method: str, message: bytes, count: int) -> None:
         self._socket = socket.create_connection(("127.0.0.1", port), timeout=0.5)
-        framed = b"\x00" + struct.pack(">I", len(message)) + message
         streams = [1 + 2 * i for i in range(count)]
         self._socket.sendall(
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            PREFACE
             + _frame(SETTINGS, 0, 0, struct.pack(">HI", INITIAL_WINDOW_SIZE, 0))
             + b"".join(
                 _frame(HEADERS, END_HEADERS, s, _call_headers(method))
-                + _frame(DATA, END_STREAM, s, framed)
+                + _frame(DATA, END_STREAM, s, _message(message))
                 for s in streams
             )
         )
@@ -113,25 +148,13 @@ class NonReaders:
         self._thread.start()
 
     def _answer(self) -> None:
-        buffer = b""
+        reader = _Reader(self._socket)
         while not self._closed.is_set():
             try:
-                data = self._socket.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
+                if reader.read() is None:
+                    return
+            except OSError:  # closed by close()
                 return
-            if not data:
-                return
-            buffer += data
-            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
-                length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
-                payload = buffer[9 : 9 + length]
-                buffer = buffer[9 + length :]
-                if kind == PING and not flags & ACK:
-                    self._socket.sendall(_frame(PING, ACK, 0, payload))
-                elif kind == SETTINGS and not flags & ACK:
-                    self._socket.sendall(_frame(SETTINGS, ACK, 0))
 
     def close(self) -> None:
         self._closed.set()
@@ -147,11 +170,11 @@ class HalfOpenCalls:
         self.streams = [1 + 2 * i for i in range(count)]
         self._socket = socket.create_connection(("127.0.0.1", port), timeout=1)
         self._socket.sendall(
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+            PREFACE
             + _frame(SETTINGS, 0, 0)
             + b"".join(_frame(HEADERS, END_HEADERS, s, block) for s in self.streams)
         )
-        self._buffer = b""
+        self._reader = _Reader(self._socket)
 
     def reset_streams(self, seconds: float) -> set[int]:
         """The streams the server resets within `seconds`, answering its
@@ -159,27 +182,10 @@ class HalfOpenCalls:
         reset: set[int] = set()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and reset != set(self.streams):
-            try:
-                data = self._socket.recv(65536)
-            except TimeoutError:
-                continue
-            if not data:
+            frames = self._reader.read()
+            if frames is None:
                 break
-            self._buffer += data
-            while len(self._buffer) >= 9:
-                length = int.from_bytes(self._buffer[:3], "big")
-                if len(self._buffer) < 9 + length:
-                    break
-                kind, flags = self._buffer[3], self._buffer[4]
-                stream = int.from_bytes(self._buffer[5:9], "big") & 0x7FFFFFFF
-                payload = self._buffer[9 : 9 + length]
-                self._buffer = self._buffer[9 + length :]
-                if kind == PING and not flags & ACK:
-                    self._socket.sendall(_frame(PING, ACK, 0, payload))
-                elif kind == SETTINGS and not flags & ACK:
-                    self._socket.sendall(_frame(SETTINGS, ACK, 0))
-                elif kind == RST_STREAM:
-                    reset.add(stream)
+            reset.update(stream for kind, _, stream in frames if kind == RST_STREAM)
         return reset
 
     def close(self) -> None:

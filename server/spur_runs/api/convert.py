@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 _EPOCH = datetime(1970, 1, 1)
 
 
-def _naive_utc(value: datetime) -> datetime:
+def naive_utc(value: datetime) -> datetime:
     """`value` as the naive UTC datetime PySpur stores (storage.md)."""
     if value.tzinfo is not None:  # a timestamptz column, in a database we did not make
         return value.astimezone(UTC).replace(tzinfo=None)
@@ -70,7 +70,7 @@ def set_timestamp(target: timestamp_pb2.Timestamp, value: datetime) -> None:
     """Store a naive datetime, read as UTC (storage.md). Three times faster
     than Timestamp.FromDatetime, which runs once per task and run."""
     if value.tzinfo is not None:
-        value = _naive_utc(value)
+        value = naive_utc(value)
     delta = value - _EPOCH
     target.seconds = delta.days * 86_400 + delta.seconds
     target.nanos = delta.microseconds * 1_000
@@ -178,11 +178,14 @@ def json_kind(value: Any) -> str:
     return "a boolean" if isinstance(value, bool) else "a number"
 
 
-def _set_struct(target: struct_pb2.Struct, value: Any, owner: str, column: str) -> None:
+def _set_struct(
+    target: struct_pb2.Struct, value: Any, owner: str, owner_id: str, column: str
+) -> None:
     if not isinstance(value, dict):
         # PySpur types these columns as JSON objects, and a Struct holds
-        # nothing else: say so (DATA_LOSS) instead of guessing.
-        raise DataLoss(f"{owner}: {column} holds {json_kind(value)}, not a JSON object")
+        # nothing else: say so (DATA_LOSS) instead of guessing. (The message
+        # is built here, not by every caller for every row.)
+        raise DataLoss(f"{owner} {owner_id}: {column} holds {json_kind(value)}, not a JSON object")
     target.SetInParent()  # a stored {} is an empty Struct, not an unset field
     _fill_fields(target.fields, value)
 
@@ -215,8 +218,7 @@ def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
     if row.description is not None:
         message.description = row.description
     if isinstance(row.definition, dict):  # else definition_problem says why not
-        message.definition.SetInParent()  # {} stays {}
-        _fill_fields(message.definition.fields, row.definition)
+        _set_struct(message.definition, row.definition, "workflow version", row.id, "definition")
     if row.created_at is not None:
         set_timestamp(message.created_at, row.created_at)
     if row.updated_at is not None:
@@ -289,7 +291,7 @@ def add_tasks(
         if parent_task_id is not None:
             task.parent_task_id = parent_task_id
         if subworkflow is not None:
-            _set_struct(task.subworkflow, subworkflow, f"task {task_id}", "subworkflow")
+            _set_struct(task.subworkflow, subworkflow, "task", task_id, "subworkflow")
         if subworkflow_output is not None:
             set_value(task.subworkflow_output, subworkflow_output)
 
@@ -364,11 +366,11 @@ def fill_run(
         try:
             run.duration = (end - row.start_time).total_seconds()
         except TypeError:  # one of them has an offset (a database we did not make)
-            run.duration = (_naive_utc(end) - _naive_utc(row.start_time)).total_seconds()
+            run.duration = (naive_utc(end) - naive_utc(row.start_time)).total_seconds()
     if row.end_time is not None:
         set_timestamp(run.end_time, row.end_time)
     if row.initial_inputs is not None:
-        _set_struct(run.initial_inputs, row.initial_inputs, f"run {row.id}", "initial_inputs")
+        _set_struct(run.initial_inputs, row.initial_inputs, "run", row.id, "initial_inputs")
     if row.outputs is not None:
         set_value(run.outputs, row.outputs)
     return spliced

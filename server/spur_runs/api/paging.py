@@ -24,10 +24,11 @@ import binascii
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from ..errors import InvalidArgument
+from .convert import naive_utc
 
 _VERSION = 1
 # Not a secret (see above); kept byte for byte so that tokens issued by an
@@ -102,10 +103,10 @@ def decode(scope: str, token: str) -> list[Any]:
 
 
 def encode_run_cursor(scope: str, start_time: datetime | None, intid: int) -> str:
-    if start_time is not None and start_time.tzinfo is not None:
+    if start_time is not None:
         # Read with an offset (a database we did not make): as naive UTC,
         # as decode_run_cursor takes it.
-        start_time = start_time.astimezone(UTC).replace(tzinfo=None)
+        start_time = naive_utc(start_time)
     return encode(scope, [start_time.isoformat() if start_time else None, intid])
 
 

@@ -87,7 +87,7 @@ class Watcher:
 
     __slots__ = (
         "run_id", "context", "_send", "fingerprint", "last", "closed",
-        "_lock", "_pending", "_final", "_sending_since", "in_send_since",
+        "_lock", "_pending", "_final", "_draining", "in_send_since",
     )  # fmt: skip
 
     def __init__(self, run_id: str, context: grpc.ServicerContext, send: Send) -> None:
@@ -101,7 +101,7 @@ class Watcher:
         # What is still to be sent: a message, or an exception (the end).
         self._pending: pb.WatchRunResponse | BaseException | None = None
         self._final = False  # after _pending is sent, end the stream
-        self._sending_since: float | None = None
+        self._draining = False  # a drain is queued or running for it
         # When the send a sender thread is in began (None: no thread is in
         # one; a drain waiting for a thread is not).
         self.in_send_since: float | None = None
@@ -117,9 +117,9 @@ class Watcher:
                 return False  # the end is queued already; nothing goes after it
             self._pending = item
             self._final = final or isinstance(item, BaseException)
-            if self._sending_since is not None:
+            if self._draining:
                 return False  # the running drain sends it next
-            self._sending_since = time.monotonic()
+            self._draining = True
             return True
 
     def take(self) -> tuple[pb.WatchRunResponse | BaseException | None, bool]:
@@ -128,9 +128,8 @@ class Watcher:
         with self._lock:
             item, self._pending = self._pending, None
             if item is None:
-                self._sending_since = None
+                self._draining = False
                 return None, False
-            self._sending_since = time.monotonic()
             return item, self._final
 
     def send(self, item: pb.WatchRunResponse | BaseException | None) -> None:
@@ -139,11 +138,6 @@ class Watcher:
             self._send(item)
         finally:
             self.in_send_since = None
-
-    @property
-    def sending_since(self) -> float | None:
-        """When the send in progress started (None: none is)."""
-        return self._sending_since
 
 
 class WatchHub:

@@ -62,7 +62,7 @@ class _Watcher:
     """One Watch stream; every field is guarded by the servicer's lock."""
 
     __slots__ = (
-        "service", "context", "_send", "pending", "ending", "sending_since", "in_send_since",
+        "service", "context", "_send", "pending", "ending", "draining", "in_send_since",
         "closed",
     )  # fmt: skip
 
@@ -72,7 +72,7 @@ class _Watcher:
         self._send = send
         self.pending: int | None = None  # the status still to be sent
         self.ending = False  # end the stream (UNAVAILABLE) once pending is sent
-        self.sending_since: float | None = None  # a sender is at work on it
+        self.draining = False  # a sender is queued or at work for it
         self.in_send_since: float | None = None  # ... and in a send since then
         self.closed = False  # the call is over
 
@@ -246,17 +246,16 @@ class HealthServicer:
 
     def _kick(self, watchers: list[_Watcher]) -> None:
         """Start a sender for each of `watchers` that has none at work."""
-        now = time.monotonic()
         with self._lock:
-            idle = [w for w in watchers if w.sending_since is None and not w.closed]
+            idle = [w for w in watchers if not w.draining and not w.closed]
             for watcher in idle:
-                watcher.sending_since = now
+                watcher.draining = True
         for watcher in idle:
             try:
                 self._senders.submit(self._drain, watcher)
             except RuntimeError:  # closed: the server has stopped
                 with self._lock:
-                    watcher.sending_since = None
+                    watcher.draining = False
 
     def _drain(self, watcher: _Watcher) -> None:
         """Send what `watcher` has pending until nothing is (one sender per
@@ -266,11 +265,10 @@ class HealthServicer:
                 status, watcher.pending = watcher.pending, None
                 ending = watcher.ending and status is None
                 if watcher.closed or (status is None and not ending):
-                    watcher.sending_since = None
+                    watcher.draining = False
                     return
                 if ending:
                     watcher.ending = False
-                watcher.sending_since = time.monotonic()
             try:
                 if status is not None:
                     watcher.send(health_pb2.HealthCheckResponse(status=status))
@@ -284,7 +282,7 @@ class HealthServicer:
                 log.exception("health Watch: sending to a watcher failed")
                 watcher.context.cancel()  # type: ignore[no-untyped-call]
                 with self._lock:
-                    watcher.sending_since = None
+                    watcher.draining = False
                 return
 
 
