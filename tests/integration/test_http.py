@@ -214,7 +214,6 @@ def test_delete_answers_204_with_no_body_and_the_run_is_gone(client: Http, seede
         ("DELETE", "/run", {"GET"}),
         ("PATCH", "/run/R1/tasks", {"GET"}),
         ("POST", "/run/R1/children/", {"GET"}),
-        ("HEAD", "/run/R1", {"GET", "DELETE"}),
         ("DELETE", "/openapi.json", {"GET"}),
     ],
 )
@@ -223,9 +222,47 @@ def test_wrong_method_is_405_with_allow(
 ) -> None:
     reply = client.request(method, path)
     assert reply.status == 405
-    assert set(reply.headers["Allow"].split(", ")) == allowed
-    if method != "HEAD":  # a HEAD answer has no body
-        assert method not in reply.error(UNIMPLEMENTED)["message"]
+    # Where GET is, HEAD is too (test_head_is_get_without_the_body).
+    assert set(reply.headers["Allow"].split(", ")) == allowed | {"HEAD"}
+    assert method not in reply.error(UNIMPLEMENTED)["message"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/run/R1/",
+        "/run/R1",
+        "/run/?page=1&page_size=2",
+        "/run/R1/tasks/",
+        "/v1/runs?page_size=1",
+        "/run/R99999/",
+        "/run/X1/",
+        "/openapi.json",
+        "/readyz",
+        "/healthz",
+    ],
+)
+def test_head_is_get_without_the_body(client: Http, seeded: Seeded, path: str) -> None:
+    """RFC 9110 9.3.2, and PySpur's Starlette: HEAD answers what GET would,
+    headers and all, with no body; the connection then serves the next
+    request (a body sent after all would garble it)."""
+    path = path.replace("R1", seeded.parent)
+    get = client.get(path)
+    head = client.request("HEAD", path)
+    assert head.status == get.status
+    assert head.body == b""
+    assert head.headers["Content-Type"] == get.headers["Content-Type"]
+    assert int(head.headers["Content-Length"]) == len(get.body)  # runs that have ended
+    if "Link" in get.headers:
+        assert head.headers["Link"] == get.headers["Link"]
+    assert client.get(path).status == get.status
+
+
+def test_head_of_a_stream_is_405(client: Http, seeded: Seeded) -> None:
+    """A watch's HEAD would hold the call open until the run ends: refused."""
+    reply = client.request("HEAD", f"/run/{seeded.parent}/watch")
+    assert reply.status == 405 and reply.headers["Allow"] == "GET"
+    assert client.get(f"/run/{seeded.parent}/status/").status == 200
 
 
 @pytest.mark.slow

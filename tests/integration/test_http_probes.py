@@ -87,7 +87,7 @@ def test_readyz_follows_grpc_health_while_healthz_stays_200(postgres_url: str) -
         client = Http(port)
         try:
             reply = client.request("POST", "/readyz")
-            assert reply.status == 405 and reply.headers["Allow"] == "GET"
+            assert reply.status == 405 and reply.headers["Allow"] == "GET, HEAD"
         finally:
             client.close()
     finally:

@@ -123,7 +123,11 @@ class Mux:
                     )
                 )
             path = path[len(self._prefix) :] or "/"
-        verb = request.method
+        # HEAD is GET without the body (RFC 9110 9.3.2; PySpur's Starlette
+        # serves it so): aiohttp sends a HEAD answer's headers, its
+        # Content-Length included, and leaves its body out.
+        head = request.method == "HEAD"
+        verb = "GET" if head else request.method
         if path == OPENAPI_PATH:
             if verb != "GET":
                 return not_allowed(path, ["GET"])
@@ -142,6 +146,10 @@ class Mux:
             )
         if isinstance(found, list):
             return not_allowed(path, found)
+        if head and found.payload.route.streaming:
+            # A stream's headers come when the call has started, and its end
+            # when the run's does: a HEAD would hold a watch open for nothing.
+            return not_allowed(path, ["GET"], head=False)
         try:
             return await self._call(request, found, raw_path, query)
         except Exception as bug:  # noqa: BLE001 - a bug: a generic 500, the traceback to the log

@@ -59,12 +59,12 @@ class Probes:
         path = self._paths.get(request.raw_path.partition("?")[0])
         if path is None:
             return None
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):  # HEAD: GET's answer, no body (mux.py)
             return _status(
                 405,
                 code_pb2.UNIMPLEMENTED,
-                f"method not allowed for {path}; use GET",
-                {"Allow": "GET"},
+                f"method not allowed for {path}; use GET or HEAD",
+                {"Allow": "GET, HEAD"},
             )
         if path == HEALTHZ:
             return web.Response(body=_SERVING, content_type="application/json")

@@ -54,7 +54,12 @@ def failed(call_error: grpc.aio.AioRpcError) -> web.Response:
     )
 
 
-def not_allowed(path: str, allowed: list[str]) -> web.Response:
+def not_allowed(path: str, allowed: list[str], *, head: bool = True) -> web.Response:
+    """405 for `path`, which takes the verbs `allowed`: with GET comes HEAD
+    (served as GET without the body: mux.py), unless `head` is False."""
+    if head and "GET" in allowed and "HEAD" not in allowed:
+        at = allowed.index("GET") + 1
+        allowed = [*allowed[:at], "HEAD", *allowed[at:]]
     status = status_pb2.Status(
         code=code_pb2.UNIMPLEMENTED,
         message=f"method not allowed for {path[:200]}; use {', '.join(allowed)}",
