@@ -213,3 +213,42 @@ def test_percentage_complete_is_pyspurs_to_the_bit(db: Database, stub: RunServic
     # RunResponseSchema: completed / len(tasks) * 100 (100 * 1 / 3 differs
     # in its last bit: 33.333333333333336).
     assert answer.percentage_complete == 1 / 3 * 100 == 33.33333333333333
+
+
+def test_numbers_too_large_for_a_double(db: Database, stub: RunServiceStub) -> None:
+    """PySpur's json.dumps writes any int; one beyond a double's range has no
+    google.protobuf.Value: DATA_LOSS naming where it is, not INTERNAL."""
+    huge = json.dumps({"o": {"v": [1, 10**400]}})
+    with db.write() as s:
+        version = add_workflow(s)
+        in_run = add_run(s, version)
+        in_task = add_run(s, version, tasks=all_done()[:2])
+        in_definition = add_run(s, add_workflow(s, "other"))
+        s.execute(text("UPDATE runs SET outputs = :o WHERE id = :r"), {"o": huge, "r": in_run})
+        task = s.execute(
+            text("SELECT id FROM tasks WHERE run_id = :r ORDER BY _intid DESC LIMIT 1"),
+            {"r": in_task},
+        ).scalar_one()
+        s.execute(text("UPDATE tasks SET inputs = :o WHERE id = :t"), {"o": huge, "t": task})
+        s.execute(
+            text(
+                "UPDATE workflow_versions SET definition = :d WHERE id = "
+                "(SELECT workflow_version_id FROM runs WHERE id = :r)"
+            ),
+            {"d": json.dumps({"nodes": [], "links": [], "n": -(10**400)}), "r": in_definition},
+        )
+    expected = {
+        in_run: f"run {in_run}: outputs holds a number too large for a double",
+        in_task: f"task {task}: a JSON column holds a number too large for a double",
+        in_definition: "a JSON object with a number too large for a double",
+    }
+    for run, message in expected.items():
+        code, said = _refused(stub.GetRun, pb.GetRunRequest(run_id=run))
+        assert code is grpc.StatusCode.DATA_LOSS and message in said, said
+    code, said = _refused(stub.GetRunTasks, pb.GetRunTasksRequest(run_id=in_task))
+    assert code is grpc.StatusCode.DATA_LOSS and expected[in_task] == said
+    # What does not hold the number is served.
+    assert stub.GetRun(pb.GetRunRequest(run_id=in_task, view=BASIC)).run.id == in_task
+    assert stub.GetRun(pb.GetRunRequest(run_id=in_definition, view=BASIC)).run.id == in_definition
+    tasks = stub.GetRunTasks(pb.GetRunTasksRequest(run_id=in_definition)).tasks
+    assert len(tasks) == 0

@@ -217,7 +217,7 @@ def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
     )
     if row.description is not None:
         message.description = row.description
-    if isinstance(row.definition, dict):  # else definition_problem says why not
+    if definition_problem(row) is None:  # else it says why not
         _set_struct(message.definition, row.definition, "workflow version", row.id, "definition")
     if row.created_at is not None:
         set_timestamp(message.created_at, row.created_at)
@@ -230,12 +230,38 @@ def definition_problem(row: Row[Any]) -> str | None:
     """Why the definition of version `row` cannot be served (a Struct holds
     only a JSON object; PySpur's column holds any JSON), or None. Its runs
     are still served without it (RUN_VIEW_BASIC), and their tasks."""
-    if isinstance(row.definition, dict):
+    if not isinstance(row.definition, dict):
+        what = f"{json_kind(row.definition)}, not a JSON object"
+    elif _too_large(row.definition):
+        what = f"a JSON object with {_TOO_LARGE}"
+    else:
         return None
     return (
-        f"its workflow version {row.id} has a definition that is "
-        f"{json_kind(row.definition)}, not a JSON object; RUN_VIEW_BASIC leaves it out"
+        f"its workflow version {row.id} has a definition that is {what}; "
+        "RUN_VIEW_BASIC leaves it out"
     )
+
+
+# A JSON number is a double in google.protobuf.Value; PySpur's json.dumps
+# writes any Python int, and one beyond a double's range (~1.8e308) has no
+# double at all. (One below it but beyond 2**53 is served rounded, as every
+# double-based JSON reader rounds it: api.md.)
+_TOO_LARGE = "a number too large for a double"
+
+
+def _too_large(value: Any) -> bool:
+    """Whether a JSON value holds an integer that no double can hold."""
+    kind = type(value)
+    if kind is dict:
+        return any(_too_large(item) for item in value.values())
+    if kind is list or kind is tuple:
+        return any(_too_large(item) for item in value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            return True
+    return False
 
 
 def add_tasks(
@@ -247,6 +273,28 @@ def add_tasks(
     """Append the Task messages of `rows` to `target`, built in place: a
     message built alone and then added is copied once more (a list page's
     60 tasks, then its 10 runs)."""
+    try:
+        _add_tasks(target, rows, paused_nodes, graph)
+    except OverflowError:
+        # Found while setting a number (set_value): the message is made
+        # here, off the path of every other call.
+        task = target[-1] if len(target) else None
+        where = f"task {task.id}" if task is not None else f"a task of run {_run_of(rows)}"
+        raise DataLoss(f"{where}: a JSON column holds {_TOO_LARGE}") from None
+
+
+def _run_of(rows: Iterable[AnyRow]) -> str:
+    for row in rows:
+        return str(row[2])  # run_id (_TASK_ORDER)
+    return "?"
+
+
+def _add_tasks(
+    target: RepeatedTasks,
+    rows: Iterable[AnyRow],
+    paused_nodes: frozenset[str],
+    graph: WorkflowGraph,
+) -> None:
     downstream = graph.downstream_of(paused_nodes) if paused_nodes else frozenset()
     node_types = graph.node_types
     add = target.add
@@ -369,8 +417,13 @@ def fill_run(
             run.duration = (naive_utc(end) - naive_utc(row.start_time)).total_seconds()
     if row.end_time is not None:
         set_timestamp(run.end_time, row.end_time)
-    if row.initial_inputs is not None:
-        _set_struct(run.initial_inputs, row.initial_inputs, "run", row.id, "initial_inputs")
-    if row.outputs is not None:
-        set_value(run.outputs, row.outputs)
+    column = "initial_inputs"
+    try:
+        if row.initial_inputs is not None:
+            _set_struct(run.initial_inputs, row.initial_inputs, "run", row.id, column)
+        column = "outputs"
+        if row.outputs is not None:
+            set_value(run.outputs, row.outputs)
+    except OverflowError:  # see _TOO_LARGE
+        raise DataLoss(f"run {row.id}: {column} holds {_TOO_LARGE}") from None
     return spliced
