@@ -88,6 +88,23 @@ class PathTemplate:
         return values
 
 
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# RFC 3986's unreserved characters: escaped or not, the same URI (6.2.2.2).
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def normalize_escapes(path: str) -> str:
+    """`path` with its escaped unreserved characters decoded ("%73tatus" is
+    "status", as PySpur's server reads it), the others left escaped for the
+    variables' own decoding ("%2F" stays a slash inside a segment)."""
+
+    def unescape(found: re.Match[str]) -> str:
+        char = chr(int(found.group(1), 16))
+        return char if char in _UNRESERVED else found.group(0)
+
+    return _ESCAPE.sub(unescape, path)
+
+
 def _decode(raw: str) -> str:
     return unquote(raw, errors="strict") if "%" in raw else raw
 
@@ -328,6 +345,8 @@ class Router(Generic[T]):
         `path` is the raw (still percent-encoded) path without the query.
         UnicodeDecodeError when a variable is not UTF-8 once decoded.
         """
+        if "%" in path:
+            path = normalize_escapes(path)
         if len(path) > 1 and path.endswith("/"):
             path = path[:-1]
         # A path that ends in a template's custom verb ("/v1/runs/R1:watch")
