@@ -276,6 +276,45 @@ def test_unknown_path_is_404_status_json(client: Http, path: str) -> None:
 # --- query parameters ---
 
 
+def test_a_path_bound_field_is_the_paths_under_any_spelling(client: Http, seeded: Seeded) -> None:
+    """?runId= (run_id's JSON name) must not turn the path's run into
+    another: not for a read, and not for a delete."""
+    run, other = seeded.parent, seeded.others[0]
+    assert client.get(f"/run/{run}/?runId={other}").json()["id"] == run
+    reply = client.request("DELETE", f"/run/R999999/?runId={other}&run_id={other}")
+    assert reply.status == 404
+    assert client.get(f"/run/{other}/").status == 200
+
+
+@pytest.mark.parametrize(
+    ("query", "ids"),
+    [
+        ("page=1.0&page_size=2", 2),  # pydantic's integers, as PySpur reads them
+        ("page=%201&page_size=2&parent_only=YES", 2),
+        ("page_size=2&cache=%FF%FE", 2),  # not UTF-8, in a parameter that is ignored
+        ("pageSize=3", 3),  # the field's JSON name, as grpc-gateway reads it
+    ],
+)
+def test_query_values_pyspur_reads(client: Http, seeded: Seeded, query: str, ids: int) -> None:
+    reply = client.get(f"/run/?{query}")
+    assert reply.status == 200, reply.body
+    assert len(reply.json()) == ids
+
+
+def test_one_field_under_two_spellings_is_given_twice(client: Http) -> None:
+    reply = client.get("/run/?page_size=2&pageSize=3")
+    assert reply.status == 400
+    assert "given 2 times" in reply.error(INVALID_ARGUMENT)["message"]
+
+
+def test_escaped_unreserved_characters_in_the_path(client: Http, seeded: Seeded) -> None:
+    """RFC 3986 6.2.2.2: %73 is "s" wherever it is, as PySpur's server reads it."""
+    run = seeded.parent
+    assert client.get(f"/%72un/{run}/%73tatus/").json()["id"] == run
+    assert client.get(f"/run/{run}/%74asks/").status == 200
+    assert client.get(f"/run/{run}%2F/").status == 400  # a slash stays in its segment
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("query", "parameter", "says"),
@@ -285,6 +324,7 @@ def test_unknown_path_is_404_status_json(client: Http, path: str) -> None:
         ("page_size=99999999999", "page_size", "out of range"),
         ("page=1&page=2", "page", "given 2 times"),
         ("pageSize=x", "pageSize", "not an integer"),  # JSON names work too
+        ("page_size=%FF", "page_size", "not valid UTF-8"),
     ],
 )
 def test_malformed_query_value_is_400_naming_the_parameter(

@@ -158,6 +158,28 @@ def test_json_names_work_and_unknown_names_are_ignored(router: Router[Route]) ->
     assert request.name == "x" and not request.HasField("inner")
 
 
+@pytest.mark.parametrize(
+    ("query", "flag", "n"),
+    [("flag=YES&n=%204", True, 4), ("flag=off&n=4.00", False, 4), ("flag=n&n=-0", False, 0)],
+)
+def test_pydantics_spellings_of_booleans_and_integers(
+    router: Router[Route], query: str, flag: bool, n: int
+) -> None:
+    """What PySpur's FastAPI (pydantic, lax) reads as a bool or an int is
+    read so here too, beside strconv's spellings (grpc-gateway's)."""
+    request = build(router, "GET", f"/v1/things:search?{query}")
+    assert (request.flag, request.n) == (flag, n)
+
+
+def test_bytes_that_are_not_utf8_fail_only_a_parameter_that_is_read(
+    router: Router[Route],
+) -> None:
+    assert build(router, "GET", "/v1/things:search?cacheBuster=%FF&n=3").n == 3
+    with pytest.raises(InvalidArgument) as raised:
+        build(router, "GET", "/v1/things:search?tags=%FF")
+    assert raised.value.field == "tags"
+
+
 def test_path_bound_fields_ignore_the_query(router: Router[Route]) -> None:
     assert build(router, "GET", "/v1/things/t1?name=other").name == "things/t1"
 
@@ -169,7 +191,9 @@ def test_path_bound_fields_ignore_the_query(router: Router[Route]) -> None:
         ("n=1_000", "n"),
         ("n=2147483648", "n"),
         ("big=-1", "big"),
-        ("flag=yes", "flag"),
+        ("flag=maybe", "flag"),
+        ("n=4.5", "n"),
+        ("n=1e3", "n"),
         ("color=PURPLE", "color"),
         ("color=9", "color"),
         ("ratio=1,5", "ratio"),

@@ -20,7 +20,7 @@ from google.protobuf.descriptor import MethodDescriptor
 TOKEN_FIELD = "page_token"
 NEXT_TOKEN_FIELD = "next_page_token"
 # Dropped from the next page's query: the token replaces both.
-_REPLACED = frozenset((TOKEN_FIELD, "page"))
+_REPLACED = frozenset((TOKEN_FIELD, "pageToken", "page"))  # (and its JSON name)
 
 
 def pages_by_link(method: MethodDescriptor, response_body: str) -> bool:

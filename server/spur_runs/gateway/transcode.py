@@ -5,8 +5,10 @@ parameter names a field by its dotted path (proto or JSON names; repeated
 fields by repetition, map entries as `field[key]=value`); the body, where
 the rule has one, is the JSON of the request ("*") or of one field. As in
 grpc-gateway, a parameter that names no field is ignored, and so is one
-naming a field the path already binds; a value that does not parse is
-INVALID_ARGUMENT naming the parameter.
+naming a field the path already binds (under either name); a value that
+does not parse is INVALID_ARGUMENT naming the parameter. Booleans and
+integers are also read in the spellings PySpur's FastAPI (pydantic) takes:
+yes/no/on/off in any case, "2.0", spaces around.
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ _FLOAT = re.compile(
     r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:Inf|Infinity|inf|infinity)|NaN|nan"
 )
 _MAP_KEY = re.compile(r"(.+)\[(.*)\]")
-_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+# strconv.ParseBool's spellings (grpc-gateway's), and pydantic's that
+# PySpur's FastAPI takes (yes, no, on, off, y, n), in any case.
+_TRUE = frozenset(("1", "t", "true", "y", "yes", "on"))
+_FALSE = frozenset(("0", "f", "false", "n", "no", "off"))
+# An integer as pydantic (PySpur's) reads one too: with zeros after a
+# decimal point ("2.0"), spaces around it ("+1" as a form's " 1").
+_INTEGRAL = re.compile(r"([+-]?[0-9]+)(?:\.0*)?")
 
 _INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -85,9 +92,10 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
         return text
     if kind in _INT_RANGES:
         low, high = _INT_RANGES[kind]
-        if not _INT.fullmatch(text):
+        integral = _INTEGRAL.fullmatch(text.strip())
+        if integral is None:
             raise InvalidArgument(name, f"{_shown(text)} is not an integer")
-        value = int(text)
+        value = int(integral.group(1))
         if not low <= value <= high:
             raise InvalidArgument(name, f"{value} is out of range [{low}, {high}]")
         return value
@@ -96,9 +104,10 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
             raise InvalidArgument(name, f"{_shown(text)} is not a number")
         return float(text)
     if kind == FieldDescriptor.TYPE_BOOL:
-        if text in _TRUE:
+        folded = text.strip().lower()
+        if folded in _TRUE:
             return True
-        if text in _FALSE:
+        if folded in _FALSE:
             return False
         raise InvalidArgument(name, f"{_shown(text)} is not a boolean (true or false)")
     if kind == FieldDescriptor.TYPE_ENUM:
@@ -182,6 +191,22 @@ def _find_field(descriptor: Descriptor, name: str) -> FieldDescriptor | None:
     return found
 
 
+def canonical(descriptor: Descriptor, path: Sequence[str]) -> tuple[str, ...]:
+    """`path` with each part that names a field (by its proto or JSON name)
+    spelled by its proto name: `runId` and `run_id` are one field, for the
+    path's bindings and for "given twice" alike. Parts after one that names
+    no field, or no message, stay as written."""
+    names: list[str] = []
+    current: Descriptor | None = descriptor
+    for part in path:
+        field = _find_field(current, part) if current is not None else None
+        if field is None:
+            return (*names, *path[len(names) :])
+        names.append(field.name)
+        current = None if field.is_repeated else field.message_type
+    return tuple(names)
+
+
 def _assign(message: Message, path: Sequence[str], values: Sequence[str], name: str) -> None:
     """Set the field at `path` from `values` (all the values of one query key).
     A path that names no field is ignored, as grpc-gateway does."""
@@ -259,15 +284,30 @@ def _assign_map(
 
 
 def parse_query(query: str) -> dict[str, list[str]]:
-    """Values of each key, in order; InvalidArgument if not UTF-8 once decoded."""
+    """Values of each key, in order. Bytes that are not UTF-8 once decoded
+    are kept as surrogates (errors="surrogateescape"): a parameter that
+    names no field is ignored whatever it holds, as PySpur ignores it;
+    RequestBuilder refuses them in one that does (_utf8)."""
     grouped: dict[str, list[str]] = {}
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError:
-        raise InvalidArgument("query", "is not valid UTF-8 once percent-decoded") from None
-    for key, value in pairs:
+    for key, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
         grouped.setdefault(key, []).append(value)
     return grouped
+
+
+def _names_a_field(descriptor: Descriptor, path: Sequence[str]) -> bool:
+    keyed = _MAP_KEY.fullmatch(path[0])
+    return _find_field(descriptor, keyed.group(1) if keyed else path[0]) is not None
+
+
+def _utf8(key: str, values: Sequence[str]) -> None:
+    """InvalidArgument when `key` or one of its values held bytes that are
+    not UTF-8 (parse_query kept them as surrogates)."""
+    for text in (key, *values):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = key.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+            raise InvalidArgument(shown, "is not valid UTF-8 once percent-decoded") from None
 
 
 class RequestBuilder:
@@ -290,9 +330,22 @@ class RequestBuilder:
         for path, value in variables.items():
             _assign(request, path, [value], ".".join(path))
         if query and route.query_allowed:
+            # One field's values under all its spellings (page_size,
+            # pageSize), named in errors as first written.
+            fields: dict[tuple[str, ...], tuple[str, list[str]]] = {}
+            descriptor = _descriptor(request)
             for key, values in parse_query(query).items():
-                path = tuple(key.split("."))
+                path = canonical(descriptor, key.split("."))
+                if path in fields:
+                    fields[path][1].extend(values)
+                else:
+                    fields[path] = (key, list(values))
+            for path, (key, values) in fields.items():
+                # A field the path or the body binds is theirs, under any
+                # spelling: ?runId=R9 does not turn DELETE /run/R1 into R9's.
                 if not any(path[: len(bound)] == bound for bound in self._bound):
+                    if _names_a_field(descriptor, path):
+                        _utf8(key, values)
                     _assign(request, path, values, key)
         return request
 
