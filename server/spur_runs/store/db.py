@@ -24,6 +24,7 @@ from sqlalchemy.pool import QueuePool
 from .. import deadline
 from ..errors import DeadlineExceeded, Unavailable
 from .held import HeldConnections
+from .pg_watchdog import watched_cursor
 
 WRITE_OPTION = "spur_runs_write"
 SINGLE_OPTION = "spur_runs_single_statement"
@@ -128,7 +129,7 @@ def _sqlite_begin(connection: Any, busy_timeout_ms: int = 5000) -> None:
     # SQLite's twin of PostgreSQL's deadline-lowered statement_timeout: a
     # writer waiting for a lock held elsewhere (another process's BEGIN
     # EXCLUSIVE) gives up while its caller still listens, and answers
-    # UNAVAILABLE, instead of holding a thread and a connection for the full
+    # DEADLINE_EXCEEDED (rpc/status.py), instead of holding a thread and a connection for the full
     # --db-timeout-seconds after the client's DEADLINE_EXCEEDED. Only writes
     # wait for locks (WAL readers never do); a read puts the bound back.
     wanted = busy_timeout_ms
@@ -208,7 +209,12 @@ def create_db_engine(
             lambda connection, *_args: _sqlite_arm(connection, timeout_seconds),
         )
         return engine
-    connect_args: dict[str, Any] = {"connect_timeout": 3, **dead_peer_args(dead_peer_seconds)}
+    connect_args: dict[str, Any] = {
+        "connect_timeout": 3,
+        **dead_peer_args(dead_peer_seconds),
+        # A client-side bound too, for a database that never answers.
+        "cursor_factory": watched_cursor(timeout_seconds),
+    }
     if timeout_seconds is not None:
         # Server-side bound: PostgreSQL cancels a statement running (or
         # waiting for a lock) longer than this, and the connection is free.

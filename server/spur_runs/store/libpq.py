@@ -39,6 +39,8 @@ from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 from sqlalchemy import Connection
 
+from .pg_watchdog import WATCHDOG, bound_of
+
 # In SQL compiled for psycopg (pyformat): a parameter, or a percent sign
 # doubled (a literal one).
 _PYFORMAT = re.compile(r"%\(([^)]+)\)s|%%")
@@ -83,12 +85,13 @@ class _State:
     """What one DBAPI connection keeps: its Transformer and the names it has
     prepared."""
 
-    __slots__ = ("dbapi", "transformer", "prepared")
+    __slots__ = ("dbapi", "transformer", "prepared", "watched")
 
     def __init__(self, dbapi: psycopg.Connection[Any]) -> None:
         self.dbapi = dbapi
         self.transformer = Transformer.from_context(dbapi)
         self.prepared: set[bytes] = set()
+        self.watched = bound_of(dbapi)
 
 
 def can_send(dbapi: Any) -> bool:
@@ -115,17 +118,25 @@ def fetch(
     transformer = state.transformer
     params = transformer.dump_sequence([arguments[n] for n in statement.names], statement.formats)
     pgconn = dbapi.pgconn
-    if dbapi.autocommit and dbapi.prepare_threshold is not None:
-        result = _run_prepared(state, pgconn, statement, params)
-    else:
-        # In a transaction, an unnamed statement: a prepared one can be gone
-        # (psycopg deallocates all of a connection's prepared statements at
-        # a rollback after it prepared one of its own), and the failure
-        # would abort the caller's transaction, where autocommit can prepare
-        # it again. psycopg itself forgets what it counted towards preparing
-        # at every rollback, so Database.read's statements were unnamed too.
-        result = pgconn.exec_params(statement.sql, params)
-        _check(result, _TUPLES_OK)
+    watched, bound = state.watched
+    if watched:
+        WATCHDOG.arm(dbapi, bound)  # a database that never answers (pg_watchdog.py)
+    try:
+        if dbapi.autocommit and dbapi.prepare_threshold is not None:
+            result = _run_prepared(state, pgconn, statement, params)
+        else:
+            # In a transaction, an unnamed statement: a prepared one can be
+            # gone (psycopg deallocates all of a connection's prepared
+            # statements at a rollback after it prepared one of its own), and
+            # the failure would abort the caller's transaction, where
+            # autocommit can prepare it again. psycopg itself forgets what it
+            # counted towards preparing at every rollback, so Database.read's
+            # statements were unnamed too.
+            result = pgconn.exec_params(statement.sql, params)
+            _check(result, _TUPLES_OK)
+    finally:
+        if watched:
+            WATCHDOG.disarm(dbapi)
     transformer.set_pgresult(result)
     try:
         return transformer.load_rows(0, result.ntuples, tuple)
