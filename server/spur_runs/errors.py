@@ -36,6 +36,11 @@ class Unavailable(ServiceError):
     pass
 
 
+class Aborted(ServiceError):
+    """A write that met another writer's concurrent change: nothing was
+    written, and the same call again may succeed."""
+
+
 class DeadlineExceeded(ServiceError):
     pass
 

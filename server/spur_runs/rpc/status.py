@@ -4,7 +4,8 @@ google.rpc.Status and HTTP statuses.
 `to_status` turns any exception into a `google.rpc.Status`: domain errors keep
 their code and message (plus a `google.rpc.BadRequest` detail naming the
 field for invalid arguments), a database that cannot be reached becomes
-UNAVAILABLE, stored text that is not UTF-8 DATA_LOSS, and anything else
+UNAVAILABLE, a transaction aborted for a concurrent one ABORTED, a lock wait
+past the deadline DEADLINE_EXCEEDED, stored text that is not UTF-8 DATA_LOSS, and anything else
 becomes INTERNAL with a generic message while the traceback goes to the log,
 never to the client.
 """
@@ -20,6 +21,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from sqlalchemy import exc as sa_exc
 
 from ..errors import (
+    Aborted,
     DataLoss,
     DeadlineExceeded,
     FailedPrecondition,
@@ -39,6 +41,7 @@ CODES: dict[type[ServiceError], grpc.StatusCode] = {
     NotFound: grpc.StatusCode.NOT_FOUND,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Aborted: grpc.StatusCode.ABORTED,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DataLoss: grpc.StatusCode.DATA_LOSS,
@@ -115,9 +118,33 @@ def _not_utf8(error: BaseException) -> str | None:
     return named.group(1) if named else ""
 
 
+# A transaction the database gave up on for another's sake (PostgreSQL's
+# deadlock_detected, serialization_failure): nothing was written, and the
+# same call again may succeed: ABORTED, which says so (not UNAVAILABLE).
+_CONFLICTS = frozenset(("40P01", "40001"))
+# SQLite's write lock still held by another writer after busy_timeout
+# (--db-timeout-seconds, or less for a shorter deadline): the database is
+# up, the call ran out of time waiting (configuration.md).
+_SQLITE_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
+# SQLite's generic error (no such table or column, too many SQL variables):
+# a schema or a query that is wrong, which no retry mends.
+_SQLITE_ERROR = "SQLITE_ERROR"
+
+
+def _is_conflict(error: BaseException) -> bool:
+    return getattr(getattr(error, "orig", None), "sqlstate", None) in _CONFLICTS
+
+
+def _is_busy(error: BaseException) -> bool:
+    name = getattr(getattr(error, "orig", None), "sqlite_errorname", None)
+    return isinstance(name, str) and name.startswith(_SQLITE_BUSY)
+
+
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
+    if getattr(getattr(error, "orig", None), "sqlite_errorname", None) == _SQLITE_ERROR:
+        return False
     return isinstance(error, _DISCONNECTS)
 
 
@@ -152,13 +179,38 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
             code=code_pb2.DATA_LOSS,
             message=f"the database holds text that is not valid UTF-8{where}",
         )
+    if _is_conflict(error):
+        log.warning("database transaction aborted by a conflict in %s", method)
+        _debug_cause(error)
+        return status_pb2.Status(
+            code=code_pb2.ABORTED,
+            message="the database aborted the transaction for a concurrent one "
+            "(nothing was written); retry",
+        )
+    if _is_busy(error):
+        log.warning("database lock wait ran out of time in %s", method)
+        _debug_cause(error)
+        return status_pb2.Status(
+            code=code_pb2.DEADLINE_EXCEEDED,
+            message="another writer held the database's lock for longer than the deadline; "
+            "retry later",
+        )
     if _is_unavailable(error):
         log.warning("database unavailable in %s: %s", method, error.__class__.__name__)
+        _debug_cause(error)
         return status_pb2.Status(
             code=code_pb2.UNAVAILABLE, message="the database is unavailable; retry later"
         )
     log.error("unexpected error in %s", method, exc_info=error)
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+def _debug_cause(error: BaseException) -> None:
+    """The driver's own words and the traceback, with --log-level DEBUG: the
+    warning above names only the kind, as statements and their values may
+    hold what the log should not."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("the database error behind it", exc_info=error)
 
 
 def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:

@@ -30,8 +30,8 @@ _SHOWN = 8
 
 
 def subtree(conn: Connection, run_id: str) -> list[str]:
-    """The ids of `run_id` and of all its descendants, `run_id` first (an
-    empty list when there is no such run), in one statement.
+    """The ids of `run_id` and of all its descendants, each after its parent
+    (an empty list when there is no such run), in one statement.
     FailedPrecondition when `run_id` is its own ancestor: such rows are
     damaged data, and deleting them would destroy what an operator needs to
     see to repair them."""
@@ -49,7 +49,16 @@ def subtree(conn: Connection, run_id: str) -> list[str]:
             f"run {run_id} is its own ancestor ({_describe(parents, run_id)}); nothing "
             "was deleted: set parent_run_id of one run of the cycle to NULL first"
         )
-    return [run_id, *(run for run in parents if run != run_id)]
+    # Breadth first from run_id: every run after its parent (delete_run
+    # deletes in the reverse order), whatever order the rows came in.
+    children: dict[str | None, list[str]] = {}
+    for run, parent in parents.items():
+        if run != run_id:
+            children.setdefault(parent, []).append(run)
+    ordered = [run_id]
+    for run in ordered:  # grows as it goes
+        ordered += children.get(run, ())
+    return ordered
 
 
 def _describe(parents: dict[str, str | None], run_id: str) -> str:

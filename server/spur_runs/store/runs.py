@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, column, delete, func, inspect, select, table
 from sqlalchemy import exc as sa_exc
 
-from ..errors import FailedPrecondition, NotFound
+from ..errors import Aborted, FailedPrecondition, NotFound
 from . import run_tree
 from .models import Run, Task, TaskStatus, WorkflowVersion
 from .statements import (
@@ -356,12 +356,34 @@ def delete_run(conn: Connection, run_id: str) -> int:
     if not run_ids:
         raise NotFound(f"run {run_id} not found")
     _refuse_if_referenced(conn, run_ids)
+    # Children before their parents (subtree's order is parents first), in
+    # chunks: one IN list of a batch's every run broke the drivers' limits on
+    # bound parameters (65,535 for PostgreSQL) and the delete could never
+    # run. A chunk's runs are deleted after all of their descendants, so no
+    # statement leaves a row pointing at a deleted one.
+    chunks = [run_ids[::-1][i : i + DELETE_CHUNK] for i in range(0, len(run_ids), DELETE_CHUNK)]
+    deleted = 0
     try:
-        conn.execute(delete(Task).where(Task.run_id.in_(run_ids)))
-        deleted = conn.execute(delete(Run).where(Run.id.in_(run_ids))).rowcount  # type: ignore[attr-defined]
-    except sa_exc.IntegrityError:
+        for chunk in chunks:
+            conn.execute(delete(Task).where(Task.run_id.in_(chunk)))
+        for chunk in chunks:
+            deleted += conn.execute(delete(Run).where(Run.id.in_(chunk))).rowcount  # type: ignore[attr-defined]
+    except sa_exc.IntegrityError as error:
+        # PostgreSQL names the table whose row still points at the tree.
+        # Runs or tasks: another writer (PySpur starting a task or a child
+        # run) added it since subtree() read the tree, which a retry reads
+        # whole. (SQLite's BEGIN IMMEDIATE lets no other writer in.)
+        # Another table (one of PySpur's that this API does not own): no
+        # retry mends that.
+        referencing = getattr(getattr(error.orig, "diag", None), "table_name", None)
+        if referencing in (Run.__tablename__, Task.__tablename__):
+            raise Aborted(
+                f"run {run_id}: {referencing} rows that reference it were added while it was "
+                "being deleted (PySpur is still writing to it); nothing was deleted. Retry."
+            ) from None
         raise FailedPrecondition(
-            f"run {run_id} is still referenced by rows of other tables; nothing was deleted"
+            f"run {run_id} is still referenced by rows of "
+            f"{repr(referencing) if referencing else 'another table'}; nothing was deleted"
         ) from None
     if not deleted:
         # Deleted by a concurrent call between our lookup and our delete.
@@ -374,6 +396,10 @@ def delete_run(conn: Connection, run_id: str) -> int:
 # dangling (or destroy them) is refused.
 REFERENCING_TABLES = (("messages", "run_id"),)
 
+# Runs per DELETE (and per reference check): far below every driver's limit
+# of bound parameters, few enough statements for a batch of 100,000 runs.
+DELETE_CHUNK = 1000
+
 
 def _refuse_if_referenced(conn: Connection, run_ids: list[str]) -> None:
     inspector = inspect(conn)
@@ -381,9 +407,14 @@ def _refuse_if_referenced(conn: Connection, run_ids: list[str]) -> None:
         if not inspector.has_table(name):
             continue
         ref = table(name, column(column_name)).c[column_name]
-        found = conn.execute(
-            select(ref, func.count()).where(ref.in_(run_ids)).group_by(ref).limit(1)
-        ).first()
+        found = None
+        for start in range(0, len(run_ids), DELETE_CHUNK):
+            chunk = run_ids[start : start + DELETE_CHUNK]
+            found = conn.execute(
+                select(ref, func.count()).where(ref.in_(chunk)).group_by(ref).limit(1)
+            ).first()
+            if found is not None:
+                break
         if found is not None:
             raise FailedPrecondition(
                 f"run {found[0]} is referenced by {found[1]} row(s) of table {name!r} "

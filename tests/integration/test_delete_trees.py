@@ -1,0 +1,127 @@
+"""DeleteRun of large and deep trees, and of a run that PySpur writes to
+meanwhile: the whole tree goes, or nothing does with a code that says what
+to do (ABORTED: retry), never UNAVAILABLE for a database that is up."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, text
+
+from factories import add_run, add_workflow
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.store import runs as store_runs
+from spur_runs.store.db import Database
+from spur_runs.store.models import TaskStatus
+
+TASKS = [("input_node", TaskStatus.COMPLETED), ("llm", TaskStatus.COMPLETED)]
+
+
+def _count(db: Database, sql: str) -> int:
+    with db.read() as conn:
+        return int(conn.execute(text(sql)).scalar_one())
+
+
+def test_a_deep_tree_in_small_chunks(
+    db: Database, stub: RunServiceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks of 3 runs over a tree 4 levels deep, whose tasks point at their
+    parent run's tasks: every chunk's runs go after all of their
+    descendants, or a foreign key would refuse a statement."""
+    monkeypatch.setattr(store_runs, "DELETE_CHUNK", 3)
+    with db.write() as s:
+        version = add_workflow(s)
+        root = add_run(s, version, tasks=TASKS)
+        level = [root]
+        for _ in range(3):
+            level = [
+                add_run(s, version, parent_run_id=parent, tasks=TASKS)
+                for parent in level
+                for _ in range(2)
+            ]
+        # Each child's tasks point at a task of its parent run.
+        s.execute(
+            text(
+                "UPDATE tasks SET parent_task_id = (SELECT p.id FROM tasks p JOIN runs r "
+                "ON p.run_id = r.parent_run_id WHERE r.id = tasks.run_id ORDER BY p._intid "
+                "LIMIT 1) WHERE run_id IN (SELECT id FROM runs WHERE parent_run_id IS NOT NULL)"
+            )
+        )
+    other = _other_run(db)
+    assert _count(db, "SELECT count(*) FROM runs") == 1 + 2 + 4 + 8 + 1
+    stub.DeleteRun(pb.DeleteRunRequest(run_id=root))
+    assert _count(db, "SELECT count(*) FROM runs") == 1
+    assert _count(db, "SELECT count(*) FROM tasks") == len(TASKS)
+    assert stub.GetRun(pb.GetRunRequest(run_id=other)).run.id == other
+
+
+def _other_run(db: Database) -> str:
+    with db.write() as s:
+        return add_run(s, add_workflow(s, "other"), tasks=TASKS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_batch_beyond_the_drivers_parameter_limit(db: Database, stub: RunServiceStub) -> None:
+    """70,000 child runs: one IN list of them all passed PostgreSQL's 65,535
+    parameters, and the delete answered UNAVAILABLE on every try."""
+    with db.write() as s:
+        version = add_workflow(s)
+        root = add_run(s, version, tasks=TASKS)
+        s.execute(
+            text(
+                "INSERT INTO runs (workflow_id, workflow_version_id, status, run_type, "
+                "parent_run_id, start_time) SELECT :w, :v, 'COMPLETED', 'batch', :p, "
+                "now() FROM generate_series(1, 70000)"
+            ),
+            {"w": version[0], "v": version[1], "p": root},
+        )
+    started = time.monotonic()
+    stub.DeleteRun(pb.DeleteRunRequest(run_id=root), timeout=120)
+    print(f"\nDeleteRun of a batch of 70,000 children: {time.monotonic() - started:.1f} s")
+    assert _count(db, "SELECT count(*) FROM runs") == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_task_added_while_the_run_is_deleted_is_aborted(
+    db: Database, stub: RunServiceStub, migrated_url: str
+) -> None:
+    """PySpur inserts a task of the run in a transaction still open when
+    DeleteRun comes: the delete waits for it, then meets the new row. The
+    answer is ABORTED (retry), nothing deleted, not FAILED_PRECONDITION
+    with a reference that does not exist; the retry deletes it all."""
+    with db.write() as s:
+        run = add_run(s, add_workflow(s), tasks=TASKS)
+    pyspur = create_engine(migrated_url)
+    inserted = threading.Event()
+
+    def write_a_task() -> None:
+        with pyspur.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO tasks (run_id, node_id, status, start_time) "
+                    "VALUES (:r, 'late', 'RUNNING', now())"
+                ),
+                {"r": run},
+            )
+            inserted.set()
+            time.sleep(1.0)  # DeleteRun waits on the new row's lock meanwhile
+
+    writer = threading.Thread(target=write_a_task)
+    writer.start()
+    try:
+        assert inserted.wait(5)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.DeleteRun(pb.DeleteRunRequest(run_id=run), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.ABORTED, raised.value.details()
+        assert "Retry" in (raised.value.details() or "")
+    finally:
+        writer.join()
+        pyspur.dispose()
+    assert _count(db, "SELECT count(*) FROM tasks") == len(TASKS) + 1  # nothing deleted
+    stub.DeleteRun(pb.DeleteRunRequest(run_id=run), timeout=10)
+    assert _count(db, "SELECT count(*) FROM tasks") == 0

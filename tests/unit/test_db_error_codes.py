@@ -1,0 +1,57 @@
+"""rpc/status.py's reading of database errors: which ones a retry may mend
+(ABORTED, UNAVAILABLE, DEADLINE_EXCEEDED) and which it never will (INTERNAL),
+from the drivers' own exceptions."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg
+import pytest
+from google.rpc import code_pb2
+from sqlalchemy import create_engine, text
+from sqlalchemy import exc as sa_exc
+
+from spur_runs.errors import Aborted
+from spur_runs.rpc.status import to_status
+
+
+def _wrapped(error: Exception) -> sa_exc.DBAPIError:
+    return sa_exc.DBAPIError.instance("SELECT 1", {}, error, psycopg.Error)
+
+
+@pytest.mark.parametrize(
+    "error", [psycopg.errors.DeadlockDetected("deadlock"), psycopg.errors.SerializationFailure("x")]
+)
+def test_a_transaction_given_up_for_another_is_aborted(error: Exception) -> None:
+    status = to_status(_wrapped(error), "/m")
+    assert status.code == code_pb2.ABORTED and "retry" in status.message
+
+
+def test_an_aborted_write_is_aborted() -> None:
+    assert to_status(Aborted("run R1: retry")).code == code_pb2.ABORTED
+
+
+def test_sqlites_generic_error_is_internal_not_unavailable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ "no such column" (a schema that is not PySpur's) is no outage: a
+    retry never mends it, and the log gets its traceback."""
+    engine = create_engine("sqlite://")
+    with engine.connect() as conn, pytest.raises(sa_exc.OperationalError) as raised:
+        conn.execute(text("SELECT nope FROM sqlite_master"))
+    status = to_status(raised.value, "/m")
+    assert status.code == code_pb2.INTERNAL
+    assert "no such column" in caplog.text
+
+
+def test_sqlites_busy_is_a_deadline() -> None:
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorname = "SQLITE_BUSY"  # as sqlite3 sets it
+    status = to_status(sa_exc.OperationalError("BEGIN", {}, busy), "/m")
+    assert status.code == code_pb2.DEADLINE_EXCEEDED
+
+
+def test_a_lost_connection_is_unavailable() -> None:
+    lost = psycopg.OperationalError("server closed the connection unexpectedly")
+    assert to_status(_wrapped(lost), "/m").code == code_pb2.UNAVAILABLE
