@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
+import math
 import os
 import signal
 import sys
@@ -37,25 +38,36 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _non_negative(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+def _number(convert: Callable[[str], Any], text: str, most: float) -> Any:
+    """`text` as an int (ASCII digits only: int() also takes "1_0" and "٣")
+    or a finite float, at most `most`; ValueError otherwise."""
+    if convert is int and not text.isascii():
+        raise ValueError(text)
+    value = convert(text.replace("_", "!") if convert is int else text)
+    if not math.isfinite(value) or value > most:
+        raise ValueError(text)
+    return value
+
+
+def _non_negative(convert: Callable[[str], Any], most: float) -> Callable[[str], Any]:
     def check(text: str) -> Any:
-        value = convert(text)
+        value = _number(convert, text, most)
         if value < 0:
             raise ValueError(text)
         return value
 
-    check.__name__ = f"non-negative {'integer' if convert is int else 'number'}"
+    check.__name__ = f"non-negative {'integer' if convert is int else 'number'} up to {most:g}"
     return check
 
 
-def _positive(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+def _positive(convert: Callable[[str], Any], most: float) -> Callable[[str], Any]:
     def check(text: str) -> Any:
-        value = convert(text)
+        value = _number(convert, text, most)
         if not value > 0:
             raise ValueError(text)
         return value
 
-    check.__name__ = f"positive {'integer' if convert is int else 'number'}"
+    check.__name__ = f"positive {'integer' if convert is int else 'number'} up to {most:g}"
     return check
 
 
@@ -146,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed = _command(commands, "seed", "add demo workflows and runs (fixed ids)", _SEED)
     seed.add_argument(
         "--runs",
-        type=_non_negative(int),
+        type=_non_negative(int, 10_000_000),
         default=20,
         help="how many runs to add [default: 20]",
     )
@@ -154,25 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(commands, "demo", "move demo runs through their tasks, for WatchRun", _DEMO)
     demo.add_argument(
         "--step-seconds",
-        type=_positive(float),
+        type=_positive(float, 3600),
         default=1.0,
         help="seconds between two changes of a run [default: 1.0]",
     )
     demo.add_argument(
         "--seconds",
-        type=_non_negative(float),
+        type=_non_negative(float, 10**7),
         default=0.0,
         help="stop after this long (0: until SIGINT/SIGTERM) [default: 0]",
     )
     demo.add_argument(
         "--runs",
-        type=_non_negative(int),
+        type=_non_negative(int, 10**9),
         default=0,
         help="stop once this many runs have completed (0: no bound) [default: 0]",
     )
     demo.add_argument(
         "--concurrent",
-        type=_positive(int),
+        type=_positive(int, 1000),
         default=1,
         help="runs moving at a time [default: 1]",
     )

@@ -411,7 +411,8 @@ def _named(name: str) -> str:
 def parse_address(address: str, name: str = "address") -> tuple[str, int]:
     """Split HOST:PORT ([v6]:PORT too); ConfigError if it is not one."""
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    # isascii: isdigit() also takes "²", which int() refuses.
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not int(port) <= 65535:
         raise ConfigError(f"{name} {address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 

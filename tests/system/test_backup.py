@@ -118,3 +118,29 @@ def test_backup_refusals_are_one_line_and_exit_2(sqlite_url: str, tmp_path: Path
         assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert taken.read_text() == "keep me"
     assert not (tmp_path / "x.db").exists()
+
+
+def test_a_dest_made_while_the_backup_runs_is_kept(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEST appears between the check and the end of the copy (another
+    backup, any writer): it is kept, and the backup refused, where
+    os.replace overwrote it."""
+    from spur_runs.config import ConfigError
+    from spur_runs.store import backup as backup_module
+    from spur_runs.store.migrate import migrate
+
+    migrate(sqlite_url)
+    dest = tmp_path / "dest.db"
+    real_connect = sqlite3.connect
+
+    def connect(*args: object, **kwargs: object) -> sqlite3.Connection:
+        if str(args[0]).endswith(".partial"):  # the copy starts: DEST appears
+            dest.write_text("written meanwhile")
+        return real_connect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backup_module.sqlite3, "connect", connect)
+    with pytest.raises(ConfigError, match="created while the backup ran"):
+        backup_module.backup(sqlite_url, str(dest))
+    assert dest.read_text() == "written meanwhile"
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []

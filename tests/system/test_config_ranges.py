@@ -178,3 +178,27 @@ def test_values_at_the_edges_start(tmp_path: Path, values: dict[str, str], form:
     process.wait()
     stderr = log_path.read_text()
     assert "Traceback" not in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["seed", "--runs", "99999999999999999999"],  # grew memory without end
+        ["seed", "--runs", "1_0"],
+        ["demo", "--seconds", "nan"],
+        ["demo", "--step-seconds", "inf"],
+        ["demo", "--concurrent", "100000000"],
+        ["serve", "--grpc-address", "127.0.0.1:\u00b2"],  # isdigit() but not int()
+    ],
+)
+def test_command_flags_out_of_range_stop_with_one_line_and_exit_2(
+    tmp_path: Path, args: list[str]
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "spur_runs", *args, "--database-url",
+         f"sqlite:///{tmp_path / 'runs.db'}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr

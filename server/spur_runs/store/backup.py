@@ -63,7 +63,15 @@ def backup(database_url: str, dest: str, *, busy_seconds: float = 10.0) -> str:
             runs = copy.execute("SELECT count(*) FROM runs").fetchone()[0] if has_runs else 0
         finally:
             copy.close()
-        os.replace(partial, target)
+        # A hard link fails if DEST appeared meanwhile (another backup, any
+        # writer), where os.replace would overwrite it: never overwrite.
+        try:
+            os.link(partial, target)
+        except FileExistsError:
+            raise ConfigError(
+                f"{target} was created while the backup ran: backup never overwrites a file"
+            ) from None
+        partial.unlink()
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
