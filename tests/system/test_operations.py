@@ -205,6 +205,52 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     assert any("all workers drained and exited" in line["message"] for line in lines)
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie left for init to reap does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.exclusive  # three processes start within wait_until's bound
+def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL forwards nothing: the workers must notice their parent gone
+    and stop, leaving the port to the parent a supervisor restarts."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    _fill(url, "demo", runs=1)
+    grpc_port = free_port()
+    log = tmp_path / "stderr"
+    command = [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
+               "--workers", "2", "--grpc-address", f"127.0.0.1:{grpc_port}",
+               "--log-format", "json"]  # fmt: skip
+    with log.open("w") as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        wait_until(lambda: len(_serving_pids(log)) == 2, "both workers serving", timeout=60)
+        workers = _serving_pids(log)
+        process.kill()
+        process.wait(timeout=10)
+        wait_until(lambda: not any(_alive(pid) for pid in workers), "workers gone", timeout=30)
+        with (tmp_path / "again").open("w") as err:
+            again = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=60)
+            assert again.poll() is None
+        finally:
+            again.send_signal(signal.SIGTERM)
+            assert again.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in _serving_pids(log):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_port_in_use_stops_start_up(tmp_path: Path, workers: str) -> None:

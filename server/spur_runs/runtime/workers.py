@@ -13,9 +13,10 @@ numbers there, and whichever worker answers a scrape adds all of them up.
 
 Signals: SIGTERM or SIGINT to the parent is forwarded to every worker, each
 drains as a single server does, and the parent exits 0 once all of them have
-exited 0. A worker that dies on its own stops the others and the parent
-exits 1: the process supervisor (systemd, Kubernetes) restarts the whole,
-rather than this code hiding a crash loop.
+exited 0. A parent killed without a word (SIGKILL) takes its workers with it:
+each drains once it sees its parent gone. A worker that dies on its own
+stops the others and the parent exits 1: the process supervisor (systemd,
+Kubernetes) restarts the whole, rather than this code hiding a crash loop.
 """
 
 from __future__ import annotations
@@ -49,12 +50,27 @@ def _worker(config: Config, metrics_dir: str) -> None:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: stopping.set())
+    # A parent killed outright (SIGKILL, the OOM killer) forwards no signal:
+    # its workers would go on serving on the port, and a restarted parent
+    # could not bind it. Each worker drains once its parent is gone.
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(
+            target=_stop_with_parent, args=(parent.sentinel, stopping), daemon=True
+        ).start()
     from ..telemetry import logs
     from ..telemetry.metrics import Metrics
     from .serve import serve
 
     logs.setup(config)
     sys.exit(serve(config, Metrics(multiprocess_dir=metrics_dir), stopping))
+
+
+def _stop_with_parent(sentinel: int, stopping: threading.Event) -> None:
+    wait([sentinel])  # ready once the parent process has ended
+    if not stopping.is_set():
+        log.warning("the parent process has gone: stopping this worker")
+        stopping.set()
 
 
 def preflight(config: Config) -> None:
