@@ -413,6 +413,50 @@ def test_sqlite_locked_by_another_process(sqlite_url: str) -> None:
         server.stop(grace=1)
 
 
+@pytest.mark.slow
+def test_writes_waiting_for_a_lock_leave_threads_for_reads(sqlite_url: str) -> None:
+    """Eight DeleteRuns wait for a write lock another process holds, on a
+    server of 4 RPC threads: at most half of the threads wait with them (the
+    others are refused: RESOURCE_EXHAUSTED, retry), and a read is answered
+    meanwhile, not after the writers' --db-timeout-seconds."""
+    run_ids = seed_runs(sqlite_url, count=9)
+    path = make_url(sqlite_url).database or ""
+    server = start_server(sqlite_url, db_timeout_seconds=5, max_workers=4)
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            codes: list[grpc.StatusCode] = []
+
+            def delete(run_id: str) -> None:
+                try:
+                    stub.DeleteRun(pb.DeleteRunRequest(run_id=run_id), timeout=15)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+
+            deletes = [threading.Thread(target=delete, args=(r,)) for r in run_ids[1:]]
+            for thread in deletes:
+                thread.start()
+            time.sleep(0.5)  # every delete has arrived
+            started = time.monotonic()
+            assert stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=10).run.id
+            read = time.monotonic() - started
+            for thread in deletes:
+                thread.join(timeout=20)
+        print(f"\nGetRun while 8 deletes wait for a lock: {read:.2f} s; deletes: {codes}")
+        assert read < 2.0
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 4
+        assert set(codes) <= {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+    finally:
+        locker.communicate("", timeout=5)
+        server.stop(grace=1)
+
+
 def test_a_write_bound_by_its_deadline_leaves_no_short_busy_timeout_behind(
     sqlite_url: str,
 ) -> None:

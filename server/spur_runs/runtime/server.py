@@ -263,6 +263,9 @@ def create_server(
         dead_peer_seconds=config.db_dead_peer_seconds,
         # One kept connection per RPC thread for single reads (store/held.py).
         held_limit=config.max_workers,
+        # Writes that wait for a lock hold their threads: half of them at
+        # most, the rest for reads (Database.write).
+        writers=max(1, config.max_workers // 2),
     )
     try:
         server = RunsServer(config, db, metrics)

@@ -10,6 +10,7 @@ and the ORM's unit of work cost four times the SQL itself per GetRun.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import QueuePool
 
 from .. import deadline
-from ..errors import DeadlineExceeded, Unavailable
+from ..errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from .held import HeldConnections
 from .pg_watchdog import watched_cursor
 
@@ -32,6 +33,11 @@ SINGLE_OPTION = "spur_runs_single_statement"
 # A health ping (ping()) unanswered this long marks its database unreachable,
 # as it turns health NOT_SERVING (health.PING_TIMEOUT_S, the same value).
 UNANSWERED_PING_S = 5.0
+
+# How long a write waits for one of the writers' slots (Database.write),
+# holding its RPC thread meanwhile: as long as rpc/arrival.py lets a stalled
+# call hold one.
+WRITE_SLOT_WAIT_S = 0.2
 
 # --db-dead-peer-seconds' default: how long a PostgreSQL connection may go
 # unanswered before the kernel drops it (see dead_peer_args).
@@ -246,8 +252,12 @@ class Database:
         read_engine: Engine | None = None,
         timeout_seconds: float | None = None,
         held_limit: int | None = None,
+        writers: int | None = None,
     ) -> None:
         self.engine = engine
+        # At most `writers` write scopes at once (None: no bound); see write().
+        self._writers = None if writers is None else threading.BoundedSemaphore(writers)
+        self._writers_limit = writers
         self.read_engine = read_engine
         self._timeout = timeout_seconds
         # By role ("primary", "replica"): whose last ping failed, and when
@@ -289,6 +299,7 @@ class Database:
         timeout_seconds: float | None = None,
         dead_peer_seconds: float = DEAD_PEER_SECONDS,
         held_limit: int | None = None,
+        writers: int | None = None,
     ) -> Database:
         return cls(
             create_db_engine(url, pool_size, timeout_seconds, dead_peer_seconds),
@@ -297,6 +308,7 @@ class Database:
             else None,
             timeout_seconds,
             held_limit,
+            writers,
         )
 
     @property
@@ -404,11 +416,28 @@ class Database:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """A transaction that commits at the end, or rolls back on error."""
+        """A transaction that commits at the end, or rolls back on error.
+
+        ResourceExhausted when `writers` write scopes are open already: a
+        write may wait up to --db-timeout-seconds for another writer's lock
+        (SQLite's one write lock, a row PySpur holds), and writes waiting
+        so on every RPC thread left reads, which never wait, unanswered for
+        as long. A write over the bound waits WRITE_SLOT_WAIT_S for a slot
+        (a burst of quick deletes), then is refused (429: retry)."""
         self._check_reachable("primary")
-        with self._write_bind.connect() as connection, connection.begin():
-            self._bound_by_deadline(connection)
-            yield connection
+        slots = self._writers
+        if slots is not None and not slots.acquire(timeout=WRITE_SLOT_WAIT_S):
+            raise ResourceExhausted(
+                f"{self._writers_limit} writes are in progress, the most this server runs at "
+                "once; retry shortly"
+            )
+        try:
+            with self._write_bind.connect() as connection, connection.begin():
+                self._bound_by_deadline(connection)
+                yield connection
+        finally:
+            if slots is not None:
+                slots.release()
 
     def ping(self) -> None:
         """Raises when a database (primary or replica) cannot answer a
