@@ -97,7 +97,9 @@ class Config:
         "over loopback) 2 threads served 0.90–1.01×, 8 0.80–0.98×; with PostgreSQL 3.3 ms "
         "away, 2 served 0.54× and 8 1.23×. 4 is the default: at hand it serves as much as "
         "any, and it leaves threads for the rest while a few calls are long (a large "
-        "DeleteRun). With a database a few milliseconds away, try 8 (docs/production.md). "
+        "DeleteRun). Writes (DeleteRun) run on at most half of the threads at once; one "
+        "more waits 0.2 s for a free one, then is refused with RESOURCE_EXHAUSTED (retry). "
+        "With a database a few milliseconds away, try 8 (docs/production.md). "
         "Scale out with `--workers`.",
         bounds=(1, 1024),
     )  # fmt: skip
