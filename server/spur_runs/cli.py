@@ -56,7 +56,8 @@ def _non_negative(convert: Callable[[str], Any], most: float) -> Callable[[str],
             raise ValueError(text)
         return value
 
-    check.__name__ = f"non-negative {'integer' if convert is int else 'number'} up to {most:g}"
+    kind = "integer" if convert is int else "number"
+    check.__name__ = f"non-negative {kind} (at most {int(most):,})"
     return check
 
 
@@ -67,7 +68,8 @@ def _positive(convert: Callable[[str], Any], most: float) -> Callable[[str], Any
             raise ValueError(text)
         return value
 
-    check.__name__ = f"positive {'integer' if convert is int else 'number'} up to {most:g}"
+    kind = "integer" if convert is int else "number"
+    check.__name__ = f"positive {kind} (at most {int(most):,})"
     return check
 
 

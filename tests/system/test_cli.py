@@ -98,9 +98,15 @@ def test_migrate_help_says_what_it_adds_and_changes() -> None:
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["seed", "--runs", "-1"], "argument --runs: invalid non-negative integer value: '-1'"),
-        (["seed", "--runs", "many"], "invalid non-negative integer value: 'many'"),
-        (["demo", "--step-seconds", "0"], "invalid positive number value: '0'"),
+        (
+            ["seed", "--runs", "-1"],
+            "argument --runs: invalid non-negative integer (at most 10,000,000) value: '-1'",
+        ),
+        (
+            ["seed", "--runs", "many"],
+            "invalid non-negative integer (at most 10,000,000) value: 'many'",
+        ),
+        (["demo", "--step-seconds", "0"], "invalid positive number (at most 3,600) value: '0'"),
         (["frob"], "invalid choice: 'frob'"),
         ([], "the following arguments are required: COMMAND"),
         (["backup"], "the following arguments are required: DEST"),
@@ -129,6 +135,35 @@ def test_a_database_without_pyspur_tables_is_exit_2(database_url: str, name: str
         path.touch()  # an empty file: SQLite's empty database
         line = one_line_error(spur_runs(*args, timeout=60), 2, "run `spur-runs migrate")
     assert "has no table runs, tasks, workflow_versions, workflows" in line
+
+
+@pytest.mark.parametrize(
+    ("make", "url", "fragment"),
+    [
+        (lambda p: p.write_bytes(b"\x8f" * 4096), "sqlite:///{p}", "file is not a database"),
+        (lambda p: p.mkdir(), "sqlite:///{p}", "unable to open database file"),
+        (lambda p: None, "sqlite:///", "names no database file"),
+        (lambda p: None, "sqlite:", "not one SQLAlchemy can read"),
+        (
+            lambda p: [
+                sqlite3.connect(p).execute(f"CREATE TABLE {t} (id TEXT)")
+                for t in ("runs", "tasks", "workflows", "workflow_versions")
+            ],
+            "sqlite:///{p}",
+            "lacks the column(s) runs._intid",
+        ),
+    ],
+)
+def test_a_database_that_can_never_serve_is_exit_2(
+    tmp_path: Path, make: object, url: str, fragment: str
+) -> None:
+    """Not a SQLite file, a folder, no file at all, tables of another schema:
+    one line and exit 2, not a server saying NOT_SERVING (or, for another
+    schema, UNAVAILABLE on every call) forever."""
+    path = tmp_path / "runs.db"
+    make(path)  # type: ignore[operator]
+    args = ["serve", "--grpc-address", "127.0.0.1:0", "--database-url", url.format(p=path)]
+    one_line_error(spur_runs(*args, timeout=60), 2, fragment)
 
 
 @pytest.mark.slow

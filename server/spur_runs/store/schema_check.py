@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, inspect, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import ConfigError
 from .db import create_db_engine, normalize_url
 from .migrations import OUR_TABLES
-from .models import SERVICE_INDEXES
+from .models import SERVICE_INDEXES, Base
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +40,54 @@ def missing_sqlite_file(database_url: str) -> Path | None:
 def require_tables(database_url: str) -> None:
     """ConfigError (one line, exit 2) unless PySpur's tables are there.
     Errors reaching the database are the caller's (SQLAlchemyError)."""
-    shown = make_url(database_url).render_as_string(hide_password=True)
+    try:
+        url = normalize_url(database_url)
+    except ArgumentError as error:
+        raise ConfigError(f"the database URL is not one SQLAlchemy can read: {error}") from None
+    shown = url.render_as_string(hide_password=True)
     fix = f"run `spur-runs migrate --database-url {shown}` first"
+    sqlite = url.get_backend_name() == "sqlite"
+    if sqlite and url.database in (None, "", ":memory:"):
+        raise ConfigError(f"{shown} names no database file (a memory database holds no runs)")
     path = missing_sqlite_file(database_url)
     if path is not None:
         raise ConfigError(f"the database file {path} does not exist: {fix}")
     engine = create_db_engine(database_url, pool_size=1)
     try:
         with engine.connect() as connection:
-            present = set(inspect(connection).get_table_names())
+            inspector = inspect(connection)
+            present = set(inspector.get_table_names())
+            columns = {
+                name: {c["name"] for c in inspector.get_columns(name)}
+                for name in OUR_TABLES & present
+            }
+    except SQLAlchemyError as error:
+        if not sqlite:
+            raise  # a server that may answer later (the caller decides)
+        # A local file that is no SQLite database, or a folder: no retry
+        # mends it.
+        cause = getattr(error, "orig", None) or error
+        raise ConfigError(f"{shown}: {str(cause).splitlines()[0]}") from None
     finally:
         engine.dispose()
     missing = sorted(OUR_TABLES - present)
     if missing:
         raise ConfigError(f"{shown} has no table {', '.join(missing)} (not migrated): {fix}")
+    lacking = [
+        f"{table}.{column}"
+        for table in sorted(columns)
+        for column in sorted(_model_columns(table) - columns[table])
+    ]
+    if lacking:
+        more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+        raise ConfigError(
+            f"{shown} lacks the column(s) {', '.join(lacking[:5])}{more}: its tables are not "
+            "PySpur's (another version, or another application's)"
+        )
+
+
+def _model_columns(table: str) -> set[str]:
+    return {column.name for column in Base.metadata.tables[table].columns}
 
 
 def _predicate(options: Mapping[str, Any], table: str) -> str | None:
