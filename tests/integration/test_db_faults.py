@@ -15,12 +15,15 @@ Figures (latency against deadline, recovery time) are printed (pytest -s).
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -455,6 +458,48 @@ def test_writes_waiting_for_a_lock_leave_threads_for_reads(sqlite_url: str) -> N
     finally:
         locker.communicate("", timeout=5)
         server.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_a_sqlite_file_replaced_or_removed_while_serving(sqlite_url: str) -> None:
+    """A file moved over the live path (a restore) or removed: reads kept
+    coming from the old file and writes went to the new one (or both to a
+    deleted inode), with health SERVING. Now health is NOT_SERVING and calls
+    UNAVAILABLE, saying why, until a restart serves the new file (whose
+    path still holds the old file's -wal: it cannot be opened safely)."""
+    run_ids = seed_runs(sqlite_url, count=3)
+    path = Path(make_url(sqlite_url).database or "")
+    for replace in (True, False):
+        server = start_server(sqlite_url, health_interval=0.2)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = RunServiceStub(channel)
+                wait_health(channel, SERVING)
+                assert stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=5).run.id
+                if replace:
+                    copy = path.with_name("copy.db")
+                    shutil.copy(path, copy)
+                    os.replace(copy, path)
+                else:
+                    path.unlink()
+                wait_health(channel, NOT_SERVING, timeout=5)
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.DeleteRun(pb.DeleteRunRequest(run_id=run_ids[1]), timeout=5)
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=5)
+                assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            server.stop(grace=1)
+        if replace:  # restarted, the new file serves
+            server = start_server(sqlite_url, health_interval=0.2)
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                    wait_health(channel, SERVING)
+                    stub = RunServiceStub(channel)
+                    assert stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=5).run.id
+            finally:
+                server.stop(grace=1)
 
 
 def test_a_write_bound_by_its_deadline_leaves_no_short_busy_timeout_behind(

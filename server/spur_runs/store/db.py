@@ -26,6 +26,7 @@ from .. import deadline
 from ..errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from .held import HeldConnections
 from .pg_watchdog import watched_cursor
+from .sqlite_file import FileIdentity
 
 WRITE_OPTION = "spur_runs_write"
 SINGLE_OPTION = "spur_runs_single_statement"
@@ -255,6 +256,11 @@ class Database:
         writers: int | None = None,
     ) -> None:
         self.engine = engine
+        self._files = {
+            role: found
+            for role, bound in (("primary", engine), ("replica", read_engine))
+            if bound is not None and (found := FileIdentity.of(bound)) is not None
+        }
         # At most `writers` write scopes at once (None: no bound); see write().
         self._writers = None if writers is None else threading.BoundedSemaphore(writers)
         self._writers_limit = writers
@@ -441,10 +447,14 @@ class Database:
 
     def ping(self) -> None:
         """Raises when a database (primary or replica) cannot answer a
-        trivial query; records which can (see _check_reachable)."""
+        trivial query, or is a SQLite file replaced or removed since the
+        first ping (sqlite_file.py); records which can (see _check_reachable)."""
         for role, engine in self.engines.items():
             self._pinging[role] = time.monotonic()
             try:
+                file = self._files.get(role)
+                if file is not None:
+                    file.check()
                 _select_one(engine)
             except Exception:
                 self._unreachable.add(role)
