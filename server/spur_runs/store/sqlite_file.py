@@ -43,6 +43,8 @@ class FileIdentity:
         try:
             found = os.stat(self.path)
         except FileNotFoundError:
+            if self._seen is None:
+                return  # not there yet (a volume mounted later): the ping says
             raise Unavailable(f"the database file {self.path} is gone") from None
         now = (found.st_dev, found.st_ino)
         if self._seen is None:
