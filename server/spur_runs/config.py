@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .trust import parse_hosts, parse_proxies
+from .trust import parse_hosts, parse_origins, parse_proxies
 
 # An HTTP path prefix: "/" and unreserved path characters, no trailing "/".
 _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
@@ -277,6 +277,13 @@ class Config:
         "localhost, 127.0.0.1 and [::1]",
         "Any port; other names get 421, against DNS rebinding (gateway/hosts.py).",
     )  # fmt: skip
+    http_cors_origins: str | None = setting(
+        None, "SPUR_RUNS_HTTP_CORS_ORIGINS",
+        "comma-separated origins whose browser pages may call the HTTP API (* for any)",
+        "For a UI on another origin than this server (PySpur's dev server): preflights "
+        "answered, `Link` and `X-Request-Id` exposed, no cookies (tokens go in "
+        "`Authorization`). None: no CORS, as behind PySpur's own origin (gateway/cors.py).",
+    )  # fmt: skip
     trusted_proxies: str | None = setting(
         None, "SPUR_RUNS_TRUSTED_PROXIES",
         "comma-separated addresses/CIDRs whose X-Forwarded-For the HTTP gateway believes",
@@ -354,6 +361,7 @@ class Config:
         """The HTTP port's trust lists (its numeric bounds are in RANGES)."""
         try:
             parse_hosts(self.http_allowed_hosts)
+            parse_origins(self.http_cors_origins)
             parse_proxies(self.trusted_proxies)
         except ValueError as error:
             raise ConfigError(str(error)) from None

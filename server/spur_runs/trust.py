@@ -51,6 +51,25 @@ def parse_hosts(text: str | None) -> frozenset[str]:
     return frozenset(hosts)
 
 
+# A browser's Origin: scheme://host[:port], nothing after.
+_ORIGIN = re.compile(r"https?://(\[[0-9a-f:.]+\]|[a-z0-9_.-]+)(?::[0-9]{1,5})?")
+
+
+def parse_origins(text: str | None) -> frozenset[str]:
+    """--http-cors-origins: comma-separated origins (https://ui.example:3000),
+    or * for any."""
+    origins = set()
+    for item in _items(text):
+        origin = item.lower().rstrip("/")
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(
+                f"--http-cors-origins: {item[:80]!r} is not an origin such as "
+                "https://ui.example:3000 (or *)"
+            )
+        origins.add(origin)
+    return frozenset(origins)
+
+
 def parse_proxies(text: str | None) -> tuple[Network, ...]:
     """--trusted-proxies: comma-separated addresses or CIDR networks."""
     networks = []

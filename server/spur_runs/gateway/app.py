@@ -45,6 +45,7 @@ from ..trust import parse_proxies
 from .channels import ChannelPool, channel_count
 from .comments import load_comments
 from .connections import BACKLOG, ConnectionLimits, quiet_accept_errors
+from .cors import Cors, add_headers
 from .hosts import HostCheck
 from .mux import Mux
 from .openapi import build_openapi
@@ -127,6 +128,7 @@ class HttpGateway:
         # The port's bounds and trust (connections.py, hosts.py, metadata.py).
         self._limits = ConnectionLimits.from_config(config)
         self._hosts = HostCheck.from_config(config)
+        self._cors = Cors.from_setting(config.http_cors_origins)  # None: off
         self._probes: Probes | None = None
 
         self._socket_dir = tempfile.mkdtemp(prefix="spur-runs-")  # mode 0700
@@ -233,11 +235,27 @@ class HttpGateway:
             await channel.close(grace=None)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        early = self._hosts.refusal(request)
-        if early is None and self._probes is not None:
-            early = await self._probes.answer(request, self._closing)
-        if early is not None:
-            return early
+        refused = self._hosts.refusal(request)
+        if refused is not None:
+            return refused
+        if self._cors is None:
+            return await self._answer(request, None)
+        preflight = self._cors.preflight(request)
+        if preflight is not None:
+            return preflight
+        cors = self._cors.headers(request)
+        response = await self._answer(request, cors)
+        if not response.prepared:  # (a stream has sent them with its headers)
+            add_headers(response, cors)
+        return response
+
+    async def _answer(
+        self, request: web.BaseRequest, cors: dict[str, str] | None
+    ) -> web.StreamResponse:
+        if self._probes is not None:
+            probe = await self._probes.answer(request, self._closing)
+            if probe is not None:
+                return probe
         self._inflight += 1
         try:
             if self._closing:
@@ -247,7 +265,7 @@ class HttpGateway:
                     ),
                     headers={"Connection": "close"},
                 )
-            return await self._mux.respond(request)
+            return await self._mux.respond(request, cors)
         finally:
             self._inflight -= 1
             if self._closing and not self._inflight:

@@ -111,7 +111,11 @@ class Mux:
         self._unary = unary
         self._streams = streams
 
-    async def respond(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def respond(
+        self, request: web.BaseRequest, extra: dict[str, str] | None = None
+    ) -> web.StreamResponse:
+        """The answer to `request`; a stream sends `extra` headers (app.py's
+        CORS) with its own, as it sends them before returning."""
         raw_path, _, query = request.raw_path.partition("?")
         path = raw_path
         if self._prefix:
@@ -151,12 +155,17 @@ class Mux:
             # when the run's does: a HEAD would hold a watch open for nothing.
             return not_allowed(path, ["GET"], head=False)
         try:
-            return await self._call(request, found, raw_path, query)
+            return await self._call(request, found, raw_path, query, extra)
         except Exception as bug:  # noqa: BLE001 - a bug: a generic 500, the traceback to the log
             return error(to_status(bug, found.payload.route.grpc_path))
 
     async def _call(
-        self, request: web.BaseRequest, found: Match[Endpoint], raw_path: str, query: str
+        self,
+        request: web.BaseRequest,
+        found: Match[Endpoint],
+        raw_path: str,
+        query: str,
+        extra: dict[str, str] | None,
     ) -> web.StreamResponse:
         endpoint = found.payload
         route = endpoint.route
@@ -179,7 +188,7 @@ class Mux:
             call = self._streams.stream(
                 route.grpc_path, message, timeout=timeout, metadata=metadata
             )
-            return await stream(request, endpoint.render, call)
+            return await stream(request, endpoint.render, call, extra)
         assert self._unary is not None
         try:
             reply = await self._unary.unary(

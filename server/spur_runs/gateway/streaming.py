@@ -34,7 +34,10 @@ def _frame(body: bytes, events: bool, error: bool = False) -> bytes:
 
 
 async def stream(
-    request: web.BaseRequest, render: Callable[[Any], bytes], call: Any
+    request: web.BaseRequest,
+    render: Callable[[Any], bytes],
+    call: Any,
+    extra: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Answer a server-streaming call message by message. An error before the
     first message is an ordinary error reply (404 for an unknown run, 400 for
@@ -52,6 +55,7 @@ async def stream(
                 "Content-Type": EVENT_STREAM if events else NDJSON,
                 "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no",  # proxies (nginx): pass each message on at once
+                **(extra or {}),
             }
         )
         await response.prepare(request)

@@ -1,0 +1,87 @@
+"""--http-cors-origins: a page on another origin may call the HTTP API, as
+a browser's CORS protocol checks it; off by default; no other origin, and
+no header the API does not read, gets through a preflight."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from http_client import Http, Seeded, seed_runs, start_http_server
+from spur_runs.runtime.server import RunsServer
+
+UI = "http://ui.example:3000"
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+def cors_server(migrated_url: str) -> Iterator[RunsServer]:
+    server = start_http_server(migrated_url, http_cors_origins=f"{UI}, https://other.example")
+    yield server
+    server.stop(grace=1)
+
+
+@pytest.fixture
+def client(cors_server: RunsServer) -> Iterator[Http]:
+    assert cors_server.http_port is not None
+    connection = Http(cors_server.http_port)
+    yield connection
+    connection.close()
+
+
+def _preflight(client: Http, path: str, origin: str, method: str, headers: str = "") -> object:
+    asked = {"Origin": origin, "Access-Control-Request-Method": method}
+    if headers:
+        asked["Access-Control-Request-Headers"] = headers
+    return client.request("OPTIONS", path, asked)
+
+
+def test_a_preflight_from_an_allowed_origin(client: Http, migrated_url: str) -> None:
+    run = seed_runs(migrated_url).parent
+    reply = _preflight(client, f"/run/{run}/", UI, "DELETE", "authorization, grpc-timeout")
+    assert reply.status == 204, reply.body  # type: ignore[attr-defined]
+    headers = reply.headers  # type: ignore[attr-defined]
+    assert headers["Access-Control-Allow-Origin"] == UI
+    assert "DELETE" in headers["Access-Control-Allow-Methods"]
+    assert headers["Access-Control-Allow-Headers"] == "authorization, grpc-timeout"
+    assert "Access-Control-Allow-Credentials" not in headers
+
+
+@pytest.mark.parametrize(
+    ("origin", "headers"),
+    [("http://evil.example", ""), ("http://ui.example:3001", ""), (UI, "x-custom")],
+)
+def test_a_preflight_refused(client: Http, origin: str, headers: str) -> None:
+    reply = _preflight(client, "/run/", origin, "GET", headers)
+    assert reply.status == 403  # type: ignore[attr-defined]
+    assert "Access-Control-Allow-Origin" not in reply.headers  # type: ignore[attr-defined]
+
+
+def test_answers_to_an_allowed_origin_carry_cors(client: Http, migrated_url: str) -> None:
+    seeded: Seeded = seed_runs(migrated_url)
+    reply = client.get("/run/?page_size=1", Origin=UI)
+    assert reply.status == 200
+    assert reply.headers["Access-Control-Allow-Origin"] == UI
+    assert "Link" in reply.headers["Access-Control-Expose-Headers"]
+    assert reply.headers["Vary"] == "Origin"
+    missing = client.get("/run/R999999/", Origin=UI)  # errors too: the page reads them
+    assert missing.status == 404 and missing.headers["Access-Control-Allow-Origin"] == UI
+    stream = client.get(f"/run/{seeded.parent}/watch", Origin=UI)  # an ended run: ends
+    assert stream.status == 200 and stream.headers["Access-Control-Allow-Origin"] == UI
+    other = client.get("/run/?page_size=1", Origin="http://evil.example")
+    assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_off_by_default(migrated_url: str) -> None:
+    server = start_http_server(migrated_url)
+    try:
+        assert server.http_port is not None
+        client = Http(server.http_port)
+        reply = _preflight(client, "/run/", UI, "GET")
+        assert reply.status == 405  # type: ignore[attr-defined]
+        assert "Access-Control-Allow-Origin" not in client.get("/run/", Origin=UI).headers
+        client.close()
+    finally:
+        server.stop(grace=1)
