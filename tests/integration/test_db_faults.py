@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 
 from fault_load import (
@@ -298,6 +299,29 @@ def test_calls_in_flight_when_the_database_stops_answering_end(
             assert stub.GetRun(pb.GetRunRequest(run_id=run_ids[1]), timeout=5).run.id
     finally:
         server.stop(grace=1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", ["write", "read"])
+def test_commit_and_rollback_on_a_database_that_stops_answering_end(
+    postgres_url: str, proxy: Proxy, scope: str
+) -> None:
+    """COMMIT (a write's end) and ROLLBACK (a read's) go without a cursor;
+    they are bounded as statements are (pg_watchdog.WatchedConnection)."""
+    proxied = make_url(postgres_url).set(port=proxy.port).render_as_string(hide_password=False)
+    migrate(postgres_url)
+    db = Database.from_url(proxied, pool_size=1, timeout_seconds=1.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(sa_exc.DBAPIError):
+            with db.write() if scope == "write" else db.read() as conn:
+                conn.execute(text("SELECT count(*) FROM runs")).scalar_one()
+                proxy.freeze()
+                started = time.monotonic()
+        assert time.monotonic() - started < 1.0 + 2.0 + 2.5
+    finally:
+        proxy.thaw()
+        db.dispose()
 
 
 def _server_backends(admin: object, name: str) -> set[int]:

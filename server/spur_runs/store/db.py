@@ -25,7 +25,7 @@ from sqlalchemy.pool import QueuePool
 from .. import deadline
 from ..errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from .held import HeldConnections
-from .pg_watchdog import watched_cursor
+from .pg_watchdog import WatchedConnection, watched_cursor
 from .sqlite_file import FileIdentity
 
 WRITE_OPTION = "spur_runs_write"
@@ -226,7 +226,7 @@ def create_db_engine(
         # Server-side bound: PostgreSQL cancels a statement running (or
         # waiting for a lock) longer than this, and the connection is free.
         connect_args["options"] = f"-c statement_timeout={max(int(timeout_seconds * 1000), 1)}"
-    return create_engine(
+    engine = create_engine(
         parsed,
         pool_size=pool_size,
         max_overflow=0,
@@ -241,6 +241,17 @@ def create_db_engine(
         connect_args=connect_args,
         json_deserializer=load_json,  # given to psycopg, which parses json columns
     )
+    if engine.dialect.driver == "psycopg":
+        # COMMIT and ROLLBACK bounded too (pg_watchdog.WatchedConnection):
+        # the connection psycopg.connect makes, of that class.
+        event.listen(
+            engine,
+            "do_connect",
+            lambda _dialect, _record, cargs, cparams: WatchedConnection.connect(
+                *cargs, **cparams
+            ),
+        )
+    return engine
 
 
 class Database:

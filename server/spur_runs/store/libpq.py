@@ -134,9 +134,13 @@ def fetch(
             # statements were unnamed too.
             result = pgconn.exec_params(statement.sql, params)
             _check(result, _TUPLES_OK)
-    finally:
+    except BaseException:
         if watched:
             WATCHDOG.disarm(dbapi)
+        raise
+    if watched and not WATCHDOG.disarm(dbapi):
+        # Cut as its answer came: the rows are whole, the socket is not.
+        conn.invalidate()
     transformer.set_pgresult(result)
     try:
         return transformer.load_rows(0, result.ntuples, tuple)

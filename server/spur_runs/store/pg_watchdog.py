@@ -18,8 +18,9 @@ SQLAlchemy invalidates it (and the pool's older ones) and the call answers
 UNAVAILABLE, as for any lost connection. A healthy statement is never cut:
 the server cancels it first, at statement_timeout.
 
-Armed by store/libpq.py for the hot reads and by WatchedCursor (psycopg's
-documented cursor_factory) for every other statement.
+Armed by store/libpq.py for the hot reads, by WatchedCursor (psycopg's
+documented cursor_factory) for every other statement, and by
+WatchedConnection for COMMIT and ROLLBACK.
 """
 
 from __future__ import annotations
@@ -77,42 +78,78 @@ class StatementWatchdog:
                 )
                 self._sweeper.start()
 
-    def disarm(self, connection: psycopg.Connection[Any]) -> None:
+    def disarm(self, connection: psycopg.Connection[Any]) -> bool:
+        """False when the sweeper cut the connection first (its answer may
+        have come in time, but the socket is shut down now)."""
         with self._lock:
-            self._armed.pop(id(connection), None)
+            return self._armed.pop(id(connection), None) is not None
 
     def _sweep(self) -> None:
         while True:
             time.sleep(SWEEP_SECONDS)
-            now = time.monotonic()
-            with self._lock:
-                expired = [key for key, (until, _) in self._armed.items() if until <= now]
-                # Shut down under the lock: a statement that ends meanwhile
-                # disarms (under it too) before its connection can be closed
-                # and its descriptor reused.
-                for key in expired:
-                    _, connection = self._armed.pop(key)
-                    _shut_down(connection)
+            try:
+                self._cut_expired()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
+                log.exception("the PostgreSQL statement watchdog failed a sweep")
+
+    def _cut_expired(self) -> None:
+        now = time.monotonic()
+        cut = []
+        with self._lock:
+            expired = [key for key, (until, _) in self._armed.items() if until <= now]
+            # Shut down under the lock: a statement that ends meanwhile
+            # disarms (under it too) before its connection can be closed and
+            # its descriptor reused.
+            for key in expired:
+                _, connection = self._armed.pop(key)
+                if _shut_down(connection):
+                    cut.append(connection)
+        for _ in cut:
+            log.warning(
+                "a PostgreSQL statement got no answer within its bound and %.0f s more: its "
+                "connection is closed (the database, or the network to it, hangs)",
+                SLACK_SECONDS,
+            )
 
 
-def _shut_down(connection: psycopg.Connection[Any]) -> None:
+def _shut_down(connection: psycopg.Connection[Any]) -> bool:
     if connection.closed:
-        return
+        return False
     try:
         # A duplicate of the descriptor: shutdown() acts on the socket both
         # share, and closing the duplicate leaves libpq's own open.
         with socket.socket(fileno=os.dup(connection.fileno())) as sock:
             sock.shutdown(socket.SHUT_RDWR)
     except (OSError, psycopg.Error):
-        return
-    log.warning(
-        "a PostgreSQL statement got no answer within its bound and %.0f s more: "
-        "its connection is closed (the database or the network to it hangs)",
-        SLACK_SECONDS,
-    )
+        return False
+    return True
 
 
 WATCHDOG = StatementWatchdog()
+
+
+class WatchedConnection(psycopg.Connection[Any]):
+    """A psycopg connection whose COMMIT and ROLLBACK WATCHDOG bounds too:
+    they go without a cursor, and COMMIT is where a database whose disk
+    hangs stops answering. Its statements' bound is its cursor class's
+    (watched_cursor), which create_db_engine gives it."""
+
+    def _bound(self) -> float | None:
+        return getattr(self.cursor_factory, "statement_bound", None)
+
+    def commit(self) -> None:
+        WATCHDOG.arm(self, self._bound())
+        try:
+            super().commit()
+        finally:
+            WATCHDOG.disarm(self)
+
+    def rollback(self) -> None:
+        WATCHDOG.arm(self, self._bound())
+        try:
+            super().rollback()
+        finally:
+            WATCHDOG.disarm(self)
 
 
 def watched_cursor(bound: float | None) -> type[psycopg.Cursor[Any]]:
