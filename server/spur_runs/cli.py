@@ -39,11 +39,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _number(convert: Callable[[str], Any], text: str, most: float) -> Any:
-    """`text` as an int (ASCII digits only: int() also takes "1_0" and "٣")
+    """`text` as an int (ASCII, no "_": int() and float() also take "1_0" and "٣")
     or a finite float, at most `most`; ValueError otherwise."""
-    if convert is int and not text.isascii():
+    if not text.isascii() or "_" in text:
         raise ValueError(text)
-    value = convert(text.replace("_", "!") if convert is int else text)
+    value = convert(text)
     if not math.isfinite(value) or value > most:
         raise ValueError(text)
     return value

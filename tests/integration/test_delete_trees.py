@@ -125,3 +125,27 @@ def test_a_task_added_while_the_run_is_deleted_is_aborted(
     assert _count(db, "SELECT count(*) FROM tasks") == len(TASKS) + 1  # nothing deleted
     stub.DeleteRun(pb.DeleteRunRequest(run_id=run), timeout=10)
     assert _count(db, "SELECT count(*) FROM tasks") == 0
+
+
+def test_a_task_outside_the_tree_pointing_in_is_refused_for_good(
+    db: Database, stub: RunServiceStub
+) -> None:
+    """A task of another run whose parent_task_id is a task of the run: a
+    reference no retry mends, FAILED_PRECONDITION naming it (not ABORTED,
+    which would have the client retry forever); nothing deleted."""
+    with db.write() as s:
+        version = add_workflow(s)
+        run, other = add_run(s, version, tasks=TASKS), add_run(s, version, tasks=TASKS)
+        s.execute(
+            text(
+                "UPDATE tasks SET parent_task_id = (SELECT id FROM tasks WHERE run_id = :r "
+                "ORDER BY _intid LIMIT 1) WHERE run_id = :o AND node_id = 'llm'"
+            ),
+            {"r": run, "o": other},
+        )
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.DeleteRun(pb.DeleteRunRequest(run_id=run))
+        assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"of run {other}" in (raised.value.details() or "")
+    assert _count(db, "SELECT count(*) FROM tasks") == 2 * len(TASKS)

@@ -23,6 +23,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from sqlalchemy import text
 
 from factories import add_run, add_workflow, all_done
 from half_open import NonReaders
@@ -214,6 +215,30 @@ def test_a_deleted_run_is_not_found_and_the_stream_ends(
          "grpc_method": "WatchRun", "grpc_code": "NotFound"},
     )  # fmt: skip
     assert handled == 1
+
+
+def test_a_run_that_cannot_be_served_fails_its_watchers_only(
+    lite_url: str, lite_db: Database, lite_server: RunsServer
+) -> None:
+    """A change that makes one watched run unservable (DATA_LOSS: a number no
+    double holds) ends that run's watchers with it; another run's change in
+    the same poll still arrives (it was lost, at every poll, behind it)."""
+    bad, good = pending_run(lite_db), pending_run(lite_db)
+    with grpc.insecure_channel(f"127.0.0.1:{lite_server.port}") as channel:
+        stub = RunServiceStub(channel)
+        streams = {r: stub.WatchRun(pb.WatchRunRequest(run_id=r), timeout=20) for r in (bad, good)}
+        for run_id, stream in streams.items():
+            assert next(stream).run.id == run_id
+        with lite_db.write() as s:
+            s.execute(
+                text("UPDATE runs SET outputs = :o WHERE id = :r"),
+                {"o": json.dumps({"n": 10**400}), "r": bad},
+            )
+            s.execute(text("UPDATE runs SET status = 'COMPLETED' WHERE id = :r"), {"r": good})
+        assert next(streams[good]).run.status == run_pb2.Run.Status.COMPLETED
+        with pytest.raises(grpc.RpcError) as raised:
+            next(streams[bad])
+        assert raised.value.code() == grpc.StatusCode.DATA_LOSS
 
 
 def test_cancelling_unregisters_and_is_counted(

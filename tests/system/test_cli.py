@@ -299,3 +299,39 @@ def test_seed_gives_the_demo_runs_the_same_ids_every_time(kind: str, tmp_path: P
                 assert runs[rid].status is status and runs[rid].parent_run_id is None, rid
             assert [rid for rid, row in runs.items() if row.status is RunStatus.RUNNING] == ["R5"]
     assert outputs[0] == outputs[1] == SEED_OUTPUT
+
+
+@pytest.mark.slow
+def test_a_database_locked_at_start_up_is_served_once_free(sqlite_url: str) -> None:
+    """Locked by another writer (PySpur migrating, say) is not "can never
+    serve": start-up waits, warns, and serves once the lock is gone."""
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    from servers import free_port, wait_health
+    from tools import tool
+
+    assert spur_runs("migrate", "--database-url", sqlite_url).returncode == 0
+    path = make_url(sqlite_url).database or ""
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("PRAGMA journal_mode=DELETE")  # as PySpur leaves a file
+    locker.execute("BEGIN EXCLUSIVE")
+    port = free_port()
+    server = subprocess.Popen(
+        [tool("spur-runs"), "serve", "--database-url", sqlite_url, "--grpc-address",
+         f"127.0.0.1:{port}", "--db-timeout-seconds", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        try:  # past start-up's 5 s busy timeout: the check gives up, and goes on
+            server.wait(timeout=6.5)
+        except subprocess.TimeoutExpired:
+            pass
+        locker.execute("ROLLBACK")
+        locker.close()
+        assert server.poll() is None, server.stderr.read() if server.stderr else ""
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -20,12 +20,15 @@ def _wrapped(error: Exception) -> sa_exc.DBAPIError:
     return sa_exc.DBAPIError.instance("SELECT 1", {}, error, psycopg.Error)
 
 
-@pytest.mark.parametrize(
-    "error", [psycopg.errors.DeadlockDetected("deadlock"), psycopg.errors.SerializationFailure("x")]
-)
-def test_a_transaction_given_up_for_another_is_aborted(error: Exception) -> None:
-    status = to_status(_wrapped(error), "/m")
+def test_a_deadlock_is_aborted() -> None:
+    status = to_status(_wrapped(psycopg.errors.DeadlockDetected("deadlock")), "/m")
     assert status.code == code_pb2.ABORTED and "retry" in status.message
+
+
+def test_a_standbys_recovery_conflict_stays_unavailable() -> None:
+    """40001 on a replica read: what production.md's retry policy retries."""
+    conflict = psycopg.errors.SerializationFailure("conflict with recovery")
+    assert to_status(_wrapped(conflict), "/m").code == code_pb2.UNAVAILABLE
 
 
 def test_an_aborted_write_is_aborted() -> None:

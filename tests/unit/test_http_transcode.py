@@ -175,6 +175,7 @@ def test_bytes_that_are_not_utf8_fail_only_a_parameter_that_is_read(
     router: Router[Route],
 ) -> None:
     assert build(router, "GET", "/v1/things:search?cacheBuster=%FF&n=3").n == 3
+    assert build(router, "GET", "/v1/things:search?%FF=1&n%FF.x=2&n=4").n == 4  # keys too
     with pytest.raises(InvalidArgument) as raised:
         build(router, "GET", "/v1/things:search?tags=%FF")
     assert raised.value.field == "tags"
@@ -193,9 +194,11 @@ def test_path_bound_fields_ignore_the_query(router: Router[Route]) -> None:
         ("big=-1", "big"),
         ("flag=maybe", "flag"),
         ("n=4.5", "n"),
+        ("n=" + "9" * 5000, "n"),  # past int()'s digit limit: not a ValueError's 500
         ("n=1e3", "n"),
         ("color=PURPLE", "color"),
         ("color=9", "color"),
+        ("color=" + "1" * 5000, "color"),
         ("ratio=1,5", "ratio"),
         ("raw=%%%", "raw"),
         ("since=yesterday", "since"),

@@ -52,7 +52,7 @@ from sqlalchemy import event
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 
-from ..errors import NotFound, ResourceExhausted, Unavailable
+from ..errors import NotFound, ResourceExhausted, ServiceError, Unavailable
 from ..store import runs, watch_sql
 from ..store.db import Database
 from ..telemetry.metrics import Metrics
@@ -312,7 +312,15 @@ class WatchHub:
                     self._deliver(watcher, NotFound(f"run {run_id} not found (deleted)"))
         for record in records:
             run_id = record.row.id
-            message = convert.run_to_message(record, self._versions)
+            try:
+                message = convert.run_to_message(record, self._versions)
+            except ServiceError as error:
+                # A run this service cannot serve (DATA_LOSS: a number no
+                # double holds): its watchers get the error; the other runs
+                # of the poll are delivered as usual.
+                for watcher in groups[run_id]:
+                    self._deliver(watcher, error)
+                continue
             comparable = _comparable(message)
             final = message.status in TERMINAL
             for watcher in groups[run_id]:

@@ -92,7 +92,7 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
         return text
     if kind in _INT_RANGES:
         low, high = _INT_RANGES[kind]
-        integral = _INTEGRAL.fullmatch(text.strip())
+        integral = _INTEGRAL.fullmatch(text.strip()) if len(text) <= 64 else None
         if integral is None:
             raise InvalidArgument(name, f"{_shown(text)} is not an integer")
         value = int(integral.group(1))
@@ -116,7 +116,7 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
         by_name = enum.values_by_name.get(text)
         if by_name is not None:
             return by_name.number
-        if _INT.fullmatch(text) and int(text) in enum.values_by_number:
+        if len(text) <= 20 and _INT.fullmatch(text) and int(text) in enum.values_by_number:
             return int(text)
         names = ", ".join(v.name for v in enum.values)
         raise InvalidArgument(name, f"{_shown(text)} is not one of {names}")
@@ -299,6 +299,14 @@ def _names_a_field(descriptor: Descriptor, path: Sequence[str]) -> bool:
     return _find_field(descriptor, keyed.group(1) if keyed else path[0]) is not None
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _utf8(key: str, values: Sequence[str]) -> None:
     """InvalidArgument when `key` or one of its values held bytes that are
     not UTF-8 (parse_query kept them as surrogates)."""
@@ -335,6 +343,8 @@ class RequestBuilder:
             fields: dict[tuple[str, ...], tuple[str, list[str]]] = {}
             descriptor = _descriptor(request)
             for key, values in parse_query(query).items():
+                if not _is_utf8(key):
+                    continue  # names no field (their names are ASCII): ignored
                 path = canonical(descriptor, key.split("."))
                 if path in fields:
                     fields[path][1].extend(values)

@@ -119,9 +119,12 @@ def _not_utf8(error: BaseException) -> str | None:
 
 
 # A transaction the database gave up on for another's sake (PostgreSQL's
-# deadlock_detected, serialization_failure): nothing was written, and the
-# same call again may succeed: ABORTED, which says so (not UNAVAILABLE).
-_CONFLICTS = frozenset(("40P01", "40001"))
+# deadlock_detected): nothing was written, and the same call again may
+# succeed: ABORTED, which says so (not UNAVAILABLE). (serialization_failure,
+# 40001, is what a hot standby's recovery conflict cancels a read with:
+# UNAVAILABLE, which production.md's retry policy retries; our own
+# transactions are READ COMMITTED and never fail so.)
+_CONFLICTS = frozenset(("40P01",))
 # SQLite's write lock still held by another writer after busy_timeout
 # (--db-timeout-seconds, or less for a shorter deadline): the database is
 # up, the call ran out of time waiting (configuration.md).

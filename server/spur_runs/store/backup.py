@@ -71,7 +71,16 @@ def backup(database_url: str, dest: str, *, busy_seconds: float = 10.0) -> str:
             raise ConfigError(
                 f"{target} was created while the backup ran: backup never overwrites a file"
             ) from None
-        partial.unlink()
+        except OSError:
+            # A file system without hard links (vfat, SMB, object-storage
+            # mounts): the check and the rename, with their short race.
+            if target.exists():
+                raise ConfigError(
+                    f"{target} was created while the backup ran: backup never overwrites a file"
+                ) from None
+            os.replace(partial, target)
+        else:
+            partial.unlink()
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

@@ -356,6 +356,7 @@ def delete_run(conn: Connection, run_id: str) -> int:
     if not run_ids:
         raise NotFound(f"run {run_id} not found")
     _refuse_if_referenced(conn, run_ids)
+    _refuse_if_tasks_outside_point_in(conn, run_ids)
     # Children before their parents (subtree's order is parents first), in
     # chunks: one IN list of a batch's every run broke the drivers' limits on
     # bound parameters (65,535 for PostgreSQL) and the delete could never
@@ -370,11 +371,11 @@ def delete_run(conn: Connection, run_id: str) -> int:
             deleted += conn.execute(delete(Run).where(Run.id.in_(chunk))).rowcount  # type: ignore[attr-defined]
     except sa_exc.IntegrityError as error:
         # PostgreSQL names the table whose row still points at the tree.
-        # Runs or tasks: another writer (PySpur starting a task or a child
-        # run) added it since subtree() read the tree, which a retry reads
-        # whole. (SQLite's BEGIN IMMEDIATE lets no other writer in.)
-        # Another table (one of PySpur's that this API does not own): no
-        # retry mends that.
+        # Runs or tasks: the checks above found none outside it, so another
+        # writer (PySpur starting a task or a child run) added it since,
+        # which a retry reads with the tree. (SQLite's BEGIN IMMEDIATE lets
+        # no other writer in.) Another table (one of PySpur's that this API
+        # does not own): no retry mends that.
         referencing = getattr(getattr(error.orig, "diag", None), "table_name", None)
         if referencing in (Run.__tablename__, Task.__tablename__):
             raise Aborted(
@@ -399,6 +400,29 @@ REFERENCING_TABLES = (("messages", "run_id"),)
 # Runs per DELETE (and per reference check): far below every driver's limit
 # of bound parameters, few enough statements for a batch of 100,000 runs.
 DELETE_CHUNK = 1000
+
+
+_PARENT_TASK = Task.__table__.alias("parent_task")
+
+
+def _refuse_if_tasks_outside_point_in(conn: Connection, run_ids: list[str]) -> None:
+    """FailedPrecondition when a task of a run outside the tree has its
+    parent_task_id on a task of the tree: deleting would break it, and
+    unlike a row added meanwhile (Aborted, above) no retry mends that."""
+    tree = set(run_ids)
+    for start in range(0, len(run_ids), DELETE_CHUNK):
+        chunk = run_ids[start : start + DELETE_CHUNK]
+        rows = conn.execute(
+            select(Task.id, Task.run_id, _PARENT_TASK.c.id)
+            .join(_PARENT_TASK, Task.parent_task_id == _PARENT_TASK.c.id)
+            .where(_PARENT_TASK.c.run_id.in_(chunk))
+        )
+        for task_id, run_id, parent_id in rows:
+            if run_id not in tree:
+                raise FailedPrecondition(
+                    f"task {task_id} of run {run_id}, outside the runs being deleted, has "
+                    f"task {parent_id} as its parent_task_id; nothing was deleted"
+                )
 
 
 def _refuse_if_referenced(conn: Connection, run_ids: list[str]) -> None:

@@ -62,11 +62,11 @@ def require_tables(database_url: str) -> None:
                 for name in OUR_TABLES & present
             }
     except SQLAlchemyError as error:
-        if not sqlite:
-            raise  # a server that may answer later (the caller decides)
+        cause = getattr(error, "orig", None)
+        if not sqlite or getattr(cause, "sqlite_errorname", None) not in _NEVER_OPENS:
+            raise  # may answer later: a server down, a file locked (the caller decides)
         # A local file that is no SQLite database, or a folder: no retry
         # mends it.
-        cause = getattr(error, "orig", None) or error
         raise ConfigError(f"{shown}: {str(cause).splitlines()[0]}") from None
     finally:
         engine.dispose()
@@ -84,6 +84,10 @@ def require_tables(database_url: str) -> None:
             f"{shown} lacks the column(s) {', '.join(lacking[:5])}{more}: its tables are not "
             "PySpur's (another version, or another application's)"
         )
+
+
+# SQLite's errors for a path that no wait will make a database.
+_NEVER_OPENS = frozenset(("SQLITE_NOTADB", "SQLITE_CANTOPEN", "SQLITE_CORRUPT"))
 
 
 def _model_columns(table: str) -> set[str]:
