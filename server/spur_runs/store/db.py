@@ -247,9 +247,7 @@ def create_db_engine(
         event.listen(
             engine,
             "do_connect",
-            lambda _dialect, _record, cargs, cparams: WatchedConnection.connect(
-                *cargs, **cparams
-            ),
+            lambda _dialect, _record, cargs, cparams: WatchedConnection.connect(*cargs, **cparams),
         )
     return engine
 
