@@ -119,8 +119,8 @@ def fetch(
     params = transformer.dump_sequence([arguments[n] for n in statement.names], statement.formats)
     pgconn = dbapi.pgconn
     watched, bound = state.watched
-    if watched:
-        WATCHDOG.arm(dbapi, bound)  # a database that never answers (pg_watchdog.py)
+    # A database that never answers (pg_watchdog.py).
+    armed = watched and WATCHDOG.arm(dbapi, bound)
     try:
         if dbapi.autocommit and dbapi.prepare_threshold is not None:
             result = _run_prepared(state, pgconn, statement, params)
@@ -135,10 +135,10 @@ def fetch(
             result = pgconn.exec_params(statement.sql, params)
             _check(result, _TUPLES_OK)
     except BaseException:
-        if watched:
+        if armed:
             WATCHDOG.disarm(dbapi)
         raise
-    if watched and not WATCHDOG.disarm(dbapi):
+    if armed and not WATCHDOG.disarm(dbapi):
         # Cut as its answer came: the rows are whole, the socket is not.
         conn.invalidate()
     transformer.set_pgresult(result)

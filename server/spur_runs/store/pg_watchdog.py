@@ -61,15 +61,15 @@ class StatementWatchdog:
         self._lock = threading.Lock()
         self._sweeper = None
 
-    def arm(self, connection: psycopg.Connection[Any], bound: float | None) -> None:
+    def arm(self, connection: psycopg.Connection[Any], bound: float | None) -> bool:
         """Bound the statement `connection` is about to send by `bound`
         seconds (--db-timeout-seconds; None: none) or the call's deadline,
-        whichever ends first."""
+        whichever ends first. False when neither bounds it (not armed)."""
         left = deadline.remaining()
         if left is not None and (bound is None or left < bound):
             bound = max(left, 0.0)
         if bound is None:
-            return
+            return False
         with self._lock:
             self._armed[id(connection)] = (time.monotonic() + bound + SLACK_SECONDS, connection)
             if self._sweeper is None:
@@ -77,6 +77,7 @@ class StatementWatchdog:
                     target=self._sweep, name="pg-statement-watchdog", daemon=True
                 )
                 self._sweeper.start()
+        return True
 
     def disarm(self, connection: psycopg.Connection[Any]) -> bool:
         """False when the sweeper cut the connection first (its answer may
