@@ -248,6 +248,7 @@ def test_a_database_that_stops_answering_turns_health_not_serving(
         server.stop(grace=1)
 
 
+@pytest.mark.exclusive  # bounds in wall-clock seconds
 @pytest.mark.slow
 def test_calls_in_flight_when_the_database_stops_answering_end(
     postgres_url: str, proxy: Proxy
@@ -303,6 +304,7 @@ def test_calls_in_flight_when_the_database_stops_answering_end(
         server.stop(grace=1)
 
 
+@pytest.mark.exclusive  # bounds in wall-clock seconds
 @pytest.mark.slow
 @pytest.mark.parametrize("scope", ["write", "read"])
 def test_commit_and_rollback_on_a_database_that_stops_answering_end(
@@ -442,6 +444,7 @@ def test_sqlite_locked_by_another_process(sqlite_url: str) -> None:
         server.stop(grace=1)
 
 
+@pytest.mark.exclusive  # bounds in wall-clock seconds
 @pytest.mark.slow
 def test_writes_waiting_for_a_lock_leave_threads_for_reads(sqlite_url: str) -> None:
     """Eight DeleteRuns wait for a write lock another process holds, on a
