@@ -38,39 +38,30 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _number(convert: Callable[[str], Any], text: str, most: float) -> Any:
-    """`text` as an int (ASCII, no "_": int() and float() also take "1_0" and "٣")
-    or a finite float, at most `most`; ValueError otherwise."""
-    if not text.isascii() or "_" in text:
-        raise ValueError(text)
-    value = convert(text)
-    if not math.isfinite(value) or value > most:
-        raise ValueError(text)
-    return value
+def _ranged(convert: Callable[[str], Any], most: float, *, zero: bool) -> Callable[[str], Any]:
+    """An argparse type: `text` as an int or a finite float, above 0 (or 0
+    too, with `zero`) and at most `most`; ASCII only, no "_" (int() and
+    float() also take "1_0" and "٣")."""
+
+    def check(text: str) -> Any:
+        if not text.isascii() or "_" in text:
+            raise ValueError(text)
+        value = convert(text)
+        if not math.isfinite(value) or value > most or value < 0 or (value == 0 and not zero):
+            raise ValueError(text)
+        return value
+
+    kind = "integer" if convert is int else "number"
+    check.__name__ = f"{'non-negative' if zero else 'positive'} {kind} (at most {int(most):,})"
+    return check
 
 
 def _non_negative(convert: Callable[[str], Any], most: float) -> Callable[[str], Any]:
-    def check(text: str) -> Any:
-        value = _number(convert, text, most)
-        if value < 0:
-            raise ValueError(text)
-        return value
-
-    kind = "integer" if convert is int else "number"
-    check.__name__ = f"non-negative {kind} (at most {int(most):,})"
-    return check
+    return _ranged(convert, most, zero=True)
 
 
 def _positive(convert: Callable[[str], Any], most: float) -> Callable[[str], Any]:
-    def check(text: str) -> Any:
-        value = _number(convert, text, most)
-        if not value > 0:
-            raise ValueError(text)
-        return value
-
-    kind = "integer" if convert is int else "number"
-    check.__name__ = f"positive {kind} (at most {int(most):,})"
-    return check
+    return _ranged(convert, most, zero=False)
 
 
 def _command(commands: Any, name: str, summary: str, description: str) -> argparse.ArgumentParser:

@@ -399,17 +399,24 @@ connection.execute("ROLLBACK")
 """
 
 
+def _lock_sqlite(path: str) -> subprocess.Popen[str]:
+    """Another process holding the write lock of the SQLite file at `path`
+    until its stdin is closed (communicate)."""
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+    return locker
+
+
 @pytest.mark.slow
 def test_sqlite_locked_by_another_process(sqlite_url: str) -> None:
     run_ids = seed_runs(sqlite_url, count=3)
     path = make_url(sqlite_url).database or ""
     server = start_server(sqlite_url, db_timeout_seconds=1.5)
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    locker = _lock_sqlite(path)
     try:
-        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = RunServiceStub(channel)
             # WAL: readers do not wait for the writer's lock.
@@ -454,12 +461,8 @@ def test_writes_waiting_for_a_lock_leave_threads_for_reads(sqlite_url: str) -> N
     run_ids = seed_runs(sqlite_url, count=9)
     path = make_url(sqlite_url).database or ""
     server = start_server(sqlite_url, db_timeout_seconds=5, max_workers=4)
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
+    locker = _lock_sqlite(path)
     try:
-        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = RunServiceStub(channel)
             codes: list[grpc.StatusCode] = []

@@ -16,19 +16,15 @@ UI = "http://ui.example:3000"
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+pytest_plugins = ["http_fixtures"]
+
+
 @pytest.fixture
-def cors_server(migrated_url: str) -> Iterator[RunsServer]:
+def http_server(migrated_url: str) -> Iterator[RunsServer]:
+    """http_fixtures' server (and so its `client`), with CORS on."""
     server = start_http_server(migrated_url, http_cors_origins=f"{UI}, https://other.example")
     yield server
     server.stop(grace=1)
-
-
-@pytest.fixture
-def client(cors_server: RunsServer) -> Iterator[Http]:
-    assert cors_server.http_port is not None
-    connection = Http(cors_server.http_port)
-    yield connection
-    connection.close()
 
 
 def _preflight(client: Http, path: str, origin: str, method: str, headers: str = "") -> object:

@@ -207,7 +207,9 @@ def graph_of(row: Row[Any]) -> WorkflowGraph:
     return WorkflowGraph.from_definition(row.definition)
 
 
-def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
+def version_to_message(row: Row[Any], problem: str | None) -> run_pb2.WorkflowVersion:
+    """The version of `row`; its definition only where `problem`
+    (definition_problem's answer for it) is None."""
     message = run_pb2.WorkflowVersion(
         id=row.id,
         workflow_id=row.workflow_id,
@@ -217,7 +219,7 @@ def version_to_message(row: Row[Any]) -> run_pb2.WorkflowVersion:
     )
     if row.description is not None:
         message.description = row.description
-    if definition_problem(row) is None:  # else it says why not
+    if problem is None:
         _set_struct(message.definition, row.definition, "workflow version", row.id, "definition")
     if row.created_at is not None:
         set_timestamp(message.created_at, row.created_at)
@@ -276,17 +278,9 @@ def add_tasks(
     try:
         _add_tasks(target, rows, paused_nodes, graph)
     except OverflowError:
-        # Found while setting a number (set_value): the message is made
-        # here, off the path of every other call.
-        task = target[-1] if len(target) else None
-        where = f"task {task.id}" if task is not None else f"a task of run {_run_of(rows)}"
-        raise DataLoss(f"{where}: a JSON column holds {_TOO_LARGE}") from None
-
-
-def _run_of(rows: Iterable[AnyRow]) -> str:
-    for row in rows:
-        return str(row[2])  # run_id (_TASK_ORDER)
-    return "?"
+        # Found while setting a number (set_value) of the task added last:
+        # the message is made here, off the path of every other call.
+        raise DataLoss(f"task {target[-1].id}: a JSON column holds {_TOO_LARGE}") from None
 
 
 def _add_tasks(

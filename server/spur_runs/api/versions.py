@@ -84,5 +84,6 @@ class VersionCache:
 
 
 def _entry(row: Row[Any]) -> Entry:
-    message = version_to_message(row)
-    return message, graph_of(row), version_field(message), definition_problem(row)
+    problem = definition_problem(row)  # (walks the definition: once)
+    message = version_to_message(row, problem)
+    return message, graph_of(row), version_field(message), problem

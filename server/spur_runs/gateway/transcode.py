@@ -287,7 +287,7 @@ def parse_query(query: str) -> dict[str, list[str]]:
     """Values of each key, in order. Bytes that are not UTF-8 once decoded
     are kept as surrogates (errors="surrogateescape"): a parameter that
     names no field is ignored whatever it holds, as PySpur ignores it;
-    RequestBuilder refuses them in one that does (_utf8)."""
+    RequestBuilder refuses them in one that does."""
     grouped: dict[str, list[str]] = {}
     for key, value in parse_qsl(query, keep_blank_values=True, errors="surrogateescape"):
         grouped.setdefault(key, []).append(value)
@@ -305,17 +305,6 @@ def _is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _utf8(key: str, values: Sequence[str]) -> None:
-    """InvalidArgument when `key` or one of its values held bytes that are
-    not UTF-8 (parse_query kept them as surrogates)."""
-    for text in (key, *values):
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            shown = key.encode("utf-8", "backslashreplace").decode("ascii", "replace")
-            raise InvalidArgument(shown, "is not valid UTF-8 once percent-decoded") from None
 
 
 class RequestBuilder:
@@ -354,8 +343,8 @@ class RequestBuilder:
                 # A field the path or the body binds is theirs, under any
                 # spelling: ?runId=R9 does not turn DELETE /run/R1 into R9's.
                 if not any(path[: len(bound)] == bound for bound in self._bound):
-                    if _names_a_field(descriptor, path):
-                        _utf8(key, values)
+                    if _names_a_field(descriptor, path) and not all(map(_is_utf8, values)):
+                        raise InvalidArgument(key, "is not valid UTF-8 once percent-decoded")
                     _assign(request, path, values, key)
         return request
 

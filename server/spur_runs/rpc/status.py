@@ -92,11 +92,16 @@ _QUERY_CANCELED = "57014"
 _SQLITE_INTERRUPT = "SQLITE_INTERRUPT"
 
 
+def _driver(error: BaseException, attribute: str) -> object:
+    """An attribute of the driver's exception that SQLAlchemy wraps
+    (psycopg's `sqlstate`, sqlite3's `sqlite_errorname`), or None."""
+    return getattr(getattr(error, "orig", None), attribute, None)
+
+
 def _is_timeout(error: BaseException) -> bool:
-    orig = getattr(error, "orig", None)
     return (
-        getattr(orig, "sqlstate", None) == _QUERY_CANCELED
-        or getattr(orig, "sqlite_errorname", None) == _SQLITE_INTERRUPT
+        _driver(error, "sqlstate") == _QUERY_CANCELED
+        or _driver(error, "sqlite_errorname") == _SQLITE_INTERRUPT
     )
 
 
@@ -135,18 +140,18 @@ _SQLITE_ERROR = "SQLITE_ERROR"
 
 
 def _is_conflict(error: BaseException) -> bool:
-    return getattr(getattr(error, "orig", None), "sqlstate", None) in _CONFLICTS
+    return _driver(error, "sqlstate") in _CONFLICTS
 
 
 def _is_busy(error: BaseException) -> bool:
-    name = getattr(getattr(error, "orig", None), "sqlite_errorname", None)
+    name = _driver(error, "sqlite_errorname")
     return isinstance(name, str) and name.startswith(_SQLITE_BUSY)
 
 
 def _is_unavailable(error: BaseException) -> bool:
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
-    if getattr(getattr(error, "orig", None), "sqlite_errorname", None) == _SQLITE_ERROR:
+    if _driver(error, "sqlite_errorname") == _SQLITE_ERROR:
         return False
     return isinstance(error, _DISCONNECTS)
 
@@ -183,37 +188,40 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
             message=f"the database holds text that is not valid UTF-8{where}",
         )
     if _is_conflict(error):
-        log.warning("database transaction aborted by a conflict in %s", method)
-        _debug_cause(error)
-        return status_pb2.Status(
-            code=code_pb2.ABORTED,
-            message="the database aborted the transaction for a concurrent one "
+        return _database(
+            error,
+            f"database transaction aborted by a conflict in {method}",
+            code_pb2.ABORTED,
+            "the database aborted the transaction for a concurrent one "
             "(nothing was written); retry",
         )
     if _is_busy(error):
-        log.warning("database lock wait ran out of time in %s", method)
-        _debug_cause(error)
-        return status_pb2.Status(
-            code=code_pb2.DEADLINE_EXCEEDED,
-            message="another writer held the database's lock for longer than the deadline; "
-            "retry later",
+        return _database(
+            error,
+            f"database lock wait ran out of time in {method}",
+            code_pb2.DEADLINE_EXCEEDED,
+            "another writer held the database's lock for longer than the deadline; retry later",
         )
     if _is_unavailable(error):
-        log.warning("database unavailable in %s: %s", method, error.__class__.__name__)
-        _debug_cause(error)
-        return status_pb2.Status(
-            code=code_pb2.UNAVAILABLE, message="the database is unavailable; retry later"
+        return _database(
+            error,
+            f"database unavailable in {method}: {error.__class__.__name__}",
+            code_pb2.UNAVAILABLE,
+            "the database is unavailable; retry later",
         )
     log.error("unexpected error in %s", method, exc_info=error)
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
 
 
-def _debug_cause(error: BaseException) -> None:
-    """The driver's own words and the traceback, with --log-level DEBUG: the
-    warning above names only the kind, as statements and their values may
-    hold what the log should not."""
+def _database(error: BaseException, logged: str, code: int, message: str) -> status_pb2.Status:
+    """A database failure a client may retry: one warning naming its kind,
+    and with --log-level DEBUG the driver's own words and the traceback (the
+    warning leaves them out: statements and their values may hold what the
+    log should not)."""
+    log.warning("%s", logged)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("the database error behind it", exc_info=error)
+    return status_pb2.Status(code=code, message=message)
 
 
 def grpc_code(status: status_pb2.Status) -> grpc.StatusCode:

@@ -30,6 +30,8 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -135,22 +137,13 @@ class WatchedConnection(psycopg.Connection[Any]):
     hangs stops answering. Its statements' bound is its cursor class's
     (watched_cursor), which create_db_engine gives it."""
 
-    def _bound(self) -> float | None:
-        return getattr(self.cursor_factory, "statement_bound", None)
-
     def commit(self) -> None:
-        WATCHDOG.arm(self, self._bound())
-        try:
+        with watching(self, bound_of(self)[1]):
             super().commit()
-        finally:
-            WATCHDOG.disarm(self)
 
     def rollback(self) -> None:
-        WATCHDOG.arm(self, self._bound())
-        try:
+        with watching(self, bound_of(self)[1]):
             super().rollback()
-        finally:
-            WATCHDOG.disarm(self)
 
 
 def watched_cursor(bound: float | None) -> type[psycopg.Cursor[Any]]:
@@ -162,22 +155,24 @@ def watched_cursor(bound: float | None) -> type[psycopg.Cursor[Any]]:
         statement_bound = bound
 
         def execute(self, *args: Any, **kwargs: Any) -> Any:
-            connection = self.connection
-            WATCHDOG.arm(connection, bound)
-            try:
+            with watching(self.connection, bound):
                 return super().execute(*args, **kwargs)
-            finally:
-                WATCHDOG.disarm(connection)
 
         def executemany(self, *args: Any, **kwargs: Any) -> Any:
-            connection = self.connection
-            WATCHDOG.arm(connection, bound)
-            try:
+            with watching(self.connection, bound):
                 return super().executemany(*args, **kwargs)
-            finally:
-                WATCHDOG.disarm(connection)
 
     return WatchedCursor
+
+
+@contextmanager
+def watching(connection: psycopg.Connection[Any], bound: float | None) -> Iterator[None]:
+    """WATCHDOG armed on `connection` for the block."""
+    WATCHDOG.arm(connection, bound)
+    try:
+        yield
+    finally:
+        WATCHDOG.disarm(connection)
 
 
 def bound_of(connection: psycopg.Connection[Any]) -> tuple[bool, float | None]:

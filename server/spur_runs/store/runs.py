@@ -362,7 +362,8 @@ def delete_run(conn: Connection, run_id: str) -> int:
     # bound parameters (65,535 for PostgreSQL) and the delete could never
     # run. A chunk's runs are deleted after all of their descendants, so no
     # statement leaves a row pointing at a deleted one.
-    chunks = [run_ids[::-1][i : i + DELETE_CHUNK] for i in range(0, len(run_ids), DELETE_CHUNK)]
+    children_first = run_ids[::-1]
+    chunks = [children_first[i : i + DELETE_CHUNK] for i in range(0, len(run_ids), DELETE_CHUNK)]
     deleted = 0
     try:
         for chunk in chunks:
