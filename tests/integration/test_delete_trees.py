@@ -87,13 +87,14 @@ def test_a_batch_beyond_the_drivers_parameter_limit(db: Database, stub: RunServi
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_task_added_while_the_run_is_deleted_is_aborted(
+def test_a_task_added_while_the_run_is_deleted_goes_with_it(
     db: Database, stub: RunServiceStub, migrated_url: str
 ) -> None:
     """PySpur inserts a task of the run in a transaction still open when
-    DeleteRun comes: the delete waits for it, then meets the new row. The
-    answer is ABORTED (retry), nothing deleted, not FAILED_PRECONDITION
-    with a reference that does not exist; the retry deletes it all."""
+    DeleteRun comes: the delete waits for it (its lock on the tree's runs
+    waits for the new row's reference), then deletes it with the run. It
+    used to meet the row mid-delete and answer FAILED_PRECONDITION naming
+    a reference that did not exist, then ABORTED."""
     with db.write() as s:
         run = add_run(s, add_workflow(s), tasks=TASKS)
     pyspur = create_engine(migrated_url)
@@ -115,16 +116,63 @@ def test_a_task_added_while_the_run_is_deleted_is_aborted(
     writer.start()
     try:
         assert inserted.wait(5)
-        with pytest.raises(grpc.RpcError) as raised:
-            stub.DeleteRun(pb.DeleteRunRequest(run_id=run), timeout=10)
-        assert raised.value.code() == grpc.StatusCode.ABORTED, raised.value.details()
-        assert "Retry" in (raised.value.details() or "")
+        started = time.monotonic()
+        stub.DeleteRun(pb.DeleteRunRequest(run_id=run), timeout=10)
+        assert time.monotonic() - started > 0.5  # it did wait for the writer
     finally:
         writer.join()
         pyspur.dispose()
-    assert _count(db, "SELECT count(*) FROM tasks") == len(TASKS) + 1  # nothing deleted
-    stub.DeleteRun(pb.DeleteRunRequest(run_id=run), timeout=10)
     assert _count(db, "SELECT count(*) FROM tasks") == 0
+    assert _count(db, "SELECT count(*) FROM runs") == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_child_moved_out_while_the_run_is_deleted_is_kept(
+    db: Database, stub: RunServiceStub, migrated_url: str
+) -> None:
+    """PySpur moves a child run to another parent in a transaction still open
+    when DeleteRun comes. The delete deleted it by its id all the same: a
+    run outside the tree, and its tasks, lost (a hostile review, 2026-12-03).
+    Now the answer is ABORTED with nothing deleted, and the retry deletes
+    the tree without the run that left it."""
+    with db.write() as s:
+        version = add_workflow(s)
+        root = add_run(s, version, tasks=TASKS)
+        staying = add_run(s, version, parent_run_id=root, tasks=TASKS)
+        leaving = add_run(s, version, parent_run_id=root, tasks=TASKS)
+        elsewhere = add_run(s, version, tasks=TASKS)
+    pyspur = create_engine(migrated_url)
+    moved = threading.Event()
+
+    def move_the_child() -> None:
+        with pyspur.begin() as conn:
+            conn.execute(
+                text("UPDATE runs SET parent_run_id = :p WHERE id = :r"),
+                {"p": elsewhere, "r": leaving},
+            )
+            moved.set()
+            time.sleep(1.0)  # DeleteRun reaches the moved run's lock meanwhile
+
+    writer = threading.Thread(target=move_the_child)
+    writer.start()
+    try:
+        assert moved.wait(5)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.DeleteRun(pb.DeleteRunRequest(run_id=root), timeout=10)
+        assert raised.value.code() == grpc.StatusCode.ABORTED, raised.value.details()
+        assert leaving in (raised.value.details() or "")
+    finally:
+        writer.join()
+        pyspur.dispose()
+    assert _count(db, "SELECT count(*) FROM runs") == 4  # nothing deleted
+    stub.DeleteRun(pb.DeleteRunRequest(run_id=root), timeout=10)
+    for gone in (root, staying):
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.GetRun(pb.GetRunRequest(run_id=gone))
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    kept = stub.GetRun(pb.GetRunRequest(run_id=leaving)).run
+    assert kept.parent_run_id == elsewhere
+    assert len(kept.tasks) == len(TASKS)
 
 
 def test_a_task_outside_the_tree_pointing_in_is_refused_for_good(

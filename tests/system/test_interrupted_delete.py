@@ -6,9 +6,10 @@ is cut (pg_terminate_backend). Afterwards the run is either fully present
 gone, never half; a run next to it is untouched; and the next DeleteRun
 completes.
 
-Landing in the middle: on PostgreSQL the test holds a row lock on one child
-run, so the server's transaction has deleted every task and then waits on
-`DELETE FROM runs` (seen in pg_stat_activity) when it is killed. On SQLite
+Landing in the middle: on PostgreSQL the test holds a row lock on the last
+task of the tree, so the server's transaction has locked every run of the
+tree, deleted the tasks before that one and waits in `DELETE FROM tasks`
+(seen in pg_stat_activity) when it is killed. On SQLite
 the test first measures how long a delete of an identical tree takes, then
 kills the server a third of that time after it saw the server take the
 write lock (BEGIN IMMEDIATE).
@@ -238,11 +239,11 @@ def finish_delete(url: str, tree: Tree, engine: Engine) -> None:
 
 
 def _blocked_delete_backend(admin: Connection, database: str) -> int | None:
-    """The pid of the server's backend waiting on a lock in DELETE FROM runs."""
+    """The pid of the server's backend waiting on a lock in DELETE FROM tasks."""
     return admin.execute(
         text(
             "SELECT pid FROM pg_stat_activity WHERE datname = :db AND state = 'active' "
-            "AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM runs%'"
+            "AND wait_event_type = 'Lock' AND query LIKE 'DELETE FROM tasks%'"
         ),
         {"db": database},
     ).scalar()
@@ -251,13 +252,17 @@ def _blocked_delete_backend(admin: Connection, database: str) -> int | None:
 def _held_in_the_middle(
     engine: Engine, tree: Tree, start_delete: Callable[[], Any]
 ) -> Iterator[tuple[Connection, int, Any]]:
-    """Lock the last child run, start the delete, yield once the server's
-    transaction has deleted the tasks and waits on the runs."""
+    """Lock the tree's last task (its rows' last), start the delete, yield
+    once the server's transaction has locked the tree's runs, deleted tasks
+    and waits on that one."""
     locker = engine.connect()
     admin = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
     try:
         transaction = locker.begin()
-        locker.execute(text("SELECT id FROM runs WHERE id = :id FOR UPDATE"), {"id": tree.ids[-1]})
+        locker.execute(
+            text("SELECT id FROM tasks WHERE run_id = :id ORDER BY _intid DESC LIMIT 1 FOR UPDATE"),
+            {"id": tree.ids[-1]},
+        )
         future = start_delete()
         deadline = time.monotonic() + 20
         database = engine.url.database

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, bindparam, select
 
-from ..errors import FailedPrecondition
+from ..errors import Aborted, FailedPrecondition
 from .models import Run
 
 # (id, parent_run_id) of a run and of every run below it. Each run has one
@@ -29,15 +29,57 @@ _TREE = select(_TREE_CTE.c.id, _TREE_CTE.c.parent_run_id)
 _SHOWN = 8
 
 
-def subtree(conn: Connection, run_id: str) -> list[str]:
+# Runs locked per statement (lock_subtree): far below every driver's limit
+# of bound parameters.
+LOCK_CHUNK = 1000
+
+
+def lock_subtree(conn: Connection, run_id: str) -> list[str]:
     """The ids of `run_id` and of all its descendants, each after its parent
-    (an empty list when there is no such run), in one statement.
+    (an empty list when there is no such run), every run of them locked
+    (FOR UPDATE) until the caller's transaction ends: DeleteRun's tree.
+
     FailedPrecondition when `run_id` is its own ancestor: such rows are
     damaged data, and deleting them would destroy what an operator needs to
-    see to repair them."""
-    parents: dict[str, str | None] = {
-        row.id: row.parent_run_id for row in conn.execute(_TREE, {"run_id": run_id})
-    }
+    see to repair them.
+
+    The walk reads committed rows and locks nothing (PostgreSQL allows no
+    FOR UPDATE in a recursive query). A run that PySpur moved out of the
+    tree meanwhile (an UPDATE of its parent_run_id, committed while the
+    delete ran) was still deleted by its id: data outside the tree, lost.
+    Locking the rows the walk found waits for such a writer, and gives the
+    rows as it left them: a run gone or with another parent ends the delete
+    with Aborted (retry), before anything is deleted. Once locked, no
+    writer can move them, delete them, or add a row that points at them.
+    SQLite needs none of it: its write transaction (BEGIN IMMEDIATE) holds
+    the one write lock of the whole file before the walk."""
+    parents = _parents(conn, run_id)
+    ordered = _ordered(parents, run_id)
+    if not ordered or conn.dialect.name == "sqlite":
+        return ordered
+    locked: dict[str, str | None] = {}
+    for start in range(0, len(ordered), LOCK_CHUNK):
+        chunk = ordered[start : start + LOCK_CHUNK]
+        rows = conn.execute(
+            select(Run.id, Run.parent_run_id).where(Run.id.in_(chunk)).with_for_update()
+        )
+        locked.update((row.id, row.parent_run_id) for row in rows)
+    moved = [run for run in ordered if run not in locked or locked[run] != parents[run]]
+    if moved:
+        raise Aborted(
+            f"run {run_id}: run {moved[0]} of its tree was moved or deleted while the tree "
+            "was being deleted (PySpur is still writing to it); nothing was deleted. Retry."
+        )
+    return ordered
+
+
+def _parents(conn: Connection, run_id: str) -> dict[str, str | None]:
+    """run id -> parent_run_id, for `run_id` and every run below it."""
+    return {row.id: row.parent_run_id for row in conn.execute(_TREE, {"run_id": run_id})}
+
+
+def _ordered(parents: dict[str, str | None], run_id: str) -> list[str]:
+    """The runs of `parents`, breadth first from `run_id`."""
     if run_id not in parents:
         return []
     # A cycle reachable downwards from run_id passes through run_id itself:

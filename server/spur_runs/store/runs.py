@@ -350,9 +350,12 @@ def delete_run(conn: Connection, run_id: str) -> int:
     All or nothing within the caller's transaction. Returns the number of runs
     deleted. NotFound if there is no such run; FailedPrecondition, deleting
     nothing, when rows of other tables still reference one of those runs, or
-    when the run is its own ancestor (run_tree.py).
+    when the run is its own ancestor (run_tree.py); Aborted, deleting
+    nothing, when another writer changed the tree meanwhile (retry).
     """
-    run_ids = run_tree.subtree(conn, run_id)  # FailedPrecondition on a parent cycle
+    # FailedPrecondition on a parent cycle; Aborted when PySpur moved a run
+    # of the tree meanwhile. Locked until the caller's transaction ends.
+    run_ids = run_tree.lock_subtree(conn, run_id)
     if not run_ids:
         raise NotFound(f"run {run_id} not found")
     _refuse_if_referenced(conn, run_ids)
