@@ -296,3 +296,28 @@ def test_page_token_walks_during_inserts_and_deletes(
         assert min(walked.values()) >= 1
     finally:
         db.dispose()
+
+
+def test_a_page_token_outlives_its_runs_id_given_to_a_new_run(
+    db: Database, stub: RunServiceStub
+) -> None:
+    """On SQLite a deleted newest run's rowid goes to the next run PySpur
+    starts (PySpur's schema has no AUTOINCREMENT). A page token whose last
+    run was that one went on from the new run's place: page 2 repeated
+    page 1's runs (a hostile review, 2026-12-03). It goes on from the
+    token's own time. PostgreSQL never reuses an id: the same walk holds."""
+    basic = run_pb2.RUN_VIEW_BASIC
+    with db.write() as s:
+        version = add_workflow(s)
+        older = [add_run(s, version, start_time=START + timedelta(minutes=m)) for m in range(10)]
+        # The 5th newest by start_time, and the highest _intid.
+        last_of_page = add_run(s, version, start_time=START + timedelta(minutes=5, seconds=30))
+    first = stub.ListRuns(pb.ListRunsRequest(page_size=5, view=basic))
+    assert [r.id for r in first.runs][-1] == last_of_page
+    stub.DeleteRun(pb.DeleteRunRequest(run_id=last_of_page))
+    with db.write() as s:  # PySpur starts a run: on SQLite it gets the deleted run's id
+        add_run(s, version, start_time=START + timedelta(hours=1))
+    second = stub.ListRuns(
+        pb.ListRunsRequest(page_size=5, page_token=first.next_page_token, view=basic)
+    )
+    assert [r.id for r in second.runs] == older[5::-1][:5]

@@ -17,8 +17,23 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Text, bindparam, cast, func, or_, select, text, union_all
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Text,
+    bindparam,
+    cast,
+    func,
+    or_,
+    select,
+    text,
+    union_all,
+)
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ColumnElement, FromClause, Select
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import ScalarSelect
 
 from .hot import Statement, row_type
@@ -263,6 +278,30 @@ def run_with_tasks(dialect: str) -> Statement:
     )
 
 
+class _SameInstant(FunctionElement[bool]):
+    """Whether a stored start_time (left) is the instant of a bound one
+    (right). PostgreSQL compares timestamps. SQLite's text may be written in
+    another format than the bound value's (page_queries), so both are read
+    by julianday() (to the millisecond); text julianday cannot read counts
+    as the same instant, as the stored run's place is all there is then."""
+
+    type = Boolean()
+    inherit_cache = True
+    name = "same_instant"
+
+
+@compiles(_SameInstant)
+def _same_instant(element: _SameInstant, compiler: SQLCompiler, **kw: Any) -> str:
+    stored, bound = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"{stored} = {bound}"
+
+
+@compiles(_SameInstant, "sqlite")
+def _same_instant_sqlite(element: _SameInstant, compiler: SQLCompiler, **kw: Any) -> str:
+    stored, bound = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"coalesce(julianday({stored}) = julianday({bound}), 1)"
+
+
 @functools.cache
 def page_queries(
     shape: FilterShape, with_parent: bool, cursor: str
@@ -292,14 +331,24 @@ def page_queries(
             # microseconds, a "T", an offset: not PySpur, another tool) must
             # be compared as that text, or a page starts over at its own
             # last run, forever. The token's time (bound as SQLAlchemy writes
-            # it) for a cursor run deleted since. An index lookup, once.
+            # it) for a cursor run deleted since, or one whose _intid is now
+            # another run's: SQLite gives a deleted newest run's rowid to the
+            # next run (PySpur's schema has no AUTOINCREMENT), and a page
+            # token then went on from the new run's place, repeating or
+            # skipping runs (a hostile review, 2026-12-03). So the stored
+            # time counts only where it is the token's instant (_SameInstant).
+            # An index lookup, once.
             cursor_run = Run.__table__.alias("cursor_run")
+            after_time = bindparam("after_time", type_=Run.start_time.type)
             stored = (
                 select(cursor_run.c.start_time)
-                .where(cursor_run.c._intid == intid)
+                .where(
+                    cursor_run.c._intid == intid,
+                    _SameInstant(cursor_run.c.start_time, after_time),
+                )
                 .scalar_subquery()
             )
-            at = func.coalesce(stored, bindparam("after_time", type_=Run.start_time.type))
+            at = func.coalesce(stored, after_time)
             timed = timed.where(Run.start_time <= at, or_(Run.start_time < at, Run._intid < intid))
         timed = (
             timed.order_by(Run.start_time.desc(), Run._intid.desc())
