@@ -15,6 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,38 @@ def test_a_deleted_run_is_not_found_and_the_stream_ends(
          "grpc_method": "WatchRun", "grpc_code": "NotFound"},
     )  # fmt: skip
     assert handled == 1
+
+
+def test_a_deleted_run_whose_id_a_new_run_got_is_not_found(
+    db: Database, watching: RunsServer, stub: RunServiceStub
+) -> None:
+    """On SQLite a deleted newest run's id goes to the next run PySpur starts
+    (no AUTOINCREMENT). Between two polls: the watch went on with the new
+    run's data under the old id (a hostile review, 2026-12-03). It ends
+    NOT_FOUND, as for any deleted run. Written as that reuse, in one
+    transaction, on both databases."""
+    run_id = pending_run(db)
+    stream = stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=30)
+    assert next(stream).run.status == run_pb2.Run.PENDING
+    with db.write() as s:
+        old = s.execute(
+            text("SELECT _intid, workflow_id, workflow_version_id FROM runs WHERE id = :r"),
+            {"r": run_id},
+        ).one()
+        s.execute(text("DELETE FROM tasks WHERE run_id = :r"), {"r": run_id})
+        s.execute(text("DELETE FROM runs WHERE id = :r"), {"r": run_id})
+        version = (old.workflow_id, old.workflow_version_id)
+        add_run(s, version, status=RunStatus.RUNNING, start_time=datetime(2026, 11, 3))
+        s.execute(
+            text("UPDATE runs SET _intid = :i WHERE _intid = (SELECT max(_intid) FROM runs)"),
+            {"i": old._intid},
+        )
+    with pytest.raises(grpc.RpcError) as raised:
+        next(stream)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND, raised.value.details()
+    again = stub.GetRun(pb.GetRunRequest(run_id=run_id)).run
+    assert again.status == run_pb2.Run.RUNNING  # the id is the new run's now
+    wait_for(lambda: watching.watch_hub.watcher_count == 0)
 
 
 def test_a_run_that_cannot_be_served_fails_its_watchers_only(

@@ -306,9 +306,13 @@ class WatchHub:
             finally:
                 event.remove(conn, "before_cursor_execute", self._count_statement)
         self.changes.inc(len(changed))
+        gone: set[Watcher] = set()  # their run was deleted, its id maybe given to another
         for run_id, watchers in groups.items():
-            if run_id not in found:
-                for watcher in watchers:
+            now = found.get(run_id)
+            for watcher in watchers:
+                before = watcher.fingerprint
+                if now is None or (before is not None and not watch_sql.same_run(before, now)):
+                    gone.add(watcher)
                     self._deliver(watcher, NotFound(f"run {run_id} not found (deleted)"))
         for record in records:
             run_id = record.row.id
@@ -319,12 +323,13 @@ class WatchHub:
                 # double holds): its watchers get the error; the other runs
                 # of the poll are delivered as usual.
                 for watcher in groups[run_id]:
-                    self._deliver(watcher, error)
+                    if watcher not in gone:
+                        self._deliver(watcher, error)
                 continue
             comparable = _comparable(message)
             final = message.status in TERMINAL
             for watcher in groups[run_id]:
-                if watcher.fingerprint == found[run_id]:
+                if watcher.fingerprint == found[run_id] or watcher in gone:
                     continue
                 watcher.fingerprint = found[run_id]
                 # A fingerprint can move with nothing a client sees (a JSON

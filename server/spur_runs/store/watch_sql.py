@@ -97,6 +97,22 @@ _FINGERPRINTS = (
 )
 
 
+# A fingerprint's start_time (the row's third column, after the id).
+_START = 1
+if _FINGERPRINTS.selected_columns[_START + 1].key != "start_time":
+    raise RuntimeError("watch_sql._START no longer names start_time")
+
+
+def same_run(before: Fingerprint, now: Fingerprint) -> bool:
+    """Whether two fingerprints of one run id are of one run. On SQLite a
+    deleted newest run's id goes to the next run PySpur starts (its schema
+    has no AUTOINCREMENT), and a watch of the old run went on with the new
+    one's data (a hostile review, 2026-12-03). PySpur sets a run's
+    start_time once, when it makes the run: another start_time is another
+    run. A time set where there was none is still the same run."""
+    return before[_START] is None or before[_START] == now[_START]
+
+
 def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
     for start in range(0, len(items), CHUNK):
         yield list(items[start : start + CHUNK])
