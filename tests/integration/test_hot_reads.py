@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import sqlite
 
 from factories import add_run, add_workflow
+from spur_runs.errors import DataLoss
 from spur_runs.store import runs
 from spur_runs.store.db import Database
 from spur_runs.store.models import RunStatus, TaskStatus
@@ -283,11 +284,13 @@ def test_a_row_the_inline_decoding_refuses_is_decoded_by_the_processors() -> Non
     # JSON that orjson refuses (Python's json.dumps writes NaN).
     nan = decode([*stored[:6], '{"score": NaN}', *stored[7:]])
     assert math.isnan(nan[6]["score"]) and nan[9] == T0
-    # A number in a DATETIME column (SQLite keeps any type): as it is, as before.
-    assert decode([*stored[:9], 1762074000, *stored[10:]])[9] == 1762074000
-    # Text that no parser reads: SQLAlchemy's processor raises.
-    with pytest.raises(ValueError, match="isoformat"):
+    # What no processor reads is DATA_LOSS naming the task and the column:
+    # a number in a DATETIME column (SQLite keeps any type),
+    with pytest.raises(DataLoss, match=r"^task T7: start_time holds .*\(a int, not a time\)"):
+        decode([*stored[:9], 1762074000, *stored[10:]])
+    # text that no parser reads (SQLAlchemy's processor raises),
+    with pytest.raises(DataLoss, match="start_time holds .*isoformat"):
         decode([*stored[:9], "2026-11-2 9:00:00", *stored[10:]])
-    # A status that is no member: SQLAlchemy's Enum raises LookupError too.
-    with pytest.raises(LookupError, match="NOT_A_STATUS"):
+    # a status that is no member (SQLAlchemy's Enum raises LookupError).
+    with pytest.raises(DataLoss, match="status holds .*'NOT_A_STATUS' is not among"):
         decode([*stored[:5], "NOT_A_STATUS", *stored[6:]])

@@ -252,3 +252,43 @@ def test_numbers_too_large_for_a_double(db: Database, stub: RunServiceStub) -> N
     assert stub.GetRun(pb.GetRunRequest(run_id=in_definition, view=BASIC)).run.id == in_definition
     tasks = stub.GetRunTasks(pb.GetRunTasksRequest(run_id=in_definition)).tasks
     assert len(tasks) == 0
+
+
+# (table, column, stored value, what the message says of it): values no
+# reader of ours reads, which another tool may have written (SQLite keeps
+# any type in any column; PostgreSQL's types refuse them at the write).
+UNREADABLE = [
+    ("runs", "initial_inputs", "{not json", "initial_inputs holds a value this service cannot"),
+    ("runs", "status", "completed", "'completed' is not among the names of RunStatus"),
+    ("runs", "start_time", "not a date", "Invalid isoformat string: 'not a date'"),
+    ("runs", "end_time", "yesterday", "end_time holds a value this service cannot read"),
+    ("runs", "start_time", 1718409600, "start_time holds a value this service cannot read (a int"),
+    ("runs", "outputs", '{"a": "\\ud800"}', "outputs holds a string with a lone surrogate"),
+    ("tasks", "inputs", "{not json", "inputs holds a value this service cannot read"),
+    ("tasks", "status", "DONE", "'DONE' is not among the names of TaskStatus"),
+    ("tasks", "outputs", '["\\udfff"]', "a JSON column holds a string with a lone surrogate"),
+]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("table", "column", "stored", "said"), UNREADABLE)
+def test_values_no_reader_reads_are_data_loss_naming_them(
+    db: Database, stub: RunServiceStub, table: str, column: str, stored: object, said: str
+) -> None:
+    """A review (2026-12-03) found each of these INTERNAL, with a traceback
+    logged on every read: DATA_LOSS names the run or task and the column."""
+    with db.write() as s:
+        run = add_run(s, add_workflow(s), tasks=all_done()[:1])
+        key = "run_id" if table == "tasks" else "id"
+        s.execute(
+            text(f"UPDATE {table} SET {column} = :v WHERE {key} = :r"), {"v": stored, "r": run}
+        )
+        task = s.execute(text("SELECT id FROM tasks WHERE run_id = :r"), {"r": run}).scalar_one()
+    owner = f"run {run}: " if table == "runs" else f"task {task}: "
+    reads = [(stub.GetRun, pb.GetRunRequest(run_id=run)), (stub.ListRuns, pb.ListRunsRequest())]
+    if table == "tasks":
+        reads.append((stub.GetRunTasks, pb.GetRunTasksRequest(run_id=run)))
+    for call, request in reads:
+        code, message = _refused(call, request)
+        assert code is grpc.StatusCode.DATA_LOSS, message
+        assert message.startswith(owner) and said in message, message

@@ -249,6 +249,9 @@ def definition_problem(row: Row[Any]) -> str | None:
 # double at all. (One below it but beyond 2**53 is served rounded, as every
 # double-based JSON reader rounds it: api.md.)
 _TOO_LARGE = "a number too large for a double"
+# JSON text may escape half of a UTF-16 pair ("\ud800"): Python's json reads
+# it as a lone surrogate, which no protobuf string (UTF-8) holds.
+_NOT_UNICODE = "a string with a lone surrogate escape (\\ud800 to \\udfff), not Unicode text"
 
 
 def _too_large(value: Any) -> bool:
@@ -281,6 +284,8 @@ def add_tasks(
         # Found while setting a number (set_value) of the task added last:
         # the message is made here, off the path of every other call.
         raise DataLoss(f"task {target[-1].id}: a JSON column holds {_TOO_LARGE}") from None
+    except UnicodeEncodeError:  # see _NOT_UNICODE
+        raise DataLoss(f"task {target[-1].id}: a JSON column holds {_NOT_UNICODE}") from None
 
 
 def _add_tasks(
@@ -420,4 +425,6 @@ def fill_run(
             set_value(run.outputs, row.outputs)
     except OverflowError:  # see _TOO_LARGE
         raise DataLoss(f"run {row.id}: {column} holds {_TOO_LARGE}") from None
+    except UnicodeEncodeError:  # see _NOT_UNICODE
+        raise DataLoss(f"run {row.id}: {column} holds {_NOT_UNICODE}") from None
     return spliced

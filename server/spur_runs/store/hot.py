@@ -49,6 +49,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Select
 
+from ..errors import DataLoss
 from . import libpq
 from .db import load_json
 from .held import HELD_OPTION
@@ -202,12 +203,15 @@ class _Compiled:
                 results.append((index, process))
             if in_json is not None:
                 from_json.append((index, in_json))
-        self.decode_row = _row_decoder(width, results, inline) if results else None
+        columns = _Columns.of(statement)
+        self.decode_row = _row_decoder(width, results, inline, columns) if results else None
         if from_json == results:  # SQLite: the same values either way
             self.unpack_row = self.decode_row
         else:
             inline_json.update(inline)
-            self.unpack_row = _row_decoder(width, from_json, inline_json) if from_json else None
+            self.unpack_row = (
+                _row_decoder(width, from_json, inline_json, columns) if from_json else None
+            )
 
     def arguments(self, params: Mapping[str, Any]) -> Any:
         values = {**self.fixed, **params}
@@ -258,8 +262,77 @@ class _Inline(NamedTuple):
 _CALL = "None if {v} is None else {h}({v})"
 
 
+# The rows whose columns a statement reads, by the table of its "id" column,
+# as an error names them.
+_NOUNS = {"runs": "run", "tasks": "task", "workflow_versions": "workflow version"}
+
+
+class _Columns(NamedTuple):
+    """What an error about a stored value says of its row (_slow_decoder)."""
+
+    keys: tuple[str, ...]
+    times: frozenset[int]  # the DATETIME columns' indexes
+    id_index: int | None
+    noun: str
+
+    @classmethod
+    def of(cls, statement: Select[Any]) -> _Columns:
+        selected = list(statement.selected_columns)
+        keys = tuple(str(column.key) for column in selected)
+        id_index = keys.index("id") if "id" in keys else None
+        # The id's table, through the subqueries it may be read from.
+        tables = (
+            [getattr(getattr(c, "table", None), "name", "") for c in selected[id_index].proxy_set]
+            if id_index is not None
+            else []
+        )
+        return cls(
+            keys,
+            frozenset(i for i, c in enumerate(selected) if isinstance(c.type, DateTime)),
+            id_index,
+            next((_NOUNS[name] for name in tables if name in _NOUNS), "row"),
+        )
+
+
+def _slow_decoder(processors: Mapping[int, Processor], columns: _Columns) -> Processor:
+    """A row decoded by its columns' processors, one at a time: the rare row
+    the inline expressions refuse. A stored value that no processor reads
+    (text that is no time, JSON that is no JSON, a status PySpur does not
+    write, a number in a DATETIME column, all written by some other tool)
+    is DATA_LOSS naming the row and the column. It used to raise on, as
+    INTERNAL with a traceback on every read of the row (a review, 2026-12-03)."""
+
+    def decode(row: Any) -> tuple[Any, ...]:
+        values = list(row)
+        for i, process in processors.items():
+            try:
+                value = process(values[i])
+            except Exception as error:  # noqa: BLE001 - any processor's refusal
+                raise _unreadable(values, columns, i, str(error)) from None
+            if value is not None and i in columns.times and not isinstance(value, datetime):
+                raise _unreadable(values, columns, i, f"a {type(value).__name__}, not a time")
+            values[i] = value
+        return tuple(values)
+
+    return decode
+
+
+def _unreadable(values: list[Any], columns: _Columns, index: int, reason: str) -> DataLoss:
+    where = columns.noun
+    if columns.id_index is not None:
+        where += f" {values[columns.id_index]}"
+    if len(reason) > 120:
+        reason = reason[:117] + "..."
+    return DataLoss(
+        f"{where}: {columns.keys[index]} holds a value this service cannot read ({reason})"
+    )
+
+
 def _row_decoder(
-    width: int, results: Sequence[tuple[int, Processor]], inline: Mapping[int, _Inline]
+    width: int,
+    results: Sequence[tuple[int, Processor]],
+    inline: Mapping[int, _Inline],
+    columns: _Columns,
 ) -> Callable[[Any], Any]:
     """A function of a row that returns it as a tuple with the columns of
     `results` decoded, as one expression: one call per row, none per
@@ -271,7 +344,7 @@ def _row_decoder(
     decoded by the processors."""
     processors = dict(results)
     namespace: dict[str, Any] = {f"p{i}": process for i, process in processors.items()}
-    slow = [f"p{i}(row[{i}])" if i in processors else f"row[{i}]" for i in range(width)]
+    namespace["slow"] = _slow_decoder(processors, columns)
     fast = [f"r{i}" if i not in processors else f"p{i}(r{i})" for i in range(width)]
     for i, (template, helper) in inline.items():
         if i in processors:
@@ -285,7 +358,7 @@ def _row_decoder(
         f"        return ({', '.join(fast)},)\n"
         "    except Exception:\n"
         "        pass\n"
-        f"    return ({', '.join(slow)},)\n"
+        "    return slow(row)\n"
     )
     exec(source, namespace)  # noqa: S102 - source built above from column indexes only
     return namespace["decode"]  # type: ignore[no-any-return]
