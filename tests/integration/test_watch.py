@@ -369,6 +369,37 @@ def test_beyond_max_watchers_is_resource_exhausted(lite_url: str, lite_db: Datab
         server.stop(grace=1)
 
 
+def test_a_message_over_the_response_limit_ends_the_watch_resource_exhausted(
+    lite_url: str, lite_db: Database
+) -> None:
+    """grpc refused the message in its transport: the client saw grpc's
+    words, and the call was logged CANCELLED (a review, 2026-12-03)."""
+    server = start_server(lite_url, watch_interval=INTERVAL, max_response_bytes=65536)
+    try:
+        run_id = pending_run(lite_db)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = RunServiceStub(channel).WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=30)
+            assert next(stream).run.id == run_id  # under 64 KiB
+            with lite_db.write() as s:
+                s.execute(
+                    text("UPDATE tasks SET outputs = :o WHERE run_id = :r"),
+                    {"o": json.dumps({"text": "x" * 100_000}), "r": run_id},
+                )
+            with pytest.raises(grpc.RpcError) as raised:
+                next(stream)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert raised.value.details() == "the response is larger than 65536 bytes"
+        wait_for(lambda: server.watch_hub.watcher_count == 0)
+        handled = server.metrics.registry.get_sample_value(
+            "grpc_server_handled_total",
+            {"grpc_type": "server_stream", "grpc_service": "spur.runs.v1.RunService",
+             "grpc_method": "WatchRun", "grpc_code": "ResourceExhausted"},
+        )  # fmt: skip
+        assert handled == 1
+    finally:
+        server.stop(grace=1)
+
+
 def test_tokens_apply_to_watch(lite_url: str, lite_db: Database, tmp_path: Path) -> None:
     readers = tmp_path / "readers"
     readers.write_text("watch-reader\n")

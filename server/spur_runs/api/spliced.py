@@ -40,15 +40,23 @@ class Spliced:
     run (in order) the version to put in it: (message, its version_field
     bytes), or None for a run that has none to add."""
 
-    __slots__ = ("message", "versions")
+    __slots__ = ("message", "versions", "_data")
 
     def __init__(
         self, message: Any, versions: Sequence[tuple[run_pb2.WorkflowVersion, bytes] | None]
     ) -> None:
         self.message = message
         self.versions = versions
+        self._data: bytes | None = None
 
     def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name: serializers call it
+        """The whole message's wire bytes, made once: rpc/encode.py measures
+        them before grpc's serializer sends them."""
+        if self._data is None:
+            self._data = self._splice()
+        return self._data
+
+    def _splice(self) -> bytes:
         data = self.message.SerializeToString()
         parts: list[bytes] = []
         pos = 0

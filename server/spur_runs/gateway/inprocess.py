@@ -8,10 +8,11 @@ itself once the server ran GetRun in ~1 ms (bench/http_vs_grpc.py).
 
 What still applies, in the same place as for gRPC callers:
 - the interceptor's hooks (observe: metrics, access log, request id; auth;
-  deadlines; error mapping), the same instances, in the same order;
+  deadlines; error mapping; `--max-response-bytes`), the same instances, in
+  the same order;
 - the thread limit (`--max-workers`): the same executor;
 - `--max-concurrent-rpcs`, counted here for HTTP calls (grpc counts only
-  the calls of its own transport), and `--max-response-bytes`.
+  the calls of its own transport).
 Server-streaming methods (WatchRun) still go through the gRPC socket
 (transport.ChannelTransport).
 
@@ -186,13 +187,11 @@ class InProcessTransport:
         interceptors: Sequence[Interceptor],
         executor: Executor,
         max_concurrent: int | None,
-        max_response_bytes: int,
     ) -> None:
         self._handlers = list(handlers)
         self._interceptors = list(interceptors)
         self._executor = executor
         self._max_concurrent = max_concurrent
-        self._max_response_bytes = max_response_bytes
         self._active = 0  # touched by the event loop's thread only
 
     def _handler(self, details: grpc.HandlerCallDetails, index: int = 0) -> Handler | None:
@@ -257,13 +256,6 @@ class InProcessTransport:
             ) from None
         if context.status_code not in (None, grpc.StatusCode.OK):
             raise _failure(context.status_code, context.status_details, context)
-        # (A Spliced answer too: gateway/render.py renders it as the whole message.)
-        if response.ByteSize() > self._max_response_bytes:
-            raise _failure(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the response is larger than {self._max_response_bytes} bytes",
-                context,
-            )
         return Reply(response, context.initial, context.trailing)
 
 

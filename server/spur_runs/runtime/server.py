@@ -85,7 +85,9 @@ class RunsServer:
                 limits.DeadlineHook(),
                 ErrorHook(),
                 DecodeHook(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
-                EncodeHook(),  # a spliced answer (below) serializes itself
+                # A spliced answer (below) serializes itself; none is larger
+                # than --max-response-bytes.
+                EncodeHook(config.max_response_bytes),
             ]
         )
         # Outermost, for gRPC callers only: a call's thread waits for its
@@ -151,7 +153,6 @@ class RunsServer:
             interceptors,
             self.executor,
             config.max_concurrent_rpcs,
-            config.max_response_bytes,
         )
         self.http = (
             None
