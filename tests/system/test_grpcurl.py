@@ -61,6 +61,11 @@ def test_errors_show_their_code(server: RunsServer) -> None:
     assert "NotFound" in missing.stderr and "R777" in missing.stderr
     bad = run_grpcurl(server, "spur.runs.v1.RunService/GetRun", data='{"run_id": "x"}')
     assert "InvalidArgument" in bad.stderr
+    # Its BadRequest detail, decoded from what reflection serves (it was
+    # "google.rpc.BadRequest is not recognized").
+    assert '"@type":"type.googleapis.com/google.rpc.BadRequest"' in bad.stderr, bad.stderr
+    assert '"field_violations":[{"field":"run_id"' in bad.stderr, bad.stderr
+    assert "not recognized" not in bad.stderr
 
 
 def test_health_check(server: RunsServer) -> None:

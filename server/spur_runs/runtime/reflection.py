@@ -2,7 +2,8 @@
 client can use to take the server's threads.
 
 What it serves: the file descriptors of the registered services and their
-imports, with our protos' source info (comments) taken from
+imports, and of the error details the services send (DETAIL_FILES), with
+our protos' source info (comments) taken from
 generated/spur/descriptor_set.binpb, which the _pb2 modules leave out (the
 paths of its locations index the same elements: both come from one protoc
 run of the same files); so
@@ -37,6 +38,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FileDescriptor, ServiceDescriptor
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
@@ -54,6 +56,11 @@ IDLE_SECONDS = 10.0
 MAX_SECONDS = 60.0
 # Descriptor sets with source info, (package, resource): protos/generate.py.
 SOURCE_INFO = (("spur", "descriptor_set.binpb"),)
+# Files no service imports that clients need all the same: the types an
+# error carries in grpc-status-details-bin (google.rpc.Status, and the
+# BadRequest of every INVALID_ARGUMENT). Without them grpcurl printed the
+# detail as "google.rpc.BadRequest is not recognized" (a review, 2026-12-03).
+DETAIL_FILES = (status_pb2.DESCRIPTOR, error_details_pb2.DESCRIPTOR)
 
 _NOT_FOUND = grpc.StatusCode.NOT_FOUND.value[0]
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT.value[0]
@@ -115,6 +122,7 @@ class Descriptors:
         services: Iterable[ServiceDescriptor],
         sets: Iterable[tuple[str, str]] = SOURCE_INFO,
         pool: descriptor_pool.DescriptorPool | None = None,
+        files: Iterable[FileDescriptor] = DETAIL_FILES,
     ) -> None:
         services = list(services)
         self.service_names = sorted(s.full_name for s in services)
@@ -124,7 +132,7 @@ class Descriptors:
         self._deps: dict[str, list[str]] = {}
         self._files: dict[str, bytes] = {}
         self._by_symbol: dict[str, str] = {}
-        pending = [s.file for s in services]
+        pending = [s.file for s in services] + list(files)
         while pending:
             file = pending.pop()
             if file.name in self._files:
