@@ -26,10 +26,18 @@ from spur_runs.store.db import Database
 CLI = [sys.executable, "-m", "spur_runs"]
 
 
-def _serve(database_url: str, port: int) -> subprocess.Popen[str]:
+def _serve(database_url: str, port: int, *more: str) -> subprocess.Popen[str]:
     """`spur-runs serve` on `port`, its log (stdout and stderr) in a pipe."""
     return subprocess.Popen(
-        [*CLI, "serve", "--database-url", database_url, "--grpc-address", f"127.0.0.1:{port}"],
+        [
+            *CLI,
+            "serve",
+            "--database-url",
+            database_url,
+            "--grpc-address",
+            f"127.0.0.1:{port}",
+            *more,
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -186,6 +194,65 @@ def test_sigterm_drains_an_in_flight_call_then_exits_0(postgres_url: str) -> Non
         assert process.wait(timeout=20) == 0
         output = process.stdout.read() if process.stdout else ""
         assert "SIGTERM" in output and "Traceback" not in output
+    finally:
+        locker.close()
+        db.dispose()
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("second", [None, signal.SIGINT])
+def test_sigterm_ends_within_the_grace_period_whatever_the_database_does(
+    postgres_url: str, second: signal.Signals | None
+) -> None:
+    """A call whose statement waits on a database that does not answer (here
+    a lock held elsewhere, with --db-timeout-seconds 60): the process used to
+    wait for that call's thread at exit, 31 s past a 2 s grace period in a
+    review (2026-12-03). Now its statement is cut once the grace period is
+    over, and the process exits 0 within the grace period and a few seconds.
+    A second signal during the drain exits at once, with 1."""
+    from spur_runs.store.migrate import migrate
+
+    migrate(postgres_url)
+    db = Database.from_url(postgres_url, pool_size=1)
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=all_done())
+    port = free_port()
+    process = _serve(postgres_url, port, "--grace-seconds", "1", "--db-timeout-seconds", "60")
+    locker = db.engine.connect()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            stub = RunServiceStub(channel)
+            transaction = locker.begin()
+            locker.execute(text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
+            held = stub.GetRun.future(pb.GetRunRequest(run_id=run_id), timeout=60)
+            time.sleep(1.0)  # the call now waits on the lock, inside the server
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            if second is not None:
+                time.sleep(0.3)
+                process.send_signal(second)
+            code = process.wait(timeout=30)
+            took = time.monotonic() - signalled
+            print(f"\nSIGTERM{'' if second is None else ' and ' + second.name}: exit {code} "
+                  f"after {took:.1f} s (grace 1 s)")  # fmt: skip
+            transaction.rollback()
+            with pytest.raises(grpc.RpcError) as raised:
+                held.result(timeout=10)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        output = process.stdout.read() if process.stdout else ""
+        assert "Traceback" not in output, output
+        if second is None:
+            assert code == 0, output
+            # The grace period, EXIT_SECONDS, and margin for a slow machine.
+            assert took < 1 + 2 + 3, output
+            assert "still running after the grace period: cut" in output, output
+        else:
+            assert code == 1, output
+            assert took < 2, output
+            assert "SIGINT during the drain: exiting now" in output, output
     finally:
         locker.close()
         db.dispose()

@@ -194,7 +194,10 @@ class WatchHub:
         seconds are cancelled."""
         self._stopped.set()
         if self._thread is not None:
-            self._thread.join()
+            # A poll stuck in a database that does not answer (its statement
+            # is cut at the end of the grace period: Database.cut_statements)
+            # must not hold up the streams' ends.
+            self._thread.join(grace)
         with self._lock:
             watchers = list(self._all)
         for watcher in watchers:

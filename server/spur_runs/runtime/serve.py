@@ -8,14 +8,23 @@ line (which imports workers.py): the two used to import each other.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from ..config import Config, ConfigError, parse_address
+from ..store import pg_watchdog
 from ..telemetry.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# After the grace period, how long the calls' threads get to end once their
+# statements are cut, before the process leaves without them.
+EXIT_SECONDS = 2.0
 
 
 def check_port_free(address: str, name: str) -> None:
@@ -52,9 +61,11 @@ def serve(
         stopping = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        logging.getLogger(__name__).info(
-            "%s: draining (up to %ss)", signal.Signals(signum).name, config.grace_seconds
-        )
+        name = signal.Signals(signum).name
+        if stopping.is_set():  # a second signal: the operator will not wait
+            log.warning("%s during the drain: exiting now", name)
+            _leave(1)
+        log.info("%s: draining (up to %ss)", name, config.grace_seconds)
         stopping.set()
 
     # Before start: health says SERVING as soon as gRPC listens, and a
@@ -70,4 +81,37 @@ def serve(
     while not stopping.wait(0.5):
         pass
     server.stop()
+    _end_stuck_calls()
     return 0
+
+
+def _end_stuck_calls() -> None:
+    """After server.stop(): grpc has cancelled the calls still running at the
+    end of the grace period, but a call's thread goes on waiting for a
+    database that does not answer (up to --db-timeout-seconds and 2 s more,
+    pg_watchdog), and the interpreter waits for every such thread at exit:
+    a SIGTERM took 31 s with --grace-seconds 2 (a review, 2026-12-03), past
+    an orchestrator's own grace and into its SIGKILL. So the statements
+    still running are cut now (their connections shut down), the threads
+    get EXIT_SECONDS to end, and the process leaves without any that did
+    not (a SQLite lock wait, bounded by busy_timeout alone)."""
+    cut = pg_watchdog.WATCHDOG.cut_all()
+    if cut:
+        log.warning("%d database statement(s) still running after the grace period: cut", cut)
+    until = time.monotonic() + EXIT_SECONDS
+    me = threading.current_thread()
+    for thread in threading.enumerate():
+        if thread is not me and not thread.daemon:
+            thread.join(max(0.0, until - time.monotonic()))
+    stuck = [t.name for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+    if stuck:
+        log.warning("leaving %d thread(s) still waiting: %s", len(stuck), ", ".join(stuck))
+        _leave(0)
+
+
+def _leave(code: int) -> None:
+    """Exit now, without waiting for other threads (logs flushed first)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

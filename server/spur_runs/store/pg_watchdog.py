@@ -95,9 +95,23 @@ class StatementWatchdog:
             except Exception:  # noqa: BLE001 - the sweeper must outlive any one failure
                 log.exception("the PostgreSQL statement watchdog failed a sweep")
 
+    def cut_all(self) -> int:
+        """Shut down the connection of every statement still armed (the
+        server's grace period is over); how many were cut."""
+        return self._cut(float("inf"))
+
     def _cut_expired(self) -> None:
-        now = time.monotonic()
-        cut = []
+        cut = self._cut(time.monotonic())
+        if cut:
+            log.warning(
+                "%d PostgreSQL statement(s) got no answer within their bound and %.0f s more: "
+                "their connections are closed (the database, or the network to it, hangs)",
+                cut,
+                SLACK_SECONDS,
+            )
+
+    def _cut(self, now: float) -> int:
+        cut = 0
         with self._lock:
             expired = [key for key, (until, _) in self._armed.items() if until <= now]
             # Shut down under the lock: a statement that ends meanwhile
@@ -105,14 +119,8 @@ class StatementWatchdog:
             # its descriptor reused.
             for key in expired:
                 _, connection = self._armed.pop(key)
-                if _shut_down(connection):
-                    cut.append(connection)
-        for _ in cut:
-            log.warning(
-                "a PostgreSQL statement got no answer within its bound and %.0f s more: its "
-                "connection is closed (the database, or the network to it, hangs)",
-                SLACK_SECONDS,
-            )
+                cut += _shut_down(connection)
+        return cut
 
 
 def _shut_down(connection: psycopg.Connection[Any]) -> bool:
