@@ -85,8 +85,10 @@ exit codes: 0 done; 1 the operation failed (database unreachable, ...);
 """
 
 _MIGRATE = """\
-Bring the database to this service's newest schema revision, in one
-transaction. On an empty database it creates PySpur's tables (workflows,
+Bring the database to this service's newest schema revision: on SQLite in
+one transaction; on PostgreSQL each revision on its own, its indexes built
+CONCURRENTLY (outside a transaction: PySpur keeps writing meanwhile). On an
+empty database it creates PySpur's tables (workflows,
 workflow_versions, runs, tasks, as PySpur 0.1.18 declares them); on any
 database it adds the indexes this service's queries need (ix_spur_runs_*),
 and records its revision in its own table, spur_runs_alembic_version. It

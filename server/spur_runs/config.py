@@ -335,6 +335,13 @@ class Config:
                 raise ConfigError(
                     f"database URL scheme {scheme!r} is not supported (use sqlite:// or postgresql://)"
                 )
+            if name == "read_database_url" and scheme == "sqlite":
+                # A replica of another file is no replica: it made a new,
+                # empty file in the working folder and served from it.
+                raise ConfigError(
+                    "--read-database-url is a PostgreSQL read replica (postgresql://); SQLite "
+                    "has none: leave it unset"
+                )
         self._check_ranges()
         self._check_serving()
         self._check_http()

@@ -30,17 +30,33 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not true or false")
 
 
+def _plain(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`convert` (int or float) of ASCII text without "_" or spaces around
+    it: int() and float() also take "1_2" (12: a typo read as a number),
+    " 4" and full-width or other scripts' digits (a review, 2026-12-03)."""
+
+    def parse(text: str) -> Any:
+        if not text.isascii() or "_" in text or text != text.strip():
+            raise ValueError(text)
+        return convert(text)
+
+    return parse
+
+
+_INT, _FLOAT = _plain(int), _plain(float)
+
+
 def _conversion(kind: object) -> Callable[[str], Any]:
     """A field's type -> how its flag's or twin's text is read. Strings
     (`str`, `str | None`) stay as given."""
-    conversions: dict[object, Callable[[str], Any]] = {bool: parse_bool, int: int, float: float}
+    conversions: dict[object, Callable[[str], Any]] = {bool: parse_bool, int: _INT, float: _FLOAT}
     return conversions.get(kind, str)
 
 
 # Values are converted in load_config, not by argparse, so that a bad value
 # from the flag or from its environment twin gives the same single line.
 _CONVERSIONS = {name: _conversion(kind) for name, kind in typing.get_type_hints(Config).items()}
-_KINDS = {int: "an integer", float: "a number", parse_bool: "true or false"}
+_KINDS = {_INT: "an integer", _FLOAT: "a number", parse_bool: "true or false"}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
 
 

@@ -49,6 +49,10 @@ BAD = [
     ("grace_seconds", "1e9"),
     ("health_interval", "abc"),
     ("max_workers", "2.5"),
+    # Numbers Python's int() and float() take, read as no operator means them.
+    ("pool_size", "1_2"),  # 12
+    ("grace_seconds", "\uff12"),  # a full-width 2
+    ("max_workers", " 4"),
 ]
 
 

@@ -252,18 +252,24 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_port_in_use_stops_start_up(tmp_path: Path, workers: str) -> None:
+@pytest.mark.parametrize(
+    ("workers", "taken_flag"),
+    [("1", "--grpc-address"), ("2", "--grpc-address"), ("1", "--health-address")],
+)
+def test_a_port_in_use_stops_start_up(tmp_path: Path, workers: str, taken_flag: str) -> None:
     import socket
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        addresses = {"--grpc-address": "127.0.0.1:0", taken_flag: f"127.0.0.1:{port}"}
+        if workers != "1":  # workers need a fixed port
+            addresses["--grpc-address"] = f"127.0.0.1:{port}"
         result = subprocess.run(
             [sys.executable, "-m", "spur_runs", "serve", "--workers", workers,
              "--database-url", f"sqlite:///{tmp_path / 'x.db'}",
-             "--grpc-address", f"127.0.0.1:{port}"],
+             *(part for item in addresses.items() for part in item)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
     lines = result.stderr.strip().splitlines()

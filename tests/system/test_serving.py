@@ -57,6 +57,7 @@ def _serve(database_url: str, port: int, *more: str) -> subprocess.Popen[str]:
         ),
         ([], {"SPUR_RUNS_GRPC_ADDRESS": "host:99999"}, "is not HOST:PORT"),
         (["--read-database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
+        (["--read-database-url", "sqlite:///x.db"], {}, "SQLite has none: leave it unset"),
         ([], {"SPUR_RUNS_WORKERS": "two"}, "--workers (env SPUR_RUNS_WORKERS) must be an integer"),
         ([], {"SPUR_RUNS_REFLECTION": "maybe"}, "must be true or false, got 'maybe'"),
         (

@@ -55,7 +55,7 @@ def serve(
             check_port_free(config.grpc_address, "grpc_address")
         server, _port = create_server(config, metrics=metrics)
     except (ConfigError, OSError) as error:  # unreadable file, port taken
-        print(f"spur-runs: {error}", file=sys.stderr)
+        print(f"spur-runs serve: {error}", file=sys.stderr)
         return 2
     if stopping is None:
         stopping = threading.Event()

@@ -77,9 +77,11 @@ def preflight(config: Config) -> None:
     """What each worker would fail on, checked once, before any starts."""
     auth.Tokens.from_config(config)
     tls.load(config)
-    check_port_free(config.grpc_address, "grpc_address")
-    if config.http_address is not None:
-        check_port_free(config.http_address, "http_address")
+    # Each in one line, where grpc's own bind failure is a C log line more.
+    for name in ("grpc_address", "http_address", "health_address"):
+        address = getattr(config, name)
+        if address is not None:
+            check_port_free(address, name)
 
 
 def serve_workers(config: Config) -> int:
