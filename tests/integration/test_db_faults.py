@@ -521,6 +521,9 @@ def test_a_sqlite_file_replaced_or_removed_while_serving(sqlite_url: str) -> Non
                 with pytest.raises(grpc.RpcError) as raised:
                     stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=5)
                 assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+                # The call says why (it said "not answering"), as the log does.
+                why = "was replaced while serving; restart" if replace else "is gone"
+                assert f"the database file {path} {why}" in (raised.value.details() or "")
         finally:
             server.stop(grace=1)
         if replace:  # restarted, the new file serves

@@ -278,6 +278,8 @@ class Database:
         # By role ("primary", "replica"): whose last ping failed, and when
         # the ping under way began (see _check_reachable).
         self._unreachable: set[str] = set()
+        # Why, where the ping knows better than "not answering" (a replaced file).
+        self._why: dict[str, str] = {}
         self._pinging: dict[str, float] = {}
         self._read_role = "replica" if read_engine is not None else "primary"
         reader = read_engine or engine
@@ -370,8 +372,11 @@ class Database:
         if role in self._unreachable or (
             started is not None and time.monotonic() - started > UNANSWERED_PING_S
         ):
+            why = self._why.get(role)
             raise Unavailable(
-                f"the {role} database is not answering (health NOT_SERVING); retry later"
+                f"{why} (health NOT_SERVING)"
+                if why
+                else f"the {role} database is not answering (health NOT_SERVING); retry later"
             )
 
     @contextmanager
@@ -465,8 +470,9 @@ class Database:
                 if file is not None:
                     file.check()
                 _select_one(engine)
-            except Exception:
+            except Exception as error:
                 self._unreachable.add(role)
+                self._why[role] = str(error) if isinstance(error, Unavailable) else ""
                 if role == self._read_role and self._held is not None:
                     # The kept connections are as dead as the pool's: none
                     # is used again once health says SERVING (held.py).
