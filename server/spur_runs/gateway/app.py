@@ -23,6 +23,7 @@ alike.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
@@ -70,21 +71,33 @@ def _version() -> str:
         return "0"
 
 
+# Tries at a port the system picks (":0") that turns out to be taken.
+_ANY_PORT_TRIES = 5
+
+
 def _listen(address: str, reuse_port: bool) -> socket.socket:
     host, port = parse_address(address, "http_address")
     try:
         family, kind, proto, _, where = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:  # --workers: the processes share the port, as for gRPC
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(where)
-        except OSError:
-            sock.close()
-            raise
+        for tried in range(1, _ANY_PORT_TRIES + 1):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if reuse_port:  # --workers: the processes share the port, as for gRPC
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(where)
+                # Here, not when the site starts: with SO_REUSEADDR, Linux may
+                # give port 0 a port that an outgoing connection holds, which
+                # only listen() refuses (EADDRINUSE; seen once in CI). Such a
+                # port is given back and another one picked.
+                sock.listen(BACKLOG)
+                break
+            except OSError as error:
+                sock.close()
+                if not (port == 0 and error.errno == errno.EADDRINUSE and tried < _ANY_PORT_TRIES):
+                    raise
     except OSError as error:
         raise OSError(f"cannot listen on {address}: {error.strerror or error}") from None
     sock.setblocking(False)
