@@ -119,6 +119,15 @@ def stub(watching: RunsServer) -> Iterator[RunServiceStub]:
         yield RunServiceStub(channel)
 
 
+def watches_ended(server: RunsServer, code: str) -> float | None:
+    """WatchRun calls the server's metrics count as ended with `code`."""
+    return server.metrics.registry.get_sample_value(
+        "grpc_server_handled_total",
+        {"grpc_type": "server_stream", "grpc_service": "spur.runs.v1.RunService",
+         "grpc_method": "WatchRun", "grpc_code": code},
+    )  # fmt: skip
+
+
 def tasks_of(run: run_pb2.Run) -> list[tuple[str, str]]:
     return [(t.node_id, run_pb2.Task.Status.Name(t.status)) for t in run.tasks]
 
@@ -210,12 +219,7 @@ def test_a_deleted_run_is_not_found_and_the_stream_ends(
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert run_id in (raised.value.details() or "")
     wait_for(lambda: watching.watch_hub.watcher_count == 0)
-    handled = watching.metrics.registry.get_sample_value(
-        "grpc_server_handled_total",
-        {"grpc_type": "server_stream", "grpc_service": "spur.runs.v1.RunService",
-         "grpc_method": "WatchRun", "grpc_code": "NotFound"},
-    )  # fmt: skip
-    assert handled == 1
+    assert watches_ended(watching, "NotFound") == 1
 
 
 def test_a_deleted_run_whose_id_a_new_run_got_is_not_found(
@@ -390,12 +394,7 @@ def test_a_message_over_the_response_limit_ends_the_watch_resource_exhausted(
             assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert raised.value.details() == "the response is larger than 65536 bytes"
         wait_for(lambda: server.watch_hub.watcher_count == 0)
-        handled = server.metrics.registry.get_sample_value(
-            "grpc_server_handled_total",
-            {"grpc_type": "server_stream", "grpc_service": "spur.runs.v1.RunService",
-             "grpc_method": "WatchRun", "grpc_code": "ResourceExhausted"},
-        )  # fmt: skip
-        assert handled == 1
+        assert watches_ended(server, "ResourceExhausted") == 1
     finally:
         server.stop(grace=1)
 

@@ -150,14 +150,19 @@ def test_health_and_calls_follow_the_database(
         server.stop(grace=1)
 
 
-@pytest.mark.slow
-def test_sigterm_drains_an_in_flight_call_then_exits_0(postgres_url: str) -> None:
+def _one_run(url: str) -> tuple[Database, str]:
+    """The database at `url`, migrated, with one finished run: (it, the run's id)."""
     from spur_runs.store.migrate import migrate
 
-    migrate(postgres_url)
-    db = Database.from_url(postgres_url, pool_size=1)
+    migrate(url)
+    db = Database.from_url(url, pool_size=1)
     with db.write() as s:
-        run_id = add_run(s, add_workflow(s), tasks=all_done())
+        return db, add_run(s, add_workflow(s), tasks=all_done())
+
+
+@pytest.mark.slow
+def test_sigterm_drains_an_in_flight_call_then_exits_0(postgres_url: str) -> None:
+    db, run_id = _one_run(postgres_url)
     port = free_port()
     process = _serve(postgres_url, port)
     locker = db.engine.connect()
@@ -213,12 +218,7 @@ def test_sigterm_ends_within_the_grace_period_whatever_the_database_does(
     review (2026-12-03). Now its statement is cut once the grace period is
     over, and the process exits 0 within the grace period and a few seconds.
     A second signal during the drain exits at once, with 1."""
-    from spur_runs.store.migrate import migrate
-
-    migrate(postgres_url)
-    db = Database.from_url(postgres_url, pool_size=1)
-    with db.write() as s:
-        run_id = add_run(s, add_workflow(s), tasks=all_done())
+    db, run_id = _one_run(postgres_url)
     port = free_port()
     process = _serve(postgres_url, port, "--grace-seconds", "1", "--db-timeout-seconds", "60")
     locker = db.engine.connect()

@@ -195,8 +195,8 @@ class WatchHub:
         self._stopped.set()
         if self._thread is not None:
             # A poll stuck in a database that does not answer (its statement
-            # is cut at the end of the grace period: Database.cut_statements)
-            # must not hold up the streams' ends.
+            # is cut once the grace period is over: runtime/serve.py) must
+            # not hold up the streams' ends.
             self._thread.join(grace)
         with self._lock:
             watchers = list(self._all)

@@ -44,23 +44,22 @@ class EncodeHook(Hook):
         return serializer if handler.response_streaming else _either(serializer)
 
     def sent(self, call: Call, state: Any, response: Any) -> None:
-        self._check(response)
+        error = self._too_large(response)
+        if error is not None:
+            raise error
 
     def send(self, call: Call, state: Any, item: Any) -> Any:
         # A stream's message (WatchRun): the stream ends with the error
         # (errors.py's hook, outside this one, sends it as the status).
         if item is None or isinstance(item, BaseException):
             return item
-        try:
-            self._check(item)
-        except ResourceExhausted as error:
-            return error
-        return item
+        return self._too_large(item) or item
 
-    def _check(self, response: Any) -> None:
+    def _too_large(self, response: Any) -> ResourceExhausted | None:
         if type(response) is Spliced:
             size = len(response.SerializeToString())
         else:
             size = response.ByteSize()
         if size > self.max_bytes:
-            raise ResourceExhausted(f"the response is larger than {self.max_bytes} bytes")
+            return ResourceExhausted(f"the response is larger than {self.max_bytes} bytes")
+        return None

@@ -100,10 +100,10 @@ def _end_stuck_calls() -> None:
         log.warning("%d database statement(s) still running after the grace period: cut", cut)
     until = time.monotonic() + EXIT_SECONDS
     me = threading.current_thread()
-    for thread in threading.enumerate():
-        if thread is not me and not thread.daemon:
-            thread.join(max(0.0, until - time.monotonic()))
-    stuck = [t.name for t in threading.enumerate() if t is not me and not t.daemon and t.is_alive()]
+    waited = [t for t in threading.enumerate() if t is not me and not t.daemon]
+    for thread in waited:
+        thread.join(max(0.0, until - time.monotonic()))
+    stuck = [t.name for t in waited if t.is_alive()]
     if stuck:
         log.warning("leaving %d thread(s) still waiting: %s", len(stuck), ", ".join(stuck))
         _leave(0)

@@ -275,11 +275,10 @@ class Database:
         self._writers_limit = writers
         self.read_engine = read_engine
         self._timeout = timeout_seconds
-        # By role ("primary", "replica"): whose last ping failed, and when
-        # the ping under way began (see _check_reachable).
-        self._unreachable: set[str] = set()
-        # Why, where the ping knows better than "not answering" (a replaced file).
-        self._why: dict[str, str] = {}
+        # By role ("primary", "replica"): whose last ping failed (and why,
+        # where the ping knows better than "not answering": a replaced
+        # file; else ""), and when the ping under way began (_check_reachable).
+        self._unreachable: dict[str, str] = {}
         self._pinging: dict[str, float] = {}
         self._read_role = "replica" if read_engine is not None else "primary"
         reader = read_engine or engine
@@ -372,7 +371,7 @@ class Database:
         if role in self._unreachable or (
             started is not None and time.monotonic() - started > UNANSWERED_PING_S
         ):
-            why = self._why.get(role)
+            why = self._unreachable.get(role)
             raise Unavailable(
                 f"{why} (health NOT_SERVING)"
                 if why
@@ -471,8 +470,7 @@ class Database:
                     file.check()
                 _select_one(engine)
             except Exception as error:
-                self._unreachable.add(role)
-                self._why[role] = str(error) if isinstance(error, Unavailable) else ""
+                self._unreachable[role] = str(error) if isinstance(error, Unavailable) else ""
                 if role == self._read_role and self._held is not None:
                     # The kept connections are as dead as the pool's: none
                     # is used again once health says SERVING (held.py).
@@ -480,7 +478,7 @@ class Database:
                 raise
             finally:
                 self._pinging.pop(role, None)
-            self._unreachable.discard(role)
+            self._unreachable.pop(role, None)
 
     def dispose(self) -> None:
         if self._held is not None:
