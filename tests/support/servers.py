@@ -3,9 +3,11 @@ the `spur-runs` command on a free port, waited for through gRPC health."""
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,10 +24,29 @@ def start_server(database_url: str, **config: object) -> RunsServer:
     return server
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as a connection's local port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port for a server started by its number a moment later. Below the
+    kernel's ephemeral range: a port 0 picked there could be taken meanwhile
+    as the local port of one of the suite's many outgoing connections, and
+    the server then refused to start (seen in CI)."""
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(10_000, low) if low > 10_000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port found")
 
 
 def wait_health(channel: grpc.Channel, want: int, timeout: float = 15) -> None:

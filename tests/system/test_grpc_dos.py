@@ -88,7 +88,12 @@ def serve_process(
         )  # fmt: skip
         started.append(process)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=30)
+            ready = grpc.channel_ready_future(channel)
+            deadline = time.monotonic() + 30
+            while not ready.done():  # (a server that exits says why, not a timeout)
+                assert process.poll() is None, log.name + ": " + Path(log.name).read_text()
+                assert time.monotonic() < deadline, "the server did not listen within 30 s"
+                time.sleep(0.05)
             wait_until(lambda: check(channel, SERVICE) == SERVING, "SERVING", timeout=30)
         return process, port, http_port
 
