@@ -313,7 +313,8 @@ class Config:
         10.0, "SPUR_RUNS_GRPC_REQUEST_TIMEOUT_SECONDS",
         "cancel a gRPC call whose request message has not arrived this long after its headers",
         "It holds an RPC thread while it waits, and at most half of them wait longer than "
-        "0.2 s at once: the newest beyond are cancelled (rpc/arrival.py).",
+        "0.5 s at once: the newest beyond are cancelled (rpc/arrival.py). A call is cancelled "
+        "only after that 0.5 s, however low this is set.",
         bounds=(0.01, 3600),
     )  # fmt: skip
     # 100 is RFC 9113's recommended floor and what most servers advertise;

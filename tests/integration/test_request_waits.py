@@ -15,6 +15,7 @@ from http_client import Http, start_http_server
 from servers import start_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+from spur_runs.rpc.arrival import STALL_SECONDS
 
 GET_RUN = "/spur.runs.v1.RunService/GetRun"
 
@@ -25,7 +26,7 @@ def test_half_open_calls_do_not_stop_the_server(migrated_url: str) -> None:
     assert server.http_port is not None
     attacker = HalfOpenCalls(server.port, GET_RUN, count=8)  # twice the threads
     try:
-        time.sleep(0.5)  # past the stall bound: the sweeper has cancelled the newest
+        time.sleep(STALL_SECONDS + 0.3)  # past the stall bound: the newest are cancelled
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = RunServiceStub(channel)
             for _ in range(5):  # answered at once, by the threads left free
