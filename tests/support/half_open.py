@@ -190,3 +190,39 @@ class HalfOpenCalls:
 
     def close(self) -> None:
         self._socket.close()
+
+
+CONTINUATION = 9
+
+
+class HeaderFlood:
+    """One call whose header block never ends: HEADERS without END_HEADERS,
+    then CONTINUATION frames as fast as the socket takes them, on a thread
+    of its own, until stop() or the server closes the connection."""
+
+    def __init__(self, port: int, method: str) -> None:
+        self._socket = socket.create_connection(("127.0.0.1", port), timeout=1)
+        self._socket.sendall(PREFACE + _frame(SETTINGS, 0, 0))
+        self._socket.sendall(_frame(HEADERS, 0, 1, _call_headers(method)))
+        self._stop = threading.Event()
+        self.sent = 0
+        self._thread = threading.Thread(target=self._flood, daemon=True)
+        self._thread.start()
+
+    def _flood(self) -> None:
+        block = _frame(
+            CONTINUATION, 0, 1, b"".join(_literal(f"x-a{i}", "v" * 50) for i in range(200))
+        )
+        while not self._stop.is_set():
+            try:
+                self._socket.sendall(block)
+            except TimeoutError:
+                continue
+            except OSError:  # closed by the server
+                return
+            self.sent += len(block)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._socket.close()

@@ -25,7 +25,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from half_open import raw_call
+from half_open import HeaderFlood, raw_call
 from seeding import seed
 from servers import free_port, start_server, wait_until
 from spur.runs.v1 import run_service_pb2 as pb
@@ -478,3 +478,26 @@ def test_a_paused_server_cancels_no_call_whose_message_came_meanwhile(
         finally:
             process.send_signal(signal.SIGCONT)
         assert [call.result().run.id for call in calls] == ["R1"] * 4
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_during_a_header_flood_exits_within_its_bound(
+    sqlite_url: str, serve_process: Callable[..., tuple[subprocess.Popen[str], int, int]]
+) -> None:
+    """A client that floods a call's header block (CONTINUATION frames, no
+    token) kept grpc's shutdown waiting, and the process up, for as long as
+    the flood lasted (56 s in a review). SIGTERM now exits within the grace
+    period, 2 s for the transport and 2 s for threads (runtime/serve.py)."""
+    seed(sqlite_url)
+    process, port, _ = serve_process(sqlite_url, "--grace-seconds", "1")
+    flood = HeaderFlood(port, "/spur.runs.v1.RunService/GetRun")
+    try:
+        time.sleep(2)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        took = time.monotonic() - started
+        print(f"SIGTERM to exit during the flood: {took:.1f} s, {flood.sent >> 20} MB sent")
+        assert took < 1 + 2 + 2 + 3  # grace, transport, threads, and room for a slow start
+    finally:
+        flood.stop()

@@ -80,12 +80,12 @@ def serve(
     # (seen: about 1 start in 30-50 hung until killed).
     while not stopping.wait(0.5):
         pass
-    server.stop()
-    _end_stuck_calls()
+    stopped = server.stop()
+    _end_stuck_calls(leave=not stopped)
     return 0
 
 
-def _end_stuck_calls() -> None:
+def _end_stuck_calls(leave: bool = False) -> None:
     """After server.stop(): grpc has cancelled the calls still running at the
     end of the grace period, but a call's thread goes on waiting for a
     database that does not answer (up to --db-timeout-seconds and 2 s more,
@@ -94,7 +94,8 @@ def _end_stuck_calls() -> None:
     an orchestrator's own grace and into its SIGKILL. So the statements
     still running are cut now (their connections shut down), the threads
     get EXIT_SECONDS to end, and the process leaves without any that did
-    not (a SQLite lock wait, bounded by busy_timeout alone)."""
+    not (a SQLite lock wait, bounded by busy_timeout alone). `leave`: exit
+    now all the same (grpc's transport did not shut down)."""
     cut = pg_watchdog.WATCHDOG.cut_all()
     if cut:
         log.warning("%d database statement(s) still running after the grace period: cut", cut)
@@ -106,6 +107,7 @@ def _end_stuck_calls() -> None:
     stuck = [t.name for t in waited if t.is_alive()]
     if stuck:
         log.warning("leaving %d thread(s) still waiting: %s", len(stuck), ", ".join(stuck))
+    if stuck or leave:
         _leave(0)
 
 

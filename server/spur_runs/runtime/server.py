@@ -42,6 +42,9 @@ from .reflection import Reflection
 
 log = logging.getLogger(__name__)
 
+# How long past its grace period stop() waits for grpc's transport to shut down.
+STOP_SECONDS = 2.0
+
 
 class RunsServer:
     """A started-or-not gRPC server with the resources it owns."""
@@ -198,10 +201,11 @@ class RunsServer:
                 "RPC, DeleteRun included"
             )
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float | None = None) -> bool:
         """Graceful stop: health NOT_SERVING, end WatchRun streams
         (UNAVAILABLE), refuse new calls, let in-flight calls finish within
-        `grace` seconds, then release the database."""
+        `grace` seconds, then release the database. False when grpc's
+        transport had not shut down STOP_SECONDS after the grace period."""
         self.health.shutdown()
         grace = self.config.grace_seconds if grace is None else grace
         # Open WatchRun streams would last the whole grace period (and keep
@@ -213,12 +217,18 @@ class RunsServer:
             self.reflection.close()
         if self.http is not None:  # first: its requests finish through gRPC
             grace = self.http.stop(grace)
-        self.grpc.stop(grace).wait()
+        # grpc's shutdown waits for its connections: one a client floods
+        # with header frames kept it up for as long as the flood (56 s, a
+        # review, 2026-12-04). The caller leaves without it (serve.py).
+        stopped = self.grpc.stop(grace).wait(grace + STOP_SECONDS)
+        if not stopped:
+            log.warning("gRPC's transport still busy %.0f s after the grace period", STOP_SECONDS)
         self.request_waits.stop()
         if self.probe is not None:  # (NOT_SERVING all along the drain)
-            self.probe.stop(0).wait()
+            self.probe.stop(0).wait(STOP_SECONDS)
         self.health.close()
         self.db.dispose()
+        return stopped
 
     def wait(self) -> None:
         self.grpc.wait_for_termination()
