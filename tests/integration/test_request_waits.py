@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -80,3 +81,24 @@ def test_what_a_unary_call_answers_without_one_message(served: grpc.Channel) -> 
     with pytest.raises(grpc.RpcError) as raised:
         call(late(2.0), timeout=5)
     assert raised.value.code() is grpc.StatusCode.CANCELLED
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_calls_without_a_token_are_refused_before_their_message(
+    migrated_url: str, tmp_path: Path
+) -> None:
+    """With tokens on, a call without one is refused at once, message or
+    not: headers-only calls with no token took a thread each until the
+    sweeper cancelled them (a review, 2026-12-04), and held the server."""
+    tokens = tmp_path / "readers"
+    tokens.write_text("a-reader-token-of-32-characters-x\n")
+    server = start_server(migrated_url, max_workers=4, reader_tokens_file=str(tokens))
+    attacker = HalfOpenCalls(server.port, GET_RUN, count=40)  # ten times the threads
+    try:
+        started = time.monotonic()
+        assert attacker.answered_streams(5) == set(attacker.streams)
+        assert time.monotonic() - started < STALL_SECONDS  # none waited for the sweeper
+        assert server.request_waits.cancelled == 0
+    finally:
+        attacker.close()
+        server.stop(grace=1)

@@ -8,6 +8,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 DATA, HEADERS, RST_STREAM, SETTINGS, PING = 0, 1, 3, 4, 6
 END_STREAM, END_HEADERS, ACK = 0x1, 0x4, 0x1
@@ -179,14 +180,21 @@ class HalfOpenCalls:
     def reset_streams(self, seconds: float) -> set[int]:
         """The streams the server resets within `seconds`, answering its
         pings and settings meanwhile as a live client does."""
-        reset: set[int] = set()
+        return self._ended(seconds, lambda kind, flags: kind == RST_STREAM)
+
+    def answered_streams(self, seconds: float) -> set[int]:
+        """The streams the server ends with its trailers within `seconds`."""
+        return self._ended(seconds, lambda kind, flags: kind == HEADERS and flags & END_STREAM > 0)
+
+    def _ended(self, seconds: float, ends: Callable[[int, int], bool]) -> set[int]:
+        ended: set[int] = set()
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and reset != set(self.streams):
+        while time.monotonic() < deadline and ended != set(self.streams):
             frames = self._reader.read()
             if frames is None:
                 break
-            reset.update(stream for kind, _, stream in frames if kind == RST_STREAM)
-        return reset
+            ended.update(stream for kind, flags, stream in frames if ends(kind, flags))
+        return ended
 
     def close(self) -> None:
         self._socket.close()

@@ -147,12 +147,19 @@ class RequestWaits:
                 log.exception("request-waits sweeper")
 
 
-def _streaming_form(handler: Handler, method: str, waits: RequestWaits) -> Handler:
+def _streaming_form(handler: Handler, method: str, waits: RequestWaits, refusing: bool) -> Handler:
     """`handler` (one request message) as a request-streaming handler that
-    reads the message through `waits`."""
+    reads the message through `waits`; or, `refusing` (it refuses the call
+    whatever the request), that answers without waiting for it."""
     behavior = behavior_of(handler)
     wrapper: Callable[..., Any]
-    if is_non_blocking(behavior):
+    if refusing:
+
+        def refuse(_requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+            return behavior(None, context)
+
+        wrapper = refuse
+    elif is_non_blocking(behavior):
 
         def non_blocking(
             requests: Iterator[Any], context: grpc.ServicerContext, send_response_callback: Any
@@ -184,8 +191,13 @@ class ArrivalInterceptor(Interceptor):
     message in their request-streaming form (above). The gateway's
     in-process calls do not pass here: aiohttp has read their whole body."""
 
-    def __init__(self, waits: RequestWaits) -> None:
+    def __init__(
+        self, waits: RequestWaits, refuses: Callable[[Handler], bool] = lambda _: False
+    ) -> None:
         self.waits = waits
+        # Whether the chain gave this handler to refuse the call (a caller
+        # without a token): answered at once, its thread never waits.
+        self._refuses = refuses
         # By the handler the chain gave: one per method and refusal.
         self._cache = HandlerCache()
 
@@ -198,4 +210,7 @@ class ArrivalInterceptor(Interceptor):
         if handler is None or handler.request_streaming:
             return handler
         method = handler_call_details.method
-        return self._cache.get(handler, lambda: _streaming_form(handler, method, self.waits))
+        return self._cache.get(
+            handler,
+            lambda: _streaming_form(handler, method, self.waits, self._refuses(handler)),
+        )

@@ -372,6 +372,8 @@ class ChainInterceptor(_Interceptor):
         self.hooks = tuple(hooks)
         self._refusers = tuple((i, h) for i, h in enumerate(self.hooks) if _overrides(h, "refusal"))
         self._cache = HandlerCache()
+        # The cached handlers that refuse their call (bounded as the cache).
+        self._refusing: set[Handler] = set()
 
     @property
     def cached(self) -> int:
@@ -393,5 +395,18 @@ class ChainInterceptor(_Interceptor):
                 refused = (index, refusal)
                 break
         method = handler_call_details.method
-        key = (method, handler, None if refused is None else refused[1])
-        return self._cache.get(key, lambda: wrap(handler, method, self.hooks, refused))
+        if refused is None:
+            return self._cache.get(
+                (method, handler, None), lambda: wrap(handler, method, self.hooks, None)
+            )
+        found = self._cache.get(
+            (method, handler, refused[1]), lambda: wrap(handler, method, self.hooks, refused)
+        )
+        if len(self._refusing) < MAX_CACHED_HANDLERS:
+            self._refusing.add(found)
+        return found
+
+    def refuses(self, handler: Handler) -> bool:
+        """Whether `handler` is one this chain gave to refuse a call: it
+        reads no request message (rpc/arrival.py answers it at once)."""
+        return handler in self._refusing

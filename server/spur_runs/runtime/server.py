@@ -101,7 +101,10 @@ class RunsServer:
         interceptors: list[Interceptor] = [self.chain]
         self.grpc = grpc.server(
             self.executor,
-            interceptors=[ArrivalInterceptor(self.request_waits), *interceptors],
+            interceptors=[
+                ArrivalInterceptor(self.request_waits, self.chain.refuses),
+                *interceptors,
+            ],
             options=limits.server_options(config),
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
