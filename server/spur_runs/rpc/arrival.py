@@ -28,6 +28,12 @@ calls that seem to have waited all along, their messages read meanwhile and
 not yet handed over; a pause counts one tick, not its length. (CI once saw
 a test's health watch cancelled after a wait over 0.2 s, the bound then;
 what delayed it is not known, and a pause is one cause this rules out.)
+An address one of whose calls was cancelled so is a suspect for
+SUSPECT_SECONDS: its calls wait at most SUSPECT_STALL_SECONDS and none is
+kept. Without this, one connection of 70 headers-only calls every 5 s held
+every thread (2 freed each 0.5 s) and the queue behind them, HTTP's calls
+included (a review, 2026-12-04). A suspect's real calls lose nothing: their
+messages come with their headers.
 A call that ends its stream without a message gets what grpc's unary form
 answers: UNIMPLEMENTED, "requires exactly one request message".
 """
@@ -59,6 +65,19 @@ log = logging.getLogger(__name__)
 # processes on this machine's 2 cores; 0.5 s leaves room for a worse one.
 SWEEP_SECONDS = 0.1
 STALL_SECONDS = 0.5
+# A suspect address's calls (module docstring): cancelled at the second
+# sweep that sees them waiting, for a minute after its last cancelled call;
+# at most MAX_SUSPECTS addresses are remembered, the oldest forgotten first.
+SUSPECT_STALL_SECONDS = SWEEP_SECONDS
+SUSPECT_SECONDS = 60.0
+MAX_SUSPECTS = 4096
+
+
+def address_of(peer: str) -> str:
+    """grpc's peer without its port: "ipv4:10.0.0.7:5123" -> "ipv4:10.0.0.7"."""
+    if peer.startswith(("ipv4:", "ipv6:")):
+        return peer.rpartition(":")[0]
+    return peer
 
 
 class RequestWaits:
@@ -75,6 +94,8 @@ class RequestWaits:
         # ticks (module docstring), and when it last looked.
         self._stalled_for: dict[grpc.ServicerContext, float] = {}
         self._last_sweep = time.monotonic()
+        # address -> until when it is a suspect (module docstring).
+        self._suspects: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.cancelled = 0  # calls cancelled so far (for tests and logs)
@@ -118,8 +139,16 @@ class RequestWaits:
             c: self._stalled_for.get(c, 0.0) + min(tick, max(0.0, now - began))
             for c, began in waiting
         }
-        stalled = [(c, began) for c, began in waiting if stalled_for[c] > STALL_SECONDS]
-        doomed = [c for c, began in stalled if now - began > self.timeout_seconds]
+        doomed = [
+            c
+            for c, _ in waiting
+            if stalled_for[c] > SUSPECT_STALL_SECONDS
+            and self._suspects.get(address_of(c.peer()), 0.0) > now
+        ]
+        stalled = [
+            (c, began) for c, began in waiting if stalled_for[c] > STALL_SECONDS and c not in doomed
+        ]
+        doomed += [c for c, began in stalled if now - began > self.timeout_seconds]
         kept = [c for c, began in stalled if now - began <= self.timeout_seconds]
         doomed += kept[self.stalled_max :]  # the newest beyond the oldest few
         peers = sorted({context.peer() for context in doomed})
@@ -127,6 +156,12 @@ class RequestWaits:
         for context in doomed:
             self._waiting.pop(context, None)
             context.cancel()  # type: ignore[no-untyped-call] # (untyped in grpc-stubs)
+        for peer in peers:
+            address = address_of(peer)
+            self._suspects.pop(address, None)  # (re-inserted last: the newest)
+            self._suspects[address] = now + SUSPECT_SECONDS
+        while len(self._suspects) > MAX_SUSPECTS:
+            del self._suspects[next(iter(self._suspects))]
         if doomed:
             log.warning(
                 "cancelled %d call(s) that sent no request message (%d stalled, at most %d "
