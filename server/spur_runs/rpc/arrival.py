@@ -139,15 +139,19 @@ class RequestWaits:
             c: self._stalled_for.get(c, 0.0) + min(tick, max(0.0, now - began))
             for c, began in waiting
         }
-        doomed = [
+        suspected = {
             c
             for c, _ in waiting
-            if stalled_for[c] > SUSPECT_STALL_SECONDS
+            if self._suspects  # (no peer asked for while there is none)
+            and stalled_for[c] > SUSPECT_STALL_SECONDS
             and self._suspects.get(address_of(c.peer()), 0.0) > now
-        ]
+        }
         stalled = [
-            (c, began) for c, began in waiting if stalled_for[c] > STALL_SECONDS and c not in doomed
+            (c, began)
+            for c, began in waiting
+            if stalled_for[c] > STALL_SECONDS and c not in suspected
         ]
+        doomed = [c for c, _ in waiting if c in suspected]
         doomed += [c for c, began in stalled if now - began > self.timeout_seconds]
         kept = [c for c, began in stalled if now - began <= self.timeout_seconds]
         doomed += kept[self.stalled_max :]  # the newest beyond the oldest few
@@ -226,9 +230,7 @@ class ArrivalInterceptor(Interceptor):
     message in their request-streaming form (above). The gateway's
     in-process calls do not pass here: aiohttp has read their whole body."""
 
-    def __init__(
-        self, waits: RequestWaits, refuses: Callable[[Handler], bool] = lambda _: False
-    ) -> None:
+    def __init__(self, waits: RequestWaits, refuses: Callable[[Handler], bool]) -> None:
         self.waits = waits
         # Whether the chain gave this handler to refuse the call (a caller
         # without a token): answered at once, its thread never waits.

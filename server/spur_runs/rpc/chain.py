@@ -395,14 +395,9 @@ class ChainInterceptor(_Interceptor):
                 refused = (index, refusal)
                 break
         method = handler_call_details.method
-        if refused is None:
-            return self._cache.get(
-                (method, handler, None), lambda: wrap(handler, method, self.hooks, None)
-            )
-        found = self._cache.get(
-            (method, handler, refused[1]), lambda: wrap(handler, method, self.hooks, refused)
-        )
-        if len(self._refusing) < MAX_CACHED_HANDLERS:
+        key = (method, handler, None if refused is None else refused[1])
+        found = self._cache.get(key, lambda: wrap(handler, method, self.hooks, refused))
+        if refused is not None and len(self._refusing) < MAX_CACHED_HANDLERS:
             self._refusing.add(found)
         return found
 
