@@ -213,8 +213,9 @@ class Config:
     health_address: str | None = setting(
         None, "SPUR_RUNS_HEALTH_ADDRESS",
         "HOST:PORT: plaintext gRPC health only, for Kubernetes' probes",
-        "A second gRPC listener, always plaintext, serving `grpc.health.v1` and nothing "
-        "else: Kubernetes' gRPC probes cannot speak TLS (see `deploy/kubernetes/`).",
+        "A second gRPC listener, always plaintext, serving `grpc.health.v1.Health/Check` "
+        "and nothing else: Kubernetes' gRPC probes cannot speak TLS. It takes no token: "
+        "let only the node reach it (`deploy/kubernetes/networkpolicy.yaml`).",
     )  # fmt: skip
     log_format: str = setting(
         "text", "SPUR_RUNS_LOG_FORMAT", "how log lines are written",

@@ -59,7 +59,7 @@ def rendered() -> dict[str, dict[str, Any]]:
     objects = [o for o in yaml.safe_load_all(done.stdout) if o]
     by_kind = {o["kind"]: o for o in objects}
     assert len(by_kind) == len(objects), [o["kind"] for o in objects]
-    assert set(by_kind) == {"Deployment", "Service", "PodDisruptionBudget"}
+    assert set(by_kind) == {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
     return by_kind
 
 
@@ -96,6 +96,28 @@ def test_probes_are_grpc_native_on_the_health_port(rendered: dict[str, Any]) -> 
     # NOT_SERVING everywhere at once) sooner than 5 minutes.
     liveness = main["livenessProbe"]
     assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 300
+
+
+def test_only_the_node_reaches_the_probe_port(rendered: dict[str, Any]) -> None:
+    """The NetworkPolicy admits the gRPC and HTTP ports and not the probe's
+    (no token there; the kubelet, on the pod's node, is never blocked)."""
+    deployment = rendered["Deployment"]
+    by_name = {p["name"]: p["containerPort"] for p in container(deployment)["ports"]}
+    policy = rendered["NetworkPolicy"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    admitted = {
+        by_name.get(port["port"], port["port"])
+        for rule in policy["ingress"]
+        for port in rule["ports"]
+    }
+    env = plain_env(deployment)
+    assert admitted == {
+        port_of(env["SPUR_RUNS_GRPC_ADDRESS"]),
+        port_of(env["SPUR_RUNS_HTTP_ADDRESS"]),
+    }
+    assert port_of(env["SPUR_RUNS_HEALTH_ADDRESS"]) not in admitted
 
 
 def test_runs_as_non_root_with_nothing_to_spare(rendered: dict[str, Any]) -> None:

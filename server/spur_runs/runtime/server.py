@@ -38,6 +38,7 @@ from ..store.db import Database
 from ..store.schema_check import warn_missing_indexes
 from ..telemetry.metrics import Metrics
 from .health import DatabaseHealth
+from .probe import ProbeListener
 from .reflection import Reflection
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,11 @@ class RunsServer:
             raise OSError(
                 f"cannot listen on {config.grpc_address} (in use, or not an address here)"
             )
-        self.probe, self.probe_port = _probe_listener(config, self.health)
+        # --health-address: Check alone, in plaintext, for the kubelet (probe.py).
+        self.probe = (
+            None if config.health_address is None else ProbeListener(config, self.health.servicer)
+        )
+        self.probe_port = None if self.probe is None else self.probe.port
         # HTTP/JSON from the services' google.api.http rules, through this server.
         # Its unary calls run in process (gateway/inprocess.py), with the same
         # interceptor on the same threads; WatchRun goes through the socket.
@@ -228,42 +233,13 @@ class RunsServer:
             log.warning("gRPC's transport still busy %.0f s after the grace period", STOP_SECONDS)
         self.request_waits.stop()
         if self.probe is not None:  # (NOT_SERVING all along the drain)
-            self.probe.stop(0).wait(STOP_SECONDS)
+            self.probe.stop()
         self.health.close()
         self.db.dispose()
         return stopped
 
     def wait(self) -> None:
         self.grpc.wait_for_termination()
-
-
-def _probe_listener(
-    config: Config, health: DatabaseHealth
-) -> tuple[grpc.Server | None, int | None]:
-    """--health-address: a plaintext gRPC listener that serves
-    grpc.health.v1 and nothing else, for Kubernetes' gRPC probes, which
-    speak plaintext only (no TLS, no client certificate) and so cannot
-    reach a TLS port. It shares the main server's health statuses."""
-    if config.health_address is None:
-        return None, None
-    probe = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="probe"),
-        # A probe makes one Check at a time; a few streams per connection
-        # and calls in all keep anyone else from pinning its threads.
-        options=[
-            ("grpc.max_concurrent_streams", 4),
-            ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
-        ],
-        maximum_concurrent_rpcs=8,
-    )
-    health_pb2_grpc.add_HealthServicer_to_server(health.servicer, probe)
-    try:
-        port = probe.add_insecure_port(config.health_address)
-    except RuntimeError:  # grpc's "Failed to bind"
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot listen on {config.health_address} (in use, or not an address here)")
-    return probe, port
 
 
 def create_server(
