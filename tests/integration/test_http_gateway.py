@@ -106,6 +106,24 @@ def test_headers_reach_the_rpc_as_grpc_gateway_passes_them(running: Running) -> 
     assert "x-not-forwarded" not in metadata
 
 
+@pytest.mark.parametrize("header", ["Cookie", "User-Agent", "Referer"])
+def test_informational_headers_gRPC_cannot_carry_are_left_out(
+    running: Running, header: str
+) -> None:
+    """A browser's UTF-8 cookie does not fail the call: grpc-gateway skips
+    such a copy too. The other headers still pass."""
+    connection = running.client.connection
+    connection.putrequest("GET", "/run/R1")
+    connection.putheader(header, "caf\u00e9=cr\u00e8me".encode())
+    connection.putheader("Accept", "application/json")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 200, response.read()
+    metadata = dict(running.script.seen["metadata"])
+    assert f"grpcgateway-{header.lower()}" not in metadata
+    assert metadata["grpcgateway-accept"] == "application/json"
+
+
 @pytest.mark.parametrize(
     ("header", "value"),
     [

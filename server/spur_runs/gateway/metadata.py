@@ -6,7 +6,8 @@ caller the way it would behind grpc-gateway:
 - `Grpc-Metadata-Foo` -> `foo` (a `-Bin` key's value is base64 and is sent
   as bytes);
 - the IANA permanent request headers (Accept, User-Agent, ...) ->
-  `grpcgateway-accept`, `grpcgateway-user-agent`, ... (but Host, which Go's
+  `grpcgateway-accept`, `grpcgateway-user-agent`, ..., left out where the
+  value is not printable ASCII, as grpc-gateway does (but Host, which Go's
   net/http keeps out of the headers, so grpc-gateway never sends it: it is
   `x-forwarded-host`);
 - `X-Request-Id` -> `x-request-id` (the id the access log and the
@@ -114,7 +115,11 @@ def outgoing_metadata(
                 (target, _binary(name, value) if target.endswith("-bin") else _text(name, value))
             )
         elif key in _PERMANENT:
-            pairs.append(("grpcgateway-" + key, _text(name, value)))
+            # An informational copy gRPC cannot carry (a browser's UTF-8
+            # cookie) is left out, as grpc-gateway skips it, rather than
+            # failing the request over a header nobody asked to forward.
+            if _VALUE.fullmatch(value):
+                pairs.append(("grpcgateway-" + key, value))
         elif key == "x-request-id":
             pairs.append((key, _text(name, value)))
         elif key == "x-forwarded-for":
