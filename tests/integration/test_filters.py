@@ -409,6 +409,8 @@ def test_filters_over_http(world: World) -> None:
         ("status=STATUS_UNSPECIFIED", "status"),  # a name, but no run has it
         ("start_time_after=yesterday", "start_time_after"),
         ("start_time_after=2026-01-01T00:00:00+01:00", "start_time_after"),  # '+' unescaped
+        ("start_time_after=2026-01-01T00:00:00%2B99:99", "start_time_after"),  # no such offset
+        ("start_time_after=2026-01-01T00:00:00-00:60", "start_time_after"),
         ("start_time_before=2026-01-01", "start_time_before"),
         (
             "start_time_after=2026-01-02T00:00:00Z&start_time_before=2026-01-01T00:00:00Z",

@@ -159,10 +159,19 @@ def _set_well_known(target: Message, text: str, name: str) -> None:
         raise InvalidArgument(name, f"{_shown(text)}: {error}") from None
 
 
+# RFC 3339's numeric offset: hours 00-23, minutes 00-59. protobuf's parser
+# takes any two digits (+99:99 moved a filter by four days); Go's, behind
+# grpc-gateway, does not.
+_OFFSET = re.compile(r"[+-]([0-9]{2}):([0-9]{2})\Z")
+
+
 def _set_timestamp(target: Message, text: str, name: str) -> None:
     """RFC 3339, as grpc-gateway reads a Timestamp from a query parameter.
     protobuf's parser wants "T" and "Z" upper case, which RFC 3339 does not."""
     try:
+        offset = _OFFSET.search(text)
+        if offset is not None and (int(offset[1]) > 23 or int(offset[2]) > 59):
+            raise ValueError("offset out of range")
         target.FromJsonString(text.upper())  # type: ignore[attr-defined]
     except ValueError:
         hint = ""
