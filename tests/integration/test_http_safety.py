@@ -407,6 +407,33 @@ def test_a_tokenless_loopback_server_answers_only_its_own_names(
         server.stop(grace=1)
 
 
+def test_an_absolute_form_target_is_answered_for_its_own_authority(
+    sqlite_db: tuple[str, Seeded],
+) -> None:
+    """RFC 9112 3.2.2: `GET http://host/path` is served as `GET /path`, and
+    its authority, not the Host header, is the host checked."""
+    server = start_http_server(sqlite_db[0])
+    assert server.http_port
+    port = server.http_port
+    try:
+        with _connect(port) as sock:
+            origin = _get(sock, "/run/R1/?page_size=1").partition(b"\r\n\r\n")[2]
+        for target in (f"http://127.0.0.1:{port}/run/R1/", "HTTP://localhost/run/R1/"):
+            with _connect(port) as sock:
+                reply = _get(sock, target, host="evil.example")
+            head, _, body = reply.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), (target, head)
+            assert json.loads(body)["id"] == json.loads(origin)["id"] == "R1"
+        with _connect(port) as sock:
+            reply = _get(sock, "http://evil.example/run/R1/", host="127.0.0.1")
+        assert reply.startswith(b"HTTP/1.1 421"), reply[:100]
+        with _connect(port) as sock:
+            reply = _get(sock, f"http://127.0.0.1:{port}/healthz", host="127.0.0.1")
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:100]
+    finally:
+        server.stop(grace=1)
+
+
 def test_tokens_or_a_public_address_answer_any_host(
     sqlite_db: tuple[str, Seeded], tmp_path: Path
 ) -> None:

@@ -55,6 +55,7 @@ from .protocol import Server
 from .render import dumps
 from .replies import error
 from .routes import routes_for
+from .target import origin_form
 from .transport import ChannelTransport, Transport
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,8 @@ class HttpGateway:
             await channel.close(grace=None)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        refused = self._hosts.refusal(request)
+        request, authority = origin_form(request)
+        refused = self._hosts.refusal(request, authority)
         if refused is not None:
             return refused
         if self._cors is None:

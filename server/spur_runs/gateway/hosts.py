@@ -33,11 +33,12 @@ class HostCheck:
             return cls(None)
         return cls(LOOPBACK_HOSTS | parse_hosts(config.http_allowed_hosts))
 
-    def refusal(self, request: web.BaseRequest) -> web.Response | None:
-        """None if the request's Host may be answered, else the answer."""
+    def refusal(self, request: web.BaseRequest, authority: str | None) -> web.Response | None:
+        """None if the request's Host may be answered, else the answer. An
+        `authority` from an absolute-form target stands for Host (target.py)."""
         if self.allowed is None:
             return None
-        header = request.headers.get("Host")
+        header = authority if authority is not None else request.headers.get("Host")
         if header is None:  # HTTP/1.0 without Host: no browser sends that
             return None
         if host_name(header) in self.allowed:
