@@ -299,6 +299,14 @@ class Config:
         "open health Watch streams beyond which new ones get RESOURCE_EXHAUSTED",
         "`grpc.health.v1.Health/Watch` streams, per process.", bounds=(1, 1_000_000),
     )  # fmt: skip
+    max_health_watchers_per_address: int = setting(
+        100, "SPUR_RUNS_MAX_HEALTH_WATCHERS_PER_ADDRESS",
+        "open health Watch streams one client address may hold",
+        "Health takes no token: without this, one client could hold every watch of "
+        "`--max-health-watchers`, and clients with gRPC's client-side health checking "
+        "could watch no more. A client process holds one per channel.",
+        bounds=(1, 1_000_000),
+    )  # fmt: skip
     # As --http-max-connections: a client pool or two per caller's process,
     # far below what a file limit of a few thousand allows.
     grpc_max_connections: int = setting(

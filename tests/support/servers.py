@@ -17,9 +17,8 @@ from spur_runs.runtime.server import RunsServer, create_server
 
 
 def start_server(database_url: str, **config: object) -> RunsServer:
-    server, _ = create_server(
-        Config(database_url=database_url, grpc_address="127.0.0.1:0", **config)  # type: ignore[arg-type]
-    )
+    config = {"grpc_address": "127.0.0.1:0", **config}
+    server, _ = create_server(Config(database_url=database_url, **config))  # type: ignore[arg-type]
     server.start()
     return server
 

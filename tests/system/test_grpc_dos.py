@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -245,6 +246,19 @@ def test_churn_with_status_flips_never_blocks(sqlite_url: str) -> None:
         server.stop(grace=1)
 
 
+def watch_until_refused(health: health_pb2_grpc.HealthStub, count: int) -> tuple[list[Any], str]:
+    """`count` open watches, each SERVING, and the details of the next
+    one's RESOURCE_EXHAUSTED."""
+    watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(count)]
+    for watch in watches:
+        assert next(watch).status == SERVING
+    refused = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+    with pytest.raises(grpc.RpcError) as raised:
+        next(refused)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    return watches, raised.value.details() or ""
+
+
 def test_open_health_watches_are_bounded_and_released(sqlite_url: str) -> None:
     seed(sqlite_url)
     server = start_server(sqlite_url, max_health_watchers=5)
@@ -252,14 +266,8 @@ def test_open_health_watches_are_bounded_and_released(sqlite_url: str) -> None:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
-            watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(5)]
-            for watch in watches:
-                assert next(watch).status == SERVING
-            refused = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
-            with pytest.raises(grpc.RpcError) as raised:
-                next(refused)
-            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "5 open health watches" in (raised.value.details() or "")
+            watches, details = watch_until_refused(health, 5)
+            assert "5 open health watches" in details
             gauge = server.metrics.registry.get_sample_value("spur_runs_health_watchers")
             assert gauge == 5
             # Calls go on, the cap is on watches only.
@@ -317,6 +325,38 @@ def test_health_list_answers_and_unknown_services_are_not_found(
             {**labels, "grpc_method": "List", "grpc_code": "Internal"},
         )
         assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    finally:
+        server.stop(grace=1)
+
+
+def test_one_address_holds_at_most_its_share_of_health_watches(sqlite_url: str) -> None:
+    """Health takes no token: one client address may not hold every watch,
+    so that another's (gRPC's client-side health checking) still gets one."""
+    seed(sqlite_url)
+    server = start_server(
+        sqlite_url, grpc_address="[::]:0", max_health_watchers=10,
+        max_health_watchers_per_address=3,
+    )  # fmt: skip
+    try:
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as one,
+            grpc.insecure_channel(f"[::1]:{server.port}") as other,
+        ):
+            health = health_pb2_grpc.HealthStub(one)
+            watches, details = watch_until_refused(health, 3)
+            assert "client address already holds 3" in details
+            # Another address still watches; the first gets its share back
+            # as its watches end.
+            theirs = health_pb2_grpc.HealthStub(other).Watch(
+                health_pb2.HealthCheckRequest(), timeout=30
+            )
+            assert next(theirs).status == SERVING
+            watches[0].cancel()
+            wait_until(lambda: server.health.servicer.watcher_count == 3, "one watch released")
+            again = health.Watch(health_pb2.HealthCheckRequest(), timeout=30)
+            assert next(again).status == SERVING
+            for watch in (*watches, theirs, again):
+                watch.cancel()
     finally:
         server.stop(grace=1)
 

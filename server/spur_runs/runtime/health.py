@@ -42,8 +42,9 @@ class DatabaseHealth:
         interval: float = 2.0,
         max_watchers: int = 1000,
         registry: CollectorRegistry | None = None,
+        max_per_address: int = 100,
     ) -> None:
-        self.servicer = HealthServicer(max_watchers, registry)
+        self.servicer = HealthServicer(max_watchers, registry, max_per_address)
         self._db = db
         self._interval = interval
         self._stop = threading.Event()

@@ -14,7 +14,9 @@ call is answered and SIGTERM never finishes. So here:
 - Watch is grpc's non-blocking form (as WatchRun, watch.py): it registers the
   stream and returns, so no open stream holds one of the RPC threads;
 - open Watch streams are bounded (`--max-health-watchers`; beyond it
-  RESOURCE_EXHAUSTED), and a watcher holds a few hundred bytes of ours
+  RESOURCE_EXHAUSTED), and so are one client address's
+  (`--max-health-watchers-per-address`: health takes no token, and one
+  client held all 1,000, a review, 2026-12-04), and a watcher holds a few hundred bytes of ours
   until its stream ends; after many have closed, the memory grpc and
   Python freed goes back to the OS (memory.py).
 
@@ -38,6 +40,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, Gauge
 
+from ..rpc.arrival import address_of
 from .memory import StreamMemory
 
 log = logging.getLogger(__name__)
@@ -62,12 +65,13 @@ class _Watcher:
     """One Watch stream; every field is guarded by the servicer's lock."""
 
     __slots__ = (
-        "service", "context", "_send", "pending", "ending", "draining", "in_send_since",
-        "closed",
+        "service", "address", "context", "_send", "pending", "ending", "draining",
+        "in_send_since", "closed",
     )  # fmt: skip
 
     def __init__(self, service: str, context: grpc.ServicerContext, send: Send) -> None:
         self.service = service
+        self.address = address_of(context.peer())
         self.context = context
         self._send = send
         self.pending: int | None = None  # the status still to be sent
@@ -88,14 +92,21 @@ class HealthServicer:
     """Check, List and Watch of grpc.health.v1.Health (register it with
     health_pb2_grpc.add_HealthServicer_to_server)."""
 
-    def __init__(self, max_watchers: int, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        max_watchers: int,
+        registry: CollectorRegistry | None = None,
+        max_per_address: int | None = None,
+    ) -> None:
         self.max_watchers = max_watchers
+        self.max_per_address = max_per_address or max_watchers
         # Guards everything below and the watchers' fields. Held only for a
         # few dictionary operations: never while sending or cancelling.
         self._lock = threading.Lock()
         self._statuses: dict[str, int] = {"": SERVING}
         self._watchers: dict[str, set[_Watcher]] = {}
         self._count = 0
+        self._by_address: dict[str, int] = {}  # open watchers per client address
         self._shutting_down = False
         self._senders = futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="health-send")
         self.memory = StreamMemory()  # trimmed after a storm (memory.py)
@@ -144,18 +155,23 @@ class HealthServicer:
         watcher = _Watcher(request.service, context, send_response_callback)
         with self._lock:
             full = self._count >= self.max_watchers
-            if not full:
+            held = self._by_address.get(watcher.address, 0)
+            if not full and held < self.max_per_address:
                 self._watchers.setdefault(watcher.service, set()).add(watcher)
                 self._count += 1
+                self._by_address[watcher.address] = held + 1
                 watcher.pending = self._statuses.get(watcher.service, SERVICE_UNKNOWN)
                 watcher.ending = self._shutting_down
-        if full:
+        if full or held >= self.max_per_address:
             # Ended with a status rather than an exception, as in Check.
             _end(
                 watcher,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"this server already has {self.max_watchers} open health watches; "
-                "retry later or use Check",
+                "retry later or use Check"
+                if full
+                else f"this client address already holds {self.max_per_address} open "
+                "health watches; close one or use Check",
             )
             return
         self._gauge.inc()
@@ -241,6 +257,11 @@ class HealthServicer:
                 if not group:
                     del self._watchers[watcher.service]
             self._count -= 1
+            left = self._by_address[watcher.address] - 1
+            if left:
+                self._by_address[watcher.address] = left
+            else:
+                del self._by_address[watcher.address]
         self._gauge.dec()
         self.memory.closed()
 

@@ -61,7 +61,11 @@ class RunsServer:
         for role, engine in db.engines.items():
             self.metrics.watch_pool(role, engine, db.kept.get(role))
         self.health = DatabaseHealth(
-            db, config.health_interval, config.max_health_watchers, self.metrics.registry
+            db,
+            config.health_interval,
+            config.max_health_watchers,
+            self.metrics.registry,
+            config.max_health_watchers_per_address,
         )
         # One pool of threads and one interceptor for gRPC callers
         # and, in process, for the HTTP gateway's unary calls. Its size,
