@@ -205,6 +205,43 @@ def test_text_that_is_not_utf8(db: Database, stub: RunServiceStub) -> None:
     assert stub.GetRun(pb.GetRunRequest(run_id=run, view=BASIC)).run.id == run
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_bytes_stored_in_text_columns_are_served_as_text(
+    db: Database, stub: RunServiceStub
+) -> None:
+    """sqlite3 stores bytes given for any column as a BLOB: PySpur's own ORM
+    did for a task's `error` (TaskModel(error=b"...")), and PySpur serves it
+    as text. SQLite's JSON functions refused it: INTERNAL on every read of
+    the run, and of every list page holding it (a review, 2026-12-04)."""
+    with db.write() as s:
+        version = add_workflow(s)
+        run = add_run(s, version, tasks=[("llm", TaskStatus.FAILED)])
+        child = add_run(s, version, parent_run_id=run)
+        s.execute(
+            text("UPDATE tasks SET error = :v WHERE run_id = :r"), {"v": b"rate limited", "r": run}
+        )
+        s.execute(text("UPDATE runs SET run_type = :v, input_dataset_id = :d WHERE id = :r"),
+                  {"v": b"batch", "d": b"DS1", "r": run})  # fmt: skip
+        s.execute(text("UPDATE runs SET run_type = :v WHERE id = :r"), {"v": b"\xff", "r": child})
+    got = stub.GetRun(pb.GetRunRequest(run_id=run)).run
+    assert (got.run_type, got.input_dataset_id) == ("batch", "DS1")
+    assert [t.error for t in got.tasks] == ["rate limited"]
+    assert [t.error for t in stub.GetRunTasks(pb.GetRunTasksRequest(run_id=run)).tasks] == [
+        "rate limited"
+    ]
+    listed = stub.ListRuns(pb.ListRunsRequest(parent_only=True)).runs
+    assert [(r.id, r.run_type, [t.error for t in r.tasks]) for r in listed] == [
+        (run, "batch", ["rate limited"])
+    ]
+    # Bytes that are no UTF-8 are what text that is not UTF-8 is: DATA_LOSS.
+    for call, request in (
+        (stub.GetRun, pb.GetRunRequest(run_id=child)),
+        (stub.GetChildRuns, pb.GetChildRunsRequest(run_id=run)),
+    ):
+        code, message = _refused(call, request)
+        assert code is grpc.StatusCode.DATA_LOSS, message
+
+
 def test_percentage_complete_is_pyspurs_to_the_bit(db: Database, stub: RunServiceStub) -> None:
     tasks = [("a", TaskStatus.COMPLETED), ("b", TaskStatus.RUNNING), ("c", TaskStatus.PENDING)]
     with db.write() as s:
@@ -262,7 +299,7 @@ UNREADABLE = [
     ("runs", "status", "completed", "'completed' is not among the names of RunStatus"),
     ("runs", "start_time", "not a date", "Invalid isoformat string: 'not a date'"),
     ("runs", "end_time", "yesterday", "end_time holds a value this service cannot read"),
-    ("runs", "start_time", 1718409600, "start_time holds a value this service cannot read (a int"),
+    ("runs", "start_time", 1718409600, "start_time holds a value this service cannot read (Inv"),
     ("runs", "outputs", '{"a": "\\ud800"}', "outputs holds a string with a lone surrogate"),
     ("tasks", "inputs", "{not json", "inputs holds a value this service cannot read"),
     ("tasks", "status", "DONE", "'DONE' is not among the names of TaskStatus"),

@@ -44,7 +44,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple, NoReturn
 
 import orjson
-from sqlalchemy import JSON, Connection, DateTime, Enum, text
+from sqlalchemy import JSON, Connection, DateTime, Enum, String, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import Select
@@ -112,6 +112,16 @@ def _sqlite_json(value: Any) -> Any:
         return load_json(value)
 
 
+def packed_as_text(column_type: Any) -> bool:
+    """Whether SQLite's json_array is given a column's value as text. It
+    refuses a BLOB ("JSON cannot hold BLOB values": INTERNAL on every read
+    of the run), and sqlite3 stores one for bytes given to any column:
+    PySpur's own ORM did, for a task's `error`, and serves it as text
+    (a review, 2026-12-04). Text, times and JSON are text already; CAST
+    leaves them as they are, and numbers stay numbers."""
+    return isinstance(column_type, (String, DateTime, JSON))  # (Enum is a String)
+
+
 class _Compiled:
     """One statement compiled for one dialect."""
 
@@ -147,10 +157,8 @@ class _Compiled:
         )
         if self.packed:
             names = [f"c{i}" for i in range(width)]
-            # json_array refuses a BLOB, which sqlite3 handed over as bytes
-            # (and load_json parsed) for a JSON column: read those as text.
             values = [
-                f"CAST({name} AS TEXT)" if isinstance(column.type, JSON) else name
+                f"CAST({name} AS TEXT)" if packed_as_text(column.type) else name
                 for name, column in zip(names, statement.selected_columns, strict=True)
             ]
             self.sql = (

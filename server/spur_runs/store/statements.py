@@ -18,7 +18,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     BigInteger,
     Boolean,
     Text,
@@ -36,7 +35,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from .hot import Statement, row_type
+from .hot import Statement, packed_as_text, row_type
 from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
 
 # Most tasks embedded in one Run message: GetRun, and each run of a list page.
@@ -258,8 +257,8 @@ def _packed_tasks(runs: FromClause, dialect: str) -> ScalarSelect[Any]:
         .subquery("walk")
     )
     if dialect == "sqlite":
-        # json_array refuses a BLOB in a JSON column (hot.Statement): as text.
-        values = (cast(c, Text) if isinstance(c.type, JSON) else c for c in walk.c)
+        # json_array refuses a BLOB (hot.packed_as_text): as text.
+        values = (cast(c, Text) if packed_as_text(c.type) else c for c in walk.c)
         packed = func.json_group_array(func.json_array(*values))
     else:
         packed = func.coalesce(func.json_agg(func.json_build_array(*walk.c)), text("'[]'::json"))
