@@ -505,6 +505,9 @@ def test_large_headers_get_the_same_answer_on_every_route(
             assert json.loads(reply.body)["details"][0]["field_violations"][0]["field"] == (
                 "headers"
             )
+        # The message names every header it counts.
+        reply = client.request("GET", paths[1], {"X-Request-Id": "r" * 7500})
+        assert reply.status == 400 and "X-Request-Id" in json.loads(reply.body)["message"]
     finally:
         client.close()
         server.stop(grace=1)

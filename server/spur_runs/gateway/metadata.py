@@ -141,7 +141,7 @@ def outgoing_metadata(
             raise InvalidArgument(
                 "headers",
                 f"carry more than {METADATA_BUDGET} bytes of gRPC metadata "
-                "(Authorization, Grpc-Metadata-*)",
+                "(Authorization, X-Request-Id, Grpc-Metadata-*)",
             )
     return pairs
 
