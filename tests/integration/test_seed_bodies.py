@@ -259,6 +259,8 @@ def test_pyspur_ui_calls_work_under_the_api_prefix(
     assert [r["id"] for r in table] == [world["canceled"], world["batch"]]
     # Everything moved under the prefix; nothing answers outside it.
     assert _get(port, f"/run/{world['batch']}/")[0] == 404
+    # An escaped unreserved character is the character, in the prefix too.
+    assert _get(port, f"/%61pi/run/{world['batch']}/")[0] == 200
     status, _, raw = _get(port, "/api/openapi.json")
     assert status == 200 and json.loads(raw)["servers"] == [{"url": "/api"}]
     assert _get(port, "/api/metrics")[0] == 200

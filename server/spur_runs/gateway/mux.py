@@ -22,7 +22,7 @@ from .links import next_link, pages_by_link
 from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
 from .render import Renderer
 from .replies import JSON, error, failed, not_allowed, response_headers
-from .routes import Match, Route, Router
+from .routes import Match, Route, Router, normalize_escapes
 from .streaming import stream
 from .transcode import RequestBuilder
 from .transport import ChannelTransport, Transport
@@ -117,7 +117,8 @@ class Mux:
         """The answer to `request`; a stream sends `extra` headers (app.py's
         CORS) with its own, as it sends them before returning."""
         raw_path, _, query = request.raw_path.partition("?")
-        path = raw_path
+        # "%61pi" is "api" to the prefix too, as to the routes (and PySpur).
+        path = normalize_escapes(raw_path) if "%" in raw_path else raw_path
         if self._prefix:
             if path != self._prefix and not path.startswith(self._prefix + "/"):
                 return error(
