@@ -182,3 +182,28 @@ def test_an_error_logged_during_a_call_carries_its_request_id(
     assert error.request_id == "trace-7"  # type: ignore[attr-defined]
     (line,) = [r for r in caplog.records if r.name == "spur_runs.access"]
     assert line.code == "INTERNAL" and line.request_id == "trace-7"  # type: ignore[attr-defined]
+
+
+def test_the_text_access_line_names_an_http_caller(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An HTTP watch reaches gRPC through the gateway's own socket, so its
+    peer names no client: the line carries forwarded_for, as unary ones do."""
+    run_id = seeded(sqlite_url)
+    caplog.set_level("INFO")
+    server = start_server(sqlite_url, http_address="127.0.0.1:0")
+    try:
+        for path in (f"/run/{run_id}/", f"/run/{run_id}/watch"):  # a completed run's ends
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}{path}") as reply:
+                assert reply.status == 200
+                reply.read()
+    finally:
+        server.stop(grace=1)
+    lines = {
+        r.method.rpartition("/")[2]: r.getMessage()  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == "spur_runs.access"
+    }
+    assert " peer=unix:" in lines["WatchRun"], lines
+    for name in ("GetRun", "WatchRun"):
+        assert lines[name].endswith(" forwarded_for=127.0.0.1"), lines

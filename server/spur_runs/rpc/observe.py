@@ -110,17 +110,15 @@ class _Call:
             "peer": context.peer(),
             "request_id": self.request_id,
         }
+        line = "%s %s %.1fms peer=%s request_id=%s"
+        values = [self.method, code.name, seconds * 1000, fields["peer"], self.request_id]
         if self.forwarded_for:  # an HTTP caller, through the gateway
+            # In the text line too: an HTTP watch's peer is the gateway's
+            # own socket (unix:...), which names no client.
             fields["forwarded_for"] = self.forwarded_for
-        access_log.info(
-            "%s %s %.1fms peer=%s request_id=%s",
-            self.method,
-            code.name,
-            seconds * 1000,
-            fields["peer"],
-            self.request_id,
-            extra=fields,
-        )
+            line += " forwarded_for=%s"
+            values.append(self.forwarded_for)
+        access_log.info(line, *values, extra=fields)
         REQUEST_ID.set(None)
 
 
