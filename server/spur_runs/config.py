@@ -89,7 +89,7 @@ class Config:
     # slow calls (a delete waiting for a lock); scale out with --workers.
     # bench/results/workers.md has the measurements behind it.
     max_workers: int = setting(
-        4, "SPUR_RUNS_MAX_WORKERS", "threads serving RPCs",
+        4, "SPUR_RUNS_MAX_WORKERS", "threads serving RPCs (and as many for HTTP's)",
         "One Python thread runs at a time, so more threads overlap database waits but cost "
         "CPU on every call (GetRun's server CPU per call, measured side by side on 2 cores: "
         "1 thread 740 µs, 2: 853, 8: 1,142, 16: 1,500–2,000). `bench/workers.py` measured "
@@ -107,7 +107,7 @@ class Config:
         16, "SPUR_RUNS_POOL_SIZE", "database connections",
         "One per RPC thread, plus WatchRun's poller and the health ping, with room to spare "
         "so that neither waits behind calls. Beside the pool, each RPC thread keeps one "
-        "connection for single reads (`--max-workers` more).",
+        "connection for single reads (`--max-workers` more, twice that with HTTP on).",
         bounds=(1, 1000),
     )  # fmt: skip
     log_level: str = setting(

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from half_open import HalfOpenCalls
+from half_open import HalfOpenCalls, ResendingCalls
 from http_client import Http, start_http_server
 from servers import start_server
 from spur.runs.v1 import run_service_pb2 as pb
@@ -129,4 +129,30 @@ def test_a_connection_of_many_half_open_calls_does_not_hold_the_queue(
         assert attacker.reset_streams(10) == set(attacker.streams)
     finally:
         attacker.close()
+        server.stop(grace=1)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_grpc_calls_resent_without_messages_do_not_hold_http(migrated_url: str) -> None:
+    """Two connections of 100 headers-only calls, each re-sent as soon as
+    the server ends it, hold every gRPC call slot and thread in turn (grpc's
+    sync server admits a call before anyone can know its peer:
+    docs/production.md). HTTP's calls run on threads of their own, so they
+    are answered meanwhile; in one pool they all timed out."""
+    server = start_http_server(migrated_url, max_workers=4)
+    assert server.http_port is not None
+    attacker = ResendingCalls(server.port, GET_RUN, connections=2)
+    try:
+        time.sleep(1.0)  # the attack at its height: suspects, slots full
+        client = Http(server.http_port, timeout=5)
+        worst = 0.0
+        for _ in range(10):
+            started = time.monotonic()
+            assert client.get("/run/R1/").status == 404
+            worst = max(worst, time.monotonic() - started)
+            time.sleep(0.1)
+        print(f"\nHTTP during the attack ({attacker.sent} calls sent): worst {worst:.3f} s")
+        assert worst < 1.0
+    finally:
+        attacker.stop()
         server.stop(grace=1)

@@ -234,3 +234,60 @@ class HeaderFlood:
         self._stop.set()
         self._thread.join(timeout=5)
         self._socket.close()
+
+
+class ResendingCalls:
+    """Connections of `count` headers-only calls of `method` each, a new
+    one sent as soon as the server ends one (reset or answered), on threads
+    of their own until stop(): the attacker arrival.py's cancels do not
+    discourage."""
+
+    def __init__(self, port: int, method: str, connections: int, count: int = 100) -> None:
+        self._block = _call_headers(method)
+        self._port, self._count = port, count
+        self._stop = threading.Event()
+        self.sent = 0
+        self._threads = [
+            threading.Thread(target=self._attack, daemon=True) for _ in range(connections)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _attack(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock = socket.create_connection(("127.0.0.1", self._port), timeout=0.2)
+            except OSError:
+                time.sleep(0.05)
+                continue
+            with sock:
+                next_stream = 1
+
+                def calls(count: int) -> bytes:
+                    nonlocal next_stream
+                    streams = range(next_stream, next_stream + 2 * count, 2)
+                    next_stream += 2 * count
+                    self.sent += count
+                    return b"".join(_frame(HEADERS, END_HEADERS, s, self._block) for s in streams)
+
+                try:
+                    sock.sendall(PREFACE + _frame(SETTINGS, 0, 0) + calls(self._count))
+                    reader = _Reader(sock)
+                    while not self._stop.is_set():
+                        frames = reader.read()
+                        if frames is None:
+                            break
+                        ended = sum(
+                            1
+                            for kind, flags, _ in frames
+                            if kind == RST_STREAM or (kind == HEADERS and flags & END_STREAM)
+                        )
+                        if ended:
+                            sock.sendall(calls(ended))
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)

@@ -83,6 +83,18 @@ class RunsServer:
         self.executor = futures.ThreadPoolExecutor(
             max_workers=config.max_workers, thread_name_prefix="rpc"
         )
+        # HTTP's in-process calls get threads of their own, as many: in one
+        # pool they queued behind gRPC calls that hold threads waiting for
+        # their messages, and two connections re-sending such calls made
+        # every HTTP request time out (a review, 2026-12-04). Each side's
+        # load still runs on --max-workers threads.
+        self.http_executor = (
+            None
+            if config.http_address is None
+            else futures.ThreadPoolExecutor(
+                max_workers=config.max_workers, thread_name_prefix="http-rpc"
+            )
+        )
         # Its hooks (rpc/chain.py), outermost first: observe sees the final
         # code of every call (refusals included), auth refuses before any
         # work is done, and errors become statuses innermost.
@@ -166,7 +178,7 @@ class RunsServer:
                 )
             ),
             interceptors,
-            self.executor,
+            self.http_executor or self.executor,
             config.max_concurrent_rpcs,
         )
         self.http = (
@@ -255,8 +267,9 @@ def create_server(
         read_url=config.read_database_url,
         timeout_seconds=config.db_timeout_seconds,
         dead_peer_seconds=config.db_dead_peer_seconds,
-        # One kept connection per RPC thread for single reads (store/held.py).
-        held_limit=config.max_workers,
+        # One kept connection per RPC thread for single reads (store/held.py),
+        # gRPC's and HTTP's (RunsServer).
+        held_limit=config.max_workers * (1 if config.http_address is None else 2),
         # Writes that wait for a lock hold their threads: half of them at
         # most, the rest for reads (Database.write).
         writers=max(1, config.max_workers // 2),
