@@ -113,3 +113,23 @@ def gateway_mark() -> tuple[str, str]:
 
 def from_gateway(mark: str | None) -> bool:
     return mark is not None and hmac.compare_digest(mark, _GATEWAY_MARK)
+
+
+def address_of(peer: str) -> str:
+    """The client of a grpc peer, what per-client bounds count by
+    (rpc/arrival.py, api/senders.py): its address without the port,
+    "ipv4:10.0.0.7:5123" -> "ipv4:10.0.0.7"; an IPv4-mapped IPv6 address as
+    that IPv4 address, and any other IPv6 address as its /64, which one
+    host commonly holds whole (one client, else, had 2^64 addresses)."""
+    if peer.startswith("ipv4:"):
+        return peer.rpartition(":")[0]
+    if not peer.startswith("ipv6:"):
+        return peer
+    host = peer[5:].rpartition(":")[0].strip("[]").partition("%")[0]
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return peer.rpartition(":")[0]
+    if address.ipv4_mapped is not None:
+        return f"ipv4:{address.ipv4_mapped}"
+    return f"ipv6:{ipaddress.IPv6Network((address, 64), strict=False)}"

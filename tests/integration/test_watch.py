@@ -559,9 +559,9 @@ def test_http_client_going_away_cancels_the_watch(
 def test_a_client_that_reads_nothing_is_cancelled_and_holds_up_no_one(
     lite_url: str, lite_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spur_runs.api import watch
+    from spur_runs.api import senders
 
-    monkeypatch.setattr(watch, "SLOW_SEND_SECONDS", 0.5)
+    monkeypatch.setattr(senders, "SLOW_SECONDS", 0.5)
     with lite_db.write() as s:
         workflow = add_workflow(s)
         big = add_run(s, workflow, status=RunStatus.RUNNING, outputs={"text": "x" * 3_500_000})
@@ -616,12 +616,68 @@ def test_clients_that_read_nothing_hold_up_the_others_for_a_second_not_thirty(
             waited = time.monotonic() - started
             stream.cancel()
         assert waited < 5, waited
-        # A non-reader was cancelled to free a sender (the others keep
-        # theirs until SLOW_SEND_SECONDS, while a sender is free); the
-        # cancelled `other` leaves a moment after its cancel.
+        # The non-readers were cancelled to free the senders (with their
+        # connection); the cancelled `other` leaves a moment after its cancel.
         wait_for(lambda: server.watch_hub.watcher_count < watch.SENDERS)
     finally:
         readers.close()
+        server.stop(grace=1)
+
+
+def _first_message_wait(open_stream: Callable[[grpc.Channel], Iterator[Any]], port: int) -> float:
+    """Seconds an honest client on a fresh channel waits for its first
+    message, retrying RESOURCE_EXHAUSTED (every call slot held a moment by
+    the jam's opening streams: docs/production.md) as a client would."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        started = time.monotonic()
+        while True:
+            stream = open_stream(channel)
+            try:
+                next(stream)
+                break
+            except grpc.RpcError as error:
+                if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:  # type: ignore[attr-defined]
+                    raise
+                time.sleep(0.05)
+        waited = time.monotonic() - started
+        stream.cancel()  # type: ignore[attr-defined]
+    return waited
+
+
+def test_many_non_reading_streams_on_few_connections_hold_up_no_one(
+    lite_url: str, lite_db: Database
+) -> None:
+    """500 WatchRun streams that read nothing, on 5 connections, and 100
+    health watches on one: each sender's turn with one of them cost a
+    second, and an honest watcher's first message waited 23 s (health's,
+    checked every --health-interval, 48 s). A jam gives up the whole
+    connection of the stream it finds blocked (api/senders.py)."""
+    stalled_run, other = pending_run(lite_db), pending_run(lite_db)
+    server = start_server(lite_url, watch_interval=INTERVAL, health_interval=2.0)
+    watch_request = pb.WatchRunRequest(run_id=stalled_run).SerializeToString()
+    health_request = health_pb2.HealthCheckRequest(service="").SerializeToString()
+    jam = [NonReaders(server.port, WATCH_RUN, watch_request, 100) for _ in range(5)]
+    jam.append(NonReaders(server.port, HEALTH_WATCH, health_request, 100))
+    try:
+        wait_for(lambda: server.watch_hub.watcher_count >= 100)  # the jam at work
+        waited_health = _first_message_wait(
+            lambda c: health_pb2_grpc.HealthStub(c).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=60
+            ),
+            server.port,
+        )
+        waited = _first_message_wait(
+            lambda c: RunServiceStub(c).WatchRun(pb.WatchRunRequest(run_id=other), timeout=60),
+            server.port,
+        )
+        print(
+            f"\nfirst message behind the jam: WatchRun {waited:.2f} s, health {waited_health:.2f} s"
+        )
+        assert waited < 5 and waited_health < 5, (waited, waited_health)
+        wait_for(lambda: server.watch_hub.watcher_count == 0)  # the jam was given up
+    finally:
+        for readers in jam:
+            readers.close()
         server.stop(grace=1)
 
 

@@ -31,8 +31,8 @@ A watcher ends:
 Messages are coalesced per watcher: a client that reads slower than its run
 changes gets the latest state when it is ready for one, not a backlog; the
 terminal state is always the last message. A sender blocked on a client that
-does not read for SLOW_SEND_SECONDS has that call cancelled, or after
-SATURATED_SEND_SECONDS while every sender is so blocked, so that such
+does not read is given up, with the other streams of its connection
+(senders.py, checked every 0.1 s on a thread of its own), so that such
 clients cannot hold the sender threads.
 """
 
@@ -57,22 +57,16 @@ from ..store import runs, watch_sql
 from ..store.db import Database
 from ..telemetry.metrics import Metrics
 from . import convert
+from .senders import TICK_SECONDS, NonReaders
 from .versions import VersionCache
 
 log = logging.getLogger(__name__)
 
 TERMINAL = frozenset((run_pb2.Run.COMPLETED, run_pb2.Run.FAILED, run_pb2.Run.CANCELED))
 # Threads that write messages to clients. grpc's send blocks until the
-# transport took the message (flow control), so a few, not one per watcher.
+# transport took the message (flow control), so a few, not one per watcher;
+# senders.py gives up the sends of clients that read nothing.
 SENDERS = 8
-# A send still blocked after this long (a client that stopped reading) gets
-# its call cancelled, freeing the sender thread.
-SLOW_SEND_SECONDS = 30.0
-# ... or after this long while every sender thread is in such a send: a few
-# clients that read nothing (a zero flow-control window) would otherwise
-# hold up every other watcher's messages for SLOW_SEND_SECONDS, again and
-# again (a red-team pass: 28 s).
-SATURATED_SEND_SECONDS = 1.0
 
 Send = Callable[[Any], None]
 
@@ -86,13 +80,14 @@ class Watcher:
     the send state, guarded by its own."""
 
     __slots__ = (
-        "run_id", "context", "_send", "fingerprint", "last", "closed",
+        "run_id", "context", "peer", "_send", "fingerprint", "last", "closed",
         "_lock", "_pending", "_final", "_draining", "in_send_since",
     )  # fmt: skip
 
     def __init__(self, run_id: str, context: grpc.ServicerContext, send: Send) -> None:
         self.run_id = run_id
         self.context = context
+        self.peer = context.peer()  # its connection (senders.py)
         self._send = send
         self.fingerprint: watch_sql.Fingerprint | None = None
         self.last: run_pb2.Run | None = None  # last state sent, duration cleared
@@ -163,6 +158,7 @@ class WatchHub:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._senders = futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="watch-send")
+        self._non_readers = NonReaders(SENDERS)
         registry = None if metrics is None else metrics.registry
         self._watchers_gauge = Gauge(
             "spur_runs_watchers", "Open WatchRun streams.", registry=registry,
@@ -187,6 +183,8 @@ class WatchHub:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="watch-hub", daemon=True)
         self._thread.start()
+        # Its own thread: a poll stuck in the database must not stop it.
+        threading.Thread(target=self._watch_senders, name="watch-senders", daemon=True).start()
 
     def stop(self, grace: float = 5.0) -> None:
         """End every stream with UNAVAILABLE and refuse new ones; stop the
@@ -286,7 +284,13 @@ class WatchHub:
                 if not failing:
                     log.warning("WatchRun poller: %s; retrying every %ss", error, self.interval)
                 failing = True
-            self._cancel_slow_senders()
+
+    def _watch_senders(self) -> None:
+        while not self._stopped.wait(TICK_SECONDS):
+            try:
+                self._cancel_slow_senders()
+            except Exception:  # noqa: BLE001 - the check must outlive any one stream
+                log.exception("WatchRun: the senders' check failed")
 
     def poll(self) -> None:
         """One look at every watched run; pushes what changed."""
@@ -381,13 +385,17 @@ class WatchHub:
     def _cancel_slow_senders(self) -> None:
         with self._lock:
             watchers = list(self._all)
-        held = [(w, since) for w in watchers if (since := w.in_send_since) is not None]
-        patience = SATURATED_SEND_SECONDS if len(held) >= SENDERS else SLOW_SEND_SECONDS
-        limit = time.monotonic() - patience
-        for watcher, since in held:
-            if since < limit:
-                log.warning("WatchRun: a watcher of %s reads nothing: cancelled", watcher.run_id)
-                _cancel(watcher.context)
+        doomed = self._non_readers.doomed(
+            ((w, w.peer, w.in_send_since) for w in watchers), time.monotonic()
+        )
+        if doomed:
+            log.warning(
+                "WatchRun: %d stream(s) of clients that read nothing cancelled: %s",
+                len(doomed),
+                ", ".join(sorted({w.peer for w in doomed})[:10]),
+            )
+        for watcher in doomed:
+            _cancel(watcher.context)
 
 
 def _response(run: run_pb2.Run) -> pb.WatchRunResponse:

@@ -48,6 +48,7 @@ from typing import Any
 
 import grpc
 
+from ..trust import address_of
 from .chain import (
     Handler,
     HandlerCache,
@@ -71,13 +72,6 @@ STALL_SECONDS = 0.5
 SUSPECT_STALL_SECONDS = SWEEP_SECONDS
 SUSPECT_SECONDS = 60.0
 MAX_SUSPECTS = 4096
-
-
-def address_of(peer: str) -> str:
-    """grpc's peer without its port: "ipv4:10.0.0.7:5123" -> "ipv4:10.0.0.7"."""
-    if peer.startswith(("ipv4:", "ipv6:")):
-        return peer.rpartition(":")[0]
-    return peer
 
 
 class RequestWaits:

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from spur.runs.v1 import run_service_pb2
 
+from ..api.senders import TICK_SECONDS
 from ..store.db import Database
 from .health_service import HealthServicer
 
@@ -50,11 +51,16 @@ class DatabaseHealth:
         self._stop = threading.Event()
         self._serving: bool | None = None
         self._thread = threading.Thread(target=self._run, name="db-health", daemon=True)
+        # Its own thread: a ping waits up to PING_TIMEOUT_S.
+        self._senders = threading.Thread(
+            target=self._watch_senders, name="health-senders", daemon=True
+        )
         self._stuck: threading.Thread | None = None  # a ping that never returned
 
     def start(self) -> None:
         self.check()
         self._thread.start()
+        self._senders.start()
 
     def check(self) -> bool:
         try:
@@ -106,8 +112,14 @@ class DatabaseHealth:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.check()
-            self.servicer.cancel_slow_senders()
             self.servicer.memory.after_tick()
+
+    def _watch_senders(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.servicer.cancel_slow_senders()
+            except Exception:  # noqa: BLE001 - the check must outlive any one stream
+                log.exception("health Watch: the senders' check failed")
 
     def shutdown(self) -> None:
         """Report NOT_SERVING for good (graceful shutdown has begun)."""

@@ -40,7 +40,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, Gauge
 
-from ..rpc.arrival import address_of
+from ..api.senders import NonReaders
+from ..trust import address_of
 from .memory import StreamMemory
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,6 @@ SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 # Threads that write health messages to watchers. A send blocks until the
 # transport took the message, so a few, shared by all watchers.
 SENDERS = 4
-# A send still blocked after this long (a client that stopped reading) gets
-# its call cancelled, so that such clients cannot hold the sender threads.
-SLOW_SEND_SECONDS = 30.0
-# ... or this long while every sender is in such a send (api/watch.py).
-SATURATED_SEND_SECONDS = 1.0
-
 Send = Callable[[Any], None]
 
 
@@ -65,13 +60,14 @@ class _Watcher:
     """One Watch stream; every field is guarded by the servicer's lock."""
 
     __slots__ = (
-        "service", "address", "context", "_send", "pending", "ending", "draining",
+        "service", "peer", "address", "context", "_send", "pending", "ending", "draining",
         "in_send_since", "closed",
     )  # fmt: skip
 
     def __init__(self, service: str, context: grpc.ServicerContext, send: Send) -> None:
         self.service = service
-        self.address = address_of(context.peer())
+        self.peer = context.peer()  # its connection (api/senders.py)
+        self.address = address_of(self.peer)
         self.context = context
         self._send = send
         self.pending: int | None = None  # the status still to be sent
@@ -109,6 +105,7 @@ class HealthServicer:
         self._by_address: dict[str, int] = {}  # open watchers per client address
         self._shutting_down = False
         self._senders = futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="health-send")
+        self._non_readers = NonReaders(SENDERS)
         self.memory = StreamMemory()  # trimmed after a storm (memory.py)
         self._gauge = Gauge(
             "spur_runs_health_watchers", "Open grpc.health.v1.Health/Watch streams.",
@@ -228,16 +225,20 @@ class HealthServicer:
             return self._count
 
     def cancel_slow_senders(self) -> None:
-        """Cancel the calls whose send has been blocked too long (called
-        periodically, by DatabaseHealth's thread)."""
+        """Cancel the streams of clients that read nothing (api/senders.py;
+        called every senders.TICK_SECONDS by DatabaseHealth's thread)."""
         with self._lock:
             watchers = [w for group in self._watchers.values() for w in group]
-        held = [(w, since) for w in watchers if (since := w.in_send_since) is not None]
-        patience = SATURATED_SEND_SECONDS if len(held) >= SENDERS else SLOW_SEND_SECONDS
-        limit = time.monotonic() - patience
-        slow = [w for w, since in held if since < limit]
-        for watcher in slow:
-            log.warning("health Watch: a client reads nothing: its stream is cancelled")
+        doomed = self._non_readers.doomed(
+            ((w, w.peer, w.in_send_since) for w in watchers), time.monotonic()
+        )
+        if doomed:
+            log.warning(
+                "health Watch: %d stream(s) of clients that read nothing cancelled: %s",
+                len(doomed),
+                ", ".join(sorted({w.peer for w in doomed})[:10]),
+            )
+        for watcher in doomed:
             watcher.context.cancel()  # type: ignore[no-untyped-call]
 
     # --- internals ---
