@@ -37,7 +37,8 @@ def seeded(sqlite_url: str) -> tuple[str, str]:
 
 @pytest.fixture
 def server(seeded: tuple[str, str]) -> Iterator[RunsServer]:
-    running = start_server(seeded[0], http_address="127.0.0.1:0")
+    # (on IPv4 and IPv6: two client addresses)
+    running = start_server(seeded[0], grpc_address="[::]:0", http_address="127.0.0.1:0")
     yield running
     running.stop(grace=1)
 
@@ -139,8 +140,8 @@ def test_bytes_that_are_no_request_get_invalid_argument(server: RunsServer) -> N
 class IdleStreams:
     """Reflection streams whose client sends nothing until released."""
 
-    def __init__(self, port: int) -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.channel = grpc.insecure_channel(f"{host}:{port}")
         self.release = threading.Event()
         self.calls: list[grpc.Future] = []  # type: ignore[type-arg]
 
@@ -187,10 +188,17 @@ def test_idle_reflection_streams_hold_no_rpc_thread(
     server: RunsServer, seeded: tuple[str, str]
 ) -> None:
     """Issue 16: four idle ServerReflectionInfo streams took the four RPC
-    threads, and every call timed out."""
-    idle = IdleStreams(server.port)
+    threads, and every call timed out. And one client address holds at most
+    two: one client held all four, re-opening them (a review, 2026-12-04)."""
+    idle, idle6 = IdleStreams(server.port), IdleStreams(server.port, "[::1]")
     try:
-        idle.open(server.config.max_workers)
+        idle.open(reflection.REFLECTION_STREAMS_PER_ADDRESS)
+        (refused,) = idle.open(1)
+        with pytest.raises(grpc.RpcError) as raised:
+            next(refused)  # type: ignore[call-overload]
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "this client address has 2" in (raised.value.details() or "")
+        idle6.open(reflection.REFLECTION_STREAMS - reflection.REFLECTION_STREAMS_PER_ADDRESS)
         time.sleep(0.5)
         _answers_within(server, seeded[1], 3)
         # Beyond the reflection threads: refused at once, not queued.
@@ -202,13 +210,14 @@ def test_idle_reflection_streams_hold_no_rpc_thread(
             ),
             "the reflection threads are all taken",
         )
-        (extra,) = idle.open(1)
+        (extra,) = idle.open(1)  # (its own, or the server's, bound)
         with pytest.raises(grpc.RpcError) as raised:
             next(extra)  # type: ignore[call-overload]
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         _answers_within(server, seeded[1], 3)
     finally:
         idle.close()
+        idle6.close()
     # Once they end, reflection serves again.
     wait_until(lambda: streams(server) == 0, "the reflection threads freed")
     listed = grpcurl(server.port, "list")

@@ -22,6 +22,9 @@ module's own pool of REFLECTION_STREAMS threads and returns. When all of
 them are busy, a new stream gets RESOURCE_EXHAUSTED at once (no queue), and
 a stream that sends nothing for IDLE_SECONDS, or that lasts MAX_SECONDS, is
 cancelled. A grpcurl command takes one stream for well under a second.
+One client address holds at most REFLECTION_STREAMS_PER_ADDRESS of them:
+one client re-opening its streams held all four, and every other got
+RESOURCE_EXHAUSTED (a review, 2026-12-04).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
+from ..trust import address_of
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ METHOD = "ServerReflectionInfo"
 # Reflection streams served at once, per process (each holds a thread of
 # this module's pool while it waits for its client's next request).
 REFLECTION_STREAMS = 4
+REFLECTION_STREAMS_PER_ADDRESS = 2
 # A stream whose client sends nothing this long, or that is this old, is
 # cancelled: grpcurl sends its requests at once and closes within a second.
 IDLE_SECONDS = 10.0
@@ -232,6 +237,7 @@ class Reflection:
         )
         self._lock = threading.Lock()
         self._streams: set[_Stream] = set()
+        self._by_address: dict[str, int] = {}  # streams open per client address
         self._stopped = threading.Event()
         # Started with the first stream: a server that fails to start, or
         # that nobody asks, has no such thread.
@@ -258,20 +264,41 @@ class Reflection:
         self, requests: Iterator[bytes], context: grpc.ServicerContext, send_response_callback: Any
     ) -> None:
         """Hand the stream to a reflection thread, or refuse it at once."""
+        address = address_of(context.peer())
+        with self._lock:
+            held = self._by_address.get(address, 0)
+            if held >= REFLECTION_STREAMS_PER_ADDRESS:
+                raise TooManyReflectionStreams(
+                    f"this client address has {held} reflection streams open already; "
+                    "close one or retry later"
+                )
+            self._by_address[address] = held + 1
         if not self._slots.acquire(blocking=False):
+            self._leave(address)
             raise TooManyReflectionStreams(
                 f"{REFLECTION_STREAMS} reflection streams are open already; retry later"
             )
         try:
-            self._threads.submit(self._serve, requests, context, send_response_callback)
+            self._threads.submit(self._serve, requests, context, send_response_callback, address)
         except RuntimeError:  # the pool is shut: the server is stopping
             self._slots.release()
+            self._leave(address)
             raise Unavailable("the server is shutting down") from None
 
     # grpc calls it with a send callback and frees its thread when it returns.
     serve.experimental_non_blocking = True  # type: ignore[attr-defined]
 
-    def _serve(self, requests: Iterator[bytes], context: grpc.ServicerContext, send: Any) -> None:
+    def _leave(self, address: str) -> None:
+        with self._lock:
+            left = self._by_address[address] - 1
+            if left:
+                self._by_address[address] = left
+            else:
+                del self._by_address[address]
+
+    def _serve(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext, send: Any, address: str
+    ) -> None:
         stream = _Stream(context)
         with self._lock:
             self._streams.add(stream)
@@ -298,6 +325,7 @@ class Reflection:
             with self._lock:
                 self._streams.discard(stream)
             self._slots.release()
+            self._leave(address)
 
     def _reap(self) -> None:
         while not self._stopped.wait(1.0):
