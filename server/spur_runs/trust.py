@@ -9,6 +9,7 @@ import hmac
 import ipaddress
 import re
 import secrets
+from urllib.parse import unquote
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -117,19 +118,20 @@ def from_gateway(mark: str | None) -> bool:
 
 def address_of(peer: str) -> str:
     """The client of a grpc peer, what per-client bounds count by
-    (rpc/arrival.py, api/senders.py): its address without the port,
-    "ipv4:10.0.0.7:5123" -> "ipv4:10.0.0.7"; an IPv4-mapped IPv6 address as
-    that IPv4 address, and any other IPv6 address as its /64, which one
-    host commonly holds whole (one client, else, had 2^64 addresses)."""
+    (rpc/arrival.py, api/senders.py, health and reflection): its address
+    without the port, "ipv4:10.0.0.7:5123" -> "ipv4:10.0.0.7". grpc writes
+    an IPv6 peer percent-encoded ("ipv6:%5B::1%5D:5123"); an IPv4-mapped one
+    counts as its IPv4 address. An IPv6 client is its whole address, not
+    its /64: on Kubernetes a node's pods may share one /64."""
     if peer.startswith("ipv4:"):
         return peer.rpartition(":")[0]
     if not peer.startswith("ipv6:"):
         return peer
-    host = peer[5:].rpartition(":")[0].strip("[]").partition("%")[0]
+    host = unquote(peer[5:]).rpartition(":")[0].strip("[]")
     try:
         address = ipaddress.IPv6Address(host)
-    except ValueError:
+    except ValueError:  # (not grpc's form: keep it whole, without the port)
         return peer.rpartition(":")[0]
     if address.ipv4_mapped is not None:
         return f"ipv4:{address.ipv4_mapped}"
-    return f"ipv6:{ipaddress.IPv6Network((address, 64), strict=False)}"
+    return f"ipv6:{address}"

@@ -193,6 +193,7 @@ def test_idle_reflection_streams_hold_no_rpc_thread(
     idle, idle6 = IdleStreams(server.port), IdleStreams(server.port, "[::1]")
     try:
         idle.open(reflection.REFLECTION_STREAMS_PER_ADDRESS)
+        wait_until(lambda: streams(server) == 2, "the address's two streams served")
         (refused,) = idle.open(1)
         with pytest.raises(grpc.RpcError) as raised:
             next(refused)  # type: ignore[call-overload]

@@ -27,7 +27,7 @@ from grpc_status import rpc_status
 from sqlalchemy import text
 
 from factories import add_run, add_workflow, all_done
-from half_open import NonReaders
+from half_open import NonReaders, SharedConnection
 from servers import start_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -682,6 +682,33 @@ def test_many_non_reading_streams_on_few_connections_hold_up_no_one(
     finally:
         for readers in jam:
             readers.close()
+        server.stop(grace=1)
+
+
+def test_a_jam_spares_the_streams_of_its_connection_that_read(
+    lite_url: str, lite_db: Database
+) -> None:
+    """An L7 proxy carries many clients' streams on one connection: when
+    some of them read nothing and jam the senders, those are given up, and
+    a stream of the same connection that reads is not (a review of the jam
+    check, 2026-12-04: it went with them)."""
+    from spur_runs.api import watch
+
+    reading, stalled = pending_run(lite_db), pending_run(lite_db)
+    server = start_server(lite_url, watch_interval=INTERVAL)
+    shared = SharedConnection(
+        server.port,
+        WATCH_RUN,
+        pb.WatchRunRequest(run_id=reading).SerializeToString(),
+        pb.WatchRunRequest(run_id=stalled).SerializeToString(),
+        watch.SENDERS,
+    )
+    try:
+        ended = shared.ended_within(4)
+        assert set(shared.jammed) <= ended  # given up after the jam's second
+        assert shared.read_by_1 and 1 not in ended
+    finally:
+        shared.close()
         server.stop(grace=1)
 
 

@@ -291,3 +291,49 @@ class ResendingCalls:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=5)
+
+
+WINDOW_UPDATE = 8
+
+
+class SharedConnection:
+    """One connection carrying several clients' streams, as an L7 proxy's
+    does: stream 1 (`message`) is read (its window granted); `count` more
+    (`jam`) are never given a window. It answers pings and settings."""
+
+    def __init__(self, port: int, method: str, message: bytes, jam: bytes, count: int) -> None:
+        self.jammed = [3 + 2 * i for i in range(count)]
+
+        def call(stream: int, body: bytes) -> bytes:
+            return _frame(HEADERS, END_HEADERS, stream, _call_headers(method)) + _frame(
+                DATA, END_STREAM, stream, _message(body)
+            )
+
+        self._socket = socket.create_connection(("127.0.0.1", port), timeout=0.2)
+        self._socket.sendall(
+            PREFACE
+            + _frame(SETTINGS, 0, 0, struct.pack(">HI", INITIAL_WINDOW_SIZE, 0))
+            + _frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 30))  # the connection's
+            + call(1, message)
+            + _frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 30))  # stream 1's alone
+            + b"".join(call(s, jam) for s in self.jammed)
+        )
+        self._reader = _Reader(self._socket)
+        self.read_by_1 = False  # stream 1 got a message
+
+    def ended_within(self, seconds: float) -> set[int]:
+        """The streams that ended (reset, or answered in full) within `seconds`."""
+        ended: set[int] = set()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            frames = self._reader.read()
+            if frames is None:
+                break
+            for kind, flags, stream in frames:
+                self.read_by_1 |= kind == DATA and stream == 1
+                if kind == RST_STREAM or (kind == HEADERS and flags & END_STREAM):
+                    ended.add(stream)
+        return ended
+
+    def close(self) -> None:
+        self._socket.close()

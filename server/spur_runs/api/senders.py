@@ -9,14 +9,17 @@ everyone else's messages: 500 non-reading WatchRun streams on 5 connections
 delayed an honest watcher's first message by 23 s, and a minute once they
 were re-opened as fast as they were cancelled (a review, 2026-12-04). So:
 
-- a send blocked SLOW_SECONDS is given up (its call cancelled): a client
-  that reads one stream of a connection and not another loses that one;
-- a send blocked SATURATED_SECONDS while every sender is in a send is given
-  up with every stream of its connection: a window of 0 is set for a whole
-  connection, and its other streams would each take a sender in turn (not
-  the gateway's socket, `unix:`, which carries every HTTP watch); and its
-  address is a suspect for SUSPECT_SECONDS: a send of its blocked
-  SUSPECT_SEND_SECONDS is given up the same way.
+- a send blocked SLOW_SECONDS is given up (its call cancelled), alone;
+- while every sender is blocked in a send (a jam), a send blocked
+  SATURATED_SECONDS is given up, and with it every stream of its
+  connection that is busy too (blocked in a send, or waiting for a sender
+  with a message): a window of 0 is set for a whole connection, and those
+  streams would each take a sender in turn. A stream of that connection
+  that reads (nothing of it waits) is left alone: an L7 proxy carries many
+  clients' streams on one connection. The gateway's socket (`unix:`, every
+  HTTP watch) is never given up whole;
+- the address of such a connection is a suspect for SUSPECT_SECONDS: in a
+  jam, a send of it blocked SUSPECT_SEND_SECONDS is given up the same way.
 
 The owner calls `doomed` every TICK_SECONDS, and cancels what it returns.
 """
@@ -45,27 +48,25 @@ class NonReaders:
         self.senders = senders
         self._suspects: dict[str, float] = {}  # address -> until when
 
-    def doomed(self, streams: Iterable[tuple[W, str, float | None]], now: float) -> list[W]:
+    def doomed(self, streams: Iterable[tuple[W, str, float | None, bool]], now: float) -> list[W]:
         """Of `streams` (each: the stream, its grpc peer, since when its
-        sender has been in a send, or None), those to cancel."""
+        sender has been in a send or None, and whether a message of it
+        waits for a sender), those to cancel."""
         streams = list(streams)
-        held = [(s, peer, since) for s, peer, since in streams if since is not None]
-        saturated = len(held) >= self.senders
-        slow = [(s, peer) for s, peer, since in held if since < now - SLOW_SECONDS]
-        # What only an attack or a jam makes: every sender blocked, or a
-        # suspect's send blocked at all. Then the whole connection goes.
+        held = [(s, peer, since) for s, peer, since, _ in streams if since is not None]
+        doomed = {id(s): s for s, _, since in held if since < now - SLOW_SECONDS}
+        if len(held) < self.senders:  # no jam: a slow client loses its own stream only
+            return list(doomed.values())
         jammed = [
             (s, peer)
             for s, peer, since in held
-            if (saturated and since < now - SATURATED_SECONDS)
+            if since < now - SATURATED_SECONDS
             or (
                 since < now - SUSPECT_SEND_SECONDS
                 and self._suspects.get(address_of(peer), 0.0) > now
             )
         ]
-        if not slow and not jammed:
-            return []
-        # The gateway's socket is no client: only its blocked streams go.
+        doomed.update((id(s), s) for s, _ in jammed)
         connections = {peer for _, peer in jammed if not peer.startswith("unix:")}
         for peer in connections:
             address = address_of(peer)
@@ -73,6 +74,9 @@ class NonReaders:
             self._suspects[address] = now + SUSPECT_SECONDS
         while len(self._suspects) > MAX_SUSPECTS:
             del self._suspects[next(iter(self._suspects))]
-        doomed = {id(s): s for s, _ in slow + jammed}
-        doomed.update((id(s), s) for s, peer, _ in streams if peer in connections)
+        doomed.update(
+            (id(s), s)
+            for s, peer, since, waiting in streams
+            if peer in connections and (since is not None or waiting)
+        )
         return list(doomed.values())

@@ -127,6 +127,12 @@ class Watcher:
                 return None, False
             return item, self._final
 
+    @property
+    def waiting(self) -> bool:
+        """A message of it waits for a sender (senders.py; read without the
+        lock: a hint for the jam check, which runs again 0.1 s later)."""
+        return self._draining and self.in_send_since is None
+
     def send(self, item: pb.WatchRunResponse | BaseException | None) -> None:
         self.in_send_since = time.monotonic()
         try:
@@ -386,7 +392,7 @@ class WatchHub:
         with self._lock:
             watchers = list(self._all)
         doomed = self._non_readers.doomed(
-            ((w, w.peer, w.in_send_since) for w in watchers), time.monotonic()
+            ((w, w.peer, w.in_send_since, w.waiting) for w in watchers), time.monotonic()
         )
         if doomed:
             log.warning(

@@ -35,14 +35,16 @@ class HostCheck:
 
     def refusal(self, request: web.BaseRequest, authority: str | None) -> web.Response | None:
         """None if the request's Host may be answered, else the answer. An
-        `authority` from an absolute-form target stands for Host (target.py)."""
+        `authority` from an absolute-form target (target.py) is checked, and
+        the Host header beside it too: RFC 9112 has the target's win, but
+        an intermediary may pass on either, so both must be ours."""
         if self.allowed is None:
             return None
-        header = authority if authority is not None else request.headers.get("Host")
-        if header is None:  # HTTP/1.0 without Host: no browser sends that
+        names = [n for n in (authority, request.headers.get("Host")) if n is not None]
+        refused = [n for n in names if host_name(n) not in self.allowed]
+        if not refused:  # (none at all: HTTP/1.0 without Host, no browser's)
             return None
-        if host_name(header) in self.allowed:
-            return None
+        header = refused[0]
         status = status_pb2.Status(
             code=code_pb2.PERMISSION_DENIED,
             message=f"this server does not answer for Host {header[:100]!r}: without tokens, "

@@ -230,7 +230,11 @@ class HealthServicer:
         with self._lock:
             watchers = [w for group in self._watchers.values() for w in group]
         doomed = self._non_readers.doomed(
-            ((w, w.peer, w.in_send_since) for w in watchers), time.monotonic()
+            (
+                (w, w.peer, w.in_send_since, w.draining and w.in_send_since is None)
+                for w in watchers
+            ),
+            time.monotonic(),
         )
         if doomed:
             log.warning(
