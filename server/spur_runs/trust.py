@@ -1,6 +1,8 @@
 """Whom the HTTP port trusts: the Host names it answers (against DNS
 rebinding) and the proxies whose X-Forwarded-For it believes. Plain parsing,
 shared by config.py (to refuse a bad list at start-up) and the gateway.
+And what one client is (`address_of`), with the per-client bookkeeping the
+bounds on clients share: suspects for a while, streams held.
 """
 
 from __future__ import annotations
@@ -135,3 +137,49 @@ def address_of(peer: str) -> str:
     if address.ipv4_mapped is not None:
         return f"ipv4:{address.ipv4_mapped}"
     return f"ipv6:{address}"
+
+
+class Suspects:
+    """Client addresses under suspicion until a time, at most `limit` of
+    them (the oldest forgotten first). Not thread-safe: one owner."""
+
+    def __init__(self, seconds: float, limit: int = 4096) -> None:
+        self.seconds = seconds
+        self.limit = limit
+        self._until: dict[str, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def mark(self, address: str, now: float) -> None:
+        self._until.pop(address, None)  # (re-inserted last: the newest)
+        self._until[address] = now + self.seconds
+        while len(self._until) > self.limit:
+            del self._until[next(iter(self._until))]
+
+    def holds(self, address: str, now: float) -> bool:
+        return self._until.get(address, 0.0) > now
+
+
+class AddressCounts:
+    """How many of something each client address holds, within a bound.
+    Not thread-safe: its owner calls it under its own lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held: dict[str, int] = {}
+
+    def take(self, address: str) -> bool:
+        """One more for `address`; False (and none taken) at the bound."""
+        held = self._held.get(address, 0)
+        if held >= self.limit:
+            return False
+        self._held[address] = held + 1
+        return True
+
+    def release(self, address: str) -> None:
+        left = self._held[address] - 1
+        if left:
+            self._held[address] = left
+        else:
+            del self._held[address]

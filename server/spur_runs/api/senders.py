@@ -21,17 +21,30 @@ were re-opened as fast as they were cancelled (a review, 2026-12-04). So:
 - the address of such a connection is a suspect for SUSPECT_SECONDS: in a
   jam, a send of it blocked SUSPECT_SEND_SECONDS is given up the same way.
 
-The owner calls `doomed` every TICK_SECONDS, and cancels what it returns.
+`NonReaders.start` checks every TICK_SECONDS, on a thread of its own (a
+poll or a ping stuck in the database must not stop it), and cancels what
+`doomed` names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from ..trust import address_of
+import grpc
+
+from ..trust import Suspects, address_of
+
+log = logging.getLogger(__name__)
 
 W = TypeVar("W")
+# A stream as the check sees it: its call, its grpc peer, since when its
+# sender has been in a send (or None), and whether a message of it waits
+# for a sender.
+Stream = tuple[grpc.ServicerContext, str, float | None, bool]
 
 TICK_SECONDS = 0.1
 SLOW_SECONDS = 30.0
@@ -42,11 +55,39 @@ MAX_SUSPECTS = 4096
 
 
 class NonReaders:
-    """One sender pool's record of suspects; not thread-safe (one caller)."""
+    """One sender pool's check, and its record of suspects."""
 
-    def __init__(self, senders: int) -> None:
+    def __init__(self, senders: int, what: str = "streams") -> None:
         self.senders = senders
-        self._suspects: dict[str, float] = {}  # address -> until when
+        self.what = what  # the streams, as the log names them
+        self._suspects = Suspects(SUSPECT_SECONDS, MAX_SUSPECTS)
+
+    def start(self, streams: Callable[[], list[Stream]], stop: threading.Event) -> None:
+        """Check `streams()` every TICK_SECONDS until `stop` is set."""
+
+        def check() -> None:
+            while not stop.wait(TICK_SECONDS):
+                try:
+                    self.give_up(streams(), time.monotonic())
+                except Exception:  # noqa: BLE001 - the check must outlive any one stream
+                    log.exception("%s: the senders' check failed", self.what)
+
+        threading.Thread(target=check, name=f"senders-check ({self.what})", daemon=True).start()
+
+    def give_up(self, streams: list[Stream], now: float) -> None:
+        """Cancel the calls `doomed` names of `streams`."""
+        doomed = self.doomed(streams, now)
+        if not doomed:
+            return
+        peers = {id(context): peer for context, peer, _, _ in streams}
+        log.warning(
+            "%s: %d stream(s) of clients that read nothing cancelled: %s",
+            self.what,
+            len(doomed),
+            ", ".join(sorted({peers[id(context)] for context in doomed})[:10]),
+        )
+        for context in doomed:
+            context.cancel()  # type: ignore[no-untyped-call]
 
     def doomed(self, streams: Iterable[tuple[W, str, float | None, bool]], now: float) -> list[W]:
         """Of `streams` (each: the stream, its grpc peer, since when its
@@ -61,19 +102,12 @@ class NonReaders:
             (s, peer)
             for s, peer, since in held
             if since < now - SATURATED_SECONDS
-            or (
-                since < now - SUSPECT_SEND_SECONDS
-                and self._suspects.get(address_of(peer), 0.0) > now
-            )
+            or (since < now - SUSPECT_SEND_SECONDS and self._suspects.holds(address_of(peer), now))
         ]
         doomed.update((id(s), s) for s, _ in jammed)
         connections = {peer for _, peer in jammed if not peer.startswith("unix:")}
         for peer in connections:
-            address = address_of(peer)
-            self._suspects.pop(address, None)  # (re-inserted last: the newest)
-            self._suspects[address] = now + SUSPECT_SECONDS
-        while len(self._suspects) > MAX_SUSPECTS:
-            del self._suspects[next(iter(self._suspects))]
+            self._suspects.mark(address_of(peer), now)
         doomed.update(
             (id(s), s)
             for s, peer, since, waiting in streams

@@ -57,7 +57,7 @@ from ..store import runs, watch_sql
 from ..store.db import Database
 from ..telemetry.metrics import Metrics
 from . import convert
-from .senders import TICK_SECONDS, NonReaders
+from .senders import NonReaders, Stream
 from .versions import VersionCache
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class WatchHub:
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
         self._senders = futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="watch-send")
-        self._non_readers = NonReaders(SENDERS)
+        self._non_readers = NonReaders(SENDERS, "WatchRun")
         registry = None if metrics is None else metrics.registry
         self._watchers_gauge = Gauge(
             "spur_runs_watchers", "Open WatchRun streams.", registry=registry,
@@ -189,8 +189,7 @@ class WatchHub:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="watch-hub", daemon=True)
         self._thread.start()
-        # Its own thread: a poll stuck in the database must not stop it.
-        threading.Thread(target=self._watch_senders, name="watch-senders", daemon=True).start()
+        self._non_readers.start(self._sender_states, self._stopped)
 
     def stop(self, grace: float = 5.0) -> None:
         """End every stream with UNAVAILABLE and refuse new ones; stop the
@@ -291,13 +290,6 @@ class WatchHub:
                     log.warning("WatchRun poller: %s; retrying every %ss", error, self.interval)
                 failing = True
 
-    def _watch_senders(self) -> None:
-        while not self._stopped.wait(TICK_SECONDS):
-            try:
-                self._cancel_slow_senders()
-            except Exception:  # noqa: BLE001 - the check must outlive any one stream
-                log.exception("WatchRun: the senders' check failed")
-
     def poll(self) -> None:
         """One look at every watched run; pushes what changed."""
         with self._lock:
@@ -388,20 +380,11 @@ class WatchHub:
                 _cancel(watcher.context)
                 return
 
-    def _cancel_slow_senders(self) -> None:
+    def _sender_states(self) -> list[Stream]:
+        """Every stream, as the senders' check sees it (senders.py)."""
         with self._lock:
             watchers = list(self._all)
-        doomed = self._non_readers.doomed(
-            ((w, w.peer, w.in_send_since, w.waiting) for w in watchers), time.monotonic()
-        )
-        if doomed:
-            log.warning(
-                "WatchRun: %d stream(s) of clients that read nothing cancelled: %s",
-                len(doomed),
-                ", ".join(sorted({w.peer for w in doomed})[:10]),
-            )
-        for watcher in doomed:
-            _cancel(watcher.context)
+        return [(w.context, w.peer, w.in_send_since, w.waiting) for w in watchers]
 
 
 def _response(run: run_pb2.Run) -> pb.WatchRunResponse:

@@ -48,7 +48,7 @@ from typing import Any
 
 import grpc
 
-from ..trust import address_of
+from ..trust import Suspects, address_of
 from .chain import (
     Handler,
     HandlerCache,
@@ -88,8 +88,8 @@ class RequestWaits:
         # ticks (module docstring), and when it last looked.
         self._stalled_for: dict[grpc.ServicerContext, float] = {}
         self._last_sweep = time.monotonic()
-        # address -> until when it is a suspect (module docstring).
-        self._suspects: dict[str, float] = {}
+        # Addresses suspected for SUSPECT_SECONDS (module docstring).
+        self._suspects = Suspects(SUSPECT_SECONDS, MAX_SUSPECTS)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.cancelled = 0  # calls cancelled so far (for tests and logs)
@@ -138,7 +138,7 @@ class RequestWaits:
             for c, _ in waiting
             if self._suspects  # (no peer asked for while there is none)
             and stalled_for[c] > SUSPECT_STALL_SECONDS
-            and self._suspects.get(address_of(c.peer()), 0.0) > now
+            and self._suspects.holds(address_of(c.peer()), now)
         }
         stalled = [
             (c, began)
@@ -155,11 +155,7 @@ class RequestWaits:
             self._waiting.pop(context, None)
             context.cancel()  # type: ignore[no-untyped-call] # (untyped in grpc-stubs)
         for peer in peers:
-            address = address_of(peer)
-            self._suspects.pop(address, None)  # (re-inserted last: the newest)
-            self._suspects[address] = now + SUSPECT_SECONDS
-        while len(self._suspects) > MAX_SUSPECTS:
-            del self._suspects[next(iter(self._suspects))]
+            self._suspects.mark(address_of(peer), now)
         if doomed:
             log.warning(
                 "cancelled %d call(s) that sent no request message (%d stalled, at most %d "

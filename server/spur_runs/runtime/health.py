@@ -21,7 +21,6 @@ from prometheus_client import CollectorRegistry
 
 from spur.runs.v1 import run_service_pb2
 
-from ..api.senders import TICK_SECONDS
 from ..store.db import Database
 from .health_service import HealthServicer
 
@@ -51,16 +50,12 @@ class DatabaseHealth:
         self._stop = threading.Event()
         self._serving: bool | None = None
         self._thread = threading.Thread(target=self._run, name="db-health", daemon=True)
-        # Its own thread: a ping waits up to PING_TIMEOUT_S.
-        self._senders = threading.Thread(
-            target=self._watch_senders, name="health-senders", daemon=True
-        )
         self._stuck: threading.Thread | None = None  # a ping that never returned
 
     def start(self) -> None:
         self.check()
         self._thread.start()
-        self._senders.start()
+        self.servicer.non_readers.start(self.servicer.sender_states, self._stop)
 
     def check(self) -> bool:
         try:
@@ -113,13 +108,6 @@ class DatabaseHealth:
         while not self._stop.wait(self._interval):
             self.check()
             self.servicer.memory.after_tick()
-
-    def _watch_senders(self) -> None:
-        while not self._stop.wait(TICK_SECONDS):
-            try:
-                self.servicer.cancel_slow_senders()
-            except Exception:  # noqa: BLE001 - the check must outlive any one stream
-                log.exception("health Watch: the senders' check failed")
 
     def shutdown(self) -> None:
         """Report NOT_SERVING for good (graceful shutdown has begun)."""

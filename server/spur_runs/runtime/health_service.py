@@ -40,8 +40,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, Gauge
 
-from ..api.senders import NonReaders
-from ..trust import address_of
+from ..api.senders import NonReaders, Stream
+from ..trust import AddressCounts, address_of
 from .memory import StreamMemory
 
 log = logging.getLogger(__name__)
@@ -95,17 +95,17 @@ class HealthServicer:
         max_per_address: int | None = None,
     ) -> None:
         self.max_watchers = max_watchers
-        self.max_per_address = max_per_address or max_watchers
+        # Open watchers per client address, each within its bound.
+        self._by_address = AddressCounts(max_per_address or max_watchers)
         # Guards everything below and the watchers' fields. Held only for a
         # few dictionary operations: never while sending or cancelling.
         self._lock = threading.Lock()
         self._statuses: dict[str, int] = {"": SERVING}
         self._watchers: dict[str, set[_Watcher]] = {}
         self._count = 0
-        self._by_address: dict[str, int] = {}  # open watchers per client address
         self._shutting_down = False
         self._senders = futures.ThreadPoolExecutor(SENDERS, thread_name_prefix="health-send")
-        self._non_readers = NonReaders(SENDERS)
+        self.non_readers = NonReaders(SENDERS, "health Watch")  # started by DatabaseHealth
         self.memory = StreamMemory()  # trimmed after a storm (memory.py)
         self._gauge = Gauge(
             "spur_runs_health_watchers", "Open grpc.health.v1.Health/Watch streams.",
@@ -152,14 +152,13 @@ class HealthServicer:
         watcher = _Watcher(request.service, context, send_response_callback)
         with self._lock:
             full = self._count >= self.max_watchers
-            held = self._by_address.get(watcher.address, 0)
-            if not full and held < self.max_per_address:
+            taken = not full and self._by_address.take(watcher.address)
+            if taken:
                 self._watchers.setdefault(watcher.service, set()).add(watcher)
                 self._count += 1
-                self._by_address[watcher.address] = held + 1
                 watcher.pending = self._statuses.get(watcher.service, SERVICE_UNKNOWN)
                 watcher.ending = self._shutting_down
-        if full or held >= self.max_per_address:
+        if not taken:
             # Ended with a status rather than an exception, as in Check.
             _end(
                 watcher,
@@ -167,7 +166,7 @@ class HealthServicer:
                 f"this server already has {self.max_watchers} open health watches; "
                 "retry later or use Check"
                 if full
-                else f"this client address already holds {self.max_per_address} open "
+                else f"this client address already holds {self._by_address.limit} open "
                 "health watches; close one or use Check",
             )
             return
@@ -224,26 +223,14 @@ class HealthServicer:
         with self._lock:
             return self._count
 
-    def cancel_slow_senders(self) -> None:
-        """Cancel the streams of clients that read nothing (api/senders.py;
-        called every senders.TICK_SECONDS by DatabaseHealth's thread)."""
+    def sender_states(self) -> list[Stream]:
+        """Every Watch stream, as the senders' check sees it (api/senders.py)."""
         with self._lock:
             watchers = [w for group in self._watchers.values() for w in group]
-        doomed = self._non_readers.doomed(
-            (
-                (w, w.peer, w.in_send_since, w.draining and w.in_send_since is None)
-                for w in watchers
-            ),
-            time.monotonic(),
-        )
-        if doomed:
-            log.warning(
-                "health Watch: %d stream(s) of clients that read nothing cancelled: %s",
-                len(doomed),
-                ", ".join(sorted({w.peer for w in doomed})[:10]),
-            )
-        for watcher in doomed:
-            watcher.context.cancel()  # type: ignore[no-untyped-call]
+        return [
+            (w.context, w.peer, w.in_send_since, w.draining and w.in_send_since is None)
+            for w in watchers
+        ]
 
     # --- internals ---
 
@@ -262,11 +249,7 @@ class HealthServicer:
                 if not group:
                     del self._watchers[watcher.service]
             self._count -= 1
-            left = self._by_address[watcher.address] - 1
-            if left:
-                self._by_address[watcher.address] = left
-            else:
-                del self._by_address[watcher.address]
+            self._by_address.release(watcher.address)
         self._gauge.dec()
         self.memory.closed()
 

@@ -45,7 +45,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
-from ..trust import address_of
+from ..trust import AddressCounts, address_of
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,8 @@ class Reflection:
         )
         self._lock = threading.Lock()
         self._streams: set[_Stream] = set()
-        self._by_address: dict[str, int] = {}  # streams open per client address
+        # Streams open per client address, each within its bound.
+        self._by_address = AddressCounts(REFLECTION_STREAMS_PER_ADDRESS)
         self._stopped = threading.Event()
         # Started with the first stream: a server that fails to start, or
         # that nobody asks, has no such thread.
@@ -266,13 +267,11 @@ class Reflection:
         """Hand the stream to a reflection thread, or refuse it at once."""
         address = address_of(context.peer())
         with self._lock:
-            held = self._by_address.get(address, 0)
-            if held >= REFLECTION_STREAMS_PER_ADDRESS:
+            if not self._by_address.take(address):
                 raise TooManyReflectionStreams(
-                    f"this client address has {held} reflection streams open already; "
-                    "close one or retry later"
+                    f"this client address has {REFLECTION_STREAMS_PER_ADDRESS} reflection "
+                    "streams open already; close one or retry later"
                 )
-            self._by_address[address] = held + 1
         if not self._slots.acquire(blocking=False):
             self._leave(address)
             raise TooManyReflectionStreams(
@@ -290,11 +289,7 @@ class Reflection:
 
     def _leave(self, address: str) -> None:
         with self._lock:
-            left = self._by_address[address] - 1
-            if left:
-                self._by_address[address] = left
-            else:
-                del self._by_address[address]
+            self._by_address.release(address)
 
     def _serve(
         self, requests: Iterator[bytes], context: grpc.ServicerContext, send: Any, address: str
