@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,21 +51,29 @@ def as_json(message: Any) -> Any:
     )
 
 
-def same_content(http: Any, grpc_json: Any) -> None:
+_TIME_KEYS = frozenset(("start_time", "end_time", "created_at", "updated_at"))
+
+
+def same_content(http: Any, grpc_json: Any, *, pyspur: bool = False, key: str = "") -> None:
     """The HTTP document holds what json_format printed of the gRPC answer;
-    the keys json_format left out are null there."""
+    the keys json_format left out are null there. `pyspur` (PySpur's paths):
+    times are the same instants written as PySpur writes them, naive UTC."""
     if isinstance(grpc_json, dict):
         assert isinstance(http, dict)
-        for key, value in http.items():
-            if key in grpc_json:
-                same_content(value, grpc_json[key])
+        for name, value in http.items():
+            if name in grpc_json:
+                same_content(value, grpc_json[name], pyspur=pyspur, key=name)
             else:
-                assert value is None, (key, value)
+                assert value is None, (name, value)
         assert set(grpc_json) <= set(http)
     elif isinstance(grpc_json, list):
         assert isinstance(http, list) and len(http) == len(grpc_json)
         for a, b in zip(http, grpc_json, strict=True):
-            same_content(a, b)
+            same_content(a, b, pyspur=pyspur, key=key)
+    elif pyspur and key in _TIME_KEYS and isinstance(grpc_json, str):
+        assert isinstance(http, str) and not http.endswith("Z"), (key, http)
+        theirs = datetime.fromisoformat(grpc_json.replace("Z", "+00:00"))
+        assert datetime.fromisoformat(http).replace(tzinfo=UTC) == theirs, (key, http)
     else:
         assert http == grpc_json
 
@@ -83,18 +92,20 @@ def test_get_run_with_and_without_trailing_slash(
     assert set(run) == RUN_FIELDS  # every field, set or not
     assert run["id"] == seeded.parent
     assert run["status"] == "COMPLETED"  # PySpur's spelling
-    assert run["start_time"] == "2026-11-02T09:00:00Z"  # RFC 3339
-    assert run["end_time"] == "2026-11-02T09:05:00Z"
+    # Naive UTC, as PySpur writes its times (its UI appends the "Z").
+    assert run["start_time"] == "2026-11-02T09:00:00"
+    assert run["end_time"] == "2026-11-02T09:05:00"
     assert run["parent_run_id"] is None and run["message"] is None  # unset: null
     assert run["initial_inputs"] == {"input_node": {"question": "héllo", "n": 3}}
     assert run["outputs"] == {"output": {"answer": 42, "ratio": 0.5, "list": [1, "a", None, True]}}
     assert run["task_count"] == 6 and run["percentage_complete"] == 100
+    assert b'"percentage_complete":100.0' in plain.body  # a float, as pydantic writes it
     assert [t["node_id"] for t in run["tasks"]][:2] == ["input_node", "llm"]
     assert all(set(t) == TASK_FIELDS for t in run["tasks"])
     assert run["workflow_version"]["definition"]["nodes"][0]["id"] == "input_node"
     assert run["duration"] == 300
     answer = stub.GetRun(pb.GetRunRequest(run_id=seeded.parent))
-    same_content(run, as_json(answer.run))
+    same_content(run, as_json(answer.run), pyspur=True)
     # The resource path answers the whole GetRunResponse; the UI's status
     # path, the run again.
     same_content(client.get(f"/v1/runs/{seeded.parent}").json(), as_json(answer))
@@ -109,7 +120,7 @@ def test_list_runs_by_page_number(client: Http, seeded: Seeded, stub: RunService
     expected = stub.ListRuns(pb.ListRunsRequest(page=2, page_size=5, parent_only=False))
     assert [r["id"] for r in runs] == [r.id for r in expected.runs]
     assert len(runs) == 5
-    same_content(runs, as_json(expected)["runs"])
+    same_content(runs, as_json(expected)["runs"], pyspur=True)
     first = client.get("/run")
     assert first.status == 200 and first.body == client.get("/run/").body
     assert len(first.json()) == 10  # the default page size

@@ -249,3 +249,26 @@ def test_float_fields_are_printed_as_json_format_prints_them() -> None:
         assert repr(float(got)) == repr(float(want)), (value, got, want)
         checked += 1
     assert checked > 4000
+
+
+@pytest.mark.parametrize("micros", [0, 246_000, 246, 1, 999_999])
+def test_pyspur_bodies_write_times_and_floats_as_pydantic_does(micros: int) -> None:
+    """PySpur's paths (a response_body) answer what PySpur's pydantic
+    schemas write: a naive UTC time, microseconds only when there are any,
+    and a float field as a float. PySpur's UI reads `Date.parse(t + "Z")`."""
+    from datetime import datetime
+
+    from pydantic import TypeAdapter
+
+    when = datetime(2026, 11, 2, 9, 0, 5, micros)
+    run = run_pb2.Run(id="R1", duration=300.0, percentage_complete=100.0)
+    run.start_time.FromDatetime(when)
+    response = pb.GetRunResponse(run=run)
+    body = Renderer(pyspur=True).response(response.DESCRIPTOR, "run")(response)
+    document = json.loads(body)
+    assert document["start_time"] == json.loads(TypeAdapter(datetime).dump_json(when))
+    assert b'"duration":300.0' in body and b'"percentage_complete":100.0' in body
+    # The whole message (/v1/...) keeps proto3 JSON's forms.
+    whole = json.loads(Renderer().response(response.DESCRIPTOR)(response))
+    assert whole["run"]["start_time"] == run.start_time.ToJsonString()
+    assert whole["run"]["duration"] == 300 and type(whole["run"]["duration"]) is int

@@ -96,8 +96,9 @@ class Mux:
         max_body: int,
         trusted: tuple[Network, ...],
     ) -> None:
-        renderer = Renderer()
-        endpoints = [Endpoint(route, renderer) for route in routes]
+        # PySpur's paths (a response_body) answer PySpur's JSON forms.
+        renderers = {False: Renderer(), True: Renderer(pyspur=True)}
+        endpoints = [Endpoint(route, renderers[bool(route.response_body)]) for route in routes]
         self._router: Router[Endpoint] = Router([(e.route, e) for e in endpoints])
         self._prefix = prefix
         self._openapi_body = openapi_body

@@ -74,6 +74,17 @@ _WELL_KNOWN: dict[str, Schema] = {
 }
 
 
+# A time in PySpur's bodies (gateway/render.py's Renderer(pyspur=True)): the
+# naive UTC text pydantic writes, which "date-time" (RFC 3339) refuses.
+_NAIVE_TIME: Schema = {
+    "type": "string",
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{6})?$",
+    "description": "UTC, written without an offset, as PySpur writes its times.",
+}
+# The suffix of the schemas of PySpur's bodies, where they differ from proto3's.
+_PYSPUR_SUFFIX = "-pyspur"
+
+
 def _nullable(schema: Schema) -> Schema:
     if "$ref" in schema or "type" not in schema:
         return {"anyOf": [schema, {"type": "null"}]} if schema else {}
@@ -88,9 +99,20 @@ def _in_real_oneof(field: FieldDescriptor) -> bool:
 
 
 class _Builder:
-    def __init__(self, comments: Mapping[str, str]) -> None:
+    """`pyspur`: the schemas of PySpur's bodies (an HttpRule's
+    response_body), named with _PYSPUR_SUFFIX, whose times are _NAIVE_TIME;
+    `schemas` is shared with the builder of the other bodies."""
+
+    def __init__(
+        self,
+        comments: Mapping[str, str],
+        schemas: dict[str, Schema] | None = None,
+        *,
+        pyspur: bool = False,
+    ) -> None:
         self.comments = comments
-        self.schemas: dict[str, Schema] = {}
+        self.schemas: dict[str, Schema] = {} if schemas is None else schemas
+        self.pyspur = pyspur
 
     def describe(self, schema: Schema, full_name: str) -> Schema:
         text = self.comments.get(full_name)
@@ -103,9 +125,13 @@ class _Builder:
         carry every field (all `required`, nothing else allowed); a request
         body may leave any field out and, as grpc-gateway, have unknown ones,
         so it gets a schema of its own, "<name>Input"."""
+        if self.pyspur and descriptor.full_name == "google.protobuf.Timestamp":
+            return dict(_NAIVE_TIME)
         if descriptor.full_name in _WELL_KNOWN:
             return dict(_WELL_KNOWN[descriptor.full_name])
         name = descriptor.full_name + ("Input" if for_input else "")
+        if self.pyspur:
+            name += _PYSPUR_SUFFIX
         if name not in self.schemas:
             self.schemas[name] = {}  # placeholder: recursive types refer to it
             schema: Schema = {
@@ -286,6 +312,7 @@ def build_openapi(
     prefix: str = "",
 ) -> dict[str, Any]:
     builder = _Builder(comments)
+    pyspur = _Builder(comments, builder.schemas, pyspur=True)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
         method = route.method
@@ -296,9 +323,9 @@ def build_openapi(
             target = _resolve(output, route.response_body.split("."))
             if target.message_type is not None and not target.is_repeated:
                 # The answer is that message itself (GetRun's run), never null.
-                body = builder.message(target.message_type)
+                body = pyspur.message(target.message_type)
             else:
-                body = builder.field(target)
+                body = pyspur.field(target)
             what = f"The `{route.response_body}` of a {output.name}, alone."
         else:
             body = builder.message(output)

@@ -142,14 +142,19 @@ _SECONDS: dict[int, str] = {}
 _SECONDS_SIZE = 4096
 
 
-def _timestamp(message: Any) -> str:
-    seconds, nanos = message.seconds, message.nanos
+def _whole_seconds(seconds: int) -> str:
     text = _SECONDS.get(seconds)
     if text is None:
         text = (_EPOCH + timedelta(seconds=seconds)).isoformat()
         if len(_SECONDS) >= _SECONDS_SIZE:
             _SECONDS.clear()
         _SECONDS[seconds] = text
+    return text
+
+
+def _timestamp(message: Any) -> str:
+    seconds, nanos = message.seconds, message.nanos
+    text = _whole_seconds(seconds)
     if not nanos:
         return text + "Z"
     if nanos % 1_000_000 == 0:
@@ -157,6 +162,26 @@ def _timestamp(message: Any) -> str:
     if nanos % 1_000 == 0:
         return f"{text}.{nanos // 1_000:06d}Z"
     return f"{text}.{nanos:09d}Z"
+
+
+# --- PySpur's forms (Renderer(pyspur=True)) ---
+
+
+def _naive_timestamp(message: Any) -> str:
+    """A time as PySpur's answers write it: the naive UTC datetime it stores,
+    as pydantic (datetime.isoformat) writes one: no offset, microseconds
+    only when there are any. PySpur's own UI reads run times as
+    `Date.parse(time + "Z")`, which is NaN for a time that has its "Z"
+    already (a review, 2026-12-04)."""
+    text = _whole_seconds(message.seconds)
+    micros = message.nanos // 1_000  # PySpur's times hold microseconds at most
+    return f"{text}.{micros:06d}" if micros else text
+
+
+def _float(value: float) -> float | None:
+    """A double field (duration, percentage_complete) as pydantic writes a
+    float: 100.0, not 100; NaN and the infinities as null."""
+    return value if math.isfinite(value) else None
 
 
 def _value(message: Any) -> Any:
@@ -239,9 +264,15 @@ def _generic(message: Message) -> Any:
 
 class Renderer:
     """The encoders of one gateway, built once per message type. Not shared
-    between threads: each gateway renders on its own event loop."""
+    between threads: each gateway renders on its own event loop.
 
-    def __init__(self) -> None:
+    `pyspur`: the bodies of PySpur's own paths (an HttpRule with a
+    response_body: `/run/...`), whose JSON is PySpur's pydantic's rather
+    than proto3's where the two differ: a time is naive UTC
+    (_naive_timestamp) and a double field a float (_float)."""
+
+    def __init__(self, *, pyspur: bool = False) -> None:
+        self._pyspur = pyspur
         self._messages: dict[str, MessageEncoder] = {}
         self._building = 0
         # (namespace, name, encoder): a generated function's reference to a
@@ -249,7 +280,7 @@ class Renderer:
         self._pending: list[tuple[dict[str, Any], str, MessageEncoder]] = []
         self._versions: OrderedDict[bytes, Any] = OrderedDict()  # see _version
         self._well_known: dict[str, Encode] = {
-            "google.protobuf.Timestamp": _timestamp,
+            "google.protobuf.Timestamp": _naive_timestamp if pyspur else _timestamp,
             "google.protobuf.Struct": _memo(_struct),
             "google.protobuf.Value": _value,
             "google.protobuf.ListValue": _list_value,
@@ -275,6 +306,8 @@ class Renderer:
         None when the Python value is already the JSON one."""
         message = field.message_type
         if message is None:
+            if self._pyspur and field.type == FieldDescriptor.TYPE_DOUBLE:
+                return _float
             return _scalar(field)
         name = message.full_name
         if name in self._well_known:
