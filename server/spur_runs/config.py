@@ -163,7 +163,8 @@ class Config:
     )  # fmt: skip
     max_response_bytes: int = setting(
         16 * 1024 * 1024, "SPUR_RUNS_MAX_RESPONSE_BYTES", "largest response message sent",
-        "Larger answers fail with `RESOURCE_EXHAUSTED` (ask for smaller pages).",
+        "Larger answers fail with `RESOURCE_EXHAUSTED` (ask for smaller pages); so does a read "
+        "whose stored text is over 4 times this, before it is decoded.",
         bounds=(1024, _INT32_MAX),
     )  # fmt: skip
     # Rather than waiting in an unbounded queue.

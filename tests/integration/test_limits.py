@@ -17,6 +17,7 @@ from http_client import Http, start_http_server
 from locks import runs_locked
 from seeding import seeded
 from servers import start_server, wait_until
+from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.rpc import limits
@@ -269,3 +270,45 @@ def test_the_grpc_connection_bound_fits_the_file_limit() -> None:
     assert limits.grpc_connections(1024, soft_limit=20_000) == 1024
     assert limits.grpc_connections(1024, soft_limit=1024) == 1024 // 2 - 256
     assert limits.grpc_connections(1024, soft_limit=300) == 1
+
+
+def test_rows_too_large_for_any_response_are_refused_before_they_are_decoded(
+    database_url: str,
+) -> None:
+    """Large stored outputs (an LLM's, say) in a page of runs took gigabytes
+    of Python objects before the response's size was known (a review,
+    2026-12-04: 2.4 GB for one ListRuns page). A read whose stored text is
+    more than 4x --max-response-bytes is refused before its rows are
+    decoded, on both databases: the message says so, where the encoder's
+    says "the response is larger than"."""
+    from sqlalchemy import create_engine, text
+
+    run_id = seeded(database_url)
+    engine = create_engine(database_url)
+    with engine.begin() as connection:  # ~6 x 48 KB: more than 4 x 64 KiB
+        connection.execute(
+            text("UPDATE tasks SET outputs = :doc WHERE run_id = :run_id"),
+            {"doc": '{"text": "' + "x" * 48_000 + '"}', "run_id": run_id},
+        )
+    engine.dispose()
+    server = start_server(database_url, max_response_bytes=64 * 1024)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            calls: list[Callable[[], object]] = [
+                lambda: stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10),
+                lambda: stub.ListRuns(pb.ListRunsRequest(page_size=100), timeout=10),
+                lambda: stub.GetRunTasks(pb.GetRunTasksRequest(run_id=run_id), timeout=10),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as raised:
+                    call()
+                assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "stored data is more than 262144 characters" in str(raised.value.details())
+            # Without the tasks it fits, and one task at a time too.
+            basic = pb.GetRunRequest(run_id=run_id, view=run_pb2.RUN_VIEW_BASIC)
+            assert stub.GetRun(basic, timeout=10).run.id == run_id
+            page = stub.GetRunTasks(pb.GetRunTasksRequest(run_id=run_id, page_size=1), timeout=10)
+            assert len(page.tasks) == 1
+    finally:
+        server.stop(grace=1)

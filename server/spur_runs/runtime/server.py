@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 
 # How long past its grace period stop() waits for grpc's transport to shut down.
 STOP_SECONDS = 2.0
+# Stored text per byte of --max-response-bytes beyond which a read is refused
+# unread (create_server).
+TEXT_PER_RESPONSE_BYTE = 4
 
 
 class RunsServer:
@@ -273,6 +276,12 @@ def create_server(
         # Writes that wait for a lock hold their threads: half of them at
         # most, the rest for reads (Database.write).
         writers=max(1, config.max_workers // 2),
+        # A read whose rows hold more text than this cannot fit one response
+        # (stored JSON is at most ~3.5x its message's bytes: \uXXXX escapes
+        # of PySpur's json.dumps, escaped again in SQLite's packed rows), and
+        # is refused before its rows are decoded.
+        # (SQLite takes the bound as a C int.)
+        max_text=min(TEXT_PER_RESPONSE_BYTE * config.max_response_bytes, 2**31 - 1),
     )
     try:
         server = RunsServer(config, db, metrics)

@@ -10,6 +10,7 @@ and the ORM's unit of work cost four times the SQL itself per GetRun.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -83,18 +84,48 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
+# What one hot read (hot.fetch) may still decode on this thread, in
+# characters: its rows' text, counted before it becomes Python objects, which
+# take several times its size (a review, 2026-12-04: a list page of runs
+# whose tasks held 1 MB outputs took 2.4 GB before the response's size was
+# known). psycopg decodes JSON columns in load_json; SQLite's rows are text
+# that hot.fetch measures itself.
+_TEXT = threading.local()
+
+
+def text_too_large(limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the answer's stored data is more than {limit} characters, more than one response "
+        "may carry (--max-response-bytes); ask for fewer runs or tasks at once"
+    )
+
+
+def bound_text(limit: int | None) -> None:
+    """Count the JSON that load_json decodes on this thread against `limit`,
+    until bound_text(None). (Two calls, not a context manager: hot.fetch
+    runs on every call.)"""
+    _TEXT.limit = _TEXT.left = limit
+
+
 def load_json(text: str | bytes) -> Any:
     """JSON columns as Python values. orjson parses them ~8x faster than the
     json module (the tasks of a list page hold ~60 JSON values); it refuses
     NaN and Infinity, which Python's json.dumps writes and PySpur may have
     stored, so those documents take the json module's slower path."""
+    left = getattr(_TEXT, "left", None)
+    if left is not None:
+        _TEXT.left = left = left - len(text)
+        if left < 0:
+            raise text_too_large(_TEXT.limit)
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
 
 
-def _sqlite_connect(dbapi_connection: Any, record: Any, busy_timeout_ms: int = 5000) -> None:
+def _sqlite_connect(
+    dbapi_connection: Any, record: Any, busy_timeout_ms: int = 5000, max_text: int | None = None
+) -> None:
     # Let SQLAlchemy's "begin" event (below) start every transaction, reads
     # included: pysqlite alone would run SELECTs outside any transaction, and
     # the statements of one call could then see different snapshots (a run
@@ -108,6 +139,12 @@ def _sqlite_connect(dbapi_connection: Any, record: Any, busy_timeout_ms: int = 5
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()
+    if max_text is not None:
+        # No string SQLite builds (a packed row, hot.py) may pass this: it
+        # stops with SQLITE_TOOBIG as it reaches it, where a count of the
+        # rows' text in Python comes after SQLite and sqlite3 have held it
+        # all (1.8 GB for a page of runs with 1 MB outputs).
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_text)
     watchdog = _Watchdog()
     dbapi_connection.set_progress_handler(watchdog, WATCHDOG_STEPS)
     record.info[WATCHDOG_KEY] = watchdog
@@ -182,21 +219,30 @@ def dead_peer_args(seconds: float) -> dict[str, int]:
     }
 
 
+# An execution option: the most text, in characters, that one of the hot
+# reads (hot.py) may bring back before its rows are decoded.
+MAX_TEXT_OPTION = "spur_runs_max_text"
+
+
 def create_db_engine(
     url: str,
     pool_size: int = 16,
     timeout_seconds: float | None = None,
     dead_peer_seconds: float = DEAD_PEER_SECONDS,
+    max_text: int | None = None,
 ) -> Engine:
     """`timeout_seconds` bounds each statement (the server's --db-timeout-seconds);
     None leaves migrations and seeding unbounded. `dead_peer_seconds` bounds
     how long a PostgreSQL connection waits on a peer that no longer answers
-    (dead_peer_args); a long migration or statement is not cut by it."""
+    (dead_peer_args); a long migration or statement is not cut by it.
+    `max_text` bounds the text of each hot read's rows (MAX_TEXT_OPTION)."""
     parsed = normalize_url(url)
+    options = {} if max_text is None else {MAX_TEXT_OPTION: max_text}
     if parsed.get_backend_name() == "sqlite":
         busy = 5.0 if timeout_seconds is None else timeout_seconds
         engine = create_engine(
             parsed,
+            execution_options=options,
             pool_size=pool_size,
             max_overflow=pool_size,
             connect_args={"check_same_thread": False, "timeout": busy},
@@ -205,7 +251,9 @@ def create_db_engine(
         event.listen(
             engine,
             "connect",
-            lambda connection, record: _sqlite_connect(connection, record, int(busy * 1000)),
+            lambda connection, record: _sqlite_connect(
+                connection, record, int(busy * 1000), max_text
+            ),
         )
         event.listen(
             engine, "begin", lambda connection: _sqlite_begin(connection, int(busy * 1000))
@@ -228,6 +276,7 @@ def create_db_engine(
         connect_args["options"] = f"-c statement_timeout={max(int(timeout_seconds * 1000), 1)}"
     engine = create_engine(
         parsed,
+        execution_options=options,
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=5,
@@ -316,10 +365,11 @@ class Database:
         dead_peer_seconds: float = DEAD_PEER_SECONDS,
         held_limit: int | None = None,
         writers: int | None = None,
+        max_text: int | None = None,
     ) -> Database:
         return cls(
-            create_db_engine(url, pool_size, timeout_seconds, dead_peer_seconds),
-            create_db_engine(read_url, pool_size, timeout_seconds, dead_peer_seconds)
+            create_db_engine(url, pool_size, timeout_seconds, dead_peer_seconds, max_text),
+            create_db_engine(read_url, pool_size, timeout_seconds, dead_peer_seconds, max_text)
             if read_url
             else None,
             timeout_seconds,

@@ -51,7 +51,7 @@ from sqlalchemy.sql import Select
 
 from ..errors import DataLoss
 from . import libpq
-from .db import load_json
+from .db import MAX_TEXT_OPTION, bound_text, load_json, text_too_large
 from .held import HELD_OPTION
 
 Processor = Callable[[Any], Any]
@@ -429,14 +429,11 @@ def fetch(
     """Run `sql` on `conn`'s DBAPI connection, in its transaction (if any),
     and fetch every row; through libpq (libpq.py) when `prepared` is that
     statement compiled for it and the connection can take it there."""
+    options = conn.get_execution_options()
     # The cheap tests first: asking whether SQLAlchemy's event collection has
     # listeners walks its nested collections, and a kept connection (GetRun's
     # usual one) needs no answer from it.
-    if (
-        not conn.get_execution_options().get(HELD_OPTION, False)
-        and not conn.in_transaction()
-        and conn.dispatch.begin
-    ):
+    if not options.get(HELD_OPTION, False) and not conn.in_transaction() and conn.dispatch.begin:
         # Begin as SQLAlchemy's autobegin would, for its "begin" listeners
         # (db.py: SQLite's busy_timeout put back after a write lowered it).
         # Without listeners there is nothing to run: a PostgreSQL connection
@@ -456,18 +453,43 @@ def fetch(
                 sql, arguments = listener(conn, cursor, sql, arguments, None, False)
             if sql is not given[0] or arguments is not given[1]:
                 prepared = None  # a listener rewrote the statement: send what it gave
+        # Rows too large for any response are refused before they are
+        # decoded (db.text_bound): psycopg decodes JSON as it loads rows.
+        max_text: int | None = options.get(MAX_TEXT_OPTION)
         try:
             if prepared is not None and libpq.can_send(dbapi):
-                return libpq.fetch(conn, dbapi, prepared, arguments)
+                if max_text is None:
+                    return libpq.fetch(conn, dbapi, prepared, arguments)
+                bound_text(max_text)
+                try:
+                    return libpq.fetch(conn, dbapi, prepared, arguments)
+                finally:
+                    bound_text(None)
             if cursor is None:
                 cursor = dbapi.cursor()
             cursor.execute(sql, arguments)
-            return list(cursor.fetchall())
+            rows = cursor.fetchall()
+            if max_text is not None and _text_of(rows) > max_text:
+                raise text_too_large(max_text)
+            return list(rows)
         except conn.dialect.loaded_dbapi.Error as error:
+            if max_text is not None and getattr(error, "sqlite_errorname", "") == "SQLITE_TOOBIG":
+                raise text_too_large(max_text) from None  # db._sqlite_connect's limit
             _raise(conn, cursor, sql, arguments, error)
     finally:
         if cursor is not None:
             cursor.close()
+
+
+def _text_of(rows: list[Any]) -> int:
+    """The characters of the text values of `rows` (SQLite's packed row is
+    one): what decoding them would turn into Python objects."""
+    size = 0
+    for row in rows:
+        for value in row:
+            if type(value) is str or type(value) is bytes:
+                size += len(value)
+    return size
 
 
 def _raise(conn: Connection, cursor: Any, sql: str, arguments: Any, error: Any) -> NoReturn:
