@@ -32,6 +32,9 @@ from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.cli import build_parser, load_config
 from spur_runs.config import ENV
+from spur_runs.runtime import probe as probe_port_module
+from spur_runs.runtime import serve
+from spur_runs.runtime import server as runs_server
 from spur_runs.seed import seed
 from spur_runs.store.migrate import migrate
 from tools import ROOT
@@ -148,9 +151,13 @@ def test_sigterm_grace_covers_the_drain(rendered: dict[str, Any]) -> None:
     # A call waiting on a database that vanished ends at the dead-peer bound
     # (tests/system/test_partition.py), and the process exits only after it.
     drain = max(grace, float(env["SPUR_RUNS_DB_DEAD_PEER_SECONDS"]))
+    # After the drain, stopping may take gRPC's transport, the stuck calls
+    # and the probe port their bounds each.
+    stopping = runs_server.STOP_SECONDS + serve.EXIT_SECONDS + probe_port_module.STOP_SECONDS
     # The kubelet's SIGKILL comes terminationGracePeriodSeconds after the
-    # preStop hook starts: it must leave the drain its whole grace, and more.
-    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    # preStop hook starts: it must leave the drain its whole grace and the
+    # stopping, with a margin of 2 s at least.
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + stopping + 2
 
 
 def test_a_headless_service_and_a_disruption_budget_select_the_pods(
