@@ -312,3 +312,35 @@ def test_rows_too_large_for_any_response_are_refused_before_they_are_decoded(
             assert len(page.tasks) == 1
     finally:
         server.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_reads_that_grow_with_the_table_take_half_the_threads_at_most(postgres_url: str) -> None:
+    """A page-number page deep in the table, or a total count, costs a walk
+    over the runs before it (a review, 2026-12-04: 16 at once made an
+    honest GetRun take 2.4 s). Half of --max-workers read them at once;
+    one more is refused, saying how to page cheaply."""
+    seeded(postgres_url)
+    server = start_server(postgres_url, max_workers=4)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            deep = pb.ListRunsRequest(page=20, page_size=100)  # 1,900 runs deep
+            with runs_locked(postgres_url) as waiting:
+                held = [
+                    in_background(lambda: len(stub.ListRuns(deep, timeout=30).runs))
+                    for _ in range(2)
+                ]
+                wait_until(lambda: waiting() == 2, "two deep pages blocked inside the server")
+                for request in (deep, pb.ListRunsRequest(include_total_size=True)):
+                    with pytest.raises(grpc.RpcError) as raised:
+                        stub.ListRuns(request, timeout=10)
+                    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    assert "page_token" in (raised.value.details() or "")
+            for thread, result in held:
+                thread.join(timeout=20)
+                assert result == {"value": 0}
+            # The slots are free again.
+            assert stub.ListRuns(pb.ListRunsRequest(include_total_size=True)).total_size == 1
+    finally:
+        server.stop(grace=1)

@@ -135,7 +135,11 @@ class RunsServer:
         )
         # Runs' workflow versions spliced in as bytes (api/spliced.py):
         # EncodeHook serializes such answers, the gateway renders them.
-        self.runs = servicer = RunService(db, versions, self.watch_hub, splice=True)
+        # Reads whose cost grows with the table: half the RPC threads at
+        # most (api/service.py HEAVY_OFFSET), as writes (Database.write).
+        self.runs = servicer = RunService(
+            db, versions, self.watch_hub, splice=True, heavy_reads=max(1, config.max_workers // 2)
+        )
         run_service_pb2_grpc.add_RunServiceServicer_to_server(servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self.grpc)
         # Every service this server registers: what reflection lists, and
