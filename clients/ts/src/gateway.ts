@@ -103,8 +103,15 @@ export async function checkGateway(
     // PySpur's path answers the run itself (the seed's RunResponseSchema).
     const [seedStatus, seedBody] = await getJson(`${baseUrl}/run/${id}/`, headers);
     check(seedStatus === 200, `GET /run/${id}/: HTTP ${seedStatus}`);
-    const bare = fromJson(RunSchema, seedBody, { ignoreUnknownFields: false });
+    // Its times are PySpur's: naive UTC, which PySpur's UI reads as
+    // Date.parse(time + "Z"); so does this client, before the schema.
+    const bare = fromJson(RunSchema, withZone(seedBody), { ignoreUnknownFields: false });
     check(bare.id === id && bare.status === fromHttp.run.status, `GET /run/${id}/ returned ${bare.id}`);
+    check(
+      bare.startTime?.seconds === fromHttp.run.startTime?.seconds &&
+        bare.startTime?.nanos === fromHttp.run.startTime?.nanos,
+      `GET /run/${id}/ and /v1/runs/${id} differ in start_time`,
+    );
     if (fromGrpc.run?.endTime === undefined) {
       // A run that has not ended lasts until now: its duration grew between
       // the two calls, and is the one field allowed to differ.
@@ -159,4 +166,21 @@ export async function checkGateway(
     null_only_differences: nullOnly,
     errors,
   };
+}
+
+const TIME_KEYS = new Set(["start_time", "end_time", "created_at", "updated_at"]);
+
+/** `body` with PySpur's naive UTC times given their zone, as PySpur's UI
+ * reads them (`time + "Z"`): what proto3 JSON's Timestamp requires. */
+function withZone(body: JsonValue): JsonValue {
+  if (Array.isArray(body)) return body.map(withZone);
+  if (body === null || typeof body !== "object") return body;
+  return Object.fromEntries(
+    Object.entries(body).map(([key, value]) => [
+      key,
+      TIME_KEYS.has(key) && typeof value === "string" && !value.endsWith("Z")
+        ? `${value}Z`
+        : withZone(value),
+    ]),
+  );
 }
