@@ -3,9 +3,15 @@
     python protos/generate.py            # rewrite generated/
     python protos/generate.py --out DIR  # write elsewhere (the staleness test)
 
-Also writes generated/spur/descriptor_set.binpb: the FileDescriptorSet of the
-protos with their comments (source info), which the _pb2 modules leave out
-and the HTTP gateway's OpenAPI document reads its descriptions from.
+Also writes generated/spur/runs/v1/descriptor_set.binpb: the FileDescriptorSet
+of the protos with their comments (source info), which the _pb2 modules leave
+out and the HTTP gateway's OpenAPI document and reflection read them from.
+
+`spur` and `spur.runs` are namespace packages (PEP 420: no __init__.py):
+PyPI has an unrelated `spur` (an SSH library) whose spur/__init__.py an
+__init__.py of ours overwrote when installed, and deleted when uninstalled.
+Only the packages that hold modules (spur/runs/v1) are regular packages,
+each with its PEP 561 marker (py.typed) and the data files.
 
 Uses grpcio-tools' bundled protoc and mypy-protobuf's plugins (for the .pyi
 stubs), both pinned in pyproject.toml's `dev` extra so that the output is
@@ -26,6 +32,9 @@ PROTOS = ROOT / "protos"
 VENDORED = ROOT / "third_party" / "googleapis"
 GENERATED = ROOT / "generated"
 PACKAGE = "spur"
+# The regular package that holds the descriptor set (a namespace package
+# holds no files of ours: they would land in another distribution's folder).
+DESCRIPTOR_PACKAGE = Path("spur", "runs", "v1")
 DESCRIPTOR_SET = "descriptor_set.binpb"
 
 
@@ -42,7 +51,7 @@ def generate(out: Path) -> None:
     well_known = resources.files("grpc_tools") / "_proto"
     if (out / PACKAGE).exists():
         shutil.rmtree(out / PACKAGE)
-    (out / PACKAGE).mkdir(parents=True, exist_ok=True)
+    (out / DESCRIPTOR_PACKAGE).mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,
         "-m",
@@ -56,17 +65,19 @@ def generate(out: Path) -> None:
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
-        f"--descriptor_set_out={out / PACKAGE / DESCRIPTOR_SET}",
+        f"--descriptor_set_out={out / DESCRIPTOR_PACKAGE / DESCRIPTOR_SET}",
         "--include_source_info",
         *protos,
     ]
     subprocess.run(cmd, check=True, cwd=PROTOS)
-    # protoc writes modules, not packages: add the __init__.py files and the
-    # PEP 561 marker so that `spur.runs.v1` installs and type-checks.
-    for directory in sorted(p for p in (out / PACKAGE).rglob("*") if p.is_dir()):
+    # protoc writes modules, not packages: the folders that hold modules
+    # become packages (__init__.py) with the PEP 561 marker, so that
+    # `spur.runs.v1` installs and type-checks; the folders above them stay
+    # namespace packages (no __init__.py, nothing of ours in them).
+    modules = {p.parent for p in (out / PACKAGE).rglob("*.py")}
+    for directory in sorted(modules):
         (directory / "__init__.py").write_text("")
-    (out / PACKAGE / "__init__.py").write_text("")
-    (out / PACKAGE / "py.typed").write_text("")
+        (directory / "py.typed").write_text("")
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 protoc leaves source info (comments) out of the descriptors it embeds in the
 _pb2 modules, so protos/generate.py also writes a FileDescriptorSet with
-source info, generated/spur/descriptor_set.binpb, installed with the `spur`
-package. Reading it needs no protoc, no .proto files and no network at run
+source info, generated/spur/runs/v1/descriptor_set.binpb, installed with
+the `spur.runs.v1` package. Reading it needs no protoc, no .proto files and no network at run
 time, and it is regenerated (and checked for staleness) with the rest of
 generated/.
 """
@@ -19,7 +19,7 @@ from google.protobuf import descriptor_pb2
 log = logging.getLogger(__name__)
 
 # (package, resource) of the descriptor sets to read.
-DESCRIPTOR_SETS = (("spur", "descriptor_set.binpb"),)
+DESCRIPTOR_SETS = (("spur.runs.v1", "descriptor_set.binpb"),)
 
 # Field numbers of FileDescriptorProto / DescriptorProto / ... that make up
 # the paths of SourceCodeInfo.Location (see descriptor.proto).

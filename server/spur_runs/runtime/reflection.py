@@ -4,12 +4,11 @@ client can use to take the server's threads.
 What it serves: the file descriptors of the registered services and their
 imports, and of the error details the services send (DETAIL_FILES), with
 our protos' source info (comments) taken from
-generated/spur/descriptor_set.binpb, which the _pb2 modules leave out (the
-paths of its locations index the same elements: both come from one protoc
-run of the same files); so
-`grpcurl describe` shows the protos' comments. Every symbol of those files
-is found (messages, nested types, enums and their values, services,
-methods, fields, extensions), so `grpcurl describe
+generated/spur/runs/v1/descriptor_set.binpb, which the _pb2 modules leave
+out (the paths of its locations index the same elements: both come from one
+protoc run of the same files); so `grpcurl describe` shows the protos'
+comments. Every symbol of those files is found (messages, nested types,
+enums and their values, services, methods, fields, extensions), so `grpcurl describe
 spur.runs.v1.RunService.ListRuns` works; grpcio-reflection looks symbols up
 in the descriptor pool, which finds no method.
 
@@ -60,7 +59,7 @@ REFLECTION_STREAMS_PER_ADDRESS = 2
 IDLE_SECONDS = 10.0
 MAX_SECONDS = 60.0
 # Descriptor sets with source info, (package, resource): protos/generate.py.
-SOURCE_INFO = (("spur", "descriptor_set.binpb"),)
+SOURCE_INFO = (("spur.runs.v1", "descriptor_set.binpb"),)
 # Files no service imports that clients need all the same: the types an
 # error carries in grpc-status-details-bin (google.rpc.Status, and the
 # BadRequest of every INVALID_ARGUMENT). Without them grpcurl printed the
