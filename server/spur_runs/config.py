@@ -155,16 +155,18 @@ class Config:
         True, "SPUR_RUNS_REFLECTION", "serve gRPC server reflection", "What grpcurl uses."
     )
     # Requests are a run id and a page token: 1 MiB is generous. Responses
-    # are pages of runs with their tasks' outputs, hence the larger bound.
+    # are pages of runs with their tasks' outputs, hence the larger bound
+    # (RunService's: rpc/encode.py).
     # 1 KiB holds any request of this API; grpc's message sizes are C ints.
     max_request_bytes: int = setting(
         1024 * 1024, "SPUR_RUNS_MAX_REQUEST_BYTES", "largest request message accepted",
         "Larger requests get `RESOURCE_EXHAUSTED`.", bounds=(1024, _INT32_MAX),
     )  # fmt: skip
     max_response_bytes: int = setting(
-        16 * 1024 * 1024, "SPUR_RUNS_MAX_RESPONSE_BYTES", "largest response message sent",
+        16 * 1024 * 1024, "SPUR_RUNS_MAX_RESPONSE_BYTES", "largest RunService answer sent",
         "Larger answers fail with `RESOURCE_EXHAUSTED` (ask for smaller pages); so does a read "
-        "whose stored text is over 4 times this, before it is decoded.",
+        "whose stored text is over 4 times this, before it is decoded. Reflection's and "
+        "health's answers, fixed by the protos, are not held to it.",
         bounds=(1024, _INT32_MAX),
     )  # fmt: skip
     # Rather than waiting in an unbounded queue.

@@ -22,6 +22,7 @@ from spur.runs.v1 import run_pb2, run_service_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.gateway.comments import load_comments
+from spur_runs.rpc.limits import FIXED_ANSWER_BYTES
 from spur_runs.runtime import reflection
 from spur_runs.runtime.server import RunsServer
 from tools import tool
@@ -288,3 +289,16 @@ def test_an_idle_reflection_stream_does_not_hold_the_shutdown(seeded: tuple[str,
         assert raised.value.code() == grpc.StatusCode.CANCELLED
     finally:
         idle.close()
+
+
+def test_every_reflection_answer_fits_grpcs_bound(server: RunsServer) -> None:
+    """grpc's bound on a message sent is never below limits.FIXED_ANSWER_BYTES,
+    whatever --max-response-bytes says (it bounds RunService alone): every
+    answer reflection can give must fit in it, with room to grow."""
+    assert server.reflection is not None
+    descriptors = server.reflection.descriptors
+    largest = max(
+        descriptors.answer(reflection_pb2.ServerReflectionRequest(file_by_filename=name)).ByteSize()
+        for name in descriptors._files
+    )
+    assert 10_000 < largest < FIXED_ANSWER_BYTES // 8, largest

@@ -7,6 +7,7 @@ import json
 import subprocess
 
 from factories import add_run, add_workflow, all_done
+from servers import start_server
 from spur_runs.runtime.server import RunsServer
 from spur_runs.store.db import Database
 from tools import tool
@@ -38,6 +39,37 @@ def test_list_and_describe_through_reflection(server: RunsServer) -> None:
         "percentage_complete" in described.stdout
         and "google.protobuf.Timestamp start_time" in described.stdout
     )
+
+
+def test_reflection_and_health_under_the_smallest_response_bound(
+    db: Database, migrated_url: str
+) -> None:
+    """--max-response-bytes bounds RunService's answers, not reflection's or
+    health's (fixed by the protos): with it below ~36 KB, `describe` failed
+    with "ResourceExhausted: the response is larger than 32768 bytes"."""
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=all_done())
+    server = start_server(migrated_url, max_response_bytes=1024)
+    try:
+        described = run_grpcurl(server, "describe", "spur.runs.v1.RunService")
+        assert described.returncode == 0, described.stderr
+        assert "rpc ListRuns ( .spur.runs.v1.ListRunsRequest )" in described.stdout
+        listed = run_grpcurl(server, "list")
+        assert "grpc.health.v1.Health" in listed.stdout.split(), listed.stderr
+        health = run_grpcurl(server, "grpc.health.v1.Health/Check", data="{}")
+        assert json.loads(health.stdout) == {"status": "SERVING"}, health.stderr
+        # RunService's answers are still held to it: a run with six tasks is
+        # over 1 KiB, its BASIC view is not.
+        got = run_grpcurl(
+            server, "spur.runs.v1.RunService/GetRun", data=json.dumps({"run_id": run_id})
+        )
+        assert got.returncode != 0 and "ResourceExhausted" in got.stderr, got.stderr
+        assert "larger than 1024 bytes" in got.stderr, got.stderr
+        basic = {"run_id": run_id, "view": "RUN_VIEW_BASIC"}
+        got = run_grpcurl(server, "spur.runs.v1.RunService/GetRun", data=json.dumps(basic))
+        assert got.returncode == 0, got.stderr
+    finally:
+        server.stop(grace=1)
 
 
 def test_get_and_list_runs_as_json(db: Database, server: RunsServer) -> None:

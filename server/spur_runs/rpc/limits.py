@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 # How long the server waits for the answer to its keepalive ping.
 KEEPALIVE_TIMEOUT_MS = 20_000
+# grpc's bound on any message sent is at least this: reflection's and
+# health's answers are fixed by the protos (the largest, some 36 KB, is
+# run_service.proto's file with its imports), and --max-response-bytes
+# bounds RunService's answers alone, in the chain (encode.py).
+FIXED_ANSWER_BYTES = 4 * 1024 * 1024
 # Descriptors kept for what is neither an HTTP nor a gRPC connection: the
 # database pools and kept connections, listeners, logs, files.
 RESERVED_DESCRIPTORS = 256
@@ -53,7 +58,9 @@ def server_options(config: Config) -> list[tuple[str, int]]:
         # Connections beyond it are closed as soon as they are accepted.
         ("grpc.max_allowed_incoming_connections", connections),
         ("grpc.max_receive_message_length", config.max_request_bytes),
-        ("grpc.max_send_message_length", config.max_response_bytes),
+        # A backstop: RunService's answers are held to --max-response-bytes
+        # before they get here (encode.py), with their own status.
+        ("grpc.max_send_message_length", max(config.max_response_bytes, FIXED_ANSWER_BYTES)),
         # Ping idle connections so that those of vanished clients (a pod
         # killed without FIN) are closed instead of kept forever.
         ("grpc.keepalive_time_ms", int(config.keepalive_seconds * 1000)),

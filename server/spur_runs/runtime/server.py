@@ -43,6 +43,7 @@ from .reflection import Reflection
 
 log = logging.getLogger(__name__)
 
+RUN_SERVICE = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name
 # How long past its grace period stop() waits for grpc's transport to shut down.
 STOP_SECONDS = 2.0
 # Stored text per byte of --max-response-bytes beyond which a read is refused
@@ -108,9 +109,10 @@ class RunsServer:
                 limits.DeadlineHook(),
                 ErrorHook(),
                 DecodeHook(),  # unparsable bytes: INVALID_ARGUMENT, not INTERNAL
-                # A spliced answer (below) serializes itself; none is larger
-                # than --max-response-bytes.
-                EncodeHook(config.max_response_bytes),
+                # A spliced answer (below) serializes itself; no answer of
+                # RunService is larger than --max-response-bytes (those of
+                # reflection and health are fixed by the protos: not bounded).
+                EncodeHook(config.max_response_bytes, [RUN_SERVICE]),
             ]
         )
         # Outermost, for gRPC callers only: a call's thread waits for its
