@@ -1,6 +1,7 @@
 """--http-cors-origins: a page on another origin may call the HTTP API, as
 a browser's CORS protocol checks it; off by default; no other origin, and
-no header the API does not read, gets through a preflight."""
+nothing that is no header name, gets through a preflight; any header name
+does (the gateway ignores those it does not read)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,36 @@ def test_a_preflight_from_an_allowed_origin(client: Http, migrated_url: str) -> 
     assert "Access-Control-Allow-Credentials" not in headers
 
 
+def test_a_preflight_allows_headers_the_api_does_not_read(client: Http) -> None:
+    """What browser SDKs add (X-Requested-With; OpenTelemetry's; Sentry's):
+    it was 403 "request headers x-requested-with are not read here"."""
+    for asked in (
+        "x-requested-with",
+        "authorization, baggage, sentry-trace, traceparent, tracestate, x-requested-with",
+    ):
+        reply = _preflight(client, "/run/R1/status/", UI, "GET", asked)
+        assert reply.status == 204, reply.body  # type: ignore[attr-defined]
+        headers = reply.headers  # type: ignore[attr-defined]
+        assert headers["Access-Control-Allow-Headers"] == asked
+        assert headers["Access-Control-Allow-Origin"] == UI
+    # Names are echoed lowercased, once each.
+    reply = _preflight(client, "/run/", UI, "GET", "X-Requested-With,x-requested-with, X-Custom")
+    assert reply.status == 204  # type: ignore[attr-defined]
+    allowed = reply.headers["Access-Control-Allow-Headers"]  # type: ignore[attr-defined]
+    assert allowed == "x-requested-with, x-custom"
+
+
 @pytest.mark.parametrize(
     ("origin", "headers"),
-    [("http://evil.example", ""), ("http://ui.example:3001", ""), (UI, "x-custom")],
+    [
+        ("http://evil.example", ""),
+        ("http://ui.example:3001", ""),
+        ("http://evil.example", "x-requested-with"),
+        (UI, "x custom"),  # no header name
+        (UI, "x-ok, bad@name"),
+        (UI, "x-" + "a" * 200),  # a name too long
+        (UI, ", ".join(f"x-h{i}" for i in range(65))),  # over cors.MAX_REQUEST_HEADERS
+    ],
 )
 def test_a_preflight_refused(client: Http, origin: str, headers: str) -> None:
     reply = _preflight(client, "/run/", origin, "GET", headers)

@@ -7,9 +7,16 @@ Off by default. When on:
 
 - a preflight (OPTIONS with Origin and Access-Control-Request-Method) from
   an allowed origin is answered 204 with the methods this API has and the
-  request headers it reads (Authorization, Content-Type, Grpc-Timeout,
-  X-Request-Id, Grpc-Metadata-*); from another origin, or asking for other
-  headers, 403;
+  request headers the page asked for, echoed (Access-Control-Allow-Headers);
+  from another origin, or asking for headers that are no header names
+  (RFC 9110 tokens) or more than MAX_REQUEST_HEADERS of them, 403.
+  Headers are not limited to those the gateway reads (Authorization,
+  Content-Type, Grpc-Timeout, X-Request-Id, Grpc-Metadata-*): the others are
+  ignored, harmlessly, and browser SDKs add their own (X-Requested-With,
+  OpenTelemetry's traceparent and tracestate, Sentry's sentry-trace and
+  baggage), which were refused (a review, 2026-12-04). PySpur's own app
+  allows any header. The list is echoed rather than answered with `*`,
+  which is no wildcard for a request with credentials;
 - every other answer to an allowed origin carries Access-Control-Allow-Origin
   and exposes Link (the next page of a bare list) and X-Request-Id.
 
@@ -20,6 +27,8 @@ here, so letting pages send them would only widen what a page can do.
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 from google.rpc import code_pb2, status_pb2
 
@@ -27,7 +36,10 @@ from ..trust import parse_origins
 from .replies import error
 
 _METHODS = "GET, HEAD, DELETE"
-_READ_HEADERS = frozenset(("authorization", "content-type", "grpc-timeout", "x-request-id"))
+# A header name (RFC 9110's token), and how many names, of what length, a
+# preflight may ask for: a page sends a few; the echo stays small.
+_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]{1,100}")
+MAX_REQUEST_HEADERS = 64
 _EXPOSED = "Link, X-Request-Id"
 _MAX_AGE = "600"
 
@@ -55,24 +67,26 @@ class Cors:
         if request.method != "OPTIONS" or origin is None or method is None:
             return None
         allowed = self._allowed(origin)
-        asked = [
-            name.strip().lower()
-            for name in request.headers.get("Access-Control-Request-Headers", "").split(",")
-            if name.strip()
-        ]
-        refused = [
-            name
-            for name in asked
-            if name not in _READ_HEADERS and not name.startswith("grpc-metadata-")
-        ]
-        if allowed is None or refused:
-            why = (
-                f"origin {origin[:100]!r} may not call this API (--http-cors-origins)"
-                if allowed is None
-                else f"request headers {', '.join(refused)[:200]} are not read here"
+        # Each name once, in the order asked (the Fetch standard sends them
+        # lowercased and sorted).
+        asked = list(
+            dict.fromkeys(
+                name.strip().lower()
+                for name in request.headers.get("Access-Control-Request-Headers", "").split(",")
+                if name.strip()
             )
+        )
+        refused = [name for name in asked if not _NAME.fullmatch(name)]
+        why: str | None = None
+        if allowed is None:
+            why = f"origin {origin[:100]!r} may not call this API (--http-cors-origins)"
+        elif refused:
+            why = f"request headers {', '.join(refused)[:200]!r} are no header names"
+        elif len(asked) > MAX_REQUEST_HEADERS:
+            why = f"more than {MAX_REQUEST_HEADERS} request headers asked for"
+        if allowed is None or why is not None:
             return error(
-                status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=why),
+                status_pb2.Status(code=code_pb2.PERMISSION_DENIED, message=why or ""),
                 403,
                 {"Vary": "Origin"},
             )
