@@ -469,7 +469,9 @@ def fetch(
                 cursor = dbapi.cursor()
             cursor.execute(sql, arguments)
             rows = cursor.fetchall()
-            if max_text is not None and _text_of(rows) > max_text:
+            # One row is bounded by SQLite itself (db._sqlite_connect: the
+            # limit holds for a row too); many rows are counted here.
+            if max_text is not None and len(rows) > 1 and _text_of(rows) > max_text:
                 raise text_too_large(max_text)
             return list(rows)
         except conn.dialect.loaded_dbapi.Error as error:
