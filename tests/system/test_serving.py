@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -257,6 +258,64 @@ def test_sigterm_ends_within_the_grace_period_whatever_the_database_does(
     finally:
         locker.close()
         db.dispose()
+        if process.poll() is None:
+            process.kill()
+
+
+@pytest.mark.parametrize("released", [None, 0.7], ids=["lock-held", "lock-freed-after-grace"])
+def test_sigterm_on_sqlite_ends_in_time_and_a_cancelled_delete_does_not_commit(
+    sqlite_url: str, released: float | None
+) -> None:
+    """A DeleteRun waits for SQLite's write lock (another connection holds
+    BEGIN IMMEDIATE), then SIGTERM with --grace-seconds 1 and
+    --db-timeout-seconds 30. The process used to exit 29.4 s later (the
+    interpreter waited for the call's thread, a daemon thread that the
+    drain did not count), and with the lock freed after the grace period
+    the delete was committed while the client heard UNAVAILABLE and the log
+    said CANCELLED (a review, 2026-12-04). Now it exits within the grace
+    period and EXIT_SECONDS, and the run is still there: the write was
+    rolled back (`released`: the lock freed that long after the grace
+    period, while the process waits for the call's thread) or never
+    committed (the lock held past the exit)."""
+    db, run_id = _one_run(sqlite_url)
+    db.dispose()
+    path = sqlite_url.removeprefix("sqlite:///")
+    port = free_port()
+    process = _serve(sqlite_url, port, "--grace-seconds", "1", "--db-timeout-seconds", "30")
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            locker.execute("BEGIN IMMEDIATE")
+            held = RunServiceStub(channel).DeleteRun.future(
+                pb.DeleteRunRequest(run_id=run_id), timeout=60
+            )
+            time.sleep(1.0)  # the delete now waits for the write lock, inside the server
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            if released is not None:
+                time.sleep(1 + released)
+                assert process.poll() is None, "exited before the lock was freed"
+                locker.execute("ROLLBACK")
+            code = process.wait(timeout=40)
+            took = time.monotonic() - signalled
+            print(f"\nSIGTERM: exit {code} after {took:.1f} s (grace 1 s)")
+            if released is None:
+                locker.execute("ROLLBACK")
+            with pytest.raises(grpc.RpcError) as raised:
+                held.result(timeout=10)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        output = process.stdout.read() if process.stdout else ""
+        assert code == 0, output
+        assert "Traceback" not in output, output
+        # The grace period, EXIT_SECONDS, and margin for a slow machine.
+        assert took < 1 + 2 + 1.5, output
+        with sqlite3.connect(path) as check:
+            (left,) = check.execute("SELECT count(*) FROM runs WHERE id = ?", (run_id,)).fetchone()
+        assert left == 1, f"a delete cancelled by the drain was committed:\n{output}"
+        assert "DeleteRun OK" not in output, output
+    finally:
+        locker.close()
         if process.poll() is None:
             process.kill()
 

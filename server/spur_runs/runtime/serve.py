@@ -81,11 +81,11 @@ def serve(
     while not stopping.wait(0.5):
         pass
     stopped = server.stop()
-    _end_stuck_calls(leave=not stopped)
+    _end_stuck_calls(server.call_threads(), leave=not stopped)
     return 0
 
 
-def _end_stuck_calls(leave: bool = False) -> None:
+def _end_stuck_calls(calls: list[threading.Thread], leave: bool = False) -> None:
     """After server.stop(): grpc has cancelled the calls still running at the
     end of the grace period, but a call's thread goes on waiting for a
     database that does not answer (up to --db-timeout-seconds and 2 s more,
@@ -94,14 +94,19 @@ def _end_stuck_calls(leave: bool = False) -> None:
     an orchestrator's own grace and into its SIGKILL. So the statements
     still running are cut now (their connections shut down), the threads
     get EXIT_SECONDS to end, and the process leaves without any that did
-    not (a SQLite lock wait, bounded by busy_timeout alone). `leave`: exit
-    now all the same (grpc's transport did not shut down)."""
+    not (a SQLite lock wait, bounded by busy_timeout alone; its write
+    cannot commit, Database.cut). `calls`: the threads that ran calls
+    (RunsServer.call_threads), daemon threads as grpc starts them, which
+    the interpreter's exit still waits for (concurrent.futures joins its
+    pools' threads); every other non-daemon thread is waited for too.
+    `leave`: exit now all the same (grpc's transport did not shut down)."""
     cut = pg_watchdog.WATCHDOG.cut_all()
     if cut:
         log.warning("%d database statement(s) still running after the grace period: cut", cut)
     until = time.monotonic() + EXIT_SECONDS
     me = threading.current_thread()
-    waited = [t for t in threading.enumerate() if t is not me and not t.daemon]
+    others = [t for t in threading.enumerate() if not t.daemon and t not in calls]
+    waited = [t for t in [*calls, *others] if t is not me]
     for thread in waited:
         thread.join(max(0.0, until - time.monotonic()))
     stuck = [t.name for t in waited if t.is_alive()]

@@ -11,6 +11,7 @@ Tests bind to port 0 and read the port back.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent import futures
 
@@ -49,6 +50,10 @@ STOP_SECONDS = 2.0
 # Stored text per byte of --max-response-bytes beyond which a read is refused
 # unread (create_server).
 TEXT_PER_RESPONSE_BYTE = 4
+# How long before grpc cancels the calls still running the database refuses
+# their writes (Database.cut): a write that commits is answered OK, never
+# CANCELLED, and a cancelled one never commits.
+CUT_LEAD_SECONDS = 0.1
 
 
 class RunsServer:
@@ -84,8 +89,17 @@ class RunsServer:
         # would queue every call behind the slowest one (a deep page-number
         # page of 1M runs takes ~0.4 s). More than 4 gain nothing and hold
         # more database connections.
+        # The threads of both pools are recorded as they start (by the
+        # pools' initializer): the calls' threads, which the process waits
+        # for after the drain and leaves behind when they do not end
+        # (serve.py). grpc starts them from its own daemon thread, so they
+        # are daemon threads: that flag does not tell them apart.
+        self._call_threads: list[threading.Thread] = []
+        self._call_threads_lock = threading.Lock()
         self.executor = futures.ThreadPoolExecutor(
-            max_workers=config.max_workers, thread_name_prefix="rpc"
+            max_workers=config.max_workers,
+            thread_name_prefix="rpc",
+            initializer=self._record_call_thread,
         )
         # HTTP's in-process calls get threads of their own, as many: in one
         # pool they queued behind gRPC calls that hold threads waiting for
@@ -96,7 +110,9 @@ class RunsServer:
             None
             if config.http_address is None
             else futures.ThreadPoolExecutor(
-                max_workers=config.max_workers, thread_name_prefix="http-rpc"
+                max_workers=config.max_workers,
+                thread_name_prefix="http-rpc",
+                initializer=self._record_call_thread,
             )
         )
         # Its hooks (rpc/chain.py), outermost first: observe sees the final
@@ -197,6 +213,20 @@ class RunsServer:
         )
         self.http_port = None if self.http is None else self.http.port
 
+    def _record_call_thread(self) -> None:
+        with self._call_threads_lock:
+            self._call_threads.append(threading.current_thread())
+
+    def call_threads(self) -> list[threading.Thread]:
+        """After stop(): the threads that ran calls (gRPC's and HTTP's),
+        their pools shut down so that the idle ones end; the process waits
+        for these (runtime/serve.py)."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.http_executor is not None:
+            self.http_executor.shutdown(wait=False, cancel_futures=True)
+        with self._call_threads_lock:
+            return list(self._call_threads)
+
     def start(self) -> None:
         warn_missing_indexes(self.db.engine)
         self.health.start()
@@ -253,7 +283,17 @@ class RunsServer:
         # grpc's shutdown waits for its connections: one a client floods
         # with header frames kept it up for as long as the flood (56 s, a
         # review, 2026-12-04). The caller leaves without it (serve.py).
-        stopped = self.grpc.stop(grace).wait(grace + STOP_SECONDS)
+        # grpc cancels the calls still running CUT_LEAD_SECONDS after the
+        # grace period; at its end, the database refuses their writes and
+        # interrupts SQLite's statements (Database.cut): a delete waiting
+        # for SQLite's write lock was committed seconds after its caller
+        # heard UNAVAILABLE (a review, 2026-12-04).
+        stopping = self.grpc.stop(grace + CUT_LEAD_SECONDS)
+        stopping.wait(grace)
+        if not stopping.is_set():
+            log.warning("calls still running after the grace period: their writes roll back")
+        self.db.cut()
+        stopped = stopping.wait(CUT_LEAD_SECONDS + STOP_SECONDS)
         if not stopped:
             log.warning("gRPC's transport still busy %.0f s after the grace period", STOP_SECONDS)
         self.request_waits.stop()

@@ -324,6 +324,16 @@ class Database:
         self._writers_limit = writers
         self.read_engine = read_engine
         self._timeout = timeout_seconds
+        # Set by cut() at the end of a drain: no write commits from then on.
+        self._cut = threading.Event()
+        # SQLite connections checked out of the pools, to interrupt at the
+        # cut (PostgreSQL's are cut by pg_watchdog.WATCHDOG.cut_all()).
+        self._out: dict[int, Any] = {}
+        self._out_lock = threading.Lock()
+        for bound in self.engines.values():
+            if bound.dialect.name == "sqlite":
+                event.listen(bound, "checkout", self._checked_out)
+                event.listen(bound, "checkin", self._checked_in)
         # By role ("primary", "replica"): whose last ping failed (and why,
         # where the ping knows better than "not answering": a replaced
         # file; else ""), and when the ping under way began (_check_reachable).
@@ -390,6 +400,35 @@ class Database:
         if self.read_engine is not None:
             found["replica"] = self.read_engine
         return found
+
+    def _checked_out(self, dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        with self._out_lock:
+            self._out[id(dbapi_connection)] = dbapi_connection
+
+    def _checked_in(self, dbapi_connection: Any, _record: Any) -> None:
+        with self._out_lock:
+            self._out.pop(id(dbapi_connection), None)
+
+    def cut(self) -> None:
+        """The end of a drain: the calls still running have been (or are
+        being) cancelled, so none of their writes may commit. From now on
+        every write scope rolls back and raises Unavailable, and SQLite's
+        statements in progress are interrupted (SQLITE_INTERRUPT: rolled
+        back).
+
+        SQLite has no statement to cut while a write waits for the write
+        lock (sqlite3_interrupt does not end the busy handler's sleeps, which
+        last up to --db-timeout-seconds): such a write reaches its COMMIT
+        only once the lock is free, and is refused there. Its thread is
+        left behind by the process's exit (runtime/serve.py)."""
+        self._cut.set()
+        with self._out_lock:
+            connections = list(self._out.values())
+        for dbapi_connection in connections:
+            try:
+                dbapi_connection.interrupt()
+            except Exception:  # noqa: BLE001, S110 - closed meanwhile: nothing to cut
+                pass
 
     def _bound_by_deadline(self, connection: Connection) -> None:
         """Lower statement_timeout to what the caller's deadline leaves, when
@@ -504,6 +543,10 @@ class Database:
             with self._write_bind.connect() as connection, connection.begin():
                 self._bound_by_deadline(connection)
                 yield connection
+                if self._cut.is_set():  # raised here, the transaction rolls back
+                    raise Unavailable(
+                        "the server is stopping: this write was rolled back; retry elsewhere"
+                    )
         finally:
             if slots is not None:
                 slots.release()
