@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "serve",
         "serve RunService over gRPC (and HTTP/JSON with --http-address)",
-        "Serve RunService over gRPC, and over HTTP/JSON with --http-address, until SIGTERM\n"
-        "or SIGINT (then drain). The database must have PySpur's tables (`spur-runs migrate`).",
+        "Serve RunService over gRPC, and over HTTP/JSON with --http-address, until SIGTERM,\n"
+        "SIGINT or SIGHUP (then drain). The database must have PySpur's tables\n"
+        "(`spur-runs migrate`).",
     )
     add_flags(serve, common=False)
 

@@ -205,6 +205,47 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     assert any("all workers drained and exited" in line["message"] for line in lines)
 
 
+@pytest.mark.slow
+@pytest.mark.exclusive  # three processes start within wait_until's bound
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+def test_workers_drain_when_their_process_group_is_signalled(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A closing terminal or SSH session (SIGHUP) and Ctrl-C (SIGINT) signal
+    the whole process group: parent and workers. SIGHUP used to kill them
+    all at once (exit -1, no drain, no log line). Now the workers ignore
+    both, the parent forwards SIGTERM (which a worker still draining from
+    the group's signal would take for a second, impatient one), they drain
+    once, and the parent exits 0."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    _fill(url, "demo", runs=1)
+    grpc_port = free_port()
+    log = tmp_path / "stderr"
+    command = [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
+               "--workers", "2", "--grpc-address", f"127.0.0.1:{grpc_port}",
+               "--log-format", "json"]  # fmt: skip
+    with log.open("w") as err:
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
+        )
+    workers: list[int] = []
+    try:
+        wait_until(lambda: len(_serving_pids(log)) == 2, "both workers serving", timeout=60)
+        workers = sorted(_serving_pids(log))
+        os.killpg(process.pid, signum)
+        code = process.wait(timeout=30)
+        text = log.read_text()
+        assert code == 0, text
+        assert "all workers drained and exited" in text, text
+        assert "during the drain: exiting now" not in text, text
+    finally:
+        if process.poll() is None:
+            process.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie left for init to reap does not)."""
     try:

@@ -320,6 +320,40 @@ def test_sigterm_on_sqlite_ends_in_time_and_a_cancelled_delete_does_not_commit(
             process.kill()
 
 
+def test_sighup_drains_like_sigterm(sqlite_url: str) -> None:
+    """A closing terminal or SSH session (README's command run in one) sends
+    SIGHUP: it used to kill the process at once (exit 129), in-flight calls
+    cut, no log line. Now it drains: the call waiting for the write lock
+    when it comes is answered once the lock is freed, and the process exits 0."""
+    db, run_id = _one_run(sqlite_url)
+    db.dispose()
+    path = sqlite_url.removeprefix("sqlite:///")
+    port = free_port()
+    process = _serve(sqlite_url, port, "--grace-seconds", "10")
+    locker = sqlite3.connect(path, isolation_level=None)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            locker.execute("BEGIN IMMEDIATE")
+            held = RunServiceStub(channel).DeleteRun.future(
+                pb.DeleteRunRequest(run_id=run_id), timeout=30
+            )
+            time.sleep(1.0)  # the delete now waits for the write lock, inside the server
+            process.send_signal(signal.SIGHUP)
+            time.sleep(0.5)
+            assert process.poll() is None, f"SIGHUP killed the process: exit {process.poll()}"
+            locker.execute("ROLLBACK")
+            held.result(timeout=10)  # answered OK
+        code = process.wait(timeout=20)
+        output = process.stdout.read() if process.stdout else ""
+        assert code == 0, output
+        assert "SIGHUP: draining" in output and "Traceback" not in output, output
+    finally:
+        locker.close()
+        if process.poll() is None:
+            process.kill()
+
+
 def _tgkill(pid: int, tid: int, signum: int) -> None:
     """Send `signum` to thread `tid` of process `pid` (Linux tgkill(2)): the
     kernel may deliver a process's SIGTERM to any thread that does not block

@@ -1,4 +1,4 @@
-"""Serve one process until SIGTERM or SIGINT, then drain: `spur-runs serve`
+"""Serve one process until SIGTERM, SIGINT or SIGHUP, then drain: `spur-runs serve`
 with one worker, and each worker of `--workers N` (runtime/workers.py).
 
 Here rather than in cli.py so that workers.py need not import the command
@@ -43,11 +43,20 @@ def check_port_free(address: str, name: str) -> None:
         raise OSError(f"cannot listen on {address}: {error.strerror or error}") from None
 
 
+# What stops a server: SIGHUP too, which a closing terminal or SSH session
+# sends (README's command run in one): it used to kill the process at once,
+# with no drain and no log line.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def serve(
-    config: Config, metrics: Metrics | None = None, stopping: threading.Event | None = None
+    config: Config,
+    metrics: Metrics | None = None,
+    stopping: threading.Event | None = None,
+    signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
 ) -> int:
-    """Serve until SIGTERM or SIGINT (or `stopping` is set), then drain; one
-    process, or one worker of several."""
+    """Serve until one of `signals` (or `stopping` is set), then drain; one
+    process, or one worker of several (which the parent stops by SIGTERM)."""
     from .server import create_server
 
     try:
@@ -70,8 +79,8 @@ def serve(
 
     # Before start: health says SERVING as soon as gRPC listens, and a
     # SIGTERM sent from then on must drain, not kill the process outright.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in signals:
+        signal.signal(signum, on_signal)
     server.start()
     # A timed wait, not stopping.wait(): the kernel may hand SIGTERM to any
     # thread that does not block it (grpc's own threads included), and

@@ -11,12 +11,16 @@ PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, chosen at
 its import, hence set before the workers start); each worker writes its
 numbers there, and whichever worker answers a scrape adds all of them up.
 
-Signals: SIGTERM or SIGINT to the parent is forwarded to every worker, each
-drains as a single server does, and the parent exits 0 once all of them have
-exited 0. A parent killed without a word (SIGKILL) takes its workers with it:
-each drains once it sees its parent gone. A worker that dies on its own
-stops the others and the parent exits 1: the process supervisor (systemd,
-Kubernetes) restarts the whole, rather than this code hiding a crash loop.
+Signals: SIGTERM, SIGINT or SIGHUP to the parent is forwarded to every
+worker as SIGTERM, each drains as a single server does, and the parent exits
+0 once all of them have exited 0. Workers ignore SIGINT and SIGHUP: a
+terminal's Ctrl-C and a closing terminal or SSH session send them to the
+whole process group, and the parent's SIGTERM that follows would count as a
+second, impatient signal (serve.py: exit at once, no drain). A parent
+killed without a word (SIGKILL) takes its workers with it: each drains
+once it sees its parent gone. A worker that dies on its own stops the
+others and the parent exits 1: the process supervisor (systemd, Kubernetes)
+restarts the whole, rather than this code hiding a crash loop.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Any
 from .. import tls
 from ..config import Config, ConfigError
 from ..rpc import auth
-from .serve import check_port_free
+from .serve import STOP_SIGNALS, check_port_free
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +52,9 @@ def _worker(config: Config, metrics_dir: str) -> None:
     """A worker process's main (spawned: a fresh interpreter, no fork)."""
     # Catch a stop that arrives while the server is still being built.
     stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda _signum, _frame: stopping.set())
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    for signum in (signal.SIGINT, signal.SIGHUP):  # the parent's, as SIGTERM
+        signal.signal(signum, signal.SIG_IGN)
     # A parent killed outright (SIGKILL, the OOM killer) forwards no signal:
     # its workers would go on serving on the port, and a restarted parent
     # could not bind it. Each worker drains once its parent is gone.
@@ -63,7 +68,9 @@ def _worker(config: Config, metrics_dir: str) -> None:
     from .serve import serve
 
     logs.setup(config)
-    sys.exit(serve(config, Metrics(multiprocess_dir=metrics_dir), stopping))
+    sys.exit(
+        serve(config, Metrics(multiprocess_dir=metrics_dir), stopping, signals=(signal.SIGTERM,))
+    )
 
 
 def _stop_with_parent(sentinel: int, stopping: threading.Event) -> None:
@@ -104,8 +111,8 @@ def serve_workers(config: Config) -> int:
             log.info("%s: stopping %d workers", signal.Signals(signum).name, len(workers))
         stopping.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     try:
         for worker in workers:
             worker.start()
