@@ -207,3 +207,20 @@ def test_the_text_access_line_names_an_http_caller(
     assert " peer=unix:" in lines["WatchRun"], lines
     for name in ("GetRun", "WatchRun"):
         assert lines[name].endswith(" forwarded_for=127.0.0.1"), lines
+
+
+def test_the_start_up_log_shows_no_password_of_the_query_string(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libpq takes a password in the query string too: SQLAlchemy's
+    render_as_string(hide_password=True) masks only user:password@, and
+    `serving gRPC on ... (database ...?password=qs3cret)` was logged."""
+    from spur_runs.store.migrate import migrate
+
+    migrate(postgres_url)
+    caplog.set_level("INFO")
+    server = start_server(postgres_url + "?password=qs3cret&sslpassword=k3y")
+    server.stop(grace=0)
+    serving = [r.getMessage() for r in caplog.records if "serving gRPC" in r.getMessage()]
+    assert serving and "password=***" in serving[0], serving
+    assert "qs3cret" not in caplog.text and "k3y" not in caplog.text, caplog.text

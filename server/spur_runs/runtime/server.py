@@ -35,7 +35,7 @@ from ..rpc.decode import DecodeHook
 from ..rpc.encode import EncodeHook
 from ..rpc.errors import ErrorHook
 from ..rpc.observe import ObserveHook
-from ..store.db import Database
+from ..store.db import Database, shown_url
 from ..store.schema_check import warn_missing_indexes
 from ..telemetry.metrics import Metrics
 from .health import DatabaseHealth
@@ -242,12 +242,12 @@ class RunsServer:
             "serving gRPC on %s:%d (database %s)",
             f"[{host}]" if ":" in host else host,
             self.port,
-            self.db.engine.url.render_as_string(hide_password=True),
+            shown_url(self.db.engine.url),
         )
         if self.db.read_engine is not None:
             log.info(
                 "read RPCs go to the replica %s",
-                self.db.read_engine.url.render_as_string(hide_password=True),
+                shown_url(self.db.read_engine.url),
             )
         log.info(
             "gRPC %s; authentication %s",

@@ -107,6 +107,29 @@ def bound_text(limit: int | None) -> None:
     _TEXT.limit = _TEXT.left = limit
 
 
+# Query parameters of a database URL that carry a secret: libpq's (and so
+# psycopg's) password and the key's passphrase, sslpassword. passfile and
+# sslkey name files, which are no secret.
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+
+
+def shown_url(url: str | URL) -> str:
+    """`url` as logs, messages and printed output show it: the password of
+    user:password@ and the values of SECRET_QUERY_KEYS as ***. SQLAlchemy's
+    render_as_string(hide_password=True) masks the first only, and
+    `postgresql://u@host/db?password=...` was logged in plain text."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    # A placeholder of letters, which the query string leaves unescaped
+    # ("***" would be shown as %2A%2A%2A), replaced once rendered.
+    secret = {key: _MASKED for key in parsed.query if key.lower() in SECRET_QUERY_KEYS}
+    if secret:
+        parsed = parsed.update_query_dict(secret)
+    return parsed.render_as_string(hide_password=True).replace(_MASKED, "***")
+
+
+_MASKED = "SpurRunsMaskedSecret"
+
+
 def load_json(text: str | bytes) -> Any:
     """JSON columns as Python values. orjson parses them ~8x faster than the
     json module (the tasks of a list page hold ~60 JSON values); it refuses

@@ -40,9 +40,8 @@ from alembic.config import Config  # noqa: E402
 from alembic.runtime.migration import MigrationContext  # noqa: E402
 from alembic.script import ScriptDirectory  # noqa: E402
 from sqlalchemy import Connection, inspect  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
-from .db import WRITE_OPTION, create_db_engine, normalize_url  # noqa: E402
+from .db import WRITE_OPTION, create_db_engine, normalize_url, shown_url  # noqa: E402
 from .migrations import SCRIPT_LOCATION, VERSION_TABLE  # noqa: E402
 from .schema_check import missing_sqlite_file  # noqa: E402
 
@@ -74,7 +73,7 @@ def _revision_of(connection: Connection) -> str | None:
 
 
 def _display(database_url: str) -> str:
-    return normalize_url(database_url).render_as_string(hide_password=True)
+    return shown_url(normalize_url(database_url))
 
 
 def migrate(database_url: str) -> None:
@@ -130,7 +129,7 @@ def migrate_sql(database_url: str, out: TextIO) -> None:
         finally:
             engine.dispose()
     head = head_revision()
-    shown = make_url(database_url).render_as_string(hide_password=True)
+    shown = shown_url(database_url)
     where = f"-- spur-runs migrate --sql, for {shown}"
     if current == head:
         out.write(f"{where}: already at revision {head}, nothing to run\n")

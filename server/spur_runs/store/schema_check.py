@@ -20,7 +20,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import ConfigError
-from .db import create_db_engine, normalize_url
+from .db import create_db_engine, normalize_url, shown_url
 from .migrations import OUR_TABLES
 from .models import SERVICE_INDEXES, Base
 
@@ -44,7 +44,7 @@ def require_tables(database_url: str) -> None:
         url = normalize_url(database_url)
     except ArgumentError as error:
         raise ConfigError(f"the database URL is not one SQLAlchemy can read: {error}") from None
-    shown = url.render_as_string(hide_password=True)
+    shown = shown_url(url)
     fix = f"run `spur-runs migrate --database-url {shown}` first"
     sqlite = url.get_backend_name() == "sqlite"
     if sqlite and url.database in (None, "", ":memory:"):
