@@ -291,7 +291,10 @@ class RunsServer:
         stopping = self.grpc.stop(grace + CUT_LEAD_SECONDS)
         stopping.wait(grace)
         if not stopping.is_set():
-            log.warning("calls still running after the grace period: their writes roll back")
+            log.warning(
+                "gRPC not stopped at the end of the grace period: the writes of the calls "
+                "still running roll back"
+            )
         self.db.cut()
         stopped = stopping.wait(CUT_LEAD_SECONDS + STOP_SECONDS)
         if not stopped:
