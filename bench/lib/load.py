@@ -60,11 +60,18 @@ class GrpcLoad:
     bodies: list[Path]  # one segment each, in turn
     min_data: list[int]  # smallest DATA bytes per answer of each body (gRPC errors have none)
 
-    # A case so slow that a timed segment completes fewer calls than this is
-    # measured by count instead: SLOW_CALLS calls (two waves of the 16 in
-    # flight), however long they take.
-    SLOW_CALLS = 2 * H2LOAD_CLIENTS * H2LOAD_STREAMS
     counted: bool = False  # set once a case fell back to counting
+    # Calls in flight: h2load's -c and -m. Fewer for a case the server itself
+    # runs a few of at once (deep page-number pages: half its RPC threads).
+    clients: int = H2LOAD_CLIENTS
+    streams: int = H2LOAD_STREAMS
+
+    @property
+    def SLOW_CALLS(self) -> int:  # noqa: N802 - was a constant; same meaning
+        """A case so slow that a timed segment completes fewer calls than
+        this is measured by count instead: this many calls (two waves of
+        those in flight), however long they take."""
+        return 2 * self.clients * self.streams
 
     def _h2load(
         self, n: int, body: Path, min_data: int, work: Path, limit: list[str]
@@ -72,7 +79,7 @@ class GrpcLoad:
         """One h2load run: (calls done, seconds, latencies in ms)."""
         log_file = work / f"h2load-{n}.log"
         command = [
-            "h2load", "-t", "1", "-c", str(H2LOAD_CLIENTS), "-m", str(H2LOAD_STREAMS),
+            "h2load", "-t", "1", "-c", str(self.clients), "-m", str(self.streams),
             *limit, *GRPC_HEADERS, "-d", str(body),
             "--log-file", str(log_file), f"http://127.0.0.1:{self.port}{self.path}",
         ]  # fmt: skip
@@ -136,11 +143,11 @@ class GrpcLoad:
 
     def describe(self) -> str:
         return (
-            f"h2load -t1 -c{H2LOAD_CLIENTS} -m{H2LOAD_STREAMS} -D <segment> -H 'content-type: application/grpc' "
+            f"h2load -t1 -c{self.clients} -m{self.streams} -D <segment> -H 'content-type: application/grpc' "
             f"-H 'te: trailers' -d <body> http://127.0.0.1:PORT{self.path}"
             + (f"  ({len(self.bodies)} segments, one body each)" if len(self.bodies) > 1 else "")
             + (
-                f"  (too slow for a {H2LOAD_CLIENTS}x{H2LOAD_STREAMS} timed window: -n {self.SLOW_CALLS} per round instead of -D)"
+                f"  (too slow for a {self.clients}x{self.streams} timed window: -n {self.SLOW_CALLS} per round instead of -D)"
                 if self.counted
                 else ""
             )
