@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -217,17 +218,7 @@ def test_workers_drain_when_their_process_group_is_signalled(
     both, the parent forwards SIGTERM (which a worker still draining from
     the group's signal would take for a second, impatient one), they drain
     once, and the parent exits 0."""
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
-    _fill(url, "demo", runs=1)
-    grpc_port = free_port()
-    log = tmp_path / "stderr"
-    command = [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
-               "--workers", "2", "--grpc-address", f"127.0.0.1:{grpc_port}",
-               "--log-format", "json"]  # fmt: skip
-    with log.open("w") as err:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True
-        )
+    process, log, _, _ = _two_workers(tmp_path, start_new_session=True)
     workers: list[int] = []
     try:
         wait_until(lambda: len(_serving_pids(log)) == 2, "both workers serving", timeout=60)
@@ -246,6 +237,27 @@ def test_workers_drain_when_their_process_group_is_signalled(
                 os.kill(pid, signal.SIGKILL)
 
 
+class _Workers(NamedTuple):
+    process: subprocess.Popen[bytes]
+    log: Path  # its stderr: JSON lines
+    command: list[str]
+    grpc_port: int
+
+
+def _two_workers(tmp_path: Path, **popen: Any) -> _Workers:
+    """`serve --workers 2` started on a demo database."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    _fill(url, "demo", runs=1)
+    log = tmp_path / "stderr"
+    grpc_port = free_port()
+    command = [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
+               "--workers", "2", "--grpc-address", f"127.0.0.1:{grpc_port}",
+               "--log-format", "json"]  # fmt: skip
+    with log.open("w") as err:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, **popen)
+    return _Workers(process, log, command, grpc_port)
+
+
 def _alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie left for init to reap does not)."""
     try:
@@ -260,15 +272,7 @@ def _alive(pid: int) -> bool:
 def test_workers_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
     """SIGKILL forwards nothing: the workers must notice their parent gone
     and stop, leaving the port to the parent a supervisor restarts."""
-    url = f"sqlite:///{tmp_path / 'runs.db'}"
-    _fill(url, "demo", runs=1)
-    grpc_port = free_port()
-    log = tmp_path / "stderr"
-    command = [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
-               "--workers", "2", "--grpc-address", f"127.0.0.1:{grpc_port}",
-               "--log-format", "json"]  # fmt: skip
-    with log.open("w") as err:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
+    process, log, command, grpc_port = _two_workers(tmp_path)
     try:
         wait_until(lambda: len(_serving_pids(log)) == 2, "both workers serving", timeout=60)
         workers = _serving_pids(log)

@@ -262,6 +262,20 @@ def test_sigterm_ends_within_the_grace_period_whatever_the_database_does(
             process.kill()
 
 
+def _delete_behind_the_write_lock(
+    channel: grpc.Channel, locker: sqlite3.Connection, run_id: str, timeout: float
+) -> grpc.Future:
+    """Once the server serves: `locker` takes SQLite's write lock and a
+    DeleteRun of `run_id` is sent, which then waits for it inside the server."""
+    wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+    locker.execute("BEGIN IMMEDIATE")
+    held = RunServiceStub(channel).DeleteRun.future(
+        pb.DeleteRunRequest(run_id=run_id), timeout=timeout
+    )
+    time.sleep(1.0)
+    return held
+
+
 @pytest.mark.parametrize("released", [None, 0.7], ids=["lock-held", "lock-freed-after-grace"])
 def test_sigterm_on_sqlite_ends_in_time_and_a_cancelled_delete_does_not_commit(
     sqlite_url: str, released: float | None
@@ -285,12 +299,7 @@ def test_sigterm_on_sqlite_ends_in_time_and_a_cancelled_delete_does_not_commit(
     locker = sqlite3.connect(path, isolation_level=None)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
-            locker.execute("BEGIN IMMEDIATE")
-            held = RunServiceStub(channel).DeleteRun.future(
-                pb.DeleteRunRequest(run_id=run_id), timeout=60
-            )
-            time.sleep(1.0)  # the delete now waits for the write lock, inside the server
+            held = _delete_behind_the_write_lock(channel, locker, run_id, timeout=60)
             signalled = time.monotonic()
             process.send_signal(signal.SIGTERM)
             if released is not None:
@@ -333,12 +342,7 @@ def test_sighup_drains_like_sigterm(sqlite_url: str) -> None:
     locker = sqlite3.connect(path, isolation_level=None)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
-            locker.execute("BEGIN IMMEDIATE")
-            held = RunServiceStub(channel).DeleteRun.future(
-                pb.DeleteRunRequest(run_id=run_id), timeout=30
-            )
-            time.sleep(1.0)  # the delete now waits for the write lock, inside the server
+            held = _delete_behind_the_write_lock(channel, locker, run_id, timeout=30)
             process.send_signal(signal.SIGHUP)
             time.sleep(0.5)
             assert process.poll() is None, f"SIGHUP killed the process: exit {process.poll()}"
