@@ -58,14 +58,33 @@ def test_headers_only_checks_do_not_fail_the_kubelets_probes(server: RunsServer)
 def test_the_probe_serves_check_alone(server: RunsServer) -> None:
     """Watch streams would hold the probe's few call slots: not served."""
     assert server.probe_port
-    with grpc.insecure_channel(f"127.0.0.1:{server.probe_port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        watches = [stub.Watch(health_pb2.HealthCheckRequest()) for _ in range(CONCURRENT_CALLS)]
+    # CONCURRENT_CALLS watches at once, two per connection: within the
+    # connection's 4 streams even while a finished stream is still counted
+    # by the server. (Eight on one connection were sometimes refused with
+    # RST_STREAM REFUSED_STREAM, an UNAVAILABLE, before reaching the server.)
+    per_connection = 2
+    channels = [
+        grpc.insecure_channel(
+            f"127.0.0.1:{server.probe_port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        )
+        for _ in range(CONCURRENT_CALLS // per_connection)
+    ]
+    try:
+        stubs = [health_pb2_grpc.HealthStub(channel) for channel in channels]
+        watches = [
+            stub.Watch(health_pb2.HealthCheckRequest(), timeout=5)
+            for stub in stubs
+            for _ in range(per_connection)
+        ]
+        assert len(watches) == CONCURRENT_CALLS
         for watch in watches:
             with pytest.raises(grpc.RpcError) as raised:
                 next(watch)
             assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
         with pytest.raises(grpc.RpcError) as raised:
-            stub.List(health_pb2.HealthListRequest(), timeout=5)
+            stubs[0].List(health_pb2.HealthListRequest(), timeout=5)
         assert raised.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        for channel in channels:
+            channel.close()
     assert kubelet_check(server.probe_port) == SERVING
