@@ -5,7 +5,6 @@ filter implies. InvalidArgument names the field at fault.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,14 +17,7 @@ from ..errors import InvalidArgument
 from ..store.runs import NO_FILTER, RunFilter
 from . import paging
 from .convert import STORED_RUN_STATUS
-
-# Workflow ids are computed by the database as "S" || _intid.
-_WORKFLOW_ID = re.compile(r"S[1-9][0-9]{0,18}")
-# PySpur's run types are short words ("interactive", "batch", "openai"); the
-# bound keeps a filter from being a way to send the database a megabyte.
-RUN_TYPE_MAX_CHARS = 100
-# Control characters: PostgreSQL text cannot hold NUL, and no run type has any.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from .rules import RUN_STATUS_FILTER, RUN_TYPE, WORKFLOW_ID
 
 _VIEWS = frozenset(run_pb2.RunView.values())
 _EPOCH = datetime(1970, 1, 1)
@@ -63,24 +55,23 @@ def _stored_time(stamp: timestamp_pb2.Timestamp, field: str) -> datetime:
 def run_filter(request: pb.ListRunsRequest) -> RunFilter:
     """The validated filters of a ListRuns request."""
     workflow_id = request.workflow_id or None
-    if workflow_id is not None and not _WORKFLOW_ID.fullmatch(workflow_id):
+    if workflow_id is not None and not WORKFLOW_ID.matches(workflow_id):
         raise InvalidArgument(
             "workflow_id", f"must be a workflow id such as S3, got {_shown(workflow_id)}"
         )
     statuses = set()
     for number in request.status:
-        status = STORED_RUN_STATUS.get(number)
-        if status is None:
+        if number not in RUN_STATUS_FILTER.numbers:
             name = (
                 run_pb2.Run.Status.Name(number) if number in run_pb2.Run.Status.values() else number
             )
             raise InvalidArgument("status", f"{name} is not a status a run can have")
-        statuses.add(status)
+        statuses.add(STORED_RUN_STATUS[number])
     run_type = request.run_type or None
     if run_type is not None:
-        if len(run_type) > RUN_TYPE_MAX_CHARS:
-            raise InvalidArgument("run_type", f"must be at most {RUN_TYPE_MAX_CHARS} characters")
-        if _CONTROL.search(run_type):
+        if len(run_type) > RUN_TYPE.max_length:
+            raise InvalidArgument("run_type", f"must be at most {RUN_TYPE.max_length} characters")
+        if not RUN_TYPE.matches(run_type):
             raise InvalidArgument("run_type", "must not contain control characters")
     after = (
         _stored_time(request.start_time_after, "start_time_after")

@@ -1,4 +1,4 @@
-"""Page sizes and opaque page tokens.
+"""Opaque page tokens (page sizes are rules.py's).
 
 A token is the position of the last item of a page (a keyset cursor), bound
 to the listing it came from (its *scope*: "runs", "children:R5", ..., with a
@@ -42,16 +42,6 @@ _MAC_BYTES = 8
 # rows another tool wrote, listed like any other.
 INTID_MIN = -(2**63)
 INTID_MAX = 2**63 - 1
-
-
-def page_size(value: int | None, *, default: int, maximum: int, field: str = "page_size") -> int:
-    """A checked page size; `default` when the request left it unset (None).
-    An explicit 0 is out of range, as the seed's `min: 1` says."""
-    if value is None:
-        return default
-    if not 1 <= value <= maximum:
-        raise InvalidArgument(field, f"must be between 1 and {maximum}, got {value}")
-    return value
 
 
 def filtered_scope(listing: str, filters: dict[str, Any]) -> str:

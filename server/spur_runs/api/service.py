@@ -6,7 +6,6 @@ one place, rpc.errors.ErrorHook.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,23 +19,13 @@ from spur.runs.v1 import run_service_pb2_grpc
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..store import runs
 from ..store.db import Database
-from . import convert, filters, paging
+from . import convert, filters, paging, rules
 from .spliced import Spliced
 from .versions import VersionCache
 from .watch import WatchHub
 
-# Ids are computed by the database as "R" || _intid (a 64-bit integer: from
-# 1 in PySpur, any in a row another tool wrote), so R0 or R-3 may be listed.
-_RUN_ID = re.compile(r"R(?:0|-?[1-9][0-9]{0,18})")
-
 M = TypeVar("M")
 
-LIST_PAGE_SIZE = 10
-LIST_MAX_PAGE_SIZE = 100
-CHILDREN_PAGE_SIZE = 100
-CHILDREN_MAX_PAGE_SIZE = 100
-TASKS_PAGE_SIZE = 1000
-TASKS_MAX_PAGE_SIZE = 1000
 # ListRuns calls whose cost grows with the table, whatever their page size: a
 # page-number page more than this many runs deep (the database walks every
 # run before it), or a total count. A review, 2026-12-04: 16 such calls at
@@ -50,7 +39,7 @@ HEAVY_SLOT_WAIT_S = 0.5
 def validate_run_id(value: str, field: str = "run_id") -> str:
     if not value:
         raise InvalidArgument(field, "is required")
-    if not _RUN_ID.fullmatch(value):
+    if not rules.RUN_ID.matches(value):
         shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidArgument(field, f"must be a run id such as R42, got {shown!r}")
     return value
@@ -70,13 +59,8 @@ class ListQuery:
 
 def list_query(request: pb.ListRunsRequest) -> ListQuery:
     """Check a ListRuns request (InvalidArgument) and say which page it asks for."""
-    size = paging.page_size(
-        _optional(request, "page_size"), default=LIST_PAGE_SIZE, maximum=LIST_MAX_PAGE_SIZE
-    )
-    page = _optional(request, "page")
-    if page is not None and page < 1:
-        raise InvalidArgument("page", f"must be at least 1, got {page}")
-    page = page or 1
+    size = rules.LIST_PAGE_SIZE.check(_optional(request, "page_size"), "page_size")
+    page = rules.PAGE.check(_optional(request, "page"), "page")
     where = filters.run_filter(request)
     scope = filters.list_scope(where)
     after = None
@@ -225,9 +209,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.GetRunTasksRequest, context: grpc.ServicerContext
     ) -> pb.GetRunTasksResponse:
         run_id = validate_run_id(request.run_id)
-        size = paging.page_size(
-            _optional(request, "page_size"), default=TASKS_PAGE_SIZE, maximum=TASKS_MAX_PAGE_SIZE
-        )
+        size = rules.TASKS_PAGE_SIZE.check(_optional(request, "page_size"), "page_size")
         scope = f"tasks:{run_id}"
         after = (
             paging.decode_intid_cursor(scope, request.page_token) if request.page_token else None
@@ -257,11 +239,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.GetChildRunsRequest, context: grpc.ServicerContext
     ) -> pb.GetChildRunsResponse | Spliced:
         run_id = validate_run_id(request.run_id)
-        size = paging.page_size(
-            _optional(request, "page_size"),
-            default=CHILDREN_PAGE_SIZE,
-            maximum=CHILDREN_MAX_PAGE_SIZE,
-        )
+        size = rules.CHILDREN_PAGE_SIZE.check(_optional(request, "page_size"), "page_size")
         basic = filters.is_basic(request.view)
         scope = f"children:{run_id}"
         after = (
