@@ -40,6 +40,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.rpc import code_pb2, status_pb2
 
 from .. import tls
+from ..api.rules import REQUEST_RULES
 from ..config import Config, parse_address
 from ..telemetry.metrics import Metrics
 from ..trust import parse_proxies
@@ -126,7 +127,9 @@ class HttpGateway:
         title = ", ".join(served) or "no annotated services"
         # --http-path-prefix: every path, ours included, lives under it.
         self._prefix = config.http_path_prefix
-        self.openapi = build_openapi(routes, load_comments(), title, _version(), self._prefix)
+        self.openapi = build_openapi(
+            routes, load_comments(), title, _version(), self._prefix, REQUEST_RULES
+        )
         document_probes(self.openapi)  # GET /healthz, /readyz (probes.py)
         self._mux = Mux(
             routes,

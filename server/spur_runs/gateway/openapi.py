@@ -5,6 +5,11 @@ Schemas describe the JSON that transcode.py writes: proto field names, every
 field present, fields with presence nullable, int64 as strings, enums by
 name, well-known types in their JSON forms. Descriptions are the comments of
 the protos (comments.py).
+
+What a client sends is described as strictly as the server checks it: the
+rules of api/rules.py (patterns, lengths, ranges and defaults, the enum
+values a field takes) narrow the schemas of request fields, so that a
+client generated from the document knows what is refused with 400.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from ..api.rules import Choice, Count, Rule, Text
 from .links import pages_by_link
 from .routes import Route
 from .transcode import QUERY_MESSAGES
@@ -109,10 +115,13 @@ class _Builder:
         schemas: dict[str, Schema] | None = None,
         *,
         pyspur: bool = False,
+        rules: Mapping[str, Rule] | None = None,
     ) -> None:
         self.comments = comments
         self.schemas: dict[str, Schema] = {} if schemas is None else schemas
         self.pyspur = pyspur
+        # Request field (full name) -> what the server accepts of it.
+        self.rules: Mapping[str, Rule] = rules or {}
 
     def describe(self, schema: Schema, full_name: str) -> Schema:
         text = self.comments.get(full_name)
@@ -146,17 +155,24 @@ class _Builder:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def value(self, field: FieldDescriptor, for_input: bool = False) -> Schema:
+        """The schema of one value of `field`; `for_input`: as a client
+        sends it, narrowed by the field's rule."""
         if field.message_type is not None:
             return self.message(field.message_type, for_input)
+        rule = self.rules.get(field.full_name) if for_input else None
         if field.enum_type is not None:
             values = field.enum_type.values
+            if isinstance(rule, Choice):
+                values = [v for v in values if v.number in rule.numbers]
             names: Schema = {"type": "string", "enum": [v.name for v in values]}
             if not for_input:
-                return names  # transcode.py writes names
+                # transcode.py writes names. The whole enum, a response's
+                # values being what the server writes, not what it takes.
+                return names
             # What a client sends may be the name or the number, as
             # grpc-gateway (query parameters) and proto3 JSON (bodies) accept.
             return {"anyOf": [names, {"type": "integer", "enum": [v.number for v in values]}]}
-        return dict(_SCALARS[field.type])
+        return _narrowed(dict(_SCALARS[field.type]), rule)
 
     def field(self, field: FieldDescriptor, for_input: bool = False) -> Schema:
         entry = field.message_type
@@ -186,7 +202,7 @@ class _Builder:
                         "name": ".".join(variable.field_path),
                         "in": "path",
                         "required": True,
-                        "schema": self.value(field),
+                        "schema": self.value(field, for_input=True),
                     },
                     field.full_name,
                 )
@@ -222,6 +238,21 @@ class _Builder:
             else:
                 parameter["schema"] = schema
             found.append(self.describe(parameter, field.full_name))
+
+
+def _narrowed(schema: Schema, rule: Rule | None) -> Schema:
+    """A scalar's schema with what its rule adds (enums: _Builder.value)."""
+    if isinstance(rule, Text):
+        # JSON Schema's `pattern` matches anywhere (ECMA-262 search); the
+        # server's must match the whole value (re.fullmatch).
+        return {**schema, "pattern": f"^(?:{rule.pattern})$", "maxLength": rule.max_length}
+    if isinstance(rule, Count):
+        # The rule's bounds, within the type's (int32's, where the rule
+        # leaves the maximum to the type), and the value an unset field means.
+        schema = {**schema, "minimum": rule.minimum, "default": rule.default}
+        if rule.maximum is not None:
+            schema["maximum"] = rule.maximum
+    return schema
 
 
 def _resolve(message: Descriptor, path: Sequence[str]) -> FieldDescriptor:
@@ -310,8 +341,11 @@ def build_openapi(
     title: str,
     version: str,
     prefix: str = "",
+    rules: Mapping[str, Rule] | None = None,
 ) -> dict[str, Any]:
-    builder = _Builder(comments)
+    """`rules`: what the server accepts of request fields, by full name
+    (api/rules.py's REQUEST_RULES); unruled fields take their type's range."""
+    builder = _Builder(comments, rules=rules)
     pyspur = _Builder(comments, builder.schemas, pyspur=True)
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
