@@ -16,8 +16,8 @@ from sqlalchemy import update
 
 from gateway_testproto import load
 from http_client import Http, Seeded
-from spur.runs.v1 import run_pb2
-from spur_runs.gateway.comments import comments_of
+from spur.runs.v1 import run_pb2, run_service_pb2
+from spur_runs.gateway.comments import comments_of, load_comments
 from spur_runs.gateway.openapi import build_openapi
 from spur_runs.gateway.routes import routes_for
 from spur_runs.runtime.server import RunsServer
@@ -155,7 +155,9 @@ def test_descriptions_are_the_proto_comments(document: dict[str, Any]) -> None:
     assert set(run["required"]) == set(run["properties"])
     get_run = document["paths"]["/run/{run_id}"]["get"]
     assert get_run["summary"] == "Returns one run with its workflow version and tasks."
-    assert get_run["description"] == "NOT_FOUND when no run has that id."
+    assert get_run["description"] == (
+        "Returns one run with its workflow version and tasks. NOT_FOUND when no run has that id."
+    )
     assert get_run["operationId"] == "RunService_GetRun2"  # an additional binding
     assert document["paths"]["/v1/runs/{run_id}"]["get"]["operationId"] == "RunService_GetRun"
     operations = [op["operationId"] for item in document["paths"].values() for op in item.values()]
@@ -166,6 +168,39 @@ def test_descriptions_are_the_proto_comments(document: dict[str, Any]) -> None:
     assert 'rel="next"' in listed["headers"]["Link"]["description"]
     assert "headers" not in document["paths"]["/v1/runs"]["get"]["responses"]["200"]
     assert schemas["google.rpc.Status"]["required"] == ["code", "message", "details"]
+
+
+def test_summaries_are_whole_sentences_and_descriptions_whole_comments(
+    document: dict[str, Any],
+) -> None:
+    comments = load_comments()
+    for path, item in document["paths"].items():
+        for verb, operation in item.items():
+            service, _, method = operation["operationId"].partition("_")
+            if not method:
+                continue  # the probes (probes.py), no RPC's
+            comment = comments[f"spur.runs.v1.{service}.{method.rstrip('0123456789')}"]
+            summary, description = operation["summary"], operation["description"]
+            # The comment's first sentence, whole, though the proto's lines
+            # wrap inside it; the description, all of the comment.
+            assert "\n" not in summary and summary.endswith("."), (verb, path, summary)
+            assert description.startswith(summary), (verb, path)
+            assert description.split() == comment.split(), (verb, path)
+            assert "\n" not in description, (verb, path)  # one paragraph, joined
+    children = document["paths"]["/run/{run_id}/children"]["get"]["summary"]
+    assert children == (
+        "Returns the runs started by a run (its direct children), newest first like ListRuns, "
+        "one page at a time."
+    )
+    # A sentence does not end at "e.g."; a paragraph break stays one.
+    routes = routes_for([run_service_pb2.DESCRIPTOR.services_by_name["RunService"]])
+    comment = "Reads a run, e.g. R42, with\nits tasks. Then more.\n\nA second paragraph."
+    built = build_openapi(routes, {"spur.runs.v1.RunService.GetRun": comment}, "t", "1")
+    get_run = built["paths"]["/v1/runs/{run_id}"]["get"]
+    assert get_run["summary"] == "Reads a run, e.g. R42, with its tasks."
+    assert get_run["description"] == (
+        "Reads a run, e.g. R42, with its tasks. Then more.\n\nA second paragraph."
+    )
 
 
 def test_bodies_custom_verbs_and_nesting_are_documented() -> None:

@@ -14,6 +14,7 @@ client generated from the document knows what is refused with 400.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -335,6 +336,38 @@ _LINK_HEADER: Schema = {
 }
 
 
+# A line whose break is Markdown's: a list item, or indented (code).
+_OWN_LINE = re.compile(r"[ \t]|[-*+] |[0-9]+[.)] ")
+# A sentence ends at ., ! or ? before white space, unless that is "e.g." or
+# the like.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+_ABBREVIATION = re.compile(r"\b(?:[a-z]\.[a-z]|etc|vs|cf)\.$")
+
+
+def _joined(comment: str) -> str:
+    """`comment` with the line breaks protoc keeps, which fall mid-sentence
+    wherever the proto's lines wrap, made spaces; paragraphs, list items and
+    indented lines keep theirs."""
+    lines: list[str] = []
+    for line in comment.strip().split("\n"):
+        last = lines[-1] if lines else ""
+        if last and line and not _OWN_LINE.match(line) and last[0] not in " \t":
+            lines[-1] = f"{last} {line}"
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _summary(comment: str) -> str:
+    """The first sentence of `comment`'s first paragraph, whole. The whole
+    paragraph when no sentence ends before it does."""
+    paragraph = " ".join(_joined(comment).split("\n\n", 1)[0].split())
+    for end in _SENTENCE_END.finditer(paragraph):
+        if not _ABBREVIATION.search(paragraph[: end.start()]):
+            return paragraph[: end.start()]
+    return paragraph
+
+
 def build_openapi(
     routes: Sequence[Route],
     comments: Mapping[str, str],
@@ -351,7 +384,6 @@ def build_openapi(
     for route in routes:
         method = route.method
         text = comments.get(method.full_name, "")
-        summary, _, rest = text.partition("\n")
         output = method.output_type
         if route.response_body:
             target = _resolve(output, route.response_body.split("."))
@@ -383,7 +415,7 @@ def build_openapi(
             "operationId": f"{method.containing_service.name}_{method.name}"
             + (str(route.binding + 1) if route.binding else ""),
             "tags": [method.containing_service.name],
-            "summary": summary.strip() or method.name,
+            "summary": _summary(text) or method.name,
             "parameters": builder.parameters(route),
             "responses": {
                 **success,
@@ -393,8 +425,8 @@ def build_openapi(
                 },
             },
         }
-        if rest.strip():
-            operation["description"] = " ".join(rest.split())
+        if text:
+            operation["description"] = _joined(text)  # the whole comment
         if route.body:
             request = method.input_type
             schema = (
