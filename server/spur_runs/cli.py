@@ -15,6 +15,7 @@ import importlib.metadata
 import logging
 import math
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -79,6 +80,7 @@ _EPILOG = """\
 Every setting has an environment twin, shown with its default in each
 command's --help; a flag given on the command line wins over its twin. The
 flags that only shape one command's work (seed --runs, demo's) have none.
+Flags go after the command: spur-runs serve --log-level DEBUG.
 
 exit codes: 0 done; 1 the operation failed (database unreachable, ...);
 2 usage or set-up to fix (bad flag, database not migrated).
@@ -197,6 +199,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _misplaced(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+    """The line for a command's flag typed before the command, as docker and
+    git take their global flags (`spur-runs --log-level DEBUG serve`): where
+    it goes, with the command fixed. argparse alone read the flag's value as
+    the command ("invalid choice: 'DEBUG'"). Flags stay after the command
+    only: a flag in two places would need a rule for which wins, and the
+    top-level --help would list every setting again. None when no such flag
+    comes before the command: argparse judges the line."""
+    commands: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            commands.update(action.choices)
+    # Every command's flags, with whether each takes a value after it.
+    takes_value = {
+        option: action.nargs is None
+        for command in commands.values()
+        for action in command._actions
+        for option in action.option_strings
+        if option not in parser._option_string_actions  # -h, --help: the top's own
+    }
+    found: str | None = None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in commands or not token.startswith("-"):
+            break
+        option, equals, _value = token.partition("=")
+        if option in takes_value:
+            found = found or option
+            i += 1 if equals or not takes_value[option] else 2
+        else:
+            i += 1
+    if found is None:
+        return None
+    prog = parser.prog
+    if i < len(argv) and argv[i] in commands:
+        fixed = shlex.join([prog, argv[i], *argv[:i], *argv[i + 1 :]])
+        return f"{prog}: {found} goes after the command: {fixed}"
+    # No command, or a word that is none: argparse would take the flag's
+    # value for the command.
+    fixed = shlex.join(argv[:i])
+    return (
+        f"{prog}: {found} goes after the command: {prog} COMMAND {fixed} "
+        f"(COMMAND: {', '.join(commands)})"
+    )
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("spur-runs")
@@ -311,7 +360,12 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    misplaced = _misplaced(parser, sys.argv[1:] if argv is None else argv)
+    if misplaced is not None:
+        print(misplaced, file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
     prefix = f"spur-runs {args.command}"
     try:
         config = load_config(args)

@@ -119,6 +119,38 @@ def test_usage_errors_are_one_line_and_exit_2(args: list[str], fragment: str) ->
     one_line_error(spur_runs(*args), 2, fragment)
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (
+            ["--log-level", "debug", "serve"],
+            "spur-runs: --log-level goes after the command: spur-runs serve --log-level debug",
+        ),
+        (
+            ["--database-url=sqlite:///x.db", "migrate", "--sql"],
+            "spur-runs: --database-url goes after the command: "
+            "spur-runs migrate --database-url=sqlite:///x.db --sql",
+        ),
+        (
+            # A flag without a value, then one with a value that holds a space.
+            ["--no-reflection", "--grpc-address", "a b", "serve", "--workers", "2"],
+            "spur-runs: --no-reflection goes after the command: "
+            "spur-runs serve --no-reflection --grpc-address 'a b' --workers 2",
+        ),
+        (["--sql", "migrate"], "spur-runs: --sql goes after the command: spur-runs migrate --sql"),
+        (
+            ["--log-level", "debug"],
+            "spur-runs: --log-level goes after the command: spur-runs COMMAND --log-level debug "
+            "(COMMAND: serve, migrate, seed, demo, backup)",
+        ),
+    ],
+)
+def test_a_commands_flag_before_the_command_says_where_it_goes(args: list[str], line: str) -> None:
+    """As docker and git take global flags: argparse alone read the flag's
+    value as the command ("invalid choice: 'debug'")."""
+    assert one_line_error(spur_runs(*args), 2, line) == line
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["serve", "seed", "demo"])
 def test_a_database_without_pyspur_tables_is_exit_2(database_url: str, name: str) -> None:
