@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .config import Config, ConfigError
-from .settings import add_flags, load_config
+from .settings import add_flags, explain, load_config
 
 # Exit codes, one meaning each (`spur-runs --help`).
 EXIT_FAILED = 1  # the operation failed: database unreachable, disk full, ...
@@ -253,7 +253,7 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _serve(config: Config) -> int:
+def _serve(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .runtime.workers import preflight
@@ -264,7 +264,10 @@ def _serve(config: Config) -> int:
         # database), then the database's tables.
         preflight(config)
         require_tables(config.database_url)
-    except (ConfigError, OSError) as error:
+    except ConfigError as error:
+        print(f"spur-runs serve: {explain(error, args)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
         print(f"spur-runs serve: {error}", file=sys.stderr)
         return EXIT_USAGE
     except SQLAlchemyError as error:
@@ -351,7 +354,7 @@ def _backup(args: argparse.Namespace, config: Config) -> int:
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
-    "serve": lambda _args, config: _serve(config),
+    "serve": _serve,
     "migrate": _migrate,
     "seed": _seed,
     "demo": _demo,
@@ -369,7 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     prefix = f"spur-runs {args.command}"
     try:
         config = load_config(args)
-    except (ConfigError, TypeError) as error:
+    except ConfigError as error:
+        print(f"{prefix}: {explain(error, args)}", file=sys.stderr)
+        return EXIT_USAGE
+    except TypeError as error:
         print(f"{prefix}: {error}", file=sys.stderr)
         return EXIT_USAGE
     from .telemetry import logs
@@ -389,11 +395,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - every failure: one line, a code
         if debug:
             traceback.print_exc()
-        code = EXIT_USAGE if isinstance(error, ConfigError) else EXIT_FAILED
+        if isinstance(error, ConfigError):
+            print(f"{prefix}: {explain(error, args)}", file=sys.stderr)
+            return EXIT_USAGE
         hint = "" if debug else " (--log-level DEBUG for the traceback)"
-        print(f"{prefix}: {_one_line(error)}{hint if code == EXIT_FAILED else ''}",
-              file=sys.stderr)  # fmt: skip
-        return code
+        print(f"{prefix}: {_one_line(error)}{hint}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

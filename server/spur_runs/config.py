@@ -31,7 +31,19 @@ _INT32_MS = _INT32_MAX // 1000  # seconds: 24.8 days
 
 
 class ConfigError(ValueError):
-    """A configuration value that stops start-up (one clear line, exit 2)."""
+    """A configuration value that stops start-up (one clear line, exit 2).
+
+    `settings` names the Config fields whose values are at fault; `problem`
+    then says what is wrong without naming them, so that the command can
+    name each as the operator gave it, `--grpc-address=bad` or
+    `SPUR_RUNS_GRPC_ADDRESS=bad` (settings.explain). Without settings the
+    problem stands alone (a database that is not migrated)."""
+
+    def __init__(self, problem: str, *settings: str) -> None:
+        self.problem = problem
+        self.settings = settings
+        named = ", ".join(flag(name) for name in settings)
+        super().__init__(f"{named}: {problem}" if settings else problem)
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,9 @@ class Setting:
     zero: bool = False
     choices: tuple[str, ...] = ()
     common: bool = False  # a flag of every command, not of `serve` only
+    # Its value may hold a secret (a database URL's password): an error
+    # names the setting, never echoes the value.
+    secret: bool = False
 
 
 _T = TypeVar("_T")
@@ -63,9 +78,10 @@ def setting(
     zero: bool = False,
     choices: tuple[str, ...] = (),
     common: bool = False,
+    secret: bool = False,
 ) -> _T:
     """A Config field: its default, and its Setting as the field's metadata."""
-    meta = Setting(env, help, doc, bounds, zero, choices, common)
+    meta = Setting(env, help, doc, bounds, zero, choices, common, secret)
     return dataclasses.field(default=default, metadata={"setting": meta})
 
 
@@ -75,7 +91,7 @@ class Config:
         "sqlite:///spur-runs.db", "SPUR_RUNS_DATABASE_URL",
         "SQLAlchemy URL of PySpur's database (sqlite:///FILE, postgresql://USER@HOST/DB); "
         "the default is a file in the working folder",
-        "PostgreSQL through psycopg 3.", common=True,
+        "PostgreSQL through psycopg 3.", common=True, secret=True,
     )  # fmt: skip
     grpc_address: str = setting(
         "127.0.0.1:50051", "SPUR_RUNS_GRPC_ADDRESS", "HOST:PORT to listen on"
@@ -129,7 +145,7 @@ class Config:
     read_database_url: str | None = setting(
         None, "SPUR_RUNS_READ_DATABASE_URL",
         "PostgreSQL read replica for the read RPCs; DeleteRun uses --database-url",
-        "See Scaling in [production.md](production.md).",
+        "See Scaling in [production.md](production.md).", secret=True,
     )  # fmt: skip
     tls_cert: str | None = setting(
         None, "SPUR_RUNS_TLS_CERT", "PEM certificate chain: serve over TLS",
@@ -346,14 +362,15 @@ class Config:
             scheme = url.split(":", 1)[0].split("+", 1)[0]
             if scheme not in ("sqlite", "postgresql", "postgres"):
                 raise ConfigError(
-                    f"database URL scheme {scheme!r} is not supported (use sqlite:// or postgresql://)"
+                    f"scheme {scheme!r} is not supported (use sqlite:// or postgresql://)", name
                 )
             if name == "read_database_url" and scheme == "sqlite":
                 # A replica of another file is no replica: it made a new,
                 # empty file in the working folder and served from it.
                 raise ConfigError(
-                    "--read-database-url is a PostgreSQL read replica (postgresql://); SQLite "
-                    "has none: leave it unset"
+                    "must be a PostgreSQL read replica (postgresql://); SQLite has none: "
+                    "leave it unset",
+                    name,
                 )
         self._check_ranges()
         self._check_serving()
@@ -369,53 +386,60 @@ class Config:
             if zero and value == 0:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{_named(name)} must be a number, got {value!r}")
+                raise ConfigError(f"must be a number, not {type(value).__name__}", name)
             if not (math.isfinite(value) and least <= value <= most):
                 also = "0 or " if zero else ""
                 low, high = show_bound(least), show_bound(most)
-                raise ConfigError(
-                    f"{_named(name)} must be {also}between {low} and {high}, got {value}"
-                )
+                raise ConfigError(f"must be {also}between {low} and {high}", name)
 
     def _check_http(self) -> None:
         """The HTTP port's trust lists (its numeric bounds are in RANGES)."""
-        try:
-            parse_hosts(self.http_allowed_hosts)
-            parse_origins(self.http_cors_origins)
-            parse_proxies(self.trusted_proxies)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        checks = (
+            ("http_allowed_hosts", parse_hosts),
+            ("http_cors_origins", parse_origins),
+            ("trusted_proxies", parse_proxies),
+        )
+        for name, parse in checks:
+            try:
+                parse(getattr(self, name))
+            except ValueError as error:
+                raise ConfigError(str(error), name) from None
 
     def _check_serving(self) -> None:
         """The production-serving options; their files are read by tls.py
         and auth.py, which report unreadable ones the same way."""
+        # The one given is named as given; the one missing, both ways.
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+            given, missing = ("tls_cert", "tls_key") if self.tls_cert else ("tls_key", "tls_cert")
+            raise ConfigError(f"needs {_named(missing)} too: give both or neither", given)
         if self.tls_client_ca and not self.tls_cert:
-            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
             raise ConfigError(
-                f"--log-level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}"
+                f"needs {_named('tls_cert')} and {_named('tls_key')} too", "tls_client_ca"
             )
+        if not isinstance(logging.getLevelName(self.log_level.upper()), int):
+            raise ConfigError("must be DEBUG, INFO, WARNING or ERROR", "log_level")
         prefix = self.http_path_prefix
         if prefix and (
             not _PATH_PREFIX.fullmatch(prefix) or any(s in (".", "..") for s in prefix.split("/"))
         ):
             raise ConfigError(
-                "--http-path-prefix must be a path such as /api: '/' then segments of "
-                f"letters, digits and -._~, with no '/' at the end, got {prefix!r}"
+                "must be a path such as /api: '/' then segments of letters, digits and "
+                "-._~, with no '/' at the end",
+                "http_path_prefix",
             )
         for name, meta in SETTINGS.items():
             if meta.choices and getattr(self, name) not in meta.choices:
-                raise ConfigError(
-                    f"{flag(name)} must be {either(meta.choices)}, got {getattr(self, name)!r}"
-                )
+                raise ConfigError(f"must be {either(meta.choices)}", name)
         if self.workers > 1:
             # Each worker binds the same port; port 0 would give each its own.
             for name in ("grpc_address", "http_address", "health_address"):
                 value = getattr(self, name)
                 if value is not None and parse_address(value, name)[1] == 0:
-                    raise ConfigError(f"--workers above 1 needs a fixed {flag(name)} port, not 0")
+                    raise ConfigError(
+                        "several workers need a fixed port, not 0 (each would get its own)",
+                        "workers",
+                        name,
+                    )
 
 
 def flag(name: str) -> str:
@@ -434,16 +458,19 @@ def either(choices: tuple[str, ...]) -> str:
 
 
 def _named(name: str) -> str:
-    """A setting as the operator may have given it: flag or environment twin."""
+    """A setting the operator may not have given, both ways it can be given."""
     return f"{flag(name)} (env {ENV[name]})"
 
 
-def parse_address(address: str, name: str = "address") -> tuple[str, int]:
-    """Split HOST:PORT ([v6]:PORT too); ConfigError if it is not one."""
+def parse_address(address: str, setting: str | None = None) -> tuple[str, int]:
+    """Split HOST:PORT ([v6]:PORT too); ConfigError, naming `setting` (a
+    Config field) if given, when it is not one."""
     host, sep, port = address.rpartition(":")
     # isascii: isdigit() also takes "²", which int() refuses.
     if not sep or not host or not (port.isascii() and port.isdigit()) or not int(port) <= 65535:
-        raise ConfigError(f"{name} {address!r} is not HOST:PORT")
+        if setting is None:
+            raise ConfigError(f"{address!r} must be HOST:PORT (a port of 0-65535)")
+        raise ConfigError("must be HOST:PORT (a port of 0-65535)", setting)
     return host.strip("[]"), int(port)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -117,11 +118,49 @@ def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = No
         try:
             values[name] = convert(value)
         except ValueError:
-            raise ConfigError(
-                f"{flag(name)} (env {ENV[name]}) must be "
-                f"{_KINDS.get(convert, 'valid')}, got {value!r}"
-            ) from None
+            raise ConfigError(f"must be {_KINDS.get(convert, 'valid')}", name) from None
     return Config(**values)
+
+
+def given_as(name: str, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> str:
+    """A setting as the operator gave it, for an error about it:
+    `--grpc-address=bad` for a flag (which wins over its twin),
+    `SPUR_RUNS_GRPC_ADDRESS=bad` for a twin, the bare flag for a default.
+    The value as typed, quoted as a shell would need it (a path in full);
+    one too long or not printable (a certificate pasted where its path
+    goes) is cut and escaped, so that the error stays one line. Never the
+    value of a setting that may hold a secret."""
+    environ = os.environ if environ is None else environ
+    meta = SETTINGS[name]
+    value = getattr(args, name, None)
+    if isinstance(value, bool):
+        return flag(name) if value else f"--no-{flag(name)[2:]}"
+    if value is not None:
+        where = flag(name)
+    elif environ.get(meta.env):
+        where, value = meta.env, environ[meta.env]
+    else:
+        return flag(name)
+    if meta.secret:
+        return where
+    text = str(value)
+    if len(text) > 256 or not text.isprintable():
+        cut = shlex.quote(text[:60].encode("unicode_escape").decode("ascii"))
+        return f"{where}={cut}{f'... ({len(text)} characters)' if len(text) > 60 else ''}"
+    return f"{where}={shlex.quote(text)}"
+
+
+def explain(
+    error: ConfigError, args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> str:
+    """The line for a ConfigError: its settings named as the operator gave
+    them (given_as), then the problem. The flag and its twin used to be
+    named three ways ("--workers (env SPUR_RUNS_WORKERS)", "--log-level",
+    "grpc_address"), whichever of them was set."""
+    if not error.settings:
+        return error.problem
+    named = ", ".join(given_as(name, args, environ) for name in error.settings)
+    return f"{named}: {error.problem}"
 
 
 # docs/configuration.md's table lies between these lines.

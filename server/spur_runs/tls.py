@@ -26,12 +26,12 @@ class TlsFiles:
         return f"TlsFiles(mutual={self.client_ca is not None})"
 
 
-def _read(path: str, flag: str) -> bytes:
+def _read(path: str, setting: str) -> bytes:
     try:
         with open(path, "rb") as file:
             return file.read()
     except OSError as error:
-        raise ConfigError(f"{flag}: cannot read {path!r}: {error.strerror or error}") from None
+        raise ConfigError(f"cannot read the file: {error.strerror or error}", setting) from None
 
 
 def load(config: Config) -> TlsFiles | None:
@@ -39,9 +39,9 @@ def load(config: Config) -> TlsFiles | None:
     if not config.tls_cert or not config.tls_key:
         return None
     files = TlsFiles(
-        cert_chain=_read(config.tls_cert, "--tls-cert"),
-        key=_read(config.tls_key, "--tls-key"),
-        client_ca=_read(config.tls_client_ca, "--tls-client-ca") if config.tls_client_ca else None,
+        cert_chain=_read(config.tls_cert, "tls_cert"),
+        key=_read(config.tls_key, "tls_key"),
+        client_ca=_read(config.tls_client_ca, "tls_client_ca") if config.tls_client_ca else None,
     )
     # Load them into an SSLContext to validate: bad PEM, a key that is not
     # the certificate's, an empty CA file all fail here with a reason.
@@ -50,16 +50,14 @@ def load(config: Config) -> TlsFiles | None:
         context.load_cert_chain(config.tls_cert, config.tls_key)
     except (ssl.SSLError, ValueError) as error:
         raise ConfigError(
-            f"--tls-cert/--tls-key: {config.tls_cert!r} and {config.tls_key!r} are not a PEM "
-            f"certificate and its private key ({_reason(error)})"
+            f"not a PEM certificate and its private key ({_reason(error)})", "tls_cert", "tls_key"
         ) from None
     if config.tls_client_ca:
         try:
             context.load_verify_locations(cafile=config.tls_client_ca)
         except (ssl.SSLError, ValueError) as error:
             raise ConfigError(
-                f"--tls-client-ca: {config.tls_client_ca!r} holds no PEM certificate "
-                f"({_reason(error)})"
+                f"the file holds no PEM certificate ({_reason(error)})", "tls_client_ca"
             ) from None
     return files
 

@@ -49,7 +49,7 @@ def parse_hosts(text: str | None) -> frozenset[str]:
     for item in _items(text):
         host = host_name(item)
         if host is None:
-            raise ValueError(f"--http-allowed-hosts: {item[:80]!r} is not a host name")
+            raise ValueError(f"{item[:80]!r} is not a host name")
         hosts.add(host)
     return frozenset(hosts)
 
@@ -66,8 +66,7 @@ def parse_origins(text: str | None) -> frozenset[str]:
         origin = item.lower().rstrip("/")
         if origin != "*" and not _ORIGIN.fullmatch(origin):
             raise ValueError(
-                f"--http-cors-origins: {item[:80]!r} is not an origin such as "
-                "https://ui.example:3000 (or *)"
+                f"{item[:80]!r} is not an origin such as https://ui.example:3000 (or *)"
             )
         origins.add(origin)
     return frozenset(origins)
@@ -80,9 +79,7 @@ def parse_proxies(text: str | None) -> tuple[Network, ...]:
         try:
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError:
-            raise ValueError(
-                f"--trusted-proxies: {item[:80]!r} is not an address or a CIDR network"
-            ) from None
+            raise ValueError(f"{item[:80]!r} is not an address or a CIDR network") from None
     return tuple(networks)
 
 

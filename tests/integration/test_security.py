@@ -323,14 +323,16 @@ def test_unusable_tls_or_token_files_stop_start_up_with_one_line(tmp_path: Path)
     garbage = str(tmp_path / "garbage.pem")
     cases = [
         (["--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", files.key],
-         "--tls-cert: cannot read"),
+         "--tls-cert=" + str(tmp_path / "nope.pem") + ": cannot read the file"),
         (["--tls-cert", files.cert, "--tls-key", other.key],
-         "are not a PEM certificate and its private key"),
+         f"--tls-key={other.key}: not a PEM certificate and its private key"),
         (["--tls-cert", files.cert, "--tls-key", files.key, "--tls-client-ca", garbage],
          "--tls-client-ca"),
-        (["--tls-cert", files.cert], "--tls-cert and --tls-key go together"),
-        (["--reader-tokens-file", str(tmp_path / "missing")], "--reader-tokens-file: cannot read"),
-        (["--admin-tokens-file", str(tmp_path / "empty")], "holds no token"),
+        (["--tls-cert", files.cert], f"--tls-cert={files.cert}: needs --tls-key"),
+        (["--reader-tokens-file", str(tmp_path / "missing")],
+         f"--reader-tokens-file={tmp_path / 'missing'}: cannot read the file"),
+        (["--admin-tokens-file", str(tmp_path / "empty")],
+         f"--admin-tokens-file={tmp_path / 'empty'}: the file holds no token"),
     ]  # fmt: skip
     for args, message in cases:
         result = subprocess.run(

@@ -112,7 +112,7 @@ def test_migrate_help_says_what_it_adds_and_changes() -> None:
         (["backup"], "the following arguments are required: DEST"),
         (["serve", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
         (["seed", "--database-url", "mysql://x/y"], "scheme 'mysql' is not supported"),
-        (["migrate", "--log-level", "LOUD"], "--log-level must be"),
+        (["migrate", "--log-level", "LOUD"], "--log-level=LOUD: must be"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(args: list[str], fragment: str) -> None:
@@ -149,6 +149,74 @@ def test_a_commands_flag_before_the_command_says_where_it_goes(args: list[str], 
     """As docker and git take global flags: argparse alone read the flag's
     value as the command ("invalid choice: 'debug'")."""
     assert one_line_error(spur_runs(*args), 2, line) == line
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+@pytest.mark.parametrize("form", ["flag", "env"])
+def test_a_bad_setting_is_named_as_it_was_given(name: str, form: str) -> None:
+    """The flag or the environment twin, with its value as typed: the same
+    words for every command and every setting (they were "--workers (env
+    SPUR_RUNS_WORKERS)", "--log-level" or "grpc_address", whichever was set)."""
+    args = [name, "--log-level", "LOUD"] if form == "flag" else [name]
+    env = {"SPUR_RUNS_LOG_LEVEL": "LOUD"} if form == "env" else {}
+    if name == "backup":
+        args.append("copy.db")
+    given = "--log-level=LOUD" if form == "flag" else "SPUR_RUNS_LOG_LEVEL=LOUD"
+    line = f"spur-runs {name}: {given}: must be DEBUG, INFO, WARNING or ERROR"
+    assert one_line_error(spur_runs(*args, env=env), 2, line) == line
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "line"),
+    [
+        (
+            ["serve"],
+            {"SPUR_RUNS_GRPC_ADDRESS": "bad"},
+            "spur-runs serve: SPUR_RUNS_GRPC_ADDRESS=bad: must be HOST:PORT (a port of 0-65535)",
+        ),
+        (
+            # Both: the flag wins, so the flag is what is wrong.
+            ["serve", "--max-workers", "2.5"],
+            {"SPUR_RUNS_MAX_WORKERS": "many"},
+            "spur-runs serve: --max-workers=2.5: must be an integer",
+        ),
+        (
+            ["serve", "--http-allowed-hosts", "a b"],
+            {},
+            "spur-runs serve: --http-allowed-hosts='a b': 'a b' is not a host name",
+        ),
+        (
+            ["serve", "--grpc-address", "127.0.0.1:0"],
+            {"SPUR_RUNS_WORKERS": "2"},
+            "spur-runs serve: SPUR_RUNS_WORKERS=2, --grpc-address=127.0.0.1:0: several "
+            "workers need a fixed port, not 0 (each would get its own)",
+        ),
+        (
+            ["serve"],
+            {"SPUR_RUNS_TLS_CERT": "server.pem"},
+            "spur-runs serve: SPUR_RUNS_TLS_CERT=server.pem: needs --tls-key (env "
+            "SPUR_RUNS_TLS_KEY) too: give both or neither",
+        ),
+        (
+            # A certificate pasted where its path goes: still one line.
+            ["serve", "--tls-key", "server.key"],
+            {"SPUR_RUNS_TLS_CERT": "-----BEGIN CERTIFICATE-----\nMIIB"},
+            "spur-runs serve: SPUR_RUNS_TLS_CERT='-----BEGIN CERTIFICATE-----\\nMIIB': "
+            "cannot read the file: No such file or directory",
+        ),
+        (
+            # A URL may hold a password: named, not shown.
+            ["migrate"],
+            {"SPUR_RUNS_DATABASE_URL": "mysql://u:s3cret@db/x"},
+            "spur-runs migrate: SPUR_RUNS_DATABASE_URL: scheme 'mysql' is not supported "
+            "(use sqlite:// or postgresql://)",
+        ),
+    ],
+)
+def test_settings_at_fault_are_named_as_they_were_given(
+    args: list[str], env: dict[str, str], line: str
+) -> None:
+    assert one_line_error(spur_runs(*args, env=env), 2, line) == line
 
 
 @pytest.mark.slow

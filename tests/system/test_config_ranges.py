@@ -64,12 +64,13 @@ def _show(bound: float) -> str:
     return str(int(bound)) if bound == int(bound) else str(bound)
 
 
-def _check_one_line(result: subprocess.CompletedProcess[str], name: str) -> None:
+def _check_one_line(result: subprocess.CompletedProcess[str], name: str, form: str) -> None:
     assert result.returncode == 2, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("spur-runs") and _flag(name) in lines[0], lines[0]
-    assert ENV[name] in lines[0], lines[0]  # names the twin too
+    # Named as the operator gave it: the flag or the twin, with its value.
+    given = f"{_flag(name)}=" if form == "flag" else f"{ENV[name]}="
+    assert lines[0].startswith(f"spur-runs serve: {given}"), lines[0]
     assert "Traceback" not in result.stderr
 
 
@@ -89,7 +90,7 @@ def test_a_value_out_of_range_stops_with_one_line_and_exit_2(
         text=True,
         timeout=60,
     )
-    _check_one_line(result, name)
+    _check_one_line(result, name, form)
 
 
 def test_every_numeric_setting_has_a_range_in_the_readme() -> None:

@@ -49,36 +49,40 @@ def _serve(database_url: str, port: int, *more: str) -> subprocess.Popen[str]:
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--grpc-address", "nonsense"], {}, "grpc_address 'nonsense' is not HOST:PORT"),
+        (["--grpc-address", "nonsense"], {}, "--grpc-address=nonsense: must be HOST:PORT"),
         (["--database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
         (
             [],
             {"SPUR_RUNS_MAX_WORKERS": "many"},
-            "--max-workers (env SPUR_RUNS_MAX_WORKERS) must be an integer, got 'many'",
+            "SPUR_RUNS_MAX_WORKERS=many: must be an integer",
         ),
-        ([], {"SPUR_RUNS_GRPC_ADDRESS": "host:99999"}, "is not HOST:PORT"),
+        ([], {"SPUR_RUNS_GRPC_ADDRESS": "host:99999"}, "SPUR_RUNS_GRPC_ADDRESS=host:99999: must"),
         (["--read-database-url", "mysql://x/y"], {}, "scheme 'mysql' is not supported"),
         (["--read-database-url", "sqlite:///x.db"], {}, "SQLite has none: leave it unset"),
-        ([], {"SPUR_RUNS_WORKERS": "two"}, "--workers (env SPUR_RUNS_WORKERS) must be an integer"),
-        ([], {"SPUR_RUNS_REFLECTION": "maybe"}, "must be true or false, got 'maybe'"),
+        ([], {"SPUR_RUNS_WORKERS": "two"}, "SPUR_RUNS_WORKERS=two: must be an integer"),
+        (
+            [],
+            {"SPUR_RUNS_REFLECTION": "maybe"},
+            "SPUR_RUNS_REFLECTION=maybe: must be true or false",
+        ),
         (
             ["--db-timeout-seconds", "soon"],
             {},
-            "--db-timeout-seconds (env SPUR_RUNS_DB_TIMEOUT_SECONDS) must be a number",
+            "--db-timeout-seconds=soon: must be a number",
         ),
-        (["--log-format", "xml"], {}, "--log-format must be text or json"),
-        ([], {"SPUR_RUNS_LOG_LEVEL": "LOUD"}, "--log-level must be"),
+        (["--log-format", "xml"], {}, "--log-format=xml: must be text or json"),
+        ([], {"SPUR_RUNS_LOG_LEVEL": "LOUD"}, "SPUR_RUNS_LOG_LEVEL=LOUD: must be"),
         (
             ["--max-concurrent-rpcs", "0"],
             {},
-            "--max-concurrent-rpcs (env SPUR_RUNS_MAX_CONCURRENT_RPCS) must be between 1",
+            "--max-concurrent-rpcs=0: must be between 1",
         ),
         (
             ["--workers", "2", "--grpc-address", "127.0.0.1:0"],
             {},
-            "needs a fixed --grpc-address port",
+            "--workers=2, --grpc-address=127.0.0.1:0: several workers need a fixed port",
         ),
-        (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca needs --tls-cert"),
+        (["--tls-client-ca", "ca.pem"], {}, "--tls-client-ca=ca.pem: needs --tls-cert"),
     ],
 )
 def test_bad_configuration_stops_with_one_line_and_exit_2(

@@ -78,22 +78,24 @@ def check_coverage(services: Iterable[ServiceDescriptor]) -> None:
         raise RuntimeError(f"auth.METHOD_SCOPES has no entry for {', '.join(missing)}")
 
 
-def read_tokens(path: str, flag: str) -> list[bytes]:
-    """The tokens of a file: one per line; blank lines and `#` comments skipped."""
+def read_tokens(path: str, setting: str) -> list[bytes]:
+    """The tokens of a file: one per line; blank lines and `#` comments
+    skipped. ConfigError naming `setting`, the Config field that named the
+    file, when there is none or one is no token."""
     try:
         with open(path, encoding="utf-8") as file:
             lines = file.read().splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{flag}: cannot read {path!r}: {_reason(error)}") from None
+        raise ConfigError(f"cannot read the file: {_reason(error)}", setting) from None
     tokens = [line.strip() for line in lines]
     tokens = [t for t in tokens if t and not t.startswith("#")]
     if not tokens:
         # An empty file most likely means a broken secret mount; serving
         # without authentication then would be the wrong failure.
-        raise ConfigError(f"{flag}: {path!r} holds no token")
+        raise ConfigError("the file holds no token", setting)
     for token in tokens:
         if any(c.isspace() for c in token) or not token.isprintable() or not token.isascii():
-            raise ConfigError(f"{flag}: {path!r} has a line that is not one printable ASCII token")
+            raise ConfigError("the file has a line that is not one printable ASCII token", setting)
     return [t.encode("ascii") for t in tokens]
 
 
@@ -119,12 +121,11 @@ class Tokens:
         if config.reader_tokens_file:
             entries += [
                 (t, Scope.READER)
-                for t in read_tokens(config.reader_tokens_file, "--reader-tokens-file")
+                for t in read_tokens(config.reader_tokens_file, "reader_tokens_file")
             ]
         if config.admin_tokens_file:
             entries += [
-                (t, Scope.ADMIN)
-                for t in read_tokens(config.admin_tokens_file, "--admin-tokens-file")
+                (t, Scope.ADMIN) for t in read_tokens(config.admin_tokens_file, "admin_tokens_file")
             ]
         return cls(tuple(entries))
 
