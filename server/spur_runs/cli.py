@@ -2,10 +2,10 @@
 
 Every setting has an environment twin (config.py's table; settings.py makes
 its flags and reads its twins); a flag given on the command line wins over
-its twin. Errors are one line on stderr, without a traceback unless
---log-level DEBUG: exit code 2 for usage and set-up (a bad
-flag, a database without PySpur's tables), 1 for an operation that failed
-(a database that cannot be reached, ...).
+its twin. A command reads the twins of its own flags only. Errors are one
+line on stderr, without a traceback unless --log-level DEBUG: exit code 2 for
+usage and set-up (a bad flag, a database without PySpur's tables), 1 for an
+operation that failed (a database that cannot be reached, ...).
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ _EPILOG = """\
 Every setting has an environment twin, shown with its default in each
 command's --help; a flag given on the command line wins over its twin. The
 flags that only shape one command's work (seed --runs, demo's) have none.
-Flags go after the command: spur-runs serve --log-level DEBUG.
+Flags go after the command: spur-runs serve --log-level DEBUG. A command
+reads the twins of its own flags only: SPUR_RUNS_GRPC_ADDRESS, a setting of
+serve, is neither used nor checked by migrate.
 
 exit codes: 0 done; 1 the operation failed (database unreachable, ...);
 2 usage or set-up to fix (bad flag, database not migrated).

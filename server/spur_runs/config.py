@@ -236,9 +236,12 @@ class Config:
         "and nothing else: Kubernetes' gRPC probes cannot speak TLS. It takes no token: "
         "let only the node reach it (`deploy/kubernetes/networkpolicy.yaml`).",
     )  # fmt: skip
+    # Every command logs (migrate the revisions it ran), so every command
+    # takes it: a migrate Job logs JSON beside the JSON-logging server.
     log_format: str = setting(
         "text", "SPUR_RUNS_LOG_FORMAT", "how log lines are written",
         "`json`: one object per line, one line per RPC.", choices=("text", "json"),
+        common=True,
     )  # fmt: skip
     workers: int = setting(
         1, "SPUR_RUNS_WORKERS", "server processes sharing the gRPC port",

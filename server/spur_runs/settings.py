@@ -105,8 +105,14 @@ def env_defaults(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def load_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
-    """Flags over environment twins over defaults."""
-    values: dict[str, Any] = env_defaults(environ)
+    """Flags over environment twins over defaults. Only the command's own
+    settings (those it has flags for, in `args`) are read: `migrate`, run
+    with the server's environment (a Job beside the Deployment), neither
+    uses nor checks SPUR_RUNS_GRPC_ADDRESS, as it takes no --grpc-address;
+    the rest keep their defaults."""
+    values: dict[str, Any] = {
+        name: text for name, text in env_defaults(environ).items() if hasattr(args, name)
+    }
     for name in ENV:
         value = getattr(args, name, None)
         if value is not None:

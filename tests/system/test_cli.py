@@ -5,6 +5,7 @@ on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import subprocess
@@ -217,6 +218,21 @@ def test_settings_at_fault_are_named_as_they_were_given(
     args: list[str], env: dict[str, str], line: str
 ) -> None:
     assert one_line_error(spur_runs(*args, env=env), 2, line) == line
+
+
+def test_a_command_reads_only_its_own_settings(tmp_path: Path) -> None:
+    """`migrate` run with the server's environment (a Job beside the
+    Deployment) in which a setting only `serve` uses is wrong: migrate
+    neither uses nor checks it (it takes no --grpc-address), and logs JSON
+    as the server does. `serve` is stopped by it."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    env = {"SPUR_RUNS_GRPC_ADDRESS": "bad", "SPUR_RUNS_LOG_FORMAT": "json"}
+    migrated = spur_runs("migrate", "--database-url", url, env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    messages = [json.loads(line)["message"] for line in migrated.stderr.splitlines()]
+    assert f"{url}: migrated from revision (none) to 0004" in messages
+    line = "spur-runs serve: SPUR_RUNS_GRPC_ADDRESS=bad: must be HOST:PORT (a port of 0-65535)"
+    assert one_line_error(spur_runs("serve", "--database-url", url, env=env), 2, line) == line
 
 
 @pytest.mark.slow

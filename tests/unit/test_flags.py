@@ -41,3 +41,13 @@ def test_twins_are_read_and_flags_win() -> None:
     assert (config.db_timeout_seconds, config.log_format) == (2.5, "json")  # the twins
     args = build_parser().parse_args(["serve", "--no-reflection"])
     assert load_config(args, {}).reflection is False
+
+
+def test_a_command_reads_the_twins_of_its_own_flags_only() -> None:
+    """migrate has no --grpc-address: its twin is neither used nor checked
+    there (serve refuses it); --log-format is every command's."""
+    environ = {"SPUR_RUNS_GRPC_ADDRESS": "bad", "SPUR_RUNS_LOG_FORMAT": "json"}
+    for command in ("migrate", "seed", "demo", "backup"):
+        args = build_parser().parse_args([command] + (["copy.db"] if command == "backup" else []))
+        config = load_config(args, environ)
+        assert (config.grpc_address, config.log_format) == (Config().grpc_address, "json")
