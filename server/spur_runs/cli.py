@@ -98,7 +98,9 @@ database it adds the indexes this service's queries need (ix_spur_runs_*),
 and records its revision in its own table, spur_runs_alembic_version. It
 changes no PySpur table: no column, constraint or row of theirs, and it drops
 nothing; on a database PySpur made, those indexes and that table are all it
-adds. Running it again does nothing. --sql prints the SQL instead of running it.
+adds. Running it again does nothing; so does running an older build's on a
+database a newer one migrated (with a warning: it never downgrades). --sql
+prints the SQL instead of running it.
 """
 
 _SEED = """\
@@ -259,13 +261,16 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
     from .runtime.workers import preflight
+    from .store.migrate import warn_unknown_revisions
     from .store.schema_check import require_tables
 
     try:
         # Files and ports first (what a start-up fails on without the
-        # database), then the database's tables.
+        # database), then the database's tables, then its revisions (once,
+        # before any worker starts).
         preflight(config)
         require_tables(config.database_url)
+        warn_unknown_revisions(config.database_url)
     except ConfigError as error:
         print(f"spur-runs serve: {explain(error, args)}", file=sys.stderr)
         return EXIT_USAGE

@@ -5,6 +5,8 @@ database PySpur made."""
 from __future__ import annotations
 
 import importlib
+import io
+import logging
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -19,8 +21,14 @@ from sqlalchemy.orm import Session
 
 from databases import new_postgres_database
 from spur_runs.store.db import create_db_engine, normalize_url
-from spur_runs.store.migrate import alembic_config, current_revision, head_revision, migrate
-from spur_runs.store.migrations import SCRIPT_LOCATION, VERSION_TABLE
+from spur_runs.store.migrate import (
+    alembic_config,
+    current_revision,
+    head_revision,
+    migrate,
+    migrate_sql,
+)
+from spur_runs.store.migrations import PYSPUR_REVISIONS, SCRIPT_LOCATION, VERSION_TABLE
 from spur_runs.store.models import (
     SERVICE_INDEXES,
     Base,
@@ -118,8 +126,9 @@ def reference_url(database_url: str, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def pyspur_database(url: str) -> None:
-    """The schema PySpur's own models create, plus PySpur's Alembic version."""
+def pyspur_database(url: str, revision: str = "010") -> None:
+    """The schema PySpur's own models create, plus PySpur's Alembic version
+    (0.1.18's newest, unless `revision`)."""
     pyspur_base = pytest.importorskip("pyspur.models.base_model")
     for module in PYSPUR_MODULES:
         importlib.import_module(f"pyspur.models.{module}")
@@ -130,7 +139,7 @@ def pyspur_database(url: str) -> None:
             connection.execute(
                 text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
             )
-            connection.execute(text("INSERT INTO alembic_version VALUES ('010')"))
+            connection.execute(text("INSERT INTO alembic_version VALUES (:r)"), {"r": revision})
     finally:
         engine.dispose()
 
@@ -396,3 +405,74 @@ def test_pyspur_still_writes_after_migrate(database_url: str) -> None:
             assert (stored.id, [task.id for task in stored.tasks]) == ("R1", ["T1"])
     finally:
         engine.dispose()
+
+
+# --- revisions this build does not know --------------------------------------------
+
+
+def _set_our_revision(url: str, revision: str) -> None:
+    engine = plain_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(f"UPDATE {VERSION_TABLE} SET version_num = :r"), {"r": revision}
+            )
+    finally:
+        engine.dispose()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+@pytest.mark.slow
+def test_a_revision_of_ours_this_build_does_not_know_is_left_as_it_is(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A newer spur-runs migrated the database (0005), and this older one's
+    migrate runs on it (a rollback): nothing to do, one warning naming the
+    revision found and this build's newest; not Alembic's "Can't locate
+    revision" and exit 1, which failed the rollback."""
+    migrate(database_url)
+    _set_our_revision(database_url, "0005")
+    before = snapshot(database_url)
+    caplog.set_level(logging.INFO)
+    migrate(database_url)
+    assert snapshot(database_url) == before
+    assert current_revision(database_url) == "0005"
+    [warning] = _warnings(caplog)
+    assert "spur-runs schema revision 0005 is unknown to this build, whose newest is 0004" in (
+        warning
+    )
+    assert "nothing to do" in warning
+    script = io.StringIO()
+    migrate_sql(database_url, script)
+    assert script.getvalue().endswith("at revision 0005, unknown to this build: nothing to run\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("revision", ["010", "011"])
+def test_a_newer_pyspur_revision_is_named_and_migrated_all_the_same(
+    database_url: str, caplog: pytest.LogCaptureFixture, revision: str
+) -> None:
+    """PySpur migrates its database forward by itself: a revision beyond
+    0.1.18's is named in a warning, and our indexes are added all the same
+    (they are on columns every PySpur revision has)."""
+    pyspur_database(database_url, revision)
+    caplog.set_level(logging.INFO)
+    migrate(database_url)
+    assert current_revision(database_url) == head_revision()
+    warnings = _warnings(caplog)
+    if revision in PYSPUR_REVISIONS:
+        assert warnings == []
+        return
+    [warning] = warnings
+    assert "PySpur schema revision 011 is unknown to this build, whose newest is 010" in warning
+
+
+def test_pyspurs_revisions_are_those_of_the_pyspur_the_tests_install() -> None:
+    """PYSPUR_REVISIONS is PySpur 0.1.18's chain, oldest first."""
+    alembic_dir = Path(pytest.importorskip("pyspur").__file__).parent / "models/management/alembic"
+    script = ScriptDirectory(str(alembic_dir))
+    chain = [revision.revision for revision in script.walk_revisions()]
+    assert tuple(reversed(chain)) == PYSPUR_REVISIONS

@@ -451,3 +451,46 @@ def test_a_database_locked_at_start_up_is_served_once_free(sqlite_url: str) -> N
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_serve_names_revisions_this_build_does_not_know_and_serves(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A newer spur-runs migrated the database (0005: this older build is a
+    rollback) and a newer PySpur too (011): serve starts, health SERVING,
+    with one WARNING for each naming the revision found and the newest this
+    build knows. Refusing would turn a rollback into an outage; the
+    columns it reads are checked as always."""
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    from servers import free_port, wait_health
+    from tools import tool
+
+    assert spur_runs("migrate", "--database-url", sqlite_url).returncode == 0
+    with sqlite3.connect(make_url(sqlite_url).database or "") as db:
+        db.execute("UPDATE spur_runs_alembic_version SET version_num = '0005'")
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+        db.execute("INSERT INTO alembic_version VALUES ('011')")
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [tool("spur-runs"), "serve", "--database-url", sqlite_url, "--grpc-address",
+             f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=log, text=True,
+        )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING, timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    warnings = [line for line in log_path.read_text().splitlines() if " WARNING " in line]
+    ours = [line for line in warnings if "spur-runs schema revision" in line]
+    pyspur = [line for line in warnings if "PySpur schema revision" in line]
+    assert len(ours) == 1 and len(pyspur) == 1, warnings
+    assert "revision 0005 is unknown to this build, whose newest is 0004" in ours[0]
+    assert "serving it as it is" in ours[0]
+    assert "revision 011 is unknown to this build, whose newest is 010" in pyspur[0]

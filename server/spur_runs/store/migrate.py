@@ -17,6 +17,7 @@ The Alembic configuration is built here, in code: no alembic.ini.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TextIO
 
 
@@ -42,7 +43,12 @@ from alembic.script import ScriptDirectory  # noqa: E402
 from sqlalchemy import Connection, inspect  # noqa: E402
 
 from .db import WRITE_OPTION, create_db_engine, normalize_url, shown_url  # noqa: E402
-from .migrations import SCRIPT_LOCATION, VERSION_TABLE  # noqa: E402
+from .migrations import (  # noqa: E402
+    PYSPUR_REVISIONS,
+    PYSPUR_VERSION_TABLE,
+    SCRIPT_LOCATION,
+    VERSION_TABLE,
+)
 from .schema_check import missing_sqlite_file  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -72,19 +78,106 @@ def _revision_of(connection: Connection) -> str | None:
     return context.get_current_revision()
 
 
+def _recorded(connection: Connection, table: str) -> tuple[str, ...]:
+    """The revisions an Alembic version table records (none without it)."""
+    context = MigrationContext.configure(connection, opts={"version_table": table})
+    return context.get_current_heads()
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """Revisions a database records that this build does not know."""
+
+    ours: tuple[str, ...]  # of spur_runs_alembic_version: a newer spur-runs migrated it
+    pyspur: tuple[str, ...]  # of PySpur's alembic_version: a newer PySpur migrated it
+
+    def pyspur_line(self, shown: str) -> str:
+        return (
+            f"{shown}: PySpur schema revision {', '.join(self.pyspur)} is unknown to this "
+            f"build, whose newest is {PYSPUR_REVISIONS[-1]} (PySpur 0.1.18): a newer PySpur "
+            "migrated it"
+        )
+
+    def ours_line(self, shown: str) -> str:
+        return (
+            f"{shown}: spur-runs schema revision {', '.join(self.ours)} is unknown to this "
+            f"build, whose newest is {head_revision()}: a newer spur-runs migrated it"
+        )
+
+
+def unknown_revisions(connection: Connection) -> Unknown:
+    """What the database's two version tables record beyond what this
+    build knows: its own revision scripts, and PySpur 0.1.18's chain."""
+    script = ScriptDirectory.from_config(alembic_config())
+    known = {revision.revision for revision in script.walk_revisions()}
+    return Unknown(
+        ours=tuple(r for r in _recorded(connection, VERSION_TABLE) if r not in known),
+        pyspur=tuple(
+            r for r in _recorded(connection, PYSPUR_VERSION_TABLE) if r not in PYSPUR_REVISIONS
+        ),
+    )
+
+
+def warn_unknown_revisions(database_url: str) -> Unknown:
+    """At serve's start: a WARNING for each kind of revision the database
+    records that this build does not know, naming it and the newest this
+    build knows. Neither stops the server. Ours: a newer spur-runs
+    migrated the database and this older one is starting on it (a
+    rollback, which must not become an outage); our revisions only add
+    indexes, never anything an older build needs gone. PySpur's: PySpur
+    migrates its database forward on its own schedule, and whether this
+    build can still read it is what require_tables checks, the columns
+    it reads (a newer PySpur without one stops start-up, exit 2)."""
+    engine = create_db_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as connection:
+            unknown = unknown_revisions(connection)
+    finally:
+        engine.dispose()
+    shown = _display(database_url)
+    if unknown.ours:
+        log.warning(
+            "%s; serving it as it is (spur-runs revisions only add indexes)",
+            unknown.ours_line(shown),
+        )
+    if unknown.pyspur:
+        log.warning(
+            "%s; serving it, as its tables have every column this build reads",
+            unknown.pyspur_line(shown),
+        )
+    return unknown
+
+
 def _display(database_url: str) -> str:
     return shown_url(normalize_url(database_url))
 
 
 def migrate(database_url: str) -> None:
-    """Upgrade the database to our head revision, one transaction per revision."""
+    """Upgrade the database to our head revision, one transaction per
+    revision. A database at a revision of ours this build does not know (a
+    newer spur-runs migrated it) is left as it is, with a warning: it has
+    every index this build's revisions add, and this build never
+    downgrades; an older release's migrate run at a rollback must not fail
+    it. PySpur's revision is only warned about: our indexes are on columns
+    every PySpur revision has."""
     engine = create_db_engine(database_url, pool_size=1)
+    shown = _display(database_url)
     try:
         # Handed to Alembic outside a transaction: it begins one per
         # revision (env.py), and commits it before an autocommit block.
         with engine.execution_options(**{WRITE_OPTION: True}).connect() as connection:
             before = _revision_of(connection)
+            unknown = unknown_revisions(connection)
             connection.rollback()
+            if unknown.pyspur:
+                log.warning(
+                    "%s; adding this build's indexes all the same", unknown.pyspur_line(shown)
+                )
+            if unknown.ours:
+                log.warning(
+                    "%s; nothing to do (this build never downgrades)", unknown.ours_line(shown)
+                )
+                return
             config = alembic_config(database_url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
@@ -93,14 +186,9 @@ def migrate(database_url: str) -> None:
     finally:
         engine.dispose()
     if before == after:
-        log.info("%s: already at revision %s, nothing to do", _display(database_url), after)
+        log.info("%s: already at revision %s, nothing to do", shown, after)
     else:
-        log.info(
-            "%s: migrated from revision %s to %s",
-            _display(database_url),
-            before or "(none)",
-            after,
-        )
+        log.info("%s: migrated from revision %s to %s", shown, before or "(none)", after)
 
 
 def current_revision(database_url: str) -> str | None:
@@ -120,19 +208,27 @@ def migrate_sql(database_url: str, out: TextIO) -> None:
     the script for an empty database (and is not created)."""
     current: str | None = None
     pyspur_present = False
+    unknown = Unknown((), ())
     if missing_sqlite_file(database_url) is None:
         engine = create_db_engine(database_url, pool_size=1)
         try:
             with engine.connect() as connection:
                 current = _revision_of(connection)
+                unknown = unknown_revisions(connection)
                 pyspur_present = inspect(connection).has_table("runs")
         finally:
             engine.dispose()
     head = head_revision()
     shown = shown_url(database_url)
     where = f"-- spur-runs migrate --sql, for {shown}"
+    if unknown.pyspur:
+        log.warning("%s", unknown.pyspur_line(shown))
     if current == head:
         out.write(f"{where}: already at revision {head}, nothing to run\n")
+        return
+    if unknown.ours:
+        log.warning("%s; nothing to run", unknown.ours_line(shown))
+        out.write(f"{where}: at revision {current}, unknown to this build: nothing to run\n")
         return
     state = (
         f"at revision {current}"
