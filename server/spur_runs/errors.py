@@ -49,6 +49,14 @@ class ResourceExhausted(ServiceError):
     """A bound was reached (watchers, reflection streams); retry later."""
 
 
+class DiskFull(ResourceExhausted):
+    """The database's disk is full (SQLite's SQLITE_FULL, PostgreSQL's
+    disk_full): writes fail until an operator frees space. Not UNAVAILABLE,
+    which clients retry at once and which says nothing of the cause; gRPC's
+    RESOURCE_EXHAUSTED names "perhaps the entire file system is out of
+    space"."""
+
+
 class DataLoss(ServiceError):
     """Stored data this service cannot represent faithfully (a workflow
     definition that is no JSON object, say): refused with what is wrong,

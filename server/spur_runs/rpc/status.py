@@ -3,8 +3,9 @@ google.rpc.Status and HTTP statuses.
 
 `to_status` turns any exception into a `google.rpc.Status`: domain errors keep
 their code and message (plus a `google.rpc.BadRequest` detail naming the
-field for invalid arguments), a database that cannot be reached becomes
-UNAVAILABLE, a transaction aborted for a concurrent one ABORTED, a lock wait
+field for invalid arguments), a database whose disk is full
+RESOURCE_EXHAUSTED (as the domain error DiskFull), a database that cannot
+be reached UNAVAILABLE, a transaction aborted for a concurrent one ABORTED, a lock wait
 past the deadline DEADLINE_EXCEEDED, stored text that is not UTF-8 DATA_LOSS, and anything else
 becomes INTERNAL with a generic message while the traceback goes to the log,
 never to the client.
@@ -24,6 +25,7 @@ from ..errors import (
     Aborted,
     DataLoss,
     DeadlineExceeded,
+    DiskFull,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -139,6 +141,36 @@ _SQLITE_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")
 _SQLITE_ERROR = "SQLITE_ERROR"
 
 
+# A database out of disk space: SQLite's SQLITE_FULL ("database or disk is
+# full": a write the file or its journal could not grow for) and
+# PostgreSQL's disk_full. Both arrive as OperationalError, which read as
+# UNAVAILABLE ("retry later") and hid the cause; retries do not mend it
+# until someone frees space. (Class 53's other codes, too_many_connections
+# and out_of_memory, pass and stay UNAVAILABLE.)
+_SQLITE_FULL = "SQLITE_FULL"
+_DISK_FULL = "53100"
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    return (
+        _driver(error, "sqlite_errorname") == _SQLITE_FULL
+        or _driver(error, "sqlstate") == _DISK_FULL
+    )
+
+
+def _disk_full(error: BaseException, method: str) -> DiskFull:
+    """The domain error for a full disk, logged at ERROR (once: it is what
+    an operator must act on), with the driver's first line (which file,
+    which tablespace; not the statement or its values); the traceback with
+    --log-level DEBUG."""
+    cause = getattr(error, "orig", None) or error
+    said = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    log.error("the database's disk is full in %s: %s", method, said)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("the database error behind it", exc_info=error)
+    return DiskFull("the database's disk is full; nothing was written, retry once space is freed")
+
+
 def _is_conflict(error: BaseException) -> bool:
     return _driver(error, "sqlstate") in _CONFLICTS
 
@@ -158,6 +190,8 @@ def _is_unavailable(error: BaseException) -> bool:
 
 def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
     """The google.rpc.Status a client receives for `error`."""
+    if _is_disk_full(error):
+        error = _disk_full(error, method)
     if isinstance(error, ServiceError):
         status = status_pb2.Status(code=code_of(error).value[0], message=error.message)
         if isinstance(error, InvalidArgument):
