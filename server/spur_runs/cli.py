@@ -33,7 +33,22 @@ EXIT_USAGE = 2  # fix the command line or the set-up: bad flag, database not mig
 
 class _Parser(argparse.ArgumentParser):
     """Usage errors in one line (and exit 2), like every other start-up
-    error, rather than argparse's usage block."""
+    error, rather than argparse's usage block. It also records its options
+    and commands, which argparse keeps in private attributes, for
+    _misplaced."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Set before argparse's own __init__, which adds -h through
+        # add_argument. Option -> whether a value follows it.
+        self.options: dict[str, bool] = {}
+        self.commands: dict[str, _Parser] = {}
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        for option in action.option_strings:
+            self.options[option] = action.nargs is None
+        return action
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -125,7 +140,7 @@ point it at a demo database, not at PySpur's production one.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(
         prog="spur-runs",
         description=__doc__.splitlines()[0],
@@ -200,10 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         "must not exist. For PostgreSQL, use pg_dump.",
     )
     backup.add_argument("dest", metavar="DEST", help="the new file to write")
+    named = {"serve": serve, "migrate": migrate, "seed": seed, "demo": demo, "backup": backup}
+    for name, command in named.items():
+        assert isinstance(command, _Parser)  # add_parser makes its parent's class
+        parser.commands[name] = command
     return parser
 
 
-def _misplaced(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | None:
+def _misplaced(parser: _Parser, argv: Sequence[str]) -> str | None:
     """The line for a command's flag typed before the command, as docker and
     git take their global flags (`spur-runs --log-level DEBUG serve`): where
     it goes, with the command fixed. argparse alone read the flag's value as
@@ -211,17 +230,13 @@ def _misplaced(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str | No
     only: a flag in two places would need a rule for which wins, and the
     top-level --help would list every setting again. None when no such flag
     comes before the command: argparse judges the line."""
-    commands: dict[str, argparse.ArgumentParser] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            commands.update(action.choices)
+    commands = parser.commands
     # Every command's flags, with whether each takes a value after it.
     takes_value = {
-        option: action.nargs is None
+        option: value
         for command in commands.values()
-        for action in command._actions
-        for option in action.option_strings
-        if option not in parser._option_string_actions  # -h, --help: the top's own
+        for option, value in command.options.items()
+        if option not in parser.options  # -h, --help: the top's own
     }
     found: str | None = None
     i = 0
