@@ -32,9 +32,10 @@ once, not twice). On PostgreSQL the `_intid` sequences (SERIAL) are then moved
 past the new rows, so PySpur's next insert does not collide.
 
 The package, one job a module: content.py (the demo workflows and sizes),
-plan.py (run templates and the plan), load.py (what both loaders share),
-sqlite.py and postgres.py (the loaders), this module (the entry point), and
-demo.py (`spur-runs demo`, which moves seeded runs as PySpur would).
+plan.py (run templates and the plan), workflows.py (the demo workflows in the
+database), load.py (what both loaders share), sqlite.py and postgres.py (the
+loaders), this module (the entry point), and demo.py (`spur-runs demo`, which
+moves seeded runs as PySpur would).
 """
 
 from __future__ import annotations
@@ -45,20 +46,17 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
-
-from ..store.db import WRITE_OPTION, create_db_engine
-from ..store.models import Workflow, WorkflowVersion
-from .content import EPOCH, PROGRESS_THRESHOLD, TASKS_PER_RUN, Demo, definition_hash, demos
+from ..store.db import create_db_engine
+from .content import EPOCH, PROGRESS_THRESHOLD, TASKS_PER_RUN, definition_hash
 from .load import Progress
 from .plan import Catalog, Planner
 from .postgres import load_postgres
 from .sqlite import load_sqlite
+from .workflows import ensure_workflows
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TASKS_PER_RUN", "SeedSummary", "definition_hash", "seed"]
+__all__ = ["TASKS_PER_RUN", "SeedSummary", "definition_hash", "ensure_workflows", "seed"]
 
 
 # ---------------------------------------------------------------------------
@@ -114,61 +112,6 @@ class SeedSummary:
         return "\n".join(lines)
 
 
-def ensure_workflows(
-    engine: Engine, now: datetime
-) -> tuple[list[tuple[Demo, tuple[str, str]]], int]:
-    """The demo workflows (found by name) and a version of each with the
-    demo's definition, made unless there."""
-    found = []
-    created = 0
-    writer = engine.execution_options(**{WRITE_OPTION: True})
-    with Session(writer, expire_on_commit=False) as session, session.begin():
-        for demo in demos():
-            spec = demo.definition()
-            workflow = session.scalars(select(Workflow).where(Workflow.name == demo.name)).first()
-            if workflow is None:
-                workflow = Workflow(
-                    name=demo.name,
-                    description=demo.description,
-                    definition=spec,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(workflow)
-                session.flush()
-                created += 1
-            # The version with the demo's definition, as PySpur picks one
-            # (pyspur.utils.workflow_version_utils): by definition hash, else a
-            # new version after the latest (someone may have edited the demo).
-            digest = definition_hash(spec)
-            version = session.scalars(
-                select(WorkflowVersion).where(
-                    WorkflowVersion.workflow_id == workflow.id,
-                    WorkflowVersion.definition_hash == digest,
-                )
-            ).first()
-            if version is None:
-                latest = session.scalar(
-                    select(func.max(WorkflowVersion.version)).where(
-                        WorkflowVersion.workflow_id == workflow.id
-                    )
-                )
-                version = WorkflowVersion(
-                    version=(latest or 0) + 1,
-                    workflow_id=workflow.id,
-                    name=demo.name,
-                    description=demo.description,
-                    definition=spec,
-                    definition_hash=digest,
-                    created_at=now,
-                    updated_at=now,
-                )
-                session.add(version)
-                session.flush()
-            found.append((demo, (workflow.id, version.id)))
-    return found, created
-
-
 def seed(database_url: str, runs: int = 20, *, progress: bool | None = None) -> SeedSummary:
     """Add the demo workflows (unless there) and `runs` new runs of them."""
     return _seed(database_url, runs, progress=progress)
@@ -193,7 +136,7 @@ def _seed(
         demos, created = ensure_workflows(engine, now)
         catalog = Catalog(demos)
         backend = engine.dialect.name
-        planner = Planner(catalog, runs, now_ms, seed=f"spur-runs seed {runs}")
+        planner = Planner(catalog, runs, now_ms)
         bar = Progress(runs, show)
         try:
             if backend == "sqlite":

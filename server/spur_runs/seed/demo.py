@@ -37,8 +37,8 @@ from sqlalchemy.exc import OperationalError
 
 from ..store.db import WRITE_OPTION, create_db_engine
 from ..store.models import Run, RunStatus, Task, TaskStatus
-from . import ensure_workflows
 from .plan import Catalog, RunTemplate
+from .workflows import ensure_workflows
 
 log = logging.getLogger(__name__)
 

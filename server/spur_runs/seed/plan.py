@@ -261,11 +261,12 @@ class _Tally:
 
 
 class Planner:
-    def __init__(self, catalog: Catalog, runs: int, now_ms: int, seed: str) -> None:
+    def __init__(self, catalog: Catalog, runs: int, now_ms: int) -> None:
         self.catalog = catalog
         self.runs = runs
         self.now_ms = now_ms
-        self.rng = random.Random(seed)
+        # Seeded by `runs` alone: the same --runs always plans the same runs.
+        self.rng = random.Random(f"spur-runs seed {runs}")
         self.tally = _Tally()
 
     def _fit(self, template: int, t0: int) -> int:

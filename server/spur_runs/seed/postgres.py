@@ -21,6 +21,19 @@ from .plan import Catalog, Planner, chunked
 log = logging.getLogger(__name__)
 
 
+def issued(cur: Any, table: str) -> tuple[int, str | None]:
+    """The highest `_intid` of `table` ever handed out (0: none yet), and
+    the table's sequence (None without one)."""
+    base = cur.execute(f"SELECT COALESCE(MAX(_intid), 0) FROM {table}").fetchone()[0]
+    sequence = cur.execute("SELECT pg_get_serial_sequence(%s, '_intid')", (table,)).fetchone()[0]
+    if sequence is not None:
+        # Never hand out again an id the sequence already gave (its row may
+        # have been deleted since).
+        last, called = cur.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+        base = max(base, last if called else last - 1)
+    return int(base), sequence
+
+
 def load_postgres(
     engine: Engine, catalog: Catalog, planner: Planner, progress: Progress
 ) -> tuple[int, int]:
@@ -31,21 +44,8 @@ def load_postgres(
             # Concurrent readers go on; a concurrent writer (PySpur) waits, so
             # that the ids taken below stay free.
             cur.execute("LOCK TABLE runs, tasks IN SHARE ROW EXCLUSIVE MODE")
-            bases = []
-            for table in ("runs", "tasks"):
-                base = cur.execute(f"SELECT COALESCE(MAX(_intid), 0) FROM {table}").fetchone()[0]
-                sequence = cur.execute(
-                    "SELECT pg_get_serial_sequence(%s, '_intid')", (table,)
-                ).fetchone()[0]
-                if sequence is not None:
-                    # Never hand out again an id the sequence already gave
-                    # (its row may have been deleted since).
-                    last, called = cur.execute(
-                        f"SELECT last_value, is_called FROM {sequence}"
-                    ).fetchone()
-                    base = max(base, last if called else last - 1)
-                bases.append((int(base), sequence))
-            (run_base, run_sequence), (task_base, task_sequence) = bases
+            run_base, run_sequence = issued(cur, "runs")
+            task_base, task_sequence = issued(cur, "tasks")
             cur.execute(
                 "CREATE TEMP TABLE seed_plan (i integer PRIMARY KEY, tpl integer NOT NULL, "
                 "t0 bigint NOT NULL, parent integer, run_type varchar NOT NULL) ON COMMIT DROP"
