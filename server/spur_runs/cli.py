@@ -125,6 +125,12 @@ are always these (printed at the end):
   batch run R1 (children R2..R4), running run R5, paused run R6,
   failed run R7, canceled run R8, completed run R9.
 With --runs below 9, those that fit, in that order.
+Without --runs (README's first command): 20 runs on a database that never
+had one; on one that has, the showcase put back at R1..R9 as a fresh seed
+has it (re-created or reset: statuses, tasks, children, start times from
+now) and nothing added, in one transaction, so that README's walkthrough
+works again. Nothing is written where R1..R9 hold other workflows' runs
+(unless the demo has no runs yet: then 20 runs at the next ids).
 """
 
 _DEMO = """\
@@ -172,12 +178,14 @@ def build_parser() -> _Parser:
         help="print the SQL it would run (from the database's current revision on), run nothing",
     )
 
-    seed = _command(commands, "seed", "add demo workflows and runs (fixed ids)", _SEED)
+    seed = _command(
+        commands, "seed", "add demo workflows and runs (fixed ids), or put the demo's back", _SEED
+    )
     seed.add_argument(
         "--runs",
         type=_non_negative(int, 10_000_000),
-        default=20,
-        help="how many runs to add [default: 20]",
+        default=None,
+        help="how many runs to add [default: none: the showcase put back, or 20 runs]",
     )
 
     demo = _command(commands, "demo", "move demo runs through their tasks, for WatchRun", _DEMO)

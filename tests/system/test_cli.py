@@ -85,7 +85,8 @@ def test_every_help_shows_defaults_and_twins() -> None:
     assert "[default: 127.0.0.1:50051; env SPUR_RUNS_GRPC_ADDRESS]" in serve
     assert "[default: on; env SPUR_RUNS_REFLECTION]" in serve
     seed = flat(spur_runs("seed", "--help").stdout)
-    assert "[default: 20]" in seed and "batch run R1 (children R2..R4), running run R5" in seed
+    assert "batch run R1 (children R2..R4), running run R5" in seed
+    assert "[default: none: the showcase put back, or 20 runs]" in seed
 
 
 def test_migrate_help_says_what_it_adds_and_changes() -> None:

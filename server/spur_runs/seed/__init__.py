@@ -16,8 +16,11 @@ run, a paused, a failed, a canceled and a completed one), which a fresh
 database therefore always gets as R1 ... R9, the ids README's examples use;
 the rest is planned from a random generator seeded by --runs alone. Start
 times are naive UTC datetimes: the showcase's in the last 8 hours, the rest
-spread over the 14 days before. Seeding again reuses the demo workflows
-(found by their unique names) and adds more runs.
+spread over the 14 days before. Seeding again with --runs reuses the demo
+workflows (found by their unique names) and adds more runs; without it, on a
+database that has had runs, it puts the showcase back at R1 ... R9 and adds
+nothing (showcase.py), so that README's walkthrough, which deletes and
+changes some of them, works again after README's first command is run again.
 
 Speed: a million runs (six million tasks) load in well under a minute on
 SQLite. Python builds only a *plan*, a few numbers per run (template, start
@@ -34,8 +37,8 @@ past the new rows, so PySpur's next insert does not collide.
 The package, one job a module: content.py (the demo workflows and sizes),
 plan.py (run templates and the plan), workflows.py (the demo workflows in the
 database), load.py (what both loaders share), sqlite.py and postgres.py (the
-loaders), this module (the entry point), and demo.py (`spur-runs demo`, which
-moves seeded runs as PySpur would).
+loaders), showcase.py (the showcase put back), this module (the entry point),
+and demo.py (`spur-runs demo`, which moves seeded runs as PySpur would).
 """
 
 from __future__ import annotations
@@ -45,12 +48,14 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ..store.db import create_db_engine
-from .content import EPOCH, PROGRESS_THRESHOLD, TASKS_PER_RUN, definition_hash
+from .content import DEFAULT_RUNS, EPOCH, PROGRESS_THRESHOLD, TASKS_PER_RUN, definition_hash
 from .load import Progress
 from .plan import Catalog, Planner
 from .postgres import load_postgres
+from .showcase import IDS, PutBack, put_back
 from .sqlite import load_sqlite
 from .workflows import ensure_workflows
 
@@ -65,7 +70,8 @@ __all__ = ["TASKS_PER_RUN", "SeedSummary", "definition_hash", "ensure_workflows"
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """What one seed() call added."""
+    """What one seed() call did: the runs it added, or the showcase it put
+    back (showcase.py)."""
 
     workflow_ids: tuple[str, ...]  # the demo workflows (created or reused)
     workflows_created: int
@@ -85,13 +91,40 @@ class SeedSummary:
     canceled_run_id: str | None
     completed_run_id: str | None
     seconds: float
+    # A plain seed that added no runs: the showcase's ids it wrote anew
+    # (recreated: they were missing), or those that hold runs of other
+    # workflows (then it wrote nothing).
+    recreated: tuple[str, ...] = ()
+    reset: tuple[str, ...] = ()
+    others: tuple[str, ...] = ()
+
+    def _did(self) -> str:
+        if self.others:
+            return (
+                f"seeded nothing: the demo has runs here already, and README's ids "
+                f"{IDS[0]}..{IDS[-1]} hold runs of other workflows ({', '.join(self.others)}); "
+                "`spur-runs seed --runs N` adds N more demo runs"
+            )
+        if self.recreated or self.reset:
+            done = [
+                f"{verb} {', '.join(ids)}"
+                for verb, ids in (("re-created", self.recreated), ("reset", self.reset))
+                if ids
+            ]
+            return (
+                f"put the demo's runs {IDS[0]}..{IDS[-1]} back as seeded in {self.seconds:.1f} s "
+                f"({'; '.join(done)}), added no runs"
+            )
+        return (
+            f"seeded {self.runs} runs ({self.tasks} tasks, {self.child_runs} of them child "
+            f"runs) in {self.seconds:.1f} s"
+        )
 
     def __str__(self) -> str:
         statuses = ", ".join(f"{count} {status}" for status, count in self.status_counts)
         reused = len(self.workflow_ids) - self.workflows_created
         lines = [
-            f"seeded {self.runs} runs ({self.tasks} tasks, {self.child_runs} of them child "
-            f"runs) in {self.seconds:.1f} s",
+            self._did(),
             f"demo workflows: {', '.join(self.workflow_ids)} "
             f"({self.workflows_created} created, {reused} reused)",
         ]
@@ -112,27 +145,40 @@ class SeedSummary:
         return "\n".join(lines)
 
 
-def seed(database_url: str, runs: int = 20, *, progress: bool | None = None) -> SeedSummary:
-    """Add the demo workflows (unless there) and `runs` new runs of them."""
+def seed(
+    database_url: str, runs: int | None = None, *, progress: bool | None = None
+) -> SeedSummary:
+    """Add the demo workflows (unless there) and `runs` new runs of them.
+
+    Without `runs` (README's first command): on a database that has had
+    runs, put the showcase back at R1..R9 and add none (showcase.py); else
+    add DEFAULT_RUNS."""
     return _seed(database_url, runs, progress=progress)
 
 
 def _seed(
     database_url: str,
-    runs: int,
+    runs: int | None,
     *,
     progress: bool | None = None,
     now: datetime | None = None,
 ) -> SeedSummary:
-    if runs < 0:
+    if runs is not None and runs < 0:
         raise ValueError(f"runs must be >= 0, not {runs}")
     began = time.perf_counter()
     now = now or datetime.now(UTC).replace(tzinfo=None)
     now = now.replace(microsecond=now.microsecond // 1000 * 1000)
     now_ms = (now - EPOCH) // timedelta(milliseconds=1)
-    show = progress if progress is not None else runs >= PROGRESS_THRESHOLD and sys.stderr.isatty()
     engine = create_db_engine(database_url, pool_size=1)
     try:
+        if runs is None:
+            done = put_back(engine, now, now_ms)
+            if done is not None:
+                return _put_back_summary(done, time.perf_counter() - began)
+            runs = DEFAULT_RUNS
+        show = (
+            progress if progress is not None else runs >= PROGRESS_THRESHOLD and sys.stderr.isatty()
+        )
         demos, created = ensure_workflows(engine, now)
         catalog = Catalog(demos)
         backend = engine.dialect.name
@@ -151,12 +197,6 @@ def _seed(
         engine.dispose()
 
     tally = planner.tally
-
-    def run_id(label: str) -> str | None:
-        index = tally.showcase.get(label)
-        return None if index is None else f"R{run_base + index}"
-
-    batch = tally.showcase.get("batch")
     summary = SeedSummary(
         workflow_ids=tuple(ids[0] for _, ids in demos),
         workflows_created=created,
@@ -166,16 +206,48 @@ def _seed(
         status_counts=tuple(sorted(tally.statuses.items(), key=lambda item: -item[1])),
         first_run_id=f"R{run_base + 1}" if runs else None,
         last_run_id=f"R{run_base + runs}" if runs else None,
-        batch_run_id=run_id("batch"),
-        batch_child_ids=()
-        if batch is None
-        else tuple(f"R{run_base + batch + j}" for j in range(1, tally.batch_children + 1)),
-        running_run_id=run_id("running"),
-        paused_run_id=run_id("paused"),
-        failed_run_id=run_id("failed"),
-        canceled_run_id=run_id("canceled"),
-        completed_run_id=run_id("completed"),
+        **_showcase_ids(tally.showcase, tally.batch_children, run_base),
         seconds=time.perf_counter() - began,
+    )
+    log.debug("seed: %s", str(summary).replace("\n", "; "))
+    return summary
+
+
+def _showcase_ids(showcase: dict[str, int], batch_children: int, run_base: int) -> dict[str, Any]:
+    """SeedSummary's showcase fields, from the plan's index of each label."""
+
+    def run_id(label: str) -> str | None:
+        index = showcase.get(label)
+        return None if index is None else f"R{run_base + index}"
+
+    batch = showcase.get("batch")
+    return {
+        "batch_run_id": run_id("batch"),
+        "batch_child_ids": ()
+        if batch is None
+        else tuple(f"R{run_base + batch + j}" for j in range(1, batch_children + 1)),
+        **{f"{label}_run_id": run_id(label) for label in _LABELS},
+    }
+
+
+_LABELS = ("running", "paused", "failed", "canceled", "completed")
+
+
+def _put_back_summary(done: PutBack, seconds: float) -> SeedSummary:
+    summary = SeedSummary(
+        workflow_ids=done.workflow_ids,
+        workflows_created=done.workflows_created,
+        runs=0,
+        tasks=0,
+        child_runs=0,
+        status_counts=(),
+        first_run_id=None,
+        last_run_id=None,
+        **_showcase_ids(done.showcase, done.batch_children, 0),
+        seconds=seconds,
+        recreated=done.recreated,
+        reset=done.reset,
+        others=done.others,
     )
     log.debug("seed: %s", str(summary).replace("\n", "; "))
     return summary

@@ -17,6 +17,8 @@ WINDOW = timedelta(days=14)
 CHUNK_RUNS = 50_000
 # Above this many runs the progress bar shows by default (on a terminal).
 PROGRESS_THRESHOLD = 10_000
+# The runs a first plain `spur-runs seed` adds: the showcase and a few more.
+DEFAULT_RUNS = 20
 
 EPOCH = datetime(1970, 1, 1)
 

@@ -249,6 +249,9 @@ SHOWCASE: tuple[tuple[str, str, int, int], ...] = (
     ("completed", COMPLETED, 1, 6 * 3_600_000),
 )
 
+# How many runs the showcase is: R1 ... R9 on a fresh database.
+SHOWCASE_RUNS = sum(size for _, _, size, _ in SHOWCASE)
+
 PlanRow = tuple[int, int, int, int | None, str]  # (i, template, t0 ms, parent i, run_type)
 
 
@@ -265,7 +268,9 @@ class Planner:
         self.catalog = catalog
         self.runs = runs
         self.now_ms = now_ms
-        # Seeded by `runs` alone: the same --runs always plans the same runs.
+        # Seeded by `runs` alone: the same --runs always plans the same runs,
+        # and a plain seed's showcase is the same whether written by the
+        # bulk load or put back (showcase.py).
         self.rng = random.Random(f"spur-runs seed {runs}")
         self.tally = _Tally()
 

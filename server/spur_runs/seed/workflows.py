@@ -21,6 +21,13 @@ def ensure_workflows(engine: Engine, now: datetime) -> tuple[DemoIds, int]:
         return workflows_in(session, now)
 
 
+def demo_workflow_ids(session: Session) -> list[str]:
+    """The ids of the demo workflows there are (none made), oldest first."""
+    names = [demo.name for demo in demos()]
+    chosen = select(Workflow.id).where(Workflow.name.in_(names)).order_by(Workflow._intid)
+    return list(session.scalars(chosen))
+
+
 def workflows_in(session: Session, now: datetime) -> tuple[DemoIds, int]:
     """ensure_workflows within the caller's transaction."""
     found = []
