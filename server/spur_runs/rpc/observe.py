@@ -98,28 +98,59 @@ class _Call:
             self.metrics.handled(code, seconds, self.sent)
         if pools is not None:
             pools.after_call()
-        if not access_log.isEnabledFor(logging.INFO):
+        if access_log.isEnabledFor(logging.INFO):
             # The line's fields (context.peer() above all) cost a few percent
             # of a GetRun: build them only for a log that takes them.
-            REQUEST_ID.set(None)
-            return
-        fields: dict[str, Any] = {
-            "method": self.method,
-            "code": code.name,
-            "duration_ms": round(seconds * 1000, 3),
-            "peer": context.peer(),
-            "request_id": self.request_id,
-        }
-        line = "%s %s %.1fms peer=%s request_id=%s"
-        values = [self.method, code.name, seconds * 1000, fields["peer"], self.request_id]
-        if self.forwarded_for:  # an HTTP caller, through the gateway
-            # In the text line too: an HTTP watch's peer is the gateway's
-            # own socket (unix:...), which names no client.
-            fields["forwarded_for"] = self.forwarded_for
-            line += " forwarded_for=%s"
-            values.append(self.forwarded_for)
-        access_log.info(line, *values, extra=fields)
+            log_access(
+                self.method,
+                code.name,
+                seconds,
+                context.peer(),
+                self.request_id,
+                # An HTTP caller, through the gateway: an HTTP watch's peer is
+                # the gateway's own socket (unix:...), which names no client.
+                self.forwarded_for,
+            )
         REQUEST_ID.set(None)
+
+
+def log_access(
+    method: str,
+    code: str,
+    seconds: float,
+    peer: str,
+    request_id: str,
+    forwarded_for: str | None = None,
+    **more: str | int,
+) -> None:
+    """The access line of one call, or of one HTTP answer the gateway gave
+    without a call (gateway/access.py: `more` then holds its http_status):
+    one format for both, in text and as JSON fields."""
+    fields: dict[str, Any] = {
+        "method": method,
+        "code": code,
+        "duration_ms": round(seconds * 1000, 3),
+        "peer": peer,
+        "request_id": request_id,
+    }
+    line = "%s %s %.1fms peer=%s request_id=%s"
+    values: list[Any] = [method, code, seconds * 1000, peer, request_id]
+    if forwarded_for:
+        fields["forwarded_for"] = forwarded_for
+        line += " forwarded_for=%s"
+        values.append(forwarded_for)
+    for name, value in more.items():
+        fields[name] = value
+        line += f" {name}=%s"
+        values.append(value)
+    access_log.info(line, *values, extra=fields)
+
+
+def request_id_for(incoming: str | None) -> str:
+    """The request id of a call whose caller sent `incoming` (None: none)."""
+    return (
+        incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else _new_request_id()
+    )
 
 
 def _final_code(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
@@ -142,8 +173,7 @@ class ObserveHook(Hook):
         context = call.context
         # The same metadata grpc gives the interceptors (HandlerCallDetails).
         metadata = context.invocation_metadata()
-        incoming = _metadata_value(metadata, REQUEST_ID_KEY)
-        given_id = incoming if incoming is not None and _REQUEST_ID.fullmatch(incoming) else None
+        request_id = request_id_for(_metadata_value(metadata, REQUEST_ID_KEY))
         # Only the gateway's (trust.py): a gRPC caller's own would be its say.
         forwarded_for = (
             _metadata_value(metadata, "x-forwarded-for")
@@ -156,7 +186,7 @@ class ObserveHook(Hook):
             if pools is None
             else pools.method(call.method, call.request_streaming, call.response_streaming)
         )
-        record = _Call(call.method, method_metrics, given_id or _new_request_id(), forwarded_for)
+        record = _Call(call.method, method_metrics, request_id, forwarded_for)
         # A unary call's request id goes back in its trailing metadata (exit),
         # which grpc sends with the answer and the status in one batch:
         # response headers of their own would cost a batch (and ~12% of
