@@ -44,6 +44,7 @@ from ..api.rules import REQUEST_RULES
 from ..config import Config, parse_address
 from ..telemetry.metrics import Metrics
 from ..trust import parse_proxies
+from .access import HttpAccess
 from .channels import ChannelPool, channel_count
 from .comments import load_comments
 from .connections import BACKLOG, ConnectionLimits, quiet_accept_errors
@@ -131,14 +132,16 @@ class HttpGateway:
             routes, load_comments(), title, _version(), self._prefix, REQUEST_RULES
         )
         document_probes(self.openapi)  # GET /healthz, /readyz (probes.py)
+        trusted = parse_proxies(config.trusted_proxies)
         self._mux = Mux(
             routes,
             self._prefix,
             dumps(self.openapi),
             metrics,  # GET /metrics (metrics_http.py)
             config.max_request_bytes,
-            parse_proxies(config.trusted_proxies),
+            trusted,
         )
+        self._access = HttpAccess(trusted)  # the access lines of answers without a call
         self._grace = config.grace_seconds
         self._channel_count = channel_count(config)
         self._ssl = tls.http_context(config)
@@ -252,7 +255,13 @@ class HttpGateway:
             await channel.close(grace=None)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        began = self._access.begin()
         request, authority = origin_form(request)
+        response = await self._respond(request, authority)
+        self._access.answered(request, response, began)  # (unless a call's line has it)
+        return response
+
+    async def _respond(self, request: web.BaseRequest, authority: str | None) -> web.StreamResponse:
         refused = self._hosts.refusal(request, authority)
         if refused is not None:
             return refused

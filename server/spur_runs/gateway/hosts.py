@@ -17,7 +17,7 @@ from google.rpc import code_pb2, status_pb2
 
 from ..config import Config, parse_address
 from ..trust import LOOPBACK_HOSTS, host_name, is_loopback_bind, parse_hosts
-from .render import status_json
+from .replies import error
 
 
 class HostCheck:
@@ -50,4 +50,4 @@ class HostCheck:
             message=f"this server does not answer for Host {header[:100]!r}: without tokens, "
             "on loopback, it answers localhost, 127.0.0.1, [::1] and --http-allowed-hosts",
         )
-        return web.Response(status=421, body=status_json(status), content_type="application/json")
+        return error(status, 421)

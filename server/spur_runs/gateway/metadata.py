@@ -127,12 +127,12 @@ def outgoing_metadata(
         elif key == "x-forwarded-host":
             forwarded_host = value
     if not is_trusted(remote, trusted):
-        forwarded_for = forwarded_host = None
+        forwarded_host = None
     host = forwarded_host or host
     if host:
         pairs.append(("x-forwarded-host", _text("Host", host)))
-    if remote:
-        chain = f"{forwarded_for}, {remote}" if forwarded_for else remote
+    chain = forwarded_chain(forwarded_for, remote, trusted)
+    if chain is not None:
         pairs.append(("x-forwarded-for", _text("X-Forwarded-For", chain)))
         pairs.append(gateway_mark())  # (what makes the access log believe it)
     if _size(pairs) > METADATA_BUDGET:
@@ -144,6 +144,19 @@ def outgoing_metadata(
                 "(Authorization, X-Request-Id, Grpc-Metadata-*)",
             )
     return pairs
+
+
+def forwarded_chain(
+    forwarded_for: str | None, remote: str | None, trusted: tuple[Network, ...]
+) -> str | None:
+    """The access log's forwarded_for of an HTTP caller at `remote` that
+    sent `forwarded_for` (its last X-Forwarded-For): the client's address,
+    after the chain it sent if it is a trusted proxy; None without one."""
+    if not remote:
+        return None
+    if forwarded_for and is_trusted(remote, trusted):
+        return f"{forwarded_for}, {remote}"
+    return remote
 
 
 def _text(name: str, value: str) -> str:

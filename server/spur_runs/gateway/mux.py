@@ -18,6 +18,7 @@ from ..rpc.status import to_status
 from ..telemetry.metrics import Metrics
 from ..telemetry.metrics_http import METRICS_PATH, metrics_response
 from ..trust import Network
+from .access import called, not_called, peer
 from .links import next_link, pages_by_link
 from .metadata import TIMEOUT_HEADER, outgoing_metadata, parse_timeout
 from .render import Renderer
@@ -42,15 +43,6 @@ class Endpoint:
         self.render = renderer.response(output, route.response_body)
         # A bare list (PySpur's `GET /run/`): its next page goes in a Link header.
         self.links = pages_by_link(route.method, route.response_body)
-
-
-def _peer(request: web.BaseRequest) -> str:
-    """The HTTP client's address as grpc names a peer ("ipv4:1.2.3.4:5678")."""
-    where = request.transport.get_extra_info("peername") if request.transport else None
-    if not isinstance(where, tuple) or len(where) < 2:
-        return "unknown"
-    host, port = where[0], where[1]
-    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
 
 async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
@@ -159,6 +151,7 @@ class Mux:
         try:
             return await self._call(request, found, raw_path, query, extra)
         except Exception as bug:  # noqa: BLE001 - a bug: a generic 500, the traceback to the log
+            not_called()  # (the call's line, if any, does not say 500)
             return error(to_status(bug, found.payload.route.grpc_path))
 
     async def _call(
@@ -185,6 +178,8 @@ class Mux:
             return error(to_status(bad))
         # Cancelling this task (the client went away: handler_cancellation)
         # cancels the call, and the server sees its RPC cancelled.
+        # From here the answer is the call's, and so is its access line.
+        called()
         if route.streaming:
             assert self._streams is not None
             call = self._streams.stream(
@@ -194,7 +189,7 @@ class Mux:
         assert self._unary is not None
         try:
             reply = await self._unary.unary(
-                route.grpc_path, message, timeout=timeout, metadata=metadata, peer=_peer(request)
+                route.grpc_path, message, timeout=timeout, metadata=metadata, peer=peer(request)
             )
         except grpc.aio.AioRpcError as call_error:
             return failed(call_error)

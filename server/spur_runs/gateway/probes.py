@@ -22,8 +22,9 @@ from aiohttp import web
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health_pb2
 
+from .access import called
 from .openapi import STATUS_REF
-from .render import status_json
+from .replies import error
 
 HEALTHZ = "/healthz"
 READYZ = "/readyz"
@@ -38,8 +39,7 @@ _SCHEMA = "grpc.health.v1.HealthCheckResponse"
 def _status(
     http: int, code: int, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    body = status_json(status_pb2.Status(code=code, message=message))
-    return web.Response(status=http, body=body, content_type="application/json", headers=headers)
+    return error(status_pb2.Status(code=code, message=message), http, headers)
 
 
 class Probes:
@@ -70,6 +70,7 @@ class Probes:
             return web.Response(body=_SERVING, content_type="application/json")
         if closing:
             return _status(503, code_pb2.UNAVAILABLE, "not ready: the server is shutting down")
+        called()  # (the Check's access line stands for this answer)
         try:
             reply = await self._check(
                 health_pb2.HealthCheckRequest(service=""), timeout=_CHECK_TIMEOUT

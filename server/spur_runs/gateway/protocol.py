@@ -4,8 +4,8 @@ answered by aiohttp itself, before the gateway sees them: with text/plain
 that echoes part of the request, and an ERROR traceback in the log, as if
 the server had failed. They are the client's fault, so this server answers
 them as the gateway answers bad input, a google.rpc.Status JSON body with
-the same HTTP status (400; 414/431 where aiohttp says so), and logs one
-line at INFO.
+the same HTTP status (400; 414/431 where aiohttp says so), and logs its
+access line (access.py).
 
 Each connection is also held to connections.py's bounds: a header timeout,
 an idle timeout, a cap on open connections. Only public aiohttp API is
@@ -26,8 +26,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from google.rpc import code_pb2, status_pb2
 
+from .access import malformed
 from .connections import ConnectionCount, ConnectionLimits
-from .render import status_json
+from .replies import error
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,11 @@ class _Handler(web.RequestHandler):
 
 
 def _malformed(request: web.BaseRequest, status: int, exc: HttpProcessingError) -> web.Response:
-    log.info("malformed HTTP request from %s: %s", request.remote, type(exc).__name__)
-    body = status_json(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=_message(exc)))
-    response = web.Response(status=status, body=body, content_type="application/json")
+    response = error(
+        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=_message(exc)), status
+    )
     response.force_close()  # the rest of the stream cannot be trusted
+    malformed(request, response, type(exc).__name__)  # (its access line)
     return response
 
 

@@ -31,14 +31,24 @@ _DETAILS_KEY = "grpc-status-details-bin"
 _REQUEST_ID = "x-request-id"
 
 
+class StatusReply(web.Response):
+    """An answer whose body is a google.rpc.Status, which knows its code
+    (for the access line of an answer the gateway gives itself: access.py)."""
+
+    def __init__(self, code: grpc.StatusCode, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.code = code
+
+
 def error(
     status: status_pb2.Status, http_status: int | None = None, headers: dict[str, str] | None = None
-) -> web.Response:
+) -> StatusReply:
     code = grpc_code(status)
     if code is grpc.StatusCode.UNAUTHENTICATED:
         # HTTP's 401 must name a scheme to use; the tokens are bearer tokens.
         headers = {**(headers or {}), "WWW-Authenticate": 'Bearer realm="spur-runs"'}
-    return web.Response(
+    return StatusReply(
+        code,
         status=http_status or HTTP_STATUS.get(code, 500),
         body=status_json(status),
         content_type=JSON,
