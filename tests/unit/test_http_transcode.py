@@ -218,6 +218,12 @@ def test_bad_query_values_name_the_parameter(
     assert raised.value.field == parameter
 
 
+def test_an_unknown_enum_name_is_told_the_names_to_use(router: Router[Route]) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        build(router, "GET", "/v1/things:search?color=PURPLE")
+    assert raised.value.description == "'PURPLE' is not one of RED, GREEN"
+
+
 # --- bodies ---
 
 

@@ -118,7 +118,12 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
             return by_name.number
         if len(text) <= 20 and _INT.fullmatch(text) and int(text) in enum.values_by_number:
             return int(text)
-        names = ", ".join(v.name for v in enum.values)
+        # The zero value's *_UNSPECIFIED (AIP-126) is what leaving the
+        # parameter out means: not a name to suggest (a status filter of it
+        # is refused).
+        names = ", ".join(
+            v.name for v in enum.values if not (v.number == 0 and v.name.endswith("_UNSPECIFIED"))
+        )
         raise InvalidArgument(name, f"{_shown(text)} is not one of {names}")
     if kind == FieldDescriptor.TYPE_BYTES:
         return _bytes(text, name)
