@@ -78,6 +78,14 @@ def disk_full_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def refused_as_disk_full(stub: RunServiceStub, run_id: str) -> None:
+    """DeleteRun of `run_id` is refused as a full disk, over gRPC."""
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.DeleteRun(pb.DeleteRunRequest(run_id=run_id), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert raised.value.details().startswith(MESSAGE), raised.value.details()
+
+
 def test_deleterun_on_a_full_disk_is_resource_exhausted_until_space_is_freed(
     small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -90,10 +98,7 @@ def test_deleterun_on_a_full_disk_is_resource_exhausted_until_space_is_freed(
         caplog.clear()
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = RunServiceStub(channel)
-            with pytest.raises(grpc.RpcError) as raised:
-                stub.DeleteRun(pb.DeleteRunRequest(run_id=seeded.parent), timeout=30)
-            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert raised.value.details().startswith(MESSAGE), raised.value.details()
+            refused_as_disk_full(stub, seeded.parent)
             assert disk_full_errors(caplog) == [
                 f"{MESSAGE} in {DELETE_RUN}: database or disk is full"
             ]
@@ -174,10 +179,7 @@ def test_deleterun_on_postgresql_out_of_disk_is_resource_exhausted(
         caplog.clear()
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = RunServiceStub(channel)
-            with pytest.raises(grpc.RpcError) as raised:
-                stub.DeleteRun(pb.DeleteRunRequest(run_id=seeded.parent), timeout=30)
-            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert raised.value.details().startswith(MESSAGE)
+            refused_as_disk_full(stub, seeded.parent)
             assert disk_full_errors(caplog) == [f"{MESSAGE} in {DELETE_RUN}: could not extend file"]
             got = stub.GetRun(pb.GetRunRequest(run_id=seeded.parent), timeout=30)
             assert len(got.run.tasks) == 6  # nothing was deleted

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +17,7 @@ from typing import Any
 import grpc
 
 from seeding import seeded
-from servers import free_port, wait_health
+from servers import free_port, serve_command, wait_health
 
 TOKEN = "tok3n-sentinel-8f2a"
 QUERY = "query-sentinel-31c"
@@ -58,14 +54,12 @@ def test_answers_without_a_call_leave_one_access_line_each(tmp_path: Path) -> No
     run_id = seeded(url)
     grpc_port, http_port = free_port(), free_port()
     log_file = (tmp_path / "stderr").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
-         "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}"],
-        env={**os.environ, "SPUR_RUNS_LOG_FORMAT": "json"},
-        stdout=subprocess.DEVNULL, stderr=log_file,
-    )  # fmt: skip
     auth = {"Authorization": f"Bearer {TOKEN}"}
-    try:
+    with serve_command(
+        ["--database-url", url,
+         "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}"],
+        log_file, {"SPUR_RUNS_LOG_FORMAT": "json"},
+    ):  # fmt: skip
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             wait_health(channel, 1)
         answers = {
@@ -87,11 +81,6 @@ def test_answers_without_a_call_leave_one_access_line_each(tmp_path: Path) -> No
         assert re.match(rb"HTTP/1\.[01] 400 ", malformed), malformed[:40]
         for _ in range(HAMMER):
             assert _get(http_port, "/hammered").status == 404
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
     log_file.seek(0)
     output = log_file.read()
     for secret in (TOKEN, QUERY, BODY):

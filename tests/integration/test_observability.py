@@ -5,10 +5,6 @@ line, request ids."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import urllib.request
 from pathlib import Path
@@ -19,7 +15,7 @@ import pytest
 from locks import runs_locked
 from metrics import RUNS, method, scrape, value
 from seeding import seeded
-from servers import free_port, start_server, wait_health, wait_until
+from servers import free_port, serve_command, start_server, wait_health, wait_until
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 
@@ -96,13 +92,11 @@ def test_json_access_log_and_request_ids(tmp_path: Path) -> None:
     tokens.write_text(token + "\n")
     port = free_port()
     log_file = (tmp_path / "stderr").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "spur_runs", "serve", "--database-url", url,
+    with serve_command(
+        ["--database-url", url,
          "--grpc-address", f"127.0.0.1:{port}", "--reader-tokens-file", str(tokens)],
-        env={**os.environ, "SPUR_RUNS_LOG_FORMAT": "json"},
-        stdout=subprocess.DEVNULL, stderr=log_file,
-    )  # fmt: skip
-    try:
+        log_file, {"SPUR_RUNS_LOG_FORMAT": "json"},
+    ):  # fmt: skip
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             wait_health(channel, 1)
             stub = RunServiceStub(channel)
@@ -127,11 +121,6 @@ def test_json_access_log_and_request_ids(tmp_path: Path) -> None:
                 stub.ListRuns(
                     pb.ListRunsRequest(page_token="payload-sentinel-91"), metadata=(auth,)
                 )
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
     log_file.seek(0)
     output = log_file.read()
     assert token not in output, "a token was logged"

@@ -3,17 +3,45 @@ the `spur-runs` command on a free port, waited for through gRPC health."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from spur_runs.config import Config
 from spur_runs.runtime.server import RunsServer, create_server
+
+
+@contextmanager
+def serve_command(
+    args: Sequence[str], log: IO[str], env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`spur-runs serve ARGS` as a child process writing its log to `log`.
+    A block that ends normally ends with SIGTERM and a clean exit (0) within
+    30 s; on any failure the process is killed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spur_runs", "serve", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    try:
+        yield process
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def start_server(database_url: str, **config: object) -> RunsServer:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from databases import PG_ADMIN_URL, new_postgres_database
 from factories import add_run, add_workflow, all_done
 from metrics import method, scrape, value
-from servers import free_port, start_server, wait_health, wait_until
+from servers import free_port, serve_command, start_server, wait_health, wait_until
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.store.db import Database
@@ -155,14 +155,13 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
     (run_id,) = _fill(url, "demo", runs=1)
     grpc_port, http_port = free_port(), free_port()
     log_file = (tmp_path / "stderr").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "spur_runs", "serve", "--database-url", url, "--workers", "2",
+    calls = 24
+    with serve_command(
+        ["--database-url", url, "--workers", "2",
          "--grpc-address", f"127.0.0.1:{grpc_port}", "--http-address", f"127.0.0.1:{http_port}",
          "--log-format", "json"],
-        env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=log_file,
-    )  # fmt: skip
-    calls = 24
-    try:
+        log_file,
+    ):  # fmt: skip
         for attempt in range(calls):
             # A channel of its own, hence a connection of its own, that the
             # kernel hands to either worker.
@@ -190,11 +189,6 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
             )
             # Two pools of 16, added up.
             assert value(samples, "spur_runs_db_pool_size", database="primary") == 32
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
     log_file.seek(0)
     lines = [json.loads(line) for line in log_file.read().splitlines() if line.startswith("{")]
     served_by = {
