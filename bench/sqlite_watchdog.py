@@ -30,7 +30,7 @@ from sqlalchemy import event, text
 
 from spur_runs import deadline
 from spur_runs.seed import seed
-from spur_runs.store import db as dbmod
+from spur_runs.store import engine as dbmod
 from spur_runs.store import runs as storage
 from spur_runs.store.db import Database
 from spur_runs.store.migrate import migrate

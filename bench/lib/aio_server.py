@@ -11,11 +11,11 @@ postgresql+psycopg in its async form); each call opens one AsyncConnection,
 begins a transaction and runs exactly what spur_runs.service.RunService does
 inside its `with self._db.read_one()` / `read()` blocks through
 `await conn.run_sync(fn)`, so store/runs.py and api/convert.py run unchanged (the
-same SQL, the same rows to messages). Reads keep db.py's semantics: GetRun's
+same SQL, the same rows to messages). Reads keep engine.py's semantics: GetRun's
 one statement without a transaction (autocommit on PostgreSQL), ListRuns in
 one transaction, rolled back (REPEATABLE READ on PostgreSQL); on SQLite
-db.py's connect PRAGMAs and its explicit BEGIN (sqlite_connect, sqlite_begin
-below: db.py's listeners are private, so these are written out here; they
+engine.py's connect PRAGMAs and its explicit BEGIN (sqlite_connect, sqlite_begin
+below: engine.py's listeners are private, so these are written out here; they
 leave out its statement watchdog, which the service's statements never reach).
 
 Only public names of spur_runs: the sync side is RunService itself; the aio
@@ -60,7 +60,7 @@ from spur_runs.api.service import list_query, validate_run_id
 from spur_runs.api.versions import VersionCache
 from spur_runs.errors import ServiceError
 from spur_runs.rpc.status import code_of
-from spur_runs.store import db
+from spur_runs.store import engine as db
 from spur_runs.store import runs as storage
 
 T = TypeVar("T")
@@ -69,7 +69,7 @@ SYNC_WORKERS = 4  # spur-runs serve's default thread pool (Config.max_workers)
 
 
 def sqlite_connect(dbapi_connection: Any, busy_timeout_ms: int) -> None:
-    """db.py's PRAGMAs for every new SQLite connection (WAL, foreign keys),
+    """engine.py's PRAGMAs for every new SQLite connection (WAL, foreign keys),
     and no implicit transactions: sqlite_begin starts them."""
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
@@ -80,7 +80,7 @@ def sqlite_connect(dbapi_connection: Any, busy_timeout_ms: int) -> None:
 
 
 def sqlite_begin(connection: Connection) -> None:
-    """db.py's BEGIN for reads of several statements; none for one statement
+    """engine.py's BEGIN for reads of several statements; none for one statement
     (db.SINGLE_OPTION, Database.read_one)."""
     if not connection.get_execution_options().get(db.SINGLE_OPTION, False):
         connection.exec_driver_sql("BEGIN")
@@ -106,7 +106,7 @@ def create_async_db_engine(url: str, pool_size: int) -> AsyncEngine:
             connect_args={"check_same_thread": False, "timeout": busy},
             json_deserializer=db.load_json,
         )
-        # db.py's PRAGMAs and explicit BEGIN, on the sync facade (they run
+        # engine.py's PRAGMAs and explicit BEGIN, on the sync facade (they run
         # inside run_sync's greenlet).
         event.listen(
             engine.sync_engine,

@@ -218,7 +218,7 @@ class Config:
         "deadline lowers it; the call answers `DEADLINE_EXCEEDED`.",
         bounds=(0.01, _INT32_MS),
     )  # fmt: skip
-    # libpq's keepalive and TCP_USER_TIMEOUT bounds (store/db.dead_peer_args).
+    # libpq's keepalive and TCP_USER_TIMEOUT bounds (store/engine.dead_peer_args).
     db_dead_peer_seconds: float = setting(
         10.0, "SPUR_RUNS_DB_DEAD_PEER_SECONDS",
         "drop a PostgreSQL connection unanswered this long",

@@ -29,7 +29,7 @@ from servers import start_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.rpc.status import to_status
-from spur_runs.store.db import normalize_url
+from spur_runs.store.engine import normalize_url
 from spur_runs.store.migrate import migrate
 
 DELETE_RUN = "/spur.runs.v1.RunService/DeleteRun"

@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from databases import new_postgres_database
-from spur_runs.store.db import create_db_engine, normalize_url
+from spur_runs.store.engine import create_db_engine, normalize_url
 from spur_runs.store.migrate import (
     alembic_config,
     current_revision,

@@ -17,7 +17,7 @@ from servers import start_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.store.db import normalize_url
+from spur_runs.store.engine import normalize_url
 from spur_runs.store.schema_check import missing_indexes
 
 pytest.importorskip("pyspur.models.base_model")

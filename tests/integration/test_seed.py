@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from spur_runs.seed import TASKS_PER_RUN, SeedSummary, seed
-from spur_runs.store.db import create_db_engine, normalize_url
+from spur_runs.store.engine import create_db_engine, normalize_url
 from spur_runs.store.migrate import migrate
 from spur_runs.store.models import Run, RunStatus, Task, TaskStatus, Workflow, WorkflowVersion
 

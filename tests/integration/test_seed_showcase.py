@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from factories import add_run, add_workflow, all_done
 from spur_runs.seed import seed
-from spur_runs.store.db import create_db_engine
+from spur_runs.store.engine import create_db_engine
 from spur_runs.store.models import Run, RunStatus, Task, Workflow
 
 pytestmark = pytest.mark.filterwarnings("ignore:Computed column:sqlalchemy.exc.SAWarning")

@@ -152,7 +152,7 @@ def test_get_run_reads_json_that_only_pythons_json_module_accepts(
     db: Database, stub: RunServiceStub
 ) -> None:
     """Python's json.dumps writes NaN and Infinity, so a PySpur database on
-    SQLite may hold them; orjson (the fast path of db.load_json) refuses
+    SQLite may hold them; orjson (the fast path of engine.load_json) refuses
     them. PostgreSQL's json type refuses them on insert already."""
     document = '{"score": NaN, "big": Infinity, "n": 12345678901234567890123}'
     with db.write() as s:

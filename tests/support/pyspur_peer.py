@@ -24,7 +24,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from factories import definition
-from spur_runs.store.db import normalize_url
+from spur_runs.store.engine import normalize_url
 
 
 def import_pyspur_models() -> Any:

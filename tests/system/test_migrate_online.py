@@ -25,7 +25,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Connection, Engine, create_engine, text
 
-from spur_runs.store.db import normalize_url
+from spur_runs.store.engine import normalize_url
 from spur_runs.store.migrate import alembic_config, current_revision, head_revision, migrate
 from spur_runs.store.models import SERVICE_INDEXES
 from spur_runs.store.schema_check import missing_indexes

@@ -42,7 +42,7 @@ from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.runtime import health
 from spur_runs.store import db
-from spur_runs.store.db import create_db_engine
+from spur_runs.store.engine import create_db_engine
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -274,7 +274,7 @@ def test_a_partition_from_postgresql_holds_no_thread(postgres_url: str, tmp_path
 @pytest.mark.slow
 def test_postgresql_connections_carry_the_dead_peer_bound(postgres_url: str) -> None:
     """What the kernel holds for the server's sockets to PostgreSQL, read back
-    with getsockopt (libpq sets them from db.dead_peer_args)."""
+    with getsockopt (libpq sets them from engine.dead_peer_args)."""
     engine = create_db_engine(postgres_url, pool_size=1, dead_peer_seconds=7)
     try:
         with engine.connect() as connection:

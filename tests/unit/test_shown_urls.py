@@ -1,4 +1,4 @@
-"""Database URLs as logs, messages and printed output show them (store/db.py
+"""Database URLs as logs, messages and printed output show them (store/engine.py
 shown_url): no password, neither in user:password@ nor in the query string,
 where libpq takes `password` and `sslpassword` too."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from spur_runs.config import ConfigError
-from spur_runs.store.db import shown_url
+from spur_runs.store.engine import shown_url
 from spur_runs.store.schema_check import require_tables
 
 

@@ -104,7 +104,7 @@ def _set_other(target: struct_pb2.Value, value: Any) -> None:
         target.bool_value = value
     elif isinstance(value, int | float):
         # A float NaN or Infinity (which PySpur's json.dumps may have
-        # stored, db.load_json) is a double like any other.
+        # stored, engine.load_json) is a double like any other.
         target.number_value = value
     elif isinstance(value, str):
         target.string_value = value

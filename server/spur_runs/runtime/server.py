@@ -35,7 +35,8 @@ from ..rpc.decode import DecodeHook
 from ..rpc.encode import EncodeHook
 from ..rpc.errors import ErrorHook
 from ..rpc.observe import ObserveHook
-from ..store.db import Database, shown_url
+from ..store.db import Database
+from ..store.engine import shown_url
 from ..store.schema_check import warn_missing_indexes
 from ..telemetry.metrics import Metrics
 from .health import DatabaseHealth

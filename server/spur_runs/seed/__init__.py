@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..store.db import create_db_engine
+from ..store.engine import create_db_engine
 from .content import DEFAULT_RUNS, EPOCH, PROGRESS_THRESHOLD, TASKS_PER_RUN, definition_hash
 from .load import Progress
 from .plan import Catalog, Planner

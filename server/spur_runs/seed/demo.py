@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import OperationalError
 
-from ..store.db import WRITE_OPTION, create_db_engine
+from ..store.engine import WRITE_OPTION, create_db_engine
 from ..store.models import Run, RunStatus, Task, TaskStatus
 from .plan import Catalog, RunTemplate
 from .workflows import ensure_workflows

@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, exists, insert, null, select, text, update
 from sqlalchemy.orm import Session
 
-from ..store.db import WRITE_OPTION
+from ..store.engine import WRITE_OPTION
 from ..store.models import Run, RunStatus, Task, TaskStatus
 from .content import DEFAULT_RUNS, EPOCH
 from .plan import SHOWCASE_RUNS, Catalog, Planner

@@ -6,7 +6,7 @@ from datetime import datetime
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from ..store.db import WRITE_OPTION
+from ..store.engine import WRITE_OPTION
 from ..store.models import Workflow, WorkflowVersion
 from .content import Demo, definition_hash, demos
 

@@ -19,7 +19,7 @@ import sqlite3
 from pathlib import Path
 
 from ..config import ConfigError
-from .db import normalize_url
+from .engine import normalize_url
 from .schema_check import missing_sqlite_file
 
 

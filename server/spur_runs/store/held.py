@@ -12,7 +12,7 @@ out of the pool once (`detach()`: it no longer counts against the pool's
 size, nor shows in its metrics) and used for nothing else.
 
 Why that serves no stale answer: the connection is in autocommit (SQLite's
-isolation_level=None from db._sqlite_connect, with no BEGIN sent on it;
+isolation_level=None from engine._sqlite_connect, with no BEGIN sent on it;
 psycopg's autocommit, set here once), so each SELECT is its own snapshot
 and sees every commit made before it, by this process or another (PySpur).
 After every read the connection must be outside any transaction,
@@ -20,7 +20,7 @@ SQLAlchemy's or the database's; otherwise, or after any database error, it
 is closed, and the thread's next read opens another.
 
 Why no begin: the connection never writes, so nothing lowers SQLite's
-busy_timeout (db._sqlite_begin), and the statement's own listeners
+busy_timeout (engine._sqlite_begin), and the statement's own listeners
 (before_cursor_execute: the watchdog, statement counts) still run
 (hot.fetch).
 
@@ -146,7 +146,7 @@ class HeldConnections:
         try:
             if connection.in_transaction():
                 # SQLAlchemy's autobegin (a statement it executed): on this
-                # connection it sent no BEGIN (db._sqlite_begin), so this
+                # connection it sent no BEGIN (engine._sqlite_begin), so this
                 # rollback is sqlite3's no-op.
                 connection.rollback()
             if _idle(connection.connection.dbapi_connection):

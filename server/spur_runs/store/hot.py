@@ -20,7 +20,7 @@ What SQLAlchemy's execution did and these reads must keep doing:
   are decoded here in one call each, as SQLAlchemy decodes them but without
   its layers of calls around the same work: SQLite's DATETIME text
   (datetime.fromisoformat, which SQLAlchemy's parser calls too), SQLite's
-  JSON text (db.load_json, its json_deserializer) and enum names (the
+  JSON text (engine.load_json, its json_deserializer) and enum names (the
   member of that name);
 - a driver error is raised as SQLAlchemy's wrapper of it (rpc/status.py maps
   those), and a dropped connection is handed to SQLAlchemy (see _raise), which
@@ -51,7 +51,7 @@ from sqlalchemy.sql import Select
 
 from ..errors import DataLoss
 from . import libpq
-from .db import MAX_TEXT_OPTION, bound_text, load_json, text_too_large
+from .engine import MAX_TEXT_OPTION, bound_text, load_json, text_too_large
 from .held import HELD_OPTION
 
 Processor = Callable[[Any], Any]
@@ -100,8 +100,8 @@ def _enum_member(enum_class: type[enum.Enum]) -> Processor:
 
 
 def _sqlite_json(value: Any) -> Any:
-    """SQLite's JSON text, parsed as db.create_db_engine's json_deserializer
-    (db.load_json) parses it: SQLAlchemy's processor calls that function.
+    """SQLite's JSON text, parsed as engine.create_db_engine's json_deserializer
+    (engine.load_json) parses it: SQLAlchemy's processor calls that function.
     orjson is called here, not through load_json: one Python call fewer for
     each of a GetRun's ~13 JSON values; load_json takes what orjson refuses."""
     if value is None:
@@ -469,14 +469,14 @@ def fetch(
                 cursor = dbapi.cursor()
             cursor.execute(sql, arguments)
             rows = cursor.fetchall()
-            # One row is bounded by SQLite itself (db._sqlite_connect: the
+            # One row is bounded by SQLite itself (engine._sqlite_connect: the
             # limit holds for a row too); many rows are counted here.
             if max_text is not None and len(rows) > 1 and _text_of(rows) > max_text:
                 raise text_too_large(max_text)
             return list(rows)
         except conn.dialect.loaded_dbapi.Error as error:
             if max_text is not None and getattr(error, "sqlite_errorname", "") == "SQLITE_TOOBIG":
-                raise text_too_large(max_text) from None  # db._sqlite_connect's limit
+                raise text_too_large(max_text) from None  # engine._sqlite_connect's limit
             _raise(conn, cursor, sql, arguments, error)
     finally:
         if cursor is not None:

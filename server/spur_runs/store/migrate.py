@@ -42,7 +42,7 @@ from alembic.runtime.migration import MigrationContext  # noqa: E402
 from alembic.script import ScriptDirectory  # noqa: E402
 from sqlalchemy import Connection, inspect  # noqa: E402
 
-from .db import WRITE_OPTION, create_db_engine, normalize_url, shown_url  # noqa: E402
+from .engine import WRITE_OPTION, create_db_engine, normalize_url, shown_url  # noqa: E402
 from .migrations import (  # noqa: E402
     PYSPUR_REVISIONS,
     PYSPUR_VERSION_TABLE,

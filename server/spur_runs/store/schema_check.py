@@ -20,7 +20,7 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import ConfigError
-from .db import create_db_engine, normalize_url, shown_url
+from .engine import create_db_engine, normalize_url, shown_url
 from .migrations import OUR_TABLES
 from .models import SERVICE_INDEXES, Base
 

@@ -17,7 +17,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import Connection
 
-from spur_runs.store.db import WRITE_OPTION, create_db_engine
+from spur_runs.store.engine import WRITE_OPTION, create_db_engine
 from spur_runs.store.migrations import OUR_TABLES, VERSION_TABLE
 from spur_runs.store.models import Base
 
