@@ -25,6 +25,7 @@ the call's own line stands for it, with its code.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import re
@@ -59,7 +60,11 @@ def not_called() -> None:
 
 def peer(request: web.BaseRequest) -> str:
     """The HTTP client's address as grpc names a peer ("ipv4:1.2.3.4:5678")."""
-    where = request.transport.get_extra_info("peername") if request.transport else None
+    return transport_peer(request.transport)
+
+
+def transport_peer(transport: asyncio.BaseTransport | None) -> str:
+    where = transport.get_extra_info("peername") if transport else None
     if not isinstance(where, tuple) or len(where) < 2:
         return "unknown"
     host, port = where[0], where[1]
@@ -123,6 +128,16 @@ def malformed(request: web.BaseRequest, response: web.StreamResponse, error: str
     response.headers["X-Request-Id"] = request_id
     if access_log.isEnabledFor(logging.INFO):
         line("-", response, 0.0, peer(request), request_id, request.remote, error=error)
+
+
+def refused_head(transport: asyncio.BaseTransport, response: web.StreamResponse) -> str:
+    """The line of a request whose head was refused before aiohttp parsed
+    it (protocol.py), as malformed()'s; returns its request id."""
+    request_id = request_id_for(None)
+    if access_log.isEnabledFor(logging.INFO):
+        where = transport_peer(transport)
+        line("-", response, 0.0, where, request_id, None, error="HeadTooLarge")
+    return request_id
 
 
 def line(

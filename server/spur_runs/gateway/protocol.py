@@ -26,8 +26,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
 from google.rpc import code_pb2, status_pb2
 
-from .access import malformed
+from .access import malformed, refused_head
 from .connections import ConnectionCount, ConnectionLimits
+from .render import status_json
 from .replies import error
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,13 @@ class _Handler(web.RequestHandler):
         # Request bytes that arrive between the end of the handshake and
         # start_tls returning (the same turn of the loop).
         self._guard_early: list[bytes] = []
+        # The bytes of the request head being received (MAX_HEAD_BYTES), and
+        # its last 3, to see a CRLFCRLF split between reads; None while a
+        # body may be coming instead.
+        self._guard_head: int | None = 0
+        self._guard_tail = b""
+        self._guard_body = False  # the head being counted announces a body
+        self._guard_head_refused = False
 
     # --- the bounds (connections.py) ---
 
@@ -111,9 +119,79 @@ class _Handler(web.RequestHandler):
             if not self._guard_refused:
                 self._guard_early.append(data)
             return
+        if self._guard_head_refused:  # (its head was too large: nothing more is read)
+            return
         if data and not self._guard_busy and self._guard_timer is None:
             self._guard_arm()  # the first bytes of a request: its headers are due
+        if self._guard_head is not None and self._guard_head_over(data):
+            self._guard_refuse_head()
+            return
         super().data_received(data)
+
+    def _guard_head_over(self, data: bytes) -> bool:
+        """Counts `data` into the request heads being received: True once
+        one is over MAX_HEAD_BYTES. After a head that announces a body
+        (Content-Length, Transfer-Encoding), counting stops until its
+        request starts or ends (guard_request_*); after one that does not,
+        the next bytes are the next request's head (pipelined: aiohttp
+        parses and queues up to 32 requests while one is running). A GET's
+        head is one read of a few hundred bytes: one find() and lower()."""
+        pos = 0
+        while self._guard_head is not None and pos < len(data):
+            tail = self._guard_tail
+            joint = (tail + data[:3]).find(_HEAD_END) if tail and pos == 0 else -1
+            if joint >= 0:
+                stop = joint + len(_HEAD_END) - len(tail)
+            else:
+                found = data.find(_HEAD_END, pos)
+                stop = found + len(_HEAD_END) if found >= 0 else -1
+            piece = data[pos:] if stop < 0 else data[pos:stop]
+            if not self._guard_body:
+                lowered = piece.lower()
+                self._guard_body = b"content-length" in lowered or b"transfer-encoding" in lowered
+            self._guard_head += len(piece)
+            if self._guard_head > MAX_HEAD_BYTES:
+                return True
+            if stop < 0:
+                self._guard_tail = (tail + piece)[-3:]
+                return False
+            self._guard_head = None if self._guard_body else 0
+            self._guard_tail, self._guard_body = b"", False
+            pos = stop
+        return False
+
+    def _guard_refuse_head(self) -> None:
+        """431 and close, without handing aiohttp the head (it would hold all
+        of it); nothing more is read. While a request of the connection is
+        running (a watch stream), its answer is being written: an answer
+        written now would land inside it, so the connection is dropped."""
+        self._guard_head = None
+        self._guard_disarm()
+        self._guard_head_refused = True  # (data_received drops the rest)
+        transport = self._guard_transport
+        if transport is None:
+            return
+        if self._guard_busy or not isinstance(transport, asyncio.WriteTransport):
+            self.guard_evict()
+            return
+        status = status_pb2.Status(
+            code=code_pb2.INVALID_ARGUMENT,
+            message="malformed HTTP request: its request line and headers hold more "
+            f"than {MAX_HEAD_BYTES} bytes in all",
+        )
+        request_id = refused_head(transport, error(status, 431))  # (its access line)
+        body = status_json(status)
+        head = (
+            "HTTP/1.1 431 Request Header Fields Too Large\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            f"X-Request-Id: {request_id}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        transport.write(head.encode("ascii") + body)
+        transport.close()
+        if isinstance(transport, asyncio.Transport):
+            self._guard_loop.call_later(_REFUSED_LINGER, transport.abort)  # (no-op once closed)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._guard_refused:
@@ -129,14 +207,18 @@ class _Handler(web.RequestHandler):
             self._guard_count.release(self)
             self._guard_transport = None
 
-    def guard_request_started(self) -> None:
+    def guard_request_started(self, request: web.BaseRequest) -> None:
         self._guard_busy = True
         self._guard_disarm()
         self._guard_count.busy(self)
+        if self._guard_head is None and not request.body_exists:
+            self._guard_head = 0  # what comes next is a pipelined request's head
 
     def guard_request_finished(self) -> None:
         # From here aiohttp's keepalive_timeout (the idle timeout) runs.
         self._guard_busy = False
+        if self._guard_head is None:
+            self._guard_head = 0  # (a body left unread counts as a head: it is not read)
         if self._guard_transport is not None:  # (still open)
             self._guard_count.idle(self)
 
@@ -196,6 +278,16 @@ Handle = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # A request line or one header: at most this many bytes; at most this many
 # headers (aiohttp answers 414/431/400 beyond them, through handle_error).
 MAX_HEADERS = 128
+# A request's head (its request line and headers) in all, as nginx's default
+# buffers (4 x 8 KiB) allow. Within the two limits above, 128 headers of 8
+# KiB each made a 1 MiB head, which aiohttp held twice over (as read, then
+# parsed) until the head ended: 500 connections sending such heads took the
+# server from 0.1 to 1 GB, kept after they were gone.
+MAX_HEAD_BYTES = 32768
+_HEAD_END = b"\r\n\r\n"
+# A refused connection is closed gracefully (its 431 sent), then aborted if
+# it is not closed within this long (connections.py's refusal does the same).
+_REFUSED_LINGER = 1.0
 _PARSER_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": MAX_HEADERS}
 
 
@@ -248,7 +340,7 @@ class Server(web.Server):
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             protocol = request.protocol
             if isinstance(protocol, _Handler):
-                protocol.guard_request_started()
+                protocol.guard_request_started(request)
             try:
                 if len(request.raw_headers) > MAX_HEADERS:  # (aiohttp 3.12 lets them in)
                     return _malformed(request, 400, BadHttpMessage("Too many headers received"))
