@@ -5,7 +5,9 @@ by PySpur's Runs router (FastAPI, as PySpur serves it) and by spur-runs. Every
 Get Run and List Runs body must be equal value for value (times as the same
 text: PySpur's UI appends a "Z" to them; float fields as floats), and every body of every seed
 endpoint must be accepted by PySpur's own pydantic RunResponseSchema and
-TaskResponseSchema. On SQLite and PostgreSQL.
+TaskResponseSchema. On SQLite and PostgreSQL. The rows include odd but
+legal ones (pyspur_peer._odd_runs: every status, unicode, 1e308 and 5e-324,
+an offset time, an end before the start, a three-level chain).
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def all_run_ids(world: dict[str, Any]) -> list[str]:
         world["failed"],
         world["running"],
         world["canceled"],
+        *world["odd"],
     ]
 
 
@@ -129,6 +132,8 @@ LISTINGS = [
     "/run/?page_size=100&parent_only=true&run_type=batch",
     "/run/?page=1&page_size=10&parent_only=false&run_type=interactive",
     "/run/?page=9&page_size=100",  # past the end: []
+    "/run/?page_size=100&parent_only=false&run_type=%C3%BCn%C3%AFc%C3%B8d%C3%A9%20%F0%9F%9A%80",
+    "/run/?page_size=100&run_type=",  # (no filter, for both)
 ]
 
 

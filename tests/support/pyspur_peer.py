@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import create_engine
@@ -83,12 +83,8 @@ def write_world(url: str) -> dict[str, Any]:
         workflow, version = add_pyspur_workflow(session)
 
         def run(minute: int, **fields: Any) -> Any:
-            row = RunModel(
-                workflow_id=workflow.id,
-                workflow_version_id=version.id,
-                start_time=start + timedelta(minutes=minute),
-                **fields,
-            )
+            fields.setdefault("start_time", start + timedelta(minutes=minute))
+            row = RunModel(workflow_id=workflow.id, workflow_version_id=version.id, **fields)
             session.add(row)
             session.flush()
             return row
@@ -143,8 +139,10 @@ def write_world(url: str) -> dict[str, Any]:
             end_time=start + timedelta(minutes=31),
             outputs={"output": {"partial": [1, None, "two", True]}},
         )
+        odd = _odd_runs(session, run, task, start + timedelta(days=1))
         session.commit()
         ids.update(
+            odd=odd,
             batch=batch.id,
             children=children,
             failed=failed.id,
@@ -154,6 +152,84 @@ def write_world(url: str) -> dict[str, Any]:
             version=version.id,
         )
     engine.dispose()
+    return ids
+
+
+def _odd_runs(session: Session, run: Any, task: Any, start: datetime) -> list[str]:
+    """Odd but legal rows PySpur's classes write: a run of every status
+    without tasks, a task of every status, a three-level chain, unicode,
+    floats at a double's edges (1e308, 5e-324, -0.0), integers up to 2^53,
+    microseconds, a time given with an offset, an end before the start,
+    empty strings. Each starts at its own instant (ties are ordered
+    differently: api.md). Returns their ids, none a top-level batch run."""
+    from pyspur.models.run_model import RunStatus
+    from pyspur.models.task_model import TaskStatus
+
+    ids = []
+    for n, status in enumerate(RunStatus):
+        ids.append(
+            run(
+                0, status=status, run_type="interactive", start_time=start + timedelta(seconds=n)
+            ).id
+        )
+    edges = {
+        "max": 1e308,
+        "min": 5e-324,
+        "neg0": -0.0,
+        "int53": 2**53,
+        "neg53": -(2**53),
+        "tenth": 0.1,
+    }
+    text = {
+        "q": '日本語 «ünïcødé» 🚀 \u2028 \\ "',
+        "": "",
+        "nested": [[[{"deep": [None, {}, []]}]]],
+    }
+    odd = run(
+        0,
+        status=RunStatus.PAUSED,
+        run_type="ünïcødé 🚀",
+        start_time=start + timedelta(minutes=1, microseconds=123456),
+        end_time=start + timedelta(minutes=1, microseconds=123457),
+        initial_inputs={"input_node": {**edges, **text}},
+        outputs={"output": {"edges": edges, "bool": False}, "": {}},
+    )
+    previous = None
+    for n, status in enumerate(TaskStatus):
+        previous = task(
+            odd,
+            f"nöde {n} ✓" if n else "",
+            status,
+            n,
+            end_time=odd.start_time + timedelta(days=400, microseconds=n),
+            inputs=[edges, "text", 1.5, None][n % 4],
+            outputs=[42, "s", True, {"": []}, -1.5e-300, edges][n],
+            error="" if status == TaskStatus.FAILED else None,
+            parent_task_id=previous.id if previous is not None else None,
+            subworkflow_output={"k": {"v": [1, 2.5]}} if n % 2 else None,
+        )
+    ids.append(odd.id)
+    offset = timezone(timedelta(hours=5, minutes=30))
+    aware = datetime(2026, 11, 21, 18, 0, 0, 500000, tzinfo=offset)
+    ids.append(run(0, status=RunStatus.RUNNING, run_type="interactive", start_time=aware).id)
+    backwards = run(
+        0,
+        status=RunStatus.COMPLETED,
+        run_type="",
+        start_time=start + timedelta(minutes=3),
+        end_time=start + timedelta(minutes=2, seconds=59),
+    )
+    ids.append(backwards.id)
+    parent = None
+    for depth in range(3):
+        parent = run(
+            0,
+            status=RunStatus.RUNNING,
+            run_type="interactive",
+            start_time=start + timedelta(minutes=4 + depth),
+            parent_run_id=None if parent is None else parent.id,
+        )
+        ids.append(parent.id)
     return ids
 
 
