@@ -218,7 +218,10 @@ class _Handler(web.RequestHandler):
         # From here aiohttp's keepalive_timeout (the idle timeout) runs.
         self._guard_busy = False
         if self._guard_head is None:
-            self._guard_head = 0  # (a body left unread counts as a head: it is not read)
+            # What comes next is the next request's head, or the rest of a body
+            # the route did not read: counted as a head, it closes a client that
+            # sends over MAX_HEAD_BYTES of a body no route takes (a GET's).
+            self._guard_head = 0
         if self._guard_transport is not None:  # (still open)
             self._guard_count.idle(self)
 
