@@ -197,3 +197,53 @@ def test_a_task_outside_the_tree_pointing_in_is_refused_for_good(
         assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert f"of run {other}" in (raised.value.details() or "")
     assert _count(db, "SELECT count(*) FROM tasks") == 2 * len(TASKS)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_run_deleted_by_another_call_meanwhile_is_not_found(
+    db: Database, stub: RunServiceStub, migrated_url: str
+) -> None:
+    """Two DeleteRuns of one tree at once: the second found the run in its
+    walk, waited for the first's locks, then found it gone, and answered
+    ABORTED ("retry"), whose retry could only say NOT_FOUND. SQLite's
+    answers NOT_FOUND; so does PostgreSQL's now."""
+    with db.write() as s:
+        version = add_workflow(s)
+        root = add_run(s, version, tasks=TASKS)
+        child = add_run(s, version, parent_run_id=root, tasks=TASKS)
+    other = create_engine(migrated_url)
+    try:
+        with other.connect() as first, other.connect() as watcher:
+            transaction = first.begin()
+            mine = first.execute(text("SELECT pg_backend_pid()")).scalar_one()
+            # The first delete, not yet committed.
+            first.execute(
+                text("DELETE FROM tasks WHERE run_id IN (:a, :b)"), {"a": root, "b": child}
+            )
+            first.execute(text("DELETE FROM runs WHERE id = :b"), {"b": child})
+            first.execute(text("DELETE FROM runs WHERE id = :a"), {"a": root})
+            outcome: list[grpc.StatusCode] = []
+
+            def second() -> None:
+                try:
+                    stub.DeleteRun(pb.DeleteRunRequest(run_id=root), timeout=20)
+                    outcome.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    outcome.append(error.code())
+
+            caller = threading.Thread(target=second)
+            caller.start()
+            waiting = text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND pid <> :mine"
+            )
+            deadline = time.monotonic() + 10
+            while watcher.execute(waiting, {"mine": mine}).scalar_one() == 0:
+                assert time.monotonic() < deadline, "DeleteRun never waited for the lock"
+                watcher.commit()
+                time.sleep(0.02)
+            transaction.commit()
+            caller.join(20)
+    finally:
+        other.dispose()
+    assert outcome == [grpc.StatusCode.NOT_FOUND]

@@ -64,6 +64,12 @@ def lock_subtree(conn: Connection, run_id: str) -> list[str]:
             select(Run.id, Run.parent_run_id).where(Run.id.in_(chunk)).with_for_update()
         )
         locked.update((row.id, row.parent_run_id) for row in rows)
+    if run_id not in locked:
+        # The run itself was deleted while we waited for its lock (another
+        # DeleteRun of it, or of a run above it): NotFound, as on SQLite and
+        # as a retry would answer; ABORTED would ask for a retry that can
+        # only fail.
+        return []
     moved = [run for run in ordered if run not in locked or locked[run] != parents[run]]
     if moved:
         raise Aborted(
