@@ -6,6 +6,7 @@ switched off."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from certs import make_tls_files
 from factories import add_run, add_workflow, all_done
+from half_open import raw_call
 from servers import start_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
@@ -130,6 +132,22 @@ def test_tokens_and_scopes(guarded: RunsServer, runs: tuple[str, list[str]]) -> 
         # Health stays open to load balancers and orchestrators.
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_token_beyond_ascii_is_unauthenticated(
+    guarded: RunsServer, runs: tuple[str, list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`authorization: Bearer €` (valid UTF-8, which grpc's own clients will
+    not send, a raw HTTP/2 one will) ended UNKNOWN "Error in service
+    handler!", with a traceback at ERROR, before any token was compared."""
+    caplog.set_level(logging.INFO)
+    request = pb.GetRunRequest(run_id=runs[1][0]).SerializeToString()
+    method = "/spur.runs.v1.RunService/GetRun"
+    for value in ("Bearer €", f"Bearer {READER}€", "Bearer \u0100"):
+        assert raw_call(guarded.port, method, request, ("authorization", value.encode()))
+    codes = [getattr(r, "code", None) for r in caplog.records if r.name == "spur_runs.access"]
+    assert codes == ["UNAUTHENTICATED"] * 3
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.slow

@@ -148,8 +148,13 @@ def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> bytes | None:
         if key == "authorization":
             text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
             scheme, _, token = text.strip().partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip().encode("latin-1")
+            token = token.strip()
+            # Tokens are printable ASCII (read_tokens); a value beyond it
+            # matches none. grpc hands valid UTF-8 over as text ("€"), which
+            # latin-1 cannot encode: the call ended UNKNOWN, with a traceback
+            # logged, before any token was looked at.
+            if scheme.lower() == "bearer" and token and token.isascii():
+                return token.encode("ascii")
             return None
     return None
 
