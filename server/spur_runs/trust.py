@@ -112,7 +112,9 @@ def gateway_mark() -> tuple[str, str]:
 
 
 def from_gateway(mark: str | None) -> bool:
-    return mark is not None and hmac.compare_digest(mark, _GATEWAY_MARK)
+    # compare_digest refuses a str beyond ASCII (TypeError), which a raw
+    # HTTP/2 caller can send as this key's value; none is the mark.
+    return mark is not None and mark.isascii() and hmac.compare_digest(mark, _GATEWAY_MARK)
 
 
 def address_of(peer: str) -> str:

@@ -134,19 +134,35 @@ def test_tokens_and_scopes(guarded: RunsServer, runs: tuple[str, list[str]]) -> 
         assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_a_token_beyond_ascii_is_unauthenticated(
+def test_metadata_beyond_ascii_is_answered_not_unknown(
     guarded: RunsServer, runs: tuple[str, list[str]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """`authorization: Bearer €` (valid UTF-8, which grpc's own clients will
-    not send, a raw HTTP/2 one will) ended UNKNOWN "Error in service
-    handler!", with a traceback at ERROR, before any token was compared."""
+    """Valid UTF-8 beyond ASCII in the metadata the server reads, which
+    grpc's own clients will not send and a raw HTTP/2 one will. grpc hands
+    it over as text: `authorization: Bearer €` failed to encode, and a
+    `spur-runs-gateway` mark of it failed hmac.compare_digest, each ending
+    UNKNOWN (the latter saying "comparing strings with non-ASCII
+    characters"), with a traceback at ERROR and no access line."""
     caplog.set_level(logging.INFO)
     request = pb.GetRunRequest(run_id=runs[1][0]).SerializeToString()
     method = "/spur.runs.v1.RunService/GetRun"
-    for value in ("Bearer €", f"Bearer {READER}€", "Bearer \u0100"):
-        assert raw_call(guarded.port, method, request, ("authorization", value.encode()))
+    token = ("authorization", f"Bearer {READER}".encode())
+    sent = {
+        "UNAUTHENTICATED": [
+            [("authorization", "Bearer €".encode())],
+            [("authorization", f"Bearer {READER}€".encode())],
+            [("authorization", "Bearer \u0100".encode())],
+        ],
+        "OK": [
+            [token, ("spur-runs-gateway", "€".encode())],
+            [token, ("x-request-id", "€".encode())],
+            [token, ("x-forwarded-for", "€".encode())],
+        ],
+    }
+    for headers in [*sent["UNAUTHENTICATED"], *sent["OK"]]:
+        assert raw_call(guarded.port, method, request, *headers)
     codes = [getattr(r, "code", None) for r in caplog.records if r.name == "spur_runs.access"]
-    assert codes == ["UNAUTHENTICATED"] * 3
+    assert codes == ["UNAUTHENTICATED"] * 3 + ["OK"] * 3
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
