@@ -278,6 +278,62 @@ def test_a_run_that_cannot_be_served_fails_its_watchers_only(
         assert raised.value.code() == grpc.StatusCode.DATA_LOSS
 
 
+def _one_run_spoils_the_poll(server: RunsServer, db: Database, spoil: str) -> grpc.RpcError:
+    """Watch two runs; in one transaction, `spoil` one (SQL, :r its id) and
+    complete the other. The other's watcher must see it end; returns the
+    spoiled one's error."""
+    bad, good = pending_run(db), pending_run(db)
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = RunServiceStub(channel)
+        streams = {r: stub.WatchRun(pb.WatchRunRequest(run_id=r), timeout=20) for r in (bad, good)}
+        for run_id, stream in streams.items():
+            assert next(stream).run.id == run_id
+        with db.write() as s:
+            s.execute(text(spoil), {"r": bad})
+            s.execute(text("UPDATE runs SET status = 'COMPLETED' WHERE id = :r"), {"r": good})
+        assert next(streams[good]).run.status == run_pb2.Run.Status.COMPLETED
+        with pytest.raises(grpc.RpcError) as raised:
+            next(streams[bad])
+    wait_for(lambda: server.watch_hub.watcher_count == 0)
+    return raised.value
+
+
+def test_a_run_too_large_to_read_fails_its_watchers_only(migrated_url: str) -> None:
+    """A watched run whose stored values grew past what any response may
+    carry (4 x --max-response-bytes) made every poll fail: every watch of
+    every run went silent until its deadline, the poller logging "retrying"
+    (a review, 2026-12-04). Now that run's watchers end RESOURCE_EXHAUSTED,
+    as GetRun answers, and the others are served."""
+    db = Database.from_url(migrated_url, pool_size=2)
+    server = start_server(migrated_url, watch_interval=INTERVAL, max_response_bytes=65536)
+    try:
+        error = _one_run_spoils_the_poll(
+            server,
+            db,
+            'UPDATE tasks SET outputs = \'{"text": "' + "x" * 300_000 + "\"}' WHERE run_id = :r",
+        )
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+    finally:
+        server.stop(grace=1)
+        db.dispose()
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        "UPDATE runs SET outputs = '{not json' WHERE id = :r",
+        "UPDATE runs SET status = 'WEIRD' WHERE id = :r",
+    ],
+)
+def test_a_run_whose_values_no_longer_decode_fails_its_watchers_only(
+    lite_db: Database, lite_server: RunsServer, spoil: str
+) -> None:
+    """The same for values SQLite's columns let another writer store and
+    that no longer decode, which GetRun answers DATA_LOSS."""
+    error = _one_run_spoils_the_poll(lite_server, lite_db, spoil)
+    assert error.code() == grpc.StatusCode.DATA_LOSS, error.details()
+
+
 def test_cancelling_unregisters_and_is_counted(
     db: Database, watching: RunsServer, stub: RunServiceStub
 ) -> None:

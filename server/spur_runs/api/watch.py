@@ -43,16 +43,17 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from prometheus_client import Counter, Gauge
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
 
-from ..errors import NotFound, ResourceExhausted, ServiceError, Unavailable
+from ..errors import DataLoss, NotFound, ResourceExhausted, ServiceError, Unavailable
 from ..store import runs, watch_sql
 from ..store.db import Database
 from ..telemetry.metrics import Metrics
@@ -73,6 +74,51 @@ Send = Callable[[Any], None]
 
 class TooManyWatchers(ResourceExhausted):
     pass
+
+
+# What one run's own rows raise as they are read (GetRun answers them with
+# an error too): a value that does not decode (ValueError: JSON, text;
+# LookupError: an enum name), one too large (SQLite's length limit, a
+# DataError; the size bound), DataLoss. Anything else (the database down, a
+# timeout) fails the whole poll, which is tried again.
+_RUN_FAULTS = (ValueError, LookupError, sa_exc.DataError, DataLoss, ResourceExhausted)
+_Broken = dict[str, ServiceError]
+
+
+R = TypeVar("R")
+
+
+def _unless_a_run_fault(
+    read: Callable[[Any, list[str]], R], conn: Any, run_ids: list[str]
+) -> R | None:
+    """read(conn, run_ids), or None when one run's rows spoiled it."""
+    try:
+        return read(conn, run_ids)
+    except _RUN_FAULTS:
+        return None
+
+
+def _changed(
+    groups: dict[str, list[Watcher]], found: dict[str, watch_sql.Fingerprint]
+) -> list[str]:
+    """The runs of `found` whose fingerprint moved for any of their watchers."""
+    return [
+        run_id
+        for run_id, fingerprint in found.items()
+        if any(w.fingerprint != fingerprint for w in groups[run_id])
+    ]
+
+
+def _unreadable(run_id: str, error: Exception) -> ServiceError:
+    """The error that ends the watches of a run that cannot be read."""
+    if isinstance(error, ServiceError):
+        return error
+    if isinstance(error, sa_exc.DataError):
+        return ResourceExhausted(
+            f"run {run_id}: a stored value is larger than any response may carry "
+            "(--max-response-bytes)"
+        )
+    return DataLoss(f"run {run_id} holds a value this service cannot read")
 
 
 class Watcher:
@@ -297,26 +343,38 @@ class WatchHub:
         if not groups:
             return
         self.polls.inc()
+        found: dict[str, watch_sql.Fingerprint] | None = None
+        records: list[runs.RunRecord] | None = None
+        changed: list[str] = []
         with self._db.read() as conn:
             event.listen(conn, "before_cursor_execute", self._count_statement)
             try:
-                found = watch_sql.fingerprints(conn, list(groups))
-                changed = [
-                    run_id
-                    for run_id, fingerprint in found.items()
-                    if any(w.fingerprint != fingerprint for w in groups[run_id])
-                ]
-                records = watch_sql.load_runs(conn, changed) if changed else []
-                self._versions.load(conn, (r.version_key for r in records))
+                found = _unless_a_run_fault(watch_sql.fingerprints, conn, list(groups))
+                if found is not None:
+                    changed = _changed(groups, found)
+                    records = _unless_a_run_fault(self._load, conn, changed)
             finally:
                 event.remove(conn, "before_cursor_execute", self._count_statement)
+        # One run's rows spoiled a batch: read each run alone (_each), and end
+        # the watches of those that cannot be read.
+        broken: _Broken = {}
+        if found is None:
+            found = {}
+            for part in self._each(list(groups), watch_sql.fingerprints, broken):
+                found.update(part)
+            changed = _changed(groups, found)
+        if records is None:
+            records = [r for part in self._each(changed, self._load, broken) for r in part]
         self.changes.inc(len(changed))
         gone: set[Watcher] = set()  # their run was deleted, its id maybe given to another
         for run_id, watchers in groups.items():
             now = found.get(run_id)
             for watcher in watchers:
                 before = watcher.fingerprint
-                if now is None or (before is not None and not watch_sql.same_run(before, now)):
+                if run_id in broken:
+                    gone.add(watcher)
+                    self._deliver(watcher, broken[run_id])
+                elif now is None or (before is not None and not watch_sql.same_run(before, now)):
                     gone.add(watcher)
                     self._deliver(watcher, NotFound(f"run {run_id} not found (deleted)"))
         for record in records:
@@ -342,6 +400,32 @@ class WatchHub:
                 if final or comparable != watcher.last:
                     watcher.last = comparable
                     self._deliver(watcher, _response(message), final=final)
+
+    def _load(self, conn: Any, run_ids: list[str]) -> list[runs.RunRecord]:
+        """The runs of `run_ids`, with their workflow versions in the cache."""
+        records = watch_sql.load_runs(conn, run_ids) if run_ids else []
+        self._versions.load(conn, (r.version_key for r in records))
+        return records
+
+    def _each(
+        self, run_ids: list[str], read: Callable[[Any, list[str]], R], broken: _Broken
+    ) -> list[R]:
+        """read(conn, [run_id]) for each run alone, each in a transaction of
+        its own (PostgreSQL's first may have been aborted); a run whose read
+        fails with a _RUN_FAULTS goes to `broken`, with the error that ends
+        its watches. Such a run used to fail every poll: every watch of every
+        run went silent until its deadline, the run's own too."""
+        results: list[R] = []
+        for run_id in run_ids:
+            if run_id in broken:
+                continue
+            try:
+                with self._db.read() as conn:
+                    results.append(read(conn, [run_id]))
+            except _RUN_FAULTS as error:
+                log.warning("WatchRun: run %s cannot be read, its watches end: %s", run_id, error)
+                broken[run_id] = _unreadable(run_id, error)
+        return results
 
     def _count_statement(self, *_args: Any) -> None:
         self.statements.inc()
