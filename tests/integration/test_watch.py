@@ -323,6 +323,7 @@ def test_a_run_too_large_to_read_fails_its_watchers_only(migrated_url: str) -> N
     [
         "UPDATE runs SET outputs = '{not json' WHERE id = :r",
         "UPDATE runs SET status = 'WEIRD' WHERE id = :r",
+        "UPDATE tasks SET error = CAST(X'6162FF63' AS TEXT) WHERE run_id = :r",
     ],
 )
 def test_a_run_whose_values_no_longer_decode_fails_its_watchers_only(

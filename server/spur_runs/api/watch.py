@@ -56,6 +56,7 @@ from spur.runs.v1 import run_service_pb2 as pb
 from ..errors import DataLoss, NotFound, ResourceExhausted, ServiceError, Unavailable
 from ..store import runs, watch_sql
 from ..store.db import Database
+from ..store.faults import not_utf8_column
 from ..telemetry.metrics import Metrics
 from . import convert
 from .senders import NonReaders, Stream
@@ -78,7 +79,7 @@ class TooManyWatchers(ResourceExhausted):
 
 # What one run's own rows raise as they are read (GetRun answers them with
 # an error too): a value that does not decode (ValueError: JSON, text;
-# LookupError: an enum name), one too large (SQLite's length limit, a
+# LookupError: an enum name; text not UTF-8, faults.py), one too large (SQLite's length limit, a
 # DataError; the size bound), DataLoss. Anything else (the database down, a
 # timeout) fails the whole poll, which is tried again.
 _RUN_FAULTS = (ValueError, LookupError, sa_exc.DataError, DataLoss, ResourceExhausted)
@@ -88,14 +89,20 @@ _Broken = dict[str, ServiceError]
 R = TypeVar("R")
 
 
+def _is_run_fault(error: Exception) -> bool:
+    return isinstance(error, _RUN_FAULTS) or not_utf8_column(error) is not None
+
+
 def _unless_a_run_fault(
     read: Callable[[Any, list[str]], R], conn: Any, run_ids: list[str]
 ) -> R | None:
     """read(conn, run_ids), or None when one run's rows spoiled it."""
     try:
         return read(conn, run_ids)
-    except _RUN_FAULTS:
-        return None
+    except Exception as error:
+        if _is_run_fault(error):
+            return None
+        raise
 
 
 def _changed(
@@ -113,6 +120,8 @@ def _unreadable(run_id: str, error: Exception) -> ServiceError:
     """The error that ends the watches of a run that cannot be read."""
     if isinstance(error, ServiceError):
         return error
+    if not_utf8_column(error) is not None:
+        return DataLoss(f"run {run_id}: the database holds text of it that is not valid UTF-8")
     if isinstance(error, sa_exc.DataError):
         return ResourceExhausted(
             f"run {run_id}: a stored value is larger than any response may carry "
@@ -422,7 +431,9 @@ class WatchHub:
             try:
                 with self._db.read() as conn:
                     results.append(read(conn, [run_id]))
-            except _RUN_FAULTS as error:
+            except Exception as error:
+                if not _is_run_fault(error):
+                    raise
                 log.warning("WatchRun: run %s cannot be read, its watches end: %s", run_id, error)
                 broken[run_id] = _unreadable(run_id, error)
         return results

@@ -14,7 +14,6 @@ never to the client.
 from __future__ import annotations
 
 import logging
-import re
 
 import grpc
 from google.protobuf import any_pb2
@@ -33,6 +32,7 @@ from ..errors import (
     ServiceError,
     Unavailable,
 )
+from ..store.faults import not_utf8_column
 
 log = logging.getLogger(__name__)
 
@@ -105,24 +105,6 @@ def _is_timeout(error: BaseException) -> bool:
         _driver(error, "sqlstate") == _QUERY_CANCELED
         or _driver(error, "sqlite_errorname") == _SQLITE_INTERRUPT
     )
-
-
-# sqlite3's error for stored text that is not UTF-8 (written by a tool other
-# than PySpur): an OperationalError like a lost connection, but permanent,
-# so not UNAVAILABLE, which clients retry forever.
-_NOT_UTF8 = re.compile(r"Could not decode to UTF-8 column '([A-Za-z_][A-Za-z0-9_]{0,62})'")
-
-
-def _not_utf8(error: BaseException) -> str | None:
-    """The column of a stored text that is not UTF-8 ("" when sqlite3 named
-    no plain column), or None for any other error."""
-    if not isinstance(error, sa_exc.OperationalError):
-        return None
-    text = str(error.orig)
-    if not text.startswith("Could not decode to UTF-8"):
-        return None
-    named = _NOT_UTF8.match(text)
-    return named.group(1) if named else ""
 
 
 # A transaction the database gave up on for another's sake (PostgreSQL's
@@ -213,7 +195,7 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
             code=code_pb2.DEADLINE_EXCEEDED,
             message="the database did not answer within the deadline; retry later",
         )
-    column = _not_utf8(error)
+    column = not_utf8_column(error)
     if column is not None:
         where = f" (column {column})" if column else ""
         log.warning("stored text that is not UTF-8 in %s%s", method, where)
