@@ -200,33 +200,44 @@ def test_a_task_outside_the_tree_pointing_in_is_refused_for_good(
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_run_deleted_by_another_call_meanwhile_is_not_found(
-    db: Database, stub: RunServiceStub, migrated_url: str
+@pytest.mark.parametrize(
+    ("first_deletes", "answer", "runs_left"),
+    [
+        (("child", "root"), grpc.StatusCode.NOT_FOUND, 0),
+        (("child",), grpc.StatusCode.OK, 0),
+    ],
+)
+def test_runs_deleted_by_another_call_meanwhile(
+    db: Database,
+    stub: RunServiceStub,
+    migrated_url: str,
+    first_deletes: tuple[str, ...],
+    answer: grpc.StatusCode,
+    runs_left: int,
 ) -> None:
-    """Two DeleteRuns of one tree at once: the second found the run in its
-    walk, waited for the first's locks, then found it gone, and answered
-    ABORTED ("retry"), whose retry could only say NOT_FOUND. SQLite's
-    answers NOT_FOUND; so does PostgreSQL's now."""
+    """Another DeleteRun (of the run, or of a run below it) commits while
+    this one waits for the tree's locks, its walk having seen those runs.
+    It answered ABORTED ("retry"): for the run itself, a retry could only
+    say NOT_FOUND; for a run below it, the retry deleted the rest. SQLite,
+    where one delete comes after the other, answers NOT_FOUND and OK; so
+    does PostgreSQL's now."""
     with db.write() as s:
         version = add_workflow(s)
-        root = add_run(s, version, tasks=TASKS)
-        child = add_run(s, version, parent_run_id=root, tasks=TASKS)
+        ids = {"root": add_run(s, version, tasks=TASKS)}
+        ids["child"] = add_run(s, version, parent_run_id=ids["root"], tasks=TASKS)
     other = create_engine(migrated_url)
+    outcome: list[grpc.StatusCode] = []
     try:
         with other.connect() as first, other.connect() as watcher:
             transaction = first.begin()
             mine = first.execute(text("SELECT pg_backend_pid()")).scalar_one()
-            # The first delete, not yet committed.
-            first.execute(
-                text("DELETE FROM tasks WHERE run_id IN (:a, :b)"), {"a": root, "b": child}
-            )
-            first.execute(text("DELETE FROM runs WHERE id = :b"), {"b": child})
-            first.execute(text("DELETE FROM runs WHERE id = :a"), {"a": root})
-            outcome: list[grpc.StatusCode] = []
+            for name in first_deletes:  # the first delete, not yet committed
+                first.execute(text("DELETE FROM tasks WHERE run_id = :r"), {"r": ids[name]})
+                first.execute(text("DELETE FROM runs WHERE id = :r"), {"r": ids[name]})
 
             def second() -> None:
                 try:
-                    stub.DeleteRun(pb.DeleteRunRequest(run_id=root), timeout=20)
+                    stub.DeleteRun(pb.DeleteRunRequest(run_id=ids["root"]), timeout=20)
                     outcome.append(grpc.StatusCode.OK)
                 except grpc.RpcError as error:
                     outcome.append(error.code())
@@ -246,4 +257,6 @@ def test_a_run_deleted_by_another_call_meanwhile_is_not_found(
             caller.join(20)
     finally:
         other.dispose()
-    assert outcome == [grpc.StatusCode.NOT_FOUND]
+    assert outcome == [answer]
+    assert _count(db, "SELECT count(*) FROM runs") == runs_left
+    assert _count(db, "SELECT count(*) FROM tasks") == 0

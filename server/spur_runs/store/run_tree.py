@@ -48,8 +48,9 @@ def lock_subtree(conn: Connection, run_id: str) -> list[str]:
     tree meanwhile (an UPDATE of its parent_run_id, committed while the
     delete ran) was still deleted by its id: data outside the tree, lost.
     Locking the rows the walk found waits for such a writer, and gives the
-    rows as it left them: a run gone or with another parent ends the delete
-    with Aborted (retry), before anything is deleted. Once locked, no
+    rows as it left them: a run with another parent ends the delete with
+    Aborted (retry), before anything is deleted; a run gone (another
+    DeleteRun) is left out. Once locked, no
     writer can move them, delete them, or add a row that points at them.
     SQLite needs none of it: its write transaction (BEGIN IMMEDIATE) holds
     the one write lock of the whole file before the walk."""
@@ -70,13 +71,18 @@ def lock_subtree(conn: Connection, run_id: str) -> list[str]:
         # as a retry would answer; ABORTED would ask for a retry that can
         # only fail.
         return []
-    moved = [run for run in ordered if run not in locked or locked[run] != parents[run]]
+    # A run gone meanwhile was deleted with all of its runs below (the
+    # foreign key on parent_run_id lets no row point at a deleted run): the
+    # rest of the tree is deleted, as SQLite, where one delete comes after
+    # the other, does. One with another parent was moved: it is no longer
+    # ours to delete, nor are the runs below it.
+    moved = [run for run in ordered if run in locked and locked[run] != parents[run]]
     if moved:
         raise Aborted(
-            f"run {run_id}: run {moved[0]} of its tree was moved or deleted while the tree "
+            f"run {run_id}: run {moved[0]} of its tree was moved while the tree "
             "was being deleted (PySpur is still writing to it); nothing was deleted. Retry."
         )
-    return ordered
+    return [run for run in ordered if run in locked]
 
 
 def _parents(conn: Connection, run_id: str) -> dict[str, str | None]:
