@@ -286,3 +286,68 @@ def test_the_real_server_keeps_one_wrapped_handler_per_method(migrated_url: str)
         assert server.chain.cached == 2
     finally:
         server.stop(grace=1)
+
+
+class Exploder(Hook):
+    """A hook outside the error mapping that fails: what a bug in observe,
+    auth or deadlines would do (a review, 2026-12-04, found two such bugs:
+    metadata beyond ASCII)."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def enter(self, call: Call) -> None:
+        if self.where == "enter":
+            raise RuntimeError("secret detail of a failing hook")
+
+    def exit(self, call: Call, state: Any, error: BaseException | None) -> None:
+        if self.where == "exit":
+            raise RuntimeError("secret detail of a failing hook")
+
+
+@pytest.mark.parametrize("where", ["enter", "exit"])
+@pytest.mark.parametrize("method", ["Unary", "Stream", "Watch"])
+def test_an_error_no_hook_gave_a_status_is_internal_with_a_generic_message(
+    where: str, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpc alone answered UNKNOWN with the exception's text; the chain's
+    last resort gives it the status every unexpected error gets, and the
+    traceback goes to the log."""
+    from spur_runs.rpc.errors import last_resort
+
+    observed: list[grpc.StatusCode] = []
+
+    class Observer(Hook):
+        def exit(self, call: Call, state: Any, error: BaseException | None) -> None:
+            from spur_runs.rpc.observe import _final_code
+
+            observed.append(_final_code(call.context, error is not None))
+
+    chain = ChainInterceptor([Observer(), Exploder(where), Mapper()], last_resort=last_resort)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[chain])
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(_unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+        "Watch": grpc.unary_stream_rpc_method_handler(_non_blocking),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            path = f"/{SERVICE}/{method}"
+            with caplog.at_level("ERROR", logger="spur_runs.rpc.status"):
+                with pytest.raises(grpc.RpcError) as caught:
+                    if method == "Unary":
+                        channel.unary_unary(path)(b"x", timeout=5)
+                    else:
+                        list(channel.unary_stream(path)(b"x", timeout=5))
+        assert caught.value.code() is grpc.StatusCode.INTERNAL, caught.value.details()
+        assert caught.value.details() == "internal error"
+        assert any(r.exc_info and "secret detail" in str(r.exc_info[1]) for r in caplog.records), (
+            caplog.text
+        )
+        # What observe's access line and metrics say is what the client got.
+        assert observed == [grpc.StatusCode.INTERNAL]
+    finally:
+        server.stop(grace=None)

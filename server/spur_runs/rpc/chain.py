@@ -27,7 +27,10 @@ wrappers); `exit` when the behavior has returned or raised, in reverse
 order, with the error (or None); an `exit` that raises replaces the error
 for the hooks outside it. `refusal` runs when the handler is looked up: a
 hook that refuses the call replaces the behavior, with the hooks inside it,
-by one that aborts with the refusal's code.
+by one that aborts with the refusal's code. An error that leaves the last
+exit with no status set on the call (a hook outside errors.py's failed) is
+given to the chain's `last_resort`, which sets one: grpc itself answered
+UNKNOWN with the exception's own text.
 """
 
 from __future__ import annotations
@@ -200,11 +203,17 @@ def _wraps(hook: Hook) -> bool:
     return any(_overrides(hook, name) for name in ("enter", "sent", "send", "exit"))
 
 
+# What the chain does with an error that no hook gave a status (its
+# context, the error, the method): abort the call with a status.
+LastResort = Callable[[grpc.ServicerContext, Exception, str], None]
+
+
 class _Plan:
     """The hooks of one wrapped handler, split by what each of them does."""
 
-    def __init__(self, hooks: Sequence[Hook]) -> None:
+    def __init__(self, hooks: Sequence[Hook], last_resort: LastResort | None = None) -> None:
         self.hooks = tuple(hooks)
+        self.last_resort = last_resort
         self.senders = tuple((i, h) for i, h in enumerate(self.hooks) if _overrides(h, "sent"))
         # Inner hooks first: the innermost wrapper sees an item first.
         self.send_chain = tuple(
@@ -222,6 +231,12 @@ def _leave(plan: _Plan, call: Call, states: list[Any], error: BaseException | No
         except BaseException as replaced:  # noqa: BLE001 - it becomes the call's error
             error = replaced
     if error is not None:
+        last_resort = plan.last_resort
+        # (Not GeneratorExit, a stream's client gone; nor an error that an
+        # abort already put a status on.)
+        if last_resort is not None and isinstance(error, Exception):
+            if call.context.code() is None:  # type: ignore[attr-defined]
+                last_resort(call.context, error, call.method)  # aborts: raises
         try:
             raise error
         finally:
@@ -313,12 +328,17 @@ def _refuser(refusal: Refusal) -> Behavior:
 
 
 def wrap(
-    handler: Handler, method: str, hooks: Sequence[Hook], refused: tuple[int, Refusal] | None
+    handler: Handler,
+    method: str,
+    hooks: Sequence[Hook],
+    refused: tuple[int, Refusal] | None,
+    last_resort: LastResort | None = None,
 ) -> Handler:
     """`handler` wrapped by those of `hooks` that apply to it. `refused`: the
     index of the hook that refused the call and its refusal; that hook and
     the ones inside it are replaced by an ordinary behavior that aborts (for
-    a non-blocking method too: what would start a stream never runs)."""
+    a non-blocking method too: what would start a stream never runs).
+    `last_resort`: see the module's docstring."""
     deserializer = handler.request_deserializer
     serializer = handler.response_serializer
     for hook in hooks:
@@ -337,7 +357,10 @@ def wrap(
     active = [h for h in hooks if _wraps(h) and h.applies(handler)]
     if active:
         behavior = _WRAPPERS[shape](
-            method, (handler.request_streaming, handler.response_streaming), _Plan(active), behavior
+            method,
+            (handler.request_streaming, handler.response_streaming),
+            _Plan(active, last_resort),
+            behavior,
         )
     return rebuild(handler, behavior, deserializer, serializer)
 
@@ -366,10 +389,12 @@ class HandlerCache:
 
 class ChainInterceptor(_Interceptor):
     """The one interceptor of the server (and of the gateway's in-process
-    calls): `hooks`, outermost first."""
+    calls): `hooks`, outermost first; `last_resort` sets the status of an
+    error no hook gave one."""
 
-    def __init__(self, hooks: Sequence[Hook]) -> None:
+    def __init__(self, hooks: Sequence[Hook], last_resort: LastResort | None = None) -> None:
         self.hooks = tuple(hooks)
+        self._last_resort = last_resort
         self._refusers = tuple((i, h) for i, h in enumerate(self.hooks) if _overrides(h, "refusal"))
         self._cache = HandlerCache()
         # The cached handlers that refuse their call (bounded as the cache).
@@ -396,7 +421,9 @@ class ChainInterceptor(_Interceptor):
                 break
         method = handler_call_details.method
         key = (method, handler, None if refused is None else refused[1])
-        found = self._cache.get(key, lambda: wrap(handler, method, self.hooks, refused))
+        found = self._cache.get(
+            key, lambda: wrap(handler, method, self.hooks, refused, self._last_resort)
+        )
         if refused is not None and len(self._refusing) < MAX_CACHED_HANDLERS:
             self._refusing.add(found)
         return found

@@ -18,6 +18,13 @@ def _abort(context: grpc.ServicerContext, error: Exception, method: str) -> None
     context.abort_with_status(rpc_status.to_status(to_status(error, method)))
 
 
+# The chain's last resort (chain.ChainInterceptor): an error raised by a
+# hook outside ErrorHook (observe, auth, deadlines) gets its status here as
+# any other does: INTERNAL with a generic message and a logged traceback for
+# the unexpected, not grpc's UNKNOWN with the exception's own text.
+last_resort = _abort
+
+
 def end_with_error(context: grpc.ServicerContext, error: BaseException, method: str) -> None:
     """Put the status of `error` on the call without raising (what
     abort_with_status does, minus the exception, which only a handler's own

@@ -162,7 +162,9 @@ def _final_code(context: grpc.ServicerContext, raised: bool) -> grpc.StatusCode:
         if context.time_remaining() <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
-    return grpc.StatusCode.UNKNOWN if raised else grpc.StatusCode.OK
+    # An error with no status yet gets one from the chain's last resort
+    # (errors.last_resort), INTERNAL for the unexpected ones that reach it.
+    return grpc.StatusCode.INTERNAL if raised else grpc.StatusCode.OK
 
 
 class ObserveHook(Hook):

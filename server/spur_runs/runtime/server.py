@@ -33,7 +33,7 @@ from ..rpc.arrival import ArrivalInterceptor, RequestWaits
 from ..rpc.chain import ChainInterceptor, Interceptor
 from ..rpc.decode import DecodeHook
 from ..rpc.encode import EncodeHook
-from ..rpc.errors import ErrorHook
+from ..rpc.errors import ErrorHook, last_resort
 from ..rpc.observe import ObserveHook
 from ..store.db import Database
 from ..store.engine import shown_url
@@ -130,7 +130,8 @@ class RunsServer:
                 # RunService is larger than --max-response-bytes (those of
                 # reflection and health are fixed by the protos: not bounded).
                 EncodeHook(config.max_response_bytes, [RUN_SERVICE]),
-            ]
+            ],
+            last_resort=last_resort,
         )
         # Outermost, for gRPC callers only: a call's thread waits for its
         # request message for a bounded time (rpc/arrival.py).
