@@ -50,6 +50,18 @@ def _answer(sock: socket.socket) -> bytes:
     return answer
 
 
+def _one_answer(sock: socket.socket) -> bytes:
+    """One answer with a Content-Length, the connection left open."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 def _exchange(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
         sock.sendall(data)
@@ -92,6 +104,35 @@ def test_a_head_over_32_kib_is_431_once_it_is_over(served: tuple[RunsServer, See
     # Pipelined after a request that fits, in the same read.
     pipelined = _head("/healthz", b"\r\n") + _head(path, _LARGE + b"Connection: close\r\n\r\n")
     _refusal(_exchange(port, pipelined))
+    # Pipelined after a request with a body (no route reads it): the body is
+    # passed over, whatever it holds, and the head after it is counted.
+    body = b"\r\n\r\n".join([b"x" * 30_000] * 10)
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(_head(path, b"Content-Length: %d\r\n\r\n" % len(body)) + body)
+        first = _one_answer(sock)
+        assert first.startswith(b"HTTP/1.1 200 "), first[:300]
+        sock.sendall(_head(path, _LARGE + b"\r\n"))
+        _refusal(_answer(sock))
+    # A chunked body (no route takes one) counts as head.
+    chunked = _head(path, b"Transfer-Encoding: chunked\r\n\r\n")
+    chunks = b"".join(b"1f40\r\n%s\r\n" % (b"c" * 8000) for _ in range(5)) + b"0\r\n\r\n"
+    _refusal(_exchange(port, chunked + chunks))
+
+
+def test_a_body_on_a_get_however_large_keeps_the_connection(
+    served: tuple[RunsServer, Seeded],
+) -> None:
+    """A Content-Length body a route does not read is not a head: 2 MB of it
+    on a GET, then another GET on the same connection, are both answered."""
+    server, seeded = served
+    port = server.http_port
+    assert port is not None
+    path = f"/run/{seeded.parent}/"
+    body = b"y" * 2_000_000
+    first = _head(path, b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    answer = _exchange(port, first + _head(path, b"Connection: close\r\n\r\n"))
+    assert answer.count(b"HTTP/1.1 200 ") == 2, answer[:300]
+    assert b" 431 " not in answer
 
 
 def test_a_large_head_pipelined_behind_a_stream_drops_the_connection(

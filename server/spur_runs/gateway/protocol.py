@@ -64,12 +64,14 @@ class _Handler(web.RequestHandler):
         # Request bytes that arrive between the end of the handshake and
         # start_tls returning (the same turn of the loop).
         self._guard_early: list[bytes] = []
-        # The bytes of the request head being received (MAX_HEAD_BYTES), and
-        # its last 3, to see a CRLFCRLF split between reads; None while a
-        # body may be coming instead.
-        self._guard_head: int | None = 0
+        # The request head being received (MAX_HEAD_BYTES): its size, its
+        # bytes so far (to read its Content-Length at its end), its last 3
+        # (to see a CRLFCRLF split between reads); then the bytes of the
+        # body it announced, which are not counted.
+        self._guard_head = 0
+        self._guard_text = bytearray()
         self._guard_tail = b""
-        self._guard_body = False  # the head being counted announces a body
+        self._guard_skip = 0
         self._guard_head_refused = False
 
     # --- the bounds (connections.py) ---
@@ -123,40 +125,47 @@ class _Handler(web.RequestHandler):
             return
         if data and not self._guard_busy and self._guard_timer is None:
             self._guard_arm()  # the first bytes of a request: its headers are due
-        if self._guard_head is not None and self._guard_head_over(data):
+        if self._guard_head_over(data):
             self._guard_refuse_head()
             return
         super().data_received(data)
 
     def _guard_head_over(self, data: bytes) -> bool:
         """Counts `data` into the request heads being received: True once
-        one is over MAX_HEAD_BYTES. After a head that announces a body
-        (Content-Length, Transfer-Encoding), counting stops until its
-        request starts or ends (guard_request_*); after one that does not,
-        the next bytes are the next request's head (pipelined: aiohttp
-        parses and queues up to 32 requests while one is running). A GET's
-        head is one read of a few hundred bytes: one find() and lower()."""
+        one is over MAX_HEAD_BYTES. A head's Content-Length body is passed
+        over uncounted, whether a route reads it or aiohttp discards it;
+        the bytes after it are the next request's head (pipelined: aiohttp
+        parses and queues up to 32 requests while one is running). A chunked
+        body (no route takes one) is counted as head, so over MAX_HEAD_BYTES
+        it is refused too. A GET's head is one read of a few hundred bytes:
+        one find(), and one lower() at its end."""
         pos = 0
-        while self._guard_head is not None and pos < len(data):
+        size = len(data)
+        while pos < size:
+            if self._guard_skip:
+                taken = min(self._guard_skip, size - pos)
+                self._guard_skip -= taken
+                pos += taken
+                continue
             tail = self._guard_tail
-            joint = (tail + data[:3]).find(_HEAD_END) if tail and pos == 0 else -1
+            joint = (tail + data[pos : pos + 3]).find(_HEAD_END) if tail else -1
             if joint >= 0:
-                stop = joint + len(_HEAD_END) - len(tail)
+                stop = pos + joint + len(_HEAD_END) - len(tail)
             else:
                 found = data.find(_HEAD_END, pos)
                 stop = found + len(_HEAD_END) if found >= 0 else -1
             piece = data[pos:] if stop < 0 else data[pos:stop]
-            if not self._guard_body:
-                lowered = piece.lower()
-                self._guard_body = b"content-length" in lowered or b"transfer-encoding" in lowered
             self._guard_head += len(piece)
             if self._guard_head > MAX_HEAD_BYTES:
                 return True
+            self._guard_text += piece
             if stop < 0:
                 self._guard_tail = (tail + piece)[-3:]
                 return False
-            self._guard_head = None if self._guard_body else 0
-            self._guard_tail, self._guard_body = b"", False
+            self._guard_skip = _body_length(self._guard_text)
+            self._guard_head = 0
+            self._guard_tail = b""
+            self._guard_text.clear()
             pos = stop
         return False
 
@@ -165,7 +174,6 @@ class _Handler(web.RequestHandler):
         of it); nothing more is read. While a request of the connection is
         running (a watch stream), its answer is being written: an answer
         written now would land inside it, so the connection is dropped."""
-        self._guard_head = None
         self._guard_disarm()
         self._guard_head_refused = True  # (data_received drops the rest)
         transport = self._guard_transport
@@ -207,21 +215,14 @@ class _Handler(web.RequestHandler):
             self._guard_count.release(self)
             self._guard_transport = None
 
-    def guard_request_started(self, request: web.BaseRequest) -> None:
+    def guard_request_started(self) -> None:
         self._guard_busy = True
         self._guard_disarm()
         self._guard_count.busy(self)
-        if self._guard_head is None and not request.body_exists:
-            self._guard_head = 0  # what comes next is a pipelined request's head
 
     def guard_request_finished(self) -> None:
         # From here aiohttp's keepalive_timeout (the idle timeout) runs.
         self._guard_busy = False
-        if self._guard_head is None:
-            # What comes next is the next request's head, or the rest of a body
-            # the route did not read: counted as a head, it closes a client that
-            # sends over MAX_HEAD_BYTES of a body no route takes (a GET's).
-            self._guard_head = 0
         if self._guard_transport is not None:  # (still open)
             self._guard_count.idle(self)
 
@@ -288,6 +289,22 @@ MAX_HEADERS = 128
 # server from 0.1 to 1 GB, kept after they were gone.
 MAX_HEAD_BYTES = 32768
 _HEAD_END = b"\r\n\r\n"
+_CONTENT_LENGTH = b"\r\ncontent-length:"
+
+
+def _body_length(head: bytearray) -> int:
+    """The body length a request head announces: its one Content-Length
+    of digits, else 0. (Two, or one that is not a number, aiohttp refuses
+    with 400 and closes; Transfer-Encoding's body is counted as head.)"""
+    lowered = head.lower()
+    at = lowered.find(_CONTENT_LENGTH)
+    if at < 0 or lowered.find(_CONTENT_LENGTH, at + 1) >= 0:
+        return 0
+    start = at + len(_CONTENT_LENGTH)
+    value = lowered[start : lowered.find(b"\r\n", start)].strip()
+    return int(value) if value.isdigit() and len(value) <= 18 else 0
+
+
 # A refused connection is closed gracefully (its 431 sent), then aborted if
 # it is not closed within this long (connections.py's refusal does the same).
 _REFUSED_LINGER = 1.0
@@ -343,7 +360,7 @@ class Server(web.Server):
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             protocol = request.protocol
             if isinstance(protocol, _Handler):
-                protocol.guard_request_started(request)
+                protocol.guard_request_started()
             try:
                 if len(request.raw_headers) > MAX_HEADERS:  # (aiohttp 3.12 lets them in)
                     return _malformed(request, 400, BadHttpMessage("Too many headers received"))
