@@ -11,10 +11,7 @@ its real disk_full SQLSTATE (53100), raised by the server itself.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy import exc as sa_exc
 
-from databases import IN_CI
+import disks
 from http_client import Http, seed_runs, start_http_server
 from servers import start_server
 from spur.runs.v1 import run_service_pb2 as pb
@@ -38,40 +35,8 @@ MESSAGE = "the database's disk is full"
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A folder on a 4 MiB tmpfs of its own (mount needs root), unmounted
-    at the end."""
-    if os.geteuid() != 0:
-        reason = "mounting a small tmpfs needs root"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(disk)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    try:
+    with disks.small_disk(tmp_path / "disk") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False, timeout=30)
-
-
-def fill(disk: Path) -> Path:
-    """Write a file until the file system has no byte left."""
-    filler = disk / "filler"
-    with filler.open("wb", buffering=0) as out:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                out.write(chunk)
-            except OSError as error:
-                assert error.errno == errno.ENOSPC, error
-                chunk = chunk[: len(chunk) // 2]
-                if not chunk:
-                    return filler
 
 
 def disk_full_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -94,7 +59,7 @@ def test_deleterun_on_a_full_disk_is_resource_exhausted_until_space_is_freed(
     seeded = seed_runs(url)
     server = start_http_server(url)
     try:
-        filler = fill(small_disk)
+        filler = disks.fill(small_disk)
         caplog.clear()
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = RunServiceStub(channel)

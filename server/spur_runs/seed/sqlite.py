@@ -106,7 +106,11 @@ def load_sqlite(
             db.execute("DROP TABLE temp.seed_task_tpl")
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite rolls a transaction back itself on some errors (a full
+            # disk, an interrupt): a ROLLBACK then fails ("no transaction is
+            # active"), and its error replaced the one that says what went wrong.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         finally:
             if previous_journal is not None:
