@@ -100,7 +100,9 @@ reads the twins of its own flags only: SPUR_RUNS_GRPC_ADDRESS, a setting of
 serve, is neither used nor checked by migrate.
 
 exit codes: 0 done; 1 the operation failed (database unreachable, ...);
-2 usage or set-up to fix (bad flag, database not migrated).
+2 usage or set-up to fix (bad flag, database not migrated); 130 or 143
+migrate, seed or backup stopped by SIGINT or SIGTERM (what it was writing
+rolled back, done again by running it again).
 """
 
 _MIGRATE = """\
@@ -392,6 +394,43 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 }
 
 
+# The commands that write and end on their own. serve and demo stop on
+# signals in their own way (a drain; the change being written finished).
+_ONE_SHOT = ("migrate", "seed", "backup")
+
+
+def _stop_on_signals() -> list[int]:
+    """SIGINT and SIGTERM stop migrate, seed and backup alike: as
+    KeyboardInterrupt, so that the work unwinds (its transaction rolled
+    back, backup's partial copy removed: SIGTERM's default, dying at once,
+    left a partial copy as large as the database beside DEST), then one
+    line and 128 + the signal. The signals received are recorded: inside a
+    SQLite statement the KeyboardInterrupt is raised in the connection's
+    progress handler (store/db.py), which sqlite3 turns into an
+    OperationalError ("interrupted") that says nothing of the signal. Only
+    the first raises; one more (`timeout` signals the process and its
+    group) must not cut the clean-up short. A signal ignored at start
+    (a job started with `&` by a script ignores SIGINT) stays ignored."""
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise KeyboardInterrupt
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(signum, on_signal)
+    return received
+
+
+def _interrupted(prefix: str, received: list[int]) -> int:
+    signum = received[0] if received else signal.SIGINT
+    by = f" by {signal.Signals(signum).name}" if signum != signal.SIGINT else ""
+    print(f"{prefix}: interrupted{by}", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     misplaced = _misplaced(parser, sys.argv[1:] if argv is None else argv)
@@ -412,11 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logs.setup(config)
     debug = config.log_level.upper() == "DEBUG"
+    received = _stop_on_signals() if args.command in _ONE_SHOT else []
     try:
         return _COMMANDS[args.command](args, config)
     except KeyboardInterrupt:
-        print(f"{prefix}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(prefix, received)
     except BrokenPipeError:
         # stdout's reader left (`spur-runs migrate --sql | head`): nothing to
         # say, and nothing more to write at exit either.
@@ -425,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - every failure: one line, a code
         if debug:
             traceback.print_exc()
+        if received:  # the signal, not the error it became
+            return _interrupted(prefix, received)
         if isinstance(error, ConfigError):
             print(f"{prefix}: {explain(error, args)}", file=sys.stderr)
             return EXIT_USAGE
