@@ -330,14 +330,24 @@ def _one_line(error: BaseException) -> str:
 
 
 def _migrate(args: argparse.Namespace, config: Config) -> int:
-    if args.sql:
-        from .store.migrate import migrate_sql
+    from sqlalchemy.exc import SQLAlchemyError
 
-        migrate_sql(config.database_url, sys.stdout)
-        return 0
-    from .store.migrate import migrate
+    from .store.migrate import migrate, migrate_sql
+    from .store.schema_check import never_opens, usable_url
 
-    migrate(config.database_url)
+    # As serve and seed do: a memory database, a folder, a file that is no
+    # database are exit 2 with what to fix, not SQLAlchemy's words and exit 1.
+    url = usable_url(config.database_url)
+    try:
+        if args.sql:
+            migrate_sql(config.database_url, sys.stdout)
+        else:
+            migrate(config.database_url)
+    except SQLAlchemyError as error:
+        stop = never_opens(error, url)
+        if stop is None:
+            raise
+        raise stop from None
     return 0
 
 

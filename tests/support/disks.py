@@ -50,3 +50,25 @@ def fill(disk: Path) -> Path:
                 chunk = chunk[: len(chunk) // 2]
                 if not chunk:
                     return filler
+
+
+@contextmanager
+def read_only(folder: Path) -> Iterator[Path]:
+    """`folder` (as it is) made read-only by a read-only bind mount over it:
+    unlike chmod, it holds for root too (mount needs root: skipped without
+    it, but in CI)."""
+    if os.geteuid() != 0:
+        reason = "a read-only bind mount needs root"
+        if IN_CI:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    subprocess.run(
+        ["mount", "--bind", "-o", "ro", str(folder), str(folder)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False, timeout=30)

@@ -18,22 +18,22 @@ import os
 import sqlite3
 from pathlib import Path
 
+from sqlalchemy import URL
+
 from ..config import ConfigError
-from .engine import normalize_url
-from .schema_check import missing_sqlite_file
+from .schema_check import missing_sqlite_file, never_opens, usable_url
 
 
 def backup(database_url: str, dest: str, *, busy_seconds: float = 10.0) -> str:
     """Copy the SQLite database to `dest` (which must not exist); a one-line
     summary. ConfigError for what no retry fixes."""
-    url = normalize_url(database_url)
+    url = usable_url(database_url)  # a URL, and no memory database
     if url.get_backend_name() != "sqlite":
         raise ConfigError(
             "backup copies SQLite databases; for PostgreSQL use pg_dump "
             "(e.g. pg_dump -Fc -f pyspur.dump DBNAME)"
         )
-    if url.database in (None, "", ":memory:"):
-        raise ConfigError("backup needs a SQLite file, not an in-memory database")
+    assert url.database  # usable_url refused a memory database
     missing = missing_sqlite_file(database_url)
     if missing is not None:
         raise ConfigError(f"the database file {missing} does not exist")
@@ -42,16 +42,26 @@ def backup(database_url: str, dest: str, *, busy_seconds: float = 10.0) -> str:
         raise ConfigError(f"{target} exists already: backup never overwrites a file")
     if not target.parent.is_dir():
         raise ConfigError(f"the folder {target.parent} does not exist")
+    if not os.access(target.parent, os.W_OK):
+        # Else the failure to create the partial copy in it was hidden by
+        # the failure to remove it ("Read-only file system: '.DEST.N.partial'").
+        raise ConfigError(f"the folder {target.parent} is read-only: choose another DEST")
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     # mode=rw: never create the source (it only reads; read-only mode
     # could not open a WAL database whose -shm file is not there yet).
-    source = sqlite3.connect(
-        Path(url.database).resolve().as_uri() + "?mode=rw", uri=True, timeout=busy_seconds
-    )
+    try:
+        source = sqlite3.connect(
+            Path(url.database).resolve().as_uri() + "?mode=rw", uri=True, timeout=busy_seconds
+        )
+    except sqlite3.Error as error:
+        raise _stop(error, url) from None
     try:
         copy = sqlite3.connect(partial)
         try:
-            source.backup(copy)  # pages=-1: all in one step, one snapshot
+            try:
+                source.backup(copy)  # pages=-1: all in one step, one snapshot
+            except sqlite3.Error as error:
+                raise _stop(error, url) from None
             # One self-contained file (the server turns WAL back on).
             copy.execute("PRAGMA journal_mode=DELETE").close()
             check = copy.execute("PRAGMA quick_check").fetchone()[0]
@@ -88,3 +98,10 @@ def backup(database_url: str, dest: str, *, busy_seconds: float = 10.0) -> str:
         source.close()
     size = target.stat().st_size
     return f"backed up {url.database} to {target} ({runs} runs, {size:,} bytes)"
+
+
+def _stop(error: sqlite3.Error, url: URL) -> Exception:
+    """What to raise for an error reading the source: a ConfigError saying
+    what to fix when no retry mends it (a folder, not a database, read-only),
+    else the error itself."""
+    return never_opens(error, url) or error

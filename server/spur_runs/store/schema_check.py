@@ -11,12 +11,13 @@ names the fix.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import URL, Engine, inspect, text
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import ConfigError
@@ -37,18 +38,49 @@ def missing_sqlite_file(database_url: str) -> Path | None:
     return None if path.exists() else path
 
 
-def require_tables(database_url: str) -> None:
-    """ConfigError (one line, exit 2) unless PySpur's tables are there.
-    Errors reaching the database are the caller's (SQLAlchemyError)."""
+def usable_url(database_url: str) -> URL:
+    """The URL, normalized; ConfigError (one line, exit 2) for one no
+    command can use: one SQLAlchemy cannot read, or SQLite in memory (each
+    command's connection would have an empty database of its own)."""
     try:
         url = normalize_url(database_url)
     except ArgumentError as error:
         raise ConfigError(f"the database URL is not one SQLAlchemy can read: {error}") from None
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        shown = shown_url(url)
+        raise ConfigError(f"{shown} names no database file (a memory database holds no runs)")
+    return url
+
+
+def never_opens(error: Exception, url: URL) -> ConfigError | None:
+    """For SQLite's errors that no retry mends (a folder, not a database, a
+    read-only file or folder), the one line to stop with, saying which it
+    is; None for any other error (a server down, a file locked: the caller
+    decides)."""
+    cause = getattr(error, "orig", None) or error
+    if url.get_backend_name() != "sqlite":
+        return None
+    if getattr(cause, "sqlite_errorname", None) not in _NEVER_OPENS:
+        return None
+    path = Path(url.database or "")
+    if path.is_dir():
+        why = "; it is a folder: name a file in it"
+    elif not path.parent.is_dir():
+        why = f"; the folder {path.parent} does not exist"
+    elif not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        # SQLite writes beside the file too: its -wal, -shm and -journal.
+        why = f"; {path} or its folder is read-only, and SQLite writes both"
+    else:
+        why = ""
+    return ConfigError(f"{shown_url(url)}: {str(cause).splitlines()[0]}{why}")
+
+
+def require_tables(database_url: str) -> None:
+    """ConfigError (one line, exit 2) unless PySpur's tables are there.
+    Errors reaching the database are the caller's (SQLAlchemyError)."""
+    url = usable_url(database_url)
     shown = shown_url(url)
     fix = f"run `spur-runs migrate --database-url {shown}` first"
-    sqlite = url.get_backend_name() == "sqlite"
-    if sqlite and url.database in (None, "", ":memory:"):
-        raise ConfigError(f"{shown} names no database file (a memory database holds no runs)")
     path = missing_sqlite_file(database_url)
     if path is not None:
         raise ConfigError(f"the database file {path} does not exist: {fix}")
@@ -62,12 +94,10 @@ def require_tables(database_url: str) -> None:
                 for name in OUR_TABLES & present
             }
     except SQLAlchemyError as error:
-        cause = getattr(error, "orig", None)
-        if not sqlite or getattr(cause, "sqlite_errorname", None) not in _NEVER_OPENS:
+        stop = never_opens(error, url)
+        if stop is None:
             raise  # may answer later: a server down, a file locked (the caller decides)
-        # A local file that is no SQLite database, or a folder: no retry
-        # mends it.
-        raise ConfigError(f"{shown}: {str(cause).splitlines()[0]}") from None
+        raise stop from None
     finally:
         engine.dispose()
     missing = sorted(OUR_TABLES - present)

@@ -1,0 +1,89 @@
+"""`migrate` and `backup` given a SQLite database they can never open: a
+memory database, a URL SQLAlchemy cannot read, a folder, a file that is no
+database, a folder that does not exist, a read-only one. One line that says
+which, and exit 2 (fix the set-up), as serve, seed and demo say it
+(test_cli.py); they used to answer exit 1 with SQLite's or SQLAlchemy's own
+words ("unable to open database file", "Invalid argument(s) 'max_overflow'
+sent to create_engine()")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import disks
+from tools import spur_runs
+
+COMMANDS = ("migrate", "migrate --sql", "backup")
+
+# name: (make the path, the URL, what the line says)
+CASES: dict[str, tuple[Callable[[Path], object], str, str]] = {
+    "memory": (lambda p: None, "sqlite://", "sqlite:// names no database file"),
+    "unreadable URL": (lambda p: None, "sqlite:", "not one SQLAlchemy can read"),
+    "a folder": (lambda p: p.mkdir(), "sqlite:///{p}", "it is a folder: name a file in it"),
+    "no database": (
+        lambda p: p.write_bytes(b"\x8f" * 4096),
+        "sqlite:///{p}",
+        "runs.db: file is not a database",
+    ),
+}
+
+
+def refused(command: str, url: str, tmp_path: Path) -> str:
+    """The one line `command` stops with, exit 2."""
+    args = command.split() + ["--database-url", url]
+    if command == "backup":
+        args.append(str(tmp_path / "copy.db"))
+    result = spur_runs(*args)
+    lines = result.stderr.strip().splitlines()
+    assert (result.returncode, len(lines)) == (2, 1), (result.returncode, result.stderr)
+    assert lines[0].startswith(f"spur-runs {command.split()[0]}: "), lines[0]
+    assert "Traceback" not in result.stderr and not result.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_database_that_can_never_open_is_exit_2(tmp_path: Path, command: str, case: str) -> None:
+    make, url, fragment = CASES[case]
+    path = tmp_path / "runs.db"
+    make(path)
+    assert fragment in refused(command, url.format(p=path), tmp_path)
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_migrate_into_a_folder_that_does_not_exist(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'no' / 'runs.db'}"
+    line = refused("migrate", url, tmp_path)
+    assert line.endswith(f"; the folder {tmp_path / 'no'} does not exist"), line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_read_only_database_says_so(tmp_path: Path, command: str) -> None:
+    """A database on a read-only file system (a volume mounted read-only):
+    SQLite cannot open it to write, nor write its -wal and -shm beside it."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'runs.db'}"
+    assert spur_runs("migrate", "--database-url", url).returncode == 0
+    with disks.read_only(folder):
+        line = refused(command, url, tmp_path)
+    why = f"; {folder / 'runs.db'} or its folder is read-only, and SQLite writes both"
+    assert line.endswith(why), line
+
+
+def test_backup_into_a_read_only_folder_says_so(tmp_path: Path) -> None:
+    """It said "[Errno 30] Read-only file system: '.copy.db.N.partial'", exit
+    1: the error of removing the partial copy it never made."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    assert spur_runs("migrate", "--database-url", url).returncode == 0
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    with disks.read_only(folder):
+        result = spur_runs("backup", "--database-url", url, str(folder / "copy.db"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"spur-runs backup: the folder {folder} is read-only: choose another DEST"
+    ]
