@@ -106,8 +106,9 @@ rolled back, done again by running it again).
 """
 
 _MIGRATE = """\
-Bring the database to this service's newest schema revision: on SQLite in
-one transaction; on PostgreSQL each revision on its own, its indexes built
+Bring the database to this service's newest schema revision, each revision
+recorded as it completes (interrupted, it goes on from there when run again):
+on SQLite each revision in one transaction; on PostgreSQL its indexes built
 CONCURRENTLY (outside a transaction: PySpur keeps writing meanwhile). On an
 empty database it creates PySpur's tables (workflows,
 workflow_versions, runs, tasks, as PySpur 0.1.18 declares them); on any

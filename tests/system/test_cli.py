@@ -94,6 +94,9 @@ def test_migrate_help_says_what_it_adds_and_changes() -> None:
     assert "On an empty database it creates PySpur's tables" in text
     assert "adds the indexes this service's queries need" in text
     assert "It changes no PySpur table" in text
+    # What an interrupted migrate leaves (it said "on SQLite in one
+    # transaction": the revisions before the interrupted one stay).
+    assert "each revision recorded as it completes" in text
     assert "--sql" in text
 
 
