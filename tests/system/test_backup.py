@@ -144,3 +144,26 @@ def test_a_dest_made_while_the_backup_runs_is_kept(
         backup_module.backup(sqlite_url, str(dest))
     assert dest.read_text() == "written meanwhile"
     assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+@pytest.mark.parametrize("made", ["folder", "folder/", "no-such-folder/", "dangling link"])
+def test_a_dest_that_is_no_new_file_is_refused(sqlite_url: str, tmp_path: Path, made: str) -> None:
+    """A folder (with or without its "/") is not where the copy goes: DEST
+    is its file name. `backup no-such-folder/` wrote a file named
+    no-such-folder. A symlink to nowhere exists already (it was read as
+    "created while the backup ran")."""
+    assert spur_runs("migrate", "--database-url", sqlite_url).returncode == 0
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "dangling link").symlink_to(tmp_path / "nowhere")
+    dest = f"{tmp_path / made.rstrip('/')}{'/' if made.endswith('/') else ''}"
+    before = sorted(tmp_path.iterdir())
+    result = spur_runs("backup", dest, "--database-url", sqlite_url)
+    assert result.returncode == 2, result.stderr
+    expected = (
+        f"spur-runs backup: {dest} exists already: backup never overwrites a file"
+        if made == "dangling link"
+        else f"spur-runs backup: {dest} is a folder: DEST is the copy's file name "
+        f"(e.g. {Path(dest) / 'spur-runs.db'})"
+    )
+    assert result.stderr.strip().splitlines() == [expected]
+    assert sorted(tmp_path.iterdir()) == before

@@ -38,7 +38,13 @@ def backup(database_url: str, dest: str, *, busy_seconds: float = 10.0) -> str:
     if missing is not None:
         raise ConfigError(f"the database file {missing} does not exist")
     target = Path(dest)
-    if target.exists():
+    if target.is_dir() or dest.endswith(("/", os.sep)):
+        # Path() drops a trailing "/": `backup backups/` wrote a file named
+        # backups where the operator meant a folder.
+        raise ConfigError(
+            f"{dest} is a folder: DEST is the copy's file name (e.g. {target / 'spur-runs.db'})"
+        )
+    if os.path.lexists(target):  # a dangling symlink too, which exists() follows
         raise ConfigError(f"{target} exists already: backup never overwrites a file")
     if not target.parent.is_dir():
         raise ConfigError(f"the folder {target.parent} does not exist")
