@@ -26,7 +26,13 @@ from alembic import command
 from sqlalchemy import Connection, Engine, create_engine, text
 
 from spur_runs.store.engine import normalize_url
-from spur_runs.store.migrate import alembic_config, current_revision, head_revision, migrate
+from spur_runs.store.migrate import (
+    MIGRATE_LOCK,
+    alembic_config,
+    current_revision,
+    head_revision,
+    migrate,
+)
 from spur_runs.store.models import SERVICE_INDEXES
 from spur_runs.store.schema_check import missing_indexes
 
@@ -295,3 +301,37 @@ def test_an_interrupted_migrate_leaves_its_revision_to_the_next(postgres_url: st
         assert missing_indexes(engine) == []
     finally:
         engine.dispose()
+
+
+def test_a_second_migrate_waits_for_the_first(postgres_url: str) -> None:
+    """Two migrates at once (two operators, a Job retried while the first
+    pod's statements still run, an init container per replica): the second
+    found no revision, ran 0001 too and failed on the first's tables with
+    "duplicate key value violates unique constraint", exit 1. Now it waits
+    for the first's lock (held here, as a running migrate holds it), then
+    finds the work done or does it."""
+    engine = plain_engine(postgres_url)
+    try:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as first:
+            first.execute(text("SELECT pg_advisory_lock(:key)").bindparams(key=MIGRATE_LOCK))
+            second = subprocess.Popen(
+                [sys.executable, "-m", "spur_runs", "migrate", "--database-url", postgres_url],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            try:
+                assert second.stderr is not None
+                line = second.stderr.readline()
+                assert line.rstrip().endswith(
+                    "another spur-runs migrate is running: waiting for it to end"
+                ), line + second.stderr.read()
+                assert current_revision(postgres_url) is None  # it ran nothing meanwhile
+                first.execute(text("SELECT pg_advisory_unlock(:key)").bindparams(key=MIGRATE_LOCK))
+                _out, err = second.communicate(timeout=120)
+            finally:
+                if second.poll() is None:
+                    second.kill()
+                    second.communicate()
+    finally:
+        engine.dispose()
+    assert second.returncode == 0, err
+    assert current_revision(postgres_url) == head_revision()

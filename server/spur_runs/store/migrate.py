@@ -17,6 +17,9 @@ The Alembic configuration is built here, in code: no alembic.ini.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -40,7 +43,7 @@ from alembic import command  # noqa: E402
 from alembic.config import Config  # noqa: E402
 from alembic.runtime.migration import MigrationContext  # noqa: E402
 from alembic.script import ScriptDirectory  # noqa: E402
-from sqlalchemy import Connection, inspect  # noqa: E402
+from sqlalchemy import Connection, Engine, inspect, text  # noqa: E402
 
 from .engine import WRITE_OPTION, create_db_engine, normalize_url, shown_url  # noqa: E402
 from .migrations import (  # noqa: E402
@@ -160,12 +163,15 @@ def migrate(database_url: str) -> None:
     downgrades; an older release's migrate run at a rollback must not fail
     it. PySpur's revision is only warned about: our indexes are on columns
     every PySpur revision has."""
-    engine = create_db_engine(database_url, pool_size=1)
+    engine = create_db_engine(database_url, pool_size=2)  # the migration's, _alone's
     shown = _display(database_url)
     try:
         # Handed to Alembic outside a transaction: it begins one per
         # revision (env.py), and commits it before an autocommit block.
-        with engine.execution_options(**{WRITE_OPTION: True}).connect() as connection:
+        with (
+            _alone(engine, shown),
+            engine.execution_options(**{WRITE_OPTION: True}).connect() as connection,
+        ):
             before = _revision_of(connection)
             unknown = unknown_revisions(connection)
             connection.rollback()
@@ -189,6 +195,39 @@ def migrate(database_url: str) -> None:
         log.info("%s: already at revision %s, nothing to do", shown, after)
     else:
         log.info("%s: migrated from revision %s to %s", shown, before or "(none)", after)
+
+
+# pg_advisory_lock's key for `migrate`, the same in every build ("SPURMIGR").
+MIGRATE_LOCK = 0x5350_5552_4D49_4752
+
+
+@contextmanager
+def _alone(engine: Engine, shown: str) -> Iterator[None]:
+    """On PostgreSQL, one migrate at a time: a second (two operators, a
+    Job retried while the first pod's statements still run on the server,
+    an init container per replica) found no revision, ran 0001 too and
+    failed on the first's tables ("duplicate key value violates unique
+    constraint pg_type_typname_nsp_index", exit 1). It waits, then finds
+    the work done. The lock is a session's, on a connection of its own
+    outside any transaction, taken by polling pg_try_advisory_lock: a
+    session waiting inside pg_advisory_lock would be a transaction that
+    the first migrate's CREATE INDEX CONCURRENTLY waits for, a deadlock.
+    The server frees it when its session ends, however the migrate ended."""
+    if engine.dialect.name != "postgresql":
+        yield  # SQLite has no such lock (one host, and no CONCURRENTLY builds)
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
+        take = text("SELECT pg_try_advisory_lock(:key)").bindparams(key=MIGRATE_LOCK)
+        waiting = False
+        while not lock.scalar(take):
+            if not waiting:
+                log.info("%s: another spur-runs migrate is running: waiting for it to end", shown)
+                waiting = True
+            time.sleep(0.5)
+        try:
+            yield
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)").bindparams(key=MIGRATE_LOCK))
 
 
 def current_revision(database_url: str) -> str | None:
