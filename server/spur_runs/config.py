@@ -85,6 +85,33 @@ def setting(
     return dataclasses.field(default=default, metadata={"setting": meta})
 
 
+def _check_url(url: str, name: str, scheme: str, driver: str) -> None:
+    """ConfigError for a database URL no command could open, found at start
+    as every bad setting is: a port that is no number, one SQLAlchemy cannot
+    parse, a SQLite driver other than Python's sqlite3 (PostgreSQL's driver
+    is always psycopg 3: store/db.py sets it). They were each command's
+    exit 1, in SQLAlchemy's words ("invalid literal for int() with base 10",
+    "Can't load plugin: sqlalchemy.dialects:sqlite.aiosqlite"). The message
+    never quotes the URL: it may hold a password."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    if scheme == "sqlite" and driver not in ("", "pysqlite"):
+        raise ConfigError(
+            f"SQLite is read through Python's sqlite3: sqlite:///FILE, not sqlite+{driver}", name
+        )
+    try:
+        port = make_url(url).port  # parsed when asked for, which may fail
+    except ArgumentError:
+        raise ConfigError(
+            "is not one SQLAlchemy can read (sqlite:///FILE, postgresql://USER@HOST/DB)", name
+        ) from None
+    except ValueError:
+        port = -1
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError("its port is not a number from 0 to 65535", name)
+
+
 @dataclass(frozen=True)
 class Config:
     database_url: str = setting(
@@ -362,11 +389,12 @@ class Config:
             url = getattr(self, name)
             if url is None:
                 continue
-            scheme = url.split(":", 1)[0].split("+", 1)[0]
+            scheme, _, driver = url.split(":", 1)[0].partition("+")
             if scheme not in ("sqlite", "postgresql", "postgres"):
                 raise ConfigError(
                     f"scheme {scheme!r} is not supported (use sqlite:// or postgresql://)", name
                 )
+            _check_url(url, name, scheme, driver)
             if name == "read_database_url" and scheme == "sqlite":
                 # A replica of another file is no replica: it made a new,
                 # empty file in the working folder and served from it.

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from spur_runs.cli import build_parser, load_config
-from spur_runs.config import ENV, Config
+from spur_runs.config import ENV, Config, ConfigError
+from spur_runs.settings import explain
 from tools import ROOT
 
 
@@ -51,3 +54,31 @@ def test_a_command_reads_the_twins_of_its_own_flags_only() -> None:
         args = build_parser().parse_args([command] + (["copy.db"] if command == "backup" else []))
         config = load_config(args, environ)
         assert (config.grpc_address, config.log_format) == (Config().grpc_address, "json")
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("postgresql://u:s3cret@db:543x/pyspur", "its port is not a number from 0 to 65535"),
+        ("postgresql://u:s3cret@db:99999/pyspur", "its port is not a number from 0 to 65535"),
+        ("postgresql://u:s3cret@[::1/pyspur", "its port is not a number from 0 to 65535"),
+        ("sqlite:", "is not one SQLAlchemy can read (sqlite:///FILE, postgresql://USER@HOST/DB)"),
+        (
+            "sqlite+aiosqlite:///runs.db",
+            "SQLite is read through Python's sqlite3: sqlite:///FILE, not sqlite+aiosqlite",
+        ),
+    ],
+)
+@pytest.mark.parametrize("command", ["serve", "migrate", "seed", "demo", "backup"])
+def test_a_database_url_no_command_can_open_is_a_bad_setting(
+    command: str, url: str, problem: str
+) -> None:
+    """Refused at start as every bad setting is (one line, exit 2, the
+    setting named, the URL never quoted: it may hold a password). They were
+    each command's exit 1, in SQLAlchemy's words ("invalid literal for int()
+    with base 10: '543x'", "Can't load plugin: sqlalchemy.dialects:...")."""
+    args = build_parser().parse_args([command, *(["x.db"] if command == "backup" else [])])
+    with pytest.raises(ConfigError) as raised:
+        load_config(args, {"SPUR_RUNS_DATABASE_URL": url})
+    line = explain(raised.value, args, {"SPUR_RUNS_DATABASE_URL": url})
+    assert line == f"SPUR_RUNS_DATABASE_URL: {problem}"
