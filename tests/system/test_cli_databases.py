@@ -8,6 +8,7 @@ sent to create_engine()")."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,3 +88,36 @@ def test_backup_into_a_read_only_folder_says_so(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"spur-runs backup: the folder {folder} is read-only: choose another DEST"
     ]
+
+
+@pytest.mark.parametrize(("revision", "older"), [("007", True), ("010", False), (None, False)])
+def test_an_older_pyspur_database_says_to_upgrade_pyspur(
+    tmp_path: Path, revision: str | None, older: bool
+) -> None:
+    """A database an older PySpur made lacks a column this build reads: the
+    fix is PySpur's own migrations, which the line now names when PySpur's
+    alembic_version records an older revision (it said only "its tables are
+    not PySpur's (another version, or another application's)")."""
+    path = tmp_path / "runs.db"
+    url = f"sqlite:///{path}"
+    assert spur_runs("migrate", "--database-url", url).returncode == 0
+    with sqlite3.connect(path) as connection:
+        connection.execute("ALTER TABLE tasks DROP COLUMN subworkflow_output")
+        if revision is not None:
+            connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+            connection.execute("INSERT INTO alembic_version VALUES (?)", (revision,))
+    for command in ("serve", "seed", "demo"):
+        args = [command, "--database-url", url]
+        if command == "serve":
+            args += ["--grpc-address", "127.0.0.1:0"]
+        result = spur_runs(*args, timeout=60)
+        assert result.returncode == 2, result.stderr
+        why = (
+            f"PySpur schema revision {revision} is older than 010, PySpur 0.1.18's: upgrade "
+            "PySpur, whose migrations add them, then start again"
+            if older
+            else "its tables are not PySpur's (another version, or another application's)"
+        )
+        assert result.stderr.strip().splitlines() == [
+            f"spur-runs {command}: {url} lacks the column(s) tasks.subworkflow_output: {why}"
+        ]

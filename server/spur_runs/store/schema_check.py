@@ -22,7 +22,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..config import ConfigError
 from .engine import create_db_engine, normalize_url, shown_url
-from .migrations import OUR_TABLES
+from .migrations import OUR_TABLES, PYSPUR_REVISIONS, PYSPUR_VERSION_TABLE
 from .models import SERVICE_INDEXES, Base
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,11 @@ def require_tables(database_url: str) -> None:
                 name: {c["name"] for c in inspector.get_columns(name)}
                 for name in OUR_TABLES & present
             }
+            pyspur_revision = (
+                connection.scalar(text(f"SELECT max(version_num) FROM {PYSPUR_VERSION_TABLE}"))
+                if PYSPUR_VERSION_TABLE in present
+                else None
+            )
     except SQLAlchemyError as error:
         stop = never_opens(error, url)
         if stop is None:
@@ -110,10 +115,16 @@ def require_tables(database_url: str) -> None:
     ]
     if lacking:
         more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
-        raise ConfigError(
-            f"{shown} lacks the column(s) {', '.join(lacking[:5])}{more}: its tables are not "
-            "PySpur's (another version, or another application's)"
-        )
+        newest = PYSPUR_REVISIONS[-1]
+        if pyspur_revision in PYSPUR_REVISIONS and pyspur_revision != newest:
+            # An older PySpur's database: its own migrations add them.
+            why = (
+                f"PySpur schema revision {pyspur_revision} is older than {newest}, PySpur "
+                "0.1.18's: upgrade PySpur, whose migrations add them, then start again"
+            )
+        else:
+            why = "its tables are not PySpur's (another version, or another application's)"
+        raise ConfigError(f"{shown} lacks the column(s) {', '.join(lacking[:5])}{more}: {why}")
 
 
 # SQLite's errors for a path that no wait will make a database.
