@@ -406,10 +406,18 @@ class Config:
         self._check_ranges()
         self._check_serving()
         self._check_http()
+        # Two listeners on one HOST:PORT stopped start-up with "cannot listen
+        # on ...: Address already in use", as if another process held it.
+        listening: dict[tuple[str, int], str] = {}
         for name in ("grpc_address", "http_address", "health_address"):
             value = getattr(self, name)
-            if value is not None:
-                parse_address(value, name)
+            if value is None:
+                continue
+            address = parse_address(value, name)
+            if address[1] and address in listening:
+                raise ConfigError("are the same address: each needs a port of its own",
+                                  listening[address], name)  # fmt: skip
+            listening[address] = name
 
     def _check_ranges(self) -> None:
         for name, (least, most, zero) in RANGES.items():

@@ -82,3 +82,21 @@ def test_a_database_url_no_command_can_open_is_a_bad_setting(
         load_config(args, {"SPUR_RUNS_DATABASE_URL": url})
     line = explain(raised.value, args, {"SPUR_RUNS_DATABASE_URL": url})
     assert line == f"SPUR_RUNS_DATABASE_URL: {problem}"
+
+
+def test_two_listeners_on_one_address_are_a_bad_setting() -> None:
+    """It stopped with "cannot listen on 127.0.0.1:7000: Address already in
+    use", as if another process held the port. Port 0 (any free port) is
+    not one address."""
+    args = build_parser().parse_args(
+        ["serve", "--grpc-address", "127.0.0.1:7000", "--http-address", "127.0.0.1:0"]
+    )
+    environ = {"SPUR_RUNS_HEALTH_ADDRESS": "127.0.0.1:7000"}
+    with pytest.raises(ConfigError) as raised:
+        load_config(args, environ)
+    assert explain(raised.value, args, environ) == (
+        "--grpc-address=127.0.0.1:7000, SPUR_RUNS_HEALTH_ADDRESS=127.0.0.1:7000: "
+        "are the same address: each needs a port of its own"
+    )
+    args = build_parser().parse_args(["serve", "--grpc-address", "127.0.0.1:0"])
+    assert load_config(args, {"SPUR_RUNS_HTTP_ADDRESS": "127.0.0.1:0"}).http_address
