@@ -330,6 +330,17 @@ def _one_line(error: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
+def _busy(error: BaseException) -> str:
+    """What to add to a failed command's line when SQLite's write lock was
+    held past the busy timeout: "database is locked" alone reads as broken."""
+    cause = getattr(error, "orig", None) or error
+    if str(getattr(cause, "sqlite_errorname", "")).startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return (
+            ": another process is writing to it (PySpur, a seed, a migrate): run this again later"
+        )
+    return ""
+
+
 def _migrate(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -481,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{prefix}: {explain(error, args)}", file=sys.stderr)
             return EXIT_USAGE
         hint = "" if debug else " (--log-level DEBUG for the traceback)"
-        print(f"{prefix}: {_one_line(error)}{hint}", file=sys.stderr)
+        print(f"{prefix}: {_one_line(error)}{_busy(error)}{hint}", file=sys.stderr)
         return EXIT_FAILED
 
 

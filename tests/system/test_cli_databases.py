@@ -121,3 +121,23 @@ def test_an_older_pyspur_database_says_to_upgrade_pyspur(
         assert result.stderr.strip().splitlines() == [
             f"spur-runs {command}: {url} lacks the column(s) tasks.subworkflow_output: {why}"
         ]
+
+
+def test_a_database_another_process_is_writing_says_to_retry(tmp_path: Path) -> None:
+    """SQLite's write lock held past the busy timeout (a seed's load, a
+    migrate's index build, PySpur): exit 1, an operation that failed for
+    now, and the line says so; "database is locked" alone read as broken."""
+    path = tmp_path / "runs.db"
+    url = f"sqlite:///{path}"
+    assert spur_runs("migrate", "--database-url", url).returncode == 0
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")
+        result = spur_runs("seed", "--runs", "1", "--database-url", url)
+    finally:
+        writer.close()
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "spur-runs seed: database is locked: another process is writing to it (PySpur, a "
+        "seed, a migrate): run this again later (--log-level DEBUG for the traceback)"
+    ]
