@@ -100,9 +100,9 @@ reads the twins of its own flags only: SPUR_RUNS_GRPC_ADDRESS, a setting of
 serve, is neither used nor checked by migrate.
 
 exit codes: 0 done; 1 the operation failed (database unreachable, ...);
-2 usage or set-up to fix (bad flag, database not migrated); 130 or 143
-migrate, seed or backup stopped by SIGINT or SIGTERM (what it was writing
-rolled back, done again by running it again).
+2 usage or set-up to fix (bad flag, database not migrated); 128 + N
+migrate, seed or backup stopped by signal N (SIGINT 130, SIGTERM 143,
+SIGHUP 129): what it was writing rolled back, done by running it again.
 """
 
 _MIGRATE = """\
@@ -422,7 +422,8 @@ _ONE_SHOT = ("migrate", "seed", "backup")
 
 
 def _stop_on_signals() -> list[int]:
-    """SIGINT and SIGTERM stop migrate, seed and backup alike: as
+    """SIGINT, SIGTERM and SIGHUP (a closing terminal or SSH session) stop
+    migrate, seed and backup alike: as
     KeyboardInterrupt, so that the work unwinds (its transaction rolled
     back, backup's partial copy removed: SIGTERM's default, dying at once,
     left a partial copy as large as the database beside DEST), then one
@@ -440,7 +441,7 @@ def _stop_on_signals() -> list[int]:
         if len(received) == 1:
             raise KeyboardInterrupt
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, on_signal)
     return received

@@ -90,10 +90,12 @@ def test_a_full_disk_during_a_sqlite_seed_says_so(tmp_path: Path) -> None:
         assert runs_in(path) == 0
 
 
-def test_sigterm_during_a_backup_leaves_no_partial_copy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_signal_during_a_backup_leaves_no_partial_copy(tmp_path: Path, signum: int) -> None:
     """The copy is written beside DEST, then linked into place; SIGTERM's
-    default (dying at once) left that partial copy behind, as large as the
-    database, under a hidden name no later backup removes. The backup is
+    default and SIGHUP's (a closing SSH session), dying at once, left that
+    partial copy behind, as large as the database, under a hidden name no
+    later backup removes. The backup is
     held at its start by a writer's lock (a database in rollback-journal
     mode: its readers wait for an exclusive lock), so that the signal comes
     while the copy is open."""
@@ -108,11 +110,12 @@ def test_sigterm_during_a_backup_leaves_no_partial_copy(tmp_path: Path) -> None:
         dest = tmp_path / "copy.db"
         with started("backup", "--database-url", url, str(dest)) as process:
             wait_for(tmp_path / f".copy.db.{process.pid}.partial", process)
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(signum)
             writer.execute("ROLLBACK")
             _out, err = process.communicate(timeout=60)
     finally:
         writer.close()
-    assert err.strip().splitlines() == ["spur-runs backup: interrupted by SIGTERM"]
-    assert process.returncode == 128 + signal.SIGTERM
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines() == [f"spur-runs backup: interrupted by {name}"]
+    assert process.returncode == 128 + signum
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.db"]
