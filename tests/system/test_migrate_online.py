@@ -13,6 +13,8 @@ Figures are printed (pytest -s).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -335,3 +338,36 @@ def test_a_second_migrate_waits_for_the_first(postgres_url: str) -> None:
         engine.dispose()
     assert second.returncode == 0, err
     assert current_revision(postgres_url) == head_revision()
+
+
+def test_a_second_sqlite_migrate_waits_for_the_first(tmp_path: Path) -> None:
+    """SQLite has no advisory lock: a second migrate read the revision
+    between the first's revisions and failed on the next ("Online migration
+    expected to match one row when updating '0002' to '0003'", exit 1).
+    Migrates of files in one folder now take turns (flock on the folder,
+    held here as a running migrate holds it)."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    folder = os.open(tmp_path, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        second = subprocess.Popen(
+            [sys.executable, "-m", "spur_runs", "migrate", "--database-url", url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert second.stderr is not None
+            line = second.stderr.readline()
+            assert line.rstrip().endswith(
+                "another spur-runs migrate is running: waiting for it to end"
+            ), line + second.stderr.read()
+            assert not (tmp_path / "runs.db").exists()  # it ran nothing meanwhile
+            fcntl.flock(folder, fcntl.LOCK_UN)
+            _out, err = second.communicate(timeout=120)
+        finally:
+            if second.poll() is None:
+                second.kill()
+                second.communicate()
+    finally:
+        os.close(folder)
+    assert second.returncode == 0, err
+    assert current_revision(url) == head_revision()

@@ -16,9 +16,11 @@ The Alembic configuration is built here, in code: no alembic.ini.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
@@ -212,22 +214,60 @@ def _alone(engine: Engine, shown: str) -> Iterator[None]:
     outside any transaction, taken by polling pg_try_advisory_lock: a
     session waiting inside pg_advisory_lock would be a transaction that
     the first migrate's CREATE INDEX CONCURRENTLY waits for, a deadlock.
-    The server frees it when its session ends, however the migrate ended."""
+    The server frees it when its session ends, however the migrate ended.
+    On SQLite, see _alone_on_sqlite."""
     if engine.dialect.name != "postgresql":
-        yield  # SQLite has no such lock (one host, and no CONCURRENTLY builds)
+        with _alone_on_sqlite(engine.url.database, shown):
+            yield
         return
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as lock:
         take = text("SELECT pg_try_advisory_lock(:key)").bindparams(key=MIGRATE_LOCK)
-        waiting = False
-        while not lock.scalar(take):
-            if not waiting:
-                log.info("%s: another spur-runs migrate is running: waiting for it to end", shown)
-                waiting = True
-            time.sleep(0.5)
+        _wait_for(lambda: bool(lock.scalar(take)), shown)
         try:
             yield
         finally:
             lock.execute(text("SELECT pg_advisory_unlock(:key)").bindparams(key=MIGRATE_LOCK))
+
+
+@contextmanager
+def _alone_on_sqlite(database: str | None, shown: str) -> Iterator[None]:
+    """One migrate at a time per folder of SQLite files: flock on the folder.
+    A second migrate read the revision between the first's revisions and
+    failed on the next (Alembic's "Online migration expected to match one
+    row when updating '0002' to '0003'", exit 1). Not a lock on the file
+    itself: opening and closing another descriptor of a SQLite file drops
+    the POSIX locks this process's connections hold on it. A folder that
+    cannot be opened is left to the migration to report."""
+    if not database or database == ":memory:":
+        yield
+        return
+    try:
+        folder = os.open(os.path.dirname(os.path.abspath(database)), os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+
+        def take() -> bool:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        _wait_for(take, shown)
+        yield  # the lock goes with the descriptor
+    finally:
+        os.close(folder)
+
+
+def _wait_for(take: Callable[[], bool], shown: str) -> None:
+    waiting = False
+    while not take():
+        if not waiting:
+            log.info("%s: another spur-runs migrate is running: waiting for it to end", shown)
+            waiting = True
+        time.sleep(0.5)
 
 
 def current_revision(database_url: str) -> str | None:
