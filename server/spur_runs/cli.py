@@ -86,6 +86,7 @@ def _command(commands: Any, name: str, summary: str, description: str) -> argpar
         help=summary,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # see build_parser
     )
     add_flags(parser, common=True)
     return parser
@@ -155,6 +156,11 @@ def build_parser() -> _Parser:
         description=__doc__.splitlines()[0],
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # argparse took any unique prefix of a flag: `--max-conn 300`, meant
+        # as a connection bound, set --max-connection-age-seconds, and a
+        # script's prefix broke (ambiguous) once a flag sharing it came.
+        # Twins are exact; so are flags.
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"spur-runs {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -460,7 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if misplaced is not None:
         print(misplaced, file=sys.stderr)
         return EXIT_USAGE
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's to name, and its --help to point at, not the top's
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     prefix = f"spur-runs {args.command}"
     try:
         config = load_config(args)

@@ -115,7 +115,12 @@ def test_migrate_help_says_what_it_adds_and_changes() -> None:
         (["frob"], "invalid choice: 'frob'"),
         ([], "the following arguments are required: COMMAND"),
         (["backup"], "the following arguments are required: DEST"),
-        (["serve", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (
+            ["serve", "--no-such-flag"],
+            "spur-runs serve: unrecognized arguments: --no-such-flag (see spur-runs serve --help)",
+        ),
+        # No prefix of a flag stands for it (--max-connection-age-seconds).
+        (["serve", "--max-conn", "300", "--grpc-address", "x"], "arguments: --max-conn 300"),
         (["seed", "--database-url", "mysql://x/y"], "scheme 'mysql' is not supported"),
         (["migrate", "--log-level", "LOUD"], "--log-level=LOUD: must be"),
     ],
