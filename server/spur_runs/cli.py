@@ -11,6 +11,7 @@ operation that failed (a database that cannot be reached, ...).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import logging
 import math
@@ -20,7 +21,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from .config import Config, ConfigError
@@ -427,30 +428,43 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 _ONE_SHOT = ("migrate", "seed", "backup")
 
 
-def _stop_on_signals() -> list[int]:
+@contextlib.contextmanager
+def _stop_on_signals(command: str) -> Iterator[list[int]]:
     """SIGINT, SIGTERM and SIGHUP (a closing terminal or SSH session) stop
-    migrate, seed and backup alike: as
-    KeyboardInterrupt, so that the work unwinds (its transaction rolled
-    back, backup's partial copy removed: SIGTERM's default, dying at once,
-    left a partial copy as large as the database beside DEST), then one
-    line and 128 + the signal. The signals received are recorded: inside a
-    SQLite statement the KeyboardInterrupt is raised in the connection's
-    progress handler (store/db.py), which sqlite3 turns into an
-    OperationalError ("interrupted") that says nothing of the signal. Only
-    the first raises; one more (`timeout` signals the process and its
-    group) must not cut the clean-up short. A signal ignored at start
-    (a job started with `&` by a script ignores SIGINT) stays ignored."""
+    migrate, seed and backup alike: as KeyboardInterrupt, so that the work
+    unwinds (its transaction rolled back, backup's partial copy removed:
+    SIGTERM's default, dying at once, left a partial copy as large as the
+    database beside DEST), then one line and 128 + the signal. The signals
+    received are recorded: inside a SQLite statement the KeyboardInterrupt
+    is raised in the connection's progress handler (store/db.py), which
+    sqlite3 turns into an OperationalError ("interrupted") that says nothing
+    of the signal. Only the first raises, and only while the command runs;
+    one more (`timeout` signals the process and its group) must not cut the
+    clean-up short. A signal ignored at start (a job started with `&` by a
+    script ignores SIGINT) stays ignored; the handlers before are put back."""
     received: list[int] = []
+    if command not in _ONE_SHOT:
+        yield received
+        return
+    armed = True
 
     def on_signal(signum: int, _frame: Any) -> None:
         received.append(signum)
-        if len(received) == 1:
+        if armed and len(received) == 1:
             raise KeyboardInterrupt
 
+    before = {}
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+        handler = signal.getsignal(signum)
+        if handler in (signal.SIG_DFL, signal.default_int_handler):
+            before[signum] = handler
             signal.signal(signum, on_signal)
-    return received
+    try:
+        yield received
+    finally:
+        armed = False
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def _interrupted(prefix: str, received: list[int]) -> int:
@@ -481,8 +495,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .telemetry import logs
 
     logs.setup(config)
+    with _stop_on_signals(args.command) as received:
+        return _run(args, config, prefix, received)
+
+
+def _run(args: argparse.Namespace, config: Config, prefix: str, received: list[int]) -> int:
     debug = config.log_level.upper() == "DEBUG"
-    received = _stop_on_signals() if args.command in _ONE_SHOT else []
     try:
         return _COMMANDS[args.command](args, config)
     except KeyboardInterrupt:

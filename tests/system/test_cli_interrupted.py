@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -119,3 +120,23 @@ def test_a_signal_during_a_backup_leaves_no_partial_copy(tmp_path: Path, signum:
     assert err.strip().splitlines() == [f"spur-runs backup: interrupted by {name}"]
     assert process.returncode == 128 + signum
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.db"]
+
+
+def test_main_puts_the_signal_handlers_back(tmp_path: Path) -> None:
+    """main() in a process of its own, as a program embedding it would call
+    it: after a one-shot command, SIGINT, SIGTERM and SIGHUP are handled as
+    before it (they stayed turned into KeyboardInterrupt)."""
+    url = f"sqlite:///{tmp_path / 'no.db'}"
+    code = (
+        "import signal, sys\n"
+        "from spur_runs.cli import main\n"
+        "names = ('SIGINT', 'SIGTERM', 'SIGHUP')\n"
+        "before = [signal.getsignal(getattr(signal, n)) for n in names]\n"
+        f"assert main(['backup', '--database-url', '{url}', 'x.db']) == 2\n"
+        "after = [signal.getsignal(getattr(signal, n)) for n in names]\n"
+        "print(after == before)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.stdout.strip() == "True", result.stdout + result.stderr
