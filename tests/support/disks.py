@@ -54,9 +54,9 @@ def fill(disk: Path) -> Path:
 
 @contextmanager
 def read_only(folder: Path) -> Iterator[Path]:
-    """`folder` (as it is) made read-only by a read-only bind mount over it:
-    unlike chmod, it holds for root too (mount needs root: skipped without
-    it, but in CI)."""
+    """`folder` (as it is; or a file) made read-only by a read-only bind
+    mount over it: unlike chmod, it holds for root too (mount needs root:
+    skipped without it, but in CI)."""
     if os.geteuid() != 0:
         reason = "a read-only bind mount needs root"
         if IN_CI:

@@ -153,6 +153,35 @@ def _disk_full(error: BaseException, method: str) -> DiskFull:
     return DiskFull("the database's disk is full; nothing was written, retry once space is freed")
 
 
+# A database that takes no writes: SQLite's file or folder not writable (a
+# read-only volume, another owner: SQLITE_READONLY and its extended codes),
+# or a PostgreSQL standby named as --database-url (read_only_sql_transaction).
+# It read as UNAVAILABLE ("retry later"), logged with the error's class name
+# only; no retry mends it until an operator does: FAILED_PRECONDITION, logged
+# at ERROR with the driver's words.
+_SQLITE_READONLY = "SQLITE_READONLY"
+_READ_ONLY_TRANSACTION = "25006"
+
+
+def _is_read_only(error: BaseException) -> bool:
+    return (
+        str(_driver(error, "sqlite_errorname") or "").startswith(_SQLITE_READONLY)
+        or _driver(error, "sqlstate") == _READ_ONLY_TRANSACTION
+    )
+
+
+def _read_only(error: BaseException, method: str) -> status_pb2.Status:
+    cause = getattr(error, "orig", None) or error
+    said = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    log.error("the database takes no writes in %s: %s", method, said)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("the database error behind it", exc_info=error)
+    return status_pb2.Status(
+        code=code_pb2.FAILED_PRECONDITION,
+        message="the database takes no writes (read-only); nothing was written",
+    )
+
+
 def _is_conflict(error: BaseException) -> bool:
     return _driver(error, "sqlstate") in _CONFLICTS
 
@@ -203,6 +232,8 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
             code=code_pb2.DATA_LOSS,
             message=f"the database holds text that is not valid UTF-8{where}",
         )
+    if _is_read_only(error):
+        return _read_only(error, method)
     if _is_conflict(error):
         return _database(
             error,
