@@ -349,25 +349,29 @@ def _busy(error: BaseException) -> str:
 
 
 def _migrate(args: argparse.Namespace, config: Config) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from .store.migrate import migrate, migrate_sql
+    from .store.schema_check import usable_url
+
+    # As serve and seed do: a memory database is exit 2, not SQLAlchemy's
+    # words and exit 1 (a folder, a file that is no database: _set_up).
+    usable_url(config.database_url)
+    if args.sql:
+        migrate_sql(config.database_url, sys.stdout)
+    else:
+        migrate(config.database_url)
+    return 0
+
+
+def _set_up(error: Exception, config: Config) -> ConfigError | None:
+    """The set-up to fix behind a command's failure, when SQLite says it
+    can never open or write the file (a folder, not a database, read-only):
+    exit 2 and which it is, where it read as an operation that failed."""
     from .store.schema_check import never_opens, usable_url
 
-    # As serve and seed do: a memory database, a folder, a file that is no
-    # database are exit 2 with what to fix, not SQLAlchemy's words and exit 1.
-    url = usable_url(config.database_url)
     try:
-        if args.sql:
-            migrate_sql(config.database_url, sys.stdout)
-        else:
-            migrate(config.database_url)
-    except SQLAlchemyError as error:
-        stop = never_opens(error, url)
-        if stop is None:
-            raise
-        raise stop from None
-    return 0
+        return never_opens(error, usable_url(config.database_url))
+    except ConfigError as unusable:
+        return unusable
 
 
 def _seed(args: argparse.Namespace, config: Config) -> int:
@@ -515,6 +519,8 @@ def _run(args: argparse.Namespace, config: Config, prefix: str, received: list[i
             traceback.print_exc()
         if received:  # the signal, not the error it became
             return _interrupted(prefix, received)
+        if not isinstance(error, ConfigError):
+            error = _set_up(error, config) or error
         if isinstance(error, ConfigError):
             print(f"{prefix}: {explain(error, args)}", file=sys.stderr)
             return EXIT_USAGE

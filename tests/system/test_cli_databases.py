@@ -141,3 +141,24 @@ def test_a_database_another_process_is_writing_says_to_retry(tmp_path: Path) -> 
         "spur-runs seed: database is locked: another process is writing to it (PySpur, a "
         "seed, a migrate): run this again later (--log-level DEBUG for the traceback)"
     ]
+
+
+@pytest.mark.parametrize("command", ["seed", "migrate"])
+def test_writing_a_read_only_file_says_so(tmp_path: Path, command: str) -> None:
+    """A file SQLite opens but cannot write (read-only, while its folder is
+    writable): "attempt to write a readonly database", exit 1, read as an
+    operation that failed, not a set-up to fix."""
+    path = tmp_path / "runs.db"
+    url = f"sqlite:///{path}"
+    assert spur_runs("migrate", "--database-url", url).returncode == 0
+    args = ["seed", "--runs", "1"] if command == "seed" else ["migrate"]
+    with sqlite3.connect(path) as connection:  # so that migrate has work to do
+        connection.execute("DROP INDEX ix_spur_runs_tasks_parent_task_id")
+        connection.execute("UPDATE spur_runs_alembic_version SET version_num = '0003'")
+    with disks.read_only(path):
+        result = spur_runs(*args, "--database-url", url)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"spur-runs {command}: {url}: attempt to write a readonly database; {path} or its "
+        "folder is read-only, and SQLite writes both"
+    )

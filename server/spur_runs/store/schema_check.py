@@ -54,13 +54,14 @@ def usable_url(database_url: str) -> URL:
 
 def never_opens(error: Exception, url: URL) -> ConfigError | None:
     """For SQLite's errors that no retry mends (a folder, not a database, a
-    read-only file or folder), the one line to stop with, saying which it
+    read-only file or folder, opened or written), the one line to stop with, saying which it
     is; None for any other error (a server down, a file locked: the caller
     decides)."""
     cause = getattr(error, "orig", None) or error
     if url.get_backend_name() != "sqlite":
         return None
-    if getattr(cause, "sqlite_errorname", None) not in _NEVER_OPENS:
+    name = str(getattr(cause, "sqlite_errorname", ""))
+    if name not in _NEVER_OPENS and not name.startswith("SQLITE_READONLY"):
         return None
     path = Path(url.database or "")
     if path.is_dir():
