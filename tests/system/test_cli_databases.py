@@ -71,7 +71,10 @@ def test_a_read_only_database_says_so(tmp_path: Path, command: str) -> None:
     assert spur_runs("migrate", "--database-url", url).returncode == 0
     with disks.read_only(folder):
         line = refused(command, url, tmp_path)
-    why = f"; {folder / 'runs.db'} or its folder is read-only, and SQLite writes both"
+    why = (
+        f"; {folder / 'runs.db'} or its folder is not writable (read-only, or not this "
+        "user's), and SQLite writes both"
+    )
     assert line.endswith(why), line
 
 
@@ -86,7 +89,8 @@ def test_backup_into_a_read_only_folder_says_so(tmp_path: Path) -> None:
         result = spur_runs("backup", "--database-url", url, str(folder / "copy.db"))
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"spur-runs backup: the folder {folder} is read-only: choose another DEST"
+        f"spur-runs backup: the folder {folder} is not writable (read-only, or not this "
+        "user's): choose another DEST"
     ]
 
 
@@ -160,5 +164,5 @@ def test_writing_a_read_only_file_says_so(tmp_path: Path, command: str) -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"spur-runs {command}: {url}: attempt to write a readonly database; {path} or its "
-        "folder is read-only, and SQLite writes both"
+        "folder is not writable (read-only, or not this user's), and SQLite writes both"
     )

@@ -51,7 +51,10 @@ def backup(database_url: str, dest: str, *, busy_seconds: float = 10.0) -> str:
     if not os.access(target.parent, os.W_OK):
         # Else the failure to create the partial copy in it was hidden by
         # the failure to remove it ("Read-only file system: '.DEST.N.partial'").
-        raise ConfigError(f"the folder {target.parent} is read-only: choose another DEST")
+        raise ConfigError(
+            f"the folder {target.parent} is not writable (read-only, or not this user's): "
+            "choose another DEST"
+        )
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     # mode=rw: never create the source (it only reads; read-only mode
     # could not open a WAL database whose -shm file is not there yet).

@@ -70,7 +70,10 @@ def never_opens(error: Exception, url: URL) -> ConfigError | None:
         why = f"; the folder {path.parent} does not exist"
     elif not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         # SQLite writes beside the file too: its -wal, -shm and -journal.
-        why = f"; {path} or its folder is read-only, and SQLite writes both"
+        why = (
+            f"; {path} or its folder is not writable (read-only, or not this user's), "
+            "and SQLite writes both"
+        )
     else:
         why = ""
     return ConfigError(f"{shown_url(url)}: {str(cause).splitlines()[0]}{why}")
