@@ -157,7 +157,7 @@ def sample_runs(db: Database, count: int, seed: int = 5) -> list[str]:
     """`count` run ids drawn uniformly among all runs (by _intid)."""
     from sqlalchemy import create_engine, func, select
 
-    from spur_runs.store.db import normalize_url
+    from spur_runs.store.engine import normalize_url
     from spur_runs.store.models import Run
 
     engine = create_engine(normalize_url(db.url))
@@ -185,7 +185,7 @@ def deep_cursor(db: Database, from_end: int = 100) -> tuple[str, int, int]:
 
     from spur_runs.api.paging import encode_run_cursor
     from spur_runs.api.service import list_query
-    from spur_runs.store.db import normalize_url
+    from spur_runs.store.engine import normalize_url
     from spur_runs.store.models import Run
 
     listed = (Run.start_time.is_not(None), Run.parent_run_id.is_(None))

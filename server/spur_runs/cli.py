@@ -440,7 +440,7 @@ def _stop_on_signals(command: str) -> Iterator[list[int]]:
     SIGTERM's default, dying at once, left a partial copy as large as the
     database beside DEST), then one line and 128 + the signal. The signals
     received are recorded: inside a SQLite statement the KeyboardInterrupt
-    is raised in the connection's progress handler (store/db.py), which
+    is raised in the connection's progress handler (store/engine.py), which
     sqlite3 turns into an OperationalError ("interrupted") that says nothing
     of the signal. Only the first raises, and only while the command runs;
     one more (`timeout` signals the process and its group) must not cut the

@@ -89,7 +89,7 @@ def _check_url(url: str, name: str, scheme: str, driver: str) -> None:
     """ConfigError for a database URL no command could open, found at start
     as every bad setting is: a port that is no number, one SQLAlchemy cannot
     parse, a SQLite driver other than Python's sqlite3 (PostgreSQL's driver
-    is always psycopg 3: store/db.py sets it). They were each command's
+    is always psycopg 3: store/engine.py sets it). They were each command's
     exit 1, in SQLAlchemy's words ("invalid literal for int() with base 10",
     "Can't load plugin: sqlalchemy.dialects:sqlite.aiosqlite"). The message
     never quotes the URL: it may hold a password."""

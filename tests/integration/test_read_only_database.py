@@ -24,7 +24,7 @@ import disks
 from http_client import Http, Seeded, seed_runs, start_http_server
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
-from spur_runs.store.db import normalize_url
+from spur_runs.store.engine import normalize_url
 from spur_runs.store.migrate import migrate
 
 DELETE_RUN = "/spur.runs.v1.RunService/DeleteRun"
