@@ -212,6 +212,23 @@ class Config:
         "health's answers, fixed by the protos, are not held to it.",
         bounds=(1024, _INT32_MAX),
     )  # fmt: skip
+    # Answers grpc holds for clients that do not read them (rpc/unread.py):
+    # two of the largest per address, and sixteen addresses' worth in all.
+    max_unread_bytes_per_address: int = setting(
+        32 * 1024 * 1024, "SPUR_RUNS_MAX_UNREAD_BYTES_PER_ADDRESS",
+        "bytes of RunService answers one client address may have sent and not yet read",
+        "A further answer to that address fails with `RESOURCE_EXHAUSTED` until the client "
+        "reads (or its calls end): a gRPC client that grants no flow-control window made the "
+        "server hold every answer for as long as its connections lived. An address holding "
+        "nothing may always get one answer.",
+        bounds=(1024, 1 << 50),
+    )  # fmt: skip
+    max_unread_bytes: int = setting(
+        512 * 1024 * 1024, "SPUR_RUNS_MAX_UNREAD_BYTES",
+        "bytes of RunService answers sent and not yet read, all clients together",
+        "Beyond it, further answers fail with `RESOURCE_EXHAUSTED` until clients read.",
+        bounds=(1024, 1 << 50),
+    )  # fmt: skip
     # Rather than waiting in an unbounded queue.
     max_concurrent_rpcs: int = setting(
         64, "SPUR_RUNS_MAX_CONCURRENT_RPCS",

@@ -161,23 +161,29 @@ class Suspects:
 
 
 class AddressCounts:
-    """How many of something each client address holds, within a bound.
-    Not thread-safe: its owner calls it under its own lock."""
+    """How much of something each client address holds, within a bound: a
+    count (streams) or an amount (bytes of answers, rpc/unsent.py). Not
+    thread-safe: its owner calls it under its own lock."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._held: dict[str, int] = {}
 
-    def take(self, address: str) -> bool:
-        """One more for `address`; False (and none taken) at the bound."""
+    def held(self, address: str) -> int:
+        return self._held.get(address, 0)
+
+    def take(self, address: str, amount: int = 1) -> bool:
+        """`amount` more for `address`; False (and none taken) if that would
+        pass the bound. An address that holds nothing may always take its
+        first: one answer larger than the bound is still one answer."""
         held = self._held.get(address, 0)
-        if held >= self.limit:
+        if held and held + amount > self.limit:
             return False
-        self._held[address] = held + 1
+        self._held[address] = held + amount
         return True
 
-    def release(self, address: str) -> None:
-        left = self._held[address] - 1
+    def release(self, address: str, amount: int = 1) -> None:
+        left = self._held[address] - amount
         if left:
             self._held[address] = left
         else:

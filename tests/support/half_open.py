@@ -132,8 +132,13 @@ class NonReaders:
     server's answers never leave. It answers pings and settings meanwhile,
     on a thread of its own, as a live client does."""
 
-    def __init__(self, port: int, method: str, message: bytes, count: int) -> None:
-        self._socket = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+    def __init__(
+        self, port: int, method: str, message: bytes, count: int, source: str = "127.0.0.1"
+    ) -> None:
+        # `source`: another loopback address (127.0.0.2) is another client.
+        self._socket = socket.create_connection(
+            ("127.0.0.1", port), timeout=0.5, source_address=(source, 0)
+        )
         streams = [1 + 2 * i for i in range(count)]
         self._socket.sendall(
             PREFACE

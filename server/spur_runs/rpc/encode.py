@@ -23,6 +23,9 @@ run_service.proto with its imports and comments, is some 36 KB): a
 `--max-response-bytes 32768` made every grpcurl command fail with
 RESOURCE_EXHAUSTED (a review, 2026-12-04). They are not measured here, and
 grpc's own bound (rpc/limits.py) is never below FIXED_ANSWER_BYTES.
+
+The size measured is also charged to the caller's address until its call
+ends (unread.py): answers grpc holds for clients that do not read them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 from ..api.spliced import Spliced
 from ..errors import ResourceExhausted
 from .chain import Call, Handler, Hook, Serializer
+from .unread import UnreadAnswers
 
 
 def _either(serializer: Serializer) -> Serializer:
@@ -45,8 +49,11 @@ def _either(serializer: Serializer) -> Serializer:
 
 
 class EncodeHook(Hook):
-    def __init__(self, max_bytes: int, services: Iterable[str]) -> None:
+    def __init__(
+        self, max_bytes: int, services: Iterable[str], unread: UnreadAnswers | None = None
+    ) -> None:
         self.max_bytes = max_bytes
+        self.unread = unread
         # The methods' names of the services bounded: "/package.Service/".
         self._bounded = tuple(f"/{service}/" for service in services)
 
@@ -57,9 +64,13 @@ class EncodeHook(Hook):
     def sent(self, call: Call, state: Any, response: Any) -> None:
         if not call.method.startswith(self._bounded):
             return
-        error = self._too_large(response)
-        if error is not None:
-            raise error
+        size = _size(response)
+        if size > self.max_bytes:
+            raise self._too_large()
+        if self.unread is not None:
+            error = self.unread.charge(call.context, size)
+            if error is not None:
+                raise error
 
     def send(self, call: Call, state: Any, item: Any) -> Any:
         # A stream's message (WatchRun): the stream ends with the error
@@ -68,13 +79,15 @@ class EncodeHook(Hook):
             return item
         if not call.method.startswith(self._bounded):
             return item
-        return self._too_large(item) or item
+        # (Not charged to unread.py: WatchRun's senders bound a stream
+        # that does not read, api/senders.py.)
+        return self._too_large() if _size(item) > self.max_bytes else item
 
-    def _too_large(self, response: Any) -> ResourceExhausted | None:
-        if type(response) is Spliced:
-            size = len(response.SerializeToString())
-        else:
-            size = response.ByteSize()
-        if size > self.max_bytes:
-            return ResourceExhausted(f"the response is larger than {self.max_bytes} bytes")
-        return None
+    def _too_large(self) -> ResourceExhausted:
+        return ResourceExhausted(f"the response is larger than {self.max_bytes} bytes")
+
+
+def _size(response: Any) -> int:
+    if type(response) is Spliced:
+        return len(response.SerializeToString())
+    return int(response.ByteSize())

@@ -35,6 +35,7 @@ from ..rpc.decode import DecodeHook
 from ..rpc.encode import EncodeHook
 from ..rpc.errors import ErrorHook, last_resort
 from ..rpc.observe import ObserveHook
+from ..rpc.unread import UnreadAnswers
 from ..store.db import Database
 from ..store.engine import shown_url
 from ..store.schema_check import warn_missing_indexes
@@ -116,6 +117,8 @@ class RunsServer:
                 initializer=self._record_call_thread,
             )
         )
+        # Answers sent and not yet read, by client address (rpc/unread.py).
+        self.unread = UnreadAnswers(config.max_unread_bytes_per_address, config.max_unread_bytes)
         # Its hooks (rpc/chain.py), outermost first: observe sees the final
         # code of every call (refusals included), auth refuses before any
         # work is done, and errors become statuses innermost.
@@ -129,9 +132,8 @@ class RunsServer:
                 # A spliced answer (below) serializes itself; no answer of
                 # RunService is larger than --max-response-bytes (those of
                 # reflection and health are fixed by the protos: not bounded).
-                EncodeHook(config.max_response_bytes, [RUN_SERVICE]),
-            ],
-            last_resort=last_resort,
+                EncodeHook(config.max_response_bytes, [RUN_SERVICE], self.unread),
+            ]
         )
         # Outermost, for gRPC callers only: a call's thread waits for its
         # request message for a bounded time (rpc/arrival.py).
