@@ -217,10 +217,10 @@ class Config:
     max_unread_bytes_per_address: int = setting(
         32 * 1024 * 1024, "SPUR_RUNS_MAX_UNREAD_BYTES_PER_ADDRESS",
         "bytes of RunService answers one client address may have sent and not yet read",
-        "A further answer to that address fails with `RESOURCE_EXHAUSTED` until the client "
-        "reads (or its calls end): a gRPC client that grants no flow-control window made the "
-        "server hold every answer for as long as its connections lived. An address holding "
-        "nothing may always get one answer.",
+        "Over gRPC and HTTP together. A further answer to that address fails with "
+        "`RESOURCE_EXHAUSTED` (HTTP 429) until the client reads (or its calls end): a gRPC "
+        "client that grants no flow-control window made the server hold every answer for as "
+        "long as its connections lived. An address holding nothing may always get one answer.",
         bounds=(1024, 1 << 50),
     )  # fmt: skip
     max_unread_bytes: int = setting(

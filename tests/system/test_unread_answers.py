@@ -6,6 +6,10 @@ client."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import socket
+
 import grpc
 import pytest
 
@@ -20,15 +24,16 @@ from spur_runs.store.migrate import migrate
 GET_RUN = "/spur.runs.v1.RunService/GetRun"
 OUTPUT = 2_000_000  # bytes of the run's output: each answer is a little more
 PER_ADDRESS = 32 * 1024 * 1024  # --max-unread-bytes-per-address's default
+HTTP_OUTPUT = 6_000_000
 CALLS = 24  # on one connection that reads nothing: 16 answers fit in PER_ADDRESS
 
 
-def _big_run(url: str) -> str:
+def _big_run(url: str, output: int = OUTPUT) -> str:
     migrate(url)
     db = Database.from_url(url, pool_size=1)
     with db.write() as session:
         run_id = add_run(
-            session, add_workflow(session), tasks=all_done(), outputs={"text": "x" * OUTPUT}
+            session, add_workflow(session), tasks=all_done(), outputs={"text": "x" * output}
         )
     db.dispose()
     return run_id
@@ -95,4 +100,63 @@ def test_answers_beyond_the_server_wide_bound_are_refused_saying_why(sqlite_url:
         assert "answers its clients have not read" in str(refused.value.details())
     finally:
         jam.close()
+        server.stop(grace=1)
+
+
+class _HttpNonReaders:
+    """`count` connections from `source` that each ask for `path` over HTTP
+    and read nothing (a small receive buffer: the answer stays with the
+    server)."""
+
+    def __init__(self, port: int, path: str, count: int, source: str) -> None:
+        self._sockets = []
+        for _ in range(count):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            self._sockets.append(sock)
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def _http_get(port: int, path: str, source: str) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_http_clients_that_read_nothing_hold_their_share_and_no_more(sqlite_url: str) -> None:
+    # Larger answers: the kernel takes up to 4 MB of each into the socket's
+    # send buffer (tcp_wmem), and the server holds the rest.
+    run_id = _big_run(sqlite_url, HTTP_OUTPUT)
+    server = start_server(sqlite_url, http_address="127.0.0.1:0")
+    assert server.http_port is not None
+    path = f"/run/{run_id}"
+    jam = _HttpNonReaders(server.http_port, path, 8, source="127.0.0.2")
+    try:
+        # Their answers are held while they read nothing, up to their share;
+        # beyond it this address is refused, saying why.
+        wait_until(lambda: server.unread.held("ipv4:127.0.0.2") > 4 * HTTP_OUTPUT, "answers held")
+        status, body = _http_get(server.http_port, path, "127.0.0.2")
+        assert status == 429, status
+        assert "are not read yet" in json.loads(body)["message"]
+        assert server.unread.held("ipv4:127.0.0.2") <= PER_ADDRESS
+        # Another client is served meanwhile.
+        status, body = _http_get(server.http_port, path, "127.0.0.1")
+        assert status == 200 and len(body) > HTTP_OUTPUT
+    finally:
+        jam.close()
+    try:
+        wait_until(lambda: server.unread.total == 0, "every answer released")
+    finally:
         server.stop(grace=1)

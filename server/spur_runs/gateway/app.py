@@ -58,7 +58,7 @@ from .render import dumps
 from .replies import error
 from .routes import routes_for
 from .target import origin_form
-from .transport import ChannelTransport, Transport
+from .transport import DONE_KEY, ChannelTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,19 @@ class HttpGateway:
         began = self._access.begin()
         request, authority = origin_form(request)
         response = await self._respond(request, authority)
-        self._access.answered(request, response, began)  # (unless a call's line has it)
+        done = response.get(DONE_KEY)
+        try:
+            self._access.answered(request, response, began)  # (unless a call's line has it)
+            if done is not None:
+                # An in-process call's answer: written here, so that its
+                # call, and the bytes charged to this client until then
+                # (rpc/unread.py), end once aiohttp has handed it to the
+                # socket; not while a client that reads nothing holds it.
+                await response.prepare(request)
+                await response.write_eof()
+        finally:
+            if done is not None:
+                done()
         return response
 
     async def _respond(self, request: web.BaseRequest, authority: str | None) -> web.StreamResponse:

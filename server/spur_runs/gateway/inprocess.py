@@ -229,12 +229,16 @@ class InProcessTransport:
         self._active += 1
         try:
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
+            reply = await loop.run_in_executor(
                 self._executor, self._run, method, request, metadata, context
             )
+        except BaseException:
+            context.terminate()  # also when this task is cancelled: the client left
+            raise
         finally:
             self._active -= 1
-            context.terminate()  # also when this task is cancelled: the client left
+        # Answered: the call ends once its HTTP answer is written (Reply.done).
+        return reply._replace(done=context.terminate)
 
     def _run(self, method: str, request: Any, metadata: Metadata, context: LocalContext) -> Reply:
         """On one of the server's threads."""

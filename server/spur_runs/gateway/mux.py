@@ -26,7 +26,7 @@ from .replies import JSON, error, failed, not_allowed, response_headers
 from .routes import Match, Route, Router, normalize_escapes
 from .streaming import stream
 from .transcode import RequestBuilder
-from .transport import ChannelTransport, Transport
+from .transport import DONE_KEY, ChannelTransport, Transport
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -193,5 +193,14 @@ class Mux:
             )
         except grpc.aio.AioRpcError as call_error:
             return failed(call_error)
-        headers = response_headers(reply.initial, reply.trailing)
-        return _answer(endpoint, reply.response, headers, raw_path, query)
+        if reply.done is None:
+            headers = response_headers(reply.initial, reply.trailing)
+            return _answer(endpoint, reply.response, headers, raw_path, query)
+        try:
+            headers = response_headers(reply.initial, reply.trailing)
+            answer = _answer(endpoint, reply.response, headers, raw_path, query)
+        except BaseException:
+            reply.done()  # no answer to write: the call ends now
+            raise
+        answer[DONE_KEY] = reply.done  # app.py ends it once the answer is written
+        return answer

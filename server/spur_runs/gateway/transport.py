@@ -23,10 +23,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
+from aiohttp import web
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
 from .transcode import message_class
+
+# A response's key (aiohttp responses are mappings) for its Reply.done:
+# app.py writes such a response itself, then ends its call.
+DONE_KEY: web.ResponseKey[Callable[[], None]] = web.ResponseKey("spur_runs.call_done")
 
 # What the gateway sends (metadata.outgoing_metadata) and gets back:
 # (key, value) pairs; grpc.aio.Metadata iterates as such pairs too.
@@ -41,6 +46,11 @@ class Reply(NamedTuple):
     response: Any
     initial: Iterable[tuple[str, str | bytes]]
     trailing: Iterable[tuple[str, str | bytes]]
+    # In process: ends the call, which holds its answer's charge to the
+    # client's address (rpc/unread.py) until the HTTP answer is written
+    # (app.py calls it, mux.py if the answer is never made). None: nothing
+    # to end.
+    done: Callable[[], None] | None = None
 
 
 class Transport(Protocol):

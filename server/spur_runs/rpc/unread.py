@@ -25,9 +25,10 @@ answer (an answer larger than the bound is still one answer), so
 or take one answer; a reader's answers are released as it reads them.
 
 The gateway's in-process calls are charged too, to their HTTP client's
-address, for the moment between their answer and the call's end (their
-callbacks run as the call returns); what aiohttp then holds while it writes
-them is the HTTP side's (gateway/connections.py).
+address: the gateway ends such a call (its context's callbacks) only once
+aiohttp has handed its JSON answer to the socket (gateway/app.py), so an
+HTTP client that reads nothing holds its share the same way. One share for
+both ports: it is the same client.
 
 Per call this costs grpc's `peer()`, the address parsed, a lock taken
 twice and one callback: about 2 µs, against hundreds for a GetRun.
