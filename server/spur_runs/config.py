@@ -328,7 +328,8 @@ class Config:
         75.0, "SPUR_RUNS_HTTP_IDLE_TIMEOUT_SECONDS",
         "close a keep-alive HTTP connection idle this long",
         "Longer than the 60 s of the usual proxies in front, so that they end idle pooled "
-        "connections, not this server.",
+        "connections, not this server. A connection whose answer has not moved this long (its "
+        "client reads nothing) is aborted too.",
         bounds=(0.01, 86400),
     )  # fmt: skip
     http_max_connections: int = setting(

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from factories import add_run, add_workflow, all_done
-from half_open import NonReaders
+from half_open import NonReaders, closed_by_server
 from servers import start_server, wait_until
 from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
@@ -109,17 +109,18 @@ class _HttpNonReaders:
     server)."""
 
     def __init__(self, port: int, path: str, count: int, source: str) -> None:
-        self._sockets = []
+        self.sockets = []
         for _ in range(count):
             sock = socket.socket()
+            sock.settimeout(10)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.bind((source, 0))
             sock.connect(("127.0.0.1", port))
             sock.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-            self._sockets.append(sock)
+            self.sockets.append(sock)
 
     def close(self) -> None:
-        for sock in self._sockets:
+        for sock in self.sockets:
             sock.close()
 
 
@@ -159,4 +160,19 @@ def test_http_clients_that_read_nothing_hold_their_share_and_no_more(sqlite_url:
     try:
         wait_until(lambda: server.unread.total == 0, "every answer released")
     finally:
+        server.stop(grace=1)
+
+
+def test_an_http_answer_that_does_not_move_has_its_connection_cut(sqlite_url: str) -> None:
+    run_id = _big_run(sqlite_url, HTTP_OUTPUT)
+    # The idle timeout bounds a stalled answer too (gateway/writes.py).
+    server = start_server(sqlite_url, http_address="127.0.0.1:0", http_idle_timeout_seconds=1)
+    assert server.http_port is not None
+    jam = _HttpNonReaders(server.http_port, f"/run/{run_id}", 2, source="127.0.0.2")
+    try:
+        wait_until(lambda: server.unread.held("ipv4:127.0.0.2") > HTTP_OUTPUT, "answers held")
+        wait_until(lambda: server.unread.total == 0, "the answers let go")
+        assert all(closed_by_server(sock) for sock in jam.sockets)
+    finally:
+        jam.close()
         server.stop(grace=1)

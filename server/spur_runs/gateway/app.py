@@ -59,6 +59,7 @@ from .replies import error
 from .routes import routes_for
 from .target import origin_form
 from .transport import DONE_KEY, ChannelTransport, Transport
+from .writes import Writes
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ class HttpGateway:
         self._ssl = tls.http_context(config)
         # The port's bounds and trust (connections.py, hosts.py, metadata.py).
         self._limits = ConnectionLimits.from_config(config)
+        # Answers being written; a connection whose answer stops moving is cut.
+        self._writes = Writes(config.http_idle_timeout_seconds)
         self._hosts = HostCheck.from_config(config)
         self._cors = Cors.from_setting(config.http_cors_origins)  # None: off
         self._probes: Probes | None = None
@@ -239,6 +242,7 @@ class HttpGateway:
         await runner.setup()
         site = web.SockSite(runner, self._sock, backlog=BACKLOG)  # (TLS: in Server)
         await site.start()
+        checker = asyncio.create_task(self._writes.check_forever())
         self._ready.set()
         try:
             await self._stop_requested.wait()
@@ -251,6 +255,7 @@ class HttpGateway:
                 except TimeoutError:
                     log.warning("%d HTTP requests still running: cancelling them", self._inflight)
         finally:
+            checker.cancel()
             await runner.cleanup()
             await channel.close(grace=None)
 
@@ -265,9 +270,9 @@ class HttpGateway:
                 # An in-process call's answer: written here, so that its
                 # call, and the bytes charged to this client until then
                 # (rpc/unread.py), end once aiohttp has handed it to the
-                # socket; not while a client that reads nothing holds it.
-                await response.prepare(request)
-                await response.write_eof()
+                # socket; not while a client that reads nothing holds it
+                # (nor for ever: writes.py cuts an answer that stops moving).
+                await self._writes.write(request, response)
         finally:
             if done is not None:
                 done()
