@@ -67,6 +67,11 @@ def test_a_client_that_reads_nothing_holds_its_share_of_answers_and_no_more(
         details: list[str] = []
         wait_until(lambda: _refused(server.port, run_id, details), "a call refused")
         assert "are not read yet" in details[0], details[0]
+        # Refused as it begins, before the database is read: even a call
+        # whose answer would be NOT_FOUND.
+        with pytest.raises(grpc.RpcError) as early:
+            _get_run(server.port, "R999999")
+        assert early.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert 15 * OUTPUT < server.unread.held("ipv4:127.0.0.1") <= PER_ADDRESS
         # Another client that reads nothing holds its own share, no more.
         jams.append(NonReaders(server.port, GET_RUN, request, CALLS, source="127.0.0.2"))

@@ -61,6 +61,16 @@ class EncodeHook(Hook):
         # Unary answers only: no streaming method answers a Spliced.
         return serializer if handler.response_streaming else _either(serializer)
 
+    def enter(self, call: Call) -> Any:
+        # An address refused for its unread answers is refused at once
+        # until it reads (unread.py); `full` is empty but for such clients.
+        unread = self.unread
+        if unread is not None and unread.full and call.method.startswith(self._bounded):
+            error = unread.refusal_before(call.context)
+            if error is not None:
+                raise error
+        return None
+
     def sent(self, call: Call, state: Any, response: Any) -> None:
         if not call.method.startswith(self._bounded):
             return

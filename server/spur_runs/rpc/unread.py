@@ -23,6 +23,10 @@ memory is freed at once. An address that holds nothing may always have one
 answer (an answer larger than the bound is still one answer), so
 `per_address` is a bound on the bytes a non-reading client can hold, give
 or take one answer; a reader's answers are released as it reads them.
+An address refused so is `full` until one of its answers is released: its
+calls are refused as they begin (encode.py's `enter`), before the database
+is read for an answer that would be thrown away. Such a client re-sent its
+refused calls as fast as they ended, each one a read of its whole answer.
 
 The gateway's in-process calls are charged too, to their HTTP client's
 address: the gateway ends such a call (its context's callbacks) only once
@@ -55,6 +59,9 @@ class UnreadAnswers:
         self._by_address = AddressCounts(per_address)
         self._lock = threading.Lock()
         self.refused = 0  # answers refused so far (for tests and logs)
+        # Addresses refused for their share, until one of their answers is
+        # released: at most one per connection holding an answer.
+        self.full: set[str] = set()
 
     def held(self, address: str) -> int:
         with self._lock:
@@ -68,6 +75,8 @@ class UnreadAnswers:
             over_total = self.total > 0 and self.total + size > self.total_limit
             if over_total or not self._by_address.take(address, size):
                 self.refused += 1
+                if not over_total:
+                    self.full.add(address)
                 held = self._by_address.held(address)
                 total = self.total
                 return ResourceExhausted(_refusal(over_total, held, total, self))
@@ -77,10 +86,21 @@ class UnreadAnswers:
             with self._lock:
                 self.total -= size
                 self._by_address.release(address, size)
+                self.full.discard(address)
 
         if not context.add_callback(release):  # the call has ended already
             release()
         return None
+
+    def refusal_before(self, context: grpc.ServicerContext) -> ResourceExhausted | None:
+        """The error of a call beginning from a `full` address (call only
+        while `full` is not empty: the common case asks nothing more)."""
+        address = address_of(context.peer())
+        with self._lock:
+            if address not in self.full:
+                return None
+            self.refused += 1
+            return ResourceExhausted(_refusal(False, self._by_address.held(address), 0, self))
 
 
 def _refusal(over_total: bool, held: int, total: int, unread: UnreadAnswers) -> str:
