@@ -133,7 +133,8 @@ class RunsServer:
                 # RunService is larger than --max-response-bytes (those of
                 # reflection and health are fixed by the protos: not bounded).
                 EncodeHook(config.max_response_bytes, [RUN_SERVICE], self.unread),
-            ]
+            ],
+            last_resort=last_resort,
         )
         # Outermost, for gRPC callers only: a call's thread waits for its
         # request message for a bounded time (rpc/arrival.py).
