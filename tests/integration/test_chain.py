@@ -284,6 +284,11 @@ def test_the_real_server_keeps_one_wrapped_handler_per_method(migrated_url: str)
                     stub.GetRun(pb.GetRunRequest(run_id="no-such-run"), timeout=5)
                 health.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert server.chain.cached == 2
+        # The served chain has the last resort test_an_error_no_hook_gave_a_
+        # status_... tests on a chain of its own (a merge once dropped it).
+        from spur_runs.rpc.errors import last_resort
+
+        assert server.chain.last_resort is last_resort
     finally:
         server.stop(grace=1)
 

@@ -394,7 +394,7 @@ class ChainInterceptor(_Interceptor):
 
     def __init__(self, hooks: Sequence[Hook], last_resort: LastResort | None = None) -> None:
         self.hooks = tuple(hooks)
-        self._last_resort = last_resort
+        self.last_resort = last_resort
         self._refusers = tuple((i, h) for i, h in enumerate(self.hooks) if _overrides(h, "refusal"))
         self._cache = HandlerCache()
         # The cached handlers that refuse their call (bounded as the cache).
@@ -422,7 +422,7 @@ class ChainInterceptor(_Interceptor):
         method = handler_call_details.method
         key = (method, handler, None if refused is None else refused[1])
         found = self._cache.get(
-            key, lambda: wrap(handler, method, self.hooks, refused, self._last_resort)
+            key, lambda: wrap(handler, method, self.hooks, refused, self.last_resort)
         )
         if refused is not None and len(self._refusing) < MAX_CACHED_HANDLERS:
             self._refusing.add(found)
