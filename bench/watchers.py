@@ -107,7 +107,8 @@ def start_server(url: str, args: argparse.Namespace) -> tuple[subprocess.Popen[b
     process = subprocess.Popen(
         [*CLI, "serve", "--database-url", url, "--grpc-address", f"127.0.0.1:{port}",
          "--http-address", f"127.0.0.1:{http_port}", "--watch-interval", str(args.interval),
-         "--max-watchers", str(args.watchers), "--log-level", "WARNING"],
+         "--max-watchers", str(args.watchers),
+         "--max-watchers-per-address", str(args.watchers), "--log-level", "WARNING"],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     deadline = time.monotonic() + 60

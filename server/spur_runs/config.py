@@ -305,6 +305,14 @@ class Config:
         "open WatchRun streams beyond which new ones get RESOURCE_EXHAUSTED", "Per process.",
         bounds=(1, 1_000_000),
     )  # fmt: skip
+    max_watchers_per_address: int = setting(
+        100, "SPUR_RUNS_MAX_WATCHERS_PER_ADDRESS",
+        "open WatchRun streams one client address may hold",
+        "An HTTP watch counts for its HTTP client's address. Without it, one client could "
+        "hold every watch of `--max-watchers` (with no token when tokens are off), and "
+        "others could watch no more.",
+        bounds=(1, 1_000_000),
+    )  # fmt: skip
     http_path_prefix: str = setting(
         "", "SPUR_RUNS_HTTP_PATH_PREFIX",
         "serve every HTTP route, /openapi.json and /metrics under this path, e.g. /api",

@@ -11,6 +11,8 @@ import hmac
 import ipaddress
 import re
 import secrets
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import unquote
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -158,6 +160,31 @@ class Suspects:
 
     def holds(self, address: str, now: float) -> bool:
         return self._until.get(address, 0.0) > now
+
+
+def caller_address(peer: str, metadata: Iterable[tuple[str, Any]] | None) -> str:
+    """address_of the call's client: for a call the HTTP gateway makes (its
+    mark beside it), the HTTP client's address, the last of the
+    x-forwarded-for the gateway wrote (a watch's peer is the gateway's own
+    socket, which names no client); else the call's peer."""
+    mark = forwarded = None
+    for key, value in metadata or ():
+        if key == GATEWAY_KEY:
+            mark = value
+        elif key == "x-forwarded-for":
+            forwarded = value
+    if forwarded is None or not isinstance(forwarded, str) or not from_gateway(mark):
+        return address_of(peer)
+    remote = forwarded.rpartition(",")[2].strip()
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:  # (not an address: counted as given)
+        return remote
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            return f"ipv6:{address}"
+        address = address.ipv4_mapped
+    return f"ipv4:{address}"
 
 
 class AddressCounts:

@@ -430,6 +430,49 @@ def test_beyond_max_watchers_is_resource_exhausted(lite_url: str, lite_db: Datab
         server.stop(grace=1)
 
 
+def test_one_client_address_holds_at_most_its_share_of_watches(
+    lite_url: str, lite_db: Database
+) -> None:
+    """One client could open every watch of --max-watchers, and others could
+    watch no more. An HTTP watch counts for its HTTP client's address, not
+    for the gateway's socket."""
+    server = start_server(
+        lite_url, watch_interval=INTERVAL, http_address="127.0.0.1:0", max_watchers_per_address=2
+    )
+    assert server.http_port is not None
+    try:
+        run_ids = [pending_run(lite_db) for _ in range(4)]
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            open_ = [stub.WatchRun(pb.WatchRunRequest(run_id=r), timeout=30) for r in run_ids[:2]]
+            for stream in open_:
+                next(stream)
+            with pytest.raises(grpc.RpcError) as raised:
+                next(stub.WatchRun(pb.WatchRunRequest(run_id=run_ids[2]), timeout=10))
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "client address already holds 2 open watches" in str(raised.value.details())
+
+            def http_watch(source: str) -> http.client.HTTPResponse:
+                connection = http.client.HTTPConnection(
+                    "127.0.0.1", server.http_port, timeout=30, source_address=(source, 0)
+                )
+                connection.request("GET", f"/run/{run_ids[3]}/watch")
+                return connection.getresponse()
+
+            # The same client over HTTP: its share is spent.
+            assert http_watch("127.0.0.1").status == 429
+            # Another client's HTTP watch: its own share.
+            other = http_watch("127.0.0.2")
+            assert other.status == 200
+            assert json.loads(other.readline())["result"]["run"]["id"] == run_ids[3]
+            open_[0].cancel()
+            wait_for(lambda: server.watch_hub.watcher_count == 2)
+            assert next(stub.WatchRun(pb.WatchRunRequest(run_id=run_ids[2]), timeout=10)).run.id
+            other.close()
+    finally:
+        server.stop(grace=1)
+
+
 def test_a_message_over_the_response_limit_ends_the_watch_resource_exhausted(
     lite_url: str, lite_db: Database
 ) -> None:
@@ -712,7 +755,10 @@ def test_many_non_reading_streams_on_few_connections_hold_up_no_one(
     from spur_runs.api import watch
 
     stalled_run, other = pending_run(lite_db), pending_run(lite_db)
-    server = start_server(lite_url, watch_interval=INTERVAL, health_interval=2.0)
+    # (Every stream from one address: its share raised to hold the jam.)
+    server = start_server(
+        lite_url, watch_interval=INTERVAL, health_interval=2.0, max_watchers_per_address=1000
+    )
     watch_request = pb.WatchRunRequest(run_id=stalled_run).SerializeToString()
     health_request = health_pb2.HealthCheckRequest(service="").SerializeToString()
     jam = [NonReaders(server.port, WATCH_RUN, watch_request, 100) for _ in range(5)]

@@ -58,6 +58,7 @@ from ..store import runs, watch_sql
 from ..store.db import Database
 from ..store.faults import not_utf8_column
 from ..telemetry.metrics import Metrics
+from ..trust import AddressCounts, caller_address
 from . import convert
 from .senders import NonReaders, Stream
 from .versions import VersionCache
@@ -135,7 +136,7 @@ class Watcher:
     the send state, guarded by its own."""
 
     __slots__ = (
-        "run_id", "context", "peer", "_send", "fingerprint", "last", "closed",
+        "run_id", "context", "peer", "address", "_send", "fingerprint", "last", "closed",
         "_lock", "_pending", "_final", "_draining", "in_send_since",
     )  # fmt: skip
 
@@ -143,6 +144,8 @@ class Watcher:
         self.run_id = run_id
         self.context = context
         self.peer = context.peer()  # its connection (senders.py)
+        # Its client (an HTTP watch's, through the gateway): the per-address bound.
+        self.address = caller_address(self.peer, context.invocation_metadata())
         self._send = send
         self.fingerprint: watch_sql.Fingerprint | None = None
         self.last: run_pb2.Run | None = None  # last state sent, duration cleared
@@ -206,11 +209,15 @@ class WatchHub:
         interval: float,
         max_watchers: int,
         metrics: Metrics | None = None,
+        max_per_address: int | None = None,
     ) -> None:
         self._db = db
         self._versions = versions
         self.interval = interval
         self.max_watchers = max_watchers
+        # One client address's share of them (under self._lock): without it
+        # one client could hold every watch, with no token when tokens are off.
+        self._by_address = AddressCounts(max_per_address or max_watchers)
         self._lock = threading.Lock()
         # Watchers being polled for, by run; and all live ones (from their
         # first look at the run to their end), which the limit counts.
@@ -287,6 +294,11 @@ class WatchHub:
                 raise TooManyWatchers(
                     f"this server already has {self.max_watchers} open watches; retry later"
                 )
+            if not self._by_address.take(watcher.address):
+                raise TooManyWatchers(
+                    f"this client address already holds {self._by_address.limit} open "
+                    "watches; close one first"
+                )
             self._all.add(watcher)
             self._watchers_gauge.inc()
         try:
@@ -319,6 +331,7 @@ class WatchHub:
                 return
             watcher.closed = True
             self._all.discard(watcher)
+            self._by_address.release(watcher.address)
             self._watchers_gauge.dec()
             self._unpoll(watcher)
 

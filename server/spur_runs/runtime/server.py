@@ -154,7 +154,12 @@ class RunsServer:
         versions = VersionCache()
         # WatchRun's poller (one per process, started with the server).
         self.watch_hub = WatchHub(
-            db, versions, config.watch_interval, config.max_watchers, self.metrics
+            db,
+            versions,
+            config.watch_interval,
+            config.max_watchers,
+            self.metrics,
+            max_per_address=config.max_watchers_per_address,
         )
         # Runs' workflow versions spliced in as bytes (api/spliced.py):
         # EncodeHook serializes such answers, the gateway renders them.
