@@ -781,9 +781,10 @@ def test_many_non_reading_streams_on_few_connections_hold_up_no_one(
             f"\nfirst message behind the jam: WatchRun {waited:.2f} s, health {waited_health:.2f} s"
         )
         assert waited < 5 and waited_health < 5, (waited, waited_health)
-        # The jam was given up: 500 streams, a sender's turn each, which a
-        # loaded machine (CI beside other suites) stretched past 10 s once.
-        wait_for(lambda: server.watch_hub.watcher_count == 0, seconds=30)
+        # The jam was given up. A stream the jam check missed (under a full
+        # suite some were) is still cancelled once its send has waited the
+        # senders' 30 s bound (api/senders.py): wait past that.
+        wait_for(lambda: server.watch_hub.watcher_count == 0, seconds=60)
     finally:
         for readers in jam:
             readers.close()
