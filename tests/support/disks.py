@@ -19,22 +19,10 @@ from databases import IN_CI
 def small_disk(folder: Path, size: str = "4m") -> Iterator[Path]:
     """`folder` (created) on a tmpfs of `size` of its own (mount needs root:
     skipped without it, but in CI), unmounted at the end."""
-    if os.geteuid() != 0:
-        reason = "mounting a small tmpfs needs root"
-        if IN_CI:
-            pytest.fail(reason)
-        pytest.skip(reason)
+    _need_root("mounting a small tmpfs needs root")
     folder.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    try:
+    with _mounted(folder, "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs"):
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False, timeout=30)
 
 
 def fill(disk: Path) -> Path:
@@ -57,18 +45,24 @@ def read_only(folder: Path) -> Iterator[Path]:
     """`folder` (as it is; or a file) made read-only by a read-only bind
     mount over it: unlike chmod, it holds for root too (mount needs root:
     skipped without it, but in CI)."""
+    _need_root("a read-only bind mount needs root")
+    with _mounted(folder, "--bind", "-o", "ro", str(folder)):
+        yield folder
+
+
+def _need_root(reason: str) -> None:
+    """Skip without root, but fail in CI, which has it."""
     if os.geteuid() != 0:
-        reason = "a read-only bind mount needs root"
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-    subprocess.run(
-        ["mount", "--bind", "-o", "ro", str(folder), str(folder)],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
+
+
+@contextmanager
+def _mounted(target: Path, *source: str) -> Iterator[None]:
+    """`mount SOURCE... TARGET` for the block, lazily unmounted after it."""
+    subprocess.run(["mount", *source, str(target)], check=True, capture_output=True, timeout=30)
     try:
-        yield folder
+        yield
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False, timeout=30)
+        subprocess.run(["umount", "-l", str(target)], check=False, timeout=30)

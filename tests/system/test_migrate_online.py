@@ -306,6 +306,27 @@ def test_an_interrupted_migrate_leaves_its_revision_to_the_next(postgres_url: st
         engine.dispose()
 
 
+@contextmanager
+def _second_migrate(url: str) -> Iterator[subprocess.Popen[str]]:
+    """`spur-runs migrate` started while a first one holds the lock: it has
+    said it waits for it (its first line); killed if still running after."""
+    second = subprocess.Popen(
+        [sys.executable, "-m", "spur_runs", "migrate", "--database-url", url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert second.stderr is not None
+        line = second.stderr.readline()
+        assert line.rstrip().endswith(
+            "another spur-runs migrate is running: waiting for it to end"
+        ), line + second.stderr.read()
+        yield second
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.communicate()
+
+
 def test_a_second_migrate_waits_for_the_first(postgres_url: str) -> None:
     """Two migrates at once (two operators, a Job retried while the first
     pod's statements still run, an init container per replica): the second
@@ -317,23 +338,10 @@ def test_a_second_migrate_waits_for_the_first(postgres_url: str) -> None:
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as first:
             first.execute(text("SELECT pg_advisory_lock(:key)").bindparams(key=MIGRATE_LOCK))
-            second = subprocess.Popen(
-                [sys.executable, "-m", "spur_runs", "migrate", "--database-url", postgres_url],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            )  # fmt: skip
-            try:
-                assert second.stderr is not None
-                line = second.stderr.readline()
-                assert line.rstrip().endswith(
-                    "another spur-runs migrate is running: waiting for it to end"
-                ), line + second.stderr.read()
+            with _second_migrate(postgres_url) as second:
                 assert current_revision(postgres_url) is None  # it ran nothing meanwhile
                 first.execute(text("SELECT pg_advisory_unlock(:key)").bindparams(key=MIGRATE_LOCK))
                 _out, err = second.communicate(timeout=120)
-            finally:
-                if second.poll() is None:
-                    second.kill()
-                    second.communicate()
     finally:
         engine.dispose()
     assert second.returncode == 0, err
@@ -350,23 +358,10 @@ def test_a_second_sqlite_migrate_waits_for_the_first(tmp_path: Path) -> None:
     folder = os.open(tmp_path, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        second = subprocess.Popen(
-            [sys.executable, "-m", "spur_runs", "migrate", "--database-url", url],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            assert second.stderr is not None
-            line = second.stderr.readline()
-            assert line.rstrip().endswith(
-                "another spur-runs migrate is running: waiting for it to end"
-            ), line + second.stderr.read()
+        with _second_migrate(url) as second:
             assert not (tmp_path / "runs.db").exists()  # it ran nothing meanwhile
             fcntl.flock(folder, fcntl.LOCK_UN)
             _out, err = second.communicate(timeout=120)
-        finally:
-            if second.poll() is None:
-                second.kill()
-                second.communicate()
     finally:
         os.close(folder)
     assert second.returncode == 0, err
