@@ -160,7 +160,13 @@ def test_json_names_work_and_unknown_names_are_ignored(router: Router[Route]) ->
 
 @pytest.mark.parametrize(
     ("query", "flag", "n"),
-    [("flag=YES&n=%204", True, 4), ("flag=off&n=4.00", False, 4), ("flag=n&n=-0", False, 0)],
+    [
+        ("flag=YES&n=%204", True, 4),
+        ("flag=off&n=4.00", False, 4),
+        ("flag=n&n=-0", False, 0),
+        ("flag=1&n=1_000", True, 1000),  # Python's digit separator, as pydantic reads it
+        ("flag=on&n=%2B1_0.0", True, 10),
+    ],
 )
 def test_pydantics_spellings_of_booleans_and_integers(
     router: Router[Route], query: str, flag: bool, n: int
@@ -189,7 +195,11 @@ def test_path_bound_fields_ignore_the_query(router: Router[Route]) -> None:
     ("query", "parameter"),
     [
         ("n=abc", "n"),
-        ("n=1_000", "n"),
+        ("n=1__000", "n"),
+        ("n=_1", "n"),
+        ("n=4.", "n"),  # pydantic reads "4.0", not "4."
+        ("flag=%20true", "flag"),  # no spaces around a boolean (pydantic, strconv)
+        ("flag=true%09", "flag"),
         ("n=2147483648", "n"),
         ("big=-1", "big"),
         ("flag=maybe", "flag"),

@@ -8,7 +8,8 @@ grpc-gateway, a parameter that names no field is ignored, and so is one
 naming a field the path already binds (under either name); a value that
 does not parse is INVALID_ARGUMENT naming the parameter. Booleans and
 integers are also read in the spellings PySpur's FastAPI (pydantic) takes:
-yes/no/on/off in any case, "2.0", spaces around.
+yes/no/on/off in any case; "2.0", "1_000" and spaces around an integer
+(none around a boolean, which pydantic and strconv both refuse).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ _MAP_KEY = re.compile(r"(.+)\[(.*)\]")
 _TRUE = frozenset(("1", "t", "true", "y", "yes", "on"))
 _FALSE = frozenset(("0", "f", "false", "n", "no", "off"))
 # An integer as pydantic (PySpur's) reads one too: with zeros after a
-# decimal point ("2.0"), spaces around it ("+1" as a form's " 1").
-_INTEGRAL = re.compile(r"([+-]?[0-9]+)(?:\.0*)?")
+# decimal point ("2.0", not "2."), spaces around it ("+1" as a form's " 1"),
+# digits grouped by single underscores as Python writes them ("1_000").
+_INTEGRAL = re.compile(r"([+-]?[0-9]+(?:_[0-9]+)*)(?:\.0+)?")
 
 _INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -104,7 +106,7 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
             raise InvalidArgument(name, f"{_shown(text)} is not a number")
         return float(text)
     if kind == FieldDescriptor.TYPE_BOOL:
-        folded = text.strip().lower()
+        folded = text.lower()
         if folded in _TRUE:
             return True
         if folded in _FALSE:
