@@ -142,6 +142,10 @@ async function main() {
     check(run.id === summary.id, `GetRun(${summary.id}) returned run ${run.id}`);
     check(runStatuses.has(run.status), `GetRun(${run.id}).status ${run.status} is no RunStatus`);
     check(run.status === summary.status, `GetRun and ListRuns disagree on ${run.id}'s status`);
+    // GetRunStatus: the same run; its status differs only for a run with a
+    // failed task and none pending or running (reported FAILED).
+    const polled = (await call('GetRunStatus', { run_id: run.id })).run;
+    check(polled.id === run.id && runStatuses.has(polled.status), `GetRunStatus(${run.id})`);
 
     const tasks = [];
     token = '';

@@ -256,7 +256,8 @@ def test_every_served_method_has_a_scope_and_is_enforced(guarded: RunsServer) ->
     assert auth.METHOD_SCOPES["/spur.runs.v1.RunService/DeleteRun"] is auth.Scope.ADMIN
     readers = [m for m, s in auth.METHOD_SCOPES.items() if s is auth.Scope.READER]
     assert sorted(m.rsplit("/", 1)[1] for m in readers) == [
-        "GetChildRuns", "GetRun", "GetRunTasks", "ListRuns", "ServerReflectionInfo", "WatchRun"
+        "GetChildRuns", "GetRun", "GetRunStatus", "GetRunTasks", "ListRuns",
+        "ServerReflectionInfo", "WatchRun",
     ]  # fmt: skip
     # WatchRun is served by a non-blocking behavior: refused all the same,
     # and without starting a watch.

@@ -182,6 +182,74 @@ def test_status_path_answers_the_run_and_never_writes(
     validate_run(mine)
 
 
+def _runs_with_task_statuses(url: str, shapes: dict[str, tuple[str, list[str]]]) -> dict[str, str]:
+    """A run per shape (its status, its tasks' statuses), of the world's
+    workflow version, written by PySpur's own classes; ids by shape name."""
+    from pyspur.models.run_model import RunModel, RunStatus
+    from pyspur.models.task_model import TaskModel, TaskStatus
+    from pyspur.models.workflow_version_model import WorkflowVersionModel
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import Session
+
+    from spur_runs.store.engine import normalize_url
+
+    engine = create_engine(normalize_url(url))
+    ids = {}
+    with Session(engine) as session:
+        version = session.query(WorkflowVersionModel).one()
+        for name, (status, tasks) in shapes.items():
+            run = RunModel(
+                workflow_id=version.workflow_id,
+                workflow_version_id=version.id,
+                status=RunStatus[status],
+                run_type="interactive",
+                start_time=datetime(2026, 11, 21, 9, 0),
+            )
+            session.add(run)
+            session.flush()
+            for node, task_status in zip(("input_node", "llm", "router"), tasks, strict=False):
+                session.add(TaskModel(run_id=run.id, node_id=node, status=TaskStatus[task_status]))
+            ids[name] = run.id
+        session.commit()
+    engine.dispose()
+    return ids
+
+
+# PySpur's status poll (get_run_status) marks a run FAILED when a task
+# failed and none is PENDING or RUNNING, whatever the run's status.
+POLL_SHAPES = {
+    "stuck": ("RUNNING", ["COMPLETED", "FAILED"]),  # -> FAILED
+    "completed_with_a_failure": ("COMPLETED", ["FAILED", "COMPLETED"]),  # -> FAILED
+    "paused_with_a_failure": ("PAUSED", ["FAILED", "PAUSED"]),  # -> FAILED
+    "still_running": ("RUNNING", ["FAILED", "RUNNING"]),
+    "still_pending": ("RUNNING", ["FAILED", "COMPLETED", "PENDING"]),
+    "no_failure": ("RUNNING", ["COMPLETED", "COMPLETED"]),
+    "no_tasks": ("PENDING", []),
+}
+
+
+@pytest.mark.slow
+def test_status_poll_reports_what_pyspurs_reports_without_writing(
+    database_url: str, world: dict[str, Any], pyspur: Http, ours: Http
+) -> None:
+    """PySpur's UI polls /status/ until COMPLETED or FAILED: a run whose
+    executor stopped before marking it FAILED must end the poll with ours as
+    with PySpur's, which also stores FAILED; ours stores nothing."""
+    ids = _runs_with_task_statuses(database_url, POLL_SHAPES)
+    for name, run_id in ids.items():
+        stored = POLL_SHAPES[name][0]
+        mine = body(ours, f"/run/{run_id}/status/")
+        # Ours wrote nothing: GetRun still says what is stored.
+        assert body(ours, f"/run/{run_id}/")["status"] == stored, name
+        theirs = body(pyspur, f"/run/{run_id}/status/")  # PySpur writes here
+        assert mine["status"] == theirs["status"], (name, mine["status"], theirs["status"])
+        assert_same(theirs, mine, name)
+        validate_run(mine)
+    assert [body(ours, f"/run/{ids[n]}/status/")["status"] for n in POLL_SHAPES] == [
+        "FAILED", "FAILED", "FAILED", "RUNNING", "RUNNING", "RUNNING", "PENDING"
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_tasks_and_children_are_bare_lists_pyspurs_schemas_accept(
     world: dict[str, Any], pyspur: Http, ours: Http

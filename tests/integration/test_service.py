@@ -215,6 +215,39 @@ def test_get_run_embeds_at_most_1000_tasks_but_counts_all(
     assert rest[-1].is_downstream_of_pause and not rest[-2].is_downstream_of_pause
 
 
+# --- GetRunStatus -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_get_run_status_reads_the_tasks_beyond_the_embedded_ones(
+    db: Database, stub: RunServiceStub
+) -> None:
+    """PySpur's poll rule (a FAILED task, none PENDING or RUNNING: FAILED)
+    holds over every task of a run, not only the 1,000 its message embeds
+    (test_seed_bodies checks the rule itself against PySpur's router)."""
+    done = [("llm", TaskStatus.COMPLETED)] * 1000
+    with db.write() as s:
+        wf = add_workflow(s)
+        failed_last = add_run(
+            s, wf, status=RunStatus.RUNNING, tasks=[*done, ("summarize", TaskStatus.FAILED)]
+        )
+        pending_last = add_run(
+            s,
+            wf,
+            status=RunStatus.RUNNING,
+            tasks=[("llm", TaskStatus.FAILED), *done, ("summarize", TaskStatus.PENDING)],
+        )
+    answer = stub.GetRunStatus(pb.GetRunStatusRequest(run_id=failed_last)).run
+    assert answer.status == run_pb2.Run.FAILED
+    assert len(answer.tasks) == 1000 and answer.task_count == 1001
+    assert stub.GetRun(pb.GetRunRequest(run_id=failed_last)).run.status == run_pb2.Run.RUNNING
+    answer = stub.GetRunStatus(pb.GetRunStatusRequest(run_id=pending_last)).run
+    assert answer.status == run_pb2.Run.RUNNING
+    # Nothing was written.
+    with db.read() as s:
+        assert s.scalar(select(Run.status).where(Run.id == failed_last)) is RunStatus.RUNNING
+
+
 # --- ListRuns -----------------------------------------------------------------
 
 

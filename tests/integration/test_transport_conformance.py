@@ -219,6 +219,10 @@ def test_every_rpc_answers_alike_both_ways(
         await roads.same("GetRun", pb.GetRunRequest(run_id=""), BAD)
         await roads.same("GetRun", pb.GetRunRequest(run_id="not a run"), BAD)
         await roads.same("GetRun", pb.GetRunRequest(run_id=seeded.parent, view=99), BAD)
+        # GetRunStatus
+        await roads.same("GetRunStatus", pb.GetRunStatusRequest(run_id=seeded.parent), OK)
+        await roads.same("GetRunStatus", pb.GetRunStatusRequest(run_id=missing), NOT_FOUND)
+        await roads.same("GetRunStatus", pb.GetRunStatusRequest(run_id="not a run"), BAD)
         # ListRuns: pages, their tokens, filters
         first = await roads.same("ListRuns", pb.ListRunsRequest(page_size=2), OK)
         assert first.response is not None and first.response.next_page_token

@@ -96,6 +96,9 @@ def test_service_has_exactly_its_rpcs_with_their_http_rules() -> None:
         "GetRun": [
             ("get", "/v1/runs/{run_id}", ""),
             ("get", "/run/{run_id}", "run"),
+        ],
+        "GetRunStatus": [
+            ("get", "/v1/runs/{run_id}:status", ""),
             ("get", "/run/{run_id}/status", "run"),
         ],
         "ListRuns": [("get", "/v1/runs", ""), ("get", "/run", "runs")],
@@ -142,7 +145,13 @@ def test_contract_keeps_the_breaking_baseline() -> None:
 
 
 def test_run_id_is_field_one_and_optional_scalars_have_presence() -> None:
-    for name in ("GetRunRequest", "GetRunTasksRequest", "DeleteRunRequest", "GetChildRunsRequest"):
+    for name in (
+        "GetRunRequest",
+        "GetRunStatusRequest",
+        "GetRunTasksRequest",
+        "DeleteRunRequest",
+        "GetChildRunsRequest",
+    ):
         field = run_service_pb2.DESCRIPTOR.message_types_by_name[name].fields_by_name["run_id"]
         assert field.number == 1
     run = run_pb2.Run.DESCRIPTOR.fields_by_name

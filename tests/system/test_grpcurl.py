@@ -31,7 +31,15 @@ def test_list_and_describe_through_reflection(server: RunsServer) -> None:
     methods = run_grpcurl(server, "list", "spur.runs.v1.RunService").stdout.split()
     assert sorted(methods) == sorted(
         f"spur.runs.v1.RunService.{m}"
-        for m in ("GetRun", "ListRuns", "GetRunTasks", "DeleteRun", "GetChildRuns", "WatchRun")
+        for m in (
+            "GetRun",
+            "GetRunStatus",
+            "ListRuns",
+            "GetRunTasks",
+            "DeleteRun",
+            "GetChildRuns",
+            "WatchRun",
+        )
     )
     described = run_grpcurl(server, "describe", "spur.runs.v1.Run")
     assert described.returncode == 0, described.stderr

@@ -70,6 +70,7 @@ def test_run_service_routes() -> None:
         ("DELETE", "/v1/runs/{run_id}"),
         ("GET", "/v1/runs/{run_id}/children"),
         ("GET", "/v1/runs/{run_id}:watch"),
+        ("GET", "/v1/runs/{run_id}:status"),
     }
     streaming = [r.method.name for r in routes_for([service]) if r.streaming]
     assert streaming == ["WatchRun", "WatchRun"]  # at its two paths

@@ -223,6 +223,11 @@ async function checkEverything(client: RunsClient, options: Options, calls: Set<
     check(run.status === summary.status, `GetRun and ListRuns disagree on ${run.id}'s status`);
     checkRun(run, `GetRun(${run.id})`);
     fromGrpc.set(run.id, response);
+    // GetRunStatus: the same run; its status differs only for a run with a
+    // failed task and none pending or running (reported FAILED).
+    const polled = (await client.getRunStatus({ runId: run.id })).run;
+    check(polled?.id === run.id, `GetRunStatus(${run.id}) returned run ${polled?.id}`);
+    checkRun(polled, `GetRunStatus(${run.id})`);
 
     const definition = run.workflowVersion?.definition;
     const nodeTypes = nodeTypesOf(definition);

@@ -19,6 +19,7 @@ from spur.runs.v1 import run_service_pb2_grpc
 from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..store import runs
 from ..store.db import Database
+from ..store.models import RunStatus
 from . import convert, filters, paging, rules
 from .spliced import Spliced
 from .versions import VersionCache
@@ -135,6 +136,27 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         version = convert.fill_run(
             response.run, record, self._versions, basic=basic, splice=self._splice
         )
+        return _answer(response, [version])
+
+    def GetRunStatus(  # type: ignore[override] # or a Spliced of it
+        self, request: pb.GetRunStatusRequest, context: grpc.ServicerContext
+    ) -> pb.GetRunStatusResponse | Spliced:
+        run_id = validate_run_id(request.run_id)
+        try:
+            # As GetRun: all the tasks are in the record here, so the rule
+            # below reads no more.
+            with self._db.read_one() as conn:
+                record = runs.get_run(conn, run_id, single_statement=True)
+                failed = runs.has_failed_and_none_unfinished(conn, record)
+        except runs.MoreStatementsNeeded:
+            with self._db.read() as conn:
+                record = runs.get_run(conn, run_id)
+                failed = runs.has_failed_and_none_unfinished(conn, record)
+        self._load_versions([record.version_key])
+        response = pb.GetRunStatusResponse()
+        version = convert.fill_run(response.run, record, self._versions, splice=self._splice)
+        if failed:  # PySpur's poll marks it so (and stores it; this call never writes)
+            response.run.status = convert.RUN_STATUS[RunStatus.FAILED]
         return _answer(response, [version])
 
     def ListRuns(  # type: ignore[override] # or a Spliced of it

@@ -50,6 +50,7 @@ _REFLECTION = "grpc.reflection.v1alpha.ServerReflection"
 # -H 'authorization: Bearer TOKEN' (or switch reflection off, --no-reflection).
 METHOD_SCOPES: dict[str, Scope] = {
     f"/{_RUNS}/GetRun": Scope.READER,
+    f"/{_RUNS}/GetRunStatus": Scope.READER,
     f"/{_RUNS}/ListRuns": Scope.READER,
     f"/{_RUNS}/GetRunTasks": Scope.READER,
     f"/{_RUNS}/GetChildRuns": Scope.READER,

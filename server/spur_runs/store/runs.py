@@ -64,6 +64,7 @@ __all__ = [
     "get_run_row",
     "get_runs",
     "get_versions",
+    "has_failed_and_none_unfinished",
     "list_runs",
     "list_tasks",
     "require_run",
@@ -311,6 +312,24 @@ def _count(record: RunRecord, cap: int) -> bool:
             t.node_id for t in record.tasks if t.status is TaskStatus.PAUSED
         )
     return cut
+
+
+_UNFINISHED = frozenset((TaskStatus.PENDING, TaskStatus.RUNNING))
+
+
+def has_failed_and_none_unfinished(conn: Connection, record: RunRecord) -> bool:
+    """Whether the run of `record` (get_run's, FULL) has a FAILED task and
+    no PENDING or RUNNING one, among all of its tasks: PySpur's status poll
+    marks such a run FAILED. Its tasks are at hand unless get_run cut them;
+    then one statement reads the statuses of all of them, in the caller's
+    transaction (the snapshot the record came from)."""
+    if len(record.tasks) >= record.task_count:
+        statuses = set(map(_status_of, record.tasks))
+    else:
+        statuses = set(
+            conn.scalars(select(Task.status).where(Task.run_id == record.row.id).distinct())
+        )
+    return TaskStatus.FAILED in statuses and statuses.isdisjoint(_UNFINISHED)
 
 
 def _count_tasks(conn: Connection, records: list[RunRecord]) -> None:

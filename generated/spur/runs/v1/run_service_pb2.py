@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from spur.runs.v1 import run_pb2 as spur_dot_runs_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1espur/runs/v1/run_service.proto\x12\x0cspur.runs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16spur/runs/v1/run.proto\"D\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x04view\x18\x02 \x01(\x0e\x32\x15.spur.runs.v1.RunView\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.spur.runs.v1.Run\"\x90\x03\n\x0fListRunsRequest\x12\x11\n\x04page\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tpage_size\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12(\n\x06status\x18\x05 \x03(\x0e\x32\x18.spur.runs.v1.Run.Status\x12\x10\n\x08run_type\x18\x06 \x01(\t\x12\x18\n\x0bparent_only\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x34\n\x10start_time_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11start_time_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04view\x18\n \x01(\x0e\x32\x15.spur.runs.v1.RunView\x12\x1a\n\x12include_total_size\x18\x0b \x01(\x08\x42\x07\n\x05_pageB\x0c\n\n_page_sizeB\x0e\n\x0c_parent_only\"t\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.spur.runs.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x17\n\ntotal_size\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_total_size\"^\n\x12GetRunTasksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\tpage_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x03 \x01(\tB\x0c\n\n_page_size\"Q\n\x13GetRunTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.spur.runs.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"\x84\x01\n\x13GetChildRunsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\tpage_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12#\n\x04view\x18\x04 \x01(\x0e\x32\x15.spur.runs.v1.RunViewB\x0c\n\n_page_size\"P\n\x14GetChildRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.spur.runs.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"2\n\x10WatchRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.spur.runs.v1.Run2\xbb\x06\n\nRunService\x12\x91\x01\n\x06GetRun\x12\x1b.spur.runs.v1.GetRunRequest\x1a\x1c.spur.runs.v1.GetRunResponse\"L\x82\xd3\xe4\x93\x02\x46\x12\x11/v1/runs/{run_id}Z\x14\x12\r/run/{run_id}b\x03runZ\x1b\x12\x14/run/{run_id}/statusb\x03run\x12i\n\x08ListRuns\x12\x1d.spur.runs.v1.ListRunsRequest\x1a\x1e.spur.runs.v1.ListRunsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x08/v1/runsZ\x0c\x12\x04/runb\x04runs\x12\x91\x01\n\x0bGetRunTasks\x12 .spur.runs.v1.GetRunTasksRequest\x1a!.spur.runs.v1.GetRunTasksResponse\"=\x82\xd3\xe4\x93\x02\x37\x12\x17/v1/runs/{run_id}/tasksZ\x1c\x12\x13/run/{run_id}/tasksb\x05tasks\x12x\n\tDeleteRun\x12\x1e.spur.runs.v1.DeleteRunRequest\x1a\x1f.spur.runs.v1.DeleteRunResponse\"*\x82\xd3\xe4\x93\x02$*\x11/v1/runs/{run_id}Z\x0f*\r/run/{run_id}\x12\x99\x01\n\x0cGetChildRuns\x12!.spur.runs.v1.GetChildRunsRequest\x1a\".spur.runs.v1.GetChildRunsResponse\"B\x82\xd3\xe4\x93\x02<\x12\x1a/v1/runs/{run_id}/childrenZ\x1e\x12\x16/run/{run_id}/childrenb\x04runs\x12\x83\x01\n\x08WatchRun\x12\x1d.spur.runs.v1.WatchRunRequest\x1a\x1e.spur.runs.v1.WatchRunResponse\"6\x82\xd3\xe4\x93\x02\x30\x12\x17/v1/runs/{run_id}:watchZ\x15\x12\x13/run/{run_id}/watch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1espur/runs/v1/run_service.proto\x12\x0cspur.runs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16spur/runs/v1/run.proto\"D\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12#\n\x04view\x18\x02 \x01(\x0e\x32\x15.spur.runs.v1.RunView\"0\n\x0eGetRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.spur.runs.v1.Run\"%\n\x13GetRunStatusRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"6\n\x14GetRunStatusResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.spur.runs.v1.Run\"\x90\x03\n\x0fListRunsRequest\x12\x11\n\x04page\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x16\n\tpage_size\x18\x02 \x01(\x05H\x01\x88\x01\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x04 \x01(\t\x12(\n\x06status\x18\x05 \x03(\x0e\x32\x18.spur.runs.v1.Run.Status\x12\x10\n\x08run_type\x18\x06 \x01(\t\x12\x18\n\x0bparent_only\x18\x07 \x01(\x08H\x02\x88\x01\x01\x12\x34\n\x10start_time_after\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11start_time_before\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04view\x18\n \x01(\x0e\x32\x15.spur.runs.v1.RunView\x12\x1a\n\x12include_total_size\x18\x0b \x01(\x08\x42\x07\n\x05_pageB\x0c\n\n_page_sizeB\x0e\n\x0c_parent_only\"t\n\x10ListRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.spur.runs.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x17\n\ntotal_size\x18\x03 \x01(\x05H\x00\x88\x01\x01\x42\r\n\x0b_total_size\"^\n\x12GetRunTasksRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\tpage_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x03 \x01(\tB\x0c\n\n_page_size\"Q\n\x13GetRunTasksResponse\x12!\n\x05tasks\x18\x01 \x03(\x0b\x32\x12.spur.runs.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteRunResponse\"\x84\x01\n\x13GetChildRunsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\tpage_size\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x03 \x01(\t\x12#\n\x04view\x18\x04 \x01(\x0e\x32\x15.spur.runs.v1.RunViewB\x0c\n\n_page_size\"P\n\x14GetChildRunsResponse\x12\x1f\n\x04runs\x18\x01 \x03(\x0b\x32\x11.spur.runs.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"2\n\x10WatchRunResponse\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.spur.runs.v1.Run2\xb4\x07\n\nRunService\x12t\n\x06GetRun\x12\x1b.spur.runs.v1.GetRunRequest\x1a\x1c.spur.runs.v1.GetRunResponse\"/\x82\xd3\xe4\x93\x02)\x12\x11/v1/runs/{run_id}Z\x14\x12\r/run/{run_id}b\x03run\x12\x94\x01\n\x0cGetRunStatus\x12!.spur.runs.v1.GetRunStatusRequest\x1a\".spur.runs.v1.GetRunStatusResponse\"=\x82\xd3\xe4\x93\x02\x37\x12\x18/v1/runs/{run_id}:statusZ\x1b\x12\x14/run/{run_id}/statusb\x03run\x12i\n\x08ListRuns\x12\x1d.spur.runs.v1.ListRunsRequest\x1a\x1e.spur.runs.v1.ListRunsResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x08/v1/runsZ\x0c\x12\x04/runb\x04runs\x12\x91\x01\n\x0bGetRunTasks\x12 .spur.runs.v1.GetRunTasksRequest\x1a!.spur.runs.v1.GetRunTasksResponse\"=\x82\xd3\xe4\x93\x02\x37\x12\x17/v1/runs/{run_id}/tasksZ\x1c\x12\x13/run/{run_id}/tasksb\x05tasks\x12x\n\tDeleteRun\x12\x1e.spur.runs.v1.DeleteRunRequest\x1a\x1f.spur.runs.v1.DeleteRunResponse\"*\x82\xd3\xe4\x93\x02$*\x11/v1/runs/{run_id}Z\x0f*\r/run/{run_id}\x12\x99\x01\n\x0cGetChildRuns\x12!.spur.runs.v1.GetChildRunsRequest\x1a\".spur.runs.v1.GetChildRunsResponse\"B\x82\xd3\xe4\x93\x02<\x12\x1a/v1/runs/{run_id}/childrenZ\x1e\x12\x16/run/{run_id}/childrenb\x04runs\x12\x83\x01\n\x08WatchRun\x12\x1d.spur.runs.v1.WatchRunRequest\x1a\x1e.spur.runs.v1.WatchRunResponse\"6\x82\xd3\xe4\x93\x02\x30\x12\x17/v1/runs/{run_id}:watchZ\x15\x12\x13/run/{run_id}/watch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'spur.runs.v1.run_service_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNSERVICE'].methods_by_name['GetRun']._loaded_options = None
-  _globals['_RUNSERVICE'].methods_by_name['GetRun']._serialized_options = b'\202\323\344\223\002F\022\021/v1/runs/{run_id}Z\024\022\r/run/{run_id}b\003runZ\033\022\024/run/{run_id}/statusb\003run'
+  _globals['_RUNSERVICE'].methods_by_name['GetRun']._serialized_options = b'\202\323\344\223\002)\022\021/v1/runs/{run_id}Z\024\022\r/run/{run_id}b\003run'
+  _globals['_RUNSERVICE'].methods_by_name['GetRunStatus']._loaded_options = None
+  _globals['_RUNSERVICE'].methods_by_name['GetRunStatus']._serialized_options = b'\202\323\344\223\0027\022\030/v1/runs/{run_id}:statusZ\033\022\024/run/{run_id}/statusb\003run'
   _globals['_RUNSERVICE'].methods_by_name['ListRuns']._loaded_options = None
   _globals['_RUNSERVICE'].methods_by_name['ListRuns']._serialized_options = b'\202\323\344\223\002\030\022\010/v1/runsZ\014\022\004/runb\004runs'
   _globals['_RUNSERVICE'].methods_by_name['GetRunTasks']._loaded_options = None
@@ -50,26 +52,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETRUNREQUEST']._serialized_end=203
   _globals['_GETRUNRESPONSE']._serialized_start=205
   _globals['_GETRUNRESPONSE']._serialized_end=253
-  _globals['_LISTRUNSREQUEST']._serialized_start=256
-  _globals['_LISTRUNSREQUEST']._serialized_end=656
-  _globals['_LISTRUNSRESPONSE']._serialized_start=658
-  _globals['_LISTRUNSRESPONSE']._serialized_end=774
-  _globals['_GETRUNTASKSREQUEST']._serialized_start=776
-  _globals['_GETRUNTASKSREQUEST']._serialized_end=870
-  _globals['_GETRUNTASKSRESPONSE']._serialized_start=872
-  _globals['_GETRUNTASKSRESPONSE']._serialized_end=953
-  _globals['_DELETERUNREQUEST']._serialized_start=955
-  _globals['_DELETERUNREQUEST']._serialized_end=989
-  _globals['_DELETERUNRESPONSE']._serialized_start=991
-  _globals['_DELETERUNRESPONSE']._serialized_end=1010
-  _globals['_GETCHILDRUNSREQUEST']._serialized_start=1013
-  _globals['_GETCHILDRUNSREQUEST']._serialized_end=1145
-  _globals['_GETCHILDRUNSRESPONSE']._serialized_start=1147
-  _globals['_GETCHILDRUNSRESPONSE']._serialized_end=1227
-  _globals['_WATCHRUNREQUEST']._serialized_start=1229
-  _globals['_WATCHRUNREQUEST']._serialized_end=1262
-  _globals['_WATCHRUNRESPONSE']._serialized_start=1264
-  _globals['_WATCHRUNRESPONSE']._serialized_end=1314
-  _globals['_RUNSERVICE']._serialized_start=1317
-  _globals['_RUNSERVICE']._serialized_end=2144
+  _globals['_GETRUNSTATUSREQUEST']._serialized_start=255
+  _globals['_GETRUNSTATUSREQUEST']._serialized_end=292
+  _globals['_GETRUNSTATUSRESPONSE']._serialized_start=294
+  _globals['_GETRUNSTATUSRESPONSE']._serialized_end=348
+  _globals['_LISTRUNSREQUEST']._serialized_start=351
+  _globals['_LISTRUNSREQUEST']._serialized_end=751
+  _globals['_LISTRUNSRESPONSE']._serialized_start=753
+  _globals['_LISTRUNSRESPONSE']._serialized_end=869
+  _globals['_GETRUNTASKSREQUEST']._serialized_start=871
+  _globals['_GETRUNTASKSREQUEST']._serialized_end=965
+  _globals['_GETRUNTASKSRESPONSE']._serialized_start=967
+  _globals['_GETRUNTASKSRESPONSE']._serialized_end=1048
+  _globals['_DELETERUNREQUEST']._serialized_start=1050
+  _globals['_DELETERUNREQUEST']._serialized_end=1084
+  _globals['_DELETERUNRESPONSE']._serialized_start=1086
+  _globals['_DELETERUNRESPONSE']._serialized_end=1105
+  _globals['_GETCHILDRUNSREQUEST']._serialized_start=1108
+  _globals['_GETCHILDRUNSREQUEST']._serialized_end=1240
+  _globals['_GETCHILDRUNSRESPONSE']._serialized_start=1242
+  _globals['_GETCHILDRUNSRESPONSE']._serialized_end=1322
+  _globals['_WATCHRUNREQUEST']._serialized_start=1324
+  _globals['_WATCHRUNREQUEST']._serialized_end=1357
+  _globals['_WATCHRUNRESPONSE']._serialized_start=1359
+  _globals['_WATCHRUNRESPONSE']._serialized_end=1409
+  _globals['_RUNSERVICE']._serialized_start=1412
+  _globals['_RUNSERVICE']._serialized_end=2360
 # @@protoc_insertion_point(module_scope)

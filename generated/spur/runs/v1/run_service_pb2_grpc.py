@@ -40,6 +40,11 @@ class RunServiceStub:
                 request_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunResponse.FromString,
                 _registered_method=True)
+        self.GetRunStatus = channel.unary_unary(
+                '/spur.runs.v1.RunService/GetRunStatus',
+                request_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunStatusRequest.SerializeToString,
+                response_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunStatusResponse.FromString,
+                _registered_method=True)
         self.ListRuns = channel.unary_unary(
                 '/spur.runs.v1.RunService/ListRuns',
                 request_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.ListRunsRequest.SerializeToString,
@@ -73,6 +78,18 @@ class RunServiceServicer:
 
     def GetRun(self, request, context):
         """Returns one run with its workflow version and tasks.
+        NOT_FOUND when no run has that id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunStatus(self, request, context):
+        """Returns one run as PySpur's status poll reports it, which PySpur's UI
+        polls until the run is COMPLETED or FAILED: GetRun's run, except that a
+        run with a FAILED task and no PENDING or RUNNING one is FAILED whatever
+        status it has stored (a run whose executor stopped before it could say
+        so). PySpur's router also stores that status; this call never writes.
         NOT_FOUND when no run has that id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -134,6 +151,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     request_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunRequest.FromString,
                     response_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunResponse.SerializeToString,
             ),
+            'GetRunStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunStatus,
+                    request_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunStatusRequest.FromString,
+                    response_serializer=spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunStatusResponse.SerializeToString,
+            ),
             'ListRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRuns,
                     request_deserializer=spur_dot_runs_dot_v1_dot_run__service__pb2.ListRunsRequest.FromString,
@@ -188,6 +210,33 @@ class RunService:
             '/spur.runs.v1.RunService/GetRun',
             spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunRequest.SerializeToString,
             spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spur.runs.v1.RunService/GetRunStatus',
+            spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunStatusRequest.SerializeToString,
+            spur_dot_runs_dot_v1_dot_run__service__pb2.GetRunStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

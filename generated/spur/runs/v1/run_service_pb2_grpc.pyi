@@ -45,6 +45,14 @@ class RunServiceStub:
     """Returns one run with its workflow version and tasks.
     NOT_FOUND when no run has that id.
     """
+    GetRunStatus: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetRunStatusRequest, _run_service_pb2.GetRunStatusResponse]
+    """Returns one run as PySpur's status poll reports it, which PySpur's UI
+    polls until the run is COMPLETED or FAILED: GetRun's run, except that a
+    run with a FAILED task and no PENDING or RUNNING one is FAILED whatever
+    status it has stored (a run whose executor stopped before it could say
+    so). PySpur's router also stores that status; this call never writes.
+    NOT_FOUND when no run has that id.
+    """
     ListRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ListRunsRequest, _run_service_pb2.ListRunsResponse]
     """Lists runs across all workflows, newest start_time first (runs without
     a start_time last), one page at a time, optionally filtered.
@@ -80,6 +88,14 @@ class RunServiceAsyncStub(RunServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.GetRunResponse]  # type: ignore[assignment]
     """Returns one run with its workflow version and tasks.
+    NOT_FOUND when no run has that id.
+    """
+    GetRunStatus: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunStatusRequest, _run_service_pb2.GetRunStatusResponse]  # type: ignore[assignment]
+    """Returns one run as PySpur's status poll reports it, which PySpur's UI
+    polls until the run is COMPLETED or FAILED: GetRun's run, except that a
+    run with a FAILED task and no PENDING or RUNNING one is FAILED whatever
+    status it has stored (a run whose executor stopped before it could say
+    so). PySpur's router also stores that status; this call never writes.
     NOT_FOUND when no run has that id.
     """
     ListRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ListRunsRequest, _run_service_pb2.ListRunsResponse]  # type: ignore[assignment]
@@ -120,6 +136,20 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.GetRunResponse, _abc.Awaitable[_run_service_pb2.GetRunResponse]]:
         """Returns one run with its workflow version and tasks.
+        NOT_FOUND when no run has that id.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRunStatus(
+        self,
+        request: _run_service_pb2.GetRunStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_service_pb2.GetRunStatusResponse, _abc.Awaitable[_run_service_pb2.GetRunStatusResponse]]:
+        """Returns one run as PySpur's status poll reports it, which PySpur's UI
+        polls until the run is COMPLETED or FAILED: GetRun's run, except that a
+        run with a FAILED task and no PENDING or RUNNING one is FAILED whatever
+        status it has stored (a run whose executor stopped before it could say
+        so). PySpur's router also stores that status; this call never writes.
         NOT_FOUND when no run has that id.
         """
 
