@@ -266,6 +266,47 @@ def test_sigterm_ends_within_the_grace_period_whatever_the_database_does(
             process.kill()
 
 
+@pytest.mark.slow
+def test_a_second_signal_to_the_workers_parent_exits_at_once(postgres_url: str) -> None:
+    """configuration.md: a second SIGTERM or SIGINT during the drain exits at
+    once, with 1. With --workers the parent used to ignore it and wait out
+    the whole grace period (here 30 s) for a call held on a lock."""
+    db, run_id = _one_run(postgres_url)
+    port = free_port()
+    process = _serve(
+        postgres_url, port, "--workers", "2", "--grace-seconds", "30", "--db-timeout-seconds", "60"
+    )
+    locker = db.engine.connect()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+            transaction = locker.begin()
+            locker.execute(text("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE"))
+            held = RunServiceStub(channel).GetRun.future(
+                pb.GetRunRequest(run_id=run_id), timeout=60
+            )
+            time.sleep(1.0)  # the call now waits on the lock, inside a worker
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=60)
+            took = time.monotonic() - signalled
+            transaction.rollback()
+            with pytest.raises(grpc.RpcError) as raised:
+                held.result(timeout=10)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        output = process.stdout.read() if process.stdout else ""
+        assert code == 1, output
+        assert took < 5, output
+        assert "SIGTERM during the drain: stopping the workers now" in output, output
+    finally:
+        locker.close()
+        db.dispose()
+        if process.poll() is None:
+            process.kill()
+
+
 def _delete_behind_the_write_lock(
     channel: grpc.Channel, locker: sqlite3.Connection, run_id: str, timeout: float
 ) -> grpc.Future:

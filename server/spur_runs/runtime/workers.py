@@ -13,14 +13,15 @@ numbers there, and whichever worker answers a scrape adds all of them up.
 
 Signals: SIGTERM, SIGINT or SIGHUP to the parent is forwarded to every
 worker as SIGTERM, each drains as a single server does, and the parent exits
-0 once all of them have exited 0. Workers ignore SIGINT and SIGHUP: a
-terminal's Ctrl-C and a closing terminal or SSH session send them to the
-whole process group, and the parent's SIGTERM that follows would count as a
-second, impatient signal (serve.py: exit at once, no drain). A parent
-killed without a word (SIGKILL) takes its workers with it: each drains
-once it sees its parent gone. A worker that dies on its own stops the
-others and the parent exits 1: the process supervisor (systemd, Kubernetes)
-restarts the whole, rather than this code hiding a crash loop.
+0 once all of them have exited 0. A second one during the drain is forwarded
+too, which each worker takes as "exit now", and the parent exits 1. Workers
+ignore SIGINT and SIGHUP: a terminal's Ctrl-C and a closing terminal or SSH
+session send them to the whole process group, and the parent's SIGTERM that
+follows would count as a second, impatient signal (serve.py: exit at once,
+no drain). A parent killed without a word (SIGKILL) takes its workers with
+it: each drains once it sees its parent gone. A worker that dies on its own
+stops the others and the parent exits 1: the process supervisor (systemd,
+Kubernetes) restarts the whole, rather than this code hiding a crash loop.
 """
 
 from __future__ import annotations
@@ -105,11 +106,24 @@ def serve_workers(config: Config) -> int:
         for i in range(config.workers)
     ]
     stopping = threading.Event()
+    impatient: list[str] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
         if not stopping.is_set():
-            log.info("%s: stopping %d workers", signal.Signals(signum).name, len(workers))
-        stopping.set()
+            log.info("%s: stopping %d workers", name, len(workers))
+            stopping.set()
+            return
+        # A second signal: the operator will not wait for the drain, as with
+        # one process (serve.py). It used to be ignored, the parent waiting
+        # out the whole grace period. Each worker takes a second SIGTERM as
+        # "exit now" (with 1); the parent's wait for them then ends at once.
+        if not impatient:
+            log.warning("%s during the drain: stopping the workers now", name)
+        impatient.append(name)
+        for worker in workers:
+            if worker.is_alive() and worker.pid is not None:
+                os.kill(worker.pid, signal.SIGTERM)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
@@ -123,7 +137,8 @@ def serve_workers(config: Config) -> int:
             config.grpc_address,
         )
         crashed = _supervise(workers, stopping)
-        return _stop(workers, config, crashed)
+        code = _stop(workers, config, crashed)
+        return 1 if impatient else code
     finally:
         from prometheus_client import multiprocess
 
