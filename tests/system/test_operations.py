@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -202,28 +204,45 @@ def test_workers_share_the_port_and_their_metrics(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.exclusive  # three processes start within wait_until's bound
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM])
 def test_workers_drain_when_their_process_group_is_signalled(
     tmp_path: Path, signum: signal.Signals
 ) -> None:
-    """A closing terminal or SSH session (SIGHUP) and Ctrl-C (SIGINT) signal
-    the whole process group: parent and workers. SIGHUP used to kill them
-    all at once (exit -1, no drain, no log line). Now the workers ignore
-    both, the parent forwards SIGTERM (which a worker still draining from
-    the group's signal would take for a second, impatient one), they drain
-    once, and the parent exits 0."""
-    process, log, _, _ = _two_workers(tmp_path, start_new_session=True)
+    """A closing terminal or SSH session (SIGHUP), Ctrl-C (SIGINT) and
+    systemd's stop (SIGTERM to every process of the unit's cgroup) signal
+    parent and workers alike. SIGHUP used to kill them all at once (exit -1,
+    no drain, no log line); SIGTERM made each worker exit at once (exit 1,
+    every call in flight cut), the parent's forwarded SIGTERM being its
+    second. Now the workers ignore SIGINT and SIGHUP, the parent's order
+    comes through a pipe, not as a signal, they drain once, and the parent
+    exits 0."""
+    process, log, _, grpc_port = _two_workers(tmp_path, start_new_session=True)
     workers: list[int] = []
+    locker = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
     try:
         wait_until(lambda: len(_serving_pids(log)) == 2, "both workers serving", timeout=60)
         workers = sorted(_serving_pids(log))
-        os.killpg(process.pid, signum)
+        (run_id,) = locker.execute("SELECT id FROM runs").fetchone()
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            # A delete in flight during the drain: it waits for SQLite's
+            # write lock, which is let go once the workers drain.
+            locker.execute("BEGIN IMMEDIATE")
+            held = RunServiceStub(channel).DeleteRun.future(
+                pb.DeleteRunRequest(run_id=run_id), timeout=30
+            )
+            time.sleep(1.0)  # (the delete now waits for the lock, in a worker)
+            os.killpg(process.pid, signum)
+            wait_until(lambda: "draining" in log.read_text(), "the drain begun", timeout=10)
+            time.sleep(1.0)
+            locker.execute("ROLLBACK")
+            held.result(timeout=30)  # drained: answered, not cut
         code = process.wait(timeout=30)
         text = log.read_text()
         assert code == 0, text
         assert "all workers drained and exited" in text, text
         assert "during the drain: exiting now" not in text, text
     finally:
+        locker.close()
         if process.poll() is None:
             process.kill()
         for pid in workers:

@@ -73,7 +73,7 @@ def serve(
         name = signal.Signals(signum).name
         if stopping.is_set():  # a second signal: the operator will not wait
             log.warning("%s during the drain: exiting now", name)
-            _leave(1)
+            exit_now(1)
         log.info("%s: draining (up to %ss)", name, config.grace_seconds)
         stopping.set()
 
@@ -122,10 +122,10 @@ def _end_stuck_calls(calls: list[threading.Thread], leave: bool = False) -> None
     if stuck:
         log.warning("leaving %d thread(s) still waiting: %s", len(stuck), ", ".join(stuck))
     if stuck or leave:
-        _leave(0)
+        exit_now(0)
 
 
-def _leave(code: int) -> None:
+def exit_now(code: int) -> None:
     """Exit now, without waiting for other threads (logs flushed first)."""
     logging.shutdown()
     sys.stdout.flush()

@@ -26,6 +26,7 @@ Kubernetes) restarts the whole, rather than this code hiding a crash loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -34,7 +35,7 @@ import signal
 import sys
 import tempfile
 import threading
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .. import tls
@@ -45,24 +46,26 @@ from .serve import STOP_SIGNALS, check_port_free
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The parent's orders to its workers (_follow_parent).
+DRAIN, NOW = "drain", "now"
 # How long, beyond the grace period, a worker may take to exit after SIGTERM.
 _EXIT_MARGIN = 10.0
 
 
-def _worker(config: Config, metrics_dir: str) -> None:
+def _worker(config: Config, metrics_dir: str, orders: Connection) -> None:
     """A worker process's main (spawned: a fresh interpreter, no fork)."""
     # Catch a stop that arrives while the server is still being built.
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
-    for signum in (signal.SIGINT, signal.SIGHUP):  # the parent's, as SIGTERM
+    for signum in (signal.SIGINT, signal.SIGHUP):  # the parent's, through `orders`
         signal.signal(signum, signal.SIG_IGN)
-    # A parent killed outright (SIGKILL, the OOM killer) forwards no signal:
+    # A parent killed outright (SIGKILL, the OOM killer) forwards nothing:
     # its workers would go on serving on the port, and a restarted parent
     # could not bind it. Each worker drains once its parent is gone.
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(
-            target=_stop_with_parent, args=(parent.sentinel, stopping), daemon=True
+            target=_follow_parent, args=(parent.sentinel, orders, stopping, config), daemon=True
         ).start()
     from ..telemetry import logs
     from ..telemetry.metrics import Metrics
@@ -74,11 +77,34 @@ def _worker(config: Config, metrics_dir: str) -> None:
     )
 
 
-def _stop_with_parent(sentinel: int, stopping: threading.Event) -> None:
-    wait([sentinel])  # ready once the parent process has ended
-    if not stopping.is_set():
-        log.warning("the parent process has gone: stopping this worker")
-        stopping.set()
+def _follow_parent(
+    sentinel: int, orders: Connection, stopping: threading.Event, config: Config
+) -> None:
+    """The parent's orders: DRAIN, then perhaps NOW (a second signal). They
+    come through a pipe, not as signals: a SIGTERM sent to the whole process
+    group (systemd's default KillMode) reached each worker twice, its own and
+    the parent's, and the second made it exit at once, cutting every call."""
+    while True:
+        ready = wait([sentinel, orders])
+        try:
+            order = orders.recv() if orders in ready else None
+        except (EOFError, OSError):
+            order = None
+        if order == DRAIN:
+            if not stopping.is_set():
+                log.info("stopped by the parent: draining (up to %ss)", config.grace_seconds)
+                stopping.set()
+            continue
+        if order == NOW:
+            from .serve import exit_now
+
+            log.warning("stopped again by the parent during the drain: exiting now")
+            exit_now(1)
+        # The parent process has ended (its sentinel, or its end of the pipe).
+        if not stopping.is_set():
+            log.warning("the parent process has gone: stopping this worker")
+            stopping.set()
+        return
 
 
 def preflight(config: Config) -> None:
@@ -101,10 +127,14 @@ def serve_workers(config: Config) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="spur-runs-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir  # inherited by the workers
     context = multiprocessing.get_context("spawn")
+    pipes = [context.Pipe(duplex=False) for _ in range(config.workers)]
     workers = [
-        context.Process(target=_worker, args=(config, metrics_dir), name=f"spur-runs-worker-{i}")
-        for i in range(config.workers)
+        context.Process(
+            target=_worker, args=(config, metrics_dir, reader), name=f"spur-runs-worker-{i}"
+        )
+        for i, (reader, _) in enumerate(pipes)
     ]
+    orders = [writer for _, writer in pipes]
     stopping = threading.Event()
     impatient: list[str] = []
 
@@ -121,9 +151,7 @@ def serve_workers(config: Config) -> int:
         if not impatient:
             log.warning("%s during the drain: stopping the workers now", name)
         impatient.append(name)
-        for worker in workers:
-            if worker.is_alive() and worker.pid is not None:
-                os.kill(worker.pid, signal.SIGTERM)
+        _order(workers, orders, NOW)
 
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
@@ -137,7 +165,7 @@ def serve_workers(config: Config) -> int:
             config.grpc_address,
         )
         crashed = _supervise(workers, stopping)
-        code = _stop(workers, config, crashed)
+        code = _stop(workers, orders, config, crashed)
         return 1 if impatient else code
     finally:
         from prometheus_client import multiprocess
@@ -165,10 +193,15 @@ def _supervise(workers: list[Any], stopping: threading.Event) -> Any | None:
     return None
 
 
-def _stop(workers: list[Any], config: Config, crashed: Any | None) -> int:
-    for worker in workers:
-        if worker.is_alive() and worker.pid is not None:
-            os.kill(worker.pid, signal.SIGTERM)
+def _order(workers: list[Any], orders: list[Connection], order: str) -> None:
+    for worker, pipe in zip(workers, orders, strict=True):
+        if worker.is_alive():
+            with contextlib.suppress(OSError):  # it has just exited
+                pipe.send(order)
+
+
+def _stop(workers: list[Any], orders: list[Connection], config: Config, crashed: Any | None) -> int:
+    _order(workers, orders, DRAIN)
     for worker in workers:
         worker.join(config.grace_seconds + _EXIT_MARGIN)
         if worker.is_alive():
