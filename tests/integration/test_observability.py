@@ -5,6 +5,7 @@ line, request ids."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.request
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from certs import make_tls_files
 from locks import runs_locked
 from metrics import RUNS, method, scrape, value
 from seeding import seeded
@@ -213,3 +215,36 @@ def test_the_start_up_log_shows_no_password_of_the_query_string(
     serving = [r.getMessage() for r in caplog.records if "serving gRPC" in r.getMessage()]
     assert serving and "password=***" in serving[0], serving
     assert "qs3cret" not in caplog.text and "k3y" not in caplog.text, caplog.text
+
+
+@pytest.mark.slow
+def test_json_logs_stay_json_when_tls_handshakes_fail(tmp_path: Path) -> None:
+    """grpc's core logged each failed TLS handshake (a plaintext client, a
+    client without the CA's certificate, a port scan) as a line of its own
+    on stderr, "I1204 ... Handshake failed ...": not JSON, and as many as any
+    client cared to cause."""
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    run_id = seeded(url)
+    files = make_tls_files(tmp_path)
+    port = free_port()
+    log_file = (tmp_path / "stderr").open("w+")
+    env = {key: value for key, value in os.environ.items() if key != "GRPC_VERBOSITY"}
+    with serve_command(
+        ["--database-url", url, "--grpc-address", f"127.0.0.1:{port}", "--log-format", "json",
+         "--tls-cert", files.cert, "--tls-key", files.key, "--tls-client-ca", files.ca],
+        log_file, env, inherit=False,
+    ):  # fmt: skip
+        trusted = grpc.ssl_channel_credentials(files.ca_pem, files.client.key, files.client.cert)
+        with grpc.secure_channel(f"127.0.0.1:{port}", trusted) as channel:
+            wait_health(channel, 1)
+            assert RunServiceStub(channel).GetRun(pb.GetRunRequest(run_id=run_id)).run.id == run_id
+        for refused in (
+            grpc.insecure_channel(f"127.0.0.1:{port}"),  # plaintext to the TLS port
+            grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(files.ca_pem)),
+        ):
+            with refused, pytest.raises(grpc.RpcError):
+                RunServiceStub(refused).GetRun(pb.GetRunRequest(run_id=run_id), timeout=5)
+    log_file.seek(0)
+    lines = log_file.read().splitlines()
+    assert any("spur_runs.access" in line for line in lines)
+    assert [line for line in lines if not line.startswith("{")] == []

@@ -24,14 +24,18 @@ from spur_runs.runtime.server import RunsServer, create_server
 
 @contextmanager
 def serve_command(
-    args: Sequence[str], log: IO[str], env: Mapping[str, str] | None = None
+    args: Sequence[str],
+    log: IO[str],
+    env: Mapping[str, str] | None = None,
+    inherit: bool = True,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`spur-runs serve ARGS` as a child process writing its log to `log`.
+    """`spur-runs serve ARGS` as a child process writing its log to `log`,
+    in this environment with `env` added (or in `env` alone: `inherit`).
     A block that ends normally ends with SIGTERM and a clean exit (0) within
     30 s; on any failure the process is killed."""
     process = subprocess.Popen(
         [sys.executable, "-m", "spur_runs", "serve", *args],
-        env={**os.environ, **(env or {})},
+        env={**(os.environ if inherit else {}), **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=log,
     )

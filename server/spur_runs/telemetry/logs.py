@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -81,6 +82,12 @@ class JsonFormatter(logging.Formatter):
 
 def setup(config: Config) -> None:
     """Route every logger to stderr in the configured format, once."""
+    # grpc's core writes its own lines to stderr, in neither format: one
+    # INFO line per failed TLS handshake (a plaintext client, a client
+    # without a certificate, a port scan), as many as any client causes.
+    # Its errors only, unless the operator asks for more; read when grpc is
+    # first imported, which is after this (and inherited by --workers').
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     handler = logging.StreamHandler(sys.stderr)
     text = WORKERS_TEXT_FORMAT if config.workers > 1 else TEXT_FORMAT
     handler.setFormatter(
