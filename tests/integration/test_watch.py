@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from sqlalchemy import text
 
 from factories import add_run, add_workflow, all_done
 from half_open import NonReaders, SharedConnection
+from locks import runs_locked
 from servers import start_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -537,6 +540,50 @@ def test_stop_ends_open_streams_with_unavailable(lite_url: str, lite_db: Databas
         with pytest.raises(grpc.RpcError) as raised:
             next(stream)
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_stop_refuses_new_calls_while_the_poller_waits_on_the_database(
+    postgres_url: str,
+) -> None:
+    """A drain ended the watches and only then stopped gRPC from taking calls;
+    ending them waited for the poller's statement, which a lock on `runs` (a
+    PySpur migration) held up to the whole grace period: all that time the
+    streams stayed open and new calls were taken (and waited on the lock
+    too), where SIGTERM "stops accepting calls" (configuration.md)."""
+    from spur_runs.store.migrate import migrate
+
+    migrate(postgres_url)
+    db = Database.from_url(postgres_url, pool_size=1)
+    run_id = pending_run(db)
+    db.dispose()
+    server = start_server(postgres_url, watch_interval=INTERVAL)
+    stopper = threading.Thread(target=server.stop, kwargs={"grace": 60})
+
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            # Its deadline is well inside the grace period: the stream must
+            # end before it, at the drain, not when the poller gets free.
+            stream = RunServiceStub(channel).WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=10)
+            next(stream)
+            with runs_locked(postgres_url) as waiting:
+                wait_for(lambda: waiting() >= 1)  # the poller waits on the lock
+                stopper.start()
+                with pytest.raises(grpc.RpcError) as ended:
+                    next(stream)
+                assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+                wait_for(lambda: not listening())  # no new calls taken
+                assert waiting() >= 1, "the lock was let go meanwhile"
+    finally:
+        if stopper.ident is None:
+            server.stop(grace=1)
+        stopper.join(timeout=70)
 
 
 # --- HTTP ---------------------------------------------------------------------------

@@ -257,17 +257,18 @@ class WatchHub:
         """End every stream with UNAVAILABLE and refuse new ones; stop the
         poller. Streams whose client does not take the end within `grace`
         seconds are cancelled."""
+        deadline = time.monotonic() + grace
         self._stopped.set()
-        if self._thread is not None:
-            # A poll stuck in a database that does not answer (its statement
-            # is cut once the grace period is over: runtime/serve.py) must
-            # not hold up the streams' ends.
-            self._thread.join(grace)
+        # The poller is not waited for: its poll may be stuck in a database
+        # that does not answer (a lock on `runs`; the statement is cut once
+        # the grace period is over: runtime/serve.py). Waiting for it held
+        # the streams open, and the server's taking of new calls, up to the
+        # whole grace period. What it finds after this is not sent: a
+        # watcher's end, once queued, is the last thing it gets.
         with self._lock:
             watchers = list(self._all)
         for watcher in watchers:
             self._deliver(watcher, Unavailable("the server is shutting down; watch again"))
-        deadline = time.monotonic() + grace
         while self.watcher_count and time.monotonic() < deadline:
             time.sleep(0.01)
         with self._lock:
