@@ -303,6 +303,10 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         # before any worker starts).
         preflight(config)
         require_tables(config.database_url)
+        if config.read_database_url is not None:
+            # A replica URL naming another database (a typo, another
+            # application's) was served: health SERVING, every read INTERNAL.
+            require_tables(config.read_database_url, replica=True)
         warn_unknown_revisions(config.database_url)
     except ConfigError as error:
         print(f"spur-runs serve: {explain(error, args)}", file=sys.stderr)

@@ -262,6 +262,24 @@ def test_a_database_without_pyspur_tables_is_exit_2(database_url: str, name: str
     assert "has no table runs, tasks, workflow_versions, workflows" in line
 
 
+@pytest.mark.slow
+def test_a_read_replica_without_pyspur_tables_is_exit_2(postgres_url: str) -> None:
+    """A --read-database-url naming the wrong database (a typo, another
+    application's) was served: health SERVING, every read INTERNAL."""
+    from spur_runs.store.migrate import migrate
+
+    migrate(postgres_url)
+    with new_postgres_database() as empty:
+        args = ["serve", "--grpc-address", "127.0.0.1:0", "--database-url", postgres_url]
+        line = one_line_error(
+            spur_runs(*args, "--read-database-url", empty, timeout=60),
+            2,
+            "has no table runs, tasks, workflow_versions, workflows",
+        )
+        assert line.startswith("spur-runs serve: --read-database-url: "), line
+        assert "is it the right database?" in line, line
+
+
 @pytest.mark.parametrize(
     ("make", "url", "fragment"),
     [

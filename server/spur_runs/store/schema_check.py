@@ -79,12 +79,18 @@ def never_opens(error: Exception, url: URL) -> ConfigError | None:
     return ConfigError(f"{shown_url(url)}: {str(cause).splitlines()[0]}{why}")
 
 
-def require_tables(database_url: str) -> None:
+def require_tables(database_url: str, replica: bool = False) -> None:
     """ConfigError (one line, exit 2) unless PySpur's tables are there.
-    Errors reaching the database are the caller's (SQLAlchemyError)."""
+    Errors reaching the database are the caller's (SQLAlchemyError).
+    `replica`: the URL is --read-database-url, named as the setting at
+    fault, and a standby is not migrated: it has its primary's tables."""
     url = usable_url(database_url)
     shown = shown_url(url)
     fix = f"run `spur-runs migrate --database-url {shown}` first"
+    at_fault: tuple[str, ...] = ()
+    if replica:
+        fix = "a read replica of --database-url has its tables: is it the right database?"
+        at_fault = ("read_database_url",)
     path = missing_sqlite_file(database_url)
     if path is not None:
         raise ConfigError(f"the database file {path} does not exist: {fix}")
@@ -111,7 +117,9 @@ def require_tables(database_url: str) -> None:
         engine.dispose()
     missing = sorted(OUR_TABLES - present)
     if missing:
-        raise ConfigError(f"{shown} has no table {', '.join(missing)} (not migrated): {fix}")
+        raise ConfigError(
+            f"{shown} has no table {', '.join(missing)} (not migrated): {fix}", *at_fault
+        )
     lacking = [
         f"{table}.{column}"
         for table in sorted(columns)
@@ -128,7 +136,9 @@ def require_tables(database_url: str) -> None:
             )
         else:
             why = "its tables are not PySpur's (another version, or another application's)"
-        raise ConfigError(f"{shown} lacks the column(s) {', '.join(lacking[:5])}{more}: {why}")
+        raise ConfigError(
+            f"{shown} lacks the column(s) {', '.join(lacking[:5])}{more}: {why}", *at_fault
+        )
 
 
 # SQLite's errors for a path that no wait will make a database.
