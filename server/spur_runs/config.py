@@ -178,7 +178,10 @@ class Config:
         None, "SPUR_RUNS_TLS_CERT", "PEM certificate chain: serve over TLS",
         "TLS on the gRPC and HTTP ports.",
     )  # fmt: skip
-    tls_key: str | None = setting(None, "SPUR_RUNS_TLS_KEY", "PEM private key of --tls-cert")
+    tls_key: str | None = setting(
+        None, "SPUR_RUNS_TLS_KEY", "PEM private key of --tls-cert",
+        "Not encrypted: grpc takes no passphrase.",
+    )  # fmt: skip
     # Clients without a certificate the CA signed are refused at the handshake.
     tls_client_ca: str | None = setting(
         None, "SPUR_RUNS_TLS_CLIENT_CA",

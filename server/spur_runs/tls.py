@@ -47,7 +47,13 @@ def load(config: Config) -> TlsFiles | None:
     # the certificate's, an empty CA file all fail here with a reason.
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
-        context.load_cert_chain(config.tls_cert, config.tls_key)
+        context.load_cert_chain(config.tls_cert, config.tls_key, password=_no_passphrase)
+    except _Encrypted:
+        raise ConfigError(
+            "the private key is encrypted, and grpc takes no passphrase: give it decrypted "
+            "(openssl pkey -in KEY -out PLAIN), readable by this user alone",
+            "tls_key",
+        ) from None
     except (ssl.SSLError, ValueError) as error:
         raise ConfigError(
             f"not a PEM certificate and its private key ({_reason(error)})", "tls_cert", "tls_key"
@@ -60,6 +66,17 @@ def load(config: Config) -> TlsFiles | None:
                 f"the file holds no PEM certificate ({_reason(error)})", "tls_client_ca"
             ) from None
     return files
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    """Called only for an encrypted key. Without it OpenSSL asked for the
+    passphrase on the terminal ("Enter PEM pass phrase:"), and without a
+    terminal the start-up stopped with "[Errno 22] Invalid argument"."""
+    raise _Encrypted
 
 
 def _reason(error: Exception) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -356,6 +357,15 @@ def test_unusable_tls_or_token_files_stop_start_up_with_one_line(tmp_path: Path)
     (tmp_path / "empty").write_text("# nothing yet\n")
     (tmp_path / "garbage.pem").write_text("not a certificate\n")
     garbage = str(tmp_path / "garbage.pem")
+    encrypted = tmp_path / "encrypted.key"
+    key = serialization.load_pem_private_key(Path(files.key).read_bytes(), password=None)
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"passphrase"),
+        )
+    )
     cases = [
         (["--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", files.key],
          "--tls-cert=" + str(tmp_path / "nope.pem") + ": cannot read the file"),
@@ -364,6 +374,8 @@ def test_unusable_tls_or_token_files_stop_start_up_with_one_line(tmp_path: Path)
         (["--tls-cert", files.cert, "--tls-key", files.key, "--tls-client-ca", garbage],
          "--tls-client-ca"),
         (["--tls-cert", files.cert], f"--tls-cert={files.cert}: needs --tls-key"),
+        (["--tls-cert", files.cert, "--tls-key", str(encrypted)],
+         f"--tls-key={encrypted}: the private key is encrypted"),
         (["--reader-tokens-file", str(tmp_path / "missing")],
          f"--reader-tokens-file={tmp_path / 'missing'}: cannot read the file"),
         (["--admin-tokens-file", str(tmp_path / "empty")],
