@@ -11,17 +11,19 @@ PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, chosen at
 its import, hence set before the workers start); each worker writes its
 numbers there, and whichever worker answers a scrape adds all of them up.
 
-Signals: SIGTERM, SIGINT or SIGHUP to the parent is forwarded to every
-worker as SIGTERM, each drains as a single server does, and the parent exits
-0 once all of them have exited 0. A second one during the drain is forwarded
-too, which each worker takes as "exit now", and the parent exits 1. Workers
-ignore SIGINT and SIGHUP: a terminal's Ctrl-C and a closing terminal or SSH
-session send them to the whole process group, and the parent's SIGTERM that
-follows would count as a second, impatient signal (serve.py: exit at once,
-no drain). A parent killed without a word (SIGKILL) takes its workers with
-it: each drains once it sees its parent gone. A worker that dies on its own
-stops the others and the parent exits 1: the process supervisor (systemd,
-Kubernetes) restarts the whole, rather than this code hiding a crash loop.
+Signals: SIGTERM, SIGINT or SIGHUP to the parent is passed on to every
+worker through a pipe (_follow_parent), each drains as a single server does,
+and the parent exits 0 once all of them have exited 0. A second one during
+the drain is passed on too, and each worker exits at once; the parent exits
+1. Not as signals: workers ignore SIGINT and SIGHUP, which a terminal's
+Ctrl-C and a closing terminal or SSH session send to the whole process
+group, and a SIGTERM sent to the whole group (systemd's default KillMode) is
+each worker's own, which a forwarded SIGTERM would have followed as a
+second, impatient signal (serve.py: exit at once, no drain). A parent killed
+without a word (SIGKILL) takes its workers with it: each drains once it sees
+its parent gone. A worker that dies on its own stops the others and the
+parent exits 1: the process supervisor (systemd, Kubernetes) restarts the
+whole, rather than this code hiding a crash loop.
 """
 
 from __future__ import annotations
@@ -146,8 +148,8 @@ def serve_workers(config: Config) -> int:
             return
         # A second signal: the operator will not wait for the drain, as with
         # one process (serve.py). It used to be ignored, the parent waiting
-        # out the whole grace period. Each worker takes a second SIGTERM as
-        # "exit now" (with 1); the parent's wait for them then ends at once.
+        # out the whole grace period. Each worker exits at once (with 1) on
+        # NOW; the parent's wait for them then ends at once.
         if not impatient:
             log.warning("%s during the drain: stopping the workers now", name)
         impatient.append(name)
