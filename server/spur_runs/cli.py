@@ -293,6 +293,7 @@ def _version() -> str:
 def _serve(args: argparse.Namespace, config: Config) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
+    from .runtime.files import raise_file_limit
     from .runtime.workers import preflight
     from .store.migrate import warn_unknown_revisions
     from .store.schema_check import require_tables
@@ -301,6 +302,7 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
         # Files and ports first (what a start-up fails on without the
         # database), then the database's tables, then its revisions (once,
         # before any worker starts).
+        raise_file_limit(config)
         preflight(config)
         require_tables(config.database_url)
         if config.read_database_url is not None:

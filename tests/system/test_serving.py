@@ -438,3 +438,48 @@ def test_sigterm_that_another_thread_receives_still_drains(sqlite_url: str) -> N
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def _soft_file_limit(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as limits:
+        for line in limits:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise AssertionError("no 'Max open files' in /proc/PID/limits")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hard_room", ["this process's hard limit", "1500"])
+def test_serve_raises_the_soft_file_limit_its_connection_caps_need(
+    sqlite_url: str, hard_room: str
+) -> None:
+    """systemd's default soft limit (1024) cut the default 1,024 gRPC
+    connections to 256, with a hard limit that allowed them all: the soft
+    limit is raised as far as the caps need (2 x (1,024 + 256)) and the
+    hard limit allows, and only what the hard limit denies is lowered."""
+    import resource
+
+    soft = 512
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1] if hard_room != "1500" else 1500
+    wanted = 2 * (1024 + 256) if hard == resource.RLIM_INFINITY else min(2 * (1024 + 256), hard)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    db, _ = _one_run(sqlite_url)
+    db.dispose()
+    port = free_port()
+    process = subprocess.Popen(
+        [*CLI, "serve", "--database-url", sqlite_url, "--grpc-address", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limit,
+    )  # fmt: skip
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            wait_health(channel, health_pb2.HealthCheckResponse.SERVING)
+        assert _soft_file_limit(process.pid) == wanted
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert f"open-file limit raised from {soft} to {wanted}" in output, output
+    lowered = "open gRPC connections, not --grpc-max-connections 1024"
+    assert (lowered in output) == (wanted < 2 * (1024 + 256)), output
