@@ -250,6 +250,54 @@ def test_workers_drain_when_their_process_group_is_signalled(
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
+@pytest.mark.exclusive  # three processes start within wait_until's bound
+def test_a_workers_own_sigterm_after_its_parents_order_still_drains(tmp_path: Path) -> None:
+    """systemd's stop sends SIGTERM to parent and workers at once; which a
+    worker hears first, its own signal or the parent's order through the
+    pipe, is a race (a busy worker's main thread waits for the interpreter
+    lock). Order first, then its own SIGTERM: the worker took the signal
+    for a second, impatient one and exited 1 at once, cutting the calls in
+    flight; one stop is one stop, in either order."""
+    process, log, _, grpc_port = _two_workers(tmp_path)
+    workers: list[int] = []
+    locker = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    try:
+        wait_until(lambda: len(_serving_pids(log)) == 2, "both workers serving", timeout=60)
+        workers = sorted(_serving_pids(log))
+        (run_id,) = locker.execute("SELECT id FROM runs").fetchone()
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            locker.execute("BEGIN IMMEDIATE")
+            held = RunServiceStub(channel).DeleteRun.future(
+                pb.DeleteRunRequest(run_id=run_id), timeout=30
+            )
+            time.sleep(1.0)  # (the delete now waits for the lock, in a worker)
+            process.send_signal(signal.SIGTERM)  # the parent's alone: its order goes first
+            wait_until(
+                lambda: log.read_text().count("stopped by the parent: draining") == 2,
+                "both workers ordered to drain",
+                timeout=10,
+            )
+            for pid in workers:  # then the cgroup's SIGTERM reaches them
+                if _alive(pid):
+                    os.kill(pid, signal.SIGTERM)
+            time.sleep(1.0)
+            locker.execute("ROLLBACK")
+            held.result(timeout=30)  # drained: answered, not cut
+        code = process.wait(timeout=30)
+        text = log.read_text()
+        assert code == 0, text
+        assert "during the drain: exiting now" not in text, text
+        assert "all workers drained and exited" in text, text
+    finally:
+        locker.close()
+        if process.poll() is None:
+            process.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 class _Workers(NamedTuple):
     process: subprocess.Popen[bytes]
     log: Path  # its stderr: JSON lines

@@ -54,9 +54,16 @@ def serve(
     metrics: Metrics | None = None,
     stopping: threading.Event | None = None,
     signals: tuple[signal.Signals, ...] = STOP_SIGNALS,
+    signalled: threading.Event | None = None,
 ) -> int:
     """Serve until one of `signals` (or `stopping` is set), then drain; one
-    process, or one worker of several (which the parent stops by SIGTERM)."""
+    process, or one worker of several (which the parent stops through a
+    pipe, setting `stopping`). A second of `signals` exits at once: second
+    after `signalled`, set by the first (a worker's own handler may have
+    set it before this one was in place), not after `stopping`, which a
+    worker's parent sets too: systemd's stop signals parent and workers
+    alike, and a worker that heard its parent's order before its own
+    SIGTERM took that SIGTERM for a second one and cut every call."""
     from .server import create_server
 
     try:
@@ -68,13 +75,17 @@ def serve(
         return 2
     if stopping is None:
         stopping = threading.Event()
+    if signalled is None:
+        signalled = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
-        if stopping.is_set():  # a second signal: the operator will not wait
+        if signalled.is_set():  # a second signal: the operator will not wait
             log.warning("%s during the drain: exiting now", name)
             exit_now(1)
-        log.info("%s: draining (up to %ss)", name, config.grace_seconds)
+        signalled.set()
+        if not stopping.is_set():  # (else draining already, on the parent's order)
+            log.info("%s: draining (up to %ss)", name, config.grace_seconds)
         stopping.set()
 
     # Before start: health says SERVING as soon as gRPC listens, and a

@@ -58,7 +58,13 @@ def _worker(config: Config, metrics_dir: str, orders: Connection) -> None:
     """A worker process's main (spawned: a fresh interpreter, no fork)."""
     # Catch a stop that arrives while the server is still being built.
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    signalled = threading.Event()  # by its own SIGTERM (serve: a second one exits now)
+
+    def on_sigterm(_signum: int, _frame: Any) -> None:
+        signalled.set()
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     for signum in (signal.SIGINT, signal.SIGHUP):  # the parent's, through `orders`
         signal.signal(signum, signal.SIG_IGN)
     # A parent killed outright (SIGKILL, the OOM killer) forwards nothing:
@@ -75,7 +81,13 @@ def _worker(config: Config, metrics_dir: str, orders: Connection) -> None:
 
     logs.setup(config)
     sys.exit(
-        serve(config, Metrics(multiprocess_dir=metrics_dir), stopping, signals=(signal.SIGTERM,))
+        serve(
+            config,
+            Metrics(multiprocess_dir=metrics_dir),
+            stopping,
+            signals=(signal.SIGTERM,),
+            signalled=signalled,
+        )
     )
 
 
