@@ -586,6 +586,49 @@ def test_stop_refuses_new_calls_while_the_poller_waits_on_the_database(
         stopper.join(timeout=70)
 
 
+def test_a_poll_that_outlasts_stop_leaves_no_connection_open(postgres_url: str) -> None:
+    """stop() no longer waits for the poller (above): a poll held up by a
+    lock then ends after the server has released its database, and gave
+    its connection back to the disposed pool, which kept it open for as
+    long as the process lived: a session of a stopped server."""
+    from spur_runs.store.migrate import migrate
+
+    migrate(postgres_url)
+    db = Database.from_url(postgres_url, pool_size=1)
+    run_id = pending_run(db)
+    db.dispose()
+    server = start_server(postgres_url, watch_interval=INTERVAL)
+    poller = server.watch_hub._thread
+    assert poller is not None
+    stopped = False
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = RunServiceStub(channel).WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=10)
+            next(stream)
+            with runs_locked(postgres_url) as waiting:
+                wait_for(lambda: waiting() >= 1)  # the poller waits on the lock
+                server.stop(grace=1)
+                stopped = True
+                assert poller.is_alive()  # still waiting: what this test is about
+    finally:
+        if not stopped:
+            server.stop(grace=1)
+    poller.join(timeout=10)
+    assert not poller.is_alive()
+    probe = Database.from_url(postgres_url, pool_size=1)
+    try:
+        with probe.read() as conn:
+            others = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).scalar_one()
+    finally:
+        probe.dispose()
+    assert others == 0
+
+
 # --- HTTP ---------------------------------------------------------------------------
 
 EVENTS = "text/event-stream"

@@ -378,6 +378,13 @@ class WatchHub:
                     records = _unless_a_run_fault(self._load, conn, changed)
             finally:
                 event.remove(conn, "before_cursor_execute", self._count_statement)
+                if self._stopped.is_set():
+                    # stop() did not wait for this poll: the server may have
+                    # disposed of its pool meanwhile, which would keep this
+                    # connection, given back to it, open for good.
+                    conn.invalidate()
+        if self._stopped.is_set():
+            return  # every watcher has its end queued: nothing more to read or send
         # One run's rows spoiled a batch: read each run alone (_each), and end
         # the watches of those that cannot be read.
         broken: _Broken = {}
