@@ -43,6 +43,12 @@ _FALSE = frozenset(("0", "f", "false", "n", "no", "off"))
 # decimal point ("2.0", not "2."), spaces around it ("+1" as a form's " 1"),
 # digits grouped by single underscores as Python writes them ("1_000").
 _INTEGRAL = re.compile(r"([+-]?[0-9]+(?:_[0-9]+)*)(?:\.0+)?")
+# The spaces pydantic strips from an integer (Unicode's White_Space): all of
+# str.strip's but the separators \x1c-\x1f, which pydantic refuses.
+_SPACES = (
+    "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007"
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 
 _INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -94,7 +100,7 @@ def parse_scalar(field: FieldDescriptor, text: str, name: str) -> Any:
         return text
     if kind in _INT_RANGES:
         low, high = _INT_RANGES[kind]
-        integral = _INTEGRAL.fullmatch(text.strip()) if len(text) <= 64 else None
+        integral = _INTEGRAL.fullmatch(text.strip(_SPACES)) if len(text) <= 64 else None
         if integral is None:
             raise InvalidArgument(name, f"{_shown(text)} is not an integer")
         value = int(integral.group(1))
