@@ -335,6 +335,7 @@ class SharedConnection:
                 break
             self.read_by_1 = any(kind == DATA and stream == 1 for kind, _, stream in frames)
         if not self.read_by_1:
+            self._socket.close()
             raise AssertionError("stream 1 got no first message")
         self._socket.sendall(b"".join(call(s, jam) for s in self.jammed))
 
