@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -381,3 +382,50 @@ def test_a_port_in_use_stops_start_up(tmp_path: Path, workers: str, taken_flag: 
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_the_workers_start_is_one_clean_stop(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the process group) while `serve --workers 2` was
+    still starting its workers raised KeyboardInterrupt in each worker that
+    was still importing: a traceback from each, and exit 1. A SIGINT sent as
+    soon as the first worker process exists must give one clean stop: exit
+    0 (drained), no traceback, no worker left on the port. (Before that, the
+    parent's own imports are CPython's start-up, as for any program.)"""
+    for attempt in range(3):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        process, log, _, port = _two_workers(folder, start_new_session=True)
+        wait_until(partial(_spawned_workers, process.pid), "a worker spawned", 60)
+        os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(timeout=60)
+        text = log.read_text()
+        assert "Traceback" not in text and code == 0, (code, text[-3000:])
+        # Its workers are gone with it: the port is free again.
+        wait_until(partial(_port_free, port), "the port free", timeout=30)
+
+
+def _spawned_workers(parent: int) -> bool:
+    """Whether a worker process of `parent` exists (multiprocessing's spawn)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and b"spawn_main" in command:
+            return True
+    return False
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

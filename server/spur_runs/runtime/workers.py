@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import threading
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -67,6 +68,7 @@ def _worker(config: Config, metrics_dir: str, orders: Connection) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
     for signum in (signal.SIGINT, signal.SIGHUP):  # the parent's, through `orders`
         signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # blocked since birth (serve_workers)
     # A parent killed outright (SIGKILL, the OOM killer) forwards nothing:
     # its workers would go on serving on the port, and a restarted parent
     # could not bind it. Each worker drains once its parent is gone.
@@ -170,8 +172,21 @@ def serve_workers(config: Config) -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, on_signal)
     try:
-        for worker in workers:
-            worker.start()
+        # Started with the stop signals blocked, each worker is born with
+        # them blocked (the mask survives fork and exec) and unblocks them
+        # once its handlers are in place (_worker): a Ctrl-C while a worker
+        # was still importing raised KeyboardInterrupt there, a traceback
+        # from each and exit 1. Here they are delivered, if they came, once
+        # all have started. multiprocessing starts its resource tracker the
+        # same way, at the first start(), and unblocks SIGINT and SIGTERM
+        # after it: it is started first, so that it leaves the mask alone.
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            for worker in workers:
+                worker.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         log.info(
             "started %d workers (pids %s) on %s",
             len(workers),
