@@ -135,9 +135,17 @@ def address_of(peer: str) -> str:
         address = ipaddress.IPv6Address(host)
     except ValueError:  # (not grpc's form: keep it whole, without the port)
         return peer.rpartition(":")[0]
-    if address.ipv4_mapped is not None:
-        return f"ipv4:{address.ipv4_mapped}"
-    return f"ipv6:{address}"
+    return _named(address)
+
+
+def _named(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as address_of names a client: an IPv4-mapped IPv6
+    address as its IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is None:
+            return f"ipv6:{address}"
+        address = address.ipv4_mapped
+    return f"ipv4:{address}"
 
 
 class Suspects:
@@ -162,29 +170,31 @@ class Suspects:
         return self._until.get(address, 0.0) > now
 
 
-def caller_address(peer: str, metadata: Iterable[tuple[str, Any]] | None) -> str:
-    """address_of the call's client: for a call the HTTP gateway makes (its
-    mark beside it), the HTTP client's address, the last of the
-    x-forwarded-for the gateway wrote (a watch's peer is the gateway's own
-    socket, which names no client); else the call's peer."""
+def gateway_forwarded_for(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The x-forwarded-for of a call the HTTP gateway made (its mark beside
+    it), or None: a gRPC caller's own is only its say. The first of each
+    key (the gateway writes one of each, and drops its callers' own)."""
     mark = forwarded = None
     for key, value in metadata or ():
-        if key == GATEWAY_KEY:
+        if key == GATEWAY_KEY and mark is None and isinstance(value, str):
             mark = value
-        elif key == "x-forwarded-for":
+        elif key == "x-forwarded-for" and forwarded is None and isinstance(value, str):
             forwarded = value
-    if forwarded is None or not isinstance(forwarded, str) or not from_gateway(mark):
+    return forwarded if forwarded is not None and from_gateway(mark) else None
+
+
+def caller_address(peer: str, metadata: Iterable[tuple[str, Any]] | None) -> str:
+    """address_of the call's client: for a call the HTTP gateway makes, the
+    HTTP client's address, the last of its x-forwarded-for (a watch's peer
+    is the gateway's own socket, which names no client); else the peer's."""
+    forwarded = gateway_forwarded_for(metadata)
+    if forwarded is None:
         return address_of(peer)
     remote = forwarded.rpartition(",")[2].strip()
     try:
-        address = ipaddress.ip_address(remote)
+        return _named(ipaddress.ip_address(remote))
     except ValueError:  # (not an address: counted as given)
         return remote
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is None:
-            return f"ipv6:{address}"
-        address = address.ipv4_mapped
-    return f"ipv4:{address}"
 
 
 class AddressCounts:

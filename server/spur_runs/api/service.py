@@ -117,21 +117,31 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             with self._db.read_one() as conn:
                 self._versions.load(conn, keys)
 
-    def GetRun(  # type: ignore[override] # or a Spliced of it
-        self, request: pb.GetRunRequest, context: grpc.ServicerContext
-    ) -> pb.GetRunResponse | Spliced:
-        run_id = validate_run_id(request.run_id)
-        basic = filters.is_basic(request.view)
+    def _read_run(
+        self, run_id: str, *, basic: bool = False, poll: bool = False
+    ) -> tuple[runs.RunRecord, bool]:
+        """GetRun's read of a run and, with `poll`, whether PySpur's status
+        poll reports it FAILED (runs.has_failed_and_none_unfinished)."""
         try:
-            # One statement, no transaction around it (the common case).
+            # One statement, no transaction around it (the common case): all
+            # the run's tasks are in the record, so the poll reads no more.
             with self._db.read_one() as conn:
                 record = runs.get_run(conn, run_id, with_tasks=not basic, single_statement=True)
+                failed = poll and runs.has_failed_and_none_unfinished(conn, record)
         except runs.MoreStatementsNeeded:
             # A run with more tasks than one message holds: its counts come
             # from more statements, which must share the list's snapshot.
             with self._db.read() as conn:
                 record = runs.get_run(conn, run_id, with_tasks=not basic)
+                failed = poll and runs.has_failed_and_none_unfinished(conn, record)
         self._load_versions([record.version_key])
+        return record, failed
+
+    def GetRun(  # type: ignore[override] # or a Spliced of it
+        self, request: pb.GetRunRequest, context: grpc.ServicerContext
+    ) -> pb.GetRunResponse | Spliced:
+        basic = filters.is_basic(request.view)
+        record, _ = self._read_run(validate_run_id(request.run_id), basic=basic)
         response = pb.GetRunResponse()
         version = convert.fill_run(
             response.run, record, self._versions, basic=basic, splice=self._splice
@@ -141,18 +151,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     def GetRunStatus(  # type: ignore[override] # or a Spliced of it
         self, request: pb.GetRunStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetRunStatusResponse | Spliced:
-        run_id = validate_run_id(request.run_id)
-        try:
-            # As GetRun: all the tasks are in the record here, so the rule
-            # below reads no more.
-            with self._db.read_one() as conn:
-                record = runs.get_run(conn, run_id, single_statement=True)
-                failed = runs.has_failed_and_none_unfinished(conn, record)
-        except runs.MoreStatementsNeeded:
-            with self._db.read() as conn:
-                record = runs.get_run(conn, run_id)
-                failed = runs.has_failed_and_none_unfinished(conn, record)
-        self._load_versions([record.version_key])
+        record, failed = self._read_run(validate_run_id(request.run_id), poll=True)
         response = pb.GetRunStatusResponse()
         version = convert.fill_run(response.run, record, self._versions, splice=self._splice)
         if failed:  # PySpur's poll marks it so (and stores it; this call never writes)

@@ -26,7 +26,7 @@ import grpc
 
 from ..telemetry.logs import REQUEST_ID
 from ..telemetry.metrics import MethodMetrics, Metrics
-from ..trust import GATEWAY_KEY, from_gateway
+from ..trust import gateway_forwarded_for
 from .chain import Call, Hook, Shape
 
 access_log = logging.getLogger("spur_runs.access")
@@ -177,11 +177,7 @@ class ObserveHook(Hook):
         metadata = context.invocation_metadata()
         request_id = request_id_for(_metadata_value(metadata, REQUEST_ID_KEY))
         # Only the gateway's (trust.py): a gRPC caller's own would be its say.
-        forwarded_for = (
-            _metadata_value(metadata, "x-forwarded-for")
-            if from_gateway(_metadata_value(metadata, GATEWAY_KEY))
-            else None
-        )
+        forwarded_for = gateway_forwarded_for(metadata)
         pools = self._metrics
         method_metrics = (
             None
