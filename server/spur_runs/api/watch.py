@@ -504,7 +504,12 @@ class WatchHub:
 
 
 def _response(run: run_pb2.Run) -> pb.WatchRunResponse:
-    return pb.WatchRunResponse(run=run)
+    # Not WatchRunResponse(run=run): protobuf merges that by parsing the
+    # run's bytes, which refuses JSON nested ~49 levels or more (upb's depth
+    # limit of 100) that GetRun serves; CopyFrom does not parse.
+    response = pb.WatchRunResponse()
+    response.run.CopyFrom(run)
+    return response
 
 
 def _comparable(run: run_pb2.Run) -> run_pb2.Run:

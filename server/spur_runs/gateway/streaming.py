@@ -9,9 +9,14 @@ from typing import Any
 
 import grpc.aio
 from aiohttp import web
+from google.rpc import status_pb2
 
+from ..errors import DataLoss
+from ..rpc.status import NESTED_TOO_DEEPLY, to_status
+from .access import not_called
 from .render import status_json
-from .replies import failed, response_headers, status_of
+from .replies import error, failed, response_headers, status_of
+from .transport import UNDECODABLE
 
 NDJSON = "application/x-ndjson"
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (grpc-stubs lack it)
@@ -47,8 +52,11 @@ async def stream(
     try:
         try:
             message = await call.read()
-        except grpc.aio.AioRpcError as error:
-            return failed(error)
+        except grpc.aio.AioRpcError as call_error:
+            return failed(call_error)
+        if message is UNDECODABLE:
+            not_called()  # the call's line says OK; this answer's says DATA_LOSS
+            return error(_undecodable())
         response = web.StreamResponse(
             headers={
                 **(response_headers(await call.initial_metadata()) or {}),
@@ -61,11 +69,18 @@ async def stream(
         await response.prepare(request)
         try:
             while message is not _EOF:
+                if message is UNDECODABLE:
+                    await response.write(_frame(status_json(_undecodable()), events, error=True))
+                    break
                 await response.write(_frame(render(message), events))
                 message = await call.read()
-        except grpc.aio.AioRpcError as error:
-            await response.write(_frame(status_json(status_of(error)), events, error=True))
+        except grpc.aio.AioRpcError as call_error:
+            await response.write(_frame(status_json(status_of(call_error)), events, error=True))
         await response.write_eof()
         return response
     finally:
         call.cancel()  # (a no-op once the call has ended)
+
+
+def _undecodable() -> status_pb2.Status:
+    return to_status(DataLoss(NESTED_TOO_DEEPLY))

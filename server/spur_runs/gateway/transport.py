@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 
 from aiohttp import web
 from google.protobuf.descriptor import MethodDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from .transcode import message_class
 
@@ -81,6 +81,23 @@ class Channel(Protocol):
     def unary_stream(self, method: str, **codecs: Any) -> Callable[..., Any]: ...
 
 
+# A streamed message this process's protobuf will not parse: stored JSON
+# nested ~49 levels or more (upb's depth limit of 100), which gRPC carries to
+# clients without that limit. grpc.aio would log a traceback and hand
+# streaming.py None; this names the case instead.
+UNDECODABLE: Any = object()
+
+
+def _tolerant(parse: Callable[[bytes], Message]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError:
+            return UNDECODABLE
+
+    return deserialize
+
+
 class ChannelTransport:
     """Calls through a real gRPC channel, for the methods given (their
     messages' codecs are set up once, here)."""
@@ -92,11 +109,13 @@ class ChannelTransport:
             if method.client_streaming:
                 continue  # (no HTTP rule can map to one)
             path = f"/{method.containing_service.full_name}/{method.name}"
-            codecs = {
+            parse = message_class(method.output_type).FromString
+            codecs: dict[str, Callable[..., Any]] = {
                 "request_serializer": message_class(method.input_type).SerializeToString,
-                "response_deserializer": message_class(method.output_type).FromString,
+                "response_deserializer": parse,
             }
             if method.server_streaming:
+                codecs["response_deserializer"] = _tolerant(parse)
                 self._streams[path] = channel.unary_stream(path, **codecs)
             else:
                 self._unary[path] = channel.unary_unary(path, **codecs)

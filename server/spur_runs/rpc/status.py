@@ -6,7 +6,8 @@ their code and message (plus a `google.rpc.BadRequest` detail naming the
 field for invalid arguments), a database whose disk is full
 RESOURCE_EXHAUSTED (as the domain error DiskFull), a database that cannot
 be reached UNAVAILABLE, a transaction aborted for a concurrent one ABORTED, a lock wait
-past the deadline DEADLINE_EXCEEDED, stored text that is not UTF-8 DATA_LOSS, and anything else
+past the deadline DEADLINE_EXCEEDED, stored text that is not UTF-8 or JSON nested
+deeper than Python recurses DATA_LOSS, and anything else
 becomes INTERNAL with a generic message while the traceback goes to the log,
 never to the client.
 """
@@ -232,6 +233,12 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
             code=code_pb2.DATA_LOSS,
             message=f"the database holds text that is not valid UTF-8{where}",
         )
+    if isinstance(error, RecursionError):
+        # Only stored JSON nests this deep (a broken or hostile writer of
+        # PySpur's database): data no retry mends, not a bug, and its
+        # traceback would be thousands of lines per call.
+        log.warning("stored JSON nested too deeply to serve in %s", method)
+        return status_pb2.Status(code=code_pb2.DATA_LOSS, message=NESTED_TOO_DEEPLY)
     if _is_read_only(error):
         return _read_only(error, method)
     if _is_conflict(error):
@@ -258,6 +265,9 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
         )
     log.error("unexpected error in %s", method, exc_info=error)
     return status_pb2.Status(code=code_pb2.INTERNAL, message="internal error")
+
+
+NESTED_TOO_DEEPLY = "the database holds JSON nested too deeply for this service to serve"
 
 
 def _database(error: BaseException, logged: str, code: int, message: str) -> status_pb2.Status:
