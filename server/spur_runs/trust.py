@@ -216,10 +216,16 @@ class AddressCounts:
         held = self._held.get(address, 0)
         if held and held + amount > self.limit:
             return False
-        self._held[address] = held + amount
+        if amount:
+            # Nothing is held as no entry: an entry of 0 (an empty answer,
+            # DeleteRun's) was removed by the first of two such releases,
+            # and the second raised KeyError in grpc's callback.
+            self._held[address] = held + amount
         return True
 
     def release(self, address: str, amount: int = 1) -> None:
+        if not amount:
+            return
         left = self._held[address] - amount
         if left:
             self._held[address] = left
