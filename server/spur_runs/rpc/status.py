@@ -15,6 +15,7 @@ never to the client.
 from __future__ import annotations
 
 import logging
+import traceback
 
 import grpc
 from google.protobuf import any_pb2
@@ -236,8 +237,11 @@ def to_status(error: BaseException, method: str = "") -> status_pb2.Status:
     if isinstance(error, RecursionError):
         # Only stored JSON nests this deep (a broken or hostile writer of
         # PySpur's database): data no retry mends, not a bug, and its
-        # traceback would be thousands of lines per call.
-        log.warning("stored JSON nested too deeply to serve in %s", method)
+        # traceback would be thousands of lines per call. Where it ran out
+        # is logged, so that a recursion of our own would still show.
+        frame = traceback.extract_tb(error.__traceback__)[-1:]
+        where = f"{frame[0].filename}:{frame[0].lineno} {frame[0].name}" if frame else "?"
+        log.warning("stored JSON nested too deeply to serve in %s (at %s)", method, where)
         return status_pb2.Status(code=code_pb2.DATA_LOSS, message=NESTED_TOO_DEEPLY)
     if _is_read_only(error):
         return _read_only(error, method)
