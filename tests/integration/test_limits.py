@@ -240,6 +240,47 @@ def test_http_calls_share_the_limits_of_grpc_calls(postgres_url: str) -> None:
         server.stop(grace=1)
 
 
+def test_http_calls_refused_by_the_concurrent_call_limit_leave_an_access_line(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpc refuses a call beyond --max-concurrent-rpcs before any hook of
+    ours sees it, so it leaves no call line: the gateway's 429 for it, a
+    GET or a watch, leaves the gateway's own line (gateway/access.py), one
+    per request (a red team found none, 2026-12-04)."""
+    run_id = seeded(postgres_url)
+    server = start_server(
+        postgres_url, http_address="127.0.0.1:0", max_concurrent_rpcs=1, max_workers=2
+    )
+    assert server.http_port is not None
+    port = server.http_port
+    caplog.set_level("INFO", logger="spur_runs.access")
+    try:
+        with (
+            runs_locked(postgres_url) as waiting,
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            # One call of each road held (the gateway's unary calls run in
+            # process, its watches through a channel, as gRPC callers').
+            get_run = RunServiceStub(channel).GetRun
+            held = [
+                in_background(lambda: _http_get(port, f"/run/{run_id}")),
+                in_background(lambda: get_run(pb.GetRunRequest(run_id=run_id), timeout=30)),
+            ]
+            wait_until(lambda: waiting() == 2, "a call of each road blocked inside the server")
+            for path in (f"/run/{run_id}", f"/run/{run_id}/watch"):
+                status, body = _http_get(port, path)
+                assert status == 429 and "limit" in str(body["message"]).lower(), (path, body)
+        for thread, _ in held:
+            thread.join(timeout=20)
+    finally:
+        server.stop(grace=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "spur_runs.access"]
+    assert [line.split()[:3] for line in lines if "http_status=429" in line] == [
+        ["GET", f"/run/{run_id}", "RESOURCE_EXHAUSTED"],
+        ["GET", f"/run/{run_id}/watch", "RESOURCE_EXHAUSTED"],
+    ], lines
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_grpc_connections_beyond_the_bound_are_closed(migrated_url: str) -> None:
     server = start_http_server(migrated_url, grpc_max_connections=3)

@@ -37,7 +37,7 @@ import grpc
 import grpc.aio
 
 from ..rpc.chain import Handler, Interceptor
-from .transport import Metadata, Reply
+from .transport import CONCURRENCY_REFUSAL, Metadata, Reply
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class InProcessTransport:
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 grpc.aio.Metadata(),
                 grpc.aio.Metadata(),
-                details="Concurrent RPC limit exceeded!",  # grpc's own words
+                details=CONCURRENCY_REFUSAL,  # grpc's own words
                 debug_error_string=None,
             )
         context = LocalContext(metadata, timeout, peer)

@@ -26,7 +26,7 @@ from .replies import JSON, error, failed, not_allowed, response_headers
 from .routes import Match, Route, Router, normalize_escapes
 from .streaming import stream
 from .transcode import RequestBuilder
-from .transport import DONE_KEY, ChannelTransport, Transport
+from .transport import DONE_KEY, ChannelTransport, Transport, refused_unseen
 
 OPENAPI_PATH = "/openapi.json"
 
@@ -192,6 +192,8 @@ class Mux:
                 route.grpc_path, message, timeout=timeout, metadata=metadata, peer=peer(request)
             )
         except grpc.aio.AioRpcError as call_error:
+            if refused_unseen(call_error):
+                not_called()  # no call line stands for it: the gateway's own
             return failed(call_error)
         if reply.done is None:
             headers = response_headers(reply.initial, reply.trailing)

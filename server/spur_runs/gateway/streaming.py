@@ -16,7 +16,7 @@ from ..rpc.status import NESTED_TOO_DEEPLY, to_status
 from .access import not_called
 from .render import status_json
 from .replies import error, failed, response_headers, status_of
-from .transport import UNDECODABLE
+from .transport import UNDECODABLE, refused_unseen
 
 NDJSON = "application/x-ndjson"
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (grpc-stubs lack it)
@@ -53,6 +53,8 @@ async def stream(
         try:
             message = await call.read()
         except grpc.aio.AioRpcError as call_error:
+            if refused_unseen(call_error):
+                not_called()  # no call line stands for it: the gateway's own
             return failed(call_error)
         if message is UNDECODABLE:
             not_called()  # the call's line says OK; this answer's says DATA_LOSS

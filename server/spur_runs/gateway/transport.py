@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
+import grpc
 from aiohttp import web
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import DecodeError, Message
@@ -79,6 +80,22 @@ class Channel(Protocol):
     def unary_unary(self, method: str, **codecs: Any) -> Callable[..., Any]: ...
 
     def unary_stream(self, method: str, **codecs: Any) -> Callable[..., Any]: ...
+
+
+# grpc's own words for a call refused by --max-concurrent-rpcs. Its server
+# answers such a call before any hook of ours sees it, so no call line
+# stands for it in the access log; the in-process road refuses in the same
+# words (inprocess.py).
+CONCURRENCY_REFUSAL = "Concurrent RPC limit exceeded!"
+
+
+def refused_unseen(call_error: Any) -> bool:
+    """Whether a failed call (grpc.aio.AioRpcError) was refused by the
+    concurrency bound, unseen by the server's hooks (and its access line)."""
+    return bool(
+        call_error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        and call_error.details() == CONCURRENCY_REFUSAL
+    )
 
 
 # A streamed message this process's protobuf will not parse: stored JSON
