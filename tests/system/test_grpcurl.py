@@ -4,13 +4,14 @@ files: everything it knows comes from server reflection."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 from factories import add_run, add_workflow, all_done
 from servers import start_server
 from spur_runs.runtime.server import RunsServer
 from spur_runs.store.db import Database
-from tools import tool
+from tools import ROOT, tool
 
 
 def run_grpcurl(
@@ -128,3 +129,26 @@ def test_watch_a_finished_run(db: Database, server: RunsServer) -> None:
     assert message["run"]["id"] == run_id and message["run"]["status"] == "COMPLETED"
     missing = run_grpcurl(server, "spur.runs.v1.RunService/WatchRun", data='{"run_id": "R777"}')
     assert missing.returncode != 0 and "NotFound" in missing.stderr
+
+
+def test_without_reflection_as_clients_md_says(db: Database, migrated_url: str) -> None:
+    """docs/clients.md's flags for a server with --no-reflection give
+    grpcurl what it needs to decode errors too: with the service's protos
+    alone, an INVALID_ARGUMENT's detail printed as "google.rpc.BadRequest
+    is not recognized" and its raw bytes."""
+    text = (ROOT / "docs" / "clients.md").read_text()
+    flags = re.search(r"with `--no-reflection`, add\s+`([^`]+)`", text)
+    assert flags, "docs/clients.md no longer says what to add without reflection"
+    server = start_server(migrated_url, reflection=False)
+    try:
+        command = [tool("grpcurl"), "-plaintext", *flags.group(1).split()]
+        bad = subprocess.run(
+            [*command, "-d", '{"run_id": "x"}', f"127.0.0.1:{server.port}",
+             "spur.runs.v1.RunService/GetRun"],
+            capture_output=True, text=True, timeout=30, cwd=ROOT,
+        )  # fmt: skip
+        assert "InvalidArgument" in bad.stderr, bad.stderr
+        assert "not recognized" not in bad.stderr, bad.stderr
+        assert '"fieldViolations":[{"field":"run_id"' in bad.stderr, bad.stderr
+    finally:
+        server.stop(grace=1)
