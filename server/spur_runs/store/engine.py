@@ -9,6 +9,7 @@ migrate, seed and schema_check use them directly.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -114,11 +115,20 @@ def shown_url(url: str | URL) -> str:
 _MASKED = "SpurRunsMaskedSecret"
 
 
+def _finite_or_none(text: str) -> float | None:
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
 def load_json(text: str | bytes) -> Any:
     """JSON columns as Python values. orjson parses them ~8x faster than the
     json module (the tasks of a list page hold ~60 JSON values); it refuses
     NaN and Infinity, which Python's json.dumps writes and PySpur may have
-    stored, so those documents take the json module's slower path."""
+    stored, and numbers beyond a double (1e400), so those documents take
+    the json module's slower path, which reads all of these as None: a
+    protobuf Value holding NaN or an infinity has no proto3 JSON form (Go's
+    protojson, Python's json_format and protobuf-es refuse the whole
+    message), and PySpur's own answers have them as null."""
     left = getattr(_TEXT, "left", None)
     if left is not None:
         _TEXT.left = left = left - len(text)
@@ -127,7 +137,12 @@ def load_json(text: str | bytes) -> Any:
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_a_number, parse_float=_finite_or_none)
+
+
+def _not_a_number(_constant: str) -> None:
+    """NaN, Infinity and -Infinity: see load_json."""
+    return None
 
 
 def _sqlite_connect(
