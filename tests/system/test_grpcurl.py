@@ -152,3 +152,14 @@ def test_without_reflection_as_clients_md_says(db: Database, migrated_url: str) 
         assert '"fieldViolations":[{"field":"run_id"' in bad.stderr, bad.stderr
     finally:
         server.stop(grace=1)
+
+
+def test_describe_delete_run_names_every_code_it_answers(server: RunsServer) -> None:
+    """What a caller must handle, in the comment grpcurl shows: it named
+    NOT_FOUND and one FAILED_PRECONDITION, not the cycle, the read-only
+    database, or ABORTED (PySpur writing meanwhile), the one worth a retry."""
+    described = run_grpcurl(server, "describe", "spur.runs.v1.RunService.DeleteRun")
+    assert described.returncode == 0, described.stderr
+    text = " ".join(line.strip("/ ") for line in described.stdout.splitlines())
+    for said in ("NOT_FOUND", "FAILED_PRECONDITION", "own ancestor", "takes no writes", "ABORTED"):
+        assert said in text, said

@@ -116,7 +116,12 @@ class RunServiceServicer:
         """Deletes a run for good, with its tasks and, recursively, its child runs
         and their tasks, all in one transaction. NOT_FOUND when no run has that
         id; FAILED_PRECONDITION, deleting nothing, when rows this API does not
-        own (such as chat messages) still reference one of those runs.
+        own (such as chat messages) still reference one of those runs, when a
+        task of a run outside them is the child of one of their tasks, when the
+        run is its own ancestor (a cycle of parent_run_id), or when the database
+        takes no writes; ABORTED, deleting nothing, when PySpur changed those
+        runs while the delete read them, or the database gave the transaction up
+        for another: the same call again may succeed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

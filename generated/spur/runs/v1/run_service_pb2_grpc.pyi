@@ -65,7 +65,12 @@ class RunServiceStub:
     """Deletes a run for good, with its tasks and, recursively, its child runs
     and their tasks, all in one transaction. NOT_FOUND when no run has that
     id; FAILED_PRECONDITION, deleting nothing, when rows this API does not
-    own (such as chat messages) still reference one of those runs.
+    own (such as chat messages) still reference one of those runs, when a
+    task of a run outside them is the child of one of their tasks, when the
+    run is its own ancestor (a cycle of parent_run_id), or when the database
+    takes no writes; ABORTED, deleting nothing, when PySpur changed those
+    runs while the delete read them, or the database gave the transaction up
+    for another: the same call again may succeed.
     """
     GetChildRuns: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetChildRunsRequest, _run_service_pb2.GetChildRunsResponse]
     """Returns the runs started by a run (its direct children), newest first
@@ -110,7 +115,12 @@ class RunServiceAsyncStub(RunServiceStub):
     """Deletes a run for good, with its tasks and, recursively, its child runs
     and their tasks, all in one transaction. NOT_FOUND when no run has that
     id; FAILED_PRECONDITION, deleting nothing, when rows this API does not
-    own (such as chat messages) still reference one of those runs.
+    own (such as chat messages) still reference one of those runs, when a
+    task of a run outside them is the child of one of their tasks, when the
+    run is its own ancestor (a cycle of parent_run_id), or when the database
+    takes no writes; ABORTED, deleting nothing, when PySpur changed those
+    runs while the delete read them, or the database gave the transaction up
+    for another: the same call again may succeed.
     """
     GetChildRuns: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetChildRunsRequest, _run_service_pb2.GetChildRunsResponse]  # type: ignore[assignment]
     """Returns the runs started by a run (its direct children), newest first
@@ -182,7 +192,12 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a run for good, with its tasks and, recursively, its child runs
         and their tasks, all in one transaction. NOT_FOUND when no run has that
         id; FAILED_PRECONDITION, deleting nothing, when rows this API does not
-        own (such as chat messages) still reference one of those runs.
+        own (such as chat messages) still reference one of those runs, when a
+        task of a run outside them is the child of one of their tasks, when the
+        run is its own ancestor (a cycle of parent_run_id), or when the database
+        takes no writes; ABORTED, deleting nothing, when PySpur changed those
+        runs while the delete read them, or the database gave the transaction up
+        for another: the same call again may succeed.
         """
 
     @_abc_1.abstractmethod
