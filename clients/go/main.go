@@ -42,6 +42,9 @@ func (r *runIDs) Set(id string) error { *r = append(*r, id); return nil }
 // gateway spell them; enums by name, timestamps in RFC 3339.
 var marshal = protojson.MarshalOptions{UseProtoNames: true}
 
+// The server's default --max-response-bytes.
+const maxResponseBytes = 16 << 20
+
 func asJSON(m proto.Message) json.RawMessage {
 	b, err := marshal.Marshal(m)
 	if err != nil {
@@ -93,7 +96,11 @@ func main() {
 	}
 	// grpc-go 1.33 (Debian bookworm's) has no credentials/insecure package
 	// nor grpc.NewClient: WithInsecure is its plaintext option.
-	conn, err := grpc.DialContext(ctx, *addr, grpc.WithInsecure(), grpc.WithBlock())
+	// The server sends answers up to its --max-response-bytes (16 MiB by
+	// default); grpc-go refuses more than 4 MiB unless told: a run with large
+	// outputs would fail here, not there.
+	conn, err := grpc.DialContext(ctx, *addr, grpc.WithInsecure(), grpc.WithBlock(),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxResponseBytes)))
 	if err != nil {
 		fail("dial %s: %v", *addr, err)
 	}

@@ -64,6 +64,9 @@ function loadService() {
   return { RunService: loaded.spur.runs.v1.RunService, definition };
 }
 
+// The server's default --max-response-bytes.
+const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
+
 function credentials(options) {
   if (!options.ca) return grpc.credentials.createInsecure();
   const read = (file) => (file ? fs.readFileSync(file) : null);
@@ -80,7 +83,12 @@ function nestedEnumNames(definition, message, name) {
 async function main() {
   const options = parseArgs(process.argv.slice(2));
   const { RunService, definition } = loadService();
-  const client = new RunService(options.address, credentials(options));
+  // The server sends answers up to its --max-response-bytes (16 MiB by
+  // default); grpc-js, like every gRPC library, refuses more than 4 MiB
+  // unless told: a run with large outputs would fail here, not there.
+  const client = new RunService(options.address, credentials(options), {
+    'grpc.max_receive_message_length': MAX_RESPONSE_BYTES,
+  });
   const metadata = new grpc.Metadata();
   if (options.token) metadata.set('authorization', `Bearer ${options.token}`);
   let calls = 0;

@@ -184,3 +184,20 @@ def test_go_client_sends_a_bearer_token(go_client: Path, sqlite_url: str, tmp_pa
         assert refused.returncode == 1 and "code = Unauthenticated" in refused.stderr
     finally:
         server.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_go_client_reads_a_run_over_grpcs_default_receive_limit(
+    go_client: Path, db: Database, server: RunsServer
+) -> None:
+    """The server sends answers up to --max-response-bytes (16 MiB); grpc-go
+    refuses what is over 4 MiB unless told otherwise: a run with 5 MiB of
+    outputs failed in the client ("received message larger than max")."""
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s), tasks=all_done(), outputs={"text": "x" * (5 << 20)})
+    result = subprocess.run(
+        [str(go_client), "-addr", f"127.0.0.1:{server.port}", "-run", run_id],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "all checks passed" in result.stderr

@@ -100,3 +100,29 @@ def test_node_client_calls_every_rpc(tmp_path: Path) -> None:
         assert refused.returncode == 1 and "gRPC code 16" in refused.stderr  # UNAUTHENTICATED
     finally:
         server.stop(grace=1)
+
+
+@pytest.mark.slow
+def test_node_client_reads_a_run_over_grpcs_default_receive_limit(tmp_path: Path) -> None:
+    """The server sends answers up to --max-response-bytes (16 MiB); grpc-js,
+    as every gRPC library, refuses what is over 4 MiB unless told otherwise:
+    a run with 5 MiB of outputs failed with RESOURCE_EXHAUSTED ("Received
+    message larger than max") in the client, never leaving the server."""
+    from spur_runs.store.migrate import migrate
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    migrate(url)
+    db = Database.from_url(url, pool_size=1)
+    with db.write() as s:
+        add_run(s, add_workflow(s), tasks=all_done(), outputs={"text": "x" * (5 << 20)})
+    db.dispose()
+    server = start_server(url)
+    try:
+        result = subprocess.run(
+            [node(), str(CLIENT / "runs_client.js"), f"localhost:{server.port}"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "all checks passed" in result.stderr
+    finally:
+        server.stop(grace=1)
