@@ -210,3 +210,45 @@ def test_every_walkthrough_command_says_what_it_shows() -> None:
     ]
     assert not silent, f"README commands without `{EXPECT.strip()} what it shows`: {silent}"
     assert all(re.search(r"\S", c.expect) for c in commands if c.expect)
+
+
+def test_watch_md_examples_end_on_a_fresh_demo_server(tmp_path: Path) -> None:
+    """docs/watch.md's examples say runs that have ended send their state
+    once and end; they watched R5, the demo's running run, which ended only
+    after README's session had `spur-runs demo` complete it: on a freshly
+    seeded server, the reader's `curl -sN .../run/R5/watch` never returned."""
+    import grpc
+
+    from servers import start_server
+    from spur.runs.v1 import run_service_pb2 as pb
+    from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
+    from tools import spur_runs
+
+    block = _sections((ROOT / "docs" / "watch.md").read_text())
+    watched = sorted(
+        {
+            run_id
+            for texts in block.values()
+            for text in texts
+            for line in text.splitlines()
+            if "watch" in line.lower()
+            for run_id in re.findall(r"\bR[0-9]+\b", line)
+        }
+    )
+    assert watched, "docs/watch.md watches no run"
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    for args in (["migrate"], ["seed"]):
+        done = spur_runs(*args, "--database-url", url)
+        assert done.returncode == 0, done.stderr
+    server = start_server(url)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            for run_id in watched:
+                request = pb.WatchRunRequest(run_id=run_id)
+                try:
+                    list(stub.WatchRun(request, timeout=5))
+                except grpc.RpcError as error:  # R999: NOT_FOUND, also an end
+                    assert error.code() == grpc.StatusCode.NOT_FOUND, (run_id, error.code())
+    finally:
+        server.stop(grace=1)
