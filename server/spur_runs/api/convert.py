@@ -103,8 +103,8 @@ def _set_other(target: struct_pb2.Value, value: Any) -> None:
     elif isinstance(value, bool):
         target.bool_value = value
     elif isinstance(value, int | float):
-        # A float NaN or Infinity (which PySpur's json.dumps may have
-        # stored, engine.load_json) is a double like any other.
+        # (NaN and the infinities that PySpur's json.dumps may have stored
+        # arrive here as None: engine.load_json.)
         target.number_value = value
     elif isinstance(value, str):
         target.string_value = value

@@ -206,9 +206,10 @@ def _value(message: Any) -> Any:
         return {key: _value(fields[key]) for key in fields}
     if kind == "number_value":
         number = _number(message.number_value)
-        # NaN or an infinity (PySpur's json.dumps stores them): null, as
-        # PySpur's own answers have them (pydantic), where proto3 JSON has
-        # no form for them in a Value ("NaN" would read back as a string).
+        # NaN or an infinity: null, as PySpur's own answers have them
+        # (pydantic), where proto3 JSON has no form for them in a Value
+        # ("NaN" would read back as a string). Stored ones are None already
+        # (engine.load_json); this is for any other Value.
         return None if type(number) is str else number
     if kind == "list_value":
         return [_value(item) for item in message.list_value.values]
