@@ -12,7 +12,7 @@ from google.protobuf import json_format
 from sqlalchemy import create_engine, inspect
 from sqlalchemy.orm import Session
 
-from pyspur_peer import add_pyspur_workflow, pyspur_schema
+from pyspur_peer import add_pyspur_workflow, pyspur_migrations, pyspur_schema
 from servers import start_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -149,3 +149,46 @@ def test_pyspur_database_lacks_our_indexes_until_migrate(pyspur_url: str) -> Non
     assert repr(after) == repr(before)
     # PySpur still writes to it.
     write_with_pyspur(pyspur_url)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Computed column:sqlalchemy.exc.SAWarning")
+def test_a_status_pyspurs_migrations_left_out_filters_to_no_run(postgres_url: str) -> None:
+    """PySpur's own migrations (what `pyspur serve` runs on PostgreSQL) make
+    `runstatus` without CANCELED: 000 has four labels and 007 adds PAUSED
+    only. Filtering by CANCELED there matches no run, alone or with other
+    statuses, counted too; it was INTERNAL (PostgreSQL refused the value)."""
+    from pyspur.models.run_model import RunModel, RunStatus
+
+    pyspur_migrations(postgres_url)
+    engine = create_engine(normalize_url(postgres_url))
+    with Session(engine) as session:
+        workflow, version = add_pyspur_workflow(session)
+        failed = RunModel(
+            workflow_id=workflow.id,
+            workflow_version_id=version.id,
+            status=RunStatus.FAILED,
+            run_type="interactive",
+            start_time=datetime(2026, 11, 20, 8, 30),
+        )
+        session.add(failed)
+        session.commit()
+        failed_id = failed.id
+    engine.dispose()
+    server = start_server(postgres_url)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            for statuses, expected in [
+                ([run_pb2.Run.CANCELED], []),
+                ([run_pb2.Run.CANCELED, run_pb2.Run.FAILED], [failed_id]),
+            ]:
+                for view in (run_pb2.RUN_VIEW_BASIC, run_pb2.RUN_VIEW_FULL):
+                    request = pb.ListRunsRequest(
+                        status=statuses, view=view, include_total_size=True
+                    )
+                    answer = stub.ListRuns(request)
+                    assert [run.id for run in answer.runs] == expected
+                    assert answer.total_size == len(expected)
+    finally:
+        server.stop(grace=1)

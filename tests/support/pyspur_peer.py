@@ -45,6 +45,45 @@ def pyspur_schema(url: str) -> None:
     engine.dispose()
 
 
+# env.py for PySpur's own revisions: PySpur's imports pyspur.database, which
+# builds its engine from environment variables once per process.
+_PYSPUR_ENV = """
+from alembic import context
+
+context.configure(connection=context.config.attributes["connection"])
+with context.begin_transaction():
+    context.run_migrations()
+"""
+
+
+def pyspur_migrations(url: str, revision: str = "head") -> None:
+    """Run PySpur's own Alembic revisions (000 .. 010), as `pyspur serve`
+    does on PostgreSQL (pyspur.cli.utils.run_migrations; on SQLite it calls
+    create_all, which pyspur_schema does)."""
+    import tempfile
+    from pathlib import Path
+
+    import pyspur
+    from alembic import command
+    from alembic.config import Config
+
+    versions = Path(pyspur.__file__).parent / "models/management/alembic/versions"
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "env.py").write_text(_PYSPUR_ENV)
+        Path(folder, "versions").mkdir()
+        for script in versions.glob("*.py"):
+            Path(folder, "versions", script.name).write_text(script.read_text())
+        config = Config()
+        config.set_main_option("script_location", folder)
+        engine = create_engine(normalize_url(url))
+        try:
+            with engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, revision)
+        finally:
+            engine.dispose()
+
+
 def add_pyspur_workflow(session: Session) -> tuple[Any, Any]:
     """A workflow and its version 1, written by PySpur's own classes
     (factories.definition: six nodes, a pause); returns both rows."""

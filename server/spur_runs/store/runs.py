@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Row, column, delete, func, inspect, select, table
+from sqlalchemy import Connection, Row, column, delete, func, inspect, select, table, text
 from sqlalchemy import exc as sa_exc
 
 from ..errors import Aborted, FailedPrecondition, NotFound
 from . import run_tree
-from .models import Run, Task, TaskStatus, WorkflowVersion
+from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
 from .statements import (
     INTID_BY_ID,
     NO_FILTER,
@@ -170,7 +170,7 @@ def list_runs(
     NULLS LAST ordering no index of both databases can serve. Without
     `with_tasks` (RUN_VIEW_BASIC) no statement reads the tasks table.
     """
-    cursor, params = _page_params(after, parent_run_id, filters)
+    cursor, params = _page_params(conn, after, parent_run_id, filters)
     timed, untimed, timed_count = page_queries(filters.shape, parent_run_id is not None, cursor)
     want = limit + 1  # one more than the page tells whether another follows
     rows: list[tuple[Any, ...]] = []
@@ -208,7 +208,7 @@ def list_runs_in_one_statement(
     offset lies past the timed ones), or a run has more than
     TASKS_PER_LISTED_RUN tasks (counted over all of them); list_runs in a
     transaction then reads it again."""
-    cursor, params = _page_params(after, parent_run_id, filters)
+    cursor, params = _page_params(conn, after, parent_run_id, filters)
     dialect = conn.dialect
     statement = page_with_tasks(filters.shape, parent_run_id is not None, cursor, dialect.name)
     if statement is None:
@@ -230,12 +230,12 @@ def list_runs_in_one_statement(
 
 
 def _page_params(
-    after: RunCursor | None, parent_run_id: str | None, filters: RunFilter
+    conn: Connection, after: RunCursor | None, parent_run_id: str | None, filters: RunFilter
 ) -> tuple[str, dict[str, Any]]:
     """The kind of cursor a page continues from (page_queries' `cursor`) and
     the parameters its statements share: the filters', the parent's, the
     cursor's."""
-    params = filters.params()
+    params = _filter_params(conn, filters)
     params["parent_run_id"] = parent_run_id
     if after is None:
         return "none", params
@@ -245,7 +245,36 @@ def _page_params(
 
 def count_runs(conn: Connection, filters: RunFilter = NO_FILTER) -> int:
     """How many runs match `filters` (ListRuns' total_size): one COUNT."""
-    return int(conn.execute(count_query(filters.shape), filters.params()).scalar_one())
+    return int(conn.execute(count_query(filters.shape), _filter_params(conn, filters)).scalar_one())
+
+
+# conn.info key: set once the database's runstatus type has every RunStatus.
+_ALL_RUN_STATUSES = "spur_runs.all_run_statuses"
+
+
+def _filter_params(conn: Connection, filters: RunFilter) -> dict[str, Any]:
+    """filters.params(), with each status the database's `runstatus` type
+    lacks bound as NULL (matches no run). PySpur 0.1.18's own migrations make
+    that type without CANCELED (000 creates four labels, 007 adds PAUSED
+    only), and PostgreSQL refuses a value outside the type: the whole
+    ListRuns would fail INTERNAL where no run can have that status. The
+    statement and its index stay the same; only the value changes."""
+    params = filters.params()
+    if not filters.statuses or conn.dialect.name != "postgresql":
+        return params
+    if conn.info.get(_ALL_RUN_STATUSES):
+        return params
+    labels = conn.execute(text("SELECT unnest(enum_range(NULL::runstatus))::text")).scalars()
+    known = set(labels)
+    if known >= {status.value for status in RunStatus}:
+        # Labels are never removed: a complete type stays complete. An
+        # incomplete one is read again, so a label PySpur's next migration
+        # adds is seen at once.
+        conn.info[_ALL_RUN_STATUSES] = True
+    for key, value in params.items():
+        if key.startswith("f_status_") and value.value not in known:
+            params[key] = None
+    return params
 
 
 def list_tasks(
