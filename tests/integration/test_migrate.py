@@ -362,6 +362,32 @@ def test_pyspur_database_gets_only_indexes_and_our_version(database_url: str) ->
 
 
 @pytest.mark.slow
+def test_indexes_lost_after_migrate_are_added_by_the_next(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PySpur's start-up on SQLite, when its create_all fails ("out of
+    sync"), drops and creates all its tables: our indexes go, our recorded
+    revision stays. The server's warning says to run migrate, which said
+    "nothing to do"; it adds them again, and changes nothing else."""
+    pyspur_database(database_url)
+    migrate(database_url)
+    migrated = snapshot(database_url)
+    pyspur_base = importlib.import_module("pyspur.models.base_model")
+    engine = plain_engine(database_url)
+    try:
+        pyspur_base.BaseModel.metadata.drop_all(engine)
+        pyspur_base.BaseModel.metadata.create_all(engine)
+        assert set(missing_indexes(engine)) == SERVICE_INDEX_NAMES
+    finally:
+        engine.dispose()
+    caplog.set_level(logging.INFO)
+    migrate(database_url)
+    assert snapshot(database_url) == migrated
+    assert current_revision(database_url) == head_revision()
+    assert any("indexes added again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
 def test_pyspur_still_writes_after_migrate(database_url: str) -> None:
     pyspur_database(database_url)
     migrate(database_url)

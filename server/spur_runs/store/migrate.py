@@ -54,7 +54,7 @@ from .migrations import (  # noqa: E402
     SCRIPT_LOCATION,
     VERSION_TABLE,
 )
-from .schema_check import missing_sqlite_file  # noqa: E402
+from .schema_check import missing_indexes, missing_sqlite_file  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,11 @@ def _display(database_url: str) -> str:
     return shown_url(normalize_url(database_url))
 
 
+# Our last revision that adds no index (0001: PySpur's tables, on an empty
+# database); every revision after it only adds indexes, idempotently.
+_LAST_WITHOUT_INDEXES = "0001"
+
+
 def migrate(database_url: str) -> None:
     """Upgrade the database to our head revision, one transaction per
     revision. A database at a revision of ours this build does not know (a
@@ -165,7 +170,8 @@ def migrate(database_url: str) -> None:
     downgrades; an older release's migrate run at a rollback must not fail
     it. PySpur's revision is only warned about: our indexes are on columns
     every PySpur revision has."""
-    engine = create_db_engine(database_url, pool_size=2)  # the migration's, _alone's
+    # The migration's connection, _alone's, and missing_indexes'.
+    engine = create_db_engine(database_url, pool_size=3)
     shown = _display(database_url)
     try:
         # Handed to Alembic outside a transaction: it begins one per
@@ -188,12 +194,33 @@ def migrate(database_url: str) -> None:
                 return
             config = alembic_config(database_url)
             config.attributes["connection"] = connection
+            gone: list[str] = []
             command.upgrade(config, "head")
             after = _revision_of(connection)
             connection.rollback()
+            if after == head_revision():
+                gone = missing_indexes(engine)
+            if gone:
+                # Recorded, then lost: PySpur made its tables again (its
+                # SQLite "out of sync" path drops and creates them all), or
+                # someone dropped one. The server's warning sends the
+                # operator here, so "nothing to do" must not be the answer:
+                # run our index revisions again (each creates only what is
+                # missing), from the revision before the first of them.
+                log.warning(
+                    "%s: at revision %s but without indexes it adds (%s): adding them again",
+                    shown,
+                    after,
+                    ", ".join(gone),
+                )
+                command.stamp(config, _LAST_WITHOUT_INDEXES)
+                command.upgrade(config, "head")
+                connection.rollback()
     finally:
         engine.dispose()
-    if before == after:
+    if gone:
+        log.info("%s: at revision %s, its indexes added again", shown, after)
+    elif before == after:
         log.info("%s: already at revision %s, nothing to do", shown, after)
     else:
         log.info("%s: migrated from revision %s to %s", shown, before or "(none)", after)
