@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from databases import new_postgres_database
+from pyspur_peer import pyspur_migrations
 from spur_runs.store.engine import create_db_engine, normalize_url
 from spur_runs.store.migrate import (
     alembic_config,
@@ -385,6 +386,29 @@ def test_indexes_lost_after_migrate_are_added_by_the_next(
     assert snapshot(database_url) == migrated
     assert current_revision(database_url) == head_revision()
     assert any("indexes added again" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.slow
+def test_pyspurs_own_migrations_run_after_ours(postgres_url: str) -> None:
+    """On PostgreSQL PySpur makes its schema with its own Alembic revisions
+    (`pyspur serve`), not create_all. Our migrate on a PySpur at 007, then
+    PySpur upgrading itself to 010, gives exactly the schema of our migrate
+    run after PySpur's 010: neither side's revisions get in the other's way."""
+    pytest.importorskip("pyspur")
+    pyspur_migrations(postgres_url, "007")
+    migrate(postgres_url)
+    pyspur_migrations(postgres_url)
+    with new_postgres_database() as reference:
+        pyspur_migrations(reference)
+        made_by_pyspur = snapshot(reference)
+        migrate(reference)
+        assert snapshot(postgres_url) == snapshot(reference)
+    # Ours added only our indexes and version table to what PySpur made.
+    assert set(snapshot(postgres_url, frozenset({VERSION_TABLE}))["tables"]) == set(
+        made_by_pyspur["tables"]
+    )
+    added = index_names(snapshot(postgres_url)) - index_names(made_by_pyspur)
+    assert {name for _, name in added} == SERVICE_INDEX_NAMES
 
 
 @pytest.mark.slow
