@@ -350,21 +350,25 @@ class WatchHub:
         failing = False
         while not self._stopped.wait(self.interval):
             try:
-                self.poll()
-                if failing:
+                # Only a poll that asked the database says it answers: with
+                # no watcher left (every new watch refused while health is
+                # NOT_SERVING) it asks nothing, and logging "answers again"
+                # then, in the middle of an outage, misled whoever read it.
+                if self.poll() and failing:
                     log.info("WatchRun poller: the database answers again")
-                failing = False
+                    failing = False
             except Exception as error:  # noqa: BLE001 - keep polling; watchers wait
                 if not failing:
                     log.warning("WatchRun poller: %s; retrying every %ss", error, self.interval)
                 failing = True
 
-    def poll(self) -> None:
-        """One look at every watched run; pushes what changed."""
+    def poll(self) -> bool:
+        """One look at every watched run; pushes what changed. False when
+        there was nothing to look at (the database was not asked)."""
         with self._lock:
             groups = {run_id: list(group) for run_id, group in self._by_run.items()}
         if not groups:
-            return
+            return False
         self.polls.inc()
         found: dict[str, watch_sql.Fingerprint] | None = None
         records: list[runs.RunRecord] | None = None
@@ -384,7 +388,7 @@ class WatchHub:
                     # connection, given back to it, open for good.
                     conn.invalidate()
         if self._stopped.is_set():
-            return  # every watcher has its end queued: nothing more to read or send
+            return True  # every watcher has its end queued: nothing more to read or send
         # One run's rows spoiled a batch: read each run alone (_each), and end
         # the watches of those that cannot be read.
         broken: _Broken = {}
@@ -430,6 +434,7 @@ class WatchHub:
                 if final or comparable != watcher.last:
                     watcher.last = comparable
                     self._deliver(watcher, _response(message), final=final)
+        return True
 
     def _load(self, conn: Any, run_ids: list[str]) -> list[runs.RunRecord]:
         """The runs of `run_ids`, with their workflow versions in the cache."""
