@@ -328,6 +328,53 @@ def test_commit_and_rollback_on_a_database_that_stops_answering_end(
         db.dispose()
 
 
+@pytest.mark.slow
+@pytest.mark.exclusive  # refused within 0.5 s
+def test_a_replica_that_stops_answering_leaves_deletes_to_the_primary(
+    postgres_url: str, proxy: Proxy
+) -> None:
+    """--read-database-url through a proxy that stops answering, the primary
+    fine: reads are refused at once once health says NOT_SERVING (both
+    databases must answer), DeleteRun still runs on the primary, and reads
+    come back by themselves with the replica."""
+    run_ids = seed_runs(postgres_url, count=3)
+    replica = make_url(postgres_url).set(port=proxy.port).render_as_string(hide_password=False)
+    server = start_server(
+        postgres_url, read_database_url=replica, health_interval=0.2, db_timeout_seconds=1.0
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = RunServiceStub(channel)
+            wait_health(channel, SERVING)
+            assert stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=5).run.id
+            proxy.freeze()
+            frozen = time.monotonic()
+            wait_health(channel, NOT_SERVING, timeout=10)
+            to_not_serving = time.monotonic() - frozen
+            refused = time.monotonic()
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=2)
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "replica" in (raised.value.details() or "")
+            assert time.monotonic() - refused < 0.5
+            stub.DeleteRun(pb.DeleteRunRequest(run_id=run_ids[1]), timeout=5)  # OK: the primary
+            proxy.thaw()
+            back = time.monotonic()
+            wait_health(channel, SERVING, timeout=10)
+            to_serving = time.monotonic() - back
+            assert stub.GetRun(pb.GetRunRequest(run_id=run_ids[0]), timeout=5).run.id
+            with pytest.raises(grpc.RpcError) as gone:
+                stub.GetRun(pb.GetRunRequest(run_id=run_ids[1]), timeout=5)
+            assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+            print(
+                f"\nfrozen replica: health NOT_SERVING after {to_not_serving:.1f} s, "
+                f"SERVING {to_serving:.2f} s after it answered again"
+            )
+            assert to_not_serving < 8 and to_serving < 5
+    finally:
+        server.stop(grace=1)
+
+
 def _server_backends(admin: object, name: str) -> set[int]:
     with admin.connect() as c:  # type: ignore[attr-defined]
         return set(
