@@ -248,3 +248,35 @@ def test_json_logs_stay_json_when_tls_handshakes_fail(tmp_path: Path) -> None:
     lines = log_file.read().splitlines()
     assert any("spur_runs.access" in line for line in lines)
     assert [line for line in lines if not line.startswith("{")] == []
+
+
+def test_a_call_past_its_deadline_still_names_its_peer(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The access line of a call whose client's deadline passed while it
+    waited on the database: grpc's peer() says "" once the call is dead, so
+    the peer is read as the call begins (a review saw `peer=` in 2 of 5 such
+    lines, 2026-12-04)."""
+    run_id = seeded(postgres_url)
+    caplog.set_level("INFO")
+    server = start_server(postgres_url)
+    try:
+        with (
+            runs_locked(postgres_url),
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            stub = RunServiceStub(channel)
+            for _ in range(3):
+                with pytest.raises(grpc.RpcError) as raised:
+                    stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=0.3)
+                assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(
+            lambda: sum(r.name == "spur_runs.access" for r in caplog.records) >= 3,
+            "the three calls' lines",
+        )
+    finally:
+        server.stop(grace=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "spur_runs.access"]
+    assert len(lines) == 3, lines
+    for line in lines:
+        assert " peer=ipv4:127.0.0.1:" in line, lines

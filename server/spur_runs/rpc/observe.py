@@ -74,13 +74,21 @@ class _Call:
     """The bookkeeping of one call, from start to its final code."""
 
     def __init__(
-        self, method: str, metrics: MethodMetrics | None, request_id: str, forwarded_for: str | None
+        self,
+        method: str,
+        metrics: MethodMetrics | None,
+        request_id: str,
+        forwarded_for: str | None,
+        peer: str | None,
     ) -> None:
         self.method = method
         self.metrics = metrics
         self.request_id = request_id
         self.forwarded_for = forwarded_for
         self.start = time.perf_counter()
+        # Read as the call begins, for the access line: grpc's peer() says
+        # "" once the call is dead (its deadline passed, its client gone).
+        self.peer = peer
         self.finished = False
         # A unary call's answer, counted when the call is (one lock fewer).
         self.sent = 0
@@ -105,7 +113,7 @@ class _Call:
                 self.method,
                 code.name,
                 seconds,
-                context.peer(),
+                self.peer if self.peer is not None else context.peer(),
                 self.request_id,
                 # An HTTP caller, through the gateway: an HTTP watch's peer is
                 # the gateway's own socket (unix:...), which names no client.
@@ -184,7 +192,10 @@ class ObserveHook(Hook):
             if pools is None
             else pools.method(call.method, call.request_streaming, call.response_streaming)
         )
-        record = _Call(call.method, method_metrics, request_id, forwarded_for)
+        # The peer only for an access log that takes it (its one use): the
+        # call costs grpc two hand-overs of the interpreter lock.
+        peer = context.peer() if access_log.isEnabledFor(logging.INFO) else None
+        record = _Call(call.method, method_metrics, request_id, forwarded_for, peer)
         # A unary call's request id goes back in its trailing metadata (exit),
         # which grpc sends with the answer and the status in one batch:
         # response headers of their own would cost a batch (and ~12% of
