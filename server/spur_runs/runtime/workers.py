@@ -44,7 +44,7 @@ from typing import Any
 from .. import tls
 from ..config import Config, ConfigError
 from ..rpc import auth
-from .serve import STOP_SIGNALS, check_port_free
+from .serve import STOP_SIGNALS, check_port_free, exit_now
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,6 @@ def _follow_parent(
                 stopping.set()
             continue
         if order == NOW:
-            from .serve import exit_now
-
             log.warning("stopped again by the parent during the drain: exiting now")
             exit_now(1)
         # The parent process has ended (its sentinel, or its end of the pipe).

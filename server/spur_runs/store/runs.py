@@ -259,11 +259,12 @@ def _filter_params(conn: Connection, filters: RunFilter) -> dict[str, Any]:
     only), and PostgreSQL refuses a value outside the type: the whole
     ListRuns would fail INTERNAL where no run can have that status. The
     statement and its index stay the same; only the value changes."""
-    params = filters.params()
-    if not filters.statuses or conn.dialect.name != "postgresql":
-        return params
-    if conn.info.get(_ALL_RUN_STATUSES):
-        return params
+    if (
+        not filters.statuses
+        or conn.dialect.name != "postgresql"
+        or conn.info.get(_ALL_RUN_STATUSES)
+    ):
+        return filters.params()
     labels = conn.execute(text("SELECT unnest(enum_range(NULL::runstatus))::text")).scalars()
     known = set(labels)
     if known >= {status.value for status in RunStatus}:
@@ -271,10 +272,7 @@ def _filter_params(conn: Connection, filters: RunFilter) -> dict[str, Any]:
         # incomplete one is read again, so a label PySpur's next migration
         # adds is seen at once.
         conn.info[_ALL_RUN_STATUSES] = True
-    for key, value in params.items():
-        if key.startswith("f_status_") and value.value not in known:
-            params[key] = None
-    return params
+    return filters.params(known)
 
 
 def list_tasks(

@@ -13,6 +13,7 @@ so the hot statements that need one are built once per length instead.
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -130,8 +131,11 @@ class RunFilter:
             self.start_before is not None,
         )
 
-    def params(self) -> dict[str, Any]:
-        """The values of the parameters that conditions(self.shape) binds."""
+    def params(self, known_statuses: Collection[str] | None = None) -> dict[str, Any]:
+        """The values of the parameters that conditions(self.shape) binds. A
+        status whose value is not among `known_statuses` (the labels of a
+        database type that lacks some: store/runs.py) is bound as NULL,
+        which matches no run."""
         params: dict[str, Any] = {
             "f_workflow_id": self.workflow_id,
             "f_run_type": self.run_type,
@@ -140,7 +144,8 @@ class RunFilter:
         }
         # Sorted: the same filter gives the same parameters.
         for i, status in enumerate(sorted(self.statuses, key=lambda s: s.value)):
-            params[f"f_status_{i}"] = status
+            known = known_statuses is None or status.value in known_statuses
+            params[f"f_status_{i}"] = status if known else None
         return params
 
 
