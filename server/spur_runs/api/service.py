@@ -112,9 +112,11 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     def _load_versions(self, keys: list[tuple[str, str] | None]) -> None:
         """Cache the workflow versions of `keys` that are not cached, read
         after a one-statement read: immutable rows need not come from its
-        snapshot. No connection is taken when all are cached."""
+        snapshot. No connection is taken when all are cached; a miss reads
+        in a transaction (read_one bounds only hot statements by the
+        caller's deadline)."""
         if self._versions.missing(keys):
-            with self._db.read_one() as conn:
+            with self._db.read() as conn:
                 self._versions.load(conn, keys)
 
     def _read_run(

@@ -21,6 +21,7 @@ from sqlalchemy.pool import QueuePool
 
 from .. import deadline
 from ..errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from . import libpq
 from .engine import DEAD_PEER_SECONDS, SINGLE_OPTION, WRITE_OPTION, create_db_engine
 from .held import HeldConnections
 from .sqlite_file import FileIdentity
@@ -213,23 +214,30 @@ class Database:
     @contextmanager
     def read_one(self) -> Iterator[Connection]:
         """A scope for a read made of ONE statement (GetRun's), which is
-        consistent by itself: no transaction around it. Falls back to read()
-        when the caller's deadline must lower PostgreSQL's statement_timeout
-        (set_config(..., true) needs a transaction)."""
+        consistent by itself: no transaction around it. Every statement in
+        it must go through hot.fetch: under a deadline shorter than
+        --db-timeout-seconds only those are bounded by it (libpq.py)."""
         left = deadline.remaining()
         if left is not None and left <= 0:
             raise DeadlineExceeded("the call's deadline passed before the database was asked")
         self._check_reachable(self._read_role)
-        tight = left is not None and (self._timeout is None or left < self._timeout)
         postgresql = self._single_bind.dialect.name == "postgresql"
-        if tight and postgresql:
+        # A deadline shorter than the statements' own bound lowers it: on
+        # PostgreSQL in the same round trip as each read (libpq.py), or, with
+        # a libpq too old for pipelines, in a transaction.
+        tight = postgresql and left is not None and (self._timeout is None or left < self._timeout)
+        if tight and not libpq.PIPELINES:
             with self.read() as connection:
                 yield connection
             return
         if self._held is not None:
             with self._held.scope() as held:
                 if held is not None:
-                    yield held
+                    if tight:
+                        with libpq.deadline_bound(held):
+                            yield held
+                    else:
+                        yield held
                     return
         if not postgresql:
             with self._single_bind.connect() as connection:
@@ -247,7 +255,11 @@ class Database:
             dbapi = connection.connection.dbapi_connection
             dbapi.autocommit = True  # type: ignore[union-attr]
             try:
-                yield connection
+                if tight:
+                    with libpq.deadline_bound(connection):
+                        yield connection
+                else:
+                    yield connection
             finally:
                 try:
                     dbapi.autocommit = False  # type: ignore[union-attr]

@@ -445,6 +445,7 @@ def fetch(
     dbapi: Any = conn.connection.dbapi_connection
     listeners = conn.dispatch.before_cursor_execute
     cursor = None
+    bound_ms = None
     try:
         if listeners:
             cursor = dbapi.cursor()
@@ -453,6 +454,9 @@ def fetch(
                 sql, arguments = listener(conn, cursor, sql, arguments, None, False)
             if sql is not given[0] or arguments is not given[1]:
                 prepared = None  # a listener rewrote the statement: send what it gave
+                # ...through the cursor, where the caller's deadline bounds it
+                # in a transaction of its own (libpq.py bounds the others).
+                bound_ms = libpq.deadline_ms(conn.connection.info, dbapi)
         # Rows too large for any response are refused before they are
         # decoded (db.text_bound): psycopg decodes JSON as it loads rows.
         max_text: int | None = options.get(MAX_TEXT_OPTION)
@@ -467,8 +471,14 @@ def fetch(
                     bound_text(None)
             if cursor is None:
                 cursor = dbapi.cursor()
-            cursor.execute(sql, arguments)
-            rows = cursor.fetchall()
+            if bound_ms is not None:
+                with dbapi.transaction():
+                    cursor.execute(libpq.SET_BOUND, [bound_ms.decode()])
+                    cursor.execute(sql, arguments)
+                    rows = cursor.fetchall()
+            else:
+                cursor.execute(sql, arguments)
+                rows = cursor.fetchall()
             # One row is bounded by SQLite itself (engine._sqlite_connect: the
             # limit holds for a row too); many rows are counted here.
             if max_text is not None and len(rows) > 1 and _text_of(rows) > max_text:

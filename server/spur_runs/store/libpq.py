@@ -24,14 +24,31 @@ What the cursor did and this keeps doing:
 - errors are psycopg's error classes (psycopg.errors.lookup by SQLSTATE), and
   hot.fetch raises them as SQLAlchemy's execution would.
 
-Only statements SQLAlchemy compiled (hot.Statement) come here.
+A caller's deadline shorter than --db-timeout-seconds (the session's
+statement_timeout) lowers the bound of each statement in a scope that
+Database.read_one marks (DEADLINE_BOUND): `set_config('statement_timeout',
+ms, true)` and the statement go in one pipeline before one Sync, so both run
+in the implicit transaction that Sync ends. One round trip, as without a
+deadline, and nothing is left on the session: the bound ends with that
+transaction (a session SET would reach other clients' statements through
+PgBouncer in transaction mode). PostgreSQL starts a fresh statement timer at
+each Execute, so the read gets the lowered bound (tests/integration/
+test_deadline_bound.py). A statement not yet prepared on the connection is
+prepared in the same pipeline, after the bound: parsing it waits for a
+locked table as running it does. Before, such a read began a transaction
+for the bound: BEGIN, set_config, the read and ROLLBACK, four round trips.
+
+Only statements written for psycopg come here: SQLAlchemy compiled them
+(hot.Statement), or they are fixed SQL (runs._STATUS_LABELS).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+import select
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -39,6 +56,7 @@ from psycopg import pq
 from psycopg.adapt import PyFormat, Transformer
 from sqlalchemy import Connection
 
+from .. import deadline
 from .pg_watchdog import WATCHDOG, bound_of
 
 # In SQL compiled for psycopg (pyformat): a parameter, or a percent sign
@@ -52,8 +70,50 @@ _STATE = "spur_runs.libpq"
 _TUPLES_OK = pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _IN_TRANSACTION = pq.TransactionStatus.INTRANS
+_PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
+_PIPELINE_OFF = pq.PipelineStatus.OFF
 _NO_SUCH_STATEMENT = "26000"  # invalid_sql_statement_name
 _ALREADY_PREPARED = "42P05"  # duplicate_prepared_statement
+
+
+# The key, in a connection's `info`, that marks a scope of Database.read_one
+# whose caller's deadline bounds its statements (module docstring).
+DEADLINE_BOUND = "spur_runs.deadline_bound"
+
+# Whether this libpq has pipeline mode (14 and later; psycopg-binary bundles
+# a newer one). Without it Database.read_one bounds such reads in a
+# transaction, as before.
+PIPELINES: bool = psycopg.Pipeline.is_supported()
+
+SET_BOUND = "SELECT set_config('statement_timeout', %s, true)"
+_SET_BOUND = SET_BOUND.replace("%s", "$1").encode()
+
+
+@contextmanager
+def deadline_bound(conn: Connection) -> Iterator[None]:
+    """Mark `conn`'s statements in this scope as bounded by the caller's
+    deadline (see the module docstring)."""
+    info = conn.info
+    info[DEADLINE_BOUND] = True
+    try:
+        yield
+    finally:
+        info.pop(DEADLINE_BOUND, None)
+
+
+def deadline_ms(info: Mapping[str, Any], dbapi: Any) -> bytes | None:
+    """The bound, in milliseconds as text, that the caller's deadline sets on
+    the next statement of the connection whose `info` and DBAPI connection
+    these are: None outside a marked scope, or in a transaction
+    (Database.read has lowered the bound there already)."""
+    if not (info.get(DEADLINE_BOUND) and dbapi.autocommit):
+        return None
+    left = deadline.remaining()
+    if left is None:
+        return None
+    # At least 1: 0 would turn the bound off. A deadline already past is
+    # cancelled by the server at once (DEADLINE_EXCEEDED).
+    return str(max(int(left * 1000), 1)).encode()
 
 
 class Prepared:
@@ -119,10 +179,13 @@ def fetch(
     params = transformer.dump_sequence([arguments[n] for n in statement.names], statement.formats)
     pgconn = dbapi.pgconn
     watched, bound = state.watched
+    bound_ms = deadline_ms(info, dbapi)
     # A database that never answers (pg_watchdog.py).
     armed = watched and WATCHDOG.arm(dbapi, bound)
     try:
-        if dbapi.autocommit and dbapi.prepare_threshold is not None:
+        if bound_ms is not None:
+            result = _run_bounded(state, pgconn, statement, params, bound_ms, dbapi)
+        elif dbapi.autocommit and dbapi.prepare_threshold is not None:
             result = _run_prepared(state, pgconn, statement, params)
         else:
             # In a transaction, an unnamed statement: a prepared one can be
@@ -161,6 +224,98 @@ def _run_prepared(
         result = pgconn.exec_prepared(statement.name, params)
     _check(result, _TUPLES_OK)
     return result
+
+
+def _run_bounded(
+    state: _State,
+    pgconn: pq.abc.PGconn,
+    statement: Prepared,
+    params: Any,
+    bound_ms: bytes,
+    dbapi: psycopg.Connection[Any],
+) -> pq.abc.PGresult:
+    """Run the statement after lowering statement_timeout to `bound_ms`, in
+    one round trip (module docstring). Named where the connection prepares
+    statements, as _run_prepared, and prepared in the same pipeline after
+    the bound: parsing waits for the table's lock as running does."""
+    named = dbapi.prepare_threshold is not None
+    prepare = named and statement.name not in state.prepared
+    for _ in range(2):
+        results = _pipelined(pgconn, statement, params, bound_ms, named, prepare)
+        if prepare:
+            code = _sqlstate(results[1])
+            if results[1].status == _COMMAND_OK or code == _ALREADY_PREPARED:
+                state.prepared.add(statement.name)  # kept, whatever the read did
+            if code == _ALREADY_PREPARED:
+                prepare = False  # the read was skipped: once more without
+                continue
+        elif named and _sqlstate(results[-1]) == _NO_SUCH_STATEMENT:
+            state.prepared.discard(statement.name)  # deallocated since: once more
+            prepare = True
+            continue
+        break
+    for result in results:  # the first failure; those after it were skipped
+        if result.status not in (_TUPLES_OK, _COMMAND_OK):
+            _check(result, _TUPLES_OK)
+    return results[-1]
+
+
+def _pipelined(
+    pgconn: pq.abc.PGconn,
+    statement: Prepared,
+    params: Any,
+    bound_ms: bytes,
+    named: bool,
+    prepare: bool,
+) -> list[pq.abc.PGresult]:
+    """set_config, the statement's Parse where `prepare`, and the statement,
+    in one pipeline before one Sync: their results in that order. After a
+    failure PostgreSQL skips the rest (PIPELINE_ABORTED) and rolls back the
+    implicit transaction at the Sync."""
+    pgconn.enter_pipeline_mode()
+    try:
+        pgconn.send_query_params(_SET_BOUND, [bound_ms])
+        if prepare:
+            pgconn.send_prepare(statement.name, statement.sql)
+        if named:
+            pgconn.send_query_prepared(statement.name, params)
+        else:
+            pgconn.send_query_params(statement.sql, params)
+        pgconn.pipeline_sync()  # sends the Sync and flushes
+        results: list[pq.abc.PGresult] = []
+        while True:
+            result = _next_result(pgconn)
+            if result is None:  # the end of one statement's results
+                continue
+            if result.status == _PIPELINE_SYNC:
+                break
+            results.append(result)
+    finally:
+        if pgconn.pipeline_status != _PIPELINE_OFF:
+            try:
+                pgconn.exit_pipeline_mode()
+            except psycopg.Error:
+                # Results still pending: only when the connection failed
+                # mid-way, and it is not used again (the caller's error).
+                pass
+    expected = 3 if prepare else 2
+    if len(results) != expected:
+        raise psycopg.OperationalError(
+            f"a pipeline of {expected} messages gave {len(results)} results"
+        )
+    return results
+
+
+def _next_result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult | None:
+    """The next result, waited for in poll() (without the interpreter lock):
+    libpq's own blocking wait for a pipeline's result would hold it."""
+    while True:
+        pgconn.consume_input()
+        if not pgconn.is_busy():
+            return pgconn.get_result()
+        poller = select.poll()
+        poller.register(pgconn.socket, select.POLLIN)
+        poller.poll()
 
 
 def _prepare(state: _State, pgconn: pq.abc.PGconn, statement: Prepared) -> None:

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Row, column, delete, func, inspect, select, table, text
+from sqlalchemy import Connection, Row, column, delete, func, inspect, select, table
 from sqlalchemy import exc as sa_exc
 
 from ..errors import Aborted, FailedPrecondition, NotFound
-from . import run_tree
+from . import hot, libpq, run_tree
 from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
 from .statements import (
     INTID_BY_ID,
@@ -250,6 +250,8 @@ def count_runs(conn: Connection, filters: RunFilter = NO_FILTER) -> int:
 
 # conn.info key: set once the database's runstatus type has every RunStatus.
 _ALL_RUN_STATUSES = "spur_runs.all_run_statuses"
+_STATUS_LABELS = "SELECT unnest(enum_range(NULL::runstatus))::text"
+_STATUS_LABELS_LIBPQ = libpq.Prepared(_STATUS_LABELS)
 
 
 def _filter_params(conn: Connection, filters: RunFilter) -> dict[str, Any]:
@@ -265,8 +267,9 @@ def _filter_params(conn: Connection, filters: RunFilter) -> dict[str, Any]:
         or conn.info.get(_ALL_RUN_STATUSES)
     ):
         return filters.params()
-    labels = conn.execute(text("SELECT unnest(enum_range(NULL::runstatus))::text")).scalars()
-    known = set(labels)
+    # Through hot.fetch, as the page's own statement: in Database.read_one a
+    # caller's deadline bounds only such statements (libpq.py).
+    known = {row[0] for row in hot.fetch(conn, _STATUS_LABELS, {}, _STATUS_LABELS_LIBPQ)}
     if known >= {status.value for status in RunStatus}:
         # Labels are never removed: a complete type stays complete. An
         # incomplete one is read again, so a label PySpur's next migration
