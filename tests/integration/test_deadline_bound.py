@@ -4,18 +4,22 @@ holds, costs no extra round trip, and leaves nothing on the session."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import Connection, event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 
 from factories import add_run, add_workflow
 from locks import runs_locked
 from pg_wire import RoundTripCounter, counting_round_trips
+from servers import wait_until
 from spur_runs import deadline
 from spur_runs.store import runs
 from spur_runs.store.db import Database
@@ -25,6 +29,7 @@ from spur_runs.store.statements import RunFilter
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
+ADMIN = "host=127.0.0.1 user=postgres dbname=test"
 SERVER_BOUND_S = 60.0  # --db-timeout-seconds: far above the callers' deadlines here
 
 
@@ -183,3 +188,41 @@ def test_a_statement_sent_by_the_cursor_is_bounded_too(
             assert conn.exec_driver_sql("SHOW statement_timeout").scalar_one() == "1min"
     finally:
         event.remove(db.engine, "before_cursor_execute", rewrite)
+
+
+def test_a_connection_lost_in_the_pipeline_is_replaced(
+    db: Database, migrated_url: str, run_id: str, within: Any
+) -> None:
+    """The backend ends while the bounded read waits (a failover, an
+    operator's pg_terminate_backend): the read fails as a lost connection,
+    and the next read gets a working one."""
+    with db.read_one() as conn:
+        expected = _get_run(conn, run_id)
+    with runs_locked(migrated_url) as waiting:
+        within(30.0)
+        failed: list[BaseException] = []
+
+        def read() -> None:
+            try:
+                with db.read_one() as conn:
+                    _get_run(conn, run_id)
+            except BaseException as error:  # noqa: BLE001 - recorded for the assertion
+                failed.append(error)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        wait_until(lambda: waiting() == 1, "the read waits for the lock", timeout=10)
+        with psycopg.connect(ADMIN, autocommit=True) as admin:
+            ended = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND wait_event_type = 'Lock'",
+                [make_url(migrated_url).database],
+            ).fetchall()
+        assert ended == [(True,)]
+        reader.join(10)
+    assert not reader.is_alive()
+    assert len(failed) == 1 and isinstance(failed[0], sa_exc.OperationalError)
+    assert failed[0].connection_invalidated  # type: ignore[attr-defined]
+    deadline.clear()
+    with db.read_one() as conn:
+        assert _get_run(conn, run_id) == expected

@@ -66,7 +66,7 @@ class RoundTripCounter:
         except OSError:
             pass
         finally:
-            target.close()
+            _end(target)
 
     def _count(self, server: socket.socket, client: socket.socket) -> None:
         buffer = b""
@@ -85,7 +85,17 @@ class RoundTripCounter:
         except OSError:
             pass
         finally:
-            client.close()
+            _end(client)
+
+
+def _end(sock: socket.socket) -> None:
+    """Close `sock` so that its peer sees the end at once: shutdown first
+    (close alone leaves it open while another thread waits in recv on it)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
 
 
 @contextmanager

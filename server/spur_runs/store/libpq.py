@@ -295,9 +295,11 @@ def _pipelined(
             try:
                 pgconn.exit_pipeline_mode()
             except psycopg.Error:
-                # Results still pending: only when the connection failed
-                # mid-way, and it is not used again (the caller's error).
-                pass
+                # Results still pending (the connection failed mid-way, or
+                # the wait was interrupted): closed, so that no one reuses it
+                # in pipeline mode; SQLAlchemy and held.py replace a closed
+                # connection.
+                pgconn.finish()
     expected = 3 if prepare else 2
     if len(results) != expected:
         raise psycopg.OperationalError(
