@@ -85,6 +85,26 @@ def setting(
     return dataclasses.field(default=default, metadata={"setting": meta})
 
 
+# A PostgreSQL URL's query parameter that spur-runs takes for psycopg's
+# `prepare_threshold` (psycopg.connect's keyword, which SQLAlchemy would
+# pass on as text; libpq knows no such key): `none` turns named prepared
+# statements off, as PgBouncer in transaction mode before 1.21 needs
+# (docs/production.md), for psycopg's cursor and for store/libpq.py's reads.
+PREPARE_THRESHOLD = "prepare_threshold"
+
+
+def prepare_threshold(value: object) -> int | None:
+    """A URL's `prepare_threshold` as psycopg takes it: `none` (any case) is
+    None, a whole number 0 or more is itself. ValueError for anything else
+    (given twice, a word, a negative number)."""
+    if isinstance(value, str):
+        if value.lower() == "none":
+            return None
+        if value.isdigit():
+            return int(value)
+    raise ValueError(f"{PREPARE_THRESHOLD} must be none or a whole number 0 or more")
+
+
 def _check_url(url: str, name: str, scheme: str, driver: str) -> None:
     """ConfigError for a database URL no command could open, found at start
     as every bad setting is: a port that is no number, one SQLAlchemy cannot
@@ -110,6 +130,12 @@ def _check_url(url: str, name: str, scheme: str, driver: str) -> None:
         port = -1
     if port is not None and not 0 <= port <= 65535:
         raise ConfigError("its port is not a number from 0 to 65535", name)
+    query = make_url(url).query
+    if scheme != "sqlite" and PREPARE_THRESHOLD in query:
+        try:
+            prepare_threshold(query[PREPARE_THRESHOLD])
+        except ValueError as error:
+            raise ConfigError(str(error), name) from None
 
 
 @dataclass(frozen=True)

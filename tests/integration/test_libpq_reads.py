@@ -149,6 +149,29 @@ def test_no_prepared_statement_where_psycopg_is_told_to_prepare_none(
             dbapi.prepare_threshold = 5
 
 
+@pytest.mark.parametrize(("query", "threshold"), [("none", None), ("None", None), ("0", 0)])
+def test_the_urls_prepare_threshold_is_psycopgs(
+    migrated_url: str, run_id: str, query: str, threshold: int | None
+) -> None:
+    """`?prepare_threshold=none` in the database URL (PgBouncer in
+    transaction mode, docs/production.md) reaches psycopg as None, not as
+    text (which failed every statement of psycopg's cursor with a TypeError),
+    and libpq's reads then prepare nothing either; a number is a number."""
+    db = Database.from_url(f"{migrated_url}?prepare_threshold={query}", pool_size=1)
+    try:
+        for scope in (db.read_one, db.read):
+            with scope() as conn:
+                dbapi: Any = conn.connection.dbapi_connection
+                assert dbapi.prepare_threshold == threshold
+                for _ in range(7):  # past psycopg's default threshold, 5
+                    assert runs.get_run(conn, run_id, single_statement=True).row.id == run_id
+                    assert conn.execute(text("SELECT count(*) FROM runs")).scalar_one() == 7
+                prepared = conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements")
+                assert (prepared.scalar_one() == 0) is (threshold is None)
+    finally:
+        db.dispose()
+
+
 @pytest.mark.parametrize("begun", [False, True], ids=["autocommit", "in-a-transaction"])
 def test_a_failed_statement_is_sqlalchemys_wrapper_of_psycopgs_error(
     database_url: str, begun: bool

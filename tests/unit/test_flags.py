@@ -67,6 +67,14 @@ def test_a_command_reads_the_twins_of_its_own_flags_only() -> None:
             "sqlite+aiosqlite:///runs.db",
             "SQLite is read through Python's sqlite3: sqlite:///FILE, not sqlite+aiosqlite",
         ),
+        (
+            "postgresql://u:s3cret@db/pyspur?prepare_threshold=off",
+            "prepare_threshold must be none or a whole number 0 or more",
+        ),
+        (
+            "postgresql://u:s3cret@db/pyspur?prepare_threshold=none&prepare_threshold=5",
+            "prepare_threshold must be none or a whole number 0 or more",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["serve", "migrate", "seed", "demo", "backup"])

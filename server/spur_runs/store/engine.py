@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
 from .. import deadline
+from ..config import PREPARE_THRESHOLD, prepare_threshold
 from ..errors import ResourceExhausted
 from .pg_watchdog import WatchedConnection, watched_cursor
 
@@ -292,6 +293,13 @@ def create_db_engine(
         # A client-side bound too, for a database that never answers.
         "cursor_factory": watched_cursor(timeout_seconds),
     }
+    if PREPARE_THRESHOLD in parsed.query:
+        # Given to psycopg.connect as its keyword (config.PREPARE_THRESHOLD),
+        # not to libpq, and as a number or None: SQLAlchemy would pass the
+        # text on, which psycopg compares with its counts (a TypeError at
+        # every statement). libpq.py reads it from the connection.
+        connect_args["prepare_threshold"] = prepare_threshold(parsed.query[PREPARE_THRESHOLD])
+        parsed = parsed.difference_update_query([PREPARE_THRESHOLD])
     if timeout_seconds is not None:
         # Server-side bound: PostgreSQL cancels a statement running (or
         # waiting for a lock) longer than this, and the connection is free.
