@@ -144,7 +144,9 @@ class Config:
         "sqlite:///spur-runs.db", "SPUR_RUNS_DATABASE_URL",
         "SQLAlchemy URL of PySpur's database (sqlite:///FILE, postgresql://USER@HOST/DB); "
         "the default is a file in the working folder",
-        "PostgreSQL through psycopg 3.", common=True, secret=True,
+        "PostgreSQL through psycopg 3; through PgBouncer in transaction mode add "
+        "`?prepare_threshold=none` ([production.md](production.md)).",
+        common=True, secret=True,
     )  # fmt: skip
     grpc_address: str = setting(
         "127.0.0.1:50051", "SPUR_RUNS_GRPC_ADDRESS", "HOST:PORT to listen on"
