@@ -21,6 +21,7 @@ its own implicit transaction, store/libpq.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -189,17 +190,28 @@ def _held_timeouts(url: str) -> list[tuple[int, str]]:
 
 
 @pytest.mark.slow  # about 8 s: a thousand calls, a lock waited for three times
-def test_served_through_pgbouncer_in_transaction_mode(through: tuple[str, str, str]) -> None:
+def test_served_through_pgbouncer_in_transaction_mode(
+    through: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
     direct, pooled, bouncer = through
+    caplog.set_level(logging.WARNING, logger="spur_runs.store.engine")
+
+    def warned() -> int:
+        return sum("start-up options were dropped" in r.getMessage() for r in caplog.records)
+
     # The answers of a server on the database itself: what every call must give.
     reference = start_server(direct, db_timeout_seconds=DB_TIMEOUT_S)
     with grpc.insecure_channel(f"127.0.0.1:{reference.port}") as channel:
         expected = {name: call() for name, call in _calls(channel, None).items()}
     reference.stop(0)
+    # Through PgBouncer without ?prepare_threshold=none: said once at start.
+    start_server(bouncer, db_timeout_seconds=DB_TIMEOUT_S).stop(0)
+    assert warned() == 1
 
     server = start_server(
         pooled, db_timeout_seconds=DB_TIMEOUT_S, max_workers=THREADS, pool_size=THREADS
     )
+    assert warned() == 1  # nothing more to say
     failures: list[str] = []
     answered = [0]
     lock = threading.Lock()

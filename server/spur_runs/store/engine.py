@@ -9,6 +9,7 @@ migrate, seed and schema_check use them directly.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sqlite3
 import threading
@@ -23,6 +24,8 @@ from .. import deadline
 from ..config import PREPARE_THRESHOLD, prepare_threshold
 from ..errors import ResourceExhausted
 from .pg_watchdog import WatchedConnection, watched_cursor
+
+log = logging.getLogger(__name__)
 
 WRITE_OPTION = "spur_runs_write"
 SINGLE_OPTION = "spur_runs_single_statement"
@@ -320,6 +323,13 @@ def create_db_engine(
         connect_args=connect_args,
         json_deserializer=load_json,  # given to psycopg, which parses json columns
     )
+    if timeout_seconds is not None:
+        shown = shown_url(parsed)
+        event.listen(
+            engine,
+            "first_connect",
+            lambda dbapi_connection, _record: _warn_dropped_options(dbapi_connection, shown),
+        )
     if engine.dialect.driver == "psycopg":
         # COMMIT and ROLLBACK bounded too (pg_watchdog.WatchedConnection):
         # the connection psycopg.connect makes, of that class.
@@ -329,3 +339,35 @@ def create_db_engine(
             lambda _dialect, _record, cargs, cparams: WatchedConnection.connect(*cargs, **cparams),
         )
     return engine
+
+
+def _warn_dropped_options(dbapi: Any, shown: str) -> None:
+    """On an engine's first connection: warn when its statement_timeout came
+    from somewhere other than the start-up options that carry
+    --db-timeout-seconds (pg_settings.source 'client'). PgBouncer drops them
+    where told to (ignore_startup_parameters) and refuses them otherwise; a
+    plain proxy passes them on. It cannot tell PgBouncer's session mode
+    from its transaction mode, where named prepared statements fail now and
+    then (docs/production.md), so it warns and names the URL's
+    prepare_threshold rather than change what the operator set. Nothing is
+    said where prepared statements are off already. One statement per
+    engine, never on a call's path."""
+    if getattr(dbapi, "prepare_threshold", None) is None:
+        return
+    try:
+        with dbapi.cursor() as cursor:
+            cursor.execute("SELECT source FROM pg_settings WHERE name = 'statement_timeout'")
+            row = cursor.fetchone()
+        dbapi.rollback()  # the SELECT began a transaction; the pool expects none
+    except Exception:  # noqa: BLE001 - a warning's check must not fail a connection
+        log.debug("could not read where statement_timeout came from", exc_info=True)
+        return
+    if row is not None and row[0] != "client":
+        log.warning(
+            "%s: statement_timeout is the %s's, not --db-timeout-seconds: the start-up "
+            "options were dropped, as PgBouncer does with ignore_startup_parameters. Through "
+            "PgBouncer in transaction mode, add ?prepare_threshold=none to the URL "
+            "(docs/production.md)",
+            shown,
+            row[0],
+        )
