@@ -42,7 +42,7 @@ from spur.runs.v1 import run_service_pb2 as pb
 from spur.runs.v1.run_service_pb2_grpc import RunServiceStub
 from spur_runs.runtime import health
 from spur_runs.store import db
-from spur_runs.store.engine import create_db_engine
+from spur_runs.store.engine import DEAD_PEER_SECONDS, create_db_engine
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -90,7 +90,13 @@ def forwarder(host: str) -> Iterator[int]:
 
 
 @contextmanager
-def server_in(ns: Namespace, database_url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def server_in(
+    ns: Namespace,
+    database_url: str,
+    log: Path,
+    health_interval: float = 0.5,
+    dead_peer: float = DEAD_PEER_S,
+) -> Iterator[subprocess.Popen[bytes]]:
     """`spur-runs serve` inside the namespace (this tree: PYTHONPATH is
     inherited), its JSON log lines in `log` (a file: a pipe nobody reads
     would fill up and block the server's logging); stopped with SIGTERM at
@@ -106,9 +112,9 @@ def server_in(ns: Namespace, database_url: str, log: Path) -> Iterator[subproces
             "--grpc-address",
             f"{ns.ns_ip}:{GRPC_PORT}",
             "--health-interval",
-            "0.5",
+            str(health_interval),
             "--db-dead-peer-seconds",
-            str(DEAD_PEER_S),
+            str(dead_peer),
             "--grace-seconds",
             "2",
             "--log-format",
@@ -309,3 +315,86 @@ def test_calls_are_refused_exactly_while_health_says_not_serving() -> None:
     """db.py refuses calls once a ping has gone unanswered as long as
     health.py waits before it reports NOT_SERVING: the same bound."""
     assert db.UNANSWERED_PING_S == health.PING_TIMEOUT_S
+
+
+def _get_runs(stub: RunServiceStub, run_id: str, seconds: float) -> list[tuple[float, float, bool]]:
+    """GetRun in a loop for `seconds`, each with a 1 s deadline: (when it was
+    sent, when it ended, whether it was served)."""
+    got = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sent = time.monotonic()
+        try:
+            stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=1.0)
+            got.append((sent, time.monotonic(), True))
+        except grpc.RpcError:
+            got.append((sent, time.monotonic(), False))
+            time.sleep(0.01)
+    return got
+
+
+def _longest_refusal(got: list[tuple[float, float, bool]]) -> float:
+    """The longest time calls were refused in a row: from the sending of the
+    first refused call of a run to the end of its last."""
+    longest, first = 0.0, None
+    for sent, ended, served in got:
+        if served:
+            first = None
+        else:
+            first = sent if first is None else first
+            longest = max(longest, ended - first)
+    return longest
+
+
+@pytest.mark.slow
+@pytest.mark.exclusive  # bounds in wall-clock time
+def test_calls_are_served_again_within_a_health_interval_of_the_heal(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    """A partition of 5 s: the health ping sent into it is abandoned once
+    unanswered for health.PING_TIMEOUT_S, and a new one, on a new
+    connection, lets calls through as soon as the database answers. The
+    ping left waiting (before) came back only with TCP's next
+    retransmission, 6.2 s after it was sent, and calls were refused from its
+    5th second on: 1.4 to 1.7 s of refusals in a row, the last 1.5 to 1.8 s
+    after the heal (3 runs; now 0 to 0.01 s, the last 0.2 to 0.4 s after)."""
+    interval = 0.5
+    run_ids = seed_runs(postgres_url, count=1)
+    log = tmp_path / "server.log"
+    with Namespace.create() as ns, forwarder(ns.host_ip) as db_port:
+        url = make_url(postgres_url).set(host=ns.host_ip, port=db_port)
+        with server_in(
+            ns,
+            url.render_as_string(hide_password=False),
+            log,
+            health_interval=interval,
+            dead_peer=DEAD_PEER_SECONDS,  # the default: the heal comes first
+        ) as server:
+            with grpc.insecure_channel(f"{ns.ns_ip}:{GRPC_PORT}") as channel:
+                grpc.channel_ready_future(channel).result(timeout=20)
+                stub = RunServiceStub(channel)
+                before = _get_runs(stub, run_ids[0], 1.0)
+                ns.blackhole(db_port)
+                time.sleep(5.0)
+                ns.heal(db_port)
+                healed = time.monotonic()
+                after = _get_runs(stub, run_ids[0], 4.0)
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=15) == 0
+    first = min(ended for _sent, ended, served in after if served) - healed
+    refused = [ended - healed for _sent, ended, served in after if not served]
+    last = max(refused, default=0.0)
+    longest = _longest_refusal(after)
+    print(
+        f"\npartition of 5 s (--health-interval {interval}): after the heal, the first GetRun "
+        f"served in {first:.2f} s, {len(refused)} refused, the last {last:.2f} s after it, "
+        f"refused in a row for at most {longest:.2f} s"
+    )
+    assert before[-1][2]
+    # The ping sent into the partition got no answer: health said so.
+    assert "health NOT_SERVING" in log.read_text()
+    # Refused no longer than a reconnect takes (it was 1.4 s and more), and
+    # served for good within a health interval (and a margin) of the heal.
+    assert longest < 0.6
+    assert last < interval + 0.5
+    assert after[-1][2]

@@ -5,7 +5,10 @@ status of the whole server ("") and of RunService; it comes back to SERVING
 on its own when the database returns. A ping that gets no answer within
 PING_TIMEOUT_S counts as a failure: a database that stops answering without
 closing its connections (a network partition) must not leave health stuck at
-its last SERVING.
+its last SERVING. That ping is then abandoned (Database.abandon_ping) and the
+next one starts at once, on a new connection: a ping left waiting for its
+answer came back only with the kernel's next retransmission, up to 2 s
+after the partition healed, and calls were refused until then.
 
 The Health service itself is ours (health_service.py): grpc's HealthServicer
 deadlocks when Watch streams churn.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry
@@ -30,9 +34,12 @@ SERVICE_NAME = run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_na
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-# Above connect_timeout (db.py: 3 s), so that a database that refuses or
+# Above connect_timeout (engine.py: 2 s), so that a database that refuses or
 # times out a connection is reported by the ping itself.
 PING_TIMEOUT_S = 5.0
+# How long an abandoned ping may take to end once its connection is shut
+# down (it returns at once; a busy machine may take a while to run it).
+ABANDONED_WAIT_S = 0.5
 
 
 class DatabaseHealth:
@@ -77,8 +84,9 @@ class DatabaseHealth:
     def _ping(self) -> None:
         """db.ping() in a thread of its own, waited for PING_TIMEOUT_S: the
         driver has no client-side bound on a query whose answer never comes.
-        At most one such thread is left waiting; while it waits, the database
-        counts as unreachable."""
+        Then it is abandoned, and ends (its connection shut down). One that
+        does not (SQLite's, a connection still being made) is left waiting,
+        at most one; while it waits, the database counts as unreachable."""
         if self._stuck is not None:
             if self._stuck.is_alive():
                 raise TimeoutError("the previous database ping has still not returned")
@@ -95,7 +103,10 @@ class DatabaseHealth:
         pinging.start()
         pinging.join(PING_TIMEOUT_S)
         if pinging.is_alive():
-            self._stuck = pinging
+            self._db.abandon_ping()
+            pinging.join(ABANDONED_WAIT_S)
+            if pinging.is_alive():
+                self._stuck = pinging
             raise TimeoutError(f"the database did not answer a ping within {PING_TIMEOUT_S} s")
         if failure:
             raise failure[0]
@@ -105,7 +116,15 @@ class DatabaseHealth:
             self.servicer.set(name, status)
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        # Every `interval` from the start of the previous ping, or at once
+        # when it took longer: after a ping abandoned (PING_TIMEOUT_S) or a
+        # connection attempt that timed out (connect_timeout) during a
+        # partition, the next one goes now, so that one is on its way within
+        # about a second whenever the link comes back (a new connection's
+        # SYN goes again after 1 s, then after 2 s more).
+        began = time.monotonic()
+        while not self._stop.wait(max(0.0, began + self._interval - time.monotonic())):
+            began = time.monotonic()
             self.check()
             self.servicer.memory.after_tick()
 

@@ -15,13 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import QueuePool
 
 from .. import deadline
 from ..errors import DeadlineExceeded, ResourceExhausted, Unavailable
-from . import libpq
+from . import libpq, pg_watchdog
 from .engine import DEAD_PEER_SECONDS, SINGLE_OPTION, WRITE_OPTION, create_db_engine
 from .held import HeldConnections
 from .sqlite_file import FileIdentity
@@ -74,6 +75,13 @@ class Database:
         # file; else ""), and when the ping under way began (_check_reachable).
         self._unreachable: dict[str, str] = {}
         self._pinging: dict[str, float] = {}
+        # The PostgreSQL connection the ping under way waits on, for
+        # abandon_ping() to shut down, and whether it was abandoned (under
+        # the lock: the connection goes back to the pool, and to a call,
+        # only once it is no longer here).
+        self._ping_lock = threading.Lock()
+        self._ping_connection: psycopg.Connection[Any] | None = None
+        self._ping_abandoned = False
         self._read_role = "replica" if read_engine is not None else "primary"
         reader = read_engine or engine
         self._read_bind: Engine = reader
@@ -301,13 +309,15 @@ class Database:
         """Raises when a database (primary or replica) cannot answer a
         trivial query, or is a SQLite file replaced or removed since the
         first ping (sqlite_file.py); records which can (see _check_reachable)."""
+        with self._ping_lock:
+            self._ping_abandoned = False
         for role, engine in self.engines.items():
             self._pinging[role] = time.monotonic()
             try:
                 file = self._files.get(role)
                 if file is not None:
                     file.check()
-                _select_one(engine)
+                self._select_one(engine)
             except Exception as error:
                 self._unreachable[role] = str(error) if isinstance(error, Unavailable) else ""
                 if role == self._read_role and self._held is not None:
@@ -319,23 +329,58 @@ class Database:
                 self._pinging.pop(role, None)
             self._unreachable.pop(role, None)
 
+    def abandon_ping(self) -> None:
+        """The ping under way has gone unanswered too long (health.py): it
+        fails now, its database counted unreachable (calls refused), rather
+        than when its answer comes. Its query, sent into a partition, waits
+        in the kernel's retransmissions, whose intervals double (0.2 s, 0.4
+        s, ... 3.2 s): after a partition of 5 s the next one came 1.2 to 2
+        s after the link was back, and calls were refused all that while
+        (they are from UNANSWERED_PING_S on). Its connection is shut down,
+        the pool's older ones are replaced (SQLAlchemy does so for a lost
+        connection), and the next ping, on a new connection, is answered as
+        soon as the database can be reached. A ping still connecting ends
+        by connect_timeout (engine.py)."""
+        with self._ping_lock:
+            self._ping_abandoned = True
+            if self._ping_connection is not None:
+                pg_watchdog.shut_down(self._ping_connection)
+
+    def _select_one(self, engine: Engine) -> None:
+        """SELECT 1, once more on a new connection when the pooled one turns
+        out dead (and the ping was not abandoned): one connection killed
+        (pg_terminate_backend, a restart since) is not a database down, and
+        SQLAlchemy has just dropped the pool's older connections."""
+        try:
+            self._select_one_once(engine)
+        except sa_exc.DBAPIError as error:
+            with self._ping_lock:
+                abandoned = self._ping_abandoned
+            if abandoned or not error.connection_invalidated:
+                raise
+            self._select_one_once(engine)
+
+    def _select_one_once(self, engine: Engine) -> None:
+        with engine.connect() as connection:
+            dbapi = connection.connection.dbapi_connection
+            # (SQLite's pings need no cutting: a file answers or raises.)
+            watched = dbapi if isinstance(dbapi, psycopg.Connection) else None
+            if watched is not None:
+                with self._ping_lock:
+                    if self._ping_abandoned:
+                        # (Abandoned while it waited for the pool or a
+                        # connection: health has moved on.)
+                        raise TimeoutError("the ping was abandoned before it was sent")
+                    self._ping_connection = watched
+            try:
+                connection.execute(text("SELECT 1"))
+            finally:
+                if watched is not None:
+                    with self._ping_lock:
+                        self._ping_connection = None
+
     def dispose(self) -> None:
         if self._held is not None:
             self._held.close_all()
         for engine in self.engines.values():
             engine.dispose()
-
-
-def _select_one(engine: Engine) -> None:
-    """SELECT 1, once more on a new connection when the pooled one turns out
-    dead: one connection killed (pg_terminate_backend, a restart since) is
-    not a database down, and SQLAlchemy has just dropped the pool's older
-    connections."""
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-    except sa_exc.DBAPIError as error:
-        if not error.connection_invalidated:
-            raise
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))

@@ -291,7 +291,11 @@ def create_db_engine(
         )
         return engine
     connect_args: dict[str, Any] = {
-        "connect_timeout": 3,
+        # psycopg's (and libpq's) least: a SYN lost (a partition) goes again
+        # after 1 s, and next after 3 s, as the attempt ends anyway; so a
+        # failed attempt ends sooner and the next one (health's ping, every
+        # --health-interval) sends a SYN of its own (runtime/health.py).
+        "connect_timeout": 2,
         **dead_peer_args(dead_peer_seconds),
         # A client-side bound too, for a database that never answers.
         "cursor_factory": watched_cursor(timeout_seconds),

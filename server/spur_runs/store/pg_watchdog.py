@@ -119,11 +119,14 @@ class StatementWatchdog:
             # its descriptor reused.
             for key in expired:
                 _, connection = self._armed.pop(key)
-                cut += _shut_down(connection)
+                cut += shut_down(connection)
         return cut
 
 
-def _shut_down(connection: psycopg.Connection[Any]) -> bool:
+def shut_down(connection: psycopg.Connection[Any]) -> bool:
+    """Shut `connection`'s socket down: whatever waits on it returns at once
+    and psycopg raises OperationalError (a lost connection). False when it
+    was closed already."""
     if connection.closed:
         return False
     try:
