@@ -9,10 +9,15 @@ from datetime import datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import json_format
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.orm import Session
 
-from pyspur_peer import add_pyspur_workflow, pyspur_migrations, pyspur_schema
+from pyspur_peer import (
+    add_pyspur_workflow,
+    pyspur_0_1_5_schema,
+    pyspur_migrations,
+    pyspur_schema,
+)
 from servers import start_server
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -192,3 +197,112 @@ def test_a_status_pyspurs_migrations_left_out_filters_to_no_run(postgres_url: st
                     assert answer.total_size == len(expected)
     finally:
         server.stop(grace=1)
+
+
+def write_what_pyspur_0_1_5_can(url: str) -> dict[str, str]:
+    """A completed run with a child and five tasks of the statuses PySpur
+    0.1.5's types hold (no PAUSED), written by PySpur's own classes."""
+    from pyspur.models.run_model import RunModel, RunStatus
+    from pyspur.models.task_model import TaskModel, TaskStatus
+
+    start = datetime(2026, 11, 20, 8, 30)
+    engine = create_engine(normalize_url(url))
+    with Session(engine) as session:
+        workflow, version = add_pyspur_workflow(session)
+
+        def run(**fields: object) -> str:
+            row = RunModel(
+                workflow_id=workflow.id,
+                workflow_version_id=version.id,
+                status=RunStatus.COMPLETED,
+                run_type="interactive",
+                **fields,
+            )
+            session.add(row)
+            session.flush()
+            return str(row.id)
+
+        parent = run(start_time=start, end_time=start + timedelta(minutes=2))
+        child = run(parent_run_id=parent, start_time=start + timedelta(minutes=1))
+        statuses = ["COMPLETED", "COMPLETED", "FAILED", "CANCELED", "PENDING"]
+        for n, (node, status) in enumerate(
+            zip(["input_node", "llm", "router", "approval", "summarize"], statuses, strict=True)
+        ):
+            session.add(
+                TaskModel(
+                    run_id=parent,
+                    node_id=node,
+                    status=TaskStatus[status],
+                    start_time=start + timedelta(seconds=n),
+                )
+            )
+        session.commit()
+    engine.dispose()
+    return {"parent": parent, "child": child}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Computed column:sqlalchemy.exc.SAWarning")
+def test_pyspur_0_1_5s_database_is_refused_until_pyspurs_migrations_add_paused(
+    postgres_url: str,
+) -> None:
+    """PySpur 0.1.5's migrations stop at 006: `taskstatus` without PAUSED.
+    GetRunTasks past a first page and WatchRun compare tasks.status with
+    PAUSED, which PostgreSQL refused there: both failed INTERNAL (HTTP 500),
+    after start-up had said nothing. Start-up now refuses it in one line
+    that names the fix; `migrate` still adds our indexes. PySpur's own
+    revisions (what upgrading PySpur runs) bring it to 007 (PySpur 0.1.6),
+    009 (0.1.8 to 0.1.13) and 010, and at each every RPC answers."""
+    from spur_runs.config import ConfigError
+    from spur_runs.store.engine import shown_url
+    from spur_runs.store.migrate import migrate
+    from spur_runs.store.schema_check import require_tables
+
+    pyspur_0_1_5_schema(postgres_url)
+    ids = write_what_pyspur_0_1_5_can(postgres_url)
+    migrate(postgres_url)
+    with pytest.raises(ConfigError) as refused:
+        require_tables(postgres_url)
+    assert str(refused.value) == (
+        f"{shown_url(postgres_url)} lacks the task status(es) PAUSED in its enum type "
+        "taskstatus: PySpur schema revision 006 is older than 010, PySpur 0.1.18's: upgrade "
+        "PySpur, whose migrations add them, then start again"
+    )
+    for revision in ("007", "009", "010"):
+        pyspur_migrations(postgres_url, revision)
+        require_tables(postgres_url)
+        server = start_server(postgres_url)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = RunServiceStub(channel)
+                first = stub.GetRunTasks(pb.GetRunTasksRequest(run_id=ids["parent"], page_size=2))
+                rest = stub.GetRunTasks(
+                    pb.GetRunTasksRequest(
+                        run_id=ids["parent"], page_size=2, page_token=first.next_page_token
+                    )
+                )
+                assert [t.node_id for t in rest.tasks] == ["router", "approval"]
+                [watched] = stub.WatchRun(pb.WatchRunRequest(run_id=ids["parent"]), timeout=10)
+                assert watched.run.percentage_complete == pytest.approx(40.0)
+                for statuses, expected in [
+                    ([run_pb2.Run.PAUSED], []),
+                    ([run_pb2.Run.COMPLETED], [ids["child"], ids["parent"]]),
+                ]:
+                    request = pb.ListRunsRequest(
+                        status=statuses, parent_only=False, include_total_size=True
+                    )
+                    assert [r.id for r in stub.ListRuns(request).runs] == expected
+                children = stub.GetChildRuns(pb.GetChildRunsRequest(run_id=ids["parent"])).runs
+                assert [r.id for r in children] == [ids["child"]]
+        finally:
+            server.stop(grace=1)
+    server = start_server(postgres_url)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            RunServiceStub(channel).DeleteRun(pb.DeleteRunRequest(run_id=ids["parent"]))
+    finally:
+        server.stop(grace=1)
+    engine = create_engine(normalize_url(postgres_url))
+    with engine.connect() as connection:
+        assert connection.scalar(text("SELECT count(*) FROM runs")) == 0
+    engine.dispose()

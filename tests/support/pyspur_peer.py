@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine
@@ -61,7 +62,6 @@ def pyspur_migrations(url: str, revision: str = "head") -> None:
     does on PostgreSQL (pyspur.cli.utils.run_migrations; on SQLite it calls
     create_all, which pyspur_schema does)."""
     import tempfile
-    from pathlib import Path
 
     import pyspur
     from alembic import command
@@ -82,6 +82,22 @@ def pyspur_migrations(url: str, revision: str = "head") -> None:
                 command.upgrade(config, revision)
         finally:
             engine.dispose()
+
+
+PYSPUR_0_1_5_POSTGRESQL = Path(__file__).with_name("pyspur_0_1_5_postgresql.sql")
+
+
+def pyspur_0_1_5_schema(url: str) -> None:
+    """The schema PySpur 0.1.5's own migrations leave on PostgreSQL (revision
+    006), from the snapshot beside this file: no download of an old PySpur.
+    pyspur_migrations(url, ...) brings it forward as upgrading PySpur does."""
+    engine = create_engine(normalize_url(url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as connection:
+            # Its own BEGIN and COMMIT: one transaction, as Alembic ran it.
+            connection.exec_driver_sql(PYSPUR_0_1_5_POSTGRESQL.read_text())
+    finally:
+        engine.dispose()
 
 
 def add_pyspur_workflow(session: Session) -> tuple[Any, Any]:

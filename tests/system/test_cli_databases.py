@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 import disks
+from pyspur_peer import pyspur_0_1_5_schema
+from spur_runs.store.engine import shown_url
 from tools import spur_runs
 
 COMMANDS = ("migrate", "migrate --sql", "backup")
@@ -124,6 +126,27 @@ def test_an_older_pyspur_database_says_to_upgrade_pyspur(
         )
         assert result.stderr.strip().splitlines() == [
             f"spur-runs {command}: {url} lacks the column(s) tasks.subworkflow_output: {why}"
+        ]
+
+
+def test_pyspur_0_1_5s_postgresql_database_says_to_upgrade_pyspur(postgres_url: str) -> None:
+    """PySpur 0.1.5's migrations leave `taskstatus` without PAUSED (006):
+    serve started, and GetRunTasks past a first page and WatchRun failed
+    INTERNAL. serve, seed and demo now stop with exit 2 and one line naming
+    the fix; migrate, which only adds indexes, still does (exit 0)."""
+    pyspur_0_1_5_schema(postgres_url)
+    migrated = spur_runs("migrate", "--database-url", postgres_url)
+    assert migrated.returncode == 0, migrated.stderr
+    for command in ("serve", "seed", "demo"):
+        args = [command, "--database-url", postgres_url]
+        if command == "serve":
+            args += ["--grpc-address", "127.0.0.1:0"]
+        result = spur_runs(*args, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [
+            f"spur-runs {command}: {shown_url(postgres_url)} lacks the task status(es) PAUSED "
+            "in its enum type taskstatus: PySpur schema revision 006 is older than 010, PySpur "
+            "0.1.18's: upgrade PySpur, whose migrations add them, then start again"
         ]
 
 

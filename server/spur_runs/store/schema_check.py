@@ -23,7 +23,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from ..config import ConfigError
 from .engine import create_db_engine, normalize_url, shown_url
 from .migrations import OUR_TABLES, PYSPUR_REVISIONS, PYSPUR_VERSION_TABLE
-from .models import SERVICE_INDEXES, Base
+from .models import SERVICE_INDEXES, Base, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,7 @@ def require_tables(database_url: str, replica: bool = False) -> None:
         with engine.connect() as connection:
             inspector = inspect(connection)
             present = set(inspector.get_table_names())
-            columns = {
-                name: {c["name"] for c in inspector.get_columns(name)}
-                for name in OUR_TABLES & present
-            }
+            reflected = {name: inspector.get_columns(name) for name in OUR_TABLES & present}
             pyspur_revision = (
                 connection.scalar(text(f"SELECT max(version_num) FROM {PYSPUR_VERSION_TABLE}"))
                 if PYSPUR_VERSION_TABLE in present
@@ -120,6 +117,7 @@ def require_tables(database_url: str, replica: bool = False) -> None:
         raise ConfigError(
             f"{shown} has no table {', '.join(missing)} (not migrated): {fix}", *at_fault
         )
+    columns = {table: {c["name"] for c in found} for table, found in reflected.items()}
     lacking = [
         f"{table}.{column}"
         for table in sorted(columns)
@@ -127,18 +125,49 @@ def require_tables(database_url: str, replica: bool = False) -> None:
     ]
     if lacking:
         more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
-        newest = PYSPUR_REVISIONS[-1]
-        if pyspur_revision in PYSPUR_REVISIONS and pyspur_revision != newest:
-            # An older PySpur's database: its own migrations add them.
-            why = (
-                f"PySpur schema revision {pyspur_revision} is older than {newest}, PySpur "
-                "0.1.18's: upgrade PySpur, whose migrations add them, then start again"
-            )
-        else:
-            why = "its tables are not PySpur's (another version, or another application's)"
+        why = _fix_for(pyspur_revision)
         raise ConfigError(
             f"{shown} lacks the column(s) {', '.join(lacking[:5])}{more}: {why}", *at_fault
         )
+    labels = _missing_task_statuses(reflected["tasks"])
+    if labels:
+        raise ConfigError(
+            f"{shown} lacks the task status(es) {', '.join(labels)} in its enum type "
+            f"taskstatus: {_fix_for(pyspur_revision)}",
+            *at_fault,
+        )
+
+
+def _fix_for(pyspur_revision: str | None) -> str:
+    """What to do about a schema that lacks something this build reads,
+    by the PySpur revision its alembic_version records."""
+    newest = PYSPUR_REVISIONS[-1]
+    if pyspur_revision in PYSPUR_REVISIONS and pyspur_revision != newest:
+        # An older PySpur's database: its own migrations add what is missing.
+        return (
+            f"PySpur schema revision {pyspur_revision} is older than {newest}, PySpur "
+            "0.1.18's: upgrade PySpur, whose migrations add them, then start again"
+        )
+    return "its tables are not PySpur's (another version, or another application's)"
+
+
+def _missing_task_statuses(columns: list[Any]) -> list[str]:
+    """The TaskStatus labels a native enum type of tasks.status lacks
+    (PostgreSQL's `taskstatus`; on SQLite the column is a plain string).
+    Our statements compare tasks.status with each of them (WatchRun's digest
+    of a run's tasks; the paused nodes when a run's tasks do not fit in one
+    read, in GetRunTasks, GetRun, ListRuns), and PostgreSQL refuses a value
+    outside the type: those RPCs failed INTERNAL on the database of PySpur
+    0.1.5, whose migrations stop at 006, before 007 adds PAUSED
+    (docs/storage.md, "Older PySpur releases"). The run statuses are not
+    checked: a ListRuns filter binds a label `runstatus` lacks as NULL
+    (store/runs.py), and no other statement compares runs.status with a
+    value."""
+    [status] = [column for column in columns if column["name"] == "status"]
+    enums = getattr(status["type"], "enums", None)
+    if enums is None:
+        return []
+    return [label.value for label in TaskStatus if label.value not in enums]
 
 
 # SQLite's errors for a path that no wait will make a database.
