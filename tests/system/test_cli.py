@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
 from databases import new_postgres_database
@@ -384,6 +384,32 @@ def test_migrate_sql_prints_what_is_left_and_runs_nothing(database_url: str) -> 
         assert missing_indexes(engine) == []
     finally:
         engine.dispose()
+    done = spur_runs("migrate", "--sql", "--database-url", database_url)
+    assert "already at revision 0004, nothing to run" in done.stdout
+
+
+@pytest.mark.slow
+def test_migrate_sql_adds_lost_indexes_again(database_url: str) -> None:
+    """At our newest revision but without an index it adds (PySpur made its
+    tables again, or someone dropped it), `migrate` adds it again; so does
+    the script `migrate --sql` prints, which said "nothing to run"."""
+    assert spur_runs("migrate", "--database-url", database_url).returncode == 0
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP INDEX ix_spur_runs_tasks_run_id"))
+        script = spur_runs("migrate", "--sql", "--database-url", database_url)
+        assert script.returncode == 0, script.stderr
+        assert (
+            "(at revision 0004 but without indexes it adds: ix_spur_runs_tasks_run_id): "
+            "revisions 0001 -> 0004 again" in script.stdout.splitlines()[0]
+        )
+        assert missing_indexes(engine) == ["ix_spur_runs_tasks_run_id"]  # nothing run
+        _run_script(database_url, script.stdout)
+        assert missing_indexes(engine) == []
+    finally:
+        engine.dispose()
+    assert current_revision(database_url) == head_revision()
     done = spur_runs("migrate", "--sql", "--database-url", database_url)
     assert "already at revision 0004, nothing to run" in done.stdout
 

@@ -315,6 +315,8 @@ def migrate_sql(database_url: str, out: TextIO) -> None:
     current: str | None = None
     pyspur_present = False
     unknown = Unknown((), ())
+    head = head_revision()
+    gone: list[str] = []
     if missing_sqlite_file(database_url) is None:
         engine = create_db_engine(database_url, pool_size=1)
         try:
@@ -322,29 +324,38 @@ def migrate_sql(database_url: str, out: TextIO) -> None:
                 current = _revision_of(connection)
                 unknown = unknown_revisions(connection)
                 pyspur_present = inspect(connection).has_table("runs")
+            if current == head:
+                gone = missing_indexes(engine)
         finally:
             engine.dispose()
-    head = head_revision()
     shown = shown_url(database_url)
     where = f"-- spur-runs migrate --sql, for {shown}"
     if unknown.pyspur:
         log.warning("%s", unknown.pyspur_line(shown))
-    if current == head:
+    if current == head and not gone:
         out.write(f"{where}: already at revision {head}, nothing to run\n")
         return
     if unknown.ours:
         log.warning("%s; nothing to run", unknown.ours_line(shown))
         out.write(f"{where}: at revision {current}, unknown to this build: nothing to run\n")
         return
-    state = (
-        f"at revision {current}"
-        if current
-        else "PySpur's tables, none of our revisions"
-        if pyspur_present
-        else "empty"
-    )
-    out.write(f"{where} ({state}): revisions {current or '(none)'} -> {head}\n")
     config = alembic_config(database_url)
+    if gone:
+        # As migrate does: at head but without indexes it adds (lost since),
+        # back to the revision before them, and those revisions again.
+        out.write(
+            f"{where} (at revision {head} but without indexes it adds: {', '.join(gone)}): "
+            f"revisions {_LAST_WITHOUT_INDEXES} -> {head} again\n"
+        )
+    else:
+        state = (
+            f"at revision {current}"
+            if current
+            else "PySpur's tables, none of our revisions"
+            if pyspur_present
+            else "empty"
+        )
+        out.write(f"{where} ({state}): revisions {current or '(none)'} -> {head}\n")
     config.attributes["pyspur_schema_present"] = pyspur_present
     config.output_buffer = out
     # The revisions log what they create; here they create nothing.
@@ -353,6 +364,9 @@ def migrate_sql(database_url: str, out: TextIO) -> None:
     for logger in quiet:
         logger.setLevel(logging.WARNING)
     try:
+        if gone:
+            command.stamp(config, f"{head}:{_LAST_WITHOUT_INDEXES}", sql=True)
+            current = _LAST_WITHOUT_INDEXES
         command.upgrade(config, f"{current}:head" if current else "head", sql=True)
     finally:
         for logger, level in zip(quiet, levels, strict=True):
