@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 import disks
-from pyspur_peer import pyspur_0_1_5_schema
-from spur_runs.store.engine import shown_url
+from pyspur_peer import pyspur_0_1_5_schema, pyspur_migrations
+from spur_runs.store.engine import normalize_url, shown_url
 from tools import spur_runs
 
 COMMANDS = ("migrate", "migrate --sql", "backup")
@@ -148,6 +149,30 @@ def test_pyspur_0_1_5s_postgresql_database_says_to_upgrade_pyspur(postgres_url: 
             "in its enum type taskstatus: PySpur schema revision 006 is older than 010, PySpur "
             "0.1.18's: upgrade PySpur, whose migrations add them, then start again"
         ]
+
+
+def test_seed_on_a_database_pyspurs_migrations_made_says_why_and_writes_nothing(
+    postgres_url: str,
+) -> None:
+    """PySpur's own migrations make `runstatus` without CANCELED, which the
+    demo's run R8 has: seed failed part way (exit 1, PostgreSQL's "invalid
+    input value for enum runstatus"), after adding the demo workflows. Now
+    it stops first: exit 2, one line, nothing written."""
+    pyspur_migrations(postgres_url)
+    assert spur_runs("migrate", "--database-url", postgres_url).returncode == 0
+    result = spur_runs("seed", "--database-url", postgres_url, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"spur-runs seed: {shown_url(postgres_url)}'s run status type lacks CANCELED (PySpur's "
+        "own migrations make it so), which the demo's runs have: seed a database that "
+        "`spur-runs migrate` created"
+    ]
+    engine = create_engine(normalize_url(postgres_url))
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM workflows")).scalar_one() == 0
+    finally:
+        engine.dispose()
 
 
 def test_a_database_another_process_is_writing_says_to_retry(tmp_path: Path) -> None:

@@ -50,7 +50,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..store.engine import create_db_engine
+from sqlalchemy import Engine, text
+
+from ..config import ConfigError
+from ..store.engine import create_db_engine, shown_url
+from ..store.models import RunStatus
 from .content import DEFAULT_RUNS, EPOCH, PROGRESS_THRESHOLD, TASKS_PER_RUN, definition_hash
 from .load import Progress
 from .plan import Catalog, Planner
@@ -171,6 +175,7 @@ def _seed(
     now_ms = (now - EPOCH) // timedelta(milliseconds=1)
     engine = create_db_engine(database_url, pool_size=1)
     try:
+        _require_every_run_status(engine)
         if runs is None:
             done = put_back(engine, now, now_ms)
             if done is not None:
@@ -211,6 +216,27 @@ def _seed(
     )
     log.debug("seed: %s", str(summary).replace("\n", "; "))
     return summary
+
+
+def _require_every_run_status(engine: Engine) -> None:
+    """ConfigError, before anything is written, where the database's
+    `runstatus` type lacks a status the demo's runs have: PySpur's own
+    migrations make it without CANCELED (run R8), and the load failed part
+    way with PostgreSQL's "invalid input value for enum", exit 1, after the
+    demo workflows were added. (Served, such a database is fine: store/runs.py.)"""
+    if engine.dialect.name != "postgresql":
+        return  # SQLite: a plain string column
+    with engine.connect() as connection:
+        labels = set(
+            connection.execute(text("SELECT unnest(enum_range(NULL::runstatus))::text")).scalars()
+        )
+    lacking = [status.value for status in RunStatus if status.value not in labels]
+    if lacking:
+        raise ConfigError(
+            f"{shown_url(engine.url)}'s run status type lacks {', '.join(lacking)} (PySpur's own "
+            "migrations make it so), which the demo's runs have: seed a database that "
+            "`spur-runs migrate` created"
+        )
 
 
 def _showcase_ids(showcase: dict[str, int], batch_children: int, run_base: int) -> dict[str, Any]:
