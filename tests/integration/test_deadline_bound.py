@@ -21,7 +21,7 @@ from locks import runs_locked
 from pg_wire import RoundTripCounter, counting_round_trips
 from servers import wait_until
 from spur_runs import deadline
-from spur_runs.store import runs
+from spur_runs.store import hot, libpq, runs
 from spur_runs.store.db import Database
 from spur_runs.store.models import RunStatus, TaskStatus
 from spur_runs.store.statements import RunFilter
@@ -226,3 +226,20 @@ def test_a_connection_lost_in_the_pipeline_is_replaced(
     deadline.clear()
     with db.read_one() as conn:
         assert _get_run(conn, run_id) == expected
+
+
+def test_a_read_larger_than_the_socket_takes_is_sent_whole(migrated_url: str, within: Any) -> None:
+    """psycopg's connections are non-blocking: the pipeline's flush leaves in
+    libpq what the socket did not take, and the server waits for the rest
+    (the Sync) before it answers. Waiting only to read, the read hung until
+    the watchdog cut it (UNAVAILABLE). 8 MB: more than loopback's buffers
+    take at once; a distant server's window fills with far less."""
+    db = Database.from_url(migrated_url, pool_size=1, timeout_seconds=SERVER_BOUND_S)
+    sql = "SELECT length(%(s)s::text)"
+    try:
+        within(3.0)
+        with db.read_one() as conn:
+            rows = hot.fetch(conn, sql, {"s": "x" * 8_000_000}, libpq.Prepared(sql))
+        assert rows == [(8_000_000,)]
+    finally:
+        db.dispose()

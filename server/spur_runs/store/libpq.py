@@ -310,13 +310,20 @@ def _pipelined(
 
 def _next_result(pgconn: pq.abc.PGconn) -> pq.abc.PGresult | None:
     """The next result, waited for in poll() (without the interpreter lock):
-    libpq's own blocking wait for a pipeline's result would hold it."""
+    libpq's own blocking wait for a pipeline's result would hold it. The
+    connection is non-blocking (psycopg's): what the socket did not take
+    yet is still in libpq, and the server answers only once the Sync comes,
+    so until it is all sent this waits to write too, as libpq's
+    documentation asks (consume_input sends more)."""
     while True:
         pgconn.consume_input()
         if not pgconn.is_busy():
             return pgconn.get_result()
+        events = select.POLLIN
+        if pgconn.flush():
+            events |= select.POLLOUT
         poller = select.poll()
-        poller.register(pgconn.socket, select.POLLIN)
+        poller.register(pgconn.socket, events)
         poller.poll()
 
 
