@@ -199,10 +199,13 @@ def test_a_connection_lost_in_the_pipeline_is_replaced(
     with db.read_one() as conn:
         expected = _get_run(conn, run_id)
     with runs_locked(migrated_url) as waiting:
-        within(30.0)
         failed: list[BaseException] = []
 
         def read() -> None:
+            # Set in the reader's thread: a thread starts without the
+            # caller's context (deadline.py's ContextVar), and an unbounded
+            # read would not go through the pipeline at all.
+            within(30.0)
             try:
                 with db.read_one() as conn:
                     _get_run(conn, run_id)
