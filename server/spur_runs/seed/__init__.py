@@ -50,11 +50,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from ..config import ConfigError
 from ..store.engine import create_db_engine, shown_url
 from ..store.models import RunStatus
+from ..store.runs import run_status_labels
 from .content import DEFAULT_RUNS, EPOCH, PROGRESS_THRESHOLD, TASKS_PER_RUN, definition_hash
 from .load import Progress
 from .plan import Catalog, Planner
@@ -227,9 +228,7 @@ def _require_every_run_status(engine: Engine) -> None:
     if engine.dialect.name != "postgresql":
         return  # SQLite: a plain string column
     with engine.connect() as connection:
-        labels = set(
-            connection.execute(text("SELECT unnest(enum_range(NULL::runstatus))::text")).scalars()
-        )
+        labels = run_status_labels(connection)
     lacking = [status.value for status in RunStatus if status.value not in labels]
     if lacking:
         raise ConfigError(

@@ -267,15 +267,20 @@ def _filter_params(conn: Connection, filters: RunFilter) -> dict[str, Any]:
         or conn.info.get(_ALL_RUN_STATUSES)
     ):
         return filters.params()
-    # Through hot.fetch, as the page's own statement: in Database.read_one a
-    # caller's deadline bounds only such statements (libpq.py).
-    known = {row[0] for row in hot.fetch(conn, _STATUS_LABELS, {}, _STATUS_LABELS_LIBPQ)}
+    known = run_status_labels(conn)
     if known >= {status.value for status in RunStatus}:
         # Labels are never removed: a complete type stays complete. An
         # incomplete one is read again, so a label PySpur's next migration
         # adds is seen at once.
         conn.info[_ALL_RUN_STATUSES] = True
     return filters.params(known)
+
+
+def run_status_labels(conn: Connection) -> set[str]:
+    """The labels of PostgreSQL's `runstatus` type in this database. Through
+    hot.fetch, as the page's own statement: in Database.read_one a caller's
+    deadline bounds only such statements (libpq.py)."""
+    return {row[0] for row in hot.fetch(conn, _STATUS_LABELS, {}, _STATUS_LABELS_LIBPQ)}
 
 
 def list_tasks(
