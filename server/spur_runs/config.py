@@ -7,6 +7,12 @@ default and a `setting(...)` that carries the rest: its environment twin, its
 help, its range or choices. Everything else is derived from it: `ENV` and
 `RANGES` below, and in settings.py the command's flags, the reading of the
 twins and docs/configuration.md's table (`python -m spur_runs.settings`).
+
+What a field is made of (`setting`, `Setting`), the error a bad value
+raises (`ConfigError`) and how a setting is named are config_fields.py's;
+the syntax of database URLs and HOST:PORT addresses is addresses.py's.
+Those of their names that other modules import from here are re-exported
+(`import x as x`, which mypy strict takes for an export).
 """
 
 from __future__ import annotations
@@ -16,8 +22,14 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from typing import TypeVar
 
+from .addresses import check_database_url
+from .addresses import parse_address as parse_address
+from .config_fields import ConfigError as ConfigError
+from .config_fields import Setting, setting
+from .config_fields import either as either
+from .config_fields import flag as flag
+from .config_fields import show_bound as show_bound
 from .trust import parse_hosts, parse_origins, parse_proxies
 
 # An HTTP path prefix: "/" and unreserved path characters, no trailing "/".
@@ -28,114 +40,6 @@ _PATH_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 # overflows (a traceback at start-up, not an error message).
 _INT32_MAX = 2**31 - 1
 _INT32_MS = _INT32_MAX // 1000  # seconds: 24.8 days
-
-
-class ConfigError(ValueError):
-    """A configuration value that stops start-up (one clear line, exit 2).
-
-    `settings` names the Config fields whose values are at fault; `problem`
-    then says what is wrong without naming them, so that the command can
-    name each as the operator gave it, `--grpc-address=bad` or
-    `SPUR_RUNS_GRPC_ADDRESS=bad` (settings.explain). Without settings the
-    problem stands alone (a database that is not migrated)."""
-
-    def __init__(self, problem: str, *settings: str) -> None:
-        self.problem = problem
-        self.settings = settings
-        named = ", ".join(flag(name) for name in settings)
-        super().__init__(f"{named}: {problem}" if settings else problem)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """What a Config field carries besides its name, type and default."""
-
-    env: str  # the environment twin; the flag is the field's name, --dashed
-    help: str  # the flag's --help line, and the start of its docs row
-    doc: str = ""  # more for the docs row (Markdown), after the help
-    # A number's range, both ends inclusive, and whether 0 is allowed besides
-    # as "off". The bounds are where a value stops making sense or stops
-    # fitting what it is given to, not tuning advice.
-    bounds: tuple[float, float] | None = None
-    zero: bool = False
-    choices: tuple[str, ...] = ()
-    common: bool = False  # a flag of every command, not of `serve` only
-    # Its value may hold a secret (a database URL's password): an error
-    # names the setting, never echoes the value.
-    secret: bool = False
-
-
-_T = TypeVar("_T")
-
-
-def setting(
-    default: _T,
-    env: str,
-    help: str,
-    doc: str = "",
-    *,
-    bounds: tuple[float, float] | None = None,
-    zero: bool = False,
-    choices: tuple[str, ...] = (),
-    common: bool = False,
-    secret: bool = False,
-) -> _T:
-    """A Config field: its default, and its Setting as the field's metadata."""
-    meta = Setting(env, help, doc, bounds, zero, choices, common, secret)
-    return dataclasses.field(default=default, metadata={"setting": meta})
-
-
-# A PostgreSQL URL's query parameter that spur-runs takes for psycopg's
-# `prepare_threshold` (psycopg.connect's keyword, which SQLAlchemy would
-# pass on as text; libpq knows no such key): `none` turns named prepared
-# statements off, as PgBouncer in transaction mode before 1.21 needs
-# (docs/production.md), for psycopg's cursor and for store/libpq.py's reads.
-PREPARE_THRESHOLD = "prepare_threshold"
-
-
-def prepare_threshold(value: object) -> int | None:
-    """A URL's `prepare_threshold` as psycopg takes it: `none` (any case) is
-    None, a whole number 0 or more is itself. ValueError for anything else
-    (given twice, a word, a negative number)."""
-    if isinstance(value, str):
-        if value.lower() == "none":
-            return None
-        if value.isdigit():
-            return int(value)
-    raise ValueError(f"{PREPARE_THRESHOLD} must be none or a whole number 0 or more")
-
-
-def _check_url(url: str, name: str, scheme: str, driver: str) -> None:
-    """ConfigError for a database URL no command could open, found at start
-    as every bad setting is: a port that is no number, one SQLAlchemy cannot
-    parse, a SQLite driver other than Python's sqlite3 (PostgreSQL's driver
-    is always psycopg 3: store/engine.py sets it). They were each command's
-    exit 1, in SQLAlchemy's words ("invalid literal for int() with base 10",
-    "Can't load plugin: sqlalchemy.dialects:sqlite.aiosqlite"). The message
-    never quotes the URL: it may hold a password."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    if scheme == "sqlite" and driver not in ("", "pysqlite"):
-        raise ConfigError(
-            f"SQLite is read through Python's sqlite3: sqlite:///FILE, not sqlite+{driver}", name
-        )
-    try:
-        port = make_url(url).port  # parsed when asked for, which may fail
-    except ArgumentError:
-        raise ConfigError(
-            "is not one SQLAlchemy can read (sqlite:///FILE, postgresql://USER@HOST/DB)", name
-        ) from None
-    except ValueError:
-        port = -1
-    if port is not None and not 0 <= port <= 65535:
-        raise ConfigError("its port is not a number from 0 to 65535", name)
-    query = make_url(url).query
-    if scheme != "sqlite" and PREPARE_THRESHOLD in query:
-        try:
-            prepare_threshold(query[PREPARE_THRESHOLD])
-        except ValueError as error:
-            raise ConfigError(str(error), name) from None
 
 
 @dataclass(frozen=True)
@@ -446,12 +350,7 @@ class Config:
             url = getattr(self, name)
             if url is None:
                 continue
-            scheme, _, driver = url.split(":", 1)[0].partition("+")
-            if scheme not in ("sqlite", "postgresql", "postgres"):
-                raise ConfigError(
-                    f"scheme {scheme!r} is not supported (use sqlite:// or postgresql://)", name
-                )
-            _check_url(url, name, scheme, driver)
+            scheme = check_database_url(url, name)
             if name == "read_database_url" and scheme == "sqlite":
                 # A replica of another file is no replica: it made a new,
                 # empty file in the working folder and served from it.
@@ -538,36 +437,9 @@ class Config:
                     )
 
 
-def flag(name: str) -> str:
-    """A field's flag: --its-name."""
-    return "--" + name.replace("_", "-")
-
-
-def show_bound(bound: float) -> str:
-    """1.0 -> "1", 0.01 -> "0.01"."""
-    return str(int(bound)) if bound == int(bound) else str(bound)
-
-
-def either(choices: tuple[str, ...]) -> str:
-    """("a", "b", "c") -> "a, b or c"."""
-    return " or ".join(filter(None, [", ".join(choices[:-1]), choices[-1]]))
-
-
 def _named(name: str) -> str:
     """A setting the operator may not have given, both ways it can be given."""
     return f"{flag(name)} (env {ENV[name]})"
-
-
-def parse_address(address: str, setting: str | None = None) -> tuple[str, int]:
-    """Split HOST:PORT ([v6]:PORT too); ConfigError, naming `setting` (a
-    Config field) if given, when it is not one."""
-    host, sep, port = address.rpartition(":")
-    # isascii: isdigit() also takes "²", which int() refuses.
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not int(port) <= 65535:
-        if setting is None:
-            raise ConfigError(f"{address!r} must be HOST:PORT (a port of 0-65535)")
-        raise ConfigError("must be HOST:PORT (a port of 0-65535)", setting)
-    return host.strip("[]"), int(port)
 
 
 # The table, by field name, and what the checks above read from it.

@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 
 from .. import deadline
-from ..config import PREPARE_THRESHOLD, prepare_threshold
+from ..addresses import PREPARE_THRESHOLD, prepare_threshold
 from ..errors import ResourceExhausted
 from .pg_watchdog import WatchedConnection, watched_cursor
 
@@ -301,7 +301,7 @@ def create_db_engine(
         "cursor_factory": watched_cursor(timeout_seconds),
     }
     if PREPARE_THRESHOLD in parsed.query:
-        # Given to psycopg.connect as its keyword (config.PREPARE_THRESHOLD),
+        # Given to psycopg.connect as its keyword (addresses.PREPARE_THRESHOLD),
         # not to libpq, and as a number or None: SQLAlchemy would pass the
         # text on, which psycopg compares with its counts (a TypeError at
         # every statement). libpq.py reads it from the connection.
