@@ -68,8 +68,8 @@ def _add_nulls(message: Message, document: dict[str, Any]) -> None:
 
 
 def same(a: Any, b: Any) -> None:
-    """Equal JSON values; NaN equals NaN, and 3 equals 3.0 (render.py writes
-    an integral number without ".0", as protojson does)."""
+    """Equal JSON values; NaN equals NaN, and 3 equals 3.0 (render_values.py
+    writes an integral number without ".0", as protojson does)."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), (a, b)
         for key in a:
@@ -238,7 +238,8 @@ def _float32_values() -> list[float]:
 def test_float_fields_are_printed_as_json_format_prints_them() -> None:
     """A float field's value widened to a double is printed in the shortest
     decimal form of the 32-bit float, as json_format's own helper does
-    (render.py reimplements it: protobuf's lives in google.protobuf.internal)."""
+    (render_values.py reimplements it: protobuf's lives in
+    google.protobuf.internal)."""
     encode = Renderer().response(T.Everything.DESCRIPTOR)
     checked = 0
     for value in _float32_values():

@@ -7,7 +7,7 @@ NaN/Infinity doubles, large integers and non-ASCII text.
 
 The reference is built here from json_format, not from render.py: the
 document of test_http_render.expected, its keys put in field order and its
-numbers written as render.py documents it writes them."""
+numbers written as render_values.py documents it writes them."""
 
 from __future__ import annotations
 

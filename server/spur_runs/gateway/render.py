@@ -21,23 +21,17 @@ A null read back by a proto3 JSON parser leaves the field unset, except for a
 google.protobuf.Value field, where null is a Value holding null: the JSON
 cannot tell those apart (protojson's EmitUnpopulated writes the same null).
 
-Two choices where the JSON forms allow either: a number that is integral is
-written without ".0" (as protojson, grpc-gateway's encoder, writes 1 rather
-than 1.0), and a NaN or infinite double is written as the strings
-"NaN"/"Infinity"/"-Infinity", as proto3 JSON requires; in a
-google.protobuf.Value, which proto3 JSON gives no form for them
-(json_format refuses), as null, as PySpur's answers have them.
+This module renders messages (Renderer, and each type's generated encoder);
+render_values.py holds the converters of single values: the scalars and the
+well-known types, and the choices made where the JSON forms allow either
+(integral numbers, NaN and the infinities).
 """
 
 from __future__ import annotations
 
-import base64
 import keyword
-import math
-import struct
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -50,19 +44,23 @@ from ..api.spliced import Spliced
 from ..errors import DataLoss
 from ..rpc.status import NESTED_TOO_DEEPLY
 
-Encode = Callable[[Any], Any]
-
-# Struct contents at least this large (serialized) are converted once per
-# distinct content and remembered, up to _MEMO_SIZE of them.
-_MEMO_MIN_BYTES = 512
-_MEMO_SIZE = 512
-_EPOCH = datetime(1970, 1, 1)
-_INT64_TYPES = frozenset(
-    (
-        FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_SFIXED64,
-        FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64,
-    )
-)  # fmt: skip
+# The converters of single values, imported by name: an encoder holds them
+# itself (no attribute lookup through render_values per value).
+from .render_values import (
+    MEMO_SIZE,
+    Encode,
+    encode_bytes,
+    encode_generic,
+    encode_list_value,
+    encode_naive_timestamp,
+    encode_pyspur_float,
+    encode_struct,
+    encode_timestamp,
+    encode_value,
+    memo,
+    scalar,
+    wrapper,
+)
 
 
 def dumps(document: Any) -> bytes:
@@ -79,200 +77,6 @@ def dumps(document: Any) -> bytes:
         raise
 
 
-# --- scalars ---
-
-
-def _number(value: float) -> float | int | str:
-    if value.is_integer():
-        # Integral and exactly representable: 3 rather than 3.0 (but -0.0
-        # keeps its sign, which only a float can carry).
-        if abs(value) <= 2**53 and (value or math.copysign(1.0, value) > 0):
-            return int(value)
-        return value
-    if math.isfinite(value):
-        return value
-    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-
-
-_FLOAT32 = struct.Struct("<f")
-
-
-def _shortest_float32(value: float) -> float:
-    """The double with the fewest significant digits (6 to 9) that is the
-    same 32-bit float as `value`: what json_format prints for a float field.
-    (protobuf's own helper lives in google.protobuf.internal, which is not
-    public API; this is the same loop.)"""
-    precision = 6  # every 32-bit float needs between 6 and 9 digits
-    rounded = float(f"{value:.{precision}g}")
-    while _FLOAT32.unpack(_FLOAT32.pack(rounded))[0] != value:
-        precision += 1
-        rounded = float(f"{value:.{precision}g}")
-    return rounded
-
-
-def _float32(value: float) -> float | int | str:
-    # A float field holds a 32-bit value: its shortest decimal form, as
-    # json_format prints it, rather than the double it widens to.
-    return _number(_shortest_float32(value) if math.isfinite(value) else value)
-
-
-def _bytes(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
-
-
-def _scalar(field: FieldDescriptor) -> Encode | None:
-    """The converter of a scalar field's Python value, None when it is the
-    value itself (strings, booleans, 32-bit integers)."""
-    kind = field.type
-    if kind in _INT64_TYPES:
-        return str
-    if kind == FieldDescriptor.TYPE_DOUBLE:
-        return _number
-    if kind == FieldDescriptor.TYPE_FLOAT:
-        return _float32
-    if kind == FieldDescriptor.TYPE_BYTES:
-        return _bytes
-    if kind == FieldDescriptor.TYPE_ENUM:
-        enum = field.enum_type
-        assert enum is not None
-        if enum.full_name == "google.protobuf.NullValue":
-            return lambda _value: None
-        names = {value.number: value.name for value in enum.values}
-        # An unknown number (a newer server's value) stays a number, as in json_format.
-        return lambda value: names.get(value, value)
-    return None
-
-
-# --- well-known types ---
-
-
-# The text of recent whole seconds: a run's and its tasks' times mostly fall
-# in a few seconds, and the datetime arithmetic is most of a Timestamp's cost.
-_SECONDS: dict[int, str] = {}
-_SECONDS_SIZE = 4096
-
-
-def _whole_seconds(seconds: int) -> str:
-    text = _SECONDS.get(seconds)
-    if text is None:
-        text = (_EPOCH + timedelta(seconds=seconds)).isoformat()
-        if len(_SECONDS) >= _SECONDS_SIZE:
-            _SECONDS.clear()
-        _SECONDS[seconds] = text
-    return text
-
-
-def _timestamp(message: Any) -> str:
-    seconds, nanos = message.seconds, message.nanos
-    text = _whole_seconds(seconds)
-    if not nanos:
-        return text + "Z"
-    if nanos % 1_000_000 == 0:
-        return f"{text}.{nanos // 1_000_000:03d}Z"
-    if nanos % 1_000 == 0:
-        return f"{text}.{nanos // 1_000:06d}Z"
-    return f"{text}.{nanos:09d}Z"
-
-
-# --- PySpur's forms (Renderer(pyspur=True)) ---
-
-
-def _naive_timestamp(message: Any) -> str:
-    """A time as PySpur's answers write it: the naive UTC datetime it stores,
-    as pydantic (datetime.isoformat) writes one: no offset, microseconds
-    only when there are any. PySpur's own UI reads run times as
-    `Date.parse(time + "Z")`, which is NaN for a time that has its "Z"
-    already (a review, 2026-12-04)."""
-    text = _whole_seconds(message.seconds)
-    micros = message.nanos // 1_000  # PySpur's times hold microseconds at most
-    return f"{text}.{micros:06d}" if micros else text
-
-
-def _float(value: float) -> float | None:
-    """A double field (duration, percentage_complete) as pydantic writes a
-    float: 100.0, not 100; NaN and the infinities as null."""
-    return value if math.isfinite(value) else None
-
-
-def _value(message: Any) -> Any:
-    # The kinds by how often a run's JSON holds them. A Struct's map is read
-    # by key rather than through .items(), which protobuf's map container
-    # inherits from collections.abc as a Python generator (15% slower).
-    kind = message.WhichOneof("kind")
-    if kind == "string_value":
-        return message.string_value
-    if kind == "struct_value":
-        fields = message.struct_value.fields
-        return {key: _value(fields[key]) for key in fields}
-    if kind == "number_value":
-        number = _number(message.number_value)
-        # NaN or an infinity: null, as PySpur's own answers have them
-        # (pydantic), where proto3 JSON has no form for them in a Value
-        # ("NaN" would read back as a string). Stored ones are None already
-        # (engine.load_json); this is for any other Value.
-        return None if type(number) is str else number
-    if kind == "list_value":
-        return [_value(item) for item in message.list_value.values]
-    if kind == "bool_value":
-        return message.bool_value
-    return None  # null_value, or a Value with no kind set
-
-
-def _struct(message: Any) -> dict[str, Any]:
-    fields = message.fields
-    return {key: _value(fields[key]) for key in fields}
-
-
-def _list_value(message: Any) -> list[Any]:
-    return [_value(item) for item in message.values]
-
-
-def _memo(convert: Callable[[Any], Any]) -> Encode:
-    """`convert` with its results remembered by serialized bytes, for
-    contents at least _MEMO_MIN_BYTES long. Equal bytes mean equal content;
-    the converted object is only ever read (by orjson), so it is shared.
-    Smaller contents are converted each time: serializing them to look them
-    up would cost as much. A closure rather than an object with __call__:
-    one call less per field.
-
-    Only Structs are memoized: a run's workflow definition is one, the same
-    for every run of its version. Values (a task's inputs and outputs, a
-    run's outputs) differ from run to run, and asking each one its size cost
-    a third of a GetRun's rendering for no hit (seed data)."""
-    done: OrderedDict[bytes, Any] = OrderedDict()
-
-    def memoized(message: Any) -> Any:
-        if not message.fields:
-            return {}  # a stored {} (initial_inputs, often): nothing to size
-        # Serialized straight away rather than sized first: for the large
-        # Structs that are looked up, ByteSize walked them a second time.
-        key = message.SerializeToString()
-        if len(key) < _MEMO_MIN_BYTES:
-            return convert(message)
-        found = done.get(key)
-        if found is None:
-            found = done[key] = convert(message)
-            if len(done) > _MEMO_SIZE:
-                done.popitem(last=False)
-        else:
-            done.move_to_end(key)
-        return found
-
-    return memoized
-
-
-def _wrapper(descriptor: Descriptor) -> Encode:
-    convert = _scalar(descriptor.fields_by_name["value"])
-    if convert is None:
-        return lambda message: message.value
-    return lambda message: convert(message.value)
-
-
-def _generic(message: Message) -> Any:
-    # Any, Duration, FieldMask, Empty: rare in responses, left to json_format.
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)
-
-
 class Renderer:
     """The encoders of one gateway, built once per message type. Not shared
     between threads: each gateway renders on its own event loop.
@@ -280,7 +84,7 @@ class Renderer:
     `pyspur`: the bodies of PySpur's own paths (an HttpRule with a
     response_body: `/run/...`), whose JSON is PySpur's pydantic's rather
     than proto3's where the two differ: a time is naive UTC
-    (_naive_timestamp) and a double field a float (_float)."""
+    (encode_naive_timestamp) and a double field a float (encode_pyspur_float)."""
 
     def __init__(self, *, pyspur: bool = False) -> None:
         self._pyspur = pyspur
@@ -291,10 +95,10 @@ class Renderer:
         self._pending: list[tuple[dict[str, Any], str, MessageEncoder]] = []
         self._versions: OrderedDict[bytes, Any] = OrderedDict()  # see _version
         self._well_known: dict[str, Encode] = {
-            "google.protobuf.Timestamp": _naive_timestamp if pyspur else _timestamp,
-            "google.protobuf.Struct": _memo(_struct),
-            "google.protobuf.Value": _value,
-            "google.protobuf.ListValue": _list_value,
+            "google.protobuf.Timestamp": encode_naive_timestamp if pyspur else encode_timestamp,
+            "google.protobuf.Struct": memo(encode_struct),
+            "google.protobuf.Value": encode_value,
+            "google.protobuf.ListValue": encode_list_value,
         }
 
     def message(self, descriptor: Descriptor) -> MessageEncoder:
@@ -318,15 +122,15 @@ class Renderer:
         message = field.message_type
         if message is None:
             if self._pyspur and field.type == FieldDescriptor.TYPE_DOUBLE:
-                return _float
-            return _scalar(field)
+                return encode_pyspur_float
+            return scalar(field)
         name = message.full_name
         if name in self._well_known:
             return self._well_known[name]
         if name.startswith("google.protobuf.") and name.endswith("Value"):
-            return _wrapper(message)  # DoubleValue, Int64Value, ...
+            return wrapper(message)  # DoubleValue, Int64Value, ...
         if name.startswith("google.protobuf."):
-            return _generic  # Any, Duration, FieldMask, Empty
+            return encode_generic  # Any, Duration, FieldMask, Empty
         return self.message(message)
 
     def response(self, descriptor: Descriptor, field: str = "") -> Callable[[Any], bytes]:
@@ -368,7 +172,7 @@ class Renderer:
         if found is None:
             encoder = self.message(message.DESCRIPTOR)  # type: ignore[arg-type]
             found = self._versions[key] = encoder.function(message)
-            if len(self._versions) > _MEMO_SIZE:
+            if len(self._versions) > MEMO_SIZE:
                 self._versions.popitem(last=False)
         return found
 
@@ -500,7 +304,7 @@ class _Plan:
 
 def _map(entry: Descriptor, renderer: Renderer) -> Encode:
     key_field = entry.fields_by_name["key"]
-    key_convert = _scalar(key_field)
+    key_convert = scalar(key_field)
     bool_keys = key_field.type == FieldDescriptor.TYPE_BOOL
     value_convert = renderer.element(entry.fields_by_name["value"])
 
@@ -527,5 +331,5 @@ def status_json(status: status_pb2.Status) -> bytes:
         except (TypeError, KeyError):
             # A detail type this process does not know: keep its bytes, as
             # the JSON form of an unknown Any cannot be written otherwise.
-            details.append({"@type": detail.type_url, "value": _bytes(detail.value)})
+            details.append({"@type": detail.type_url, "value": encode_bytes(detail.value)})
     return dumps({"code": status.code, "message": status.message, "details": details})
