@@ -28,12 +28,12 @@ A watcher ends:
 - with UNAVAILABLE when the server stops (stop()): "watch again", possibly
   on another replica; OK would wrongly say that the run has ended.
 
-Messages are coalesced per watcher: a client that reads slower than its run
-changes gets the latest state when it is ready for one, not a backlog; the
-terminal state is always the last message. A sender blocked on a client that
-does not read is given up, with the other streams of its connection
-(senders.py, checked every 0.1 s on a thread of its own), so that such
-clients cannot hold the sender threads.
+Messages are coalesced per watcher (watcher.py): a client that reads slower
+than its run changes gets the latest state when it is ready for one, not a
+backlog; the terminal state is always the last message. A sender blocked on
+a client that does not read is given up, with the other streams of its
+connection (senders.py, checked every 0.1 s on a thread of its own), so that
+such clients cannot hold the sender threads.
 """
 
 from __future__ import annotations
@@ -58,10 +58,11 @@ from ..store import runs, watch_sql
 from ..store.db import Database
 from ..store.faults import not_utf8_column
 from ..telemetry.metrics import Metrics
-from ..trust import AddressCounts, caller_address
+from ..trust import AddressCounts
 from . import convert
 from .senders import NonReaders, Stream
 from .versions import VersionCache
+from .watcher import Send, Watcher, cancel_call, comparable_run, watch_response
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ TERMINAL = frozenset((run_pb2.Run.COMPLETED, run_pb2.Run.FAILED, run_pb2.Run.CAN
 # transport took the message (flow control), so a few, not one per watcher;
 # senders.py gives up the sends of clients that read nothing.
 SENDERS = 8
-
-Send = Callable[[Any], None]
 
 
 class TooManyWatchers(ResourceExhausted):
@@ -129,74 +128,6 @@ def _unreadable(run_id: str, error: Exception) -> ServiceError:
             "(--max-response-bytes)"
         )
     return DataLoss(f"run {run_id} holds a value this service cannot read")
-
-
-class Watcher:
-    """One WatchRun stream. Its fields are guarded by the hub's lock, but for
-    the send state, guarded by its own."""
-
-    __slots__ = (
-        "run_id", "context", "peer", "address", "_send", "fingerprint", "last", "closed",
-        "_lock", "_pending", "_final", "_draining", "in_send_since",
-    )  # fmt: skip
-
-    def __init__(self, run_id: str, context: grpc.ServicerContext, send: Send) -> None:
-        self.run_id = run_id
-        self.context = context
-        self.peer = context.peer()  # its connection (senders.py)
-        # Its client (an HTTP watch's, through the gateway): the per-address bound.
-        self.address = caller_address(self.peer, context.invocation_metadata())
-        self._send = send
-        self.fingerprint: watch_sql.Fingerprint | None = None
-        self.last: run_pb2.Run | None = None  # last state sent, duration cleared
-        self.closed = False
-        self._lock = threading.Lock()
-        # What is still to be sent: a message, or an exception (the end).
-        self._pending: pb.WatchRunResponse | BaseException | None = None
-        self._final = False  # after _pending is sent, end the stream
-        self._draining = False  # a drain is queued or running for it
-        # When the send a sender thread is in began (None: no thread is in
-        # one; a drain waiting for a thread is not).
-        self.in_send_since: float | None = None
-
-    # The send state, for the hub's senders: queue() and take() hand items
-    # over under the watcher's own lock, so that a drain sends them in order.
-
-    def queue(self, item: pb.WatchRunResponse | BaseException, final: bool) -> bool:
-        """Make `item` the next to send (it replaces one not yet sent); True
-        when no drain is running and the caller must start one."""
-        with self._lock:
-            if self._final:
-                return False  # the end is queued already; nothing goes after it
-            self._pending = item
-            self._final = final or isinstance(item, BaseException)
-            if self._draining:
-                return False  # the running drain sends it next
-            self._draining = True
-            return True
-
-    def take(self) -> tuple[pb.WatchRunResponse | BaseException | None, bool]:
-        """The item to send now and whether it is the last; (None, False)
-        when there is none, and the drain ends."""
-        with self._lock:
-            item, self._pending = self._pending, None
-            if item is None:
-                self._draining = False
-                return None, False
-            return item, self._final
-
-    @property
-    def waiting(self) -> bool:
-        """A message of it waits for a sender (senders.py; read without the
-        lock: a hint for the jam check, which runs again 0.1 s later)."""
-        return self._draining and self.in_send_since is None
-
-    def send(self, item: pb.WatchRunResponse | BaseException | None) -> None:
-        self.in_send_since = time.monotonic()
-        try:
-            self._send(item)
-        finally:
-            self.in_send_since = None
 
 
 class WatchHub:
@@ -274,7 +205,7 @@ class WatchHub:
         with self._lock:
             watchers = list(self._all)
         for watcher in watchers:
-            _cancel(watcher.context)
+            cancel_call(watcher.context)
         self._senders.shutdown(wait=True)
 
     @property
@@ -316,9 +247,9 @@ class WatchHub:
         if not context.add_callback(lambda: self._release(watcher)):
             self._release(watcher)  # the call is over already
             return
-        self._deliver(watcher, _response(message), final=message.status in TERMINAL)
+        self._deliver(watcher, watch_response(message), final=message.status in TERMINAL)
         if message.status not in TERMINAL:
-            watcher.last = _comparable(message)
+            watcher.last = comparable_run(message)
             with self._lock:
                 stopped = self._stopped.is_set()
                 if not watcher.closed and not stopped:
@@ -423,7 +354,7 @@ class WatchHub:
                     if watcher not in gone:
                         self._deliver(watcher, error)
                 continue
-            comparable = _comparable(message)
+            comparable = comparable_run(message)
             final = message.status in TERMINAL
             for watcher in groups[run_id]:
                 if watcher.fingerprint == found[run_id] or watcher in gone:
@@ -433,7 +364,7 @@ class WatchHub:
                 # value rewritten as it was): send only real changes.
                 if final or comparable != watcher.last:
                     watcher.last = comparable
-                    self._deliver(watcher, _response(message), final=final)
+                    self._deliver(watcher, watch_response(message), final=final)
         return True
 
     def _load(self, conn: Any, run_ids: list[str]) -> list[runs.RunRecord]:
@@ -498,7 +429,7 @@ class WatchHub:
                     watcher.send(None)
             except Exception:  # noqa: BLE001 - one stream's failure is its own
                 log.exception("WatchRun: sending to a watcher of %s failed", watcher.run_id)
-                _cancel(watcher.context)
+                cancel_call(watcher.context)
                 return
 
     def _sender_states(self) -> list[Stream]:
@@ -506,26 +437,3 @@ class WatchHub:
         with self._lock:
             watchers = list(self._all)
         return [(w.context, w.peer, w.in_send_since, w.waiting) for w in watchers]
-
-
-def _response(run: run_pb2.Run) -> pb.WatchRunResponse:
-    # Not WatchRunResponse(run=run): protobuf merges that by parsing the
-    # run's bytes, which refuses JSON nested ~49 levels or more (upb's depth
-    # limit of 100) that GetRun serves; CopyFrom does not parse.
-    response = pb.WatchRunResponse()
-    response.run.CopyFrom(run)
-    return response
-
-
-def _comparable(run: run_pb2.Run) -> run_pb2.Run:
-    """The run without `duration`, which moves with the clock alone."""
-    copy = run_pb2.Run()
-    copy.CopyFrom(run)
-    copy.ClearField("duration")
-    return copy
-
-
-def _cancel(context: grpc.ServicerContext) -> None:
-    """Cancel the call from the server's side: a send blocked on it returns,
-    its termination callbacks run (the client sees CANCELLED)."""
-    context.cancel()  # type: ignore[no-untyped-call]
