@@ -261,7 +261,7 @@ def test_a_connection_lost_in_a_single_read_is_its_error_and_not_reused(
 
 
 def test_a_row_the_inline_decoding_refuses_is_decoded_by_the_processors() -> None:
-    """hot._row_decoder decodes a row's enum names, timestamps and JSON
+    """row_decoding.row_decoder decodes a row's enum names, timestamps and JSON
     inline; what those expressions refuse goes through each column's
     processor, which decides as SQLAlchemy's would."""
     decode = TASKS_OF_RUN.compiled(sqlite.dialect()).unpack_row

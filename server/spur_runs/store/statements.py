@@ -36,8 +36,9 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import ScalarSelect
 
-from .hot import Statement, packed_as_text, row_type
+from .hot import Statement, row_type
 from .models import Run, RunStatus, Task, TaskStatus, WorkflowVersion
+from .row_decoding import packed_as_text
 
 # Most tasks embedded in one Run message: GetRun, and each run of a list page.
 # Beyond it, Run.task_count tells the client to page with GetRunTasks.
@@ -262,7 +263,7 @@ def _packed_tasks(runs: FromClause, dialect: str) -> ScalarSelect[Any]:
         .subquery("walk")
     )
     if dialect == "sqlite":
-        # json_array refuses a BLOB (hot.packed_as_text): as text.
+        # json_array refuses a BLOB (row_decoding.packed_as_text): as text.
         values = (cast(c, Text) if packed_as_text(c.type) else c for c in walk.c)
         packed = func.json_group_array(func.json_array(*values))
     else:
