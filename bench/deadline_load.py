@@ -1,0 +1,125 @@
+"""What a client's deadline costs a GetRun under load, on PostgreSQL.
+
+    python bench/deadline_load.py                 # 10,000 runs, 5 rounds
+    python bench/deadline_load.py --rounds 3 --deadline 2S
+
+A deadline shorter than --db-timeout-seconds lowers PostgreSQL's
+statement_timeout for the call's read, in the read's own round trip (a libpq
+pipeline: store/libpq.py). bench/deadline_bound.py measures what that saves
+across a network, one call at a time; this measures what it costs under the
+bench's load (h2load -t1 -c4 -m4, 16 calls in flight, random runs) on
+loopback, where the round trip is cheap and what is left is our work and
+the interpreter lock's hand-overs: GetRun without a deadline and with a
+`grpc-timeout` header, alternating in every round (the order reversed every
+other round), on one `spur-runs serve`. Prints req/s and the server's CPU
+per call of each, and the medians of the per-round ratios; nothing is
+written. Needs PostgreSQL at 127.0.0.1:5432 (user postgres) and h2load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import grpc
+from lib.common import GRPC_HEADERS, log
+from lib.data import create_database, drop_database, sample_runs, seed_database
+from lib.procs import cpu_seconds, free_port
+
+from spur.runs.v1 import run_service_pb2 as pb
+from spur.runs.v1 import run_service_pb2_grpc
+
+PATH = "/spur.runs.v1.RunService/GetRun"
+SEGMENTS = 8  # one run id per h2load segment, as bench/run.py posts them
+
+
+def h2load(port: int, body: Path, seconds: float, extra: list[str]) -> tuple[int, float]:
+    """(calls done, seconds) of one h2load run."""
+    out = subprocess.run(
+        ["h2load", "-t", "1", "-c", "4", "-m", "4", "-D", f"{int(seconds * 1000)}ms",
+         *GRPC_HEADERS, *extra, "-d", str(body), f"http://127.0.0.1:{port}{PATH}"],
+        capture_output=True, text=True, timeout=300,
+    ).stdout  # fmt: skip
+    finished = re.search(r"finished in ([\d.]+)(m?s)", out)
+    done = re.search(r"(\d+) done, (\d+) succeeded", out)
+    if not (finished and done) or done.group(1) != done.group(2):
+        raise RuntimeError(f"h2load: unexpected output or failed calls:\n{out}")
+    took = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+    return int(done.group(1)), took
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per case and round")
+    parser.add_argument("--deadline", default="5S", help="the grpc-timeout header's value")
+    args = parser.parse_args()
+
+    db = create_database("postgresql", args.runs, "deadline_load")
+    server = None
+    try:
+        seed_database(db)
+        port = free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "spur_runs", "serve", "--database-url", db.url,
+             "--grpc-address", f"127.0.0.1:{port}", "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = run_service_pb2_grpc.RunServiceStub(channel)
+            stub.GetRun(pb.GetRunRequest(run_id=sample_runs(db, 1)[0]), timeout=10)
+        with tempfile.TemporaryDirectory() as work:
+            bodies = []
+            for n, run_id in enumerate(sample_runs(db, SEGMENTS)):
+                message = pb.GetRunRequest(run_id=run_id).SerializeToString()
+                body = Path(work) / f"body-{n}"
+                body.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
+                bodies.append(body)
+            cases = {"none": [], args.deadline: []}
+
+            def run_case(name: str) -> tuple[float, float]:
+                extra = [] if name == "none" else ["-H", f"grpc-timeout: {name}"]
+                assert server is not None
+                before, done, took = cpu_seconds(server.pid), 0, 0.0
+                for body in bodies:
+                    calls, seconds = h2load(port, body, args.seconds / SEGMENTS, extra)
+                    done, took = done + calls, took + seconds
+                return done / took, (cpu_seconds(server.pid) - before) / done * 1e6
+
+            run_case("none")  # warm-up
+            for round_ in range(args.rounds):
+                order = list(cases) if round_ % 2 == 0 else list(reversed(cases))
+                for name in order:
+                    cases[name].append(run_case(name))
+                log(
+                    f"round {round_ + 1}: "
+                    + ", ".join(
+                        f"{k} {v[-1][0]:,.0f} req/s {v[-1][1]:,.0f} µs" for k, v in cases.items()
+                    )
+                )
+        plain, bounded = cases["none"], cases[args.deadline]
+        for name, samples in cases.items():
+            print(
+                f"GetRun, deadline {name}: {statistics.median(s[0] for s in samples):,.0f} req/s, "
+                f"{statistics.median(s[1] for s in samples):,.0f} µs server CPU per call"
+            )
+        rps = statistics.median(b[0] / p[0] for b, p in zip(bounded, plain, strict=True))
+        cpu = statistics.median(b[1] / p[1] for b, p in zip(bounded, plain, strict=True))
+        print(f"deadline {args.deadline} ÷ none: req/s {rps:.2f}x, server CPU per call {cpu:.2f}x")
+        return 0
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(20)
+        drop_database(db)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
