@@ -8,16 +8,20 @@ import gc
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import StaticPool
 
 from factories import add_run, add_workflow
 from spur_runs.store import runs
 from spur_runs.store.db import Database
+from spur_runs.store.engine import create_db_engine
 from spur_runs.store.held import HeldConnections
 from spur_runs.store.models import RunStatus
 
@@ -200,6 +204,58 @@ def test_dispose_leaves_a_read_under_way_to_finish(held_db: Database) -> None:
     release.set()
     thread.join(timeout=10)
     assert seen == [1, True]
+
+
+def test_a_connection_being_made_holds_up_no_other_thread(tmp_path: Path) -> None:
+    """Making a thread's connection waits for the database: up to
+    connect_timeout (2 s) when it does not answer. Meanwhile another
+    thread's new connection, and mark_stale() (a failed call's, the health
+    ping's), go ahead. They waited behind it, under held.py's lock: in a
+    partition (test_partition.py) a call then held its RPC thread 6 s, 2 s
+    for each connection attempt queued before its own."""
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'held.db'}", pool_size=4)
+    held = HeldConnections(engine, 4)
+    connecting, release = threading.Event(), threading.Event()
+    stalled: list[bool] = []
+
+    def connect(*_args: Any) -> None:  # None: SQLAlchemy's own connect follows
+        if not stalled:  # the first attempt only: a database slow to answer
+            stalled.append(True)
+            connecting.set()
+            release.wait(timeout=10)
+
+    event.listen(engine, "do_connect", connect)
+
+    def read() -> None:
+        with held.scope() as conn:
+            assert conn is not None
+            conn.exec_driver_sql("SELECT 1").scalar()
+
+    answered: list[float] = []
+
+    def meanwhile() -> None:
+        began = time.monotonic()
+        held.mark_stale()
+        read()  # a connection of its own, at once
+        answered.append(time.monotonic() - began)
+
+    slow, other = threading.Thread(target=read), threading.Thread(target=meanwhile)
+    try:
+        slow.start()
+        assert connecting.wait(timeout=10)
+        other.start()
+        other.join(timeout=2)
+        assert not other.is_alive()
+        assert len(answered) == 1 and answered[0] < 1
+    finally:
+        release.set()
+        slow.join(timeout=10)
+        other.join(timeout=10)
+        held.close_all()
+        engine.dispose()
+    assert not slow.is_alive()
+    gc.collect()  # both threads have ended: their connections are closed
+    assert len(held) == 0
 
 
 def test_after_a_dropped_connection_every_thread_gets_a_new_one(postgres_url: str) -> None:

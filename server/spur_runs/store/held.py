@@ -88,6 +88,9 @@ class HeldConnections:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: set[Connection] = set()
+        # Connections being made for a thread (_take), counted against the
+        # limit with the open ones.
+        self._connecting = 0
         # The connections in a read now: close_all leaves them to their
         # thread (closing one under a running statement is unsafe; psycopg
         # frees its libpq connection).
@@ -170,9 +173,21 @@ class HeldConnections:
             self._busy.discard(found.connection)
             # Dropped here, outside the lock: its finalizer takes it.
             self._local.holder = found = None
+        # A place reserved under the lock, the connection made outside it:
+        # making one waits for the database (up to connect_timeout, 2 s,
+        # when it does not answer), and under the lock every other thread's
+        # new connection, and every mark_stale() (a failed call's, the
+        # health ping's), waited behind it. In a partition those waits
+        # added up: a call held its thread 6 s, 2 s per connection attempt
+        # queued before it (test_partition.py, test_held_reads.py). The
+        # generation is read with the reservation: a close_all() meanwhile
+        # leaves the new connection stale, closed at the end of its read.
         with self._lock:
-            if len(self._open) >= self._limit:
+            if len(self._open) + self._connecting >= self._limit:
                 return None
+            self._connecting += 1
+            generation = self._generation
+        try:
             connection = self._engine.connect()
             try:
                 connection.connection.detach()
@@ -183,9 +198,14 @@ class HeldConnections:
             except BaseException:
                 connection.close()
                 raise
+        except BaseException:
+            with self._lock:
+                self._connecting -= 1
+            raise
+        with self._lock:
+            self._connecting -= 1
             self._open.add(connection)
             self._busy.add(connection)
-            generation = self._generation
             holder = _Holder(connection, generation)
         weakref.finalize(holder, self._discard, connection)
         self._local.holder = holder
