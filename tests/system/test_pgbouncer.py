@@ -26,6 +26,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -57,18 +58,54 @@ THREADS = 8
 ROUNDS = 15
 
 
+# Ports tried before giving up: each is lost only to a process that binds
+# it between free_port() and PgBouncer's own bind.
+PORT_ATTEMPTS = 5
+
+
 @contextmanager
-def pgbouncer(folder: Path) -> Iterator[int]:
+def pgbouncer(folder: Path, settings: str = "") -> Iterator[int]:
     """PgBouncer in transaction mode in front of 127.0.0.1:5432, trusting
-    every user as the PostgreSQL of the tests does; yields its port."""
+    every user as the PostgreSQL of the tests does; yields its port.
+    `settings`: more lines for its [pgbouncer] section.
+
+    Its port comes from free_port(), and another process may bind it before
+    PgBouncer does: PgBouncer then exits ("Address already in use" in its
+    log) and is started again on another port. Any other failure to start
+    fails the test, with PgBouncer's log. Started means that PgBouncer's
+    log says it listens on the port: a connection that succeeds may be
+    another process's, the one that took the port."""
     binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
     if binary is None:
         reason = "pgbouncer not installed (apt-get install pgbouncer)"
         if IN_CI:
             pytest.fail(reason)
         pytest.skip(reason)
-    port = free_port()
     (folder / "users.txt").write_text('"postgres" ""\n')
+    taken: list[int] = []
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        process, log = _start_pgbouncer(binary, folder, port, settings, attempt)
+        try:
+            if _listening(process, log, port):
+                break
+        except BaseException:
+            _stop(process)
+            raise
+        _stop(process)
+        taken.append(port)
+    else:
+        raise AssertionError(f"pgbouncer: every port tried was taken first: {taken}")
+    try:
+        yield port
+    finally:
+        _stop(process)
+
+
+def _start_pgbouncer(
+    binary: str, folder: Path, port: int, settings: str, attempt: int
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """PgBouncer started on `port`, its log in a file of this attempt's."""
     ini = folder / "pgbouncer.ini"
     ini.write_text(
         "[databases]\n"
@@ -80,31 +117,76 @@ def pgbouncer(folder: Path) -> Iterator[int]:
         # What production.md tells operators to set: without it PgBouncer
         # refuses the connections ("unsupported startup parameter: options").
         "ignore_startup_parameters = options\n"
+        f"{settings}"
     )
     # PgBouncer will not run as root; it reads its files before it switches.
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    log = (folder / "pgbouncer.log").open("w")
-    process = subprocess.Popen([binary, *user, str(ini)], stdout=log, stderr=log)
-    try:
-        end = time.monotonic() + 10
-        while True:
+    log = folder / f"pgbouncer-{attempt}.log"
+    with log.open("w") as out:  # the child has its own descriptor
+        process = subprocess.Popen([binary, *user, str(ini)], stdout=out, stderr=out)
+    return process, log
+
+
+def _listening(process: subprocess.Popen[bytes], log: Path, port: int) -> bool:
+    """True once PgBouncer listens on `port` and takes a connection; False
+    when it exited because the port was taken; AssertionError (with its
+    log) when it exited for any other reason or did not start within 10 s."""
+    end = time.monotonic() + 10
+    while True:
+        exited = process.poll() is not None
+        said = log.read_text()
+        if exited:
+            # PgBouncer 1.18: "cannot listen on 127.0.0.1:<port>: bind():
+            # Address already in use", then "FATAL nowhere to listen on"
+            # (it listens on that one address only).
+            if "Address already in use" in said:
+                return False
+            raise AssertionError(f"pgbouncer exited ({process.returncode}) at start: {said}")
+        if f"listening on 127.0.0.1:{port}" in said:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
+                return True
             except OSError:
-                if process.poll() is not None or time.monotonic() > end:
-                    raise AssertionError(
-                        f"pgbouncer did not start: {(folder / 'pgbouncer.log').read_text()}"
-                    ) from None
-                time.sleep(0.05)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+                pass
+        if time.monotonic() > end:
+            raise AssertionError(f"pgbouncer did not start within 10 s: {said}")
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def test_a_port_taken_before_pgbouncer_binds_it_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process binds the port free_port() gave before PgBouncer
+    does (here, this test): PgBouncer starts again on another port, and the
+    port it yields is PgBouncer's, not the other process's."""
+    with socket.socket() as thief:
+        thief.bind(("127.0.0.1", 0))
+        thief.listen()
+        stolen = thief.getsockname()[1]
+        given, free = iter([stolen]), free_port
+        monkeypatch.setattr(sys.modules[__name__], "free_port", lambda: next(given, None) or free())
+        with pgbouncer(tmp_path) as port:
+            assert port != stolen
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/test") as conn:
+                assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert "Address already in use" in (tmp_path / "pgbouncer-0.log").read_text()
+
+
+def test_pgbouncer_failing_otherwise_fails_the_test(tmp_path: Path) -> None:
+    """Any other failure to start is not retried: it fails, with the log."""
+    with pytest.raises(AssertionError, match="pgbouncer exited .*pool_mode"):
+        with pgbouncer(tmp_path, settings="pool_mode = nonsense\n"):
+            pass
+    assert not (tmp_path / "pgbouncer-1.log").exists()
 
 
 @pytest.fixture
