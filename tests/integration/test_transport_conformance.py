@@ -330,9 +330,15 @@ def test_a_passed_deadline_is_deadline_exceeded_both_ways(
             assert keys == ["grpc-status-details-bin", REQUEST_ID], local
             # Through the channel, whichever comes first answers: the
             # server, alike, or the channel's client, with grpc's words and
-            # no trailers.
-            if remote != local:
-                assert (remote.details, remote.trailing) == ("Deadline Exceeded", []), remote
+            # no trailers. A deadline of now or 1 µs reaches the server as
+            # up to 1 ms (above): it may begin the read, which the database
+            # then cancels, and answer in its own words of that (CI saw
+            # "the database did not answer within the deadline"), still
+            # with its Status and request id.
+            if remote != local and (remote.details, remote.trailing) != ("Deadline Exceeded", []):
+                assert timeout >= 0, remote
+                assert [key for key, _ in remote.trailing] == keys, remote
+                assert remote.details.startswith("the database did not answer"), remote
 
     run_with_roads(guarded, test)
 
