@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Connection, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import StaticPool
 
@@ -204,6 +204,29 @@ def test_dispose_leaves_a_read_under_way_to_finish(held_db: Database) -> None:
     release.set()
     thread.join(timeout=10)
     assert seen == [1, True]
+
+
+def test_dispose_as_a_read_ends_leaves_it_to_its_thread(held_db: Database) -> None:
+    """A read ends with a check of its connection (held.py's _end: the
+    rollback of SQLAlchemy's transaction, the DBAPI connection's state),
+    which uses the connection as the statement did: dispose meanwhile (a
+    drain's end, with calls still running) must leave it to its thread, as
+    during the statement. It closed it under the check, and the read, which
+    had its answer, failed ("This Connection is closed")."""
+    held = _held(held_db)
+    closed_meanwhile: list[int] = []
+
+    def close_all_now(_conn: Connection) -> None:  # the check has begun
+        if not closed_meanwhile:
+            closed_meanwhile.append(len(held))
+            held.close_all()
+
+    event.listen(held._engine, "rollback", close_all_now)  # noqa: SLF001
+    with held_db.read_one() as conn:
+        assert conn.exec_driver_sql("SELECT 1").scalar() == 1  # autobegins
+    assert closed_meanwhile == [1]
+    assert conn.closed  # by its thread, once the read had ended
+    assert len(held) == 0
 
 
 def test_a_connection_being_made_holds_up_no_other_thread(tmp_path: Path) -> None:

@@ -137,12 +137,19 @@ class HeldConnections:
             self._discard(connection)  # its state is unknown: a fresh one next time
             raise
         finally:
-            self._busy.discard(connection)
-            if not connection.closed:
-                if generation != self._generation:
-                    self._discard(connection)  # close_all passed it by, or it is stale
-                else:
+            # Busy until _end is done: it uses the connection (a rollback,
+            # the DBAPI connection's state), and close_all, which leaves a
+            # busy one to its thread, closed it under _end when it ran
+            # between the two (a drain's end, calls still running): the
+            # read, which had its answer, failed ("This Connection is
+            # closed").
+            try:
+                if not connection.closed and generation == self._generation:
                     self._end(connection)
+            finally:
+                self._busy.discard(connection)  # whatever _end raised
+            if not connection.closed and generation != self._generation:
+                self._discard(connection)  # close_all passed it by, or it is stale
 
     def _end(self, connection: Connection) -> None:
         """After a read: no transaction may outlive it."""
