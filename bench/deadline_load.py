@@ -38,8 +38,13 @@ PATH = "/spur.runs.v1.RunService/GetRun"
 SEGMENTS = 8  # one run id per h2load segment, as bench/run.py posts them
 
 
-def h2load(port: int, body: Path, seconds: float, extra: list[str]) -> tuple[int, float]:
-    """(calls done, seconds) of one h2load run."""
+def h2load(
+    port: int, body: Path, answer: int, seconds: float, extra: list[str]
+) -> tuple[int, float]:
+    """(calls done, seconds) of one h2load run. `answer`: the DATA bytes of
+    the body's answer. A gRPC error is HTTP 200 with no DATA, which h2load
+    counts as succeeded: without this check a deadline that every call
+    missed (--deadline 1n) measured its errors, 4x the calls of GetRun."""
     out = subprocess.run(
         ["h2load", "-t", "1", "-c", "4", "-m", "4", "-D", f"{int(seconds * 1000)}ms",
          *GRPC_HEADERS, *extra, "-d", str(body), f"http://127.0.0.1:{port}{PATH}"],
@@ -47,8 +52,13 @@ def h2load(port: int, body: Path, seconds: float, extra: list[str]) -> tuple[int
     ).stdout  # fmt: skip
     finished = re.search(r"finished in ([\d.]+)(m?s)", out)
     done = re.search(r"(\d+) done, (\d+) succeeded", out)
-    if not (finished and done) or done.group(1) != done.group(2):
+    data = re.search(r"\((\d+)\) data", out)
+    if not (finished and done and data) or done.group(1) != done.group(2):
         raise RuntimeError(f"h2load: unexpected output or failed calls:\n{out}")
+    # Half: a run's answer may shrink a little between calls (a derived
+    # field); an error's is empty.
+    if int(data.group(1)) < int(done.group(1)) * answer // 2:
+        raise RuntimeError(f"h2load: gRPC errors (answers without their DATA):\n{out}")
     took = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
     return int(done.group(1)), took
 
@@ -71,13 +81,18 @@ def main() -> int:
              "--grpc-address", f"127.0.0.1:{port}", "--log-level", "WARNING"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        run_ids = sample_runs(db, SEGMENTS)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
             stub = run_service_pb2_grpc.RunServiceStub(channel)
-            stub.GetRun(pb.GetRunRequest(run_id=sample_runs(db, 1)[0]), timeout=10)
+            # Each body's answer, framed as h2load counts its DATA.
+            answers = [
+                5 + stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=10).ByteSize()
+                for run_id in run_ids
+            ]
         with tempfile.TemporaryDirectory() as work:
             bodies = []
-            for n, run_id in enumerate(sample_runs(db, SEGMENTS)):
+            for n, run_id in enumerate(run_ids):
                 message = pb.GetRunRequest(run_id=run_id).SerializeToString()
                 body = Path(work) / f"body-{n}"
                 body.write_bytes(b"\0" + len(message).to_bytes(4, "big") + message)
@@ -88,8 +103,8 @@ def main() -> int:
                 extra = [] if name == "none" else ["-H", f"grpc-timeout: {name}"]
                 assert server is not None
                 before, done, took = cpu_seconds(server.pid), 0, 0.0
-                for body in bodies:
-                    calls, seconds = h2load(port, body, args.seconds / SEGMENTS, extra)
+                for body, answer in zip(bodies, answers, strict=True):
+                    calls, seconds = h2load(port, body, answer, args.seconds / SEGMENTS, extra)
                     done, took = done + calls, took + seconds
                 return done / took, (cpu_seconds(server.pid) - before) / done * 1e6
 
@@ -115,10 +130,16 @@ def main() -> int:
         print(f"deadline {args.deadline} ÷ none: req/s {rps:.2f}x, server CPU per call {cpu:.2f}x")
         return 0
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait(20)
-        drop_database(db)
+        try:
+            if server is not None:
+                server.terminate()
+                try:
+                    server.wait(20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
+        finally:
+            drop_database(db)  # WITH (FORCE): also under a server that lingers
 
 
 if __name__ == "__main__":
