@@ -65,6 +65,8 @@ class GrpcLoad:
     # runs a few of at once (deep page-number pages: half its RPC threads).
     clients: int = H2LOAD_CLIENTS
     streams: int = H2LOAD_STREAMS
+    # More request headers than gRPC's own (deadline_load.py: grpc-timeout).
+    headers: tuple[str, ...] = ()
 
     @property
     def SLOW_CALLS(self) -> int:  # noqa: N802 - was a constant; same meaning
@@ -80,7 +82,7 @@ class GrpcLoad:
         log_file = work / f"h2load-{n}.log"
         command = [
             "h2load", "-t", "1", "-c", str(self.clients), "-m", str(self.streams),
-            *limit, *GRPC_HEADERS, "-d", str(body),
+            *limit, *GRPC_HEADERS, *(a for h in self.headers for a in ("-H", h)), "-d", str(body),
             "--log-file", str(log_file), f"http://127.0.0.1:{self.port}{self.path}",
         ]  # fmt: skip
         out = subprocess.run(command, capture_output=True, text=True, timeout=900).stdout
@@ -144,7 +146,7 @@ class GrpcLoad:
     def describe(self) -> str:
         return (
             f"h2load -t1 -c{self.clients} -m{self.streams} -D <segment> -H 'content-type: application/grpc' "
-            f"-H 'te: trailers' -d <body> http://127.0.0.1:PORT{self.path}"
+            f"-H 'te: trailers' {''.join(f'-H {h!r} ' for h in self.headers)}-d <body> http://127.0.0.1:PORT{self.path}"
             + (f"  ({len(self.bodies)} segments, one body each)" if len(self.bodies) > 1 else "")
             + (
                 f"  (too slow for a {self.clients}x{self.streams} timed window: -n {self.SLOW_CALLS} per round instead of -D)"
