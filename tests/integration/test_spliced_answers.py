@@ -9,6 +9,8 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import update
+
 from factories import add_run, add_workflow, all_done
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
@@ -18,6 +20,7 @@ from spur_runs.api.spliced import Spliced
 from spur_runs.gateway.render import Renderer
 from spur_runs.runtime.server import RunsServer
 from spur_runs.store.db import Database
+from spur_runs.store.models import Task
 
 T0 = datetime(2026, 11, 2, 9, 0, 0)
 FULL, BASIC = run_pb2.RUN_VIEW_FULL, run_pb2.RUN_VIEW_BASIC
@@ -116,3 +119,23 @@ def _keys(body: Any) -> list[list[str]]:
     if "runs" in body:
         return [list(run) for run in body["runs"]]
     return [list(body["run"] if "run" in body else body)]
+
+
+def test_tasks_deeper_than_protobufs_parser_still_render(db: Database) -> None:
+    """The gateway parses a spliced run's tasks into its message; a task
+    document deeper than upb's parser goes (~33 nested objects) is built as
+    a message instead, as the plain servicer builds it, and renders the same."""
+    deep: Any = {"leaf": True}
+    for _ in range(60):
+        deep = {"a": deep}
+    with db.write() as s:
+        run_id = add_run(s, add_workflow(s, "deep"), end_time=T0, tasks=all_done())
+        s.execute(update(Task).where(Task.run_id == run_id).values(outputs=deep))
+    plain, spliced = RunService(db), RunService(db, splice=True)
+    request = pb.GetRunRequest(run_id=run_id)
+    render = Renderer().response(pb.GetRunResponse.DESCRIPTOR, "run")
+    answer = spliced.GetRun(request, None)
+    assert type(answer) is Spliced and answer.parts[0] is not None and answer.parts[0].tasks
+    body = json.loads(render(answer))
+    assert body == json.loads(render(plain.GetRun(request, None)))
+    assert body["tasks"][0]["outputs"] == deep

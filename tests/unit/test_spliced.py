@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2
 
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
-from spur_runs.api.spliced import Spliced, version_field
+from spur_runs.api.spliced import Parts, Spliced, version_field
 
 
 def _version(n: int) -> run_pb2.WorkflowVersion:
@@ -39,11 +39,29 @@ def _run(n: int, *, version_id: bool = True, tail: bool = True) -> run_pb2.Run:
     return run
 
 
-def _check(message: Any, versions: list[run_pb2.WorkflowVersion | None]) -> None:
-    spliced = Spliced(message, [None if v is None else (v, version_field(v)) for v in versions])
-    data = spliced.SerializeToString()
+def _check(
+    message: Any, versions: list[run_pb2.WorkflowVersion | None], *, tasks: bool = False
+) -> None:
+    """`tasks`: the runs' tasks are taken out of `message` too, and spliced
+    back in as bytes (what api/_wire.c writes: a Run's tasks fields)."""
     whole = type(message)()
-    whole.CopyFrom(spliced.materialize())
+    whole.CopyFrom(message)
+    for run, version in zip(_runs(whole), versions, strict=True):
+        if version is not None:
+            # Parsed from its bytes, not copied: upb may copy a map's
+            # entries in another order, which the bytes compared below show.
+            run.workflow_version.MergeFromString(version.SerializeToString())
+    parts: list[Parts | None] = []
+    for run, version in zip(_runs(message), versions, strict=True):
+        field = None if version is None else (version, version_field(version))
+        taken = b""
+        if tasks:
+            taken = run_pb2.Run(tasks=run.tasks).SerializeToString()
+            del run.tasks[:]
+        parts.append(None if field is None and not taken else Parts(field, taken))
+    spliced = Spliced(message, parts)
+    data = spliced.SerializeToString()
+    assert spliced.materialize() == whole
     assert type(message).FromString(data) == whole
     # Each version where protobuf itself puts it (fields in number order):
     # the very bytes of the whole message.
@@ -86,3 +104,39 @@ def test_fields_before_the_version_longer_than_127_bytes() -> None:
     run.workflow_id = "S" * 300
     run.workflow_version_id = "V" * 20_000  # three bytes
     _check(pb.GetRunResponse(run=run), [_version(5)])
+
+
+def _runs(message: Any) -> list[run_pb2.Run]:
+    return list(message.runs) if hasattr(message, "runs") else [message.run]
+
+
+@pytest.mark.parametrize("tail", [True, False], ids=["fields-after", "nothing-after"])
+@pytest.mark.parametrize("version", [True, False], ids=["version", "no-version"])
+def test_tasks_spliced_in_as_bytes(tail: bool, version: bool) -> None:
+    """Tasks (field 10) go before parent_run_id (11) and after the version
+    (4), with or without either around them."""
+    response = pb.GetRunResponse(run=_run(5, tail=tail))
+    response.run.parent_run_id = "R1"
+    _check(response, [_version(5) if version else None], tasks=True)
+    runs = [_run(n, version_id=n % 2 == 0, tail=n % 3 != 0) for n in range(1, 9)]
+    _check(
+        pb.ListRunsResponse(runs=runs, next_page_token="tok"),
+        [_version(n) if n % 4 and version else None for n in range(1, 9)],
+        tasks=True,
+    )
+
+
+def test_the_gateway_gets_the_tasks_in_the_message() -> None:
+    """with_tasks parses them in once; the bytes stay the same after it."""
+    response = pb.GetRunResponse(run=_run(4))
+    expected = pb.GetRunResponse()
+    expected.CopyFrom(response)
+    taken = run_pb2.Run(tasks=response.run.tasks).SerializeToString()
+    del response.run.tasks[:]
+    spliced = Spliced(response, [Parts(None, taken)])
+    before = spliced.SerializeToString()
+    assert spliced.with_tasks() == expected
+    assert spliced.with_tasks() == expected  # not twice
+    assert spliced.SerializeToString() == before
+    fresh = Spliced(response, list(spliced.parts))  # the message holds them now
+    assert pb.GetRunResponse.FromString(fresh.SerializeToString()) == expected

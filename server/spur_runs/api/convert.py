@@ -20,6 +20,8 @@ from ..errors import DataLoss
 from ..store.models import RunStatus, TaskStatus
 from ..store.runs import AnyRow, RunRecord
 from ..store.statements import TASK_COLUMNS
+from . import _wire
+from .spliced import Parts
 from .workflow import WorkflowGraph
 
 # PySpur's statuses and ours share their names (Run.Status, Task.Status).
@@ -49,6 +51,29 @@ _TASK_ORDER = (
 )
 if tuple(c.key for c in TASK_COLUMNS) != _TASK_ORDER:
     raise RuntimeError("store.statements.TASK_COLUMNS no longer match convert.add_tasks")
+
+# api/_wire.c writes a Task's fields by these numbers (and Run.tasks as 10).
+_WIRE_LAYOUT = (
+    ("id", 1),
+    ("run_id", 2),
+    ("node_id", 3),
+    ("node_type", 4),
+    ("status", 5),
+    ("start_time", 6),
+    ("end_time", 7),
+    ("inputs", 8),
+    ("outputs", 9),
+    ("error", 10),
+    ("is_downstream_of_pause", 11),
+    ("parent_task_id", 12),
+    ("subworkflow", 13),
+    ("subworkflow_output", 14),
+)
+if (
+    tuple((f.name, f.number) for f in run_pb2.Task.DESCRIPTOR.fields) != _WIRE_LAYOUT
+    or run_pb2.Run.TASKS_FIELD_NUMBER != 10
+):
+    raise RuntimeError("run.proto's Task no longer matches api/_wire.c")
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -343,6 +368,20 @@ def _add_tasks(
             set_value(task.subworkflow_output, subworkflow_output)
 
 
+def tasks_field(
+    rows: list[AnyRow], paused_nodes: frozenset[str], graph: WorkflowGraph
+) -> bytes | None:
+    """The Task messages of `rows` as a Run's tasks fields, written by
+    api/_wire.c (the same messages as add_tasks'), or None for rows it does
+    not write as add_tasks would: add_tasks then builds them and says what
+    is wrong (DataLoss), or fails as it fails."""
+    downstream = graph.downstream_of(paused_nodes) if paused_nodes else frozenset()
+    try:
+        return _wire.encode_tasks(rows, graph.node_types, downstream, TASK_STATUS)
+    except (OverflowError, UnicodeEncodeError, TypeError, ValueError, RecursionError):
+        return None
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -368,15 +407,17 @@ def fill_run(
     *,
     basic: bool = False,
     splice: bool = False,
-) -> tuple[run_pb2.WorkflowVersion, bytes] | None:
+) -> Parts | None:
     """Set the fields of `record` on the empty `run`, in place (a response's
     own field: no copy). `basic` (RUN_VIEW_BASIC): the workflow version
     without its definition; the record carries no tasks then, so tasks,
     task_count and percentage_complete stay empty. With `splice`, the whole
-    workflow version is not copied into `run` but returned, with its bytes,
-    for api/spliced.py to put in the response's bytes; otherwise None."""
+    workflow version and the tasks are not put in `run` but returned as
+    bytes, for api/spliced.py to put in the response's bytes; otherwise
+    None."""
     row = record.row
     spliced: tuple[run_pb2.WorkflowVersion, bytes] | None = None
+    tasks = None
     entry = versions.get(record.version_key)
     graph = entry[1] if entry is not None else EMPTY_GRAPH
     run.id = row.id
@@ -387,7 +428,11 @@ def fill_run(
         run.task_count = record.task_count
         # PySpur's formula, to its last bit (RunResponseSchema).
         run.percentage_complete = record.completed_count / record.task_count * 100
-    add_tasks(run.tasks, record.tasks, record.paused_nodes, graph)
+    if record.tasks:
+        if splice:
+            tasks = tasks_field(record.tasks, record.paused_nodes, graph)
+        if tasks is None:
+            add_tasks(run.tasks, record.tasks, record.paused_nodes, graph)
     if row.workflow_version_id is not None:
         run.workflow_version_id = row.workflow_version_id
         if basic:
@@ -427,4 +472,9 @@ def fill_run(
         raise DataLoss(f"run {row.id}: {column} holds {_TOO_LARGE}") from None
     except UnicodeEncodeError:  # see _NOT_UNICODE
         raise DataLoss(f"run {row.id}: {column} holds {_NOT_UNICODE}") from None
-    return spliced
+    if spliced is None and not tasks:
+        return None
+    if not tasks:
+        return Parts(spliced, b"")
+    rows, paused = record.tasks, record.paused_nodes
+    return Parts(spliced, tasks, lambda target: add_tasks(target, rows, paused, graph))

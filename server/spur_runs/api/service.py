@@ -21,7 +21,7 @@ from ..store import runs
 from ..store.db import Database
 from ..store.models import RunStatus
 from . import convert, filters, paging, rules
-from .spliced import Spliced
+from .spliced import Parts, Spliced
 from .versions import VersionCache
 from .watch import WatchHub
 
@@ -73,11 +73,11 @@ def list_query(request: pb.ListRunsRequest) -> ListQuery:
     return ListQuery(size, where, filters.is_basic(request.view), scope, after, offset)
 
 
-def _answer(response: M, versions: list[tuple[Any, bytes] | None]) -> M | Spliced:
-    """`response`, or a Spliced of it when a run's version was left out
-    (convert.fill_run's `splice`)."""
-    if any(version is not None for version in versions):
-        return Spliced(response, versions)
+def _answer(response: M, parts: list[Parts | None]) -> M | Spliced:
+    """`response`, or a Spliced of it when a run's version or tasks were
+    left out (convert.fill_run's `splice`)."""
+    if any(part is not None for part in parts):
+        return Spliced(response, parts)
     return response
 
 
@@ -145,20 +145,20 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         basic = filters.is_basic(request.view)
         record, _ = self._read_run(validate_run_id(request.run_id), basic=basic)
         response = pb.GetRunResponse()
-        version = convert.fill_run(
+        parts = convert.fill_run(
             response.run, record, self._versions, basic=basic, splice=self._splice
         )
-        return _answer(response, [version])
+        return _answer(response, [parts])
 
     def GetRunStatus(  # type: ignore[override] # or a Spliced of it
         self, request: pb.GetRunStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetRunStatusResponse | Spliced:
         record, failed = self._read_run(validate_run_id(request.run_id), poll=True)
         response = pb.GetRunStatusResponse()
-        version = convert.fill_run(response.run, record, self._versions, splice=self._splice)
+        parts = convert.fill_run(response.run, record, self._versions, splice=self._splice)
         if failed:  # PySpur's poll marks it so (and stores it; this call never writes)
             response.run.status = convert.RUN_STATUS[RunStatus.FAILED]
-        return _answer(response, [version])
+        return _answer(response, [parts])
 
     def ListRuns(  # type: ignore[override] # or a Spliced of it
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext

@@ -1,0 +1,292 @@
+"""api/_wire.c against protobuf's own messages: every JSON value and task row
+it writes parses to what api/convert.py builds through upb (set_value,
+add_tasks), for generated documents and rows too; what it does not write as
+convert.py would, it refuses, and convert.py then says why (DataLoss)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import struct_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_convert_values import DOCUMENTS
+
+from spur.runs.v1 import run_pb2
+from spur_runs.api import _wire, convert
+from spur_runs.api.workflow import WorkflowGraph
+from spur_runs.errors import DataLoss
+from spur_runs.store.models import TaskStatus
+
+T0 = datetime(2026, 11, 2, 9, 0, 0, 123456)
+
+
+def _value(document: Any) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    convert.set_value(value, document)
+    return value
+
+
+def _row(n: int = 0, **columns: Any) -> tuple[Any, ...]:
+    """A task row in store.statements.TASK_COLUMNS' order."""
+    row = {
+        "_intid": n,
+        "id": f"T{n}",
+        "run_id": "R1",
+        "node_id": f"node{n % 3}",
+        "parent_task_id": None,
+        "status": TaskStatus.COMPLETED,
+        "inputs": {"q": "x", "n": n},
+        "outputs": {"a": [1, {}, []]},
+        "error": None,
+        "start_time": T0,
+        "end_time": T0 + timedelta(seconds=n),
+        "subworkflow": None,
+        "subworkflow_output": None,
+    }
+    row.update(columns)
+    return tuple(row.values())
+
+
+GRAPH = WorkflowGraph({"node0": "InputNode", "node1": "LLMNode"}, {"node0": ("node1", "node2")})
+
+
+def _tasks(rows: list[tuple[Any, ...]], paused: frozenset[str] = frozenset()) -> bytes:
+    """What convert.add_tasks builds, as a Run's tasks fields."""
+    run = run_pb2.Run()
+    convert.add_tasks(run.tasks, rows, paused, GRAPH)
+    return run.SerializeToString()
+
+
+def _wired(rows: list[tuple[Any, ...]], paused: frozenset[str] = frozenset()) -> bytes | None:
+    return convert.tasks_field(rows, paused, GRAPH)
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=repr)
+def test_a_value_is_the_one_set_value_builds(document: Any) -> None:
+    data = _wire.encode_value(document)
+    assert struct_pb2.Value.FromString(data) == _value(document)
+    # Maps aside (whose order upb does not keep), the very same bytes.
+    if not isinstance(document, dict):
+        assert data == _value(document).SerializeToString()
+
+
+def test_numbers_strings_and_odd_values() -> None:
+    for document in [
+        0,
+        -0.0,
+        1e308,
+        2**53 + 1,
+        -(2**63),
+        10**300,
+        math.inf,
+        -math.inf,
+        "",
+        "é€😀",
+        "\x00",
+        {"": ""},
+        {"é": {"😀": [None]}},
+        [True, False, None, 0, 0.5, "s"],
+        (1, "tuple"),  # as set_value takes it: a list
+    ]:
+        assert struct_pb2.Value.FromString(_wire.encode_value(document)) == _value(document)
+    nan = struct_pb2.Value.FromString(_wire.encode_value(math.nan))
+    assert math.isnan(nan.number_value)
+
+
+def test_subclasses_are_written_as_their_json_type() -> None:
+    class Text(str):
+        pass
+
+    class Mapping(dict):  # type: ignore[type-arg]
+        pass
+
+    document = Mapping(a=Text("x"), b=[Mapping()])
+    assert struct_pb2.Value.FromString(_wire.encode_value(document)) == _value(document)
+
+
+@pytest.mark.parametrize(
+    "document, error",
+    [
+        (10**400, OverflowError),  # no double holds it
+        ("\ud800", UnicodeEncodeError),  # a lone surrogate
+        ({"k": "\udfff"}, UnicodeEncodeError),
+        ({"\ud800": 1}, UnicodeEncodeError),
+        ({1: "x"}, TypeError),  # not JSON
+        ({"a": {1, 2}}, TypeError),
+        ([b"bytes"], TypeError),
+        (object(), TypeError),
+    ],
+    ids=[
+        "huge",
+        "surrogate",
+        "surrogate-in-object",
+        "surrogate-key",
+        "int-key",
+        "set",
+        "bytes",
+        "object",
+    ],
+)
+def test_what_it_refuses(document: Any, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        _wire.encode_value(document)
+
+
+def test_deep_nesting_raises_and_does_not_crash() -> None:
+    document: Any = []
+    for _ in range(sys.getrecursionlimit() + 100):
+        document = [document]
+    with pytest.raises(RecursionError):
+        _wire.encode_value(document)
+    # Deeper than protobuf's parser goes (100 messages: 33 objects), as
+    # set_value builds it; past 128 levels it leaves the value to convert.py
+    # (which serves what Python's recursion reaches: test_deep_json.py).
+    deep: Any = {}
+    for _ in range(127):  # 128 objects
+        deep = {"a": deep}
+    assert _wire.encode_value(deep) == _value(deep).SerializeToString()
+    with pytest.raises(RecursionError):
+        _wire.encode_value({"a": deep})
+
+
+def test_tasks_are_the_ones_add_tasks_builds() -> None:
+    rows = [
+        _row(0),
+        _row(1, status=TaskStatus.RUNNING, end_time=None, outputs=None),
+        _row(2, status=TaskStatus.PENDING, start_time=None, end_time=None, inputs=None),
+        _row(3, error="", parent_task_id="T1", subworkflow={}, subworkflow_output=[]),
+        _row(4, error="boom é", subworkflow={"nodes": [{"id": "x"}]}, subworkflow_output="s"),
+        _row(5, id="", run_id="", node_id=""),  # proto3: empty strings are not written
+        _row(6, node_id="unknown"),  # no node type: ""
+        _row(7, inputs={}, outputs=[]),  # {} and [] stay such
+        _row(8, inputs=None, outputs=None, start_time=datetime(1970, 1, 1)),  # a zero Timestamp
+    ]
+    for paused in (frozenset(), frozenset({"node0"})):
+        data = _wired(rows, paused)
+        assert data is not None
+        assert run_pb2.Run.FromString(data) == run_pb2.Run.FromString(_tasks(rows, paused))
+    assert _wired([]) == b""
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1970, 1, 1),
+        datetime(1969, 12, 31, 23, 59, 59, 500000),  # before 1970: negative seconds
+        datetime(1, 1, 1),
+        datetime(9999, 12, 31, 23, 59, 59, 999999),
+        datetime(2000, 2, 29, 12),
+        datetime(2026, 11, 2, 9, tzinfo=UTC),
+        datetime(2026, 11, 2, 9, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2026, 11, 2, 0, 0, 0, 1, tzinfo=timezone(timedelta(hours=-3))),
+    ],
+    ids=str,
+)
+def test_timestamps(moment: datetime) -> None:
+    rows = [_row(0, start_time=moment, end_time=moment)]
+    data = _wired(rows)
+    assert data is not None
+    assert run_pb2.Run.FromString(data) == run_pb2.Run.FromString(_tasks(rows))
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {"inputs": {"n": 10**400}},
+        {"outputs": "\ud800"},
+        {"subworkflow": ["not", "an", "object"]},
+        {"subworkflow_output": {"x": 10**400}},
+    ],
+    ids=repr,
+)
+def test_a_row_it_refuses_is_built_by_add_tasks_which_says_why(columns: dict[str, Any]) -> None:
+    rows = [_row(0), _row(1, **columns)]
+    # No reference is left behind on the way out of an error.
+    documents = [v for v in rows[1] if isinstance(v, dict | list | datetime)]
+    counts = [sys.getrefcount(v) for v in documents]
+    assert _wired(rows) is None
+    assert [sys.getrefcount(v) for v in documents] == counts
+    with pytest.raises(DataLoss, match="task T1"):
+        _tasks(rows)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [("too", "short")],
+        [_row(0, id=None)],
+        [_row(0, error=5)],
+        [_row(0, status="COMPLETED")],  # not a TaskStatus
+        [_row(0, start_time="2026-11-02")],
+        [3],
+    ],
+    ids=repr,
+)
+def test_rows_of_the_wrong_shape_are_refused(rows: list[Any]) -> None:
+    assert _wired(rows) is None
+
+
+def test_the_module_is_built_from_this_source() -> None:
+    """An editable install builds the module in place: one built from an
+    older _wire.c would go on serving after the source changed."""
+    source = Path(convert.__file__).with_name("_wire.c")
+    assert Path(_wire.__file__).stat().st_mtime >= source.stat().st_mtime, (
+        "api/_wire.c changed after its module was built: pip install -e . again"
+    )
+
+
+# --- generated documents and rows ---------------------------------------------------
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
+    max_leaves=30,
+)
+moments = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30))
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_generated_values(document: Any) -> None:
+    assert struct_pb2.Value.FromString(_wire.encode_value(document)) == _value(document)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "id": st.text(max_size=6),
+                "node_id": st.sampled_from(["node0", "node1", "node2", "other"]),
+                "status": st.sampled_from(list(TaskStatus)),
+                "inputs": st.none() | json_values,
+                "outputs": st.none() | json_values,
+                "error": st.none() | st.text(max_size=20),
+                "parent_task_id": st.none() | st.text(max_size=6),
+                "start_time": st.none() | moments,
+                "end_time": st.none() | moments,
+                "subworkflow": st.none() | st.dictionaries(st.text(max_size=4), json_values),
+                "subworkflow_output": st.none() | json_values,
+            }
+        ),
+        max_size=6,
+    ),
+    st.sampled_from([frozenset(), frozenset({"node0"}), frozenset({"node1", "node2"})]),
+)
+def test_generated_rows(columns: list[dict[str, Any]], paused: frozenset[str]) -> None:
+    rows = [_row(n, **c) for n, c in enumerate(columns)]
+    data = _wired(rows, paused)
+    assert data is not None
+    assert run_pb2.Run.FromString(data) == run_pb2.Run.FromString(_tasks(rows, paused))
