@@ -1,6 +1,7 @@
-"""api/spliced.py: a response whose runs' workflow versions are spliced in as
-bytes parses to the message with the versions copied in, whatever else the
-runs and the response hold."""
+"""api/spliced.py: a response whose runs are bytes (each with its workflow
+version spliced in) serializes to the whole message's very bytes, and gives
+the gateway the message without the versions, whatever else the runs and
+the response hold."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from google.protobuf import struct_pb2
 
 from spur.runs.v1 import run_pb2
 from spur.runs.v1 import run_service_pb2 as pb
-from spur_runs.api.spliced import Parts, Spliced, version_field
+from spur_runs.api.spliced import EncodedRun, Spliced, encoded, version_field
 
 
 def _version(n: int) -> run_pb2.WorkflowVersion:
@@ -39,104 +40,103 @@ def _run(n: int, *, version_id: bool = True, tail: bool = True) -> run_pb2.Run:
     return run
 
 
-def _check(
-    message: Any, versions: list[run_pb2.WorkflowVersion | None], *, tasks: bool = False
-) -> None:
-    """`tasks`: the runs' tasks are taken out of `message` too, and spliced
-    back in as bytes (what api/_wire.c writes: a Run's tasks fields)."""
+def _never(run: run_pb2.Run) -> None:
+    raise AssertionError("the bytes parse: no run is built")
+
+
+def _check(message: Any, runs: list[run_pb2.Run], versions: list[Any]) -> None:
     whole = type(message)()
     whole.CopyFrom(message)
-    for run, version in zip(_runs(whole), versions, strict=True):
+    targets = list(whole.runs) if hasattr(whole, "runs") else [whole.run]
+    if hasattr(whole, "runs"):
+        whole.runs.extend(runs)
+        targets = list(whole.runs)
+    else:
+        whole.run.CopyFrom(runs[0])
+        targets = [whole.run]
+    for target, version in zip(targets, versions, strict=True):
         if version is not None:
             # Parsed from its bytes, not copied: upb may copy a map's
             # entries in another order, which the bytes compared below show.
-            run.workflow_version.MergeFromString(version.SerializeToString())
-    parts: list[Parts | None] = []
-    for run, version in zip(_runs(message), versions, strict=True):
-        field = None if version is None else (version, version_field(version))
-        taken = b""
-        if tasks:
-            taken = run_pb2.Run(tasks=run.tasks).SerializeToString()
-            del run.tasks[:]
-        parts.append(None if field is None and not taken else Parts(field, taken))
-    spliced = Spliced(message, parts)
-    data = spliced.SerializeToString()
-    assert spliced.materialize() == whole
-    assert type(message).FromString(data) == whole
-    # Each version where protobuf itself puts it (fields in number order):
-    # the very bytes of the whole message.
+            target.workflow_version.MergeFromString(version.SerializeToString())
+    rendered = type(whole)()
+    rendered.CopyFrom(whole)
+    for target in list(rendered.runs) if hasattr(rendered, "runs") else [rendered.run]:
+        target.ClearField("workflow_version")
+    answer = Spliced(
+        message,
+        [
+            encoded(run, None if v is None else (v, version_field(v)), _never)
+            for run, v in zip(runs, versions, strict=True)
+        ],
+    )
+    data = answer.SerializeToString()
+    # Each version where protobuf itself puts it (fields in number order),
+    # the response's own fields after the runs: the very bytes of the whole.
     assert data == whole.SerializeToString()
-    # materialize() copied the versions in: serializing again adds none twice.
-    assert type(message).FromString(spliced.SerializeToString()) == whole
+    assert answer.ByteSize() == len(data)
+    assert answer.for_render() == rendered
+    assert answer.for_render() == rendered  # parsed once
+    assert answer.materialize() == whole
+    assert answer.SerializeToString() == data  # the runs are not sent twice
 
 
 @pytest.mark.parametrize("tail", [True, False], ids=["fields-after", "nothing-after"])
 @pytest.mark.parametrize("version_id", [True, False])
 def test_get_run_response(tail: bool, version_id: bool) -> None:
-    response = pb.GetRunResponse(run=_run(7, version_id=version_id, tail=tail))
-    _check(response, [_version(7)])
+    _check(pb.GetRunResponse(), [_run(7, version_id=version_id, tail=tail)], [_version(7)])
+    _check(pb.GetRunResponse(), [_run(7, version_id=version_id, tail=tail)], [None])
 
 
 def test_a_list_with_runs_with_and_without_versions_and_its_own_fields() -> None:
     runs = [_run(n, version_id=n % 2 == 0, tail=n % 3 != 0) for n in range(1, 9)]
     versions = [_version(n) if n % 4 else None for n in range(1, 9)]
     for message in (
-        pb.ListRunsResponse(runs=runs, next_page_token="tok", total_size=42),
-        pb.GetChildRunsResponse(runs=runs, next_page_token="next"),
+        pb.ListRunsResponse(next_page_token="tok", total_size=42),
+        pb.GetChildRunsResponse(next_page_token="next"),
+        pb.ListRunsResponse(),
     ):
-        _check(message, list(versions))
+        _check(message, runs, list(versions))
+    _check(pb.ListRunsResponse(next_page_token="empty page"), [], [])
 
 
 def test_large_runs_need_longer_lengths() -> None:
-    """A run of more than 2**14 bytes: its length grows by a byte or two."""
+    """A run of more than 2**14 bytes: its length takes more bytes."""
     run = _run(3)
     for i in range(300):
         run.tasks.add(id=f"T{i}", run_id="R3", node_id="n").outputs.struct_value.update(
             {"x": "y" * 100}
         )
-    _check(pb.ListRunsResponse(runs=[run], next_page_token="t"), [_version(200)])
+    _check(pb.ListRunsResponse(next_page_token="t"), [run], [_version(200)])
 
 
-def test_fields_before_the_version_longer_than_127_bytes() -> None:
-    """A field before workflow_version whose length takes two bytes (the
-    length read that is not inline in _fields_below)."""
-    run = _run(5)
-    run.workflow_id = "S" * 300
-    run.workflow_version_id = "V" * 20_000  # three bytes
-    _check(pb.GetRunResponse(run=run), [_version(5)])
+def test_a_run_too_deep_to_parse_is_built_for_the_gateway() -> None:
+    """upb parses 100 levels of messages; the run is then built by its
+    `build` (convert.fill_run), and the versions still come apart."""
+    deep: dict[str, Any] = {}
+    for _ in range(60):
+        deep = {"a": deep}
+    run = _run(2)
+    run.outputs.struct_value.update(deep)
+    version = _version(2)
+    built: list[int] = []
+
+    def build(target: run_pb2.Run) -> None:
+        built.append(1)
+        target.CopyFrom(run)
+
+    answer = Spliced(pb.GetRunResponse(), [encoded(run, (version, version_field(version)), build)])
+    data = answer.SerializeToString()
+    assert answer.for_render().run == run
+    assert built == [1]
+    assert answer.materialize().run.workflow_version == version
+    assert answer.SerializeToString() == data
 
 
-def _runs(message: Any) -> list[run_pb2.Run]:
-    return list(message.runs) if hasattr(message, "runs") else [message.run]
-
-
-@pytest.mark.parametrize("tail", [True, False], ids=["fields-after", "nothing-after"])
-@pytest.mark.parametrize("version", [True, False], ids=["version", "no-version"])
-def test_tasks_spliced_in_as_bytes(tail: bool, version: bool) -> None:
-    """Tasks (field 10) go before parent_run_id (11) and after the version
-    (4), with or without either around them."""
-    response = pb.GetRunResponse(run=_run(5, tail=tail))
-    response.run.parent_run_id = "R1"
-    _check(response, [_version(5) if version else None], tasks=True)
-    runs = [_run(n, version_id=n % 2 == 0, tail=n % 3 != 0) for n in range(1, 9)]
-    _check(
-        pb.ListRunsResponse(runs=runs, next_page_token="tok"),
-        [_version(n) if n % 4 and version else None for n in range(1, 9)],
-        tasks=True,
-    )
-
-
-def test_the_gateway_gets_the_tasks_in_the_message() -> None:
-    """with_tasks parses them in once; the bytes stay the same after it."""
-    response = pb.GetRunResponse(run=_run(4))
-    expected = pb.GetRunResponse()
-    expected.CopyFrom(response)
-    taken = run_pb2.Run(tasks=response.run.tasks).SerializeToString()
-    del response.run.tasks[:]
-    spliced = Spliced(response, [Parts(None, taken)])
-    before = spliced.SerializeToString()
-    assert spliced.with_tasks() == expected
-    assert spliced.with_tasks() == expected  # not twice
-    assert spliced.SerializeToString() == before
-    fresh = Spliced(response, list(spliced.parts))  # the message holds them now
-    assert pb.GetRunResponse.FromString(fresh.SerializeToString()) == expected
+def test_without_version_cuts_the_version_out() -> None:
+    run = _run(4)
+    version = _version(4)
+    encoded_run = encoded(run, (version, version_field(version)), _never)
+    assert isinstance(encoded_run, EncodedRun)
+    assert run_pb2.Run.FromString(encoded_run.without_version()) == run
+    assert run_pb2.Run.FromString(encoded_run.data).workflow_version == version

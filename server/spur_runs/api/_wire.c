@@ -31,6 +31,14 @@
 #include <stdint.h>
 #include <string.h>
 
+/* What this module does not write as api/convert.py would: a value that is
+ * not JSON, a column of another type, a row of another shape, JSON nested
+ * past MAX_DEPTH. convert.py builds those as messages instead, which says
+ * what is wrong (DataLoss) or serves them. (OverflowError and
+ * UnicodeEncodeError, raised by CPython's conversions, mean the same.)
+ * Any other error is a bug, and is not caught. */
+static PyObject *Refused;
+
 /* --- lengths, kept in pre-order between the two passes ------------------ */
 
 typedef struct {
@@ -50,7 +58,7 @@ typedef struct {
 static int enter(Enc *e) {
     if (++e->depth > MAX_DEPTH) {
         e->depth--;
-        PyErr_SetString(PyExc_RecursionError, "a JSON value nested too deeply for _wire");
+        PyErr_SetString(Refused, "a JSON value nested too deeply for _wire");
         return -1;
     }
     return 0;
@@ -133,7 +141,7 @@ static Py_ssize_t measure_fields(Enc *e, PyObject *value) {
     PyObject *key, *item;
     while (PyDict_Next(value, &pos, &key, &item)) {
         if (!PyUnicode_Check(key)) {
-            PyErr_SetString(PyExc_TypeError, "a JSON object's key is not a string");
+            PyErr_SetString(Refused, "a JSON object's key is not a string");
             return -1;
         }
         const char *data;
@@ -215,7 +223,7 @@ static Py_ssize_t measure_value(Enc *e, PyObject *value) {
         e->items[inner_slot] = inner;
         size = delimited(inner);
     } else {
-        PyErr_Format(PyExc_TypeError, "not a JSON value: %.100s", Py_TYPE(value)->tp_name);
+        PyErr_Format(Refused, "not a JSON value: %.100s", Py_TYPE(value)->tp_name);
         return -1;
     }
     e->items[slot] = size;
@@ -282,7 +290,7 @@ typedef struct {
  * are moved to UTC by their offset, as convert.set_timestamp does. */
 static int stamp(PyObject *value, Stamp *out) {
     if (!PyDateTime_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "not a datetime: %.100s", Py_TYPE(value)->tp_name);
+        PyErr_Format(Refused, "not a datetime: %.100s", Py_TYPE(value)->tp_name);
         return -1;
     }
     int64_t days = days_from_civil(PyDateTime_GET_YEAR(value), PyDateTime_GET_MONTH(value),
@@ -379,7 +387,7 @@ typedef struct {
 
 static int required_text(PyObject *value, const char **data, Py_ssize_t *size) {
     if (!PyUnicode_Check(value)) {
-        PyErr_Format(PyExc_TypeError, "a task's id is not a string: %.100s",
+        PyErr_Format(Refused, "a task's id is not a string: %.100s",
                      Py_TYPE(value)->tp_name);
         return -1;
     }
@@ -419,7 +427,7 @@ static Py_ssize_t measure_task(Enc *e, Task *t, PyObject *node_types, PyObject *
 
     PyObject *number = PyDict_GetItemWithError(statuses, c[COL_STATUS]);
     if (number == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "a task's status is unknown");
+        if (!PyErr_Occurred()) PyErr_SetString(Refused, "a task's status is unknown");
         return -1;
     }
     t->status = PyLong_AsLong(number);
@@ -463,7 +471,7 @@ static Py_ssize_t measure_task(Enc *e, Task *t, PyObject *node_types, PyObject *
     if (subworkflow != Py_None) {
         if (!PyDict_Check(subworkflow)) {
             /* convert.py says so (DataLoss) */
-            PyErr_SetString(PyExc_ValueError, "a task's subworkflow is not a JSON object");
+            PyErr_SetString(Refused, "a task's subworkflow is not a JSON object");
             return -1;
         }
         if (enter(e) < 0) return -1;
@@ -576,7 +584,7 @@ static PyObject *encode_tasks(PyObject *self, PyObject *args) {
         if (PySequence_Fast_GET_SIZE(t->row) != TASK_COLUMNS) {
             Py_DECREF(t->row);
             t->row = NULL;
-            PyErr_SetString(PyExc_ValueError, "a task row must have 13 columns");
+            PyErr_SetString(Refused, "a task row must have 13 columns");
             goto done;
         }
         Py_ssize_t size = measure_task(&e, t, node_types, downstream, statuses);
@@ -689,11 +697,11 @@ static PyObject *encode_run(PyObject *self, PyObject *args) {
     Py_ssize_t tasks_size;
     long status, task_count;
     double percentage;
-    if (!PyArg_ParseTuple(args, "Oly#ldO:encode_run", &row, &status, &tasks, &tasks_size,
-                          &task_count, &percentage, &duration)) {
+    if (!PyArg_ParseTuple(args, "OlOy#ldO:encode_run", &row, &status, &version, &tasks,
+                          &tasks_size, &task_count, &percentage, &duration)) {
         return NULL;
     }
-    /* y# above also refuses None for tasks; version is checked here */
+    /* y# above refuses None for tasks; version is checked here */
     const char *version_data = NULL;
     Py_ssize_t version_size = 0;
     if (version != NULL && version != Py_None) {
@@ -721,7 +729,7 @@ static PyObject *encode_run(PyObject *self, PyObject *args) {
     Enc e = {0};
     PyObject *data = NULL, *result = NULL;
     if (PySequence_Fast_GET_SIZE(seq) != RUN_COLUMNS) {
-        PyErr_SetString(PyExc_ValueError, "a run row must have 14 columns");
+        PyErr_SetString(Refused, "a run row must have 14 columns");
         goto done;
     }
     PyObject **c = PySequence_Fast_ITEMS(seq);
@@ -734,7 +742,7 @@ static PyObject *encode_run(PyObject *self, PyObject *args) {
             lengths[i] = -1;
         } else {
             if (!PyUnicode_Check(value)) {
-                PyErr_Format(PyExc_TypeError, "a run's text column holds %.100s",
+                PyErr_Format(Refused, "a run's text column holds %.100s",
                              Py_TYPE(value)->tp_name);
                 goto done;
             }
@@ -759,7 +767,7 @@ static PyObject *encode_run(PyObject *self, PyObject *args) {
     if (inputs != Py_None) {
         if (!PyDict_Check(inputs)) {
             /* convert.py says so (DataLoss) */
-            PyErr_SetString(PyExc_ValueError, "a run's initial_inputs is not a JSON object");
+            PyErr_SetString(Refused, "a run's initial_inputs is not a JSON object");
             goto done;
         }
         if (enter(&e) < 0) goto done;
@@ -870,5 +878,15 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__wire(void) {
     PyDateTime_IMPORT;
     if (PyDateTimeAPI == NULL) return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Refused = PyErr_NewExceptionWithDoc(
+        "spur_runs.api._wire.Refused",
+        "A value or row this module does not write as api/convert.py would.", PyExc_ValueError,
+        NULL);
+    if (Refused == NULL || PyModule_AddObjectRef(m, "Refused", Refused) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -2,6 +2,8 @@
 from collections.abc import Sequence
 from typing import Any
 
+class Refused(ValueError): ...
+
 def encode_tasks(
     rows: Sequence[Any],
     node_types: dict[str, str],
@@ -9,3 +11,12 @@ def encode_tasks(
     statuses: dict[Any, Any],
 ) -> bytes: ...
 def encode_value(value: Any) -> bytes: ...
+def encode_run(
+    row: Sequence[Any],
+    status: int,
+    version: bytes | None,
+    tasks: bytes,
+    task_count: int,
+    percentage: float,
+    duration: float | None,
+) -> tuple[bytes, int]: ...

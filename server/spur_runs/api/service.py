@@ -21,7 +21,7 @@ from ..store import runs
 from ..store.db import Database
 from ..store.models import RunStatus
 from . import convert, filters, paging, rules
-from .spliced import Parts, Spliced
+from .spliced import Spliced
 from .versions import VersionCache
 from .watch import WatchHub
 
@@ -73,14 +73,6 @@ def list_query(request: pb.ListRunsRequest) -> ListQuery:
     return ListQuery(size, where, filters.is_basic(request.view), scope, after, offset)
 
 
-def _answer(response: M, parts: list[Parts | None]) -> M | Spliced:
-    """`response`, or a Spliced of it when a run's version or tasks were
-    left out (convert.fill_run's `splice`)."""
-    if any(part is not None for part in parts):
-        return Spliced(response, parts)
-    return response
-
-
 def _optional(request: Any, field: str) -> int | None:
     """A proto3 `optional` int32 field: None when unset, so that an explicit
     0 is told apart from "use the default" (and rejected)."""
@@ -108,6 +100,34 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         self._splice = splice
         self._heavy_limit = heavy_reads
         self._heavy = threading.BoundedSemaphore(heavy_reads) if heavy_reads else None
+
+    def _answer(
+        self,
+        response: M,
+        records: list[runs.RunRecord],
+        *,
+        basic: bool = False,
+        failed: bool = False,
+    ) -> M | Spliced:
+        """`response` (without runs) with the runs of `records`: as bytes
+        written in C beside it (a Spliced) when the server asked for that,
+        otherwise built into it as messages. `failed`: the run's status is
+        FAILED (GetRunStatus)."""
+        if self._splice:
+            return Spliced(
+                response,
+                [
+                    convert.encode_run(record, self._versions, basic=basic, failed=failed)
+                    for record in records
+                ],
+            )
+        message: Any = response
+        for record in records:
+            run = message.runs.add() if hasattr(message, "runs") else message.run
+            convert.fill_run(run, record, self._versions, basic=basic)
+            if failed:
+                run.status = convert.RUN_STATUS[RunStatus.FAILED]
+        return response
 
     def _load_versions(self, keys: list[tuple[str, str] | None]) -> None:
         """Cache the workflow versions of `keys` that are not cached, read
@@ -144,21 +164,14 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
     ) -> pb.GetRunResponse | Spliced:
         basic = filters.is_basic(request.view)
         record, _ = self._read_run(validate_run_id(request.run_id), basic=basic)
-        response = pb.GetRunResponse()
-        parts = convert.fill_run(
-            response.run, record, self._versions, basic=basic, splice=self._splice
-        )
-        return _answer(response, [parts])
+        return self._answer(pb.GetRunResponse(), [record], basic=basic)
 
     def GetRunStatus(  # type: ignore[override] # or a Spliced of it
         self, request: pb.GetRunStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetRunStatusResponse | Spliced:
         record, failed = self._read_run(validate_run_id(request.run_id), poll=True)
-        response = pb.GetRunStatusResponse()
-        parts = convert.fill_run(response.run, record, self._versions, splice=self._splice)
-        if failed:  # PySpur's poll marks it so (and stores it; this call never writes)
-            response.run.status = convert.RUN_STATUS[RunStatus.FAILED]
-        return _answer(response, [parts])
+        # `failed`: PySpur's poll marks it so (and stores it; this call never writes).
+        return self._answer(pb.GetRunStatusResponse(), [record], failed=failed)
 
     def ListRuns(  # type: ignore[override] # or a Spliced of it
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
@@ -214,19 +227,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
         response = pb.ListRunsResponse(
             next_page_token=_next_run_token(query.scope, records, more), total_size=total
         )
-        return _answer(
-            response,
-            [
-                convert.fill_run(
-                    response.runs.add(),
-                    record,
-                    self._versions,
-                    basic=query.basic,
-                    splice=self._splice,
-                )
-                for record in records
-            ],
-        )
+        return self._answer(response, records, basic=query.basic)
 
     def GetRunTasks(
         self, request: pb.GetRunTasksRequest, context: grpc.ServicerContext
@@ -277,15 +278,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             )
             self._versions.load(conn, (r.version_key for r in records))
         response = pb.GetChildRunsResponse(next_page_token=_next_run_token(scope, records, more))
-        return _answer(
-            response,
-            [
-                convert.fill_run(
-                    response.runs.add(), record, self._versions, basic=basic, splice=self._splice
-                )
-                for record in records
-            ],
-        )
+        return self._answer(response, records, basic=basic)
 
     def WatchRun(  # type: ignore[override] # grpc's non-blocking form
         self,

@@ -1,25 +1,22 @@
-"""Responses whose runs' workflow versions are spliced in as cached bytes.
+"""Responses whose runs are wire bytes, written in C from their rows.
 
-Every run of GetRun, ListRuns and GetChildRuns embeds its workflow version,
-whose definition (a few kB) is the same for every run of that version.
-Copying the cached message into each run (CopyFrom) and serializing it once
-more per run was about a tenth of a list page's server CPU under load
-(docs/performance.md, "Seventh step"). A `Spliced` response is the message
-without those versions, beside the versions' own wire bytes, encoded once per
-version (versions.VersionCache): `SerializeToString` puts each one in its run,
-where protobuf's encoding of the whole message would have put it (the
-fields of a message in field-number order, as upb writes them), and the
-result parses to the same message.
+GetRun, GetRunStatus, ListRuns and GetChildRuns answer runs with their tasks
+and workflow versions. Building those messages field by field through
+protobuf's Python API was the largest part of a GetRun's own work (a Python
+object made for every Value, Struct and Timestamp touched: docs/performance.md,
+"Twenty-seventh step"); copying each run's workflow version (a few kB, the
+same for every run of that version) into it and serializing it once more was
+about a tenth of a list page ("Seventh step"). So, when runtime/server.py asks
+the servicer for it (`RunService(splice=True)`), each run is an `EncodedRun`:
+the Run message's bytes, written by api/_wire.c from the run's row, its task
+rows and its version's bytes, encoded once per version (versions.VersionCache).
+A `Spliced` answer is those runs beside the response message's own fields.
 
-The runs' tasks come the same way, as bytes: api/_wire.c writes a run's
-Task messages straight from its task rows (convert.tasks_field), where
-building them field by field through protobuf's Python API was the largest
-part of a GetRun's own work (docs/performance.md, "Twenty-seventh step").
-
-The servicer answers these when runtime/server.py asks it to: rpc/encode.py
-serializes them for gRPC; the gateway parses the tasks into the message,
-renders it, and puts each version's JSON, rendered once per version, in its
-run (gateway/render.py).
+rpc/encode.py serializes it for gRPC: the runs' bytes, then the message's
+(the runs are field 1, first on the wire, as protobuf writes them). The
+gateway parses the runs into the message without their versions, renders it,
+and puts each version's JSON, rendered once per version, in its run
+(gateway/render.py).
 """
 
 from __future__ import annotations
@@ -33,23 +30,8 @@ from spur.runs.v1 import run_pb2
 
 # The run (GetRunResponse.run) or runs (ListRunsResponse.runs,
 # GetChildRunsResponse.runs): field 1, length-delimited, first on the wire.
-_RUNS_TAG = 0x0A
+_RUNS_TAG = b"\x0a"
 _VERSION_FIELD = run_pb2.Run.WORKFLOW_VERSION_FIELD_NUMBER
-_TASKS_FIELD = run_pb2.Run.TASKS_FIELD_NUMBER
-
-
-class Parts(NamedTuple):
-    """What one run's message was built without, as bytes to put in it."""
-
-    # The workflow version: (message, its version_field bytes), or None.
-    version: tuple[run_pb2.WorkflowVersion, bytes] | None
-    # The run's tasks as Run.tasks fields (api/_wire.c), or b"".
-    tasks: bytes
-    # Adds the same tasks to a run's tasks as messages (convert.add_tasks):
-    # for a run whose tasks are too deeply nested for protobuf's parser
-    # (upb stops at 100 levels: ~33 levels of JSON objects), which the
-    # gateway still renders.
-    build: Callable[[Any], None] | None = None
 
 
 def version_field(version: run_pb2.WorkflowVersion) -> bytes:
@@ -58,108 +40,114 @@ def version_field(version: run_pb2.WorkflowVersion) -> bytes:
     return _varint((_VERSION_FIELD << 3) | 2) + _varint(len(data)) + data
 
 
+class EncodedRun(NamedTuple):
+    """A Run message as bytes, and what the gateway needs of it."""
+
+    # The Run's bytes, with its workflow version's field at `cut` if any.
+    data: bytes
+    cut: int
+    # The version in `data` (message, its version_field bytes), or None.
+    version: tuple[run_pb2.WorkflowVersion, bytes] | None
+    # Fills an empty Run message with the same run, its version left out
+    # (convert.fill_run): for a run too deeply nested for protobuf's parser
+    # (upb stops at 100 levels of messages: ~33 levels of JSON objects),
+    # which the gateway still renders.
+    build: Callable[[run_pb2.Run], Any]
+
+    def without_version(self) -> bytes:
+        if self.version is None:
+            return self.data
+        return self.data[: self.cut] + self.data[self.cut + len(self.version[1]) :]
+
+
+def encoded(
+    message: run_pb2.Run,
+    version: tuple[run_pb2.WorkflowVersion, bytes] | None,
+    build: Callable[[run_pb2.Run], Any],
+) -> EncodedRun:
+    """An EncodedRun of a Run message built without its version (the rare
+    run that api/_wire.c does not write: convert.encode_run)."""
+    data = message.SerializeToString()
+    if version is None:
+        return EncodedRun(data, 0, None, build)
+    cut = _fields_below(data, _VERSION_FIELD)
+    return EncodedRun(data[:cut] + version[1] + data[cut:], cut, version, build)
+
+
 class Spliced:
-    """A response message whose runs lack their workflow version or their
-    tasks, and per run (in order) the Parts to put in, or None for a run
-    that has nothing to add."""
+    """A response message without its runs, and its runs as EncodedRuns, in
+    order."""
 
-    __slots__ = ("message", "parts", "_data")
+    __slots__ = ("message", "runs", "_data", "_parsed")
 
-    def __init__(self, message: Any, parts: Sequence[Parts | None]) -> None:
+    def __init__(self, message: Any, runs: Sequence[EncodedRun]) -> None:
         self.message = message
-        self.parts = list(parts)
+        self.runs = list(runs)
         self._data: bytes | None = None
+        self._parsed = False
 
     @property
     def versions(self) -> list[tuple[run_pb2.WorkflowVersion, bytes] | None]:
-        """Each run's version to put in (the gateway renders it apart)."""
-        return [None if part is None else part.version for part in self.parts]
+        """Each run's version (the gateway renders it apart)."""
+        return [run.version for run in self.runs]
 
     def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name: serializers call it
         """The whole message's wire bytes, made once: rpc/encode.py measures
         them before grpc's serializer sends them."""
         if self._data is None:
-            self._data = self._splice()
+            parts: list[bytes] = []
+            for run in self.runs:
+                parts += (_RUNS_TAG, _varint(len(run.data)), run.data)
+            parts.append(self.message.SerializeToString())  # its own fields, after the runs
+            self._data = b"".join(parts)
         return self._data
 
-    def _splice(self) -> bytes:
-        data = self.message.SerializeToString()
-        parts: list[bytes] = []
-        pos = 0
-        for part in self.parts:
-            if data[pos] != _RUNS_TAG:
-                raise ValueError("a spliced response must start with its runs")
-            length, start = _read_varint(data, pos + 1)
-            end = start + length
-            if part is None:
-                parts.append(data[pos:end])
-            else:
-                # Each where protobuf would have written it: fields in number
-                # order, the version (4) before the tasks (10).
-                run = data[start:end]
-                pieces: list[bytes] = []
-                at = 0
-                if part.version is not None:
-                    cut = _fields_below(run, _VERSION_FIELD)
-                    pieces += (run[:cut], part.version[1])
-                    at = cut
-                if part.tasks:
-                    cut = _fields_below(run, _TASKS_FIELD, at)
-                    pieces += (run[at:cut], part.tasks)
-                    at = cut
-                pieces.append(run[at:])
-                body = b"".join(pieces)
-                parts += (bytes((_RUNS_TAG,)) + _varint(len(body)), body)
-            pos = end
-        parts.append(data[pos:])  # the response's own fields after its runs
-        return b"".join(parts)
-
     def ByteSize(self) -> int:  # noqa: N802 - protobuf's name
-        """The serialized size, or at most 5 bytes per run more (a run's
-        length prefix may grow by that much): for bounds."""
-        added = 0
-        for part in self.parts:
-            if part is not None:
-                added += len(part.tasks) + 5
-                if part.version is not None:
-                    added += len(part.version[1])
-        return int(self.message.ByteSize()) + added
+        return len(self.SerializeToString())
 
-    def runs(self) -> list[Any]:
-        """The response's run messages, in order (each with its entry of
-        `parts`)."""
-        message = self.message
-        return list(message.runs) if hasattr(message, "runs") else [message.run]
-
-    def with_tasks(self) -> Any:
-        """The message with its runs' tasks parsed in (their versions still
-        apart): what the gateway renders."""
-        if any(part is not None and part.tasks for part in self.parts):
-            for run, part in zip(self.runs(), self.parts, strict=True):
-                if part is not None and part.tasks:
-                    try:
-                        run.MergeFromString(part.tasks)  # appends to run.tasks
-                    except DecodeError:
-                        if part.build is None:
-                            raise
-                        del run.tasks[:]
-                        part.build(run.tasks)
-            self.parts = [None if p is None else Parts(p.version, b"") for p in self.parts]
+    def for_render(self) -> Any:
+        """The message with its runs parsed in, without their versions: what
+        the gateway renders (putting each version's JSON in its run)."""
+        self._parse(with_versions=False)
         return self.message
 
     def materialize(self) -> Any:
-        """The whole message: each run's tasks and version put in."""
-        for run, part in zip(self.runs(), self.parts, strict=True):
-            if part is not None and part.version is not None:
-                run.workflow_version.CopyFrom(part.version[0])
-        self.with_tasks()
-        self.parts = [None] * len(self.parts)
+        """The whole message, versions included."""
+        self._parse(with_versions=True)
         return self.message
 
+    def _parse(self, *, with_versions: bool) -> None:
+        if self._parsed:
+            if with_versions:
+                for target, run in zip(self._targets(), self.runs, strict=True):
+                    if run.version is not None:
+                        target.workflow_version.CopyFrom(run.version[0])
+            return
+        self.SerializeToString()  # from the runs' bytes, before the message holds them
+        self._parsed = True
+        for target, run in zip(self._targets(), self.runs, strict=True):
+            try:
+                target.MergeFromString(run.data if with_versions else run.without_version())
+            except DecodeError:
+                target.Clear()
+                run.build(target)
+                if with_versions and run.version is not None:
+                    target.workflow_version.CopyFrom(run.version[0])
 
-def _fields_below(message: bytes, number: int, pos: int = 0) -> int:
-    """The offset of the first field numbered `number` or more in `message`,
-    from `pos` (the start of a field)."""
+    def _targets(self) -> list[run_pb2.Run]:
+        """The message's run fields, one per run (made if need be)."""
+        message = self.message
+        if not hasattr(message, "runs"):
+            return [message.run]
+        runs = message.runs
+        while len(runs) < len(self.runs):
+            runs.add()
+        return list(runs)
+
+
+def _fields_below(message: bytes, number: int) -> int:
+    """The offset of the first field numbered `number` or more in `message`."""
+    pos = 0
     size = len(message)
     while pos < size:
         # A Run's tags are one byte (field numbers below 16), and so are most

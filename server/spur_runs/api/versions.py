@@ -36,7 +36,8 @@ class VersionCache:
         self._entries: OrderedDict[tuple[str, str], Entry] = OrderedDict()
         # The same versions without their definition (RUN_VIEW_BASIC), built
         # once per version rather than copied and cleared per run.
-        self._basic: dict[tuple[str, str], run_pb2.WorkflowVersion] = {}
+        # With its bytes as a Run's field (spliced.py), as for the whole one.
+        self._basic: dict[tuple[str, str], tuple[run_pb2.WorkflowVersion, bytes]] = {}
         self._capacity = capacity
         self._lock = threading.Lock()
 
@@ -63,16 +64,23 @@ class VersionCache:
 
     def basic(self, key: tuple[str, str] | None) -> run_pb2.WorkflowVersion | None:
         """The version of `key` without its definition, if it is cached."""
+        found = self.basic_field(key)
+        return None if found is None else found[0]
+
+    def basic_field(
+        self, key: tuple[str, str] | None
+    ) -> tuple[run_pb2.WorkflowVersion, bytes] | None:
+        """The same, with its bytes as a Run's workflow_version field."""
         if key is None:
             return None
         with self._lock:
             found = self._basic.get(key)
             entry = self._entries.get(key)
             if found is None and entry is not None:
-                found = run_pb2.WorkflowVersion()
-                found.CopyFrom(entry[0])
-                found.ClearField("definition")
-                self._basic[key] = found
+                message = run_pb2.WorkflowVersion()
+                message.CopyFrom(entry[0])
+                message.ClearField("definition")
+                found = self._basic[key] = (message, version_field(message))
         return found
 
     def load(self, conn: Connection, keys: Iterable[tuple[str, str] | None]) -> None:

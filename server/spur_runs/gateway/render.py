@@ -156,7 +156,7 @@ class Renderer:
                 return dumps(encode(response))
             if runs_of is None:  # no runs in this body: nothing to put in
                 return dumps(encode(response.materialize()))
-            document = encode(response.with_tasks())
+            document = encode(response.for_render())
             for run, version in zip(runs_of(document), response.versions, strict=True):
                 if version is not None:
                     run["workflow_version"] = self._version(version)
