@@ -5,9 +5,10 @@ convert.py would, it refuses, and convert.py then says why (DataLoss)."""
 
 from __future__ import annotations
 
+import gc
 import math
 import sys
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -197,6 +198,104 @@ def test_timestamps(moment: datetime) -> None:
     data = _wired(rows)
     assert data is not None
     assert run_pb2.Run.FromString(data) == run_pb2.Run.FromString(_tasks(rows))
+
+
+class _Offset(tzinfo):
+    """A tzinfo whose utcoffset() is Python code: `then` runs in it."""
+
+    def __init__(self, then: Any, offset: timedelta | None = timedelta(0)) -> None:
+        self.then = then
+        self.offset = offset
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        self.then()
+        return self.offset
+
+
+_KEPT: list[Any] = []
+
+
+def _free(holder: list[Any] | dict[Any, Any], key: Any) -> None:
+    """Drop holder[key] (a str no one else holds) and reuse its memory."""
+    holder[key] = "y"
+    gc.collect()
+    _KEPT.extend("z" * 400 + str(i) for i in range(50))  # the freed memory, written over
+
+
+def _long(text: str) -> str:
+    return text * 400 + str(len(_KEPT))  # a new str, held only by its row
+
+
+class _Status:
+    """A row's status whose __hash__ (Python code) runs `then`."""
+
+    def __init__(self, then: Any) -> None:
+        self.then = then
+
+    def __hash__(self) -> int:
+        self.then()
+        return hash(TaskStatus.COMPLETED)
+
+    def __eq__(self, other: object) -> bool:
+        return other is TaskStatus.COMPLETED
+
+
+def _list_row_id_freed() -> None:
+    # a list row's id, replaced (and freed) by its own start_time's utcoffset
+    row = list(_row(0, id=_long("x")))
+    row[9] = datetime(2026, 1, 1, tzinfo=_Offset(lambda: _free(row, 1)))
+    data = _wired([row])  # type: ignore[list-item]
+    assert data is not None
+    assert run_pb2.Run.FromString(data).tasks[0].id.startswith("xxx")
+
+
+def _node_type_freed() -> None:
+    # a node type, dropped from node_types by the status's lookup
+    types = {"node0": _long("t")}
+    status = _Status(lambda: types.clear() or _free([None], 0))
+    data = _wire.encode_tasks([_row(0, status=status)], types, frozenset(), convert.TASK_STATUS)
+    assert run_pb2.Run.FromString(data).tasks[0].node_type.startswith("ttt")
+
+
+def _document_grown() -> None:
+    # a document of the first row, grown by the second row's utcoffset
+    document: list[Any] = [1]
+    grow = _Offset(lambda: document.extend(["z" * 100] * 1000))
+    rows = [_row(0, inputs=document), _row(1, start_time=datetime(2026, 1, 1, tzinfo=grow))]
+    data = _wired(rows)
+    assert data is not None
+    assert len(run_pb2.Run.FromString(data).tasks[0].inputs.list_value.values) == len(document)
+
+
+def _rows_emptied() -> None:
+    # the list of rows, emptied by its first row's utcoffset
+    many: list[Any] = []
+    empty = _Offset(lambda: many.clear() or gc.collect())
+    many.extend([_row(0, start_time=datetime(2026, 1, 1, tzinfo=empty)), _row(1), _row(2)])
+    data = _wire.encode_tasks(many, {}, frozenset(), convert.TASK_STATUS)
+    assert len(run_pb2.Run.FromString(data).tasks) == 3
+
+
+def _run_row_id_freed() -> None:
+    # a list run row's id, replaced by its start_time's utcoffset
+    run_row: list[Any] = [0, _long("r"), "S1", None, None, "RUNNING", "interactive"]
+    run_row += [None, None, datetime(2026, 1, 1, tzinfo=_Offset(lambda: _free(run_row, 1)))]
+    run_row += [None, None, None, "h1"]
+    data, _ = _wire.encode_run(run_row, 1, None, b"", 0, 0.0, None)
+    assert run_pb2.Run.FromString(data).id.startswith("rrr")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [_list_row_id_freed, _node_type_freed, _document_grown, _rows_emptied, _run_row_id_freed],
+)
+def test_python_code_run_on_the_way_changes_no_column_already_read(case: Any) -> None:
+    """A tzinfo's utcoffset or a status's __hash__ is Python code, run in
+    the middle of the first pass: a column whose UTF-8 was taken before it
+    is neither freed (read after its free), nor a list measured before it
+    grown (written past the bytes' end). Before the fix: a crash, garbage,
+    or (AddressSanitizer) a use after free or a heap overflow."""
+    case()
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,15 @@
  *
  * Two passes over the same objects, with no Python code run between them:
  * the first measures every length-delimited part (kept in pre-order), the
- * second writes into a bytes object of exactly the measured size.
+ * second writes into a bytes object of exactly the measured size. Python
+ * code does run before them (a status's Enum.__hash__, a tzinfo's
+ * utcoffset, a str subclass's __eq__, a finalizer run by the GC), and may
+ * change any list or dict it reaches: so every row is first made a tuple
+ * of our own (its columns then live as long as the call), every object
+ * whose UTF-8 is kept is held by a reference, and no JSON value is
+ * measured before the last of that code has run (encode_tasks' first
+ * loop). Otherwise a list grown in between is written past the bytes'
+ * end, and a str freed in between is read after its free.
  *
  * The schema it writes (field numbers, wire types) is run.proto's Task and
  * struct.proto's Value, Struct and ListValue; convert.py checks the numbers
@@ -373,7 +381,8 @@ enum {
 #define TASK_SUBWORKFLOW_OUTPUT 0x72
 
 typedef struct {
-    PyObject *row; /* a new reference: PySequence_Fast of the row */
+    PyObject *row; /* a new reference: the row, as a tuple */
+    PyObject *node_type; /* a new reference, or NULL: strings[3] is its UTF-8 */
     const char *strings[5];
     Py_ssize_t lengths[5]; /* id, run_id, node_id, node_type, error or -1 */
     const char *parent;
@@ -406,7 +415,7 @@ static inline Py_ssize_t implicit_text(Py_ssize_t length) {
     return length ? delimited(length) : 0;
 }
 
-static Py_ssize_t measure_task(Enc *e, Task *t, PyObject *node_types, PyObject *downstream,
+static Py_ssize_t measure_task(Task *t, PyObject *node_types, PyObject *downstream,
                                PyObject *statuses) {
     PyObject **c = PySequence_Fast_ITEMS(t->row);
     Py_ssize_t size = 0;
@@ -420,8 +429,11 @@ static Py_ssize_t measure_task(Enc *e, Task *t, PyObject *node_types, PyObject *
     if (node_type == NULL) {
         t->strings[3] = "";
         t->lengths[3] = 0;
-    } else if (required_text(node_type, &t->strings[3], &t->lengths[3]) < 0) {
-        return -1;
+    } else {
+        /* held: the status's lookup below (Python code) may empty node_types */
+        Py_INCREF(node_type);
+        t->node_type = node_type;
+        if (required_text(node_type, &t->strings[3], &t->lengths[3]) < 0) return -1;
     }
     size += implicit_text(t->lengths[3]);
 
@@ -450,6 +462,21 @@ static Py_ssize_t measure_task(Enc *e, Task *t, PyObject *node_types, PyObject *
         if (stamp(c[COL_END_TIME], &t->end) < 0) return -1;
         size += delimited(t->end.size);
     }
+    t->lengths[4] = optional_text(c[COL_ERROR], &t->strings[4]);
+    if (t->lengths[4] == -2) return -1;
+    if (t->lengths[4] >= 0) size += delimited(t->lengths[4]); /* optional: even "" */
+    t->parent_length = optional_text(c[COL_PARENT_TASK_ID], &t->parent);
+    if (t->parent_length == -2) return -1;
+    if (t->parent_length >= 0) size += delimited(t->parent_length);
+    t->size = size;
+    return size;
+}
+
+/* The rest of a task's size: its JSON columns, measured only once no more
+ * Python code is to run (measure_task's may change any of them). */
+static Py_ssize_t measure_documents(Enc *e, Task *t) {
+    PyObject **c = PySequence_Fast_ITEMS(t->row);
+    Py_ssize_t size = t->size;
     /* inputs, outputs: Values; subworkflow: a Struct; subworkflow_output: a Value */
     if (c[COL_INPUTS] != Py_None) {
         Py_ssize_t inner = measure_value(e, c[COL_INPUTS]);
@@ -461,12 +488,6 @@ static Py_ssize_t measure_task(Enc *e, Task *t, PyObject *node_types, PyObject *
         if (inner < 0) return -1;
         size += delimited(inner);
     }
-    t->lengths[4] = optional_text(c[COL_ERROR], &t->strings[4]);
-    if (t->lengths[4] == -2) return -1;
-    if (t->lengths[4] >= 0) size += delimited(t->lengths[4]); /* optional: even "" */
-    t->parent_length = optional_text(c[COL_PARENT_TASK_ID], &t->parent);
-    if (t->parent_length == -2) return -1;
-    if (t->parent_length >= 0) size += delimited(t->parent_length);
     PyObject *subworkflow = c[COL_SUBWORKFLOW];
     if (subworkflow != Py_None) {
         if (!PyDict_Check(subworkflow)) {
@@ -557,7 +578,8 @@ static PyObject *encode_tasks(PyObject *self, PyObject *args) {
                           &PyFrozenSet_Type, &downstream, &PyDict_Type, &statuses)) {
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
+    /* a tuple: a list of rows could be emptied by Python code on the way */
+    PyObject *seq = PySequence_Tuple(rows);
     if (seq == NULL) return NULL;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
@@ -572,13 +594,14 @@ static PyObject *encode_tasks(PyObject *self, PyObject *args) {
     for (; made < count; made++) {
         Task *t = &tasks[made];
         PyObject *row = items[made];
-        if (PyTuple_Check(row) || PyList_Check(row)) {
-            /* store.hot's rows are tuples of a subclass, which PySequence_Fast
-             * would copy into a list */
+        if (PyTuple_Check(row)) {
+            /* store.hot's rows are tuples of a subclass, which PySequence_Tuple
+             * would copy */
             Py_INCREF(row);
             t->row = row;
         } else {
-            t->row = PySequence_Fast(row, "a task row must be a sequence");
+            /* a copy: a list row could be changed by Python code on the way */
+            t->row = PySequence_Tuple(row);
             if (t->row == NULL) goto done;
         }
         if (PySequence_Fast_GET_SIZE(t->row) != TASK_COLUMNS) {
@@ -587,11 +610,15 @@ static PyObject *encode_tasks(PyObject *self, PyObject *args) {
             PyErr_SetString(Refused, "a task row must have 13 columns");
             goto done;
         }
-        Py_ssize_t size = measure_task(&e, t, node_types, downstream, statuses);
-        if (size < 0) {
+        if (measure_task(t, node_types, downstream, statuses) < 0) {
             made++; /* its row is released below */
             goto done;
         }
+    }
+    /* No Python code runs from here on (see the header). */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t size = measure_documents(&e, &tasks[i]);
+        if (size < 0) goto done;
         total += delimited(size);
     }
     result = PyBytes_FromStringAndSize(NULL, total);
@@ -605,7 +632,10 @@ static PyObject *encode_tasks(PyObject *self, PyObject *args) {
     }
     result = finish(&e, result, total);
 done:
-    for (Py_ssize_t i = 0; i < made; i++) Py_XDECREF(tasks[i].row);
+    for (Py_ssize_t i = 0; i < made; i++) {
+        Py_XDECREF(tasks[i].row);
+        Py_XDECREF(tasks[i].node_type);
+    }
     PyMem_Free(tasks);
     PyMem_Free(e.items);
     Py_DECREF(seq);
@@ -719,11 +749,13 @@ static PyObject *encode_run(PyObject *self, PyObject *args) {
         if (seconds == -1.0 && PyErr_Occurred()) return NULL;
     }
     PyObject *seq;
-    if (PyTuple_Check(row) || PyList_Check(row)) {
+    if (PyTuple_Check(row)) {
         Py_INCREF(row);
         seq = row;
     } else {
-        seq = PySequence_Fast(row, "a run row must be a sequence");
+        /* a copy: a list row could be changed by a tzinfo's utcoffset, after
+         * its strings' UTF-8 is taken and before it is written */
+        seq = PySequence_Tuple(row);
         if (seq == NULL) return NULL;
     }
     Enc e = {0};
