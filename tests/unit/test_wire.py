@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import math
 import sys
+import time
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from types import SimpleNamespace
@@ -296,6 +297,47 @@ def test_python_code_run_on_the_way_changes_no_column_already_read(case: Any) ->
     grown (written past the bytes' end). Before the fix: a crash, garbage,
     or (AddressSanitizer) a use after free or a heap overflow."""
     case()
+
+
+class _Overridden(datetime):
+    """A datetime whose utcoffset() is not its tzinfo's (astimezone, and so
+    convert.set_timestamp, asks the tzinfo)."""
+
+    def utcoffset(self) -> Any:
+        return self.tzinfo.offset  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        # no double-counted offset, no overflow (timedelta's largest)
+        _Overridden(2026, 1, 1, tzinfo=_Offset(lambda: None, timedelta(days=999999999))),
+        _Overridden(2026, 1, 1, tzinfo=_Offset(lambda: None, "nonsense")),  # type: ignore[arg-type]
+        # moved out of a Timestamp's (and datetime's) years by the offset
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14))),
+        datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-2))),
+        # an aware datetime of no offset: astimezone reads it as local time
+        datetime(2026, 1, 1, tzinfo=_Offset(lambda: None, None)),
+    ],
+    ids=["huge-offset", "not-a-timedelta", "before-year-1", "after-year-9999", "no-offset"],
+)
+def test_odd_offsets_are_written_as_set_timestamp_moves_them(
+    moment: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        rows = [_row(0, start_time=moment)]
+        data = _wired(rows)
+        try:
+            built = _tasks(rows)
+        except (DataLoss, TypeError, ValueError):
+            assert data is None  # refused: add_tasks raises as it did
+            return
+        assert data is None or run_pb2.Run.FromString(data) == run_pb2.Run.FromString(built)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 @pytest.mark.parametrize(

@@ -294,6 +294,10 @@ typedef struct {
     Py_ssize_t size; /* the Timestamp message's size */
 } Stamp;
 
+/* A Timestamp's range (timestamp.proto): 0001-01-01 to 9999-12-31 UTC. */
+#define STAMP_MIN -62135596800LL
+#define STAMP_MAX 253402300799LL
+
 /* A datetime as a Timestamp: naive ones are UTC (storage.md), aware ones
  * are moved to UTC by their offset, as convert.set_timestamp does. */
 static int stamp(PyObject *value, Stamp *out) {
@@ -306,10 +310,27 @@ static int stamp(PyObject *value, Stamp *out) {
     int64_t seconds = days * 86400 + PyDateTime_DATE_GET_HOUR(value) * 3600 +
                       PyDateTime_DATE_GET_MINUTE(value) * 60 + PyDateTime_DATE_GET_SECOND(value);
     int64_t micros = PyDateTime_DATE_GET_MICROSECOND(value);
-    if (PyDateTime_DATE_GET_TZINFO(value) != Py_None) {
-        PyObject *offset = PyObject_CallMethod(value, "utcoffset", NULL);
+    PyObject *tzinfo = PyDateTime_DATE_GET_TZINFO(value);
+    if (tzinfo != Py_None) {
+        /* The tzinfo's own utcoffset, as astimezone (convert.naive_utc) asks
+         * it: not the datetime's method, which a subclass may override. */
+        Py_INCREF(tzinfo);
+        PyObject *offset = PyObject_CallMethod(tzinfo, "utcoffset", "O", value);
+        Py_DECREF(tzinfo);
         if (offset == NULL) return -1;
-        if (PyDelta_Check(offset)) {
+        /* What astimezone does not move as below (None: from local time; a
+         * non-timedelta or one of a day or more: an error) is convert.py's
+         * to build or refuse. Also keeps `off` below from overflowing. */
+        if (!PyDelta_Check(offset) || PyDateTime_DELTA_GET_DAYS(offset) < -1 ||
+            PyDateTime_DELTA_GET_DAYS(offset) > 0 ||
+            (PyDateTime_DELTA_GET_DAYS(offset) == -1 &&
+             PyDateTime_DELTA_GET_SECONDS(offset) == 0 &&
+             PyDateTime_DELTA_GET_MICROSECONDS(offset) == 0)) {
+            Py_DECREF(offset);
+            PyErr_SetString(Refused, "a datetime's utcoffset() is not one astimezone takes");
+            return -1;
+        }
+        {
             int64_t off = (int64_t)PyDateTime_DELTA_GET_DAYS(offset) * 86400000000LL +
                           (int64_t)PyDateTime_DELTA_GET_SECONDS(offset) * 1000000LL +
                           PyDateTime_DELTA_GET_MICROSECONDS(offset);
@@ -322,6 +343,11 @@ static int stamp(PyObject *value, Stamp *out) {
             }
         }
         Py_DECREF(offset);
+        /* Moved out of datetime's years: astimezone raises OverflowError. */
+        if (seconds < STAMP_MIN || seconds > STAMP_MAX) {
+            PyErr_SetString(Refused, "a datetime outside a Timestamp's years once in UTC");
+            return -1;
+        }
     }
     out->seconds = seconds;
     out->nanos = (int32_t)(micros * 1000);
