@@ -116,6 +116,55 @@ def test_subclasses_are_written_as_their_json_type() -> None:
     assert struct_pb2.Value.FromString(_wire.encode_value(document)) == _value(document)
 
 
+class _Float(int):
+    def __float__(self) -> float:
+        return 99.0
+
+
+class _Items(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        return [("z", 1)]
+
+
+class _Iter(list):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        return iter([7])
+
+
+class _TupleIter(tuple):  # type: ignore[type-arg]
+    def __iter__(self) -> Any:
+        return iter([7])
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        _Float(1),
+        {"k": [_Float(1)]},
+        _Items(a=2),
+        {"k": _Items(a=2)},
+        _Iter([1, 2]),
+        _TupleIter((1,)),
+    ],
+    ids=repr,
+)
+def test_subclasses_read_otherwise_are_as_set_value_reads_them(document: Any) -> None:
+    """set_value reads an int through __float__ (upb), a dict subclass
+    through items(), a list or tuple one by iterating it: where those are
+    overridden, the C encoder must not read the object's own storage."""
+    try:
+        data = _wire.encode_value(document)
+    except _wire.Refused:
+        return
+    assert struct_pb2.Value.FromString(data) == _value(document)
+
+
+def test_a_subworkflow_read_otherwise_is_as_add_tasks_reads_it() -> None:
+    rows = [_row(0, subworkflow=_Items(a=2))]
+    data = _wired(rows)
+    assert data is None or run_pb2.Run.FromString(data) == run_pb2.Run.FromString(_tasks(rows))
+
+
 @pytest.mark.parametrize(
     "document, error",
     [
