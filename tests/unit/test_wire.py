@@ -105,15 +105,30 @@ def test_numbers_strings_and_odd_values() -> None:
     assert math.isnan(nan.number_value)
 
 
-def test_subclasses_are_written_as_their_json_type() -> None:
+def test_subclasses_of_str_and_float_are_written_as_their_json_type() -> None:
     class Text(str):
         pass
 
-    class Mapping(dict):  # type: ignore[type-arg]
+    class Number(float):
         pass
 
-    document = Mapping(a=Text("x"), b=[Mapping()])
+    document = {"a": Text("x"), "b": [Number(2.5)]}
     assert struct_pb2.Value.FromString(_wire.encode_value(document)) == _value(document)
+
+
+class _Mapping(dict):  # type: ignore[type-arg]
+    pass
+
+
+def test_other_subclasses_are_left_to_convert() -> None:
+    """Even one that overrides nothing: dict, list, tuple and int are read
+    from their storage, which only their own types guarantee is what
+    set_value reads. convert.py then builds the task as a message."""
+    for document in ({"a": _Mapping()}, _Mapping(), [True, _Float(1)]):
+        with pytest.raises(_wire.Refused, match="not one of JSON's own types"):
+            _wire.encode_value(document)
+    rows = [_row(0, inputs=_Mapping(a=1))]
+    assert _wired(rows) is None
 
 
 class _Float(int):
@@ -152,17 +167,13 @@ def test_subclasses_read_otherwise_are_as_set_value_reads_them(document: Any) ->
     """set_value reads an int through __float__ (upb), a dict subclass
     through items(), a list or tuple one by iterating it: where those are
     overridden, the C encoder must not read the object's own storage."""
-    try:
-        data = _wire.encode_value(document)
-    except _wire.Refused:
-        return
-    assert struct_pb2.Value.FromString(data) == _value(document)
+    with pytest.raises(_wire.Refused):
+        _wire.encode_value(document)
 
 
 def test_a_subworkflow_read_otherwise_is_as_add_tasks_reads_it() -> None:
     rows = [_row(0, subworkflow=_Items(a=2))]
-    data = _wired(rows)
-    assert data is None or run_pb2.Run.FromString(data) == run_pb2.Run.FromString(_tasks(rows))
+    assert _wired(rows) is None
 
 
 @pytest.mark.parametrize(

@@ -143,36 +143,21 @@ static int text(PyObject *value, const char **data, Py_ssize_t *size) {
 static Py_ssize_t measure_value(Enc *e, PyObject *value);
 static int write_value(Enc *e, PyObject *value);
 
-/* "items", interned at import. convert.py reads a subclass of dict through
- * its items(), of list and tuple through __iter__, of int through
- * __float__ (upb's number_value): one that overrides them is convert.py's
- * to write, as those say. (Looked up on the type: no Python code runs.) */
-static PyObject *ITEMS;
-
-static int refuse_overridden(PyObject *value) {
-    PyTypeObject *type = Py_TYPE(value);
-    int overridden;
-    if (PyDict_Check(value)) {
-        overridden = _PyType_Lookup(type, ITEMS) != _PyType_Lookup(&PyDict_Type, ITEMS);
-    } else if (PyList_Check(value)) {
-        overridden = type->tp_iter != PyList_Type.tp_iter;
-    } else if (PyTuple_Check(value)) {
-        overridden = type->tp_iter != PyTuple_Type.tp_iter;
-    } else {
-        overridden = type->tp_as_number->nb_float != PyLong_Type.tp_as_number->nb_float;
-    }
-    if (overridden) {
-        PyErr_Format(Refused, "a %.100s whose reading convert.py's differs", type->tp_name);
-        return -1;
-    }
-    return 0;
+/* Only dict, list, tuple and int themselves (orjson's and json's types),
+ * not their subclasses: convert.py reads a subclass of dict through its
+ * items(), of list and tuple by iterating it, of int through __float__
+ * (upb's number_value), any of which a subclass may override. Those are
+ * convert.py's to write. (bool is int's subclass, handled before.) */
+static int refuse_subclass(PyObject *value) {
+    PyErr_Format(Refused, "a %.100s, not one of JSON's own types", Py_TYPE(value)->tp_name);
+    return -1;
 }
 
 /* The entries of a Struct holding dict `value`: their size. */
 static Py_ssize_t measure_fields(Enc *e, PyObject *value) {
     Py_ssize_t total = 0, pos = 0;
     PyObject *key, *item;
-    if (!PyDict_CheckExact(value) && refuse_overridden(value) < 0) return -1;
+    if (!PyDict_CheckExact(value)) return refuse_subclass(value);
     while (PyDict_Next(value, &pos, &key, &item)) {
         if (!PyUnicode_Check(key)) {
             PyErr_SetString(Refused, "a JSON object's key is not a string");
@@ -234,7 +219,7 @@ static Py_ssize_t measure_value(Enc *e, PyObject *value) {
     } else if (PyFloat_Check(value)) {
         size = 9;
     } else if (PyLong_Check(value)) {
-        if (!PyLong_CheckExact(value) && refuse_overridden(value) < 0) return -1;
+        if (!PyLong_CheckExact(value)) return refuse_subclass(value);
         /* Only to raise OverflowError where no double holds it, as upb. */
         double number = PyLong_AsDouble(value);
         if (number == -1.0 && PyErr_Occurred()) return -1;
@@ -242,9 +227,8 @@ static Py_ssize_t measure_value(Enc *e, PyObject *value) {
     } else if (value == Py_None) {
         size = 2;
     } else if (PyList_Check(value) || PyTuple_Check(value)) {
-        if (!PyList_CheckExact(value) && !PyTuple_CheckExact(value) &&
-            refuse_overridden(value) < 0) {
-            return -1;
+        if (!PyList_CheckExact(value) && !PyTuple_CheckExact(value)) {
+            return refuse_subclass(value);
         }
         if (enter(e) < 0) return -1;
         Py_ssize_t inner_slot = reserve(e);
@@ -967,8 +951,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__wire(void) {
     PyDateTime_IMPORT;
     if (PyDateTimeAPI == NULL) return NULL;
-    ITEMS = PyUnicode_InternFromString("items");
-    if (ITEMS == NULL) return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Refused = PyErr_NewExceptionWithDoc(
