@@ -287,20 +287,6 @@ def _long(text: str) -> str:
     return text * 400 + str(len(_KEPT))  # a new str, held only by its row
 
 
-class _Status:
-    """A row's status whose __hash__ (Python code) runs `then`."""
-
-    def __init__(self, then: Any) -> None:
-        self.then = then
-
-    def __hash__(self) -> int:
-        self.then()
-        return hash(TaskStatus.COMPLETED)
-
-    def __eq__(self, other: object) -> bool:
-        return other is TaskStatus.COMPLETED
-
-
 def _list_row_id_freed() -> None:
     # a list row's id, replaced (and freed) by its own start_time's utcoffset
     row = list(_row(0, id=_long("x")))
@@ -311,10 +297,11 @@ def _list_row_id_freed() -> None:
 
 
 def _node_type_freed() -> None:
-    # a node type, dropped from node_types by the status's lookup
+    # a node type, dropped from node_types by the row's start_time's utcoffset
     types = {"node0": _long("t")}
-    status = _Status(lambda: types.clear() or _free([None], 0))
-    data = _wire.encode_tasks([_row(0, status=status)], types, frozenset(), convert.TASK_STATUS)
+    clear = _Offset(lambda: types.clear() or _free([None], 0))
+    row = _row(0, start_time=datetime(2026, 1, 1, tzinfo=clear))
+    data = _wire.encode_tasks([row], types, frozenset(), convert._TASK_STATUS_BY_NUMBER)
     assert run_pb2.Run.FromString(data).tasks[0].node_type.startswith("ttt")
 
 
@@ -333,7 +320,7 @@ def _rows_emptied() -> None:
     many: list[Any] = []
     empty = _Offset(lambda: many.clear() or gc.collect())
     many.extend([_row(0, start_time=datetime(2026, 1, 1, tzinfo=empty)), _row(1), _row(2)])
-    data = _wire.encode_tasks(many, {}, frozenset(), convert.TASK_STATUS)
+    data = _wire.encode_tasks(many, {}, frozenset(), convert._TASK_STATUS_BY_NUMBER)
     assert len(run_pb2.Run.FromString(data).tasks) == 3
 
 

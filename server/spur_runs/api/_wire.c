@@ -478,13 +478,19 @@ static Py_ssize_t measure_task(Task *t, PyObject *node_types, PyObject *downstre
     }
     size += implicit_text(t->lengths[3]);
 
-    PyObject *number = PyDict_GetItemWithError(statuses, c[COL_STATUS]);
-    if (number == NULL) {
-        if (!PyErr_Occurred()) PyErr_SetString(Refused, "a task's status is unknown");
+    /* The status's number is its index in `statuses`, found by identity:
+     * an Enum's hash is Python code (a dict lookup ran it for every task). */
+    t->status = -1;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(statuses); i++) {
+        if (PyTuple_GET_ITEM(statuses, i) == c[COL_STATUS] && c[COL_STATUS] != Py_None) {
+            t->status = (long)i;
+            break;
+        }
+    }
+    if (t->status < 0) {
+        PyErr_SetString(Refused, "a task's status is unknown");
         return -1;
     }
-    t->status = PyLong_AsLong(number);
-    if (t->status == -1 && PyErr_Occurred()) return -1;
     if (t->status) size += 1 + varint_size((uint64_t)t->status);
 
     t->downstream = 0;
@@ -611,12 +617,13 @@ PyDoc_STRVAR(encode_tasks_doc,
              "Each task row (store.statements.TASK_COLUMNS' order) as a Run's tasks\n"
              "field (10): tag, length, the Task's bytes. node_types: node id -> type\n"
              "(a dict); downstream: the node ids downstream of a pause (a set or\n"
-             "frozenset); statuses: a row's status -> Task.Status number (a dict).");
+             "frozenset); statuses: the row statuses by Task.Status number (a tuple,\n"
+             "None where a number has none), compared by identity.");
 
 static PyObject *encode_tasks(PyObject *self, PyObject *args) {
     PyObject *rows, *node_types, *downstream, *statuses;
     if (!PyArg_ParseTuple(args, "OO!O!O!:encode_tasks", &rows, &PyDict_Type, &node_types,
-                          &PyFrozenSet_Type, &downstream, &PyDict_Type, &statuses)) {
+                          &PyFrozenSet_Type, &downstream, &PyTuple_Type, &statuses)) {
         return NULL;
     }
     /* a tuple: a list of rows could be emptied by Python code on the way */

@@ -8,7 +8,7 @@ def encode_tasks(
     rows: Sequence[Any],
     node_types: dict[str, str],
     downstream: frozenset[str],
-    statuses: dict[Any, Any],
+    statuses: tuple[Any, ...],
 ) -> bytes: ...
 def encode_value(value: Any) -> bytes: ...
 def encode_run(

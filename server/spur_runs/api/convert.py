@@ -30,6 +30,11 @@ RUN_STATUS = {s: run_pb2.Run.Status.Value(s.name) for s in RunStatus}
 # A request's RunStatus (ListRuns' status filter) -> the status PySpur stores.
 STORED_RUN_STATUS = {number: status for status, number in RUN_STATUS.items()}
 TASK_STATUS = {s: run_pb2.Task.Status.Value(s.name) for s in TaskStatus}
+# The same by number, for api/_wire.c (None where a number has no status).
+_TASK_STATUS_BY_NUMBER = tuple(
+    next((s for s, n in TASK_STATUS.items() if n == number), None)
+    for number in range(max(TASK_STATUS.values()) + 1)
+)
 
 EMPTY_GRAPH = WorkflowGraph()
 
@@ -427,7 +432,7 @@ def tasks_field(
     is wrong (DataLoss), or fails as it fails."""
     downstream = graph.downstream_of(paused_nodes) if paused_nodes else frozenset()
     try:
-        return _wire.encode_tasks(rows, graph.node_types, downstream, TASK_STATUS)
+        return _wire.encode_tasks(rows, graph.node_types, downstream, _TASK_STATUS_BY_NUMBER)
     except _REFUSED:
         return None
 
