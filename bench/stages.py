@@ -12,7 +12,7 @@ wrapping the functions GetRun calls, not by a copy of its body:
   own work, which runs in this process);
 - rows to records: the rest of store.runs.get_run (the packed row decoded:
   JSON, timestamps, enum names; the run and task tuples);
-- rows to wire bytes: api.convert.encode_run (api/_wire.c, and the
+- rows to wire bytes: api.wire.encode_run (api/_wire_src/, and the
   workflow version's cached bytes; before 2026-12-05 this stage built
   messages, convert.fill_run);
 - serialize: the answer's SerializeToString (api/spliced.py: joins the runs'
@@ -50,7 +50,7 @@ from spur.runs.v1 import run_service_pb2 as pb
 STAGES = (
     ("statement", "the statement (driver, and SQLite's own work)"),
     ("records", "rows to records (decode, run and task tuples)"),
-    ("convert", "rows to wire bytes (convert.encode_run)"),
+    ("convert", "rows to wire bytes (wire.encode_run)"),
     ("serialize", "serialize the answer"),
     ("rest", "the rest (validation, connection scope, versions, objects)"),
 )
@@ -82,7 +82,7 @@ class Clock:
 
 
 def measure(backend: str, runs: int, calls: int, rounds: int) -> dict[str, Any]:
-    from spur_runs.api import convert
+    from spur_runs.api import wire
     from spur_runs.api.service import RunService
     from spur_runs.store import hot
     from spur_runs.store import runs as store_runs
@@ -104,11 +104,11 @@ def measure(backend: str, runs: int, calls: int, rounds: int) -> dict[str, Any]:
         call_all()
         bare_cpu = time.thread_time() - bare_cpu
         clock = Clock()
-        # GetRun reads `runs.get_run` and `convert.encode_run` off their modules
+        # GetRun reads `runs.get_run` and `wire.encode_run` off their modules
         # at each call, and hot.Statement.rows reads `fetch` off hot's globals.
-        originals = (store_runs.get_run, convert.encode_run, hot.fetch)
+        originals = (store_runs.get_run, wire.encode_run, hot.fetch)
         store_runs.get_run = clock.wrap("records", store_runs.get_run)  # type: ignore[assignment]
-        convert.encode_run = clock.wrap("convert", convert.encode_run)  # type: ignore[assignment]
+        wire.encode_run = clock.wrap("convert", wire.encode_run)  # type: ignore[assignment]
         hot.fetch = clock.wrap("statement", hot.fetch)  # type: ignore[assignment]
         try:
             for _ in range(rounds):
@@ -118,7 +118,7 @@ def measure(backend: str, runs: int, calls: int, rounds: int) -> dict[str, Any]:
                         with clock.timing("serialize"):
                             answer.SerializeToString()
         finally:
-            store_runs.get_run, convert.encode_run, hot.fetch = originals  # type: ignore[assignment]
+            store_runs.get_run, wire.encode_run, hot.fetch = originals  # type: ignore[assignment]
             spur.dispose()
         n = rounds * len(requests)
         # get_run's time includes the statement's; a whole call includes all.

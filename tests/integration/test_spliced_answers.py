@@ -1,5 +1,5 @@
 """The gRPC server's runs are bytes written in C, with their workflow
-versions' cached bytes (api/_wire.c, api/spliced.py, rpc/encode.py): what a
+versions' cached bytes (api/_wire_src/, api/spliced.py, rpc/encode.py): what a
 client parses is the very message the servicer builds without splicing, on
 both databases, in both views; the gateway renders the same JSON."""
 

@@ -1,4 +1,4 @@
-"""api/_wire.c against protobuf's own messages: every JSON value and task row
+"""api/_wire (C, api/_wire_src/) against protobuf's own messages: every JSON value and task row
 it writes parses to what api/convert.py builds through upb (set_value,
 add_tasks), for generated documents and rows too; what it does not write as
 convert.py would, it refuses, and convert.py then says why (DataLoss)."""
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from test_convert_values import DOCUMENTS
 
 from spur.runs.v1 import run_pb2
-from spur_runs.api import _wire, convert
+from spur_runs.api import _wire, convert, wire
 from spur_runs.api.versions import VersionCache
 from spur_runs.api.workflow import WorkflowGraph
 from spur_runs.errors import DataLoss
@@ -70,7 +70,7 @@ def _tasks(rows: list[tuple[Any, ...]], paused: frozenset[str] = frozenset()) ->
 
 
 def _wired(rows: list[tuple[Any, ...]], paused: frozenset[str] = frozenset()) -> bytes | None:
-    return convert.tasks_field(rows, paused, GRAPH)
+    return wire.tasks_field(rows, paused, GRAPH)
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=repr)
@@ -301,7 +301,7 @@ def _node_type_freed() -> None:
     types = {"node0": _long("t")}
     clear = _Offset(lambda: types.clear() or _free([None], 0))
     row = _row(0, start_time=datetime(2026, 1, 1, tzinfo=clear))
-    data = _wire.encode_tasks([row], types, frozenset(), convert._TASK_STATUS_BY_NUMBER)
+    data = _wire.encode_tasks([row], types, frozenset(), wire._TASK_STATUS_BY_NUMBER)
     assert run_pb2.Run.FromString(data).tasks[0].node_type.startswith("ttt")
 
 
@@ -320,7 +320,7 @@ def _rows_emptied() -> None:
     many: list[Any] = []
     empty = _Offset(lambda: many.clear() or gc.collect())
     many.extend([_row(0, start_time=datetime(2026, 1, 1, tzinfo=empty)), _row(1), _row(2)])
-    data = _wire.encode_tasks(many, {}, frozenset(), convert._TASK_STATUS_BY_NUMBER)
+    data = _wire.encode_tasks(many, {}, frozenset(), wire._TASK_STATUS_BY_NUMBER)
     assert len(run_pb2.Run.FromString(data).tasks) == 3
 
 
@@ -425,10 +425,11 @@ def test_rows_of_the_wrong_shape_are_refused(rows: list[Any]) -> None:
 
 def test_the_module_is_built_from_this_source() -> None:
     """An editable install builds the module in place: one built from an
-    older _wire.c would go on serving after the source changed."""
-    source = Path(convert.__file__).with_name("_wire.c")
+    older source would go on serving after the source changed."""
+    sources = Path(wire.__file__).with_name("_wire_src").iterdir()
+    source = max(sources, key=lambda path: path.stat().st_mtime)
     assert Path(_wire.__file__).stat().st_mtime >= source.stat().st_mtime, (
-        "api/_wire.c changed after its module was built: pip install -e . again"
+        f"{source} changed after api/_wire was built: pip install -e . again"
     )
 
 
@@ -483,7 +484,7 @@ def test_generated_rows(columns: list[dict[str, Any]], paused: frozenset[str]) -
     assert run_pb2.Run.FromString(data) == run_pb2.Run.FromString(_tasks(rows, paused))
 
 
-# --- whole runs (convert.encode_run) --------------------------------------------------
+# --- whole runs (wire.encode_run) --------------------------------------------------
 
 
 def _version_row(definition: Any = None) -> Any:
@@ -530,15 +531,15 @@ def in_c(monkeypatch: pytest.MonkeyPatch) -> None:
     """encode_run must write the run in C, not build it as a message."""
 
     def refused(*args: Any) -> Any:
-        raise AssertionError("api/_wire.c refused the run")
+        raise AssertionError("api/_wire refused the run")
 
-    monkeypatch.setattr(convert, "_encoded_by_messages", refused)
+    monkeypatch.setattr(wire, "_encoded_by_messages", refused)
 
 
 def _both(record: RunRecord, cache: VersionCache, **options: Any) -> tuple[Any, Any]:
     """(encode_run's Run, fill_run's) at the same moment, with versions."""
     moment = datetime(2026, 11, 2, 9, 30)
-    encoded_run = convert.encode_run(record, cache, lambda: moment, **options)
+    encoded_run = wire.encode_run(record, cache, lambda: moment, **options)
     built = run_pb2.Run()
     failed = options.pop("failed", False)
     convert.fill_run(built, record, cache, lambda: moment, **options)
@@ -577,7 +578,7 @@ def test_a_run_is_the_one_fill_run_builds(columns: dict[str, Any], tasks: int) -
 def test_the_version_is_where_protobuf_puts_it_and_can_be_cut_out() -> None:
     cache = VersionCache()
     cache.add([_version_row()])
-    encoded_run = convert.encode_run(_record(), cache)
+    encoded_run = wire.encode_run(_record(), cache)
     whole = run_pb2.Run.FromString(encoded_run.data)
     assert whole.workflow_version.name == "flow"
     # After fields 1 to 3, as protobuf writes it (a map's entries aside,
@@ -607,14 +608,14 @@ def test_a_run_it_refuses_is_data_loss_as_fill_run_says(
     cache = VersionCache()
     cache.add([_version_row()])
     with pytest.raises(DataLoss, match=message):
-        convert.encode_run(_record(**columns), cache)
+        wire.encode_run(_record(**columns), cache)
 
 
 def test_a_version_whose_definition_cannot_be_served() -> None:
     cache = VersionCache()
     cache.add([_version_row(definition=["not", "an", "object"])])
     with pytest.raises(DataLoss, match="run R1: its workflow version V1 has a definition"):
-        convert.encode_run(_record(), cache)
+        wire.encode_run(_record(), cache)
     encoded_run, built = _both(_record(), cache, basic=True)  # served without it
     assert encoded_run == built
 
@@ -630,7 +631,7 @@ def test_a_run_with_a_task_it_refuses_is_built_as_a_message() -> None:
     record = _record(2)
     record.tasks[1] = TaskRow(_row(1, outputs=deep))
     moment = datetime(2026, 11, 2, 9, 30)
-    encoded_run = convert.encode_run(record, cache, lambda: moment)
+    encoded_run = wire.encode_run(record, cache, lambda: moment)
     built = run_pb2.Run()
     convert.fill_run(built, record, cache, lambda: moment, splice=True)
     # Too deep for protobuf's parser: compared as bytes, version cut out.

@@ -1,4 +1,4 @@
-# api/_wire.c: task rows and JSON values to protobuf wire bytes.
+# api/_wire_src/ (C): task rows and JSON values to protobuf wire bytes.
 from collections.abc import Sequence
 from typing import Any
 

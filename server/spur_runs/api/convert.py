@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -20,9 +19,7 @@ from spur.runs.v1 import run_pb2
 from ..errors import DataLoss
 from ..store.models import RunStatus, TaskStatus
 from ..store.runs import AnyRow, RunRecord
-from ..store.statements import RUN_COLUMNS, TASK_COLUMNS
-from . import _wire
-from .spliced import EncodedRun, encoded
+from ..store.statements import TASK_COLUMNS
 from .workflow import WorkflowGraph
 
 # PySpur's statuses and ours share their names (Run.Status, Task.Status).
@@ -30,12 +27,6 @@ RUN_STATUS = {s: run_pb2.Run.Status.Value(s.name) for s in RunStatus}
 # A request's RunStatus (ListRuns' status filter) -> the status PySpur stores.
 STORED_RUN_STATUS = {number: status for status, number in RUN_STATUS.items()}
 TASK_STATUS = {s: run_pb2.Task.Status.Value(s.name) for s in TaskStatus}
-# The same by number, for api/_wire.c (None where a number has no status).
-_TASK_STATUS_BY_NUMBER = tuple(
-    next((s for s, n in TASK_STATUS.items() if n == number), None)
-    for number in range(max(TASK_STATUS.values()) + 1)
-)
-
 EMPTY_GRAPH = WorkflowGraph()
 
 # add_tasks unpacks task rows in this order: a change of the columns must
@@ -57,74 +48,6 @@ _TASK_ORDER = (
 )
 if tuple(c.key for c in TASK_COLUMNS) != _TASK_ORDER:
     raise RuntimeError("store.statements.TASK_COLUMNS no longer match convert.add_tasks")
-
-# api/_wire.c writes a Task's fields by these numbers (and Run.tasks as 10).
-_WIRE_LAYOUT = (
-    ("id", 1),
-    ("run_id", 2),
-    ("node_id", 3),
-    ("node_type", 4),
-    ("status", 5),
-    ("start_time", 6),
-    ("end_time", 7),
-    ("inputs", 8),
-    ("outputs", 9),
-    ("error", 10),
-    ("is_downstream_of_pause", 11),
-    ("parent_task_id", 12),
-    ("subworkflow", 13),
-    ("subworkflow_output", 14),
-)
-if tuple((f.name, f.number) for f in run_pb2.Task.DESCRIPTOR.fields) != _WIRE_LAYOUT:
-    raise RuntimeError("run.proto's Task no longer matches api/_wire.c")
-
-# ... and a run's columns by their indexes in store.statements.RUN_COLUMNS.
-_RUN_ORDER = (
-    "_intid",
-    "id",
-    "workflow_id",
-    "workflow_version_id",
-    "parent_run_id",
-    "status",
-    "run_type",
-    "initial_inputs",
-    "input_dataset_id",
-    "start_time",
-    "end_time",
-    "outputs",
-    "output_file_id",
-    "version_hash",
-)
-_RUN_LAYOUT = (
-    ("id", 1),
-    ("workflow_id", 2),
-    ("workflow_version_id", 3),
-    ("workflow_version", 4),
-    ("status", 5),
-    ("start_time", 6),
-    ("end_time", 7),
-    ("initial_inputs", 8),
-    ("outputs", 9),
-    ("tasks", 10),
-    ("parent_run_id", 11),
-    ("run_type", 12),
-    ("output_file_id", 13),
-    ("input_dataset_id", 14),
-    ("message", 15),
-    ("duration", 16),
-    ("percentage_complete", 17),
-    ("task_count", 18),
-)
-if (
-    tuple(c.key for c in RUN_COLUMNS) != _RUN_ORDER
-    or tuple((f.name, f.number) for f in run_pb2.Run.DESCRIPTOR.fields) != _RUN_LAYOUT
-):
-    raise RuntimeError("run.proto's Run or RUN_COLUMNS no longer match api/_wire.c")
-
-# What api/_wire.c does not write as fill_run would: convert.py then builds
-# the message, which says why (DataLoss) or serves it. Any other error of
-# _wire's is a bug, and fails the call.
-_REFUSED = (_wire.Refused, OverflowError, UnicodeEncodeError)
 
 if TYPE_CHECKING:
     from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -423,28 +346,14 @@ def _add_tasks(
             set_value(task.subworkflow_output, subworkflow_output)
 
 
-def tasks_field(
-    rows: list[AnyRow], paused_nodes: frozenset[str], graph: WorkflowGraph
-) -> bytes | None:
-    """The Task messages of `rows` as a Run's tasks fields, written by
-    api/_wire.c (the same messages as add_tasks'), or None for rows it does
-    not write as add_tasks would: add_tasks then builds them and says what
-    is wrong (DataLoss), or fails as it fails."""
-    downstream = graph.downstream_of(paused_nodes) if paused_nodes else frozenset()
-    try:
-        return _wire.encode_tasks(rows, graph.node_types, downstream, _TASK_STATUS_BY_NUMBER)
-    except _REFUSED:
-        return None
-
-
-def _utc_now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
 def run_to_message(
     record: RunRecord,
     versions: VersionLookup,
-    now: Callable[[], datetime] = _utc_now,
+    now: Callable[[], datetime] = utc_now,
     *,
     basic: bool = False,
 ) -> run_pb2.Run:
@@ -458,7 +367,7 @@ def fill_run(
     run: run_pb2.Run,
     record: RunRecord,
     versions: VersionLookup,
-    now: Callable[[], datetime] = _utc_now,
+    now: Callable[[], datetime] = utc_now,
     *,
     basic: bool = False,
     splice: bool = False,
@@ -502,7 +411,7 @@ def fill_run(
         run.input_dataset_id = row.input_dataset_id
     if row.start_time is not None:
         set_timestamp(run.start_time, row.start_time)
-        run.duration = _duration(
+        run.duration = run_duration(
             row.start_time, row.end_time if row.end_time is not None else now()
         )
     if row.end_time is not None:
@@ -521,90 +430,10 @@ def fill_run(
     return spliced
 
 
-def _duration(start: datetime, end: datetime) -> float:
+def run_duration(start: datetime, end: datetime) -> float:
     """Seconds from start to end (now, for a run that has not ended).
     Timestamps are stored without a zone and read as UTC (storage.md)."""
     try:
         return (end - start).total_seconds()
     except TypeError:  # one of them has an offset (a database we did not make)
         return (naive_utc(end) - naive_utc(start)).total_seconds()
-
-
-def encode_run(
-    record: RunRecord,
-    versions: VersionLookup,
-    now: Callable[[], datetime] = _utc_now,
-    *,
-    basic: bool = False,
-    failed: bool = False,
-) -> EncodedRun:
-    """The Run of `record` as bytes, written by api/_wire.c: the message
-    that fill_run builds, with its workflow version (whose bytes are cached
-    per version). `failed`: its status is FAILED (GetRunStatus' poll)."""
-    row = record.row
-    entry = versions.get(record.version_key)
-    version: tuple[run_pb2.WorkflowVersion, bytes] | None = None
-    if row.workflow_version_id is not None:
-        if basic:
-            version = versions.basic_field(record.version_key)
-        elif entry is not None:
-            if entry[3] is not None:
-                raise DataLoss(f"run {row.id}: {entry[3]}")
-            version = (entry[0], entry[2])
-    # A run that has not ended lasts until now: the same now for its
-    # message, should the gateway need it built (_build).
-    moment = _EPOCH
-    duration = None
-    if row.start_time is not None:
-        if row.end_time is None:
-            moment = now()
-        duration = _duration(row.start_time, row.end_time if row.end_time is not None else moment)
-    tasks = b""
-    if record.tasks:
-        graph = entry[1] if entry is not None else EMPTY_GRAPH
-        found_tasks = tasks_field(record.tasks, record.paused_nodes, graph)
-        if found_tasks is None:
-            return _encoded_by_messages(record, versions, moment, basic, failed)
-        tasks = found_tasks
-    count = record.task_count
-    try:
-        data, cut = _wire.encode_run(
-            row,
-            RUN_STATUS[RunStatus.FAILED if failed else row.status],
-            None if version is None else version[1],
-            tasks,
-            count,
-            record.completed_count / count * 100 if count else 0.0,
-            duration,
-        )
-    except _REFUSED:
-        return _encoded_by_messages(record, versions, moment, basic, failed)
-    return EncodedRun(data, cut, version, partial(_build, record, versions, moment, basic, failed))
-
-
-def _build(
-    record: RunRecord,
-    versions: VersionLookup,
-    moment: datetime,
-    basic: bool,
-    failed: bool,
-    run: run_pb2.Run,
-) -> tuple[run_pb2.WorkflowVersion, bytes] | None:
-    """fill_run for encode_run: the same moment, its version left out."""
-    version = fill_run(run, record, versions, lambda: moment, basic=basic, splice=not basic)
-    if basic and run.HasField("workflow_version"):  # fill_run copied it in
-        run.ClearField("workflow_version")
-        version = versions.basic_field(record.version_key)
-    if failed:
-        run.status = RUN_STATUS[RunStatus.FAILED]
-    return version
-
-
-def _encoded_by_messages(
-    record: RunRecord, versions: VersionLookup, moment: datetime, basic: bool, failed: bool
-) -> EncodedRun:
-    """A run that api/_wire.c refused, built as a message (which raises
-    DataLoss for what it cannot serve), then encoded."""
-    run = run_pb2.Run()
-    version = _build(record, versions, moment, basic, failed, run)
-    return encoded(run, version, partial(_build, record, versions, moment, basic, failed))

@@ -20,7 +20,7 @@ from ..errors import InvalidArgument, ResourceExhausted, Unavailable
 from ..store import runs
 from ..store.db import Database
 from ..store.models import RunStatus
-from . import convert, filters, paging, rules
+from . import convert, filters, paging, rules, wire
 from .spliced import Spliced
 from .versions import VersionCache
 from .watch import WatchHub
@@ -117,7 +117,7 @@ class RunService(run_service_pb2_grpc.RunServiceServicer):
             return Spliced(
                 response,
                 [
-                    convert.encode_run(record, self._versions, basic=basic, failed=failed)
+                    wire.encode_run(record, self._versions, basic=basic, failed=failed)
                     for record in records
                 ],
             )

@@ -8,7 +8,7 @@ object made for every Value, Struct and Timestamp touched: docs/performance.md,
 same for every run of that version) into it and serializing it once more was
 about a tenth of a list page ("Seventh step"). So, when runtime/server.py asks
 the servicer for it (`RunService(splice=True)`), each run is an `EncodedRun`:
-the Run message's bytes, written by api/_wire.c from the run's row, its task
+the Run message's bytes, written by api/_wire_src/ (C) from the run's row, its task
 rows and its version's bytes, encoded once per version (versions.VersionCache).
 A `Spliced` answer is those runs beside the response message's own fields.
 
@@ -66,7 +66,7 @@ def encoded(
     build: Callable[[run_pb2.Run], Any],
 ) -> EncodedRun:
     """An EncodedRun of a Run message built without its version (the rare
-    run that api/_wire.c does not write: convert.encode_run)."""
+    run that api/_wire_src/ does not write: wire.encode_run)."""
     data = message.SerializeToString()
     if version is None:
         return EncodedRun(data, 0, None, build)
