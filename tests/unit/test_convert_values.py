@@ -8,24 +8,9 @@ from typing import Any
 
 import pytest
 from google.protobuf import json_format, struct_pb2
+from wire_rows import DOCUMENTS
 
 from spur_runs.api import convert
-
-DOCUMENTS: list[Any] = [
-    {},
-    [],
-    {"a": {}},
-    {"a": []},
-    {"a": [{}]},
-    {"a": [[]]},
-    [{}, [], [[{}]], {"b": {}}],
-    {"a": {"b": {"c": {}}}, "d": [1, "x", None, True, 2.5, {"e": []}]},
-    {"input_node": {"ticket_id": "TCK-1", "tags": []}, "n": 0, "f": False},
-    "text",
-    3,
-    None,
-    True,
-]
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=repr)
