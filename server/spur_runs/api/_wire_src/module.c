@@ -13,14 +13,14 @@
  * api/convert.py builds. On any input it does not handle as convert.py
  * does (a number no double holds, a lone surrogate, a subworkflow that is
  * not a JSON object, a value that is not JSON, a row of the wrong shape),
- * it raises, and convert.py builds those tasks as messages instead, which
- * says what is wrong (DataLoss).
+ * it raises (Refused), and api/wire.py has convert.py build that run as
+ * messages instead, which says what is wrong (DataLoss) or serves it.
  *
  * Two passes over the same objects, with no Python code run between them:
  * the first measures every length-delimited part (kept in pre-order), the
  * second writes into a bytes object of exactly the measured size. Python
- * code does run before them (a status's Enum.__hash__, a tzinfo's
- * utcoffset, a str subclass's __eq__, a finalizer run by the GC), and may
+ * code does run before them (a tzinfo's utcoffset, a finalizer run by the
+ * GC), and may
  * change any list or dict it reaches: so every row is first made a tuple
  * of our own (its columns then live as long as the call), every object
  * whose UTF-8 is kept is held by a reference, and no JSON value is
@@ -29,7 +29,7 @@
  * end, and a str freed in between is read after its free.
  *
  * The schema it writes (field numbers, wire types) is run.proto's Task and
- * struct.proto's Value, Struct and ListValue; convert.py checks the numbers
+ * struct.proto's Value, Struct and ListValue; api/wire.py checks the numbers
  * against the generated descriptors at import (_WIRE_LAYOUT, _RUN_LAYOUT).
  */
 

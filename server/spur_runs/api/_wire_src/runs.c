@@ -3,8 +3,8 @@
 #include "wire.h"
 
 
-/* A run row's columns, in store.statements.RUN_COLUMNS' order (convert.py
- * checks that order at import). */
+/* A run row's columns, in store.statements.RUN_COLUMNS' order (api/wire.py
+ * checks that order, and the fields' numbers, at import). */
 enum {
     RUN_ID = 1,
     RUN_WORKFLOW_ID = 2,
@@ -59,8 +59,7 @@ static const struct {
 
 static void put_run_text(Enc *e, int i, const char **data, const Py_ssize_t *lengths) {
     if (lengths[i] > 0 || (lengths[i] == 0 && RUN_TEXTS[i].optional)) {
-        put_tag_length(e, RUN_TEXTS[i].tag, lengths[i]);
-        put_bytes(e, data[i], lengths[i]);
+        put_text(e, RUN_TEXTS[i].tag, data[i], lengths[i]);
     }
 }
 
@@ -91,16 +90,8 @@ PyObject *encode_run(PyObject *self, PyObject *args) {
         seconds = PyFloat_AsDouble(duration);
         if (seconds == -1.0 && PyErr_Occurred()) return NULL;
     }
-    PyObject *seq;
-    if (PyTuple_Check(row)) {
-        Py_INCREF(row);
-        seq = row;
-    } else {
-        /* a copy: a list row could be changed by a tzinfo's utcoffset, after
-         * its strings' UTF-8 is taken and before it is written */
-        seq = PySequence_Tuple(row);
-        if (seq == NULL) return NULL;
-    }
+    PyObject *seq = own_row(row);
+    if (seq == NULL) return NULL;
     Enc e = {0};
     PyObject *data = NULL, *result = NULL;
     if (PySequence_Fast_GET_SIZE(seq) != RUN_COLUMNS) {
@@ -140,17 +131,8 @@ PyObject *encode_run(PyObject *self, PyObject *args) {
     }
     PyObject *inputs = c[RUN_INITIAL_INPUTS], *outputs = c[RUN_OUTPUTS];
     if (inputs != Py_None) {
-        if (!PyDict_Check(inputs)) {
-            /* convert.py says so (DataLoss) */
-            PyErr_SetString(Refused, "a run's initial_inputs is not a JSON object");
-            goto done;
-        }
-        if (enter(&e) < 0) goto done;
-        Py_ssize_t slot = reserve(&e);
-        Py_ssize_t inner = slot < 0 ? -1 : measure_fields(&e, inputs);
-        e.depth--;
+        Py_ssize_t inner = measure_struct(&e, inputs);
         if (inner < 0) goto done;
-        e.items[slot] = inner;
         size += delimited(inner);
     }
     if (outputs != Py_None) {

@@ -4,7 +4,7 @@
 
 
 /* A task row's columns, in store.statements.TASK_COLUMNS' order (convert.py
- * checks that order at import). */
+ * checks that order at import, api/wire.py the fields' numbers). */
 enum {
     COL_ID = 1,
     COL_RUN_ID = 2,
@@ -154,17 +154,8 @@ static Py_ssize_t measure_documents(Enc *e, Task *t) {
     }
     PyObject *subworkflow = c[COL_SUBWORKFLOW];
     if (subworkflow != Py_None) {
-        if (!PyDict_Check(subworkflow)) {
-            /* convert.py says so (DataLoss) */
-            PyErr_SetString(Refused, "a task's subworkflow is not a JSON object");
-            return -1;
-        }
-        if (enter(e) < 0) return -1;
-        Py_ssize_t slot = reserve(e);
-        Py_ssize_t inner = slot < 0 ? -1 : measure_fields(e, subworkflow);
-        e->depth--;
+        Py_ssize_t inner = measure_struct(e, subworkflow);
         if (inner < 0) return -1;
-        e->items[slot] = inner;
         size += delimited(inner);
     }
     if (c[COL_SUBWORKFLOW_OUTPUT] != Py_None) {
@@ -174,11 +165,6 @@ static Py_ssize_t measure_documents(Enc *e, Task *t) {
     }
     t->size = size;
     return size;
-}
-
-static void put_text(Enc *e, unsigned char tag, const char *data, Py_ssize_t size) {
-    put_tag_length(e, tag, size);
-    put_bytes(e, data, size);
 }
 
 static int write_task(Enc *e, const Task *t) {
@@ -241,17 +227,8 @@ PyObject *encode_tasks(PyObject *self, PyObject *args) {
     }
     for (; made < count; made++) {
         Task *t = &tasks[made];
-        PyObject *row = items[made];
-        if (PyTuple_Check(row)) {
-            /* store.hot's rows are tuples of a subclass, which PySequence_Tuple
-             * would copy */
-            Py_INCREF(row);
-            t->row = row;
-        } else {
-            /* a copy: a list row could be changed by Python code on the way */
-            t->row = PySequence_Tuple(row);
-            if (t->row == NULL) goto done;
-        }
+        t->row = own_row(items[made]);
+        if (t->row == NULL) goto done;
         if (PySequence_Fast_GET_SIZE(t->row) != TASK_COLUMNS) {
             Py_DECREF(t->row);
             t->row = NULL;

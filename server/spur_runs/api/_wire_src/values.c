@@ -58,6 +58,34 @@ static int refuse_subclass(PyObject *value) {
     return -1;
 }
 
+/* A row as a tuple of our own (a new reference), or NULL: store.hot's rows
+ * are tuples already (of a subclass, which PySequence_Tuple would copy); a
+ * list row is copied, as Python code run during the first pass (a tzinfo's
+ * utcoffset) could change it after its strings' UTF-8 is taken. */
+PyObject *own_row(PyObject *row) {
+    if (PyTuple_Check(row)) {
+        Py_INCREF(row);
+        return row;
+    }
+    return PySequence_Tuple(row);
+}
+
+/* A Struct holding dict `value`, as a field's payload: its size, the
+ * payload's length kept first. Anything but a dict is refused: a Struct
+ * holds only a JSON object (convert.py then says so: DataLoss). */
+Py_ssize_t measure_struct(Enc *e, PyObject *value) {
+    if (!PyDict_Check(value)) {
+        PyErr_SetString(Refused, "a Struct's column is not a JSON object");
+        return -1;
+    }
+    if (enter(e) < 0) return -1;
+    Py_ssize_t slot = reserve(e);
+    Py_ssize_t inner = slot < 0 ? -1 : measure_fields(e, value);
+    e->depth--;
+    if (inner >= 0) e->items[slot] = inner;
+    return inner;
+}
+
 /* The entries of a Struct holding dict `value`: their size. */
 Py_ssize_t measure_fields(Enc *e, PyObject *value) {
     Py_ssize_t total = 0, pos = 0;
@@ -112,12 +140,8 @@ Py_ssize_t measure_value(Enc *e, PyObject *value) {
         if (text(value, &data, &length) < 0) return -1;
         size = delimited(length);
     } else if (PyDict_Check(value)) {
-        if (enter(e) < 0) return -1;
-        Py_ssize_t inner_slot = reserve(e);
-        Py_ssize_t inner = inner_slot < 0 ? -1 : measure_fields(e, value);
-        e->depth--;
+        Py_ssize_t inner = measure_struct(e, value);
         if (inner < 0) return -1;
-        e->items[inner_slot] = inner;
         size = delimited(inner); /* {} too: struct_value set, empty */
     } else if (PyBool_Check(value)) {
         size = 2;

@@ -71,6 +71,12 @@ static inline void put_bytes(Enc *e, const char *data, Py_ssize_t size) {
     e->out += size;
 }
 
+/* A string field: tag, length, UTF-8. */
+static inline void put_text(Enc *e, unsigned char tag, const char *data, Py_ssize_t size) {
+    put_tag_length(e, tag, size);
+    put_bytes(e, data, size);
+}
+
 static inline void put_double(Enc *e, double number) {
     uint64_t bits;
     memcpy(&bits, &number, sizeof bits);
@@ -90,7 +96,9 @@ WIRE_HIDDEN int wire_init(void);
 WIRE_HIDDEN int enter(Enc *e);
 WIRE_HIDDEN Py_ssize_t reserve(Enc *e);
 WIRE_HIDDEN int text(PyObject *value, const char **data, Py_ssize_t *size);
+WIRE_HIDDEN PyObject *own_row(PyObject *row);
 WIRE_HIDDEN Py_ssize_t measure_fields(Enc *e, PyObject *value);
+WIRE_HIDDEN Py_ssize_t measure_struct(Enc *e, PyObject *value);
 WIRE_HIDDEN int write_fields(Enc *e, PyObject *value);
 WIRE_HIDDEN Py_ssize_t measure_value(Enc *e, PyObject *value);
 WIRE_HIDDEN int write_value(Enc *e, PyObject *value);
